@@ -1,0 +1,557 @@
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::filter::NextExports;
+use super::{
+    BlockSize, Error, Exports, Extents, Filter, FilterHandle, Flags, Handle, NextOpener, OpenArgs,
+    Plugin, Result, Support, ThreadModel,
+};
+use crate::errno::Errno;
+
+/// The largest buffer the server allocates to emulate zero or cache.
+const EMULATION_CHUNK: u64 = 1 << 20;
+
+/// What a layer said about itself when the connection was opened, cached
+/// for the connection's life (nbdkit caches the same per context).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Export size.
+    pub size: u64,
+    /// Description, if any.
+    pub description: Option<String>,
+    /// Block size constraints, if any.
+    pub block_size: Option<BlockSize>,
+    /// Writes possible (false when the connection is read-only).
+    pub can_write: bool,
+    /// Flush possible.
+    pub can_flush: bool,
+    /// Rotational medium.
+    pub is_rotational: bool,
+    /// Trim possible.
+    pub can_trim: bool,
+    /// How zeroing works.
+    pub can_zero: Support,
+    /// FAST_ZERO honoured.
+    pub can_fast_zero: bool,
+    /// Extents are meaningful.
+    pub can_extents: bool,
+    /// How FUA works.
+    pub can_fua: Support,
+    /// Connections are coherent.
+    pub can_multi_conn: bool,
+    /// How caching works.
+    pub can_cache: Support,
+}
+
+impl Default for Support {
+    fn default() -> Self {
+        Support::None
+    }
+}
+
+enum Layer {
+    Plugin(Box<dyn Handle>),
+    // Field order matters: the filter's handle is dropped (closed) before
+    // the layer below, as nbdkit closes outer layers first.
+    Filter {
+        handle: Box<dyn FilterHandle>,
+        next: Box<Context>,
+    },
+}
+
+/// One layer of a connection's open stack: a plugin handle or a filter
+/// handle with the context below it. Holds the layer's cached
+/// capabilities and implements the server's emulations (FUA by flush, zero
+/// by writing zeroes, cache by reading, extents as all data).
+pub struct Context {
+    layer: Layer,
+    caps: Caps,
+}
+
+impl core::fmt::Debug for Context {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Context").field("caps", &self.caps).finish()
+    }
+}
+
+fn check_block_size(bs: Option<BlockSize>) -> Result<Option<BlockSize>> {
+    let Some(b) = bs else { return Ok(None) };
+    if b.minimum == 0 && b.preferred == 0 && b.maximum == 0 {
+        return Ok(None);
+    }
+    let ok = b.minimum.is_power_of_two()
+        && b.minimum <= 65536
+        && b.preferred.is_power_of_two()
+        && (512..=32 * 1024 * 1024).contains(&b.preferred)
+        && b.minimum <= b.preferred
+        && b.preferred <= b.maximum
+        && (b.maximum == u32::MAX || b.maximum % b.minimum == 0);
+    if ok {
+        Ok(Some(b))
+    } else {
+        Err(Error::msg(
+            Errno::EINVAL,
+            alloc::format!(
+                "block_size: invalid block size constraints: minimum={} preferred={} maximum={}",
+                b.minimum,
+                b.preferred,
+                b.maximum
+            ),
+        ))
+    }
+}
+
+impl Context {
+    fn new(layer: Layer, readonly: bool) -> Result<Context> {
+        let mut ctx = Context {
+            layer,
+            caps: Caps::default(),
+        };
+        match &ctx.layer {
+            Layer::Plugin(h) => h.prepare()?,
+            Layer::Filter { handle, next } => handle.prepare(next, readonly)?,
+        }
+        ctx.caps = ctx.query_caps(readonly)?;
+        Ok(ctx)
+    }
+
+    fn query_caps(&self, readonly: bool) -> Result<Caps> {
+        macro_rules! ask {
+            ($m:ident) => {
+                match &self.layer {
+                    Layer::Plugin(h) => h.$m(),
+                    Layer::Filter { handle, next } => handle.$m(next),
+                }
+            };
+        }
+        let size = ask!(get_size)?;
+        if size > i64::MAX as u64 {
+            return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
+        }
+        let can_write = !readonly && ask!(can_write)?;
+        let can_zero = if can_write { ask!(can_zero)? } else { Support::None };
+        Ok(Caps {
+            size,
+            description: ask!(export_description)?,
+            block_size: check_block_size(ask!(block_size)?)?,
+            can_write,
+            can_flush: ask!(can_flush)?,
+            is_rotational: ask!(is_rotational)?,
+            can_trim: can_write && ask!(can_trim)?,
+            can_zero,
+            can_fast_zero: can_zero != Support::None && ask!(can_fast_zero)?,
+            can_extents: ask!(can_extents)?,
+            can_fua: if can_write { ask!(can_fua)? } else { Support::None },
+            can_multi_conn: ask!(can_multi_conn)?,
+            can_cache: ask!(can_cache)?,
+        })
+    }
+
+    /// The capabilities of this layer, as cached when it was opened.
+    pub fn caps(&self) -> &Caps {
+        &self.caps
+    }
+
+    /// Size of the export at this layer.
+    pub fn get_size(&self) -> u64 {
+        self.caps.size
+    }
+
+    /// Call `finalize` on this layer and every layer below (outer first).
+    pub fn finalize(&self) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => h.finalize(),
+            Layer::Filter { handle, next } => {
+                handle.finalize(next)?;
+                next.finalize()
+            }
+        }
+    }
+
+    fn raw_pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => h.pwrite(buf, offset, flags),
+            Layer::Filter { handle, next } => handle.pwrite(next, buf, offset, flags),
+        }
+    }
+
+    /// Read `buf.len()` bytes at `offset`.
+    pub fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => h.pread(buf, offset, flags),
+            Layer::Filter { handle, next } => handle.pread(next, buf, offset, flags),
+        }
+    }
+
+    /// Split FUA off a call when this layer does not implement it natively:
+    /// returns the flags to pass down and whether to flush afterwards.
+    fn split_fua(&self, flags: Flags) -> (Flags, bool) {
+        if flags.contains(Flags::FUA) && self.caps.can_fua != Support::Native {
+            (flags.without(Flags::FUA), self.caps.can_flush)
+        } else {
+            (flags, false)
+        }
+    }
+
+    /// Write `buf` at `offset`.
+    pub fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        if !self.caps.can_write {
+            return Err(Error::new(Errno::EROFS));
+        }
+        let (flags, flush) = self.split_fua(flags);
+        self.raw_pwrite(buf, offset, flags)?;
+        if flush {
+            self.flush(Flags::NONE)?;
+        }
+        Ok(())
+    }
+
+    /// Flush.
+    pub fn flush(&self, flags: Flags) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => h.flush(flags),
+            Layer::Filter { handle, next } => handle.flush(next, flags),
+        }
+    }
+
+    /// Trim.
+    pub fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        if !self.caps.can_write {
+            return Err(Error::new(Errno::EROFS));
+        }
+        let (flags, flush) = self.split_fua(flags);
+        match &self.layer {
+            Layer::Plugin(h) => h.trim(count, offset, flags)?,
+            Layer::Filter { handle, next } => handle.trim(next, count, offset, flags)?,
+        }
+        if flush {
+            self.flush(Flags::NONE)?;
+        }
+        Ok(())
+    }
+
+    /// Zero, natively or by writing zeroes.
+    pub fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        if !self.caps.can_write {
+            return Err(Error::new(Errno::EROFS));
+        }
+        let fast = flags.contains(Flags::FAST_ZERO);
+        let (flags, flush) = self.split_fua(flags);
+        let native = if self.caps.can_zero == Support::Native {
+            match &self.layer {
+                Layer::Plugin(h) => h.zero(count, offset, flags),
+                Layer::Filter { handle, next } => handle.zero(next, count, offset, flags),
+            }
+        } else {
+            Err(Error::new(Errno::ENOTSUP))
+        };
+        match native {
+            Err(e) if e.errno == Errno::ENOTSUP && !fast => {
+                self.write_zeroes(count, offset, flags.without(Flags::MAY_TRIM))?
+            }
+            r => r?,
+        }
+        if flush {
+            self.flush(Flags::NONE)?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        let buf = vec![0u8; count.min(EMULATION_CHUNK) as usize];
+        let mut done = 0u64;
+        while done < count {
+            let n = (count - done).min(buf.len() as u64);
+            self.raw_pwrite(&buf[..n as usize], offset + done, flags.without(Flags::FAST_ZERO))?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Extents of `count` bytes at `offset`; a layer without extents
+    /// reports everything as data.
+    pub fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+        if !self.caps.can_extents {
+            return extents.add(offset, count, 0);
+        }
+        match &self.layer {
+            Layer::Plugin(h) => h.extents(count, offset, flags, extents)?,
+            Layer::Filter { handle, next } => handle.extents(next, count, offset, flags, extents)?,
+        }
+        if extents.is_empty() {
+            return Err(Error::msg(
+                Errno::EINVAL,
+                "extents: plugin must return at least one extent",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Cache, natively or by reading.
+    pub fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        match self.caps.can_cache {
+            Support::None => Ok(()),
+            Support::Native => match &self.layer {
+                Layer::Plugin(h) => h.cache(count, offset, flags),
+                Layer::Filter { handle, next } => handle.cache(next, count, offset, flags),
+            },
+            Support::Emulate => {
+                let mut buf = vec![0u8; count.min(EMULATION_CHUNK) as usize];
+                let mut done = 0u64;
+                while done < count {
+                    let n = (count - done).min(buf.len() as u64) as usize;
+                    self.pread(&mut buf[..n], offset + done, Flags::NONE)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The loaded stack: filters (outermost first) over a plugin. Shared by
+/// every connection.
+pub struct Stack {
+    filters: Vec<Box<dyn Filter>>,
+    plugin: Box<dyn Plugin>,
+}
+
+impl core::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Stack")
+            .field("plugin", &self.plugin.name())
+            .field(
+                "filters",
+                &self.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+struct Opener<'a> {
+    stack: &'a Stack,
+    index: usize,
+    is_tls: bool,
+    slot: Option<Context>,
+}
+
+impl NextOpener for Opener<'_> {
+    fn open(&mut self, readonly: bool, export_name: &str) -> Result<()> {
+        if self.slot.is_some() {
+            return Err(Error::msg(Errno::EINVAL, "filter opened the next layer twice"));
+        }
+        self.slot = Some(self.stack.open_layer(
+            self.index,
+            &OpenArgs {
+                readonly,
+                export_name,
+                is_tls: self.is_tls,
+            },
+        )?);
+        Ok(())
+    }
+}
+
+struct ExportsBelow<'a> {
+    stack: &'a Stack,
+    index: usize,
+}
+
+impl NextExports for ExportsBelow<'_> {
+    fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
+        self.stack.list_exports_from(self.index, readonly, is_tls, exports)
+    }
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+        self.stack.default_export_from(self.index, readonly, is_tls)
+    }
+}
+
+impl Stack {
+    /// A stack of `filters` (outermost first) over `plugin`.
+    pub fn new(plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Self {
+        Stack { filters, plugin }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &dyn Plugin {
+        &*self.plugin
+    }
+
+    /// The plugin, for configuration.
+    pub fn plugin_mut(&mut self) -> &mut dyn Plugin {
+        &mut *self.plugin
+    }
+
+    /// The filters, outermost first.
+    pub fn filters(&self) -> &[Box<dyn Filter>] {
+        &self.filters
+    }
+
+    /// Give one `key=value` to the first filter that takes it, else to the
+    /// plugin.
+    pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        for f in self.filters.iter_mut() {
+            if f.config(key, value)? {
+                return Ok(());
+            }
+        }
+        self.plugin.config(key, value)
+    }
+
+    /// `config_complete` for every layer, plugin first.
+    pub fn config_complete(&mut self) -> Result<()> {
+        self.plugin.config_complete()?;
+        for f in self.filters.iter_mut().rev() {
+            f.config_complete()?;
+        }
+        Ok(())
+    }
+
+    /// The effective thread model: the minimum over the stack.
+    pub fn thread_model(&self) -> ThreadModel {
+        self.filters
+            .iter()
+            .map(|f| f.thread_model())
+            .fold(self.plugin.thread_model(), core::cmp::min)
+    }
+
+    /// Whether any layer may block.
+    pub fn blocks(&self) -> bool {
+        self.plugin.blocks() || self.filters.iter().any(|f| f.blocks())
+    }
+
+    /// `get_ready` for every layer, plugin first.
+    pub fn get_ready(&self) -> Result<()> {
+        self.plugin.get_ready()?;
+        let tm = self.thread_model();
+        for f in self.filters.iter().rev() {
+            f.get_ready(tm)?;
+        }
+        Ok(())
+    }
+
+    /// `after_fork` for every layer, plugin first.
+    pub fn after_fork(&self) -> Result<()> {
+        self.plugin.after_fork()?;
+        for f in self.filters.iter().rev() {
+            f.after_fork()?;
+        }
+        Ok(())
+    }
+
+    /// `cleanup` for every layer, filters first.
+    pub fn cleanup(&self) {
+        for f in self.filters.iter() {
+            f.cleanup();
+        }
+        self.plugin.cleanup();
+    }
+
+    /// `preconnect` for every layer, outermost first.
+    pub fn preconnect(&self, readonly: bool) -> Result<()> {
+        for f in self.filters.iter() {
+            f.preconnect(readonly)?;
+        }
+        self.plugin.preconnect(readonly)
+    }
+
+    /// The export list as the client sees it, with the default export
+    /// resolved to its canonical name.
+    pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
+        let mut exports = Exports::default();
+        self.list_exports_from(0, readonly, is_tls, &mut exports)?;
+        if exports.use_default {
+            exports.use_default = false;
+            if let Some(name) = self.default_export(readonly, is_tls)? {
+                exports.list.insert(
+                    0,
+                    super::Export {
+                        name,
+                        description: None,
+                    },
+                );
+            }
+        }
+        Ok(exports)
+    }
+
+    fn list_exports_from(
+        &self,
+        index: usize,
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut Exports,
+    ) -> Result<()> {
+        match self.filters.get(index) {
+            Some(f) => f.list_exports(
+                &ExportsBelow {
+                    stack: self,
+                    index: index + 1,
+                },
+                readonly,
+                is_tls,
+                exports,
+            ),
+            None => self.plugin.list_exports(readonly, is_tls, exports),
+        }
+    }
+
+    /// The canonical name of the default export, `None` if there is none.
+    pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+        self.default_export_from(0, readonly, is_tls)
+    }
+
+    fn default_export_from(&self, index: usize, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+        match self.filters.get(index) {
+            Some(f) => f.default_export(
+                &ExportsBelow {
+                    stack: self,
+                    index: index + 1,
+                },
+                readonly,
+                is_tls,
+            ),
+            None => self.plugin.default_export(readonly, is_tls),
+        }
+    }
+
+    /// Open the whole stack for a connection: open runs outermost first
+    /// (each filter opens the layer below), prepare and the capability
+    /// queries innermost first.
+    pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
+        self.open_layer(0, args)
+    }
+
+    fn open_layer(&self, index: usize, args: &OpenArgs<'_>) -> Result<Context> {
+        match self.filters.get(index) {
+            None => {
+                let h = self.plugin.open(args)?;
+                Context::new(Layer::Plugin(h), args.readonly)
+            }
+            Some(f) => {
+                let mut opener = Opener {
+                    stack: self,
+                    index: index + 1,
+                    is_tls: args.is_tls,
+                    slot: None,
+                };
+                let handle = f.open(&mut opener, args)?;
+                let next = opener.slot.ok_or_else(|| {
+                    Error::msg(
+                        Errno::EINVAL,
+                        alloc::format!("filter {} did not open the next layer", f.name()),
+                    )
+                })?;
+                Context::new(
+                    Layer::Filter {
+                        handle,
+                        next: Box::new(next),
+                    },
+                    args.readonly,
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+use alloc::vec::Vec;
+
+use super::{Error, Result};
+use crate::errno::Errno;
+
+/// One extent: a run of bytes with the same `base:allocation` status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Where it starts.
+    pub offset: u64,
+    /// How long it is (never 0).
+    pub length: u64,
+    /// `STATE_HOLE` | `STATE_ZERO` bits.
+    pub flags: u32,
+}
+
+/// The extents a layer reports for a block status request, with nbdkit's
+/// rules (`nbdkit_add_extent`): contiguous and ascending, clipped at the
+/// start, ignored past the end, equal neighbours merged, at most
+/// [`Extents::MAX`] entries.
+#[derive(Debug, Clone)]
+pub struct Extents {
+    start: u64,
+    end: u64,
+    next: u64,
+    list: Vec<Extent>,
+}
+
+impl Extents {
+    /// nbdkit's limit on the number of extents in one list.
+    pub const MAX: usize = 1 << 20;
+
+    /// An empty list for the range `start..end`.
+    pub fn new(start: u64, end: u64) -> Self {
+        Extents {
+            start,
+            end,
+            next: start,
+            list: Vec::new(),
+        }
+    }
+
+    /// The start of the range.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The end of the range (exclusive).
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The extents added so far.
+    pub fn as_slice(&self) -> &[Extent] {
+        &self.list
+    }
+
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// True when no extent was added.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Where the next extent must start.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// True once the list covers the whole range (or is full): a layer may
+    /// stop adding.
+    pub fn is_full(&self) -> bool {
+        self.next >= self.end || self.list.len() >= Self::MAX
+    }
+
+    /// Add an extent (`nbdkit_add_extent`).
+    pub fn add(&mut self, offset: u64, length: u64, flags: u32) -> Result<()> {
+        if length == 0 {
+            return Ok(());
+        }
+        let Some(end) = offset.checked_add(length) else {
+            return Err(Error::msg(Errno::ERANGE, "nbdkit_add_extent: extent overflows"));
+        };
+        if self.list.is_empty() {
+            if offset > self.start {
+                return Err(Error::msg(
+                    Errno::ERANGE,
+                    "nbdkit_add_extent: first extent must not be > start",
+                ));
+            }
+            if end <= self.start {
+                return Ok(());
+            }
+        } else if offset != self.next {
+            return Err(Error::msg(
+                Errno::ERANGE,
+                "nbdkit_add_extent: extents must be added in ascending order and must be contiguous",
+            ));
+        }
+        if self.next >= self.end || self.list.len() >= Self::MAX {
+            return Ok(());
+        }
+        let offset = offset.max(self.start);
+        let length = end - offset;
+        self.next = end;
+        if let Some(last) = self.list.last_mut() {
+            if last.flags == flags {
+                last.length += length;
+                return Ok(());
+            }
+        }
+        self.list.push(Extent {
+            offset,
+            length,
+            flags,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn clips_merges_and_ignores() {
+        let mut e = Extents::new(100, 300);
+        e.add(0, 50, 3).unwrap(); // before start: ignored
+        e.add(50, 100, 3).unwrap(); // clipped to 100..150
+        e.add(150, 50, 3).unwrap(); // merged
+        e.add(200, 200, 0).unwrap(); // overruns the end: kept
+        e.add(400, 10, 3).unwrap(); // past the end: ignored
+        assert_eq!(
+            e.as_slice(),
+            &[
+                Extent {
+                    offset: 100,
+                    length: 100,
+                    flags: 3
+                },
+                Extent {
+                    offset: 200,
+                    length: 200,
+                    flags: 0
+                }
+            ]
+        );
+        assert!(e.is_full());
+    }
+
+    #[test]
+    fn refuses_gaps() {
+        let mut e = Extents::new(0, 100);
+        assert!(e.add(10, 10, 0).is_err());
+        e.add(0, 10, 0).unwrap();
+        assert!(e.add(20, 10, 0).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+use alloc::boxed::Box;
+use alloc::string::String;
+
+use super::{BlockSize, Context, Exports, Extents, Flags, OpenArgs, Result, Support, ThreadModel};
+
+/// Opens the layer below a filter (nbdkit's `next_open`). A filter's `open`
+/// calls it exactly once, possibly with a different export name or with
+/// `readonly` forced on.
+pub trait NextOpener {
+    /// Open the next layer.
+    fn open(&mut self, readonly: bool, export_name: &str) -> Result<()>;
+}
+
+/// The global calls of the layer below a filter, for `list_exports` and
+/// `default_export`.
+pub trait NextExports {
+    /// The next layer's export list.
+    fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()>;
+    /// The next layer's default export name.
+    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>>;
+}
+
+/// A filter: nbdkit's filter API. Every callback has a default that passes
+/// the call to the layer below unchanged.
+pub trait Filter: Send + Sync + 'static {
+    /// The filter's name (`offset`, `cow`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Its long name, if any.
+    fn longname(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Its version.
+    fn version(&self) -> &'static str {
+        crate::NBDKIT_VERSION
+    }
+
+    /// Text of `--help` for its parameters.
+    fn config_help(&self) -> &'static str {
+        ""
+    }
+
+    /// One parameter: `Ok(true)` if the filter took it, `Ok(false)` to pass
+    /// it to the next layer.
+    fn config(&mut self, _key: &str, _value: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// All parameters were given.
+    fn config_complete(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The most parallel model this filter allows.
+    fn thread_model(&self) -> ThreadModel {
+        ThreadModel::Parallel
+    }
+
+    /// Whether the filter's own work may block or sleep (see
+    /// [`Plugin::blocks`](super::Plugin::blocks)).
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    /// Called before serving starts.
+    fn get_ready(&self, _thread_model: ThreadModel) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called after forking.
+    fn after_fork(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before unload.
+    fn cleanup(&self) {}
+
+    /// A client connected.
+    fn preconnect(&self, _readonly: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// The export list.
+    fn list_exports(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut Exports,
+    ) -> Result<()> {
+        next.list_exports(readonly, is_tls, exports)
+    }
+
+    /// The default export's canonical name.
+    fn default_export(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+    ) -> Result<Option<String>> {
+        next.default_export(readonly, is_tls)
+    }
+
+    /// Open a connection: call `next.open` and return this filter's handle.
+    fn open(&self, next: &mut dyn NextOpener, args: &OpenArgs<'_>) -> Result<Box<dyn FilterHandle>> {
+        next.open(args.readonly, args.export_name)?;
+        Ok(Box::new(PassThrough))
+    }
+}
+
+/// A handle that changes nothing.
+#[derive(Debug)]
+pub struct PassThrough;
+
+impl FilterHandle for PassThrough {}
+
+/// A filter's per-connection handle. `next` is the layer below, with its
+/// capabilities already known.
+#[allow(unused_variables)]
+pub trait FilterHandle: Send + Sync {
+    /// After the layer below was prepared.
+    fn prepare(&self, next: &Context, readonly: bool) -> Result<()> {
+        Ok(())
+    }
+    /// Before the layer below is finalized.
+    fn finalize(&self, next: &Context) -> Result<()> {
+        Ok(())
+    }
+    /// Size of the export.
+    fn get_size(&self, next: &Context) -> Result<u64> {
+        Ok(next.caps().size)
+    }
+    /// Description.
+    fn export_description(&self, next: &Context) -> Result<Option<String>> {
+        Ok(next.caps().description.clone())
+    }
+    /// Block size constraints.
+    fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
+        Ok(next.caps().block_size)
+    }
+    /// Writable?
+    fn can_write(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_write)
+    }
+    /// Flush?
+    fn can_flush(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_flush)
+    }
+    /// Rotational?
+    fn is_rotational(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().is_rotational)
+    }
+    /// Trim?
+    fn can_trim(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_trim)
+    }
+    /// Zero?
+    fn can_zero(&self, next: &Context) -> Result<Support> {
+        Ok(if next.caps().can_zero == Support::None {
+            Support::None
+        } else {
+            Support::Native
+        })
+    }
+    /// Fast zero?
+    fn can_fast_zero(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_fast_zero)
+    }
+    /// Extents?
+    fn can_extents(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_extents)
+    }
+    /// FUA?
+    fn can_fua(&self, next: &Context) -> Result<Support> {
+        Ok(if next.caps().can_fua == Support::None {
+            Support::None
+        } else {
+            Support::Native
+        })
+    }
+    /// Multi-conn?
+    fn can_multi_conn(&self, next: &Context) -> Result<bool> {
+        Ok(next.caps().can_multi_conn)
+    }
+    /// Cache?
+    fn can_cache(&self, next: &Context) -> Result<Support> {
+        Ok(if next.caps().can_cache == Support::None {
+            Support::None
+        } else {
+            Support::Native
+        })
+    }
+    /// Read.
+    fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
+        next.pread(buf, offset, flags)
+    }
+    /// Write.
+    fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        next.pwrite(buf, offset, flags)
+    }
+    /// Flush.
+    fn flush(&self, next: &Context, flags: Flags) -> Result<()> {
+        next.flush(flags)
+    }
+    /// Trim.
+    fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.trim(count, offset, flags)
+    }
+    /// Zero.
+    fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.zero(count, offset, flags)
+    }
+    /// Extents.
+    fn extents(
+        &self,
+        next: &Context,
+        count: u64,
+        offset: u64,
+        flags: Flags,
+        extents: &mut Extents,
+    ) -> Result<()> {
+        next.extents(count, offset, flags, extents)
+    }
+    /// Cache.
+    fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.cache(count, offset, flags)
+    }
+}

@@ -1,0 +1,22 @@
+//! The plugin and filter framework: nbdkit's plugin API v2 and filter API
+//! in Rust, and the per-connection [`Context`] stack that implements the
+//! server's defaults, caches and emulations between layers.
+//!
+//! A [`Plugin`] is loaded once; for each connection its `open` returns a
+//! [`Handle`] whose methods serve that connection. A [`Filter`] sits above
+//! the plugin (or another filter); its per-connection [`FilterHandle`] gets
+//! the layer below as a [`Context`] on every call, like nbdkit's `next`.
+
+mod context;
+mod error;
+mod extents;
+mod filter;
+mod plugin;
+mod types;
+
+pub use context::{Caps, Context, Stack};
+pub use error::{Error, Result};
+pub use extents::{Extent, Extents};
+pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough};
+pub use plugin::{Handle, Plugin, CALLBACK_NAMES};
+pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Support, ThreadModel};

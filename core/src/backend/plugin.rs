@@ -1,0 +1,273 @@
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{BlockSize, Error, Exports, Extents, Flags, OpenArgs, Result, Support, ThreadModel};
+use crate::errno::Errno;
+
+/// A plugin: nbdkit's plugin API v2. Global callbacks live here; `open`
+/// returns the per-connection [`Handle`].
+///
+/// Defaults follow nbdkit: a plugin that does not override a callback gets
+/// what nbdkit gives a C plugin that leaves the slot empty.
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's name (`memory`, `file`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Its long name, if it has one.
+    fn longname(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Its version (nbdkit's plugins report the server's version).
+    fn version(&self) -> &'static str {
+        crate::NBDKIT_VERSION
+    }
+
+    /// Short description.
+    fn description(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The text of `nbdkit PLUGIN --help` after the plugin line: one line
+    /// per parameter.
+    fn config_help(&self) -> &'static str {
+        ""
+    }
+
+    /// The key assumed for a bare `VALUE` on the command line.
+    fn magic_config_key(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The names of the callbacks this plugin implements, for the `has_*`
+    /// lines of `--dump-plugin` (in nbdkit's order: see [`CALLBACK_NAMES`]).
+    fn callbacks(&self) -> &'static [&'static str];
+
+    /// Extra `key=value` lines for `--dump-plugin`.
+    fn dump_plugin(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The most parallel model the plugin's code allows (`THREAD_MODEL`).
+    fn max_thread_model(&self) -> ThreadModel {
+        ThreadModel::Parallel
+    }
+
+    /// The model after configuration (`.thread_model`): may only lower
+    /// [`max_thread_model`](Plugin::max_thread_model).
+    fn thread_model(&self) -> ThreadModel {
+        self.max_thread_model()
+    }
+
+    /// Whether calls may block on I/O or sleep. Plugins that only touch
+    /// memory return `false`, and the runtime may then run their calls on
+    /// its reactor threads instead of handing them to blocking threads.
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    /// One `key=value` parameter. The default refuses every key, as nbdkit
+    /// does for a plugin without `.config`.
+    fn config(&mut self, key: &str, _value: &str) -> Result<()> {
+        Err(Error::config(alloc::format!("unknown parameter '{key}'")))
+    }
+
+    /// All parameters were given: check that the configuration is complete.
+    fn config_complete(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before the server starts serving (before forking).
+    fn get_ready(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called after the server forked into the background.
+    fn after_fork(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once before the plugin is unloaded.
+    fn cleanup(&self) {}
+
+    /// A client connected, before the handshake.
+    fn preconnect(&self, _readonly: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// The exports this plugin serves (`NBD_OPT_LIST`). The default lists
+    /// the default export.
+    fn list_exports(&self, _readonly: bool, _is_tls: bool, exports: &mut Exports) -> Result<()> {
+        exports.use_default = true;
+        Ok(())
+    }
+
+    /// The canonical name of the default export `""`; `None` refuses it.
+    fn default_export(&self, _readonly: bool, _is_tls: bool) -> Result<Option<String>> {
+        Ok(Some(String::new()))
+    }
+
+    /// Open a connection's view of the export.
+    fn open(&self, args: &OpenArgs<'_>) -> Result<Box<dyn Handle>>;
+}
+
+/// The names nbdkit prints as `has_NAME=1` in `--dump-plugin`, in its order.
+pub const CALLBACK_NAMES: &[&str] = &[
+    "longname",
+    "version",
+    "description",
+    "load",
+    "unload",
+    "dump_plugin",
+    "config",
+    "config_complete",
+    "config_help",
+    "thread_model",
+    "get_ready",
+    "after_fork",
+    "cleanup",
+    "preconnect",
+    "list_exports",
+    "default_export",
+    "open",
+    "close",
+    "get_size",
+    "export_description",
+    "block_size",
+    "can_write",
+    "can_flush",
+    "is_rotational",
+    "can_trim",
+    "can_zero",
+    "can_fast_zero",
+    "can_extents",
+    "can_fua",
+    "can_multi_conn",
+    "can_cache",
+    "pread",
+    "pwrite",
+    "flush",
+    "trim",
+    "zero",
+    "extents",
+    "cache",
+];
+
+/// A plugin's per-connection handle. Calls may come from several threads at
+/// once when the thread model is `Parallel`; the handle is dropped when the
+/// connection closes (nbdkit's `.close`).
+pub trait Handle: Send + Sync {
+    /// Called after open, before any other call.
+    fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before close.
+    fn finalize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Size of the export in bytes.
+    fn get_size(&self) -> Result<u64>;
+
+    /// A description of the export (`NBD_INFO_DESCRIPTION`).
+    fn export_description(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Block size constraints, if any.
+    fn block_size(&self) -> Result<Option<BlockSize>> {
+        Ok(None)
+    }
+
+    /// Whether writes are possible. Default: no.
+    fn can_write(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether `flush` works. Default: no.
+    fn can_flush(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether the medium is rotational.
+    fn is_rotational(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether `trim` works. Default: no.
+    fn can_trim(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// How zeroing works. Default: emulated by writing zeroes.
+    fn can_zero(&self) -> Result<Support> {
+        Ok(Support::Emulate)
+    }
+
+    /// Whether FAST_ZERO is honoured. Default (nbdkit's): only when zeroing
+    /// is emulated, because then it can fail fast.
+    fn can_fast_zero(&self) -> Result<bool> {
+        Ok(self.can_zero()? == Support::Emulate)
+    }
+
+    /// Whether `extents` reports real allocation. Default: no (everything
+    /// is data).
+    fn can_extents(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// How FUA works. Default: emulated by flush when flush works.
+    fn can_fua(&self) -> Result<Support> {
+        Ok(if self.can_flush()? {
+            Support::Emulate
+        } else {
+            Support::None
+        })
+    }
+
+    /// Whether connections are coherent with each other.
+    fn can_multi_conn(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// How caching works. Default: not at all.
+    fn can_cache(&self) -> Result<Support> {
+        Ok(Support::None)
+    }
+
+    /// Read `buf.len()` bytes at `offset`.
+    fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()>;
+
+    /// Write `buf` at `offset`.
+    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
+        Err(Error::new(Errno::EROFS))
+    }
+
+    /// Make every write durable.
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        Err(Error::new(Errno::EINVAL))
+    }
+
+    /// Discard a range.
+    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Err(Error::new(Errno::EINVAL))
+    }
+
+    /// Zero a range natively; `ENOTSUP` makes the server fall back to
+    /// writing zeroes (unless FAST_ZERO was asked for).
+    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Err(Error::new(Errno::ENOTSUP))
+    }
+
+    /// Report allocation for `count` bytes at `offset`.
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        extents.add(offset, count, 0)
+    }
+
+    /// Prefetch a range.
+    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+}

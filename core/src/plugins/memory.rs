@@ -1,0 +1,390 @@
+//! `memory`: a sparse RAM disk.
+//!
+//! Parameters: `[size=]SIZE` (required, up to 2^63-1), `allocator=sparse`
+//! (the default) or `allocator=malloc` (a flat, fully allocated buffer;
+//! `mlock=true` is not supported and says so). `allocator=zstd` is not
+//! implemented and is refused with a clear error.
+//!
+//! The sparse allocator keeps 32 KiB pages in an ordered map: pages that
+//! were never written, or were trimmed or zeroed whole, take no memory and
+//! are reported as holes by block status.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::errno::Errno;
+use crate::sync::{read, write, RwLock};
+use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
+
+/// Size of a page of the sparse array.
+pub const PAGE_SIZE: u64 = 32 * 1024;
+
+/// A sparse byte array of 32 KiB pages; absent pages read as zeroes.
+#[derive(Debug, Default)]
+pub struct SparseArray {
+    pages: RwLock<BTreeMap<u64, Box<[u8]>>>,
+}
+
+/// Split `offset..offset+len` into (page index, offset in page, length).
+fn page_runs(offset: u64, len: u64) -> impl Iterator<Item = (u64, usize, usize)> {
+    let mut pos = offset;
+    let end = offset + len;
+    core::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let page = pos / PAGE_SIZE;
+        let in_page = (pos % PAGE_SIZE) as usize;
+        let n = (PAGE_SIZE - in_page as u64).min(end - pos) as usize;
+        pos += n as u64;
+        Some((page, in_page, n))
+    })
+}
+
+impl SparseArray {
+    /// An empty array.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Copy `buf.len()` bytes at `offset` out of the array.
+    pub fn read(&self, buf: &mut [u8], offset: u64) {
+        let pages = read(&self.pages);
+        let mut done = 0;
+        for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
+            let dst = &mut buf[done..done + n];
+            match pages.get(&page) {
+                Some(p) => dst.copy_from_slice(&p[in_page..in_page + n]),
+                None => dst.fill(0),
+            }
+            done += n;
+        }
+    }
+
+    /// Copy `buf` into the array at `offset`, allocating pages as needed.
+    pub fn write(&self, buf: &[u8], offset: u64) {
+        let mut pages = write(&self.pages);
+        let mut done = 0;
+        for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
+            let src = &buf[done..done + n];
+            done += n;
+            match pages.get_mut(&page) {
+                Some(p) => p[in_page..in_page + n].copy_from_slice(src),
+                None => {
+                    if src.iter().all(|&b| b == 0) {
+                        continue;
+                    }
+                    let mut p = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+                    p[in_page..in_page + n].copy_from_slice(src);
+                    pages.insert(page, p);
+                }
+            }
+        }
+    }
+
+    /// Zero a range, freeing every page that becomes all zeroes.
+    pub fn zero(&self, count: u64, offset: u64) {
+        let mut pages = write(&self.pages);
+        for (page, in_page, n) in page_runs(offset, count) {
+            if n as u64 == PAGE_SIZE {
+                pages.remove(&page);
+            } else if let Some(p) = pages.get_mut(&page) {
+                p[in_page..in_page + n].fill(0);
+                if p.iter().all(|&b| b == 0) {
+                    pages.remove(&page);
+                }
+            }
+        }
+    }
+
+    /// Report allocated pages as data and the rest as holes.
+    pub fn extents(&self, count: u64, offset: u64, extents: &mut Extents) -> Result<()> {
+        let pages = read(&self.pages);
+        let end = offset.saturating_add(count);
+        let mut pos = offset;
+        let first = offset / PAGE_SIZE;
+        let last = (end - 1) / PAGE_SIZE;
+        for (&page, _) in pages.range(first..=last) {
+            let start = (page * PAGE_SIZE).max(pos);
+            if start > pos {
+                extents.add(pos, start - pos, STATE_HOLE | STATE_ZERO)?;
+            }
+            let stop = ((page + 1) * PAGE_SIZE).min(end);
+            extents.add(start, stop - start, 0)?;
+            pos = stop;
+            if extents.is_full() {
+                return Ok(());
+            }
+        }
+        if pos < end {
+            extents.add(pos, end - pos, STATE_HOLE | STATE_ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// Number of allocated pages.
+    pub fn allocated_pages(&self) -> usize {
+        read(&self.pages).len()
+    }
+}
+
+/// A fully allocated byte array behind one lock (`allocator=malloc`).
+#[derive(Debug)]
+struct FlatArray {
+    bytes: RwLock<Vec<u8>>,
+}
+
+enum Store {
+    Sparse(SparseArray),
+    Flat(FlatArray),
+}
+
+impl Store {
+    fn read(&self, buf: &mut [u8], offset: u64) {
+        match self {
+            Store::Sparse(s) => s.read(buf, offset),
+            Store::Flat(f) => {
+                let b = read(&f.bytes);
+                let o = offset as usize;
+                buf.copy_from_slice(&b[o..o + buf.len()]);
+            }
+        }
+    }
+    fn write(&self, buf: &[u8], offset: u64) {
+        match self {
+            Store::Sparse(s) => s.write(buf, offset),
+            Store::Flat(f) => {
+                let mut b = write(&f.bytes);
+                let o = offset as usize;
+                b[o..o + buf.len()].copy_from_slice(buf);
+            }
+        }
+    }
+    fn zero(&self, count: u64, offset: u64) {
+        match self {
+            Store::Sparse(s) => s.zero(count, offset),
+            Store::Flat(f) => {
+                let mut b = write(&f.bytes);
+                let o = offset as usize;
+                b[o..o + count as usize].fill(0);
+            }
+        }
+    }
+}
+
+/// The memory plugin.
+#[derive(Default)]
+pub struct Memory {
+    size: Option<u64>,
+    allocator: Option<String>,
+    store: Option<Arc<Store>>,
+}
+
+impl core::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Memory").field("size", &self.size).finish()
+    }
+}
+
+impl Plugin for Memory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn config_help(&self) -> &'static str {
+        "size=<SIZE>  (required) Size of the backing disk\nallocator=sparse|...    Backend allocation strategy"
+    }
+    fn magic_config_key(&self) -> Option<&'static str> {
+        Some("size")
+    }
+    fn callbacks(&self) -> &'static [&'static str] {
+        &[
+            "dump_plugin", "config", "config_complete", "config_help", "open", "get_size",
+            "can_fast_zero", "can_fua", "can_multi_conn", "can_cache", "pread", "pwrite", "flush",
+            "trim", "zero", "extents",
+        ]
+    }
+    fn dump_plugin(&self) -> Vec<(String, String)> {
+        vec![(super::s("mlock"), super::s("no")), (super::s("zstd"), super::s("no"))]
+    }
+    fn blocks(&self) -> bool {
+        false
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "size" => self.size = Some(super::size_param(value)?),
+            "allocator" => {
+                let name = value.split(',').next().unwrap_or("");
+                match name {
+                    "sparse" | "malloc" => {}
+                    "zstd" => {
+                        return Err(Error::config(
+                            "allocator=zstd is not supported by this nbdkit (no zstd support built in)",
+                        ))
+                    }
+                    _ => return Err(Error::config(format!("unknown allocator \"{value}\""))),
+                }
+                if value.contains(',') {
+                    return Err(Error::config(format!(
+                        "allocator parameters are not supported yet: \"{value}\""
+                    )));
+                }
+                self.allocator = Some(name.into());
+            }
+            _ => return Err(super::unknown_param(key)),
+        }
+        Ok(())
+    }
+    fn config_complete(&mut self) -> Result<()> {
+        let Some(size) = self.size else {
+            return Err(Error::config(
+                "you must specify size=<SIZE> on the command line",
+            ));
+        };
+        let store = match self.allocator.as_deref() {
+            Some("malloc") => {
+                let n = usize::try_from(size)
+                    .map_err(|_| Error::config("malloc: size is too large for this machine"))?;
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|_| {
+                    Error::msg(Errno::ENOMEM, format!("malloc: cannot allocate {size} bytes"))
+                })?;
+                v.resize(n, 0);
+                Store::Flat(FlatArray {
+                    bytes: RwLock::new(v),
+                })
+            }
+            _ => Store::Sparse(SparseArray::new()),
+        };
+        self.store = Some(Arc::new(store));
+        Ok(())
+    }
+    fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| Error::msg(Errno::EIO, "memory: not configured"))?;
+        Ok(Box::new(MemoryHandle {
+            size: self.size.unwrap_or(0),
+            store,
+        }))
+    }
+}
+
+struct MemoryHandle {
+    size: u64,
+    store: Arc<Store>,
+}
+
+impl Handle for MemoryHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+    fn can_write(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_flush(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_trim(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_zero(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_fast_zero(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_extents(&self) -> Result<bool> {
+        Ok(matches!(*self.store, Store::Sparse(_)))
+    }
+    fn can_fua(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_multi_conn(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_cache(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.store.read(buf, offset);
+        Ok(())
+    }
+    fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.store.write(buf, offset);
+        Ok(())
+    }
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn trim(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        self.store.zero(count, offset);
+        Ok(())
+    }
+    fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        self.store.zero(count, offset);
+        Ok(())
+    }
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        match &*self.store {
+            Store::Sparse(s) => s.extents(count, offset, extents),
+            Store::Flat(_) => extents.add(offset, count, 0),
+        }
+    }
+    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn sparse_reads_back_and_frees() {
+        let a = SparseArray::new();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        a.write(&data, 12345);
+        let mut out = vec![0u8; 100_000];
+        a.read(&mut out, 12345);
+        assert_eq!(out, data);
+        assert_eq!(a.allocated_pages(), 4);
+        a.zero(200_000, 0);
+        assert_eq!(a.allocated_pages(), 0);
+        a.read(&mut out, 12345);
+        assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn sparse_extents() {
+        let a = SparseArray::new();
+        a.write(&[1], PAGE_SIZE * 2 + 5);
+        let mut e = Extents::new(0, PAGE_SIZE * 8);
+        a.extents(PAGE_SIZE * 8, 0, &mut e).unwrap();
+        let v: Vec<_> = e.as_slice().iter().map(|x| (x.offset, x.length, x.flags)).collect();
+        assert_eq!(
+            v,
+            [
+                (0, PAGE_SIZE * 2, 3),
+                (PAGE_SIZE * 2, PAGE_SIZE, 0),
+                (PAGE_SIZE * 3, PAGE_SIZE * 5, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn huge_offsets_do_not_overflow() {
+        let a = SparseArray::new();
+        let top = i64::MAX as u64 - 512;
+        a.write(&[7u8; 512], top);
+        let mut b = [0u8; 512];
+        a.read(&mut b, top);
+        assert_eq!(b, [7u8; 512]);
+    }
+}

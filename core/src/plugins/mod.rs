@@ -1,0 +1,43 @@
+//! Plugins that need nothing but memory. Each file is one plugin, with its
+//! parameters documented at the top.
+
+pub mod full;
+pub mod memory;
+pub mod null;
+pub mod zero;
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::backend::{Error, Result};
+use crate::size::{parse_size, SizeError};
+
+/// Parse a size parameter, with nbdkit's error messages.
+pub fn size_param(value: &str) -> Result<u64> {
+    parse_size(value).map_err(|e| {
+        Error::config(match e {
+            SizeError::Invalid => {
+                let t = value.trim_start();
+                let digits = t.trim_start_matches('+');
+                let n = digits.len() - digits.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                if n == 0 {
+                    format!("could not parse size string ({value})")
+                } else {
+                    format!("could not parse size: unknown suffix '{}'", &digits[n..])
+                }
+            }
+            SizeError::Negative => format!("size cannot be negative ({value})"),
+            SizeError::TooLarge => format!("overflow computing size ({value})"),
+        })
+    })
+}
+
+/// The error for a parameter a plugin does not know.
+pub fn unknown_param(key: &str) -> Error {
+    Error::config(format!("unknown parameter '{key}'"))
+}
+
+/// Shorthand for `String::from`.
+pub(crate) fn s(v: &str) -> String {
+    String::from(v)
+}

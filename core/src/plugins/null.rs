@@ -1,0 +1,104 @@
+//! `null`: a disk that discards writes and reads as zeroes.
+//!
+//! Parameters: `[size=]SIZE` (default 0).
+
+use alloc::boxed::Box;
+
+use crate::backend::{Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
+
+/// The null plugin.
+#[derive(Debug, Default)]
+pub struct Null {
+    size: u64,
+}
+
+impl Plugin for Null {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+    fn config_help(&self) -> &'static str {
+        "size=<SIZE>             Size of the backing disk"
+    }
+    fn magic_config_key(&self) -> Option<&'static str> {
+        Some("size")
+    }
+    fn callbacks(&self) -> &'static [&'static str] {
+        &[
+            "config", "config_help", "open", "get_size", "can_fast_zero", "can_fua",
+            "can_multi_conn", "can_cache", "pread", "pwrite", "flush", "trim", "zero", "extents",
+        ]
+    }
+    fn blocks(&self) -> bool {
+        false
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "size" => self.size = super::size_param(value)?,
+            _ => return Err(super::unknown_param(key)),
+        }
+        Ok(())
+    }
+    fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+        Ok(Box::new(NullHandle { size: self.size }))
+    }
+}
+
+struct NullHandle {
+    size: u64,
+}
+
+impl Handle for NullHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+    fn can_write(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_flush(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_trim(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_zero(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_fast_zero(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_extents(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_fua(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_multi_conn(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_cache(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        extents.add(offset, count, STATE_HOLE | STATE_ZERO)
+    }
+    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+}

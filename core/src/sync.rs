@@ -1,0 +1,64 @@
+//! The one place where locks shared across threads come from.
+//!
+//! With `std` they are the operating system's locks; without it, spin locks;
+//! under `cfg(loom)` they are loom's models, so that the concurrency of the
+//! plugins and the thread-model locks can be checked exhaustively.
+
+#[cfg(loom)]
+pub use loom::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[cfg(all(not(loom), feature = "std"))]
+pub use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[cfg(all(not(loom), not(feature = "std")))]
+pub use alloc::sync::Arc;
+#[cfg(all(not(loom), not(feature = "std")))]
+pub use spin::{
+    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+
+/// Lock a mutex, ignoring poisoning: a panicking plugin call must not take
+/// the whole server down with it.
+#[cfg(any(loom, feature = "std"))]
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Lock a mutex (spin locks cannot be poisoned).
+#[cfg(all(not(loom), not(feature = "std")))]
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock()
+}
+
+/// Take a read lock, ignoring poisoning.
+#[cfg(any(loom, feature = "std"))]
+pub fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    match m.read() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Take a write lock, ignoring poisoning.
+#[cfg(any(loom, feature = "std"))]
+pub fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    match m.write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Take a read lock.
+#[cfg(all(not(loom), not(feature = "std")))]
+pub fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read()
+}
+
+/// Take a write lock.
+#[cfg(all(not(loom), not(feature = "std")))]
+pub fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write()
+}

@@ -1,0 +1,1 @@
+//! Plugins that need the operating system.
