@@ -1,1 +1,851 @@
-//! sans-IO server negotiation
+//! The sans-IO server side of NBD negotiation.
+//!
+//! The runtime feeds the bytes it read to [`Server::handle_input`], which
+//! says how many it consumed and whether it needs the runtime to act
+//! ([`Event`]); the bytes to send are taken with [`Server::poll_transmit`].
+//! The server never reads a socket, never blocks, never allocates and never
+//! panics on peer input: every length is checked before it is used.
+
+use crate::wire::consts::*;
+use crate::wire::handshake::{
+    ExportNameReply, InfoRequest, MetaContextRequest, NewstyleGreeting, OldstyleGreeting,
+    OptionHeader, OptionReplyHeader,
+};
+use crate::wire::WireError;
+
+#[cfg(test)]
+mod tests;
+
+/// The TLS policy of the server (`--tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS: STARTTLS is refused by policy.
+    Off,
+    /// TLS offered, not required.
+    On,
+    /// TLS required before anything else.
+    Require,
+}
+
+/// How the server negotiates.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Oldstyle handshake (`-o`).
+    pub oldstyle: bool,
+    /// Handshake flags to advertise (`--mask-handshake`, default all).
+    pub handshake_flags: u16,
+    /// Offer structured replies (off with `--no-sr`).
+    pub structured_replies: bool,
+    /// Offer extended headers.
+    pub extended_headers: bool,
+    /// TLS policy.
+    pub tls: TlsMode,
+    /// Most options accepted before the export is chosen (nbdkit: 32).
+    pub max_options: u32,
+    /// Longest option payload the runtime will buffer; longer options (up
+    /// to [`MAX_OPTION_LEN`]) are skipped without being stored and answered
+    /// with an error.
+    pub max_buffered_option: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            oldstyle: false,
+            handshake_flags: FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES,
+            structured_replies: true,
+            extended_headers: true,
+            tls: TlsMode::Off,
+            max_options: 32,
+            max_buffered_option: 64 * 1024,
+        }
+    }
+}
+
+/// Options longer than this end the connection (nbdkit's limit).
+pub const MAX_OPTION_LEN: u32 = 64 * 1024 * 1024;
+
+/// Size of the output buffer: enough for every reply to one option.
+pub const OUT_CAP: usize = 9 * 1024;
+
+/// Why the handshake ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent ABORT (after the ACK was queued).
+    Abort,
+    /// The client set unknown flags.
+    BadClientFlags,
+    /// An option header without the IHAVEOPT magic.
+    BadOptionMagic,
+    /// An option longer than [`MAX_OPTION_LEN`].
+    OptionTooLong,
+    /// Too many options.
+    TooManyOptions,
+    /// EXPORT_NAME could not be satisfied (it has no error reply).
+    ExportNameFailed,
+    /// EXPORT_NAME before TLS in `--tls=require` mode.
+    TlsRequired,
+    /// The runtime called a method that does not fit the state.
+    Protocol,
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Answer with [`Server::list_export`] for each export, then
+    /// [`Server::list_done`].
+    ListExports,
+    /// Open an export and answer with [`Server::export_ready`] or
+    /// [`Server::export_failed`]. `info_only` is NBD_OPT_INFO: the runtime
+    /// closes the export again after answering.
+    OpenExport {
+        /// The export name the client asked for ("" = default).
+        name: &'a str,
+        /// True for NBD_OPT_INFO.
+        info_only: bool,
+    },
+    /// The ACK for STARTTLS is queued: send it, upgrade the connection,
+    /// then call [`Server::tls_established`].
+    StartTls,
+}
+
+/// The result of one call to [`Server::handle_input`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// Bytes of the input that were used; the runtime drops them.
+    pub consumed: usize,
+    /// Something for the runtime to do, if any.
+    pub event: Option<Event<'a>>,
+}
+
+/// What an export looks like, given by the runtime after it opened it.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportInfo<'a> {
+    /// Canonical name (the default export resolved).
+    pub name: &'a str,
+    /// Size in bytes.
+    pub size: u64,
+    /// Transmission flags without SEND_DF (the server adds it when
+    /// structured replies are on).
+    pub eflags: u16,
+    /// Description, if any.
+    pub description: Option<&'a str>,
+    /// Block size constraints (minimum, preferred, maximum), if any.
+    pub block_size: Option<(u32, u32, u32)>,
+}
+
+/// What negotiation settled, for the transmission phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Negotiated {
+    /// Structured replies are on.
+    pub structured_replies: bool,
+    /// Extended headers are on.
+    pub extended_headers: bool,
+    /// The id of `base:allocation` when it was selected for this export.
+    pub base_allocation: Option<u32>,
+    /// Transmission flags sent to the client.
+    pub eflags: u16,
+    /// Export size.
+    pub size: u64,
+    /// The oldstyle handshake was used.
+    pub oldstyle: bool,
+}
+
+/// The context id nbdkit gives `base:allocation`.
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Oldstyle: waiting for the runtime to open the default export.
+    OldstyleOpen,
+    /// Waiting for the 4 bytes of client flags.
+    ClientFlags,
+    /// Waiting for an option header (and its payload).
+    Options,
+    /// Skipping the payload of an option too long to buffer.
+    Skipping { option: u32, remaining: u32 },
+    /// Waiting for the runtime to answer an event.
+    Waiting(Pending),
+    /// Negotiation is over; transmission starts.
+    Done,
+    /// The connection must be closed.
+    Closed(Disconnect),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    List,
+    Open { option: u32, wants: Wants, meta_matches: bool },
+    Tls,
+}
+
+/// The info types a client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Wants {
+    name: bool,
+    description: bool,
+    block_size: bool,
+}
+
+/// A name of up to [`MAX_STRING`] bytes kept inside the server (the export
+/// that SET_META_CONTEXT selected contexts for).
+#[derive(Clone, Copy)]
+struct Name {
+    len: usize,
+    bytes: [u8; MAX_STRING],
+}
+
+impl Name {
+    fn set(&mut self, b: &[u8]) {
+        let n = b.len().min(MAX_STRING);
+        self.bytes[..n].copy_from_slice(&b[..n]);
+        self.len = n;
+    }
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The server side of a handshake.
+pub struct Server {
+    config: Config,
+    state: State,
+    gflags: u16,
+    cflags: u32,
+    options_seen: u32,
+    list_done: bool,
+    tls_active: bool,
+    structured: bool,
+    extended: bool,
+    meta_base_allocation: bool,
+    meta_export: Name,
+    negotiated: Negotiated,
+    out: [u8; OUT_CAP],
+    out_start: usize,
+    out_end: usize,
+}
+
+impl core::fmt::Debug for Server {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Server")
+            .field("state", &self.state)
+            .field("pending_output", &(self.out_end - self.out_start))
+            .finish()
+    }
+}
+
+/// The runtime called a method that did not fit the state, or the output
+/// buffer is too full for the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageError {
+    /// No such question is pending.
+    WrongState,
+    /// Drain the output with [`Server::poll_transmit`] first.
+    OutputFull,
+}
+
+fn utf8_prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut n = max;
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+impl Server {
+    /// A server that has queued its greeting (newstyle), or that will ask
+    /// for the default export first (oldstyle).
+    pub fn new(config: Config) -> Self {
+        let gflags = config.handshake_flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        let mut s = Server {
+            config,
+            state: if config.oldstyle {
+                State::OldstyleOpen
+            } else {
+                State::ClientFlags
+            },
+            gflags,
+            cflags: 0,
+            options_seen: 0,
+            list_done: false,
+            tls_active: false,
+            structured: false,
+            extended: false,
+            meta_base_allocation: false,
+            meta_export: Name {
+                len: 0,
+                bytes: [0; MAX_STRING],
+            },
+            negotiated: Negotiated::default(),
+            out: [0; OUT_CAP],
+            out_start: 0,
+            out_end: 0,
+        };
+        if !config.oldstyle {
+            let mut b = [0u8; NewstyleGreeting::LEN];
+            NewstyleGreeting { flags: gflags }.emit(&mut b);
+            s.push(&b);
+        }
+        s
+    }
+
+    /// Copy pending output into `buf`; returns the number of bytes copied.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> usize {
+        let n = (self.out_end - self.out_start).min(buf.len());
+        buf[..n].copy_from_slice(&self.out[self.out_start..self.out_start + n]);
+        self.out_start += n;
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+        }
+        n
+    }
+
+    /// The output not yet taken.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out[self.out_start..self.out_end]
+    }
+
+    /// Mark `n` bytes of [`pending_output`](Self::pending_output) as sent.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out_start = (self.out_start + n).min(self.out_end);
+        if self.out_start == self.out_end {
+            self.out_start = 0;
+            self.out_end = 0;
+        }
+    }
+
+    /// True once negotiation is over and transmission starts.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Why the connection must close, if it must.
+    pub fn disconnect_reason(&self) -> Option<Disconnect> {
+        match self.state {
+            State::Closed(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// What was negotiated (meaningful once [`is_done`](Self::is_done)).
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// Whether TLS is up.
+    pub fn is_tls(&self) -> bool {
+        self.tls_active
+    }
+
+    /// How many bytes of input the server needs before it can make
+    /// progress (the runtime's buffer must hold at least this many).
+    pub fn needed(&self) -> usize {
+        match self.state {
+            State::ClientFlags => 4,
+            State::Options => OptionHeader::LEN,
+            State::Skipping { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    fn push(&mut self, b: &[u8]) -> bool {
+        if self.out_start > 0 && self.out_end + b.len() > OUT_CAP {
+            self.out.copy_within(self.out_start..self.out_end, 0);
+            self.out_end -= self.out_start;
+            self.out_start = 0;
+        }
+        if self.out_end + b.len() > OUT_CAP {
+            return false;
+        }
+        self.out[self.out_end..self.out_end + b.len()].copy_from_slice(b);
+        self.out_end += b.len();
+        true
+    }
+
+    fn space(&self) -> usize {
+        OUT_CAP - (self.out_end - self.out_start)
+    }
+
+    fn reply(&mut self, option: u32, reply_type: u32, payload: &[&[u8]]) -> bool {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        if self.space() < OptionReplyHeader::LEN + len {
+            return false;
+        }
+        let mut h = [0u8; OptionReplyHeader::LEN];
+        OptionReplyHeader {
+            option,
+            reply_type,
+            length: len as u32,
+        }
+        .emit(&mut h);
+        self.push(&h);
+        for p in payload {
+            self.push(p);
+        }
+        true
+    }
+
+    fn close(&mut self, d: Disconnect) -> Disconnect {
+        self.state = State::Closed(d);
+        d
+    }
+
+    /// Feed input. Returns how much was consumed and any event; a
+    /// `Disconnect` means the connection must be closed (after sending any
+    /// pending output, which only ABORT leaves).
+    pub fn handle_input<'a>(&mut self, input: &'a [u8]) -> Result<Progress<'a>, Disconnect> {
+        let none = |consumed| Ok(Progress {
+            consumed,
+            event: None,
+        });
+        match self.state {
+            State::Closed(d) => Err(d),
+            State::Done | State::Waiting(_) => none(0),
+            State::OldstyleOpen => {
+                self.state = State::Waiting(Pending::Open {
+                    option: OPT_EXPORT_NAME,
+                    wants: Wants::default(),
+                    meta_matches: false,
+                });
+                Ok(Progress {
+                    consumed: 0,
+                    event: Some(Event::OpenExport {
+                        name: "",
+                        info_only: false,
+                    }),
+                })
+            }
+            State::ClientFlags => {
+                if input.len() < 4 {
+                    return none(0);
+                }
+                let cflags = u32::from_be_bytes([input[0], input[1], input[2], input[3]]);
+                if cflags & !u32::from(self.gflags) != 0 {
+                    return Err(self.close(Disconnect::BadClientFlags));
+                }
+                self.cflags = cflags;
+                self.state = State::Options;
+                none(4)
+            }
+            State::Skipping { option, remaining } => {
+                let n = (remaining as usize).min(input.len());
+                let left = remaining - n as u32;
+                if left > 0 {
+                    self.state = State::Skipping {
+                        option,
+                        remaining: left,
+                    };
+                    return none(n);
+                }
+                self.state = State::Options;
+                let ty = if self.is_known(option) {
+                    REP_ERR_TOO_BIG
+                } else {
+                    REP_ERR_UNSUP
+                };
+                if option == OPT_EXPORT_NAME {
+                    return Err(self.close(Disconnect::ExportNameFailed));
+                }
+                self.reply(option, ty, &[]);
+                none(n)
+            }
+            State::Options => self.option(input),
+        }
+    }
+
+    fn is_known(&self, option: u32) -> bool {
+        matches!(option, OPT_EXPORT_NAME..=OPT_EXTENDED_HEADERS) && option != OPT_PEEK_EXPORT
+    }
+
+    fn option<'a>(&mut self, input: &'a [u8]) -> Result<Progress<'a>, Disconnect> {
+        let header = match OptionHeader::parse(input) {
+            Ok(h) => h,
+            Err(WireError::Truncated) => {
+                return Ok(Progress {
+                    consumed: 0,
+                    event: None,
+                })
+            }
+            Err(_) => return Err(self.close(Disconnect::BadOptionMagic)),
+        };
+        if header.length > MAX_OPTION_LEN {
+            return Err(self.close(Disconnect::OptionTooLong));
+        }
+        self.options_seen += 1;
+        if self.options_seen > self.config.max_options {
+            return Err(self.close(Disconnect::TooManyOptions));
+        }
+        let option = header.option;
+        if header.length > self.config.max_buffered_option {
+            self.state = State::Skipping {
+                option,
+                remaining: header.length,
+            };
+            return Ok(Progress {
+                consumed: OptionHeader::LEN,
+                event: None,
+            });
+        }
+        let total = OptionHeader::LEN + header.length as usize;
+        if input.len() < total {
+            return Ok(Progress {
+                consumed: 0,
+                event: None,
+            });
+        }
+        let payload = &input[OptionHeader::LEN..total];
+        let event = self.dispatch(option, payload)?;
+        Ok(Progress {
+            consumed: total,
+            event,
+        })
+    }
+
+    /// How many bytes the runtime must buffer to complete the current
+    /// option: the header, plus its payload once the header is known.
+    pub fn needed_for(&self, input: &[u8]) -> usize {
+        match self.state {
+            State::Options => match OptionHeader::parse(input) {
+                Ok(h) if h.length <= self.config.max_buffered_option => {
+                    OptionHeader::LEN + h.length as usize
+                }
+                _ => OptionHeader::LEN,
+            },
+            _ => self.needed(),
+        }
+    }
+
+    fn dispatch<'a>(&mut self, option: u32, payload: &'a [u8]) -> Result<Option<Event<'a>>, Disconnect> {
+        let fixed = self.cflags & FLAG_C_FIXED_NEWSTYLE != 0;
+        if !fixed && option != OPT_EXPORT_NAME {
+            // Only EXPORT_NAME is legal for a client that is not fixed
+            // newstyle.
+            self.reply(option, REP_ERR_INVALID, &[]);
+            return Ok(None);
+        }
+        if self.config.tls == TlsMode::Require && !self.tls_active {
+            match option {
+                OPT_EXPORT_NAME => return Err(self.close(Disconnect::TlsRequired)),
+                OPT_STARTTLS | OPT_ABORT => {}
+                _ => {
+                    self.reply(option, REP_ERR_TLS_REQD, &[]);
+                    return Ok(None);
+                }
+            }
+        }
+        match option {
+            OPT_EXPORT_NAME => {
+                let Ok(name) = core::str::from_utf8(payload) else {
+                    return Err(self.close(Disconnect::ExportNameFailed));
+                };
+                if name.len() > MAX_STRING || name.contains('\0') {
+                    return Err(self.close(Disconnect::ExportNameFailed));
+                }
+                let meta_matches = self.meta_export.get() == payload;
+                self.state = State::Waiting(Pending::Open {
+                    option,
+                    wants: Wants::default(),
+                    meta_matches,
+                });
+                Ok(Some(Event::OpenExport {
+                    name,
+                    info_only: false,
+                }))
+            }
+            OPT_ABORT => {
+                self.reply(option, REP_ACK, &[]);
+                Err(self.close(Disconnect::Abort))
+            }
+            OPT_LIST => {
+                if !payload.is_empty() || self.list_done {
+                    self.reply(option, REP_ERR_INVALID, &[]);
+                    return Ok(None);
+                }
+                self.list_done = true;
+                self.state = State::Waiting(Pending::List);
+                Ok(Some(Event::ListExports))
+            }
+            OPT_STARTTLS => {
+                if !payload.is_empty() {
+                    self.reply(option, REP_ERR_INVALID, &[]);
+                } else if self.tls_active {
+                    self.reply(option, REP_ERR_INVALID, &[]);
+                } else if self.config.tls == TlsMode::Off {
+                    self.reply(option, REP_ERR_POLICY, &[]);
+                } else {
+                    self.reply(option, REP_ACK, &[]);
+                    self.state = State::Waiting(Pending::Tls);
+                    return Ok(Some(Event::StartTls));
+                }
+                Ok(None)
+            }
+            OPT_INFO | OPT_GO => {
+                let Ok(req) = InfoRequest::parse(payload) else {
+                    self.reply(option, REP_ERR_INVALID, &[]);
+                    return Ok(None);
+                };
+                let name = match core::str::from_utf8(req.name) {
+                    Ok(n) if n.len() <= MAX_STRING && !n.contains('\0') => n,
+                    _ => {
+                        self.reply(option, REP_ERR_INVALID, &[]);
+                        return Ok(None);
+                    }
+                };
+                let mut wants = Wants::default();
+                for t in req.info_types() {
+                    match t {
+                        INFO_NAME => wants.name = true,
+                        INFO_DESCRIPTION => wants.description = true,
+                        INFO_BLOCK_SIZE => wants.block_size = true,
+                        _ => {}
+                    }
+                }
+                let meta_matches = self.meta_export.get() == req.name;
+                self.state = State::Waiting(Pending::Open {
+                    option,
+                    wants,
+                    meta_matches,
+                });
+                Ok(Some(Event::OpenExport {
+                    name,
+                    info_only: option == OPT_INFO,
+                }))
+            }
+            OPT_STRUCTURED_REPLY => {
+                let ty = if !payload.is_empty() {
+                    REP_ERR_INVALID
+                } else if !self.config.structured_replies {
+                    REP_ERR_UNSUP
+                } else if self.extended {
+                    REP_ERR_EXT_HEADER_REQD
+                } else if self.structured {
+                    REP_ERR_INVALID
+                } else {
+                    self.structured = true;
+                    REP_ACK
+                };
+                self.reply(option, ty, &[]);
+                Ok(None)
+            }
+            OPT_EXTENDED_HEADERS => {
+                let ty = if !payload.is_empty() {
+                    REP_ERR_INVALID
+                } else if !self.config.extended_headers || !self.config.structured_replies {
+                    REP_ERR_UNSUP
+                } else if self.extended {
+                    REP_ERR_INVALID
+                } else {
+                    self.extended = true;
+                    self.structured = true;
+                    REP_ACK
+                };
+                self.reply(option, ty, &[]);
+                Ok(None)
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                self.meta_context(option, payload);
+                Ok(None)
+            }
+            _ => {
+                self.reply(option, REP_ERR_UNSUP, &[]);
+                Ok(None)
+            }
+        }
+    }
+
+    fn meta_context(&mut self, option: u32, payload: &[u8]) {
+        let set = option == OPT_SET_META_CONTEXT;
+        if set {
+            // A SET replaces the selection even when it fails.
+            self.meta_base_allocation = false;
+            self.meta_export.set(&[]);
+        }
+        if !self.structured {
+            self.reply(option, REP_ERR_INVALID, &[]);
+            return;
+        }
+        let Ok(req) = MetaContextRequest::parse(payload) else {
+            self.reply(option, REP_ERR_INVALID, &[]);
+            return;
+        };
+        if req.export.len() > MAX_STRING {
+            self.reply(option, REP_ERR_INVALID, &[]);
+            return;
+        }
+        const NAME: &[u8] = b"base:allocation";
+        let mut matched = if req.count == 0 {
+            // LIST with no queries lists everything; SET selects nothing.
+            !set
+        } else {
+            false
+        };
+        for q in req.iter() {
+            if q.len() > MAX_STRING {
+                self.reply(option, REP_ERR_INVALID, &[]);
+                return;
+            }
+            if q == NAME || (!set && q == b"base:") {
+                matched = true;
+            }
+        }
+        if matched {
+            let id = if set { BASE_ALLOCATION_ID } else { 0 };
+            self.reply(option, REP_META_CONTEXT, &[&id.to_be_bytes(), NAME]);
+            if set {
+                self.meta_base_allocation = true;
+                self.meta_export.set(req.export);
+            }
+        }
+        self.reply(option, REP_ACK, &[]);
+    }
+
+    /// Add one export to the answer to NBD_OPT_LIST. Long names and
+    /// descriptions are cut to the protocol's 4096 bytes.
+    pub fn list_export(&mut self, name: &str, description: Option<&str>) -> Result<(), UsageError> {
+        if self.state != State::Waiting(Pending::List) {
+            return Err(UsageError::WrongState);
+        }
+        let name = utf8_prefix(name, MAX_STRING);
+        let desc = utf8_prefix(description.unwrap_or(""), MAX_STRING);
+        let len = (name.len() as u32).to_be_bytes();
+        if self.reply(OPT_LIST, REP_SERVER, &[&len, name.as_bytes(), desc.as_bytes()]) {
+            Ok(())
+        } else {
+            Err(UsageError::OutputFull)
+        }
+    }
+
+    /// Finish the answer to NBD_OPT_LIST (`ok == false`: the listing failed).
+    pub fn list_done(&mut self, ok: bool) -> Result<(), UsageError> {
+        if self.state != State::Waiting(Pending::List) {
+            return Err(UsageError::WrongState);
+        }
+        if !self.reply(OPT_LIST, if ok { REP_ACK } else { REP_ERR_INVALID }, &[]) {
+            return Err(UsageError::OutputFull);
+        }
+        self.state = State::Options;
+        Ok(())
+    }
+
+    /// The runtime finished the TLS handshake: every piece of negotiated
+    /// state is forgotten (CVE-2021-3716).
+    pub fn tls_established(&mut self) -> Result<(), UsageError> {
+        if self.state != State::Waiting(Pending::Tls) {
+            return Err(UsageError::WrongState);
+        }
+        self.tls_active = true;
+        self.structured = false;
+        self.extended = false;
+        self.meta_base_allocation = false;
+        self.meta_export.set(&[]);
+        self.list_done = false;
+        self.state = State::Options;
+        Ok(())
+    }
+
+    /// The export asked for by [`Event::OpenExport`] could not be opened.
+    /// For INFO/GO the client gets `ERR_UNKNOWN` and may try again;
+    /// EXPORT_NAME (and oldstyle) ends the connection.
+    pub fn export_failed(&mut self) -> Result<Disconnect, UsageError> {
+        let State::Waiting(Pending::Open { option, .. }) = self.state else {
+            return Err(UsageError::WrongState);
+        };
+        if option == OPT_EXPORT_NAME {
+            return Ok(self.close(Disconnect::ExportNameFailed));
+        }
+        self.state = State::Options;
+        if !self.reply(option, REP_ERR_UNKNOWN, &[]) {
+            return Err(UsageError::OutputFull);
+        }
+        Ok(Disconnect::Protocol)
+    }
+
+    /// The export asked for by [`Event::OpenExport`] is open. Queues the
+    /// replies; returns true when transmission starts now (GO,
+    /// EXPORT_NAME, oldstyle) and false for INFO.
+    pub fn export_ready(&mut self, info: &ExportInfo<'_>) -> Result<bool, UsageError> {
+        let State::Waiting(Pending::Open {
+            option,
+            wants,
+            meta_matches,
+        }) = self.state
+        else {
+            return Err(UsageError::WrongState);
+        };
+        let mut eflags = info.eflags | FLAG_HAS_FLAGS;
+        eflags &= !(FLAG_SEND_DF | FLAG_BLOCK_STATUS_PAYLOAD | FLAG_SEND_RESIZE);
+        if self.structured {
+            eflags |= FLAG_SEND_DF;
+        }
+        if eflags & FLAG_SEND_WRITE_ZEROES == 0 {
+            eflags &= !FLAG_SEND_FAST_ZERO;
+        }
+        self.negotiated = Negotiated {
+            structured_replies: self.structured,
+            extended_headers: self.extended,
+            base_allocation: (self.meta_base_allocation && meta_matches)
+                .then_some(BASE_ALLOCATION_ID),
+            eflags,
+            size: info.size,
+            oldstyle: self.config.oldstyle,
+        };
+        if self.config.oldstyle {
+            let mut b = [0u8; OldstyleGreeting::LEN];
+            OldstyleGreeting {
+                size: info.size,
+                eflags,
+            }
+            .emit(&mut b);
+            self.push(&b);
+            self.state = State::Done;
+            return Ok(true);
+        }
+        if option == OPT_EXPORT_NAME {
+            let r = ExportNameReply {
+                size: info.size,
+                eflags,
+                no_zeroes: self.gflags & FLAG_NO_ZEROES != 0
+                    && self.cflags & FLAG_C_NO_ZEROES != 0,
+            };
+            let mut b = [0u8; 134];
+            let n = r.emit(&mut b);
+            self.push(&b[..n]);
+            self.state = State::Done;
+            return Ok(true);
+        }
+        let mut b = [0u8; 12];
+        b[2..10].copy_from_slice(&info.size.to_be_bytes());
+        b[10..12].copy_from_slice(&eflags.to_be_bytes());
+        self.reply(option, REP_INFO, &[&b]);
+        if wants.name {
+            let name = utf8_prefix(info.name, MAX_STRING);
+            self.reply(option, REP_INFO, &[&INFO_NAME.to_be_bytes(), name.as_bytes()]);
+        }
+        if wants.description {
+            if let Some(d) = info.description {
+                let d = utf8_prefix(d, MAX_STRING);
+                self.reply(option, REP_INFO, &[&INFO_DESCRIPTION.to_be_bytes(), d.as_bytes()]);
+            }
+        }
+        if let Some((min, pref, max)) = info.block_size {
+            let mut b = [0u8; 14];
+            b[0..2].copy_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+            b[2..6].copy_from_slice(&min.to_be_bytes());
+            b[6..10].copy_from_slice(&pref.to_be_bytes());
+            b[10..14].copy_from_slice(&max.to_be_bytes());
+            self.reply(option, REP_INFO, &[&b]);
+        }
+        self.reply(option, REP_ACK, &[]);
+        if option == OPT_GO {
+            self.state = State::Done;
+            Ok(true)
+        } else {
+            self.state = State::Options;
+            Ok(false)
+        }
+    }
+}

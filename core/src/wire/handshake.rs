@@ -378,14 +378,14 @@ mod test {
 
     #[test]
     fn test_meta_context_request() {
-        let mut p = [0u8; 4 + 4 + 4 + 15];
-        p[8..12].copy_from_slice(&1u32.to_be_bytes());
-        p[12..16].copy_from_slice(&11u32.to_be_bytes());
-        p[16..27].copy_from_slice(b"base:alloca");
-        let r = MetaContextRequest::parse(&p[..27]).unwrap();
+        let mut p = [0u8; 4 + 4 + 4 + 11];
+        p[4..8].copy_from_slice(&1u32.to_be_bytes());
+        p[8..12].copy_from_slice(&11u32.to_be_bytes());
+        p[12..23].copy_from_slice(b"base:alloca");
+        let r = MetaContextRequest::parse(&p).unwrap();
         assert!(r.iter().eq([&b"base:alloca"[..]]));
         assert_eq!(
-            MetaContextRequest::parse(&p[..26]),
+            MetaContextRequest::parse(&p[..22]),
             Err(WireError::Malformed)
         );
     }
