@@ -26,9 +26,9 @@ pub mod wire;
 pub mod backend;
 #[cfg(feature = "alloc")]
 pub mod plugins;
+pub mod size;
 #[cfg(feature = "alloc")]
 pub mod sync;
-pub mod size;
 
 /// The nbdkit version whose behaviour this implementation follows.
 pub const NBDKIT_VERSION: &str = "1.36.2";

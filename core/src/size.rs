@@ -52,7 +52,9 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
             }
         }
     };
-    let scaled = value.checked_mul(1u64 << shift).ok_or(SizeError::TooLarge)?;
+    let scaled = value
+        .checked_mul(1u64 << shift)
+        .ok_or(SizeError::TooLarge)?;
     if scaled > i64::MAX as u64 {
         return Err(SizeError::TooLarge);
     }

@@ -13,9 +13,7 @@ pub use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWrite
 #[cfg(all(not(loom), not(feature = "std")))]
 pub use alloc::sync::Arc;
 #[cfg(all(not(loom), not(feature = "std")))]
-pub use spin::{
-    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
-};
+pub use spin::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Lock a mutex, ignoring poisoning: a panicking plugin call must not take
 /// the whole server down with it.

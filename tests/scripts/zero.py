@@ -1,5 +1,4 @@
 """WRITE_ZEROES with no flags, NO_HOLE, FUA, and FAST_ZERO."""
-import errno
 import nbd
 import nbdtest
 
@@ -22,14 +21,10 @@ check(nbd.CMD_FLAG_NO_HOLE, "zero NO_HOLE")
 if h.can_fua():
     check(nbd.CMD_FLAG_FUA, "zero FUA")
 
+# Only send FAST_ZERO when advertised (the protocol forbids it otherwise;
+# nbdkit 1.32.5 even aborts on it).  The caller checks can_fast_zero.
 if h.can_fast_zero():
     check(nbd.CMD_FLAG_FAST_ZERO, "zero FAST_ZERO")
-else:
-    # The server did not advertise fast zero: a fast-zero request must fail
-    # quickly with ENOTSUP (not libnbd's client-side refusal: relax strict).
-    h.set_strict_mode(h.get_strict_mode() & ~nbd.STRICT_FLAGS & ~nbd.STRICT_COMMANDS)
-    h.pwrite(data, 0)
-    nbdtest.expect_errno(errno.ENOTSUP, h.zero, 100000, 5000, nbd.CMD_FLAG_FAST_ZERO)
-    assert h.pread(len(data), 0) == data, "failed fast zero changed data"
+    check(nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_NO_HOLE, "zero FAST_ZERO|NO_HOLE")
 print("can_fast_zero=%s" % h.can_fast_zero())
 nbdtest.ok()

@@ -60,7 +60,10 @@ pub fn nbdkit_bin() -> PathBuf {
                     .parent()
                     .and_then(Path::parent)
                     .expect("test executable is not under target/<profile>/deps");
-                (profile_dir.join("nbdkit"), "the test executable's target directory")
+                (
+                    profile_dir.join("nbdkit"),
+                    "the test executable's target directory",
+                )
             }
         };
         if !path.is_file() {
@@ -91,7 +94,11 @@ pub fn expected_version() -> String {
     if is_reference() {
         let out = run(Command::new(nbdkit_bin()).arg("--version"), CMD_TIMEOUT);
         let first = out.stdout.lines().next().unwrap_or_default().to_string();
-        first.strip_prefix("nbdkit ").unwrap_or(&first).trim().to_string()
+        first
+            .strip_prefix("nbdkit ")
+            .unwrap_or(&first)
+            .trim()
+            .to_string()
     } else {
         OUR_VERSION.to_string()
     }
@@ -213,10 +220,16 @@ impl TempDir {
                     return TempDir { path };
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => panic!("cannot create a temporary directory in {}: {e}", base.display()),
+                Err(e) => panic!(
+                    "cannot create a temporary directory in {}: {e}",
+                    base.display()
+                ),
             }
         }
-        panic!("cannot create a unique temporary directory in {}", base.display());
+        panic!(
+            "cannot create a unique temporary directory in {}",
+            base.display()
+        );
     }
 
     /// The directory.
@@ -328,7 +341,9 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
 /// Like [`run`], feeding `input` to the command's stdin.
 pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let cmdline = describe_cmd(cmd);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     } else {
@@ -435,6 +450,11 @@ where
 {
     let path = find_tool(tool).unwrap_or_else(|| PathBuf::from(tool));
     run(Command::new(path).args(args), CMD_TIMEOUT)
+}
+
+/// A path as `&str` (test paths are always UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
 }
 
 /// Directory of the Python test scripts (`tests/scripts`).
@@ -759,8 +779,8 @@ pub struct Export {
 impl RawClient {
     /// Connects to a Unix socket (10 s read/write timeouts).
     pub fn connect(path: &Path) -> RawClient {
-        let sock = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        let sock =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
         Self::from_stream(sock)
     }
 
@@ -834,7 +854,9 @@ impl RawClient {
     pub fn read_option_reply(&mut self) -> io::Result<(u32, u32, Vec<u8>)> {
         let magic = self.read_u64()?;
         if magic != proto::OPT_REPLY_MAGIC {
-            return Err(io::Error::other(format!("bad option reply magic {magic:#x}")));
+            return Err(io::Error::other(format!(
+                "bad option reply magic {magic:#x}"
+            )));
         }
         let option = self.read_u32()?;
         let rtype = self.read_u32()?;
@@ -862,8 +884,9 @@ impl RawClient {
             }
             match rtype {
                 proto::REP_ACK => {
-                    return export
-                        .ok_or_else(|| io::Error::other("NBD_OPT_GO: ACK without NBD_INFO_EXPORT"));
+                    return export.ok_or_else(|| {
+                        io::Error::other("NBD_OPT_GO: ACK without NBD_INFO_EXPORT")
+                    });
                 }
                 proto::REP_INFO => {
                     if payload.len() >= 12
@@ -911,7 +934,9 @@ impl RawClient {
     pub fn read_simple_reply(&mut self) -> io::Result<(u32, u64)> {
         let magic = self.read_u32()?;
         if magic != proto::SIMPLE_REPLY_MAGIC {
-            return Err(io::Error::other(format!("bad simple reply magic {magic:#x}")));
+            return Err(io::Error::other(format!(
+                "bad simple reply magic {magic:#x}"
+            )));
         }
         let error = self.read_u32()?;
         let handle = self.read_u64()?;
@@ -919,11 +944,18 @@ impl RawClient {
     }
 
     /// NBD_CMD_READ with simple replies; returns the data or the NBD error.
-    pub fn pread(&mut self, offset: u64, len: u32, handle: u64) -> io::Result<Result<Vec<u8>, u32>> {
+    pub fn pread(
+        &mut self,
+        offset: u64,
+        len: u32,
+        handle: u64,
+    ) -> io::Result<Result<Vec<u8>, u32>> {
         self.send_request(0, proto::CMD_READ, handle, offset, len, &[])?;
         let (error, h) = self.read_simple_reply()?;
         if h != handle {
-            return Err(io::Error::other(format!("reply handle {h:#x}, want {handle:#x}")));
+            return Err(io::Error::other(format!(
+                "reply handle {h:#x}, want {handle:#x}"
+            )));
         }
         if error != 0 {
             return Ok(Err(error));
@@ -936,7 +968,9 @@ impl RawClient {
         self.send_request(0, proto::CMD_WRITE, handle, offset, data.len() as u32, data)?;
         let (error, h) = self.read_simple_reply()?;
         if h != handle {
-            return Err(io::Error::other(format!("reply handle {h:#x}, want {handle:#x}")));
+            return Err(io::Error::other(format!(
+                "reply handle {h:#x}, want {handle:#x}"
+            )));
         }
         Ok(error)
     }
@@ -950,7 +984,9 @@ impl RawClient {
     /// `timeout`; unread bytes are discarded.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        self.sock.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        self.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok();
         let mut buf = [0u8; 4096];
         for _ in 0..100_000 {
             if Instant::now() >= deadline {
@@ -1137,7 +1173,10 @@ impl JsonParser<'_> {
             Some(c) if c == b'-' || c.is_ascii_digit() => {
                 let start = self.i;
                 while self.i < self.s.len()
-                    && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
                 {
                     self.i += 1;
                 }
@@ -1204,10 +1243,8 @@ mod test {
 
     #[test]
     fn json_parses_nbdinfo_shape() {
-        let j = Json::parse(
-            r#"{ "a": [1, 2.5, "x\"y"], "b": true, "c": null, "d": {"e": -3} }"#,
-        )
-        .unwrap();
+        let j = Json::parse(r#"{ "a": [1, 2.5, "x\"y"], "b": true, "c": null, "d": {"e": -3} }"#)
+            .unwrap();
         assert_eq!(j.get("a").unwrap().as_array().unwrap().len(), 3);
         assert_eq!(j.get("b").unwrap().as_bool(), Some(true));
         assert_eq!(j.get("c"), Some(&Json::Null));

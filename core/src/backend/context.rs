@@ -131,7 +131,11 @@ impl Context {
             return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
         }
         let can_write = !readonly && ask!(can_write)?;
-        let can_zero = if can_write { ask!(can_zero)? } else { Support::None };
+        let can_zero = if can_write {
+            ask!(can_zero)?
+        } else {
+            Support::None
+        };
         Ok(Caps {
             size,
             description: ask!(export_description)?,
@@ -143,7 +147,11 @@ impl Context {
             can_zero,
             can_fast_zero: can_zero != Support::None && ask!(can_fast_zero)?,
             can_extents: ask!(can_extents)?,
-            can_fua: if can_write { ask!(can_fua)? } else { Support::None },
+            can_fua: if can_write {
+                ask!(can_fua)?
+            } else {
+                Support::None
+            },
             can_multi_conn: ask!(can_multi_conn)?,
             can_cache: ask!(can_cache)?,
         })
@@ -264,7 +272,11 @@ impl Context {
         let mut done = 0u64;
         while done < count {
             let n = (count - done).min(buf.len() as u64);
-            self.raw_pwrite(&buf[..n as usize], offset + done, flags.without(Flags::FAST_ZERO))?;
+            self.raw_pwrite(
+                &buf[..n as usize],
+                offset + done,
+                flags.without(Flags::FAST_ZERO),
+            )?;
             done += n;
         }
         Ok(())
@@ -272,13 +284,21 @@ impl Context {
 
     /// Extents of `count` bytes at `offset`; a layer without extents
     /// reports everything as data.
-    pub fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+    pub fn extents(
+        &self,
+        count: u64,
+        offset: u64,
+        flags: Flags,
+        extents: &mut Extents,
+    ) -> Result<()> {
         if !self.caps.can_extents {
             return extents.add(offset, count, 0);
         }
         match &self.layer {
             Layer::Plugin(h) => h.extents(count, offset, flags, extents)?,
-            Layer::Filter { handle, next } => handle.extents(next, count, offset, flags, extents)?,
+            Layer::Filter { handle, next } => {
+                handle.extents(next, count, offset, flags, extents)?
+            }
         }
         if extents.is_empty() {
             return Err(Error::msg(
@@ -340,7 +360,10 @@ struct Opener<'a> {
 impl NextOpener for Opener<'_> {
     fn open(&mut self, readonly: bool, export_name: &str) -> Result<()> {
         if self.slot.is_some() {
-            return Err(Error::msg(Errno::EINVAL, "filter opened the next layer twice"));
+            return Err(Error::msg(
+                Errno::EINVAL,
+                "filter opened the next layer twice",
+            ));
         }
         self.slot = Some(self.stack.open_layer(
             self.index,
@@ -361,7 +384,8 @@ struct ExportsBelow<'a> {
 
 impl NextExports for ExportsBelow<'_> {
     fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
-        self.stack.list_exports_from(self.index, readonly, is_tls, exports)
+        self.stack
+            .list_exports_from(self.index, readonly, is_tls, exports)
     }
     fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
         self.stack.default_export_from(self.index, readonly, is_tls)
@@ -503,7 +527,12 @@ impl Stack {
         self.default_export_from(0, readonly, is_tls)
     }
 
-    fn default_export_from(&self, index: usize, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+    fn default_export_from(
+        &self,
+        index: usize,
+        readonly: bool,
+        is_tls: bool,
+    ) -> Result<Option<String>> {
         match self.filters.get(index) {
             Some(f) => f.default_export(
                 &ExportsBelow {

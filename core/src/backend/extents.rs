@@ -82,7 +82,10 @@ impl Extents {
             return Ok(());
         }
         let Some(end) = offset.checked_add(length) else {
-            return Err(Error::msg(Errno::ERANGE, "nbdkit_add_extent: extent overflows"));
+            return Err(Error::msg(
+                Errno::ERANGE,
+                "nbdkit_add_extent: extent overflows",
+            ));
         };
         if self.list.is_empty() {
             if offset > self.start {

@@ -103,7 +103,11 @@ pub trait Filter: Send + Sync + 'static {
     }
 
     /// Open a connection: call `next.open` and return this filter's handle.
-    fn open(&self, next: &mut dyn NextOpener, args: &OpenArgs<'_>) -> Result<Box<dyn FilterHandle>> {
+    fn open(
+        &self,
+        next: &mut dyn NextOpener,
+        args: &OpenArgs<'_>,
+    ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(PassThrough))
     }

@@ -175,7 +175,11 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     List,
-    Open { option: u32, wants: Wants, meta_matches: bool },
+    Open {
+        option: u32,
+        wants: Wants,
+        meta_matches: bool,
+    },
     Tls,
 }
 
@@ -398,10 +402,12 @@ impl Server {
     /// `Disconnect` means the connection must be closed (after sending any
     /// pending output, which only ABORT leaves).
     pub fn handle_input<'a>(&mut self, input: &'a [u8]) -> Result<Progress<'a>, Disconnect> {
-        let none = |consumed| Ok(Progress {
-            consumed,
-            event: None,
-        });
+        let none = |consumed| {
+            Ok(Progress {
+                consumed,
+                event: None,
+            })
+        };
         match self.state {
             State::Closed(d) => Err(d),
             State::Done | State::Waiting(_) => none(0),
@@ -519,7 +525,11 @@ impl Server {
         }
     }
 
-    fn dispatch<'a>(&mut self, option: u32, payload: &'a [u8]) -> Result<Option<Event<'a>>, Disconnect> {
+    fn dispatch<'a>(
+        &mut self,
+        option: u32,
+        payload: &'a [u8],
+    ) -> Result<Option<Event<'a>>, Disconnect> {
         let fixed = self.cflags & FLAG_C_FIXED_NEWSTYLE != 0;
         if !fixed && option != OPT_EXPORT_NAME {
             // Only EXPORT_NAME is legal for a client that is not fixed
@@ -712,7 +722,11 @@ impl Server {
         let name = utf8_prefix(name, MAX_STRING);
         let desc = utf8_prefix(description.unwrap_or(""), MAX_STRING);
         let len = (name.len() as u32).to_be_bytes();
-        if self.reply(OPT_LIST, REP_SERVER, &[&len, name.as_bytes(), desc.as_bytes()]) {
+        if self.reply(
+            OPT_LIST,
+            REP_SERVER,
+            &[&len, name.as_bytes(), desc.as_bytes()],
+        ) {
             Ok(())
         } else {
             Err(UsageError::OutputFull)
@@ -808,8 +822,7 @@ impl Server {
             let r = ExportNameReply {
                 size: info.size,
                 eflags,
-                no_zeroes: self.gflags & FLAG_NO_ZEROES != 0
-                    && self.cflags & FLAG_C_NO_ZEROES != 0,
+                no_zeroes: self.gflags & FLAG_NO_ZEROES != 0 && self.cflags & FLAG_C_NO_ZEROES != 0,
             };
             let mut b = [0u8; 134];
             let n = r.emit(&mut b);
@@ -823,12 +836,20 @@ impl Server {
         self.reply(option, REP_INFO, &[&b]);
         if wants.name {
             let name = utf8_prefix(info.name, MAX_STRING);
-            self.reply(option, REP_INFO, &[&INFO_NAME.to_be_bytes(), name.as_bytes()]);
+            self.reply(
+                option,
+                REP_INFO,
+                &[&INFO_NAME.to_be_bytes(), name.as_bytes()],
+            );
         }
         if wants.description {
             if let Some(d) = info.description {
                 let d = utf8_prefix(d, MAX_STRING);
-                self.reply(option, REP_INFO, &[&INFO_DESCRIPTION.to_be_bytes(), d.as_bytes()]);
+                self.reply(
+                    option,
+                    REP_INFO,
+                    &[&INFO_DESCRIPTION.to_be_bytes(), d.as_bytes()],
+                );
             }
         }
         if let Some((min, pref, max)) = info.block_size {

@@ -195,7 +195,10 @@ fn masked_handshake_refuses_no_zeroes_from_client() {
     };
     let mut p = Pair::new(config);
     assert_eq!(NewstyleGreeting::parse(&p.take(18)).unwrap().flags, 1);
-    assert_eq!(p.send(&3u32.to_be_bytes()), Some(Disconnect::BadClientFlags));
+    assert_eq!(
+        p.send(&3u32.to_be_bytes()),
+        Some(Disconnect::BadClientFlags)
+    );
 }
 
 #[test]
@@ -345,7 +348,10 @@ fn starttls_forgets_negotiated_state() {
     };
     let mut p = Pair::start(config, FIXED);
     p.option(OPT_STRUCTURED_REPLY, b"");
-    p.option(OPT_SET_META_CONTEXT, &meta_payload("", &["base:allocation"]));
+    p.option(
+        OPT_SET_META_CONTEXT,
+        &meta_payload("", &["base:allocation"]),
+    );
     p.option(OPT_STARTTLS, b"");
     p.replies();
     p.option(OPT_GO, &go_payload("", &[]));
@@ -398,7 +404,10 @@ fn extended_headers_imply_structured_replies() {
 fn meta_contexts() {
     let mut p = Pair::start(Config::default(), FIXED);
     // Before structured replies: invalid.
-    p.option(OPT_SET_META_CONTEXT, &meta_payload("", &["base:allocation"]));
+    p.option(
+        OPT_SET_META_CONTEXT,
+        &meta_payload("", &["base:allocation"]),
+    );
     assert_eq!(p.replies()[0].1, REP_ERR_INVALID);
     p.option(OPT_STRUCTURED_REPLY, b"");
     p.replies();
@@ -411,7 +420,10 @@ fn meta_contexts() {
     p.option(OPT_LIST_META_CONTEXT, &meta_payload("", &["base:"]));
     assert_eq!(p.replies().len(), 2);
     // Unknown namespaces are ignored: bare ACK.
-    p.option(OPT_SET_META_CONTEXT, &meta_payload("", &["qemu:dirty-bitmap:x", "base:"]));
+    p.option(
+        OPT_SET_META_CONTEXT,
+        &meta_payload("", &["qemu:dirty-bitmap:x", "base:"]),
+    );
     assert_eq!(p.replies(), [(OPT_SET_META_CONTEXT, REP_ACK, Vec::new())]);
     // A query overrunning the payload is invalid.
     let mut bad = meta_payload("", &["base:allocation"]);
@@ -419,19 +431,28 @@ fn meta_contexts() {
     p.option(OPT_SET_META_CONTEXT, &bad);
     assert_eq!(p.replies()[0].1, REP_ERR_INVALID);
     // SET selects it for the export GO then uses.
-    p.option(OPT_SET_META_CONTEXT, &meta_payload("", &["base:allocation"]));
+    p.option(
+        OPT_SET_META_CONTEXT,
+        &meta_payload("", &["base:allocation"]),
+    );
     let r = p.replies();
     assert_eq!(&r[0].2[..4], &BASE_ALLOCATION_ID.to_be_bytes());
     p.option(OPT_GO, &go_payload("", &[]));
     p.replies();
-    assert_eq!(p.server.negotiated().base_allocation, Some(BASE_ALLOCATION_ID));
+    assert_eq!(
+        p.server.negotiated().base_allocation,
+        Some(BASE_ALLOCATION_ID)
+    );
 }
 
 #[test]
 fn meta_context_for_another_export_is_dropped_at_go() {
     let mut p = Pair::start(Config::default(), FIXED);
     p.option(OPT_STRUCTURED_REPLY, b"");
-    p.option(OPT_SET_META_CONTEXT, &meta_payload("other", &["base:allocation"]));
+    p.option(
+        OPT_SET_META_CONTEXT,
+        &meta_payload("other", &["base:allocation"]),
+    );
     p.option(OPT_GO, &go_payload("", &[]));
     p.replies();
     assert_eq!(p.server.negotiated().base_allocation, None);
@@ -472,7 +493,10 @@ fn long_option_is_skipped_and_refused() {
     let mut p = Pair::start(Config::default(), FIXED);
     let payload = std::vec![0u8; 100_000];
     p.option(OPT_SET_META_CONTEXT, &payload);
-    assert_eq!(p.replies(), [(OPT_SET_META_CONTEXT, REP_ERR_TOO_BIG, Vec::new())]);
+    assert_eq!(
+        p.replies(),
+        [(OPT_SET_META_CONTEXT, REP_ERR_TOO_BIG, Vec::new())]
+    );
     p.option(0x4321, &payload);
     assert_eq!(p.replies()[0].1, REP_ERR_UNSUP);
     p.option(OPT_GO, &go_payload("", &[]));
@@ -519,13 +543,34 @@ fn byte_at_a_time_input_makes_the_same_progress() {
 #[test]
 fn real_client_captures_negotiate() {
     let captures: &[(&str, &[u8])] = &[
-        ("nbdinfo-json", include_bytes!("../../testdata/captures/nbdinfo-json-1.c2s")),
-        ("nbdinfo-list", include_bytes!("../../testdata/captures/nbdinfo-list-1.c2s")),
-        ("nbdinfo-map", include_bytes!("../../testdata/captures/nbdinfo-map-1.c2s")),
-        ("qemuimg-info", include_bytes!("../../testdata/captures/qemuimg-info-1.c2s")),
-        ("qemuio-rw", include_bytes!("../../testdata/captures/qemuio-rw-1.c2s")),
-        ("nbdsh", include_bytes!("../../testdata/captures/nbdsh-commands-1.c2s")),
-        ("nbdcopy", include_bytes!("../../testdata/captures/nbdcopy-read-1.c2s")),
+        (
+            "nbdinfo-json",
+            include_bytes!("../../testdata/captures/nbdinfo-json-1.c2s"),
+        ),
+        (
+            "nbdinfo-list",
+            include_bytes!("../../testdata/captures/nbdinfo-list-1.c2s"),
+        ),
+        (
+            "nbdinfo-map",
+            include_bytes!("../../testdata/captures/nbdinfo-map-1.c2s"),
+        ),
+        (
+            "qemuimg-info",
+            include_bytes!("../../testdata/captures/qemuimg-info-1.c2s"),
+        ),
+        (
+            "qemuio-rw",
+            include_bytes!("../../testdata/captures/qemuio-rw-1.c2s"),
+        ),
+        (
+            "nbdsh",
+            include_bytes!("../../testdata/captures/nbdsh-commands-1.c2s"),
+        ),
+        (
+            "nbdcopy",
+            include_bytes!("../../testdata/captures/nbdcopy-read-1.c2s"),
+        ),
     ];
     for (name, bytes) in captures {
         let mut p = Pair::new(Config::default());

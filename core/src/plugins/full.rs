@@ -27,8 +27,17 @@ impl Plugin for Full {
     }
     fn callbacks(&self) -> &'static [&'static str] {
         &[
-            "config", "config_complete", "config_help", "open", "get_size", "can_multi_conn",
-            "can_cache", "pread", "pwrite", "trim", "extents",
+            "config",
+            "config_complete",
+            "config_help",
+            "open",
+            "get_size",
+            "can_multi_conn",
+            "can_cache",
+            "pread",
+            "pwrite",
+            "trim",
+            "extents",
         ]
     }
     fn blocks(&self) -> bool {

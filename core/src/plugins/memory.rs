@@ -204,13 +204,29 @@ impl Plugin for Memory {
     }
     fn callbacks(&self) -> &'static [&'static str] {
         &[
-            "dump_plugin", "config", "config_complete", "config_help", "open", "get_size",
-            "can_fast_zero", "can_fua", "can_multi_conn", "can_cache", "pread", "pwrite", "flush",
-            "trim", "zero", "extents",
+            "dump_plugin",
+            "config",
+            "config_complete",
+            "config_help",
+            "open",
+            "get_size",
+            "can_fast_zero",
+            "can_fua",
+            "can_multi_conn",
+            "can_cache",
+            "pread",
+            "pwrite",
+            "flush",
+            "trim",
+            "zero",
+            "extents",
         ]
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
-        vec![(super::s("mlock"), super::s("no")), (super::s("zstd"), super::s("no"))]
+        vec![
+            (super::s("mlock"), super::s("no")),
+            (super::s("zstd"), super::s("no")),
+        ]
     }
     fn blocks(&self) -> bool {
         false
@@ -222,11 +238,9 @@ impl Plugin for Memory {
                 let name = value.split(',').next().unwrap_or("");
                 match name {
                     "sparse" | "malloc" => {}
-                    "zstd" => {
-                        return Err(Error::config(
-                            "allocator=zstd is not supported by this nbdkit (no zstd support built in)",
-                        ))
-                    }
+                    "zstd" => return Err(Error::config(
+                        "allocator=zstd is not supported by this nbdkit (no zstd support built in)",
+                    )),
                     _ => return Err(Error::config(format!("unknown allocator \"{value}\""))),
                 }
                 if value.contains(',') {
@@ -252,7 +266,10 @@ impl Plugin for Memory {
                     .map_err(|_| Error::config("malloc: size is too large for this machine"))?;
                 let mut v = Vec::new();
                 v.try_reserve_exact(n).map_err(|_| {
-                    Error::msg(Errno::ENOMEM, format!("malloc: cannot allocate {size} bytes"))
+                    Error::msg(
+                        Errno::ENOMEM,
+                        format!("malloc: cannot allocate {size} bytes"),
+                    )
                 })?;
                 v.resize(n, 0);
                 Store::Flat(FlatArray {
@@ -367,7 +384,11 @@ mod test {
         a.write(&[1], PAGE_SIZE * 2 + 5);
         let mut e = Extents::new(0, PAGE_SIZE * 8);
         a.extents(PAGE_SIZE * 8, 0, &mut e).unwrap();
-        let v: Vec<_> = e.as_slice().iter().map(|x| (x.offset, x.length, x.flags)).collect();
+        let v: Vec<_> = e
+            .as_slice()
+            .iter()
+            .map(|x| (x.offset, x.length, x.flags))
+            .collect();
         assert_eq!(
             v,
             [

@@ -19,7 +19,10 @@ pub fn size_param(value: &str) -> Result<u64> {
             SizeError::Invalid => {
                 let t = value.trim_start();
                 let digits = t.trim_start_matches('+');
-                let n = digits.len() - digits.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let n = digits.len()
+                    - digits
+                        .trim_start_matches(|c: char| c.is_ascii_digit())
+                        .len();
                 if n == 0 {
                     format!("could not parse size string ({value})")
                 } else {

@@ -25,8 +25,20 @@ impl Plugin for Null {
     }
     fn callbacks(&self) -> &'static [&'static str] {
         &[
-            "config", "config_help", "open", "get_size", "can_fast_zero", "can_fua",
-            "can_multi_conn", "can_cache", "pread", "pwrite", "flush", "trim", "zero", "extents",
+            "config",
+            "config_help",
+            "open",
+            "get_size",
+            "can_fast_zero",
+            "can_fua",
+            "can_multi_conn",
+            "can_cache",
+            "pread",
+            "pwrite",
+            "flush",
+            "trim",
+            "zero",
+            "extents",
         ]
     }
     fn blocks(&self) -> bool {

@@ -336,9 +336,7 @@ mod test {
         h.emit(&mut b);
         assert_eq!(
             b,
-            [
-                0, 3, 0xe8, 0x89, 0x04, 0x55, 0x65, 0xa9, 0, 0, 0, 3, 0x80, 0, 0, 1, 0, 0, 0, 0
-            ]
+            [0, 3, 0xe8, 0x89, 0x04, 0x55, 0x65, 0xa9, 0, 0, 0, 3, 0x80, 0, 0, 1, 0, 0, 0, 0]
         );
         assert_eq!(OptionReplyHeader::parse(&b), Ok(h));
     }
@@ -366,10 +364,7 @@ mod test {
         let r = InfoRequest::parse(&p).unwrap();
         assert_eq!(r.name, b"hi");
         assert!(r.info_types().eq([INFO_BLOCK_SIZE, INFO_NAME]));
-        assert_eq!(
-            InfoRequest::parse(&p[..11]),
-            Err(WireError::Malformed)
-        );
+        assert_eq!(InfoRequest::parse(&p[..11]), Err(WireError::Malformed));
         assert_eq!(
             InfoRequest::parse(&[0, 0, 0, 9, 0, 0]),
             Err(WireError::Malformed)
