@@ -1,1 +1,534 @@
-fn main() {}
+//! `nbdkit`: the command line of nbdkit(1), parsed with clap into a stack
+//! of plugin and filters and a server configuration for runtime-std.
+
+mod registry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, Command};
+use nbdkit_core::backend::{Stack, CALLBACK_NAMES};
+use nbdkit_core::handshake::{Config as HsConfig, TlsMode};
+use nbdkit_core::wire::consts::{FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES};
+use nbdkit_runtime_std::{log, Family, Listen, ServeConfig};
+
+const USAGE: &str = "\
+nbdkit [-4|--ipv4-only] [-6|--ipv6-only]
+       [-D|--debug PLUGIN|FILTER|nbdkit.FLAG=N]
+       [--exit-with-parent] [-e|--exportname EXPORTNAME]
+       [--filter=FILTER ...] [-f|--foreground]
+       [-g|--group GROUP] [-i|--ipaddr IPADDR]
+       [--log=stderr|syslog|null] [--mask-handshake=MASK]
+       [-n|--newstyle] [--no-sr] [-o|--oldstyle]
+       [-P|--pidfile PIDFILE] [-p|--port PORT]
+       [-r|--readonly] [--run 'COMMAND ARGS ...']
+       [--selinux-label=LABEL] [-s|--single] [--swap]
+       [-t|--threads THREADS] [--tls=off|on|require]
+       [--tls-certificates=/path/to/certificates]
+       [--tls-psk=/path/to/pskfile] [--tls-verify-peer]
+       [-U|--unix SOCKET|-] [-u|--user USER]
+       [-v|--verbose] [--vsock]
+       PLUGIN [[KEY=]VALUE [KEY=VALUE [...]]]
+
+nbdkit --dump-config
+
+nbdkit PLUGIN --dump-plugin
+
+nbdkit --help
+
+nbdkit [-V|--version]
+
+Please read the nbdkit(1) manual page for full usage.";
+
+fn flag(name: &'static str) -> Arg {
+    Arg::new(name).action(ArgAction::SetTrue)
+}
+
+fn value(name: &'static str) -> Arg {
+    Arg::new(name)
+        .action(ArgAction::Set)
+        .num_args(1)
+        .allow_hyphen_values(true)
+}
+
+fn command() -> Command {
+    Command::new("nbdkit")
+        .no_binary_name(true)
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .dont_delimit_trailing_values(true)
+        .arg(
+            flag("ipv4")
+                .short('4')
+                .long("ipv4-only")
+                .overrides_with("ipv6"),
+        )
+        .arg(
+            flag("ipv6")
+                .short('6')
+                .long("ipv6-only")
+                .overrides_with("ipv4"),
+        )
+        .arg(
+            value("debug")
+                .short('D')
+                .long("debug")
+                .action(ArgAction::Append),
+        )
+        .arg(flag("dump-config").long("dump-config"))
+        .arg(flag("dump-plugin").long("dump-plugin"))
+        .arg(flag("exit-with-parent").long("exit-with-parent"))
+        .arg(
+            value("exportname")
+                .short('e')
+                .long("exportname")
+                .visible_aliases(["export", "export-name"]),
+        )
+        .arg(value("filter").long("filter").action(ArgAction::Append))
+        .arg(
+            flag("foreground")
+                .short('f')
+                .long("foreground")
+                .visible_alias("no-fork"),
+        )
+        .arg(value("group").short('g').long("group"))
+        .arg(flag("help").long("help"))
+        .arg(
+            value("ipaddr")
+                .short('i')
+                .long("ipaddr")
+                .visible_alias("ip-addr"),
+        )
+        .arg(value("log").long("log"))
+        .arg(value("mask-handshake").long("mask-handshake"))
+        .arg(
+            flag("newstyle")
+                .short('n')
+                .long("newstyle")
+                .visible_alias("new-style"),
+        )
+        .arg(flag("no-sr").long("no-sr"))
+        .arg(
+            flag("oldstyle")
+                .short('o')
+                .long("oldstyle")
+                .visible_alias("old-style"),
+        )
+        .arg(
+            value("pidfile")
+                .short('P')
+                .long("pidfile")
+                .visible_alias("pid-file"),
+        )
+        .arg(value("port").short('p').long("port"))
+        .arg(
+            flag("readonly")
+                .short('r')
+                .long("readonly")
+                .visible_alias("read-only"),
+        )
+        .arg(value("run").long("run"))
+        .arg(value("selinux-label").long("selinux-label"))
+        .arg(
+            flag("single")
+                .short('s')
+                .long("single")
+                .visible_alias("stdin"),
+        )
+        .arg(flag("swap").long("swap"))
+        .arg(value("threads").short('t').long("threads"))
+        .arg(value("tls").long("tls"))
+        .arg(value("tls-certificates").long("tls-certificates"))
+        .arg(value("tls-psk").long("tls-psk"))
+        .arg(flag("tls-verify-peer").long("tls-verify-peer"))
+        .arg(value("unix").short('U').long("unix"))
+        .arg(value("user").short('u').long("user"))
+        .arg(flag("verbose").short('v').long("verbose"))
+        .arg(flag("version").short('V').long("version"))
+        .arg(flag("vsock").long("vsock"))
+        .arg(
+            Arg::new("args")
+                .action(ArgAction::Append)
+                .num_args(0..)
+                .allow_hyphen_values(false),
+        )
+}
+
+/// A command-line mistake: one `nbdkit: error:` line, exit status 1.
+fn fail(msg: impl AsRef<str>) -> ExitCode {
+    log::error(None, msg.as_ref());
+    ExitCode::from(1)
+}
+
+fn is_config_key(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn dump_config() {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nbdkit".into());
+    let bindir = std::path::Path::new(&exe)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let lines = [
+        ("binary", exe.clone()),
+        ("bindir", bindir.clone()),
+        ("exit_with_parent", "yes".into()),
+        ("filterdir", format!("{bindir} (filters are built in)")),
+        ("host_cpu", std::env::consts::ARCH.into()),
+        ("host_os", "linux-gnu".into()),
+        ("libdir", "/usr/lib".into()),
+        ("mandir", "/usr/share/man".into()),
+        ("name", "nbdkit".into()),
+        ("plugindir", format!("{bindir} (plugins are built in)")),
+        ("root_tls_certificates_dir", "/etc/pki/nbdkit".into()),
+        ("sbindir", bindir),
+        ("selinux", "no".into()),
+        ("sysconfdir", "/etc".into()),
+        ("tls", "no".into()),
+        ("version", nbdkit_core::NBDKIT_VERSION.into()),
+        ("version_extra", nbdkit_core::VERSION_EXTRA.into()),
+        (
+            "version_major",
+            nbdkit_core::NBDKIT_VERSION_MAJOR.to_string(),
+        ),
+        (
+            "version_minor",
+            nbdkit_core::NBDKIT_VERSION_MINOR.to_string(),
+        ),
+        ("zstd", "no".into()),
+    ];
+    for (k, v) in lines {
+        println!("{k}={v}");
+    }
+}
+
+fn version_line() -> String {
+    format!(
+        "nbdkit {} ({})",
+        nbdkit_core::NBDKIT_VERSION,
+        nbdkit_core::VERSION_EXTRA
+    )
+}
+
+fn dump_plugin(stack: &Stack) {
+    let p = stack.plugin();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "nbdkit".into());
+    println!("path={exe}");
+    println!("name={}", p.name());
+    println!("version={}", p.version());
+    println!("api_version=2");
+    println!("struct_size=384");
+    println!("max_thread_model={}", p.max_thread_model().name());
+    println!("thread_model={}", p.thread_model().name());
+    println!("errno_is_preserved=1");
+    if let Some(k) = p.magic_config_key() {
+        println!("magic_config_key={k}");
+    }
+    for name in CALLBACK_NAMES {
+        if p.callbacks().contains(name) {
+            println!("has_{name}=1");
+        }
+    }
+    for (k, v) in p.dump_plugin() {
+        println!("{k}={v}");
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let m = match command().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            let first = first.trim_start_matches("error: ");
+            return fail(format!(
+                "{first}\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation."
+            ));
+        }
+    };
+    let get = |n: &str| m.get_one::<String>(n).cloned();
+    let on = |n: &str| m.get_flag(n);
+
+    log::set_verbose(on("verbose"));
+    if let Some(l) = get("log") {
+        match l.as_str() {
+            "stderr" => log::set_destination(log::LogTo::Stderr),
+            "null" => log::set_destination(log::LogTo::Null),
+            "syslog" => return fail("--log=syslog is not supported yet (only stderr and null)"),
+            _ => {
+                return fail(format!(
+                    "--log must be \"stderr\", \"syslog\" or \"null\": {l}"
+                ))
+            }
+        }
+    }
+    if on("dump-config") {
+        dump_config();
+        return ExitCode::SUCCESS;
+    }
+    let positional: Vec<String> = m
+        .get_many::<String>("args")
+        .map(|v| v.cloned().collect())
+        .unwrap_or_default();
+    if positional.is_empty() {
+        if on("help") {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        if on("version") {
+            println!("{}", version_line());
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("nbdkit: no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.");
+        return ExitCode::from(1);
+    }
+
+    // Load the plugin and filters.
+    let plugin_arg = &positional[0];
+    let plugin_name = registry::short_name(plugin_arg, "plugin");
+    let Some(plugin) = registry::plugin(&plugin_name) else {
+        return fail(format!(
+            "cannot open plugin '{plugin_arg}': no plugin of that name is built into this nbdkit (No such file or directory)"
+        ));
+    };
+    let mut filters = Vec::new();
+    for f in m.get_many::<String>("filter").into_iter().flatten() {
+        let fname = registry::short_name(f, "filter");
+        match registry::filter(&fname) {
+            Some(filter) => filters.push(filter),
+            None => {
+                return fail(format!(
+                    "cannot open filter '{f}': no filter of that name is built into this nbdkit (No such file or directory)"
+                ))
+            }
+        }
+    }
+    let mut stack = Stack::new(plugin, filters);
+
+    // -D flags.
+    let mut datapath = None;
+    let mut controlpath = None;
+    for d in m.get_many::<String>("debug").into_iter().flatten() {
+        let Some((k, v)) = d.split_once('=') else {
+            return fail(format!(
+                "-D (Debug Flag) must have the format NAME.FLAG=N: {d}"
+            ));
+        };
+        if !k.contains('.') || v.parse::<i64>().is_err() {
+            return fail(format!(
+                "-D (Debug Flag) must have the format NAME.FLAG=N: {d}"
+            ));
+        }
+        match k {
+            "nbdkit.backend.datapath" => datapath = Some(v != "0"),
+            "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
+            _ => {}
+        }
+    }
+    log::set_backend_debug(datapath, controlpath);
+
+    if on("help") {
+        println!("{USAGE}");
+        let p = stack.plugin();
+        println!("\nplugin: {}", p.name());
+        if let Ok(exe) = std::env::current_exe() {
+            println!("({})", exe.display());
+        }
+        let help = p.config_help();
+        if !help.is_empty() {
+            println!("{help}");
+        }
+        for f in stack.filters() {
+            println!("\nfilter: {}", f.name());
+            if !f.config_help().is_empty() {
+                println!("{}", f.config_help());
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if on("version") {
+        println!("{}", version_line());
+        let p = stack.plugin();
+        println!("{} {}", p.name(), p.version());
+        for f in stack.filters() {
+            println!("{} {}", f.name(), f.version());
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    // Configuration.
+    let magic = stack.plugin().magic_config_key();
+    for (i, a) in positional[1..].iter().enumerate() {
+        let (k, v) = match a.split_once('=') {
+            Some((k, v)) if is_config_key(k) => (k.to_string(), v.to_string()),
+            _ => match magic {
+                Some(mk) => (mk.to_string(), a.clone()),
+                None if i == 0 => ("script".to_string(), a.clone()),
+                None => {
+                    return fail(format!(
+                        "{}: this plugin does not need a bare parameter (use KEY=VALUE): {a}",
+                        stack.plugin().name()
+                    ))
+                }
+            },
+        };
+        if let Err(e) = stack.config(&k, &v) {
+            return fail(e.to_string());
+        }
+    }
+    if on("dump-plugin") {
+        dump_plugin(&stack);
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = stack.config_complete() {
+        return fail(e.to_string());
+    }
+
+    // Options that belong to later work say so clearly.
+    for (opt, what) in [
+        ("group", "-g/--group"),
+        ("user", "-u/--user"),
+        ("selinux-label", "--selinux-label"),
+        ("tls-certificates", "--tls-certificates"),
+        ("tls-psk", "--tls-psk"),
+    ] {
+        if get(opt).is_some() {
+            return fail(format!("{what} is not supported by this nbdkit yet"));
+        }
+    }
+    for (opt, what) in [
+        ("swap", "--swap"),
+        ("vsock", "--vsock"),
+        ("tls-verify-peer", "--tls-verify-peer"),
+    ] {
+        if on(opt) {
+            return fail(format!("{what} is not supported by this nbdkit yet"));
+        }
+    }
+    let tls = match get("tls").as_deref() {
+        None | Some("off") => TlsMode::Off,
+        Some("on") | Some("require") => {
+            return fail("--tls: TLS is not supported by this nbdkit yet")
+        }
+        Some(other) => {
+            return fail(format!(
+                "--tls: invalid value: {other} (expected off, on or require)"
+            ))
+        }
+    };
+    let mut hs = HsConfig {
+        tls,
+        ..HsConfig::default()
+    };
+    if let Some(mask) = get("mask-handshake") {
+        let parsed = if let Some(h) = mask.strip_prefix("0x").or_else(|| mask.strip_prefix("0X")) {
+            u16::from_str_radix(h, 16).ok()
+        } else if mask.len() > 1 && mask.starts_with('0') {
+            u16::from_str_radix(&mask[1..], 8).ok()
+        } else {
+            mask.parse::<u16>().ok()
+        };
+        match parsed {
+            Some(v) => hs.handshake_flags = v & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES),
+            None => return fail(format!("--mask-handshake: could not parse number: {mask}")),
+        }
+    }
+    if on("no-sr") {
+        hs.structured_replies = false;
+        hs.extended_headers = false;
+    }
+    if on("oldstyle") && !on("newstyle") {
+        hs.oldstyle = true;
+    }
+    let threads = match get("threads") {
+        None => 16,
+        Some(t) => match t.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => return fail(format!("cannot parse number of threads: {t}")),
+        },
+    };
+    let run = get("run");
+    let single = on("single");
+    let unix = get("unix");
+    let port = get("port");
+    let ipaddr = get("ipaddr");
+    if single && run.is_some() {
+        return fail("--run and -s/--single options cannot be used together");
+    }
+    if unix.is_some() && (port.is_some() || ipaddr.is_some()) {
+        return fail("-U and -p/-i options cannot be used together");
+    }
+    if single && (unix.is_some() || port.is_some() || ipaddr.is_some()) {
+        return fail("-s/--single and -U/-p/-i options cannot be used together");
+    }
+    let listen = if single {
+        Listen::Stdin
+    } else if let Some(u) = unix {
+        if u == "-" {
+            match nbdkit_runtime_std::server::private_socket() {
+                Ok((path, dir)) => Listen::Unix {
+                    path,
+                    private: Some(dir),
+                },
+                Err(e) => return fail(format!("mkdtemp: {e}")),
+            }
+        } else {
+            Listen::Unix {
+                path: PathBuf::from(u),
+                private: None,
+            }
+        }
+    } else if run.is_some() && port.is_none() && ipaddr.is_none() {
+        // nbdkit >= 1.36: --run implies -U -.
+        match nbdkit_runtime_std::server::private_socket() {
+            Ok((path, dir)) => Listen::Unix {
+                path,
+                private: Some(dir),
+            },
+            Err(e) => return fail(format!("mkdtemp: {e}")),
+        }
+    } else {
+        let port = match port {
+            None => nbdkit_core::wire::consts::DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) => n,
+                Err(_) => return fail(format!("cannot parse port number: {p}")),
+            },
+        };
+        let family = if on("ipv4") {
+            Some(Family::V4)
+        } else if on("ipv6") {
+            Some(Family::V6)
+        } else {
+            None
+        };
+        Listen::Tcp {
+            addr: ipaddr,
+            port,
+            family,
+        }
+    };
+    if let Err(e) = stack.get_ready() {
+        return fail(e.to_string());
+    }
+    let cfg = ServeConfig {
+        listen,
+        threads,
+        readonly: on("readonly"),
+        handshake: hs,
+        pidfile: get("pidfile").map(PathBuf::from),
+        run,
+        exportname: get("exportname").unwrap_or_default(),
+        exit_with_parent: on("exit-with-parent"),
+    };
+    let status = nbdkit_runtime_std::serve(stack, cfg);
+    ExitCode::from(status.clamp(0, 255) as u8)
+}

@@ -2,4 +2,9 @@
 //! the sans-IO core, request dispatch by thread model, process control,
 //! and the plugins that need the operating system.
 
+mod connection;
+pub mod log;
 pub mod plugins;
+pub mod server;
+
+pub use server::{serve, Family, Listen, ServeConfig};

@@ -1,0 +1,531 @@
+//! One client connection: drives the sans-IO handshake, then reads
+//! requests, runs them against the open [`Context`] (concurrently, up to
+//! `-t` at once, when the thread model allows) and writes each reply as soon
+//! as it is ready, out of order.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nbdkit_core::backend::{Context, Extents, Flags, OpenArgs, Stack, Support, ThreadModel};
+use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
+use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
+use nbdkit_core::wire::consts::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
+
+use crate::log;
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) stack: Stack,
+    pub(crate) handshake: handshake::Config,
+    pub(crate) readonly: bool,
+    pub(crate) threads: usize,
+    pub(crate) thread_model: ThreadModel,
+    pub(crate) blocks: bool,
+    /// Held around every plugin call under serialize_all_requests.
+    pub(crate) all_requests: std::sync::Mutex<()>,
+    /// Held for a whole connection under serialize_connections.
+    pub(crate) connections: AsyncMutex<()>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    /// Run a plugin call: on a blocking thread when the stack may block,
+    /// inline otherwise; under the global lock when the model says so.
+    async fn call<T, F>(self: &Arc<Self>, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> T + Send + 'static,
+    {
+        let run = |s: &Shared| {
+            if s.thread_model <= ThreadModel::SerializeAllRequests {
+                let _g = s.all_requests.lock().unwrap_or_else(|p| p.into_inner());
+                f(s)
+            } else {
+                f(s)
+            }
+        };
+        if self.blocks {
+            let s = self.clone();
+            match tokio::task::spawn_blocking(move || run(&s)).await {
+                Ok(v) => v,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        } else {
+            run(self)
+        }
+    }
+}
+
+/// The transmission flags for an open export.
+pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
+    let c = ctx.caps();
+    let mut f = FLAG_HAS_FLAGS;
+    if !c.can_write {
+        f |= FLAG_READ_ONLY;
+    }
+    if c.can_flush {
+        f |= FLAG_SEND_FLUSH;
+    }
+    if c.can_fua != Support::None {
+        f |= FLAG_SEND_FUA;
+    }
+    if c.is_rotational {
+        f |= FLAG_ROTATIONAL;
+    }
+    if c.can_trim {
+        f |= FLAG_SEND_TRIM;
+    }
+    if c.can_zero != Support::None {
+        f |= FLAG_SEND_WRITE_ZEROES;
+        if c.can_fast_zero {
+            f |= FLAG_SEND_FAST_ZERO;
+        }
+    }
+    if c.can_multi_conn && thread_model > ThreadModel::SerializeConnections {
+        f |= FLAG_CAN_MULTI_CONN;
+    }
+    if c.can_cache != Support::None {
+        f |= FLAG_SEND_CACHE;
+    }
+    f
+}
+
+/// Serve one connection to its end. Errors are logged, never propagated:
+/// one connection's failure never touches another.
+pub(crate) async fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{}[{}]", shared.stack.plugin().name(), id);
+    let _whole = if shared.thread_model == ThreadModel::SerializeConnections {
+        Some(shared.connections.lock().await)
+    } else {
+        None
+    };
+    let readonly = shared.readonly;
+    let pre = shared.call(move |s| s.stack.preconnect(readonly)).await;
+    if let Err(e) = pre {
+        log::error(Some(&name), &e.to_string());
+        return;
+    }
+    let mut wr = wr;
+    let mut rd = rd;
+    let opened = match handshake(&shared, &name, &mut rd, &mut wr).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(e) => {
+            log::debug(Some(&name), format_args!("handshake ended: {e}"));
+            return;
+        }
+    };
+    let (ctx, negotiated, leftover) = opened;
+    let ctx = Arc::new(ctx);
+    let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
+    transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    let c = ctx.clone();
+    shared
+        .call(move |_| {
+            if let Err(e) = c.finalize() {
+                log::error(None, &e.to_string());
+            }
+        })
+        .await;
+    // Dropping the last reference closes every layer, outermost first.
+    let _ = shared.call(move |_| drop(ctx)).await;
+    log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+type Opened = (Context, handshake::Negotiated, Vec<u8>);
+
+async fn handshake<R, W>(
+    shared: &Arc<Shared>,
+    name: &str,
+    rd: &mut R,
+    wr: &mut W,
+) -> io::Result<Option<Opened>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut hs = handshake::Server::new(shared.handshake);
+    let mut input: Vec<u8> = Vec::new();
+    let mut ctx: Option<Context> = None;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let out = hs.pending_output();
+        if !out.is_empty() {
+            wr.write_all(out).await?;
+            let n = out.len();
+            hs.consume_output(n);
+            wr.flush().await?;
+        }
+        if hs.is_done() {
+            break;
+        }
+        let progress = match hs.handle_input(&input) {
+            Ok(p) => p,
+            Err(d) => {
+                let out = hs.pending_output();
+                if !out.is_empty() {
+                    let _ = wr.write_all(out).await;
+                    let _ = wr.flush().await;
+                }
+                if d != Disconnect::Abort {
+                    log::debug(Some(name), format_args!("closing connection: {d:?}"));
+                }
+                return Ok(None);
+            }
+        };
+        let consumed = progress.consumed;
+        match progress.event {
+            None if consumed == 0 => {
+                // Need more input: read at least one byte, at most what the
+                // current option needs (bounded by the handshake config).
+                let need = hs.needed_for(&input).max(input.len() + 1);
+                let want = (need - input.len()).min(chunk.len());
+                let n = rd.read(&mut chunk[..want.max(1)]).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                input.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            None => {}
+            Some(Event::ListExports) => {
+                let readonly = shared.readonly;
+                let list = shared
+                    .call(move |s| s.stack.list_exports(readonly, false))
+                    .await;
+                let ok = match list {
+                    Ok(exports) => {
+                        for e in &exports.list {
+                            loop {
+                                match hs.list_export(&e.name, e.description.as_deref()) {
+                                    Ok(()) => break,
+                                    Err(handshake::UsageError::OutputFull) => {
+                                        let out = hs.pending_output();
+                                        wr.write_all(out).await?;
+                                        let n = out.len();
+                                        hs.consume_output(n);
+                                    }
+                                    Err(handshake::UsageError::WrongState) => break,
+                                }
+                            }
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        log::error(Some(name), &e.to_string());
+                        false
+                    }
+                };
+                let out = hs.pending_output();
+                wr.write_all(out).await?;
+                let n = out.len();
+                hs.consume_output(n);
+                let _ = hs.list_done(ok);
+            }
+            Some(Event::OpenExport {
+                name: export,
+                info_only,
+            }) => {
+                let export = export.to_string();
+                let readonly = shared.readonly;
+                let opened = shared
+                    .call(
+                        move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
+                            let canonical = if export.is_empty() {
+                                match s.stack.default_export(readonly, false)? {
+                                    Some(n) => n,
+                                    None => {
+                                        return Err(nbdkit_core::backend::Error::msg(
+                                            nbdkit_core::errno::Errno::ENOENT,
+                                            "the default export is not available",
+                                        ))
+                                    }
+                                }
+                            } else {
+                                export.clone()
+                            };
+                            let ctx = s.stack.open(&OpenArgs {
+                                readonly,
+                                export_name: &canonical,
+                                is_tls: false,
+                            })?;
+                            Ok((ctx, canonical))
+                        },
+                    )
+                    .await;
+                match opened {
+                    Ok((c, canonical)) => {
+                        let caps = c.caps();
+                        let info = ExportInfo {
+                            name: &canonical,
+                            size: caps.size,
+                            eflags: eflags(&c, shared.thread_model),
+                            description: caps.description.as_deref(),
+                            block_size: caps
+                                .block_size
+                                .map(|b| (b.minimum, b.preferred, b.maximum)),
+                        };
+                        let _ = hs.export_ready(&info);
+                        if info_only {
+                            shared.call(move |_| drop(c)).await;
+                        } else {
+                            ctx = Some(c);
+                        }
+                    }
+                    Err(e) => {
+                        log::error(Some(name), &e.to_string());
+                        if let Ok(Disconnect::ExportNameFailed) = hs.export_failed() {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            Some(Event::StartTls) => {
+                // TLS is refused by policy in the handshake while this
+                // server has no TLS support; reaching here is a bug.
+                return Ok(None);
+            }
+        }
+        input.drain(..consumed);
+    }
+    let negotiated = hs.negotiated();
+    match ctx {
+        Some(c) => Ok(Some((c, negotiated, input))),
+        None => Ok(None),
+    }
+}
+
+fn call_flags(v: &Valid) -> Flags {
+    let mut f = Flags::NONE;
+    if v.flags & CMD_FLAG_FUA != 0 {
+        f = f.with(Flags::FUA);
+    }
+    if v.command == Command::WriteZeroes {
+        if v.flags & CMD_FLAG_NO_HOLE == 0 {
+            f = f.with(Flags::MAY_TRIM);
+        }
+        if v.flags & CMD_FLAG_FAST_ZERO != 0 {
+            f = f.with(Flags::FAST_ZERO);
+        }
+    }
+    if v.command == Command::BlockStatus && v.flags & CMD_FLAG_REQ_ONE != 0 {
+        f = f.with(Flags::REQ_ONE);
+    }
+    f
+}
+
+/// Run one validated request and build its complete reply.
+fn execute(
+    ctx: &Context,
+    name: &str,
+    style: ReplyStyle,
+    base_allocation: u32,
+    v: &Valid,
+    payload: Vec<u8>,
+) -> Vec<u8> {
+    let flags = call_flags(v);
+    if log::datapath() {
+        log::debug(
+            Some(name),
+            format_args!(
+                "{}: count={} offset={} flags={:#x}",
+                v.command.name(),
+                v.count,
+                v.offset,
+                v.flags
+            ),
+        );
+    }
+    let result = match v.command {
+        Command::Read => {
+            let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
+            let n = style.read_header(&mut hdr, v.cookie, v.offset, v.count);
+            let mut buf = vec![0u8; n + v.count as usize];
+            buf[..n].copy_from_slice(&hdr[..n]);
+            match ctx.pread(&mut buf[n..], v.offset, Flags::NONE) {
+                Ok(()) => return buf,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Write => ctx.pwrite(&payload, v.offset, flags),
+        Command::Flush => ctx.flush(Flags::NONE),
+        Command::Trim => ctx.trim(v.count, v.offset, flags),
+        Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
+        Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
+        Command::BlockStatus => {
+            let end = v.offset + v.count;
+            let mut ext = Extents::new(v.offset, end);
+            match ctx.extents(v.count, v.offset, flags, &mut ext) {
+                Ok(()) => {
+                    let mut buf = vec![0u8; style.block_status_len(ext.len().max(1))];
+                    let n = style.block_status(
+                        &mut buf,
+                        v.cookie,
+                        v.offset,
+                        v.count,
+                        flags.contains(Flags::REQ_ONE),
+                        base_allocation,
+                        ext.as_slice().iter().map(|e| (e.offset, e.length, e.flags)),
+                    );
+                    buf.truncate(n);
+                    return buf;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Disc => Ok(()),
+    };
+    match result {
+        Ok(()) => {
+            let mut buf = [0u8; ReplyStyle::MAX_HEADER];
+            let n = style.ok(&mut buf, v.cookie, v.offset);
+            buf[..n].to_vec()
+        }
+        Err(e) => {
+            if let Some(m) = &e.message {
+                log::error(Some(name), m);
+            }
+            let err = e.errno.to_nbd(
+                v.flags & CMD_FLAG_FAST_ZERO != 0,
+                v.flags & CMD_FLAG_DF != 0,
+            );
+            let err = if err == 0 { NBD_EIO } else { err };
+            error_reply(style, Some(v.command), v.cookie, v.offset, err)
+        }
+    }
+}
+
+fn error_reply(
+    style: ReplyStyle,
+    command: Option<Command>,
+    cookie: u64,
+    offset: u64,
+    err: u32,
+) -> Vec<u8> {
+    let mut buf = [0u8; ReplyStyle::MAX_HEADER + 8];
+    let n = style.error(&mut buf, command, cookie, offset, err, b"");
+    buf[..n].to_vec()
+}
+
+async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &[u8]) -> bool {
+    let mut w = wr.lock().await;
+    w.write_all(reply).await.is_ok() && w.flush().await.is_ok()
+}
+
+async fn transmission<R, W>(
+    shared: &Arc<Shared>,
+    name: &str,
+    ctx: Arc<Context>,
+    negotiated: handshake::Negotiated,
+    mut reader: R,
+    wr: W,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let export = Export { negotiated };
+    let style = ReplyStyle::of(&negotiated);
+    let base_allocation = negotiated.base_allocation.unwrap_or(0);
+    let hdr_len = transmission::header_len(negotiated.extended_headers);
+    let wr = Arc::new(AsyncMutex::new(wr));
+    let concurrent = shared.thread_model == ThreadModel::Parallel && shared.threads > 1;
+    let slots = Arc::new(Semaphore::new(shared.threads.max(1)));
+    let mut shutdown = shared.shutdown.clone();
+    let name: Arc<str> = name.into();
+    let mut hdr = [0u8; 32];
+    loop {
+        let got = tokio::select! {
+            r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
+            _ = crate::server::stopped(&mut shutdown) => false,
+        };
+        if !got {
+            break;
+        }
+        let req = match transmission::decode(&hdr[..hdr_len], negotiated.extended_headers) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error(
+                    Some(&name),
+                    &format!("invalid request: {e:?}: closing the connection"),
+                );
+                break;
+            }
+        };
+        let checked = transmission::validate(&export, &req);
+        let mut payload = Vec::new();
+        if req.payload_len > 0 {
+            let keep = matches!(&checked, Ok(v) if v.command == Command::Write);
+            if keep {
+                payload = vec![0u8; req.payload_len as usize];
+                if reader.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+            } else {
+                let mut skip = (&mut reader).take(req.payload_len);
+                match tokio::io::copy(&mut skip, &mut tokio::io::sink()).await {
+                    Ok(n) if n == req.payload_len => {}
+                    _ => break,
+                }
+            }
+        }
+        let v = match checked {
+            Ok(v) => v,
+            Err(err) => {
+                let cmd = Command::from_wire(req.header.command);
+                if log::controlpath() {
+                    log::debug(
+                        Some(&name),
+                        format_args!("invalid request {cmd:?}: error {err}"),
+                    );
+                }
+                let reply = error_reply(style, cmd, req.header.cookie, req.header.offset, err);
+                if !send(&wr, &reply).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if v.command == Command::Disc {
+            log::debug(
+                Some(&name),
+                format_args!("client sent NBD_CMD_DISC, closing connection"),
+            );
+            break;
+        }
+        if concurrent {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (shared, ctx, wr, name) = (shared.clone(), ctx.clone(), wr.clone(), name.clone());
+            tokio::spawn(async move {
+                let reply = shared
+                    .call(move |_| execute(&ctx, &name, style, base_allocation, &v, payload))
+                    .await;
+                send(&wr, &reply).await;
+                drop(permit);
+            });
+        } else {
+            let (c, n) = (ctx.clone(), name.clone());
+            let reply = shared
+                .call(move |_| execute(&c, &n, style, base_allocation, &v, payload))
+                .await;
+            if !send(&wr, &reply).await {
+                break;
+            }
+        }
+    }
+    // Every request already read is answered before the connection closes.
+    let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
+    let mut w = wr.lock().await;
+    let _ = w.shutdown().await;
+}

@@ -1,0 +1,459 @@
+//! Serving: listeners (TCP, Unix, stdin/stdout), the accept loop, signals,
+//! the pidfile, `--run` captive mode and `--exit-with-parent`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nbdkit_core::backend::Stack;
+use nbdkit_core::handshake;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::connection::{self, Shared};
+use crate::log;
+
+/// Address family restriction (`-4`, `-6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// TCP on `addr` (all interfaces when `None`) and `port`.
+    Tcp {
+        /// `-i`.
+        addr: Option<String>,
+        /// `-p`.
+        port: u16,
+        /// `-4` / `-6`.
+        family: Option<Family>,
+    },
+    /// A Unix socket; `private` is set for `-U -` (a generated socket in a
+    /// private directory, removed at exit).
+    Unix {
+        /// The socket path.
+        path: PathBuf,
+        /// The private directory holding it, for `-U -`.
+        private: Option<PathBuf>,
+    },
+    /// One connection on stdin/stdout (`-s`).
+    Stdin,
+}
+
+/// Everything the server needs besides the stack.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: Listen,
+    /// `-t`: requests in flight per connection.
+    pub threads: usize,
+    /// `-r`.
+    pub readonly: bool,
+    /// Negotiation settings (`-o`, `--mask-handshake`, `--no-sr`, `--tls`).
+    pub handshake: handshake::Config,
+    /// `-P`.
+    pub pidfile: Option<PathBuf>,
+    /// `--run`.
+    pub run: Option<String>,
+    /// `-e`: the export name for `--run`.
+    pub exportname: String,
+    /// `--exit-with-parent`.
+    pub exit_with_parent: bool,
+}
+
+/// Make a private directory for `-U -`.
+pub fn private_socket() -> std::io::Result<(PathBuf, PathBuf)> {
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    let tmpl = base.join("nbdkitXXXXXX");
+    let dir = nix::unistd::mkdtemp(&tmpl).map_err(std::io::Error::from)?;
+    let sock = dir.join("socket");
+    Ok((sock, dir))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+enum Bound {
+    Tcp(Vec<TcpListener>, u16),
+    Unix(UnixListener, PathBuf),
+    Stdin,
+}
+
+fn bind_tcp(
+    addr: &Option<String>,
+    port: u16,
+    family: Option<Family>,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let addrs: Vec<SocketAddr> = match addr {
+        None => {
+            let mut v = Vec::new();
+            if family != Some(Family::V4) {
+                v.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+            }
+            if family != Some(Family::V6) {
+                v.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+            }
+            v
+        }
+        Some(a) => {
+            let host = a.trim_start_matches('[').trim_end_matches(']');
+            (host, port)
+                .to_socket_addrs()?
+                .filter(|s| match family {
+                    Some(Family::V4) => s.is_ipv4(),
+                    Some(Family::V6) => s.is_ipv6(),
+                    None => true,
+                })
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    let mut last_err = None;
+    for sa in addrs {
+        let domain = socket2::Domain::for_address(sa);
+        let sock = match socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None) {
+            Ok(s) => s,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        sock.set_reuse_address(true)?;
+        if sa.is_ipv6() {
+            let _ = sock.set_only_v6(true);
+        }
+        if let Err(e) = sock.bind(&sa.into()) {
+            last_err = Some(e);
+            continue;
+        }
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        out.push(std::net::TcpListener::from(sock));
+    }
+    if out.is_empty() {
+        return Err(last_err.unwrap_or_else(|| std::io::Error::other("no address to listen on")));
+    }
+    Ok(out)
+}
+
+fn set_exit_with_parent() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no
+    // memory effects.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+    }
+}
+
+/// Serve until a signal, the end of `--run`'s command, or (with `-s`) the
+/// end of the one connection. Returns the process exit status.
+pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
+    if cfg.exit_with_parent {
+        set_exit_with_parent();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error(None, &format!("cannot start the runtime: {e}"));
+            return 1;
+        }
+    };
+    let status = rt.block_on(serve_async(stack, cfg));
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    status
+}
+
+async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let thread_model = stack.thread_model();
+    let blocks = stack.blocks();
+    let shared = Arc::new(Shared {
+        stack,
+        handshake: cfg.handshake,
+        readonly: cfg.readonly,
+        threads: cfg.threads.max(1),
+        thread_model,
+        blocks,
+        all_requests: std::sync::Mutex::new(()),
+        connections: tokio::sync::Mutex::new(()),
+        shutdown: stop_rx.clone(),
+    });
+
+    let bound = match &cfg.listen {
+        Listen::Tcp { addr, port, family } => match bind_tcp(addr, *port, *family) {
+            Ok(ls) => {
+                let port = ls
+                    .first()
+                    .and_then(|l| l.local_addr().ok())
+                    .map(|a| a.port())
+                    .unwrap_or(*port);
+                let mut v = Vec::new();
+                for l in ls {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => v.push(l),
+                        Err(e) => {
+                            log::error(None, &format!("cannot listen: {e}"));
+                            return 1;
+                        }
+                    }
+                }
+                Bound::Tcp(v, port)
+            }
+            Err(e) => {
+                let what = addr.as_deref().unwrap_or("");
+                log::error(None, &format!("bind: {what}:{port}: {e}"));
+                return 1;
+            }
+        },
+        Listen::Unix { path, .. } => {
+            let _ = std::fs::remove_file(path).ok().filter(|_| false);
+            match UnixListener::bind(path) {
+                Ok(l) => Bound::Unix(l, path.clone()),
+                Err(e) => {
+                    log::error(None, &format!("bind: {}: {e}", path.display()));
+                    return 1;
+                }
+            }
+        }
+        Listen::Stdin => Bound::Stdin,
+    };
+
+    if let Err(e) = shared.stack.after_fork() {
+        log::error(None, &e.to_string());
+        return 1;
+    }
+    if let Some(p) = &cfg.pidfile {
+        let pid = std::process::id();
+        let tmp = p.with_extension("tmp~nbdkit");
+        let r = std::fs::write(&tmp, format!("{pid}\n")).and_then(|_| std::fs::rename(&tmp, p));
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            log::error(None, &format!("{}: {e}", p.display()));
+            return 1;
+        }
+    }
+
+    // Signals end the server cleanly.
+    let sig_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut kinds = Vec::new();
+        for k in [
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+            SignalKind::terminate(),
+        ] {
+            if let Ok(s) = signal(k) {
+                kinds.push(s);
+            }
+        }
+        let waits = kinds.iter_mut().map(|s| Box::pin(s.recv()));
+        futures_select_any(waits).await;
+        let _ = sig_tx.send(true);
+    });
+
+    let mut status = 0;
+    let mut run_task = None;
+    if let Some(cmd) = &cfg.run {
+        let (uri, port, sock) = match &bound {
+            Bound::Tcp(_, port) => {
+                let exp = percent_encode(&cfg.exportname);
+                (
+                    format!("nbd://localhost:{port}/{exp}")
+                        .trim_end_matches('/')
+                        .to_string(),
+                    port.to_string(),
+                    String::new(),
+                )
+            }
+            Bound::Unix(_, path) => (
+                format!(
+                    "nbd+unix:///{}?socket={}",
+                    percent_encode(&cfg.exportname),
+                    percent_encode(&path.to_string_lossy())
+                ),
+                String::new(),
+                path.to_string_lossy().into_owned(),
+            ),
+            Bound::Stdin => (String::new(), String::new(), String::new()),
+        };
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(cmd)
+            .env("uri", &uri)
+            .env("nbd", &uri)
+            .env("port", &port)
+            .env("unixsocket", &sock)
+            .env("exportname", &cfg.exportname);
+        match c.spawn() {
+            Ok(mut child) => {
+                let tx = stop_tx.clone();
+                run_task = Some(tokio::spawn(async move {
+                    let st = child.wait().await;
+                    let _ = tx.send(true);
+                    use std::os::unix::process::ExitStatusExt;
+                    match st {
+                        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                        Err(_) => 1,
+                    }
+                }));
+            }
+            Err(e) => {
+                log::error(None, &format!("--run: /bin/sh: {e}"));
+                status = 1;
+                let _ = stop_tx.send(true);
+            }
+        }
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stop = stop_rx.clone();
+    match bound {
+        Bound::Stdin => {
+            serve_stdin(shared.clone()).await;
+        }
+        Bound::Unix(l, _) => loop {
+            tokio::select! {
+                r = l.accept() => match r {
+                    Ok((s, _)) => {
+                        let (rd, wr) = s.into_split();
+                        tasks.spawn(connection::serve(shared.clone(), rd, wr));
+                    }
+                    Err(e) => log::error(None, &format!("accept: {e}")),
+                },
+                _ = crate::server::stopped(&mut stop) => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        },
+        Bound::Tcp(ls, _) => {
+            let (ctx, mut crx) = tokio::sync::mpsc::channel(64);
+            for l in ls {
+                let ctx = ctx.clone();
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            r = l.accept() => match r {
+                                Ok((s, _)) => {
+                                    let _ = s.set_nodelay(true);
+                                    if ctx.send(s).await.is_err() { break; }
+                                }
+                                Err(e) => log::error(None, &format!("accept: {e}")),
+                            },
+                            _ = crate::server::stopped(&mut stop) => break,
+                        }
+                    }
+                });
+            }
+            drop(ctx);
+            loop {
+                tokio::select! {
+                    s = crx.recv() => match s {
+                        Some(s) => {
+                            let (rd, wr) = s.into_split();
+                            tasks.spawn(connection::serve(shared.clone(), rd, wr));
+                        }
+                        None => break,
+                    },
+                    _ = crate::server::stopped(&mut stop) => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Connections finish their requests in flight, then close.
+    while tasks.join_next().await.is_some() {}
+    if let Some(t) = run_task {
+        if let Ok(code) = t.await {
+            status = code;
+        }
+    }
+    shared.stack.cleanup();
+    if let Listen::Unix {
+        private: Some(dir),
+        path,
+    } = &cfg.listen
+    {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_dir(dir);
+    }
+    status
+}
+
+async fn futures_select_any<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
+    let mut v: Vec<F> = futs.collect();
+    if v.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in v.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Resolves once the server is told to stop.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn is_socket(fd: i32) -> bool {
+    nix::sys::stat::fstat(fd)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+        .unwrap_or(false)
+}
+
+async fn serve_stdin(shared: Arc<Shared>) {
+    let (fd_in, fd_out) = (std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd());
+    if is_socket(fd_in) && is_socket(fd_out) {
+        // Duplicate so that dropping the streams does not close fds 0/1
+        // under the standard library.
+        let (Ok(a), Ok(b)) = (nix::unistd::dup(fd_in), nix::unistd::dup(fd_out)) else {
+            log::error(None, "cannot duplicate stdin/stdout");
+            return;
+        };
+        // SAFETY: `a` and `b` are fresh descriptors we own.
+        let (ra, rb) = unsafe {
+            (
+                std::os::unix::net::UnixStream::from_raw_fd(a),
+                std::os::unix::net::UnixStream::from_raw_fd(b),
+            )
+        };
+        let _ = ra.set_nonblocking(true);
+        let _ = rb.set_nonblocking(true);
+        match (
+            tokio::net::UnixStream::from_std(ra),
+            tokio::net::UnixStream::from_std(rb),
+        ) {
+            (Ok(r), Ok(w)) => connection::serve(shared, r, w).await,
+            _ => log::error(None, "cannot use stdin/stdout as a socket"),
+        }
+    } else {
+        connection::serve(shared, tokio::io::stdin(), tokio::io::stdout()).await;
+    }
+}

@@ -1,0 +1,143 @@
+//! Misbehaving clients do not stop the server from serving others.
+
+use core::time::Duration;
+use nbdkit_tests::{proto, Prng, Server};
+
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A well-behaved client can still write and read back.
+fn assert_serves(srv: &mut Server, seed: u64) {
+    assert!(srv.is_alive(), "server died; stderr:\n{}", srv.stderr());
+    let mut c = srv.connect_raw();
+    let export = c
+        .handshake_go("")
+        .unwrap_or_else(|e| panic!("handshake after bad client: {e}; stderr:\n{}", srv.stderr()));
+    assert_eq!(export.size, 1 << 20);
+    let data = Prng::new(seed).bytes(4096);
+    assert_eq!(c.pwrite(65536, &data, 1).expect("write"), 0);
+    assert_eq!(
+        c.pread(65536, 4096, 2).expect("read").expect("read ok"),
+        data
+    );
+    c.disconnect().ok();
+}
+
+fn assert_no_crash(srv: &Server) {
+    let err = srv.stderr();
+    for bad in ["Assertion", "panicked", "SIGSEGV", "stack overflow"] {
+        assert!(!err.contains(bad), "server stderr mentions {bad:?}:\n{err}");
+    }
+}
+
+#[test]
+fn garbage_before_handshake() {
+    let mut srv = Server::start(["memory", "1M"]);
+    for i in 0..3u64 {
+        let mut c = srv.connect_raw();
+        let garbage = Prng::new(0x6a7b + i).bytes(4096);
+        let _ = c.send(&garbage);
+        assert!(c.closed_within(CLOSE_WAIT), "server kept a garbage client");
+    }
+    assert_serves(&mut srv, 1);
+    assert_no_crash(&srv);
+}
+
+#[test]
+fn garbage_after_greeting_and_after_go() {
+    let mut srv = Server::start(["memory", "1M"]);
+    // Garbage in place of options.
+    let mut c = srv.connect_raw();
+    c.greeting().expect("greeting");
+    let _ = c.send(&Prng::new(2).bytes(8192));
+    assert!(
+        c.closed_within(CLOSE_WAIT),
+        "server kept a client sending garbage options"
+    );
+    // Garbage in place of requests (bad magic).
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    let _ = c.send(&Prng::new(3).bytes(8192));
+    assert!(
+        c.closed_within(CLOSE_WAIT),
+        "server kept a client sending garbage requests"
+    );
+    assert_serves(&mut srv, 2);
+    assert_no_crash(&srv);
+}
+
+#[test]
+fn four_gib_option_length() {
+    let mut srv = Server::start(["memory", "1M"]);
+    for option in [proto::OPT_EXPORT_NAME, proto::OPT_GO, 0x1234] {
+        let mut c = srv.connect_raw();
+        c.greeting().expect("greeting");
+        c.send_option(option, u32::MAX, &[b'x'; 100])
+            .expect("send option");
+        assert!(
+            c.closed_within(CLOSE_WAIT),
+            "server did not drop a client announcing a 4 GiB option {option:#x}"
+        );
+    }
+    assert_serves(&mut srv, 3);
+    assert_no_crash(&srv);
+}
+
+#[test]
+fn client_closing_mid_request() {
+    let mut srv = Server::start(["memory", "1M"]);
+    // A write whose payload stops half way.
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+    hdr.extend_from_slice(&0u16.to_be_bytes());
+    hdr.extend_from_slice(&proto::CMD_WRITE.to_be_bytes());
+    hdr.extend_from_slice(&7u64.to_be_bytes());
+    hdr.extend_from_slice(&0u64.to_be_bytes());
+    hdr.extend_from_slice(&65536u32.to_be_bytes());
+    c.send(&hdr).expect("send header");
+    c.send(&[0x55; 1000]).expect("send part of payload");
+    drop(c);
+
+    // A request header cut short.
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    c.send(&hdr[..10]).expect("send half a header");
+    drop(c);
+
+    // An option cut short.
+    let mut c = srv.connect_raw();
+    c.greeting().expect("greeting");
+    c.send_option(proto::OPT_GO, 100, &[0; 10])
+        .expect("send half an option");
+    drop(c);
+
+    // Closing right after the greeting.
+    let c = srv.connect_raw();
+    drop(c);
+
+    assert_serves(&mut srv, 4);
+    // The half-written request must not have been applied.
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    let head = c.pread(0, 1000, 1).expect("read").expect("read ok");
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "a truncated write was applied"
+    );
+    assert_no_crash(&srv);
+}
+
+#[test]
+fn many_sequential_clients() {
+    let mut srv = Server::start(["memory", "1M"]);
+    for i in 0..50u64 {
+        let mut c = srv.connect_raw();
+        c.handshake_go("").expect("handshake");
+        if i % 2 == 0 {
+            c.disconnect().ok();
+        }
+    }
+    assert_serves(&mut srv, 5);
+    assert_no_crash(&srv);
+}
