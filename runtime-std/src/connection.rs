@@ -190,7 +190,11 @@ where
                 // current option needs (bounded by the handshake config).
                 let need = hs.needed_for(&input).max(input.len() + 1);
                 let want = (need - input.len()).min(chunk.len());
-                let n = rd.read(&mut chunk[..want.max(1)]).await?;
+                let mut stop = shared.shutdown.clone();
+                let n = tokio::select! {
+                    r = rd.read(&mut chunk[..want.max(1)]) => r?,
+                    _ = crate::server::stopped(&mut stop) => 0,
+                };
                 if n == 0 {
                     return Ok(None);
                 }

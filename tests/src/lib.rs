@@ -888,14 +888,13 @@ impl RawClient {
                         io::Error::other("NBD_OPT_GO: ACK without NBD_INFO_EXPORT")
                     });
                 }
-                proto::REP_INFO => {
+                proto::REP_INFO
                     if payload.len() >= 12
-                        && u16::from_be_bytes([payload[0], payload[1]]) == proto::INFO_EXPORT
-                    {
-                        let size = u64::from_be_bytes(payload[2..10].try_into().expect("8"));
-                        let flags = u16::from_be_bytes([payload[10], payload[11]]);
-                        export = Some(Export { size, flags });
-                    }
+                        && u16::from_be_bytes([payload[0], payload[1]]) == proto::INFO_EXPORT =>
+                {
+                    let size = u64::from_be_bytes(payload[2..10].try_into().expect("8"));
+                    let flags = u16::from_be_bytes([payload[10], payload[11]]);
+                    export = Some(Export { size, flags });
                 }
                 t if t & 0x8000_0000 != 0 => {
                     return Err(io::Error::other(format!(

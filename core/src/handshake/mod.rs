@@ -481,12 +481,15 @@ impl Server {
         if header.length > MAX_OPTION_LEN {
             return Err(self.close(Disconnect::OptionTooLong));
         }
-        self.options_seen += 1;
-        if self.options_seen > self.config.max_options {
-            return Err(self.close(Disconnect::TooManyOptions));
-        }
         let option = header.option;
+        let count_it = |s: &mut Self| {
+            s.options_seen += 1;
+            s.options_seen > s.config.max_options
+        };
         if header.length > self.config.max_buffered_option {
+            if count_it(self) {
+                return Err(self.close(Disconnect::TooManyOptions));
+            }
             self.state = State::Skipping {
                 option,
                 remaining: header.length,
@@ -502,6 +505,9 @@ impl Server {
                 consumed: 0,
                 event: None,
             });
+        }
+        if count_it(self) {
+            return Err(self.close(Disconnect::TooManyOptions));
         }
         let payload = &input[OptionHeader::LEN..total];
         let event = self.dispatch(option, payload)?;

@@ -516,6 +516,25 @@ fn too_many_options_disconnect() {
 }
 
 #[test]
+fn options_fed_in_pieces_count_once() {
+    let mut p = Pair::start(Config::default(), FIXED);
+    let payload = go_payload("", &[]);
+    let mut h = [0u8; 16];
+    OptionHeader {
+        option: OPT_INFO,
+        length: payload.len() as u32,
+    }
+    .emit(&mut h);
+    for _ in 0..30 {
+        assert_eq!(p.send(&h), None);
+        for b in &payload {
+            assert_eq!(p.send(&[*b]), None);
+        }
+    }
+    assert_eq!(p.replies().len(), 60);
+}
+
+#[test]
 fn byte_at_a_time_input_makes_the_same_progress() {
     let mut whole = Pair::start(Config::default(), FIXED);
     let mut opt = Vec::new();

@@ -301,7 +301,7 @@ impl File {
 }
 
 /// Open `path` (relative to `dir` if given) read-write, or read-only when
-/// asked or when read-write is not allowed. Returns the file and whether it
+/// asked or when read-write fails. Returns the file and whether it
 /// is writable. `O_NONBLOCK` keeps a FIFO from blocking the open; it is
 /// cleared again once the file is known to be regular or a block device.
 fn open_fallback(
@@ -315,10 +315,11 @@ fn open_fallback(
     let (fd, writable) = if readonly {
         (open(OFlag::O_RDONLY), false)
     } else {
+        // As nbdkit does, any failure (EROFS, EACCES, EPERM, but also
+        // EISDIR for a directory, reported below as not a regular file)
+        // is retried read-only.
         match open(OFlag::O_RDWR) {
-            Err(NixErrno::EROFS | NixErrno::EACCES | NixErrno::EPERM) => {
-                (open(OFlag::O_RDONLY), false)
-            }
+            Err(_) => (open(OFlag::O_RDONLY), false),
             r => (r, true),
         }
     };
@@ -1237,6 +1238,10 @@ mod test {
         assert_eq!(
             open(&p, "fifo", true).err().unwrap().message.unwrap(),
             "file is not regular or block device: fifo"
+        );
+        assert_eq!(
+            open(&p, "sub", false).err().unwrap().message.unwrap(),
+            "file is not regular or block device: sub"
         );
         assert_eq!(
             open(&p, "missing", true).err().unwrap().message.unwrap(),
