@@ -1,5 +1,6 @@
 //! `nbdkit`: the command line of nbdkit(1), parsed with clap into a stack
 //! of plugin and filters and a server configuration for runtime-std.
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
 mod registry;
 

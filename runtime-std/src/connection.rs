@@ -33,6 +33,60 @@ pub(crate) struct Shared {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Read buffers kept for reuse on one connection, so that a read does not
+/// allocate and zero-fill a fresh buffer each time (nbdkit keeps a
+/// grow-only buffer per thread for the same reason).
+#[derive(Default)]
+pub(crate) struct BufPool {
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// Largest buffer kept for reuse.
+    const MAX_KEPT: usize = 8 * 1024 * 1024;
+    /// Most buffers kept.
+    const MAX_COUNT: usize = 32;
+
+    /// A buffer of at least `len` bytes (its contents are stale).
+    fn get(&self, len: usize) -> Vec<u8> {
+        let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut b = b.unwrap_or_default();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        b
+    }
+
+    /// Give a buffer back.
+    fn put(&self, b: Vec<u8>) {
+        if b.len() <= Self::MAX_KEPT {
+            let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+            if v.len() < Self::MAX_COUNT {
+                v.push(b);
+            }
+        }
+    }
+}
+
+/// A complete reply: the first `len` bytes of `buf`.
+pub(crate) struct Reply {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Reply {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        Reply { buf, len }
+    }
+}
+
 impl Shared {
     /// Run a plugin call: on a blocking thread when the stack may block,
     /// inline otherwise; under the global lock when the model says so.
@@ -331,12 +385,13 @@ fn call_flags(v: &Valid) -> Flags {
 /// Run one validated request and build its complete reply.
 fn execute(
     ctx: &Context,
+    pool: &BufPool,
     name: &str,
     style: ReplyStyle,
     base_allocation: u32,
     v: &Valid,
     payload: Vec<u8>,
-) -> Vec<u8> {
+) -> Reply {
     let flags = call_flags(v);
     if log::datapath() {
         log::debug(
@@ -354,11 +409,15 @@ fn execute(
         Command::Read => {
             let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
             let n = style.read_header(&mut hdr, v.cookie, v.offset, v.count);
-            let mut buf = vec![0u8; n + v.count as usize];
+            let len = n + v.count as usize;
+            let mut buf = pool.get(len);
             buf[..n].copy_from_slice(&hdr[..n]);
-            match ctx.pread(&mut buf[n..], v.offset, Flags::NONE) {
-                Ok(()) => return buf,
-                Err(e) => Err(e),
+            match ctx.pread(&mut buf[n..len], v.offset, Flags::NONE) {
+                Ok(()) => return Reply { buf, len },
+                Err(e) => {
+                    pool.put(buf);
+                    Err(e)
+                }
             }
         }
         Command::Write => ctx.pwrite(&payload, v.offset, flags),
@@ -382,7 +441,7 @@ fn execute(
                         ext.as_slice().iter().map(|e| (e.offset, e.length, e.flags)),
                     );
                     buf.truncate(n);
-                    return buf;
+                    return buf.into();
                 }
                 Err(e) => Err(e),
             }
@@ -393,7 +452,7 @@ fn execute(
         Ok(()) => {
             let mut buf = [0u8; ReplyStyle::MAX_HEADER];
             let n = style.ok(&mut buf, v.cookie, v.offset);
-            buf[..n].to_vec()
+            buf[..n].to_vec().into()
         }
         Err(e) => {
             if let Some(m) = &e.message {
@@ -404,7 +463,7 @@ fn execute(
                 v.flags & CMD_FLAG_DF != 0,
             );
             let err = if err == 0 { NBD_EIO } else { err };
-            error_reply(style, Some(v.command), v.cookie, v.offset, err)
+            error_reply(style, Some(v.command), v.cookie, v.offset, err).into()
         }
     }
 }
@@ -444,6 +503,7 @@ async fn transmission<R, W>(
     let wr = Arc::new(AsyncMutex::new(wr));
     let concurrent = shared.thread_model == ThreadModel::Parallel && shared.threads > 1;
     let slots = Arc::new(Semaphore::new(shared.threads.max(1)));
+    let pool = Arc::new(BufPool::default());
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
     let mut hdr = [0u8; 32];
@@ -470,8 +530,21 @@ async fn transmission<R, W>(
         if req.payload_len > 0 {
             let keep = matches!(&checked, Ok(v) if v.command == Command::Write);
             if keep {
-                payload = vec![0u8; req.payload_len as usize];
-                if reader.read_exact(&mut payload).await.is_err() {
+                // Read into spare capacity: no zero-filling of the buffer.
+                let want = req.payload_len as usize;
+                payload = Vec::with_capacity(want);
+                let mut ok = true;
+                while payload.len() < want {
+                    let left = (want - payload.len()) as u64;
+                    match (&mut reader).take(left).read_buf(&mut payload).await {
+                        Ok(0) | Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                if !ok {
                     break;
                 }
             } else {
@@ -506,24 +579,37 @@ async fn transmission<R, W>(
             );
             break;
         }
-        if concurrent {
+        // A request that arrives when nothing else is in flight on a stack
+        // that never blocks runs right here: no task hand-off, lowest latency.
+        let idle = slots.available_permits() == shared.threads.max(1);
+        if concurrent && (shared.blocks || !idle) {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (shared, ctx, wr, name) = (shared.clone(), ctx.clone(), wr.clone(), name.clone());
+            let (shared, ctx, wr, name, pool) = (
+                shared.clone(),
+                ctx.clone(),
+                wr.clone(),
+                name.clone(),
+                pool.clone(),
+            );
             tokio::spawn(async move {
+                let p = pool.clone();
                 let reply = shared
-                    .call(move |_| execute(&ctx, &name, style, base_allocation, &v, payload))
+                    .call(move |_| execute(&ctx, &p, &name, style, base_allocation, &v, payload))
                     .await;
-                send(&wr, &reply).await;
+                send(&wr, reply.bytes()).await;
+                pool.put(reply.buf);
                 drop(permit);
             });
         } else {
-            let (c, n) = (ctx.clone(), name.clone());
+            let (c, n, p) = (ctx.clone(), name.clone(), pool.clone());
             let reply = shared
-                .call(move |_| execute(&c, &n, style, base_allocation, &v, payload))
+                .call(move |_| execute(&c, &p, &n, style, base_allocation, &v, payload))
                 .await;
-            if !send(&wr, &reply).await {
+            let sent = send(&wr, reply.bytes()).await;
+            pool.put(reply.buf);
+            if !sent {
                 break;
             }
         }

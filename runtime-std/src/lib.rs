@@ -1,6 +1,7 @@
 //! The nbdkit-rs server on Linux: listeners, the per-connection driver of
 //! the sans-IO core, request dispatch by thread model, process control,
 //! and the plugins that need the operating system.
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
 mod connection;
 pub mod log;

@@ -45,12 +45,6 @@ pub struct Caps {
     pub can_cache: Support,
 }
 
-impl Default for Support {
-    fn default() -> Self {
-        Support::None
-    }
-}
-
 enum Layer {
     Plugin(Box<dyn Handle>),
     // Field order matters: the filter's handle is dropped (closed) before

@@ -40,9 +40,10 @@ impl ThreadModel {
 
 /// How a layer supports FUA, zeroing or caching (nbdkit's
 /// `NBDKIT_{FUA,ZERO,CACHE}_{NONE,EMULATE,NATIVE}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Support {
     /// Not supported.
+    #[default]
     None = 0,
     /// The server emulates it (FUA by flush, zero by writing zeroes, cache
     /// by reading).

@@ -586,9 +586,7 @@ impl Server {
                 Ok(Some(Event::ListExports))
             }
             OPT_STARTTLS => {
-                if !payload.is_empty() {
-                    self.reply(option, REP_ERR_INVALID, &[]);
-                } else if self.tls_active {
+                if !payload.is_empty() || self.tls_active {
                     self.reply(option, REP_ERR_INVALID, &[]);
                 } else if self.config.tls == TlsMode::Off {
                     self.reply(option, REP_ERR_POLICY, &[]);

@@ -62,7 +62,7 @@ impl Pair {
                 }
                 Some(Event::OpenExport { name, info_only }) => {
                     self.events.push(std::format!("open {name:?} {info_only}"));
-                    if name == "" || name == "other" {
+                    if name.is_empty() || name == "other" {
                         self.server
                             .export_ready(&ExportInfo {
                                 name,

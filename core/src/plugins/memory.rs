@@ -26,9 +26,26 @@ use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
 pub const PAGE_SIZE: u64 = 32 * 1024;
 
 /// A sparse byte array of 32 KiB pages; absent pages read as zeroes.
+///
+/// The map is locked for reading by every access and for writing only to
+/// add or remove pages; each page has its own lock, so writes to different
+/// pages run in parallel.
 #[derive(Debug, Default)]
 pub struct SparseArray {
-    pages: RwLock<BTreeMap<u64, Box<[u8]>>>,
+    pages: RwLock<BTreeMap<u64, Page>>,
+}
+
+type Page = Box<RwLock<[u8; PAGE_SIZE as usize]>>;
+
+fn new_page() -> Page {
+    // Allocate on the heap directly (a 32 KiB array on the stack is fine,
+    // but this avoids the copy).
+    let v: Box<[u8]> = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+    let arr: Box<[u8; PAGE_SIZE as usize]> = match v.try_into() {
+        Ok(a) => a,
+        Err(_) => Box::new([0u8; PAGE_SIZE as usize]),
+    };
+    Box::new(RwLock::new(*arr))
 }
 
 /// Split `offset..offset+len` into (page index, offset in page, length).
@@ -60,7 +77,7 @@ impl SparseArray {
         for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
             let dst = &mut buf[done..done + n];
             match pages.get(&page) {
-                Some(p) => dst.copy_from_slice(&p[in_page..in_page + n]),
+                Some(p) => dst.copy_from_slice(&read(p)[in_page..in_page + n]),
                 None => dst.fill(0),
             }
             done += n;
@@ -69,22 +86,40 @@ impl SparseArray {
 
     /// Copy `buf` into the array at `offset`, allocating pages as needed.
     pub fn write(&self, buf: &[u8], offset: u64) {
+        let mut done = 0;
+        let mut missing = false;
+        {
+            // Fast path: pages that exist are written under the map's read
+            // lock and their own write lock.
+            let pages = read(&self.pages);
+            for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
+                let src = &buf[done..done + n];
+                done += n;
+                match pages.get(&page) {
+                    Some(p) => write(p)[in_page..in_page + n].copy_from_slice(src),
+                    None => missing |= src.iter().any(|&b| b != 0),
+                }
+            }
+        }
+        if !missing {
+            return;
+        }
         let mut pages = write(&self.pages);
         let mut done = 0;
         for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
             let src = &buf[done..done + n];
             done += n;
-            match pages.get_mut(&page) {
-                Some(p) => p[in_page..in_page + n].copy_from_slice(src),
-                None => {
-                    if src.iter().all(|&b| b == 0) {
-                        continue;
-                    }
-                    let mut p = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
-                    p[in_page..in_page + n].copy_from_slice(src);
-                    pages.insert(page, p);
-                }
+            // Pages that appeared since the fast path get this write too.
+            if let Some(p) = pages.get(&page) {
+                write(p)[in_page..in_page + n].copy_from_slice(src);
+                continue;
             }
+            if src.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let p = new_page();
+            write(&p)[in_page..in_page + n].copy_from_slice(src);
+            pages.insert(page, p);
         }
     }
 
@@ -94,9 +129,13 @@ impl SparseArray {
         for (page, in_page, n) in page_runs(offset, count) {
             if n as u64 == PAGE_SIZE {
                 pages.remove(&page);
-            } else if let Some(p) = pages.get_mut(&page) {
-                p[in_page..in_page + n].fill(0);
-                if p.iter().all(|&b| b == 0) {
+            } else if let Some(p) = pages.get(&page) {
+                let empty = {
+                    let mut d = write(p);
+                    d[in_page..in_page + n].fill(0);
+                    d.iter().all(|&b| b == 0)
+                };
+                if empty {
                     pages.remove(&page);
                 }
             }

@@ -363,6 +363,7 @@ impl ReplyStyle {
     /// otherwise descriptors stop after the one reaching the request's end,
     /// and compact lengths are clipped to 32 bits. `buf` must hold
     /// [`block_status_len`](Self::block_status_len) of the extent count.
+    #[allow(clippy::too_many_arguments)]
     pub fn block_status<I>(
         &self,
         buf: &mut [u8],
