@@ -11,6 +11,7 @@
 //!
 //! Every wait is bounded in time and in iterations; servers listen on Unix
 //! sockets in private temporary directories only.
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
 use core::sync::atomic::{AtomicU32, Ordering};
 use core::time::Duration;
