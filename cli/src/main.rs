@@ -338,30 +338,35 @@ fn main() -> ExitCode {
 
     if on("help") {
         println!("{USAGE}");
-        let p = stack.plugin();
-        println!("\nplugin: {}", p.name());
-        if let Ok(exe) = std::env::current_exe() {
-            println!("({})", exe.display());
-        }
-        let help = p.config_help();
-        if !help.is_empty() {
-            println!("{help}");
-        }
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let title = |name: &str, long: Option<&str>| match long {
+            Some(l) => format!("{name} ({l})"),
+            None => name.to_string(),
+        };
         for f in stack.filters() {
-            println!("\nfilter: {}", f.name());
+            println!("\nfilter: {}", title(f.name(), f.longname()));
+            println!("({exe})");
             if !f.config_help().is_empty() {
                 println!("{}", f.config_help());
             }
+        }
+        let p = stack.plugin();
+        println!("\nplugin: {}", title(p.name(), p.longname()));
+        println!("({exe})");
+        if !p.config_help().is_empty() {
+            println!("{}", p.config_help());
         }
         return ExitCode::SUCCESS;
     }
     if on("version") {
         println!("{}", version_line());
-        let p = stack.plugin();
-        println!("{} {}", p.name(), p.version());
         for f in stack.filters() {
             println!("{} {}", f.name(), f.version());
         }
+        let p = stack.plugin();
+        println!("{} {}", p.name(), p.version());
         return ExitCode::SUCCESS;
     }
 

@@ -1,7 +1,7 @@
-//! The plugins and filters built into this nbdkit, by name.
+//! The plugins and filters built into this nbdkit, by name: those of the
+//! core (memory only) first, then those that need the operating system.
 
 use nbdkit_core::backend::{Filter, Plugin};
-use nbdkit_core::plugins;
 
 /// The short name of a plugin or filter given as a name or as a path such
 /// as `/usr/lib/nbdkit/plugins/nbdkit-file-plugin.so`.
@@ -20,24 +20,10 @@ pub(crate) fn short_name(arg: &str, kind: &str) -> String {
 
 /// A fresh, unconfigured plugin.
 pub(crate) fn plugin(name: &str) -> Option<Box<dyn Plugin>> {
-    Some(match name {
-        "memory" => Box::new(plugins::memory::Memory::default()),
-        "null" => Box::new(plugins::null::Null::default()),
-        "zero" => Box::new(plugins::zero::Zero),
-        "full" => Box::new(plugins::full::Full::default()),
-        _ => return runtime_plugin(name),
-    })
-}
-
-fn runtime_plugin(name: &str) -> Option<Box<dyn Plugin>> {
-    #[allow(clippy::match_single_binding)]
-    match name {
-        _ => nbdkit_runtime_std::plugins::by_name(name),
-    }
+    nbdkit_core::plugins::by_name(name).or_else(|| nbdkit_runtime_std::plugins::by_name(name))
 }
 
 /// A fresh, unconfigured filter.
 pub(crate) fn filter(name: &str) -> Option<Box<dyn Filter>> {
-    let _ = name;
-    None
+    nbdkit_core::filters::by_name(name).or_else(|| nbdkit_runtime_std::filters::by_name(name))
 }

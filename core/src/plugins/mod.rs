@@ -44,3 +44,15 @@ pub fn unknown_param(key: &str) -> Error {
 pub(crate) fn s(v: &str) -> String {
     String::from(v)
 }
+
+/// A fresh, unconfigured plugin of this folder, by name.
+pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Plugin>> {
+    use alloc::boxed::Box;
+    Some(match name {
+        "memory" => Box::new(memory::Memory::default()),
+        "null" => Box::new(null::Null::default()),
+        "zero" => Box::new(zero::Zero),
+        "full" => Box::new(full::Full::default()),
+        _ => return None,
+    })
+}
