@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, Extents, Flags, OpenArgs, Stack, Support, ThreadModel};
+use nbdkit_core::backend::{Context, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel};
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
 use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
 use nbdkit_core::wire::consts::*;
@@ -151,7 +151,7 @@ pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
 
 /// Serve one connection to its end. Errors are logged, never propagated:
 /// one connection's failure never touches another.
-pub(crate) async fn serve<R, W>(shared: Arc<Shared>, rd: R, wr: W)
+pub(crate) async fn serve<R, W>(shared: Arc<Shared>, peer: Peer, rd: R, wr: W)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -164,14 +164,16 @@ where
         None
     };
     let readonly = shared.readonly;
-    let pre = shared.call(move |s| s.stack.preconnect(readonly)).await;
+    let peer = Arc::new(peer);
+    let p = peer.clone();
+    let pre = shared.call(move |s| s.stack.preconnect(readonly, &p)).await;
     if let Err(e) = pre {
         log::error(Some(&name), &e.to_string());
         return;
     }
     let mut wr = wr;
     let mut rd = rd;
-    let opened = match handshake(&shared, &name, &mut rd, &mut wr).await {
+    let opened = match handshake(&shared, &name, &peer, &mut rd, &mut wr).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(e) => {
@@ -201,6 +203,7 @@ type Opened = (Context, handshake::Negotiated, Vec<u8>);
 async fn handshake<R, W>(
     shared: &Arc<Shared>,
     name: &str,
+    peer: &Arc<Peer>,
     rd: &mut R,
     wr: &mut W,
 ) -> io::Result<Option<Opened>>
@@ -296,6 +299,7 @@ where
             }) => {
                 let export = export.to_string();
                 let readonly = shared.readonly;
+                let peer = peer.clone();
                 let opened = shared
                     .call(
                         move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
@@ -316,6 +320,7 @@ where
                                 readonly,
                                 export_name: &canonical,
                                 is_tls: false,
+                                peer: &peer,
                             })?;
                             Ok((ctx, canonical))
                         },

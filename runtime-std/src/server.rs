@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nbdkit_core::backend::Stack;
+use nbdkit_core::backend::{Peer, Stack};
 use nbdkit_core::handshake;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -336,8 +336,9 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
             tokio::select! {
                 r = l.accept() => match r {
                     Ok((s, _)) => {
+                        let peer = unix_peer(&s);
                         let (rd, wr) = s.into_split();
-                        tasks.spawn(connection::serve(shared.clone(), rd, wr));
+                        tasks.spawn(connection::serve(shared.clone(), peer, rd, wr));
                     }
                     Err(e) => log::error(None, &format!("accept: {e}")),
                 },
@@ -370,8 +371,9 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
                 tokio::select! {
                     s = crx.recv() => match s {
                         Some(s) => {
+                            let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
                             let (rd, wr) = s.into_split();
-                            tasks.spawn(connection::serve(shared.clone(), rd, wr));
+                            tasks.spawn(connection::serve(shared.clone(), peer, rd, wr));
                         }
                         None => break,
                     },
@@ -422,6 +424,22 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// The credentials of a Unix socket peer (SO_PEERCRED).
+fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
+    match s.peer_cred() {
+        Ok(c) => Peer::Unix {
+            pid: c.pid(),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
+        },
+        Err(_) => Peer::Unix {
+            pid: None,
+            uid: None,
+            gid: None,
+        },
+    }
+}
+
 fn is_socket(fd: i32) -> bool {
     nix::sys::stat::fstat(fd)
         .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
@@ -450,10 +468,19 @@ async fn serve_stdin(shared: Arc<Shared>) {
             tokio::net::UnixStream::from_std(ra),
             tokio::net::UnixStream::from_std(rb),
         ) {
-            (Ok(r), Ok(w)) => connection::serve(shared, r, w).await,
+            (Ok(r), Ok(w)) => {
+                let peer = unix_peer(&r);
+                connection::serve(shared, peer, r, w).await
+            }
             _ => log::error(None, "cannot use stdin/stdout as a socket"),
         }
     } else {
-        connection::serve(shared, tokio::io::stdin(), tokio::io::stdout()).await;
+        connection::serve(
+            shared,
+            Peer::Unknown,
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+        )
+        .await;
     }
 }

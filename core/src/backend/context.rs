@@ -348,6 +348,7 @@ struct Opener<'a> {
     stack: &'a Stack,
     index: usize,
     is_tls: bool,
+    peer: &'a super::Peer,
     slot: Option<Context>,
 }
 
@@ -365,6 +366,7 @@ impl NextOpener for Opener<'_> {
                 readonly,
                 export_name,
                 is_tls: self.is_tls,
+                peer: self.peer,
             },
         )?);
         Ok(())
@@ -468,11 +470,11 @@ impl Stack {
     }
 
     /// `preconnect` for every layer, outermost first.
-    pub fn preconnect(&self, readonly: bool) -> Result<()> {
+    pub fn preconnect(&self, readonly: bool, peer: &super::Peer) -> Result<()> {
         for f in self.filters.iter() {
-            f.preconnect(readonly)?;
+            f.preconnect(readonly, peer)?;
         }
-        self.plugin.preconnect(readonly)
+        self.plugin.preconnect(readonly, peer)
     }
 
     /// The export list as the client sees it, with the default export
@@ -558,6 +560,7 @@ impl Stack {
                     stack: self,
                     index: index + 1,
                     is_tls: args.is_tls,
+                    peer: args.peer,
                     slot: None,
                 };
                 let handle = f.open(&mut opener, args)?;

@@ -77,7 +77,7 @@ pub trait Filter: Send + Sync + 'static {
     fn cleanup(&self) {}
 
     /// A client connected.
-    fn preconnect(&self, _readonly: bool) -> Result<()> {
+    fn preconnect(&self, _readonly: bool, _peer: &super::Peer) -> Result<()> {
         Ok(())
     }
 

@@ -19,4 +19,4 @@ pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough};
 pub use plugin::{Handle, Plugin, CALLBACK_NAMES};
-pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Support, ThreadModel};
+pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Peer, Support, ThreadModel};

@@ -92,7 +92,7 @@ pub trait Plugin: Send + Sync + 'static {
     fn cleanup(&self) {}
 
     /// A client connected, before the handshake.
-    fn preconnect(&self, _readonly: bool) -> Result<()> {
+    fn preconnect(&self, _readonly: bool, _peer: &super::Peer) -> Result<()> {
         Ok(())
     }
 

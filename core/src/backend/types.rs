@@ -102,6 +102,33 @@ pub struct BlockSize {
     pub maximum: u32,
 }
 
+/// Who is at the other end of a connection (nbdkit_peer_name and
+/// nbdkit_peer_pid/uid/gid).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Peer {
+    /// Not known (stdin/stdout, or the runtime could not tell).
+    #[default]
+    Unknown,
+    /// A Unix socket client, with its credentials where the kernel gave them.
+    Unix {
+        /// Process id.
+        pid: Option<i32>,
+        /// User id.
+        uid: Option<u32>,
+        /// Group id.
+        gid: Option<u32>,
+    },
+    /// A TCP client.
+    Inet(core::net::SocketAddr),
+    /// An AF_VSOCK client.
+    Vsock {
+        /// Context id.
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+}
+
 /// What a connection asked for when it opened an export.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenArgs<'a> {
@@ -111,6 +138,8 @@ pub struct OpenArgs<'a> {
     pub export_name: &'a str,
     /// The connection is encrypted.
     pub is_tls: bool,
+    /// Who is connected.
+    pub peer: &'a Peer,
 }
 
 /// One entry of an export list.

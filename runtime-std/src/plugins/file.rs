@@ -997,6 +997,7 @@ mod test {
             readonly,
             export_name: name,
             is_tls: false,
+            peer: &nbdkit_core::backend::Peer::Unknown,
         })
     }
 
