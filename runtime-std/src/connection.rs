@@ -33,6 +33,9 @@ pub(crate) struct Shared {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// How many times to look for a write payload before sleeping on the socket.
+const PAYLOAD_SPINS: u32 = 8;
+
 /// Read buffers kept for reuse on one connection, so that a read does not
 /// allocate and zero-fill a fresh buffer each time (nbdkit keeps a
 /// grow-only buffer per thread for the same reason).
@@ -539,9 +542,26 @@ async fn transmission<R, W>(
                 let want = req.payload_len as usize;
                 payload = Vec::with_capacity(want);
                 let mut ok = true;
+                let mut spins = 0;
                 while payload.len() < want {
                     let left = (want - payload.len()) as u64;
-                    match (&mut reader).take(left).read_buf(&mut payload).await {
+                    // The payload usually follows its header within
+                    // microseconds: look for it a few times (each yield lets
+                    // the reactor poll the socket without sleeping) before
+                    // waiting for a wake-up.
+                    let got = if spins < PAYLOAD_SPINS {
+                        spins += 1;
+                        let mut part = (&mut reader).take(left);
+                        tokio::select! {
+                            biased;
+                            r = part.read_buf(&mut payload) => Some(r),
+                            _ = tokio::task::yield_now() => None,
+                        }
+                    } else {
+                        Some((&mut reader).take(left).read_buf(&mut payload).await)
+                    };
+                    let Some(got) = got else { continue };
+                    match got {
                         Ok(0) | Err(_) => {
                             ok = false;
                             break;
