@@ -118,6 +118,83 @@ impl Shared {
     }
 }
 
+/// A client connection's byte stream, split for the transmission phase into
+/// a reading and a writing half that work independently.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half.
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    /// The writing half.
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// Split into halves.
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Transport for tokio::net::TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl Transport for tokio::net::UnixStream {
+    type Reader = tokio::net::unix::OwnedReadHalf;
+    type Writer = tokio::net::unix::OwnedWriteHalf;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+/// Separate input and output streams (`-s` on stdin/stdout).
+pub(crate) struct Pipes<R, W> {
+    pub(crate) rd: R,
+    pub(crate) wr: W,
+}
+
+impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Pipes<R, W> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.rd).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Pipes<R, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.wr).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.wr).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.wr).poll_shutdown(cx)
+    }
+}
+
+impl<R, W> Transport for Pipes<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    type Reader = R;
+    type Writer = W;
+    fn split(self) -> (R, W) {
+        (self.rd, self.wr)
+    }
+}
+
 /// The transmission flags for an open export.
 pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
     let c = ctx.caps();
@@ -154,11 +231,7 @@ pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
 
 /// Serve one connection to its end. Errors are logged, never propagated:
 /// one connection's failure never touches another.
-pub(crate) async fn serve<R, W>(shared: Arc<Shared>, peer: Peer, rd: R, wr: W)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream: S) {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}[{}]", shared.stack.plugin().name(), id);
     let _whole = if shared.thread_model == ThreadModel::SerializeConnections {
@@ -174,9 +247,8 @@ where
         log::error(Some(&name), &e.to_string());
         return;
     }
-    let mut wr = wr;
-    let mut rd = rd;
-    let opened = match handshake(&shared, &name, &peer, &mut rd, &mut wr).await {
+    let mut stream = stream;
+    let opened = match handshake(&shared, &name, &peer, &mut stream).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(e) => {
@@ -186,6 +258,7 @@ where
     };
     let (ctx, negotiated, leftover) = opened;
     let ctx = Arc::new(ctx);
+    let (rd, wr) = stream.split();
     let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
     transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
     let c = ctx.clone();
@@ -203,16 +276,14 @@ where
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
 
-async fn handshake<R, W>(
+async fn handshake<S>(
     shared: &Arc<Shared>,
     name: &str,
     peer: &Arc<Peer>,
-    rd: &mut R,
-    wr: &mut W,
+    io: &mut S,
 ) -> io::Result<Option<Opened>>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut hs = handshake::Server::new(shared.handshake);
     let mut input: Vec<u8> = Vec::new();
@@ -221,10 +292,10 @@ where
     loop {
         let out = hs.pending_output();
         if !out.is_empty() {
-            wr.write_all(out).await?;
+            io.write_all(out).await?;
             let n = out.len();
             hs.consume_output(n);
-            wr.flush().await?;
+            io.flush().await?;
         }
         if hs.is_done() {
             break;
@@ -234,8 +305,8 @@ where
             Err(d) => {
                 let out = hs.pending_output();
                 if !out.is_empty() {
-                    let _ = wr.write_all(out).await;
-                    let _ = wr.flush().await;
+                    let _ = io.write_all(out).await;
+                    let _ = io.flush().await;
                 }
                 if d != Disconnect::Abort {
                     log::debug(Some(name), format_args!("closing connection: {d:?}"));
@@ -252,7 +323,7 @@ where
                 let want = (need - input.len()).min(chunk.len());
                 let mut stop = shared.shutdown.clone();
                 let n = tokio::select! {
-                    r = rd.read(&mut chunk[..want.max(1)]) => r?,
+                    r = io.read(&mut chunk[..want.max(1)]) => r?,
                     _ = crate::server::stopped(&mut stop) => 0,
                 };
                 if n == 0 {
@@ -275,7 +346,7 @@ where
                                     Ok(()) => break,
                                     Err(handshake::UsageError::OutputFull) => {
                                         let out = hs.pending_output();
-                                        wr.write_all(out).await?;
+                                        io.write_all(out).await?;
                                         let n = out.len();
                                         hs.consume_output(n);
                                     }
@@ -291,7 +362,7 @@ where
                     }
                 };
                 let out = hs.pending_output();
-                wr.write_all(out).await?;
+                io.write_all(out).await?;
                 let n = out.len();
                 hs.consume_output(n);
                 let _ = hs.list_done(ok);

@@ -183,8 +183,21 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
     status
 }
 
+/// The running server's stop signal, for [`request_shutdown`].
+static STOP: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
+
+/// Ask the server to stop accepting connections and exit once the
+/// connections in flight are done (nbdkit_shutdown; used by the exitlast
+/// and exitwhen filters).
+pub fn request_shutdown() {
+    if let Some(tx) = STOP.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        let _ = tx.send(true);
+    }
+}
+
 async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
+    *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop_tx.clone());
     let thread_model = stack.thread_model();
     let blocks = stack.blocks();
     let shared = Arc::new(Shared {
@@ -337,8 +350,7 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
                 r = l.accept() => match r {
                     Ok((s, _)) => {
                         let peer = unix_peer(&s);
-                        let (rd, wr) = s.into_split();
-                        tasks.spawn(connection::serve(shared.clone(), peer, rd, wr));
+                        tasks.spawn(connection::serve(shared.clone(), peer, s));
                     }
                     Err(e) => log::error(None, &format!("accept: {e}")),
                 },
@@ -372,8 +384,7 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
                     s = crx.recv() => match s {
                         Some(s) => {
                             let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
-                            let (rd, wr) = s.into_split();
-                            tasks.spawn(connection::serve(shared.clone(), peer, rd, wr));
+                            tasks.spawn(connection::serve(shared.clone(), peer, s));
                         }
                         None => break,
                     },
@@ -470,17 +481,15 @@ async fn serve_stdin(shared: Arc<Shared>) {
         ) {
             (Ok(r), Ok(w)) => {
                 let peer = unix_peer(&r);
-                connection::serve(shared, peer, r, w).await
+                connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }).await
             }
             _ => log::error(None, "cannot use stdin/stdout as a socket"),
         }
     } else {
-        connection::serve(
-            shared,
-            Peer::Unknown,
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-        )
-        .await;
+        let pipes = connection::Pipes {
+            rd: tokio::io::stdin(),
+            wr: tokio::io::stdout(),
+        };
+        connection::serve(shared, Peer::Unknown, pipes).await;
     }
 }
