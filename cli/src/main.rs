@@ -263,7 +263,7 @@ fn main() -> ExitCode {
         match l.as_str() {
             "stderr" => log::set_destination(log::LogTo::Stderr),
             "null" => log::set_destination(log::LogTo::Null),
-            "syslog" => return fail("--log=syslog is not supported yet (only stderr and null)"),
+            "syslog" => log::set_destination(log::LogTo::Syslog),
             _ => {
                 return fail(format!(
                     "--log must be \"stderr\", \"syslog\" or \"null\": {l}"
@@ -400,9 +400,6 @@ fn main() -> ExitCode {
 
     // Options that belong to later work say so clearly.
     for (opt, what) in [
-        ("group", "-g/--group"),
-        ("user", "-u/--user"),
-        ("selinux-label", "--selinux-label"),
         ("tls-certificates", "--tls-certificates"),
         ("tls-psk", "--tls-psk"),
     ] {
@@ -410,11 +407,7 @@ fn main() -> ExitCode {
             return fail(format!("{what} is not supported by this nbdkit yet"));
         }
     }
-    for (opt, what) in [
-        ("swap", "--swap"),
-        ("vsock", "--vsock"),
-        ("tls-verify-peer", "--tls-verify-peer"),
-    ] {
+    for (opt, what) in [("tls-verify-peer", "--tls-verify-peer")] {
         if on(opt) {
             return fail(format!("{what} is not supported by this nbdkit yet"));
         }
@@ -475,7 +468,36 @@ fn main() -> ExitCode {
     if single && (unix.is_some() || port.is_some() || ipaddr.is_some()) {
         return fail("-s/--single and -U/-p/-i options cannot be used together");
     }
-    let listen = if single {
+    // systemd socket activation: LISTEN_PID names this process.
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id())
+        && std::env::var_os("LISTEN_FDS").is_some();
+    if activated
+        && (unix.is_some() || port.is_some() || ipaddr.is_some() || run.is_some() || single)
+    {
+        return fail("socket activation cannot be used with -i, -p, --run, -s or -U options");
+    }
+    let vsock = on("vsock");
+    if vsock && (unix.is_some() || single || ipaddr.is_some()) {
+        return fail("--vsock cannot be used with -U, -s or -i options");
+    }
+    let listen = if activated {
+        Listen::Activated
+    } else if vsock {
+        let port = match port.as_deref().map(str::parse::<u32>) {
+            None => u32::from(nbdkit_core::wire::consts::DEFAULT_PORT),
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                return fail(format!(
+                    "cannot parse port number: {}",
+                    port.unwrap_or_default()
+                ))
+            }
+        };
+        Listen::Vsock { port }
+    } else if single {
         Listen::Stdin
     } else if let Some(u) = unix {
         if u == "-" {
@@ -525,6 +547,8 @@ fn main() -> ExitCode {
     if let Err(e) = stack.get_ready() {
         return fail(e.to_string());
     }
+    let foreground =
+        on("foreground") || run.is_some() || single || on("exit-with-parent") || activated;
     let cfg = ServeConfig {
         listen,
         threads,
@@ -534,6 +558,12 @@ fn main() -> ExitCode {
         run,
         exportname: get("exportname").unwrap_or_default(),
         exit_with_parent: on("exit-with-parent"),
+        foreground,
+        user: get("user"),
+        group: get("group"),
+        swap: on("swap"),
+        selinux_label: get("selinux-label"),
+        log_explicit: get("log").is_some(),
     };
     let status = nbdkit_runtime_std::serve(stack, cfg);
     ExitCode::from(status.clamp(0, 255) as u8)

@@ -7,6 +7,7 @@ mod connection;
 pub mod filters;
 pub mod log;
 pub mod plugins;
+pub mod process;
 pub mod server;
 
 pub use server::{serve, Family, Listen, ServeConfig};

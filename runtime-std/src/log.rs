@@ -15,6 +15,8 @@ pub enum LogTo {
     Stderr,
     /// Nowhere.
     Null,
+    /// The system log.
+    Syslog,
 }
 
 static DEST: AtomicU8 = AtomicU8::new(0);
@@ -55,14 +57,22 @@ pub fn set_destination(to: LogTo) {
         match to {
             LogTo::Stderr => 0,
             LogTo::Null => 1,
+            LogTo::Syslog => 2,
         },
         Ordering::Relaxed,
     );
 }
 
 fn emit(line: std::fmt::Arguments<'_>) {
-    if DEST.load(Ordering::Relaxed) == 1 {
-        return;
+    match DEST.load(Ordering::Relaxed) {
+        1 => return,
+        2 => {
+            let text = line.to_string();
+            let text = text.trim_end().trim_start_matches("nbdkit: ");
+            crate::process::syslog(libc::LOG_ERR, text);
+            return;
+        }
+        _ => {}
     }
     let mut e = std::io::stderr().lock();
     let _ = e.write_fmt(line);

@@ -45,6 +45,13 @@ pub enum Listen {
     },
     /// One connection on stdin/stdout (`-s`).
     Stdin,
+    /// Sockets passed by systemd (socket activation).
+    Activated,
+    /// AF_VSOCK on a port (`--vsock -p PORT`).
+    Vsock {
+        /// The port.
+        port: u32,
+    },
 }
 
 /// Everything the server needs besides the stack.
@@ -66,6 +73,19 @@ pub struct ServeConfig {
     pub exportname: String,
     /// `--exit-with-parent`.
     pub exit_with_parent: bool,
+    /// Stay in the foreground (`-f`, implied by `--run`, `-s`,
+    /// `--exit-with-parent` and socket activation).
+    pub foreground: bool,
+    /// `-u`.
+    pub user: Option<String>,
+    /// `-g`.
+    pub group: Option<String>,
+    /// `--swap`.
+    pub swap: bool,
+    /// `--selinux-label`.
+    pub selinux_label: Option<String>,
+    /// `--log` was given (so backgrounding does not switch to syslog).
+    pub log_explicit: bool,
 }
 
 /// Make a private directory for `-U -`.
@@ -89,12 +109,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-enum Bound {
-    Tcp(Vec<TcpListener>, u16),
-    Unix(UnixListener, PathBuf),
-    Stdin,
 }
 
 fn bind_tcp(
@@ -168,6 +182,30 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
     if cfg.exit_with_parent {
         set_exit_with_parent();
     }
+    if cfg.swap {
+        if let Err(e) = crate::process::lock_memory() {
+            log::error(None, &e);
+            return 1;
+        }
+    }
+    // Bind before forking, so that errors reach the user.
+    let bound = match bind(&cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error(None, &e);
+            return 1;
+        }
+    };
+    if let Err(e) = crate::process::change_user(cfg.user.as_deref(), cfg.group.as_deref()) {
+        log::error(None, &e);
+        return 1;
+    }
+    if !cfg.foreground {
+        if let Err(e) = crate::process::daemonize(cfg.log_explicit) {
+            log::error(None, &e);
+            return 1;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,7 +216,7 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
             return 1;
         }
     };
-    let status = rt.block_on(serve_async(stack, cfg));
+    let status = rt.block_on(serve_async(stack, cfg, bound));
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     status
 }
@@ -195,7 +233,135 @@ pub fn request_shutdown() {
     }
 }
 
-async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
+/// Listening sockets bound before the runtime starts.
+enum StdBound {
+    Tcp(Vec<std::net::TcpListener>, u16),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+    Stdin,
+    Activated(Vec<std::os::fd::OwnedFd>),
+    Vsock(std::os::fd::OwnedFd),
+}
+
+fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
+    crate::process::set_socket_label(cfg.selinux_label.as_deref())?;
+    let r = match &cfg.listen {
+        Listen::Tcp { addr, port, family } => {
+            let ls = bind_tcp(addr, *port, *family)
+                .map_err(|e| format!("bind: {}:{port}: {e}", addr.as_deref().unwrap_or("")))?;
+            let port = ls
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.port())
+                .unwrap_or(*port);
+            StdBound::Tcp(ls, port)
+        }
+        Listen::Unix { path, .. } => {
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .map_err(|e| format!("bind: {}: {e}", path.display()))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            StdBound::Unix(l, path.clone())
+        }
+        Listen::Stdin => StdBound::Stdin,
+        Listen::Activated => match crate::process::activation_fds()? {
+            Some(fds) => {
+                for f in &fds {
+                    use std::os::fd::AsRawFd;
+                    let _ = nix::fcntl::fcntl(
+                        f.as_raw_fd(),
+                        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                    );
+                }
+                StdBound::Activated(fds)
+            }
+            None => return Err("socket activation: LISTEN_FDS is not set for this process".into()),
+        },
+        Listen::Vsock { port } => {
+            let sock = socket2::Socket::new(
+                socket2::Domain::VSOCK,
+                socket2::Type::STREAM.cloexec(),
+                None,
+            )
+            .map_err(|e| format!("socket: AF_VSOCK: {e}"))?;
+            let addr = socket2::SockAddr::vsock(libc::VMADDR_CID_ANY, *port);
+            sock.bind(&addr)
+                .map_err(|e| format!("bind: vsock port {port}: {e}"))?;
+            sock.listen(1024)
+                .map_err(|e| format!("listen: vsock: {e}"))?;
+            sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+            StdBound::Vsock(sock.into())
+        }
+    };
+    if cfg.selinux_label.is_some() {
+        crate::process::set_socket_label(None)?;
+    }
+    Ok(r)
+}
+
+/// A listener the accept loop serves.
+enum AnyListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+    Vsock(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
+}
+
+/// An accepted connection.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream, Peer),
+}
+
+impl AnyListener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            AnyListener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Accepted::Tcp(s))
+            }
+            AnyListener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                let peer = unix_peer(&s);
+                Ok(Accepted::Unix(s, peer))
+            }
+            AnyListener::Vsock(fd) => loop {
+                let mut guard = fd.readable().await?;
+                let r = guard.try_io(|inner| {
+                    use std::os::fd::AsRawFd;
+                    let raw = nix::sys::socket::accept4(
+                        inner.get_ref().as_raw_fd(),
+                        nix::sys::socket::SockFlag::SOCK_CLOEXEC
+                            | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                    )
+                    .map_err(std::io::Error::from)?;
+                    Ok(raw)
+                });
+                match r {
+                    Ok(Ok(raw)) => {
+                        let peer =
+                            match nix::sys::socket::getpeername::<nix::sys::socket::VsockAddr>(raw)
+                            {
+                                Ok(a) => Peer::Vsock {
+                                    cid: a.cid(),
+                                    port: a.port(),
+                                },
+                                Err(_) => Peer::Unknown,
+                            };
+                        // SAFETY: accept4 returned a new descriptor we own.
+                        // A vsock stream is read and written like any
+                        // stream socket.
+                        let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
+                        let s = tokio::net::UnixStream::from_std(std)?;
+                        return Ok(Accepted::Unix(s, peer));
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
+                }
+            },
+        }
+    }
+}
+
+async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
     *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop_tx.clone());
     let thread_model = stack.thread_model();
@@ -212,44 +378,80 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
         shutdown: stop_rx.clone(),
     });
 
-    let bound = match &cfg.listen {
-        Listen::Tcp { addr, port, family } => match bind_tcp(addr, *port, *family) {
-            Ok(ls) => {
-                let port = ls
-                    .first()
-                    .and_then(|l| l.local_addr().ok())
-                    .map(|a| a.port())
-                    .unwrap_or(*port);
-                let mut v = Vec::new();
-                for l in ls {
-                    match TcpListener::from_std(l) {
-                        Ok(l) => v.push(l),
-                        Err(e) => {
-                            log::error(None, &format!("cannot listen: {e}"));
-                            return 1;
-                        }
-                    }
-                }
-                Bound::Tcp(v, port)
-            }
-            Err(e) => {
-                let what = addr.as_deref().unwrap_or("");
-                log::error(None, &format!("bind: {what}:{port}: {e}"));
-                return 1;
-            }
-        },
-        Listen::Unix { path, .. } => {
-            let _ = std::fs::remove_file(path).ok().filter(|_| false);
-            match UnixListener::bind(path) {
-                Ok(l) => Bound::Unix(l, path.clone()),
-                Err(e) => {
-                    log::error(None, &format!("bind: {}: {e}", path.display()));
+    let mut listeners = Vec::new();
+    let mut unix_path = None;
+    let mut tcp_port = None;
+    let mut stdin = false;
+    let convert = |r: std::io::Result<AnyListener>| {
+        r.map_err(|e| {
+            log::error(None, &format!("cannot listen: {e}"));
+        })
+    };
+    match bound {
+        StdBound::Tcp(ls, port) => {
+            tcp_port = Some(port);
+            for l in ls {
+                let Ok(l) = convert(TcpListener::from_std(l).map(AnyListener::Tcp)) else {
                     return 1;
-                }
+                };
+                listeners.push(l);
             }
         }
-        Listen::Stdin => Bound::Stdin,
-    };
+        StdBound::Unix(l, path) => {
+            unix_path = Some(path);
+            let Ok(l) = convert(UnixListener::from_std(l).map(AnyListener::Unix)) else {
+                return 1;
+            };
+            listeners.push(l);
+        }
+        StdBound::Stdin => stdin = true,
+        StdBound::Activated(fds) => {
+            for fd in fds {
+                use nix::sys::socket::SockaddrLike;
+                use std::os::fd::AsRawFd;
+                let unix = matches!(
+                    nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()),
+                    Ok(a) if a.family() == Some(nix::sys::socket::AddressFamily::Unix)
+                );
+                let listening =
+                    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
+                        .unwrap_or(false);
+                if !listening {
+                    log::error(
+                        None,
+                        &format!(
+                            "socket activation: file descriptor {} is not a listening socket",
+                            fd.as_raw_fd()
+                        ),
+                    );
+                    return 1;
+                }
+                let l = if unix {
+                    let l = std::os::unix::net::UnixListener::from(fd);
+                    l.set_nonblocking(true)
+                        .and_then(|_| UnixListener::from_std(l))
+                        .map(AnyListener::Unix)
+                } else {
+                    let l = std::net::TcpListener::from(fd);
+                    l.set_nonblocking(true)
+                        .and_then(|_| TcpListener::from_std(l))
+                        .map(AnyListener::Tcp)
+                };
+                let Ok(l) = convert(l) else { return 1 };
+                listeners.push(l);
+            }
+        }
+        StdBound::Vsock(fd) => {
+            // The descriptor is owned by the AsyncFd, so it cannot be
+            // closed while registered.
+            #[allow(deprecated)]
+            let l = tokio::io::unix::AsyncFd::new(fd).map(AnyListener::Vsock);
+            let Ok(l) = convert(l) else {
+                return 1;
+            };
+            listeners.push(l);
+        }
+    }
 
     if let Err(e) = shared.stack.after_fork() {
         log::error(None, &e.to_string());
@@ -288,18 +490,17 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
     let mut status = 0;
     let mut run_task = None;
     if let Some(cmd) = &cfg.run {
-        let (uri, port, sock) = match &bound {
-            Bound::Tcp(_, port) => {
-                let exp = percent_encode(&cfg.exportname);
-                (
-                    format!("nbd://localhost:{port}/{exp}")
-                        .trim_end_matches('/')
-                        .to_string(),
-                    port.to_string(),
-                    String::new(),
-                )
-            }
-            Bound::Unix(_, path) => (
+        let (uri, port, sock) = if let Some(port) = tcp_port {
+            let exp = percent_encode(&cfg.exportname);
+            (
+                format!("nbd://localhost:{port}/{exp}")
+                    .trim_end_matches('/')
+                    .to_string(),
+                port.to_string(),
+                String::new(),
+            )
+        } else if let Some(path) = &unix_path {
+            (
                 format!(
                     "nbd+unix:///{}?socket={}",
                     percent_encode(&cfg.exportname),
@@ -307,8 +508,18 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
                 ),
                 String::new(),
                 path.to_string_lossy().into_owned(),
-            ),
-            Bound::Stdin => (String::new(), String::new(), String::new()),
+            )
+        } else if let Listen::Vsock { port } = &cfg.listen {
+            let exp = percent_encode(&cfg.exportname);
+            (
+                format!("nbd+vsock://1:{port}/{exp}")
+                    .trim_end_matches('/')
+                    .to_string(),
+                port.to_string(),
+                String::new(),
+            )
+        } else {
+            (String::new(), String::new(), String::new())
         };
         let mut c = tokio::process::Command::new("/bin/sh");
         c.arg("-c")
@@ -341,56 +552,46 @@ async fn serve_async(stack: Stack, cfg: ServeConfig) -> i32 {
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut stop = stop_rx.clone();
-    match bound {
-        Bound::Stdin => {
-            serve_stdin(shared.clone()).await;
+    if stdin {
+        serve_stdin(shared.clone()).await;
+    } else {
+        let (ctx, mut crx) = tokio::sync::mpsc::channel(64);
+        for l in listeners {
+            let ctx = ctx.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = l.accept() => match r {
+                            Ok(a) => {
+                                if ctx.send(a).await.is_err() { break; }
+                            }
+                            Err(e) => {
+                                log::error(None, &format!("accept: {e}"));
+                                // Do not spin on a persistent error (EMFILE).
+                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            }
+                        },
+                        _ = crate::server::stopped(&mut stop) => break,
+                    }
+                }
+            });
         }
-        Bound::Unix(l, _) => loop {
+        drop(ctx);
+        loop {
             tokio::select! {
-                r = l.accept() => match r {
-                    Ok((s, _)) => {
-                        let peer = unix_peer(&s);
+                a = crx.recv() => match a {
+                    Some(Accepted::Tcp(s)) => {
+                        let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
                         tasks.spawn(connection::serve(shared.clone(), peer, s));
                     }
-                    Err(e) => log::error(None, &format!("accept: {e}")),
+                    Some(Accepted::Unix(s, peer)) => {
+                        tasks.spawn(connection::serve(shared.clone(), peer, s));
+                    }
+                    None => break,
                 },
                 _ = crate::server::stopped(&mut stop) => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        },
-        Bound::Tcp(ls, _) => {
-            let (ctx, mut crx) = tokio::sync::mpsc::channel(64);
-            for l in ls {
-                let ctx = ctx.clone();
-                let mut stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            r = l.accept() => match r {
-                                Ok((s, _)) => {
-                                    let _ = s.set_nodelay(true);
-                                    if ctx.send(s).await.is_err() { break; }
-                                }
-                                Err(e) => log::error(None, &format!("accept: {e}")),
-                            },
-                            _ = crate::server::stopped(&mut stop) => break,
-                        }
-                    }
-                });
-            }
-            drop(ctx);
-            loop {
-                tokio::select! {
-                    s = crx.recv() => match s {
-                        Some(s) => {
-                            let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
-                            tasks.spawn(connection::serve(shared.clone(), peer, s));
-                        }
-                        None => break,
-                    },
-                    _ = crate::server::stopped(&mut stop) => break,
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                }
             }
         }
     }

@@ -1,0 +1,155 @@
+//! Process control: forking into the background, dropping privileges,
+//! locking memory, SELinux socket labels, systemd socket activation.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use crate::log;
+
+/// Fork into the background (nbdkit without `-f`): the parent exits with
+/// status 0 at once; the child starts a new session, moves to `/` and points
+/// its standard streams at /dev/null. Messages go to syslog from then on
+/// unless `--log` said otherwise.
+pub fn daemonize(log_explicit: bool) -> Result<(), String> {
+    // SAFETY: called before any thread is started (the async runtime is
+    // created after this), so the child inherits a consistent process.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::fd::AsRawFd;
+                for fd in 0..3 {
+                    // SAFETY: dup2 onto the standard descriptors, which
+                    // this process owns.
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), fd);
+                    }
+                }
+            }
+            if !log_explicit {
+                log::set_destination(log::LogTo::Syslog);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Drop privileges after binding (`-u USER`, `-g GROUP`; names or numbers).
+pub fn change_user(user: Option<&str>, group: Option<&str>) -> Result<(), String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => match Group::from_name(g) {
+                Ok(Some(gr)) => gr.gid,
+                _ => return Err(format!("-g option: unknown group: {g}")),
+            },
+        }),
+    };
+    let user = match user {
+        None => None,
+        Some(u) => Some(match u.parse::<u32>() {
+            Ok(n) => (Uid::from_raw(n), None),
+            Err(_) => match User::from_name(u) {
+                Ok(Some(pw)) => (pw.uid, Some(pw.gid)),
+                _ => return Err(format!("-u option: unknown user: {u}")),
+            },
+        }),
+    };
+    let gid = gid.or_else(|| user.and_then(|(_, g)| g));
+    if let Some(g) = gid {
+        nix::unistd::setgroups(&[g]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setgid(g).map_err(|e| format!("setgid: {e}"))?;
+    }
+    if let Some((uid, _)) = user {
+        nix::unistd::setuid(uid).map_err(|e| format!("setuid: {e}"))?;
+    }
+    if user.is_some() || gid.is_some() {
+        log::debug(
+            None,
+            format_args!(
+                "changed user to uid={} gid={}",
+                nix::unistd::getuid(),
+                nix::unistd::getgid()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `--swap`: lock the whole process into memory.
+pub fn lock_memory() -> Result<(), String> {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|e| {
+        format!("--swap: mlockall: {e} (raise RLIMIT_MEMLOCK with ulimit -l, or run as root)")
+    })
+}
+
+/// `--selinux-label`: label the sockets this thread creates next, as
+/// setsockcreatecon(3) does. Fails clearly where SELinux is not enabled.
+pub fn set_socket_label(label: Option<&str>) -> Result<(), String> {
+    let enabled = std::path::Path::new("/sys/fs/selinux/enforce").exists();
+    if !enabled {
+        return match label {
+            Some(_) => Err("--selinux-label: SELinux is not enabled on this system".into()),
+            None => Ok(()),
+        };
+    }
+    let path = "/proc/thread-self/attr/sockcreate";
+    let value = label.unwrap_or("");
+    std::fs::write(path, value)
+        .map_err(|e| format!("--selinux-label: cannot set socket label {value:?}: {e}"))
+}
+
+/// Sockets passed by systemd (`LISTEN_PID`, `LISTEN_FDS`): `None` when this
+/// process was not socket-activated. The variables are removed and the
+/// descriptors marked close-on-exec, as nbdkit does.
+pub fn activation_fds() -> Result<Option<Vec<OwnedFd>>, String> {
+    let (Ok(pid), Ok(n)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let n: RawFd = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_FDS: cannot parse: {n}"))?;
+    if !(1..=16).contains(&n) {
+        return Err(format!("LISTEN_FDS: out of range (1..16): {n}"));
+    }
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    let mut v = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: systemd passes these descriptors to this process, which
+        // takes ownership of each exactly once here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        v.push(owned);
+    }
+    Ok(Some(v))
+}
+
+/// Send messages to syslog (`--log=syslog`, or in the background).
+pub(crate) fn syslog(priority: libc::c_int, msg: &str) {
+    let Ok(c) = CString::new(msg.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: a constant format string and a NUL-terminated argument.
+    unsafe {
+        libc::syslog(priority, c"%s".as_ptr(), c.as_ptr());
+    }
+}

@@ -1,0 +1,137 @@
+//! nbdkit as a service: forking into the background with a pidfile, and
+//! systemd socket activation.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nbdkit_tests::*;
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn read_pid(p: &Path) -> Option<i32> {
+    let s = std::fs::read_to_string(p).ok()?;
+    if !s.ends_with('\n') {
+        return None;
+    }
+    s.trim().parse().ok()
+}
+
+#[test]
+fn daemon_writes_pidfile_when_ready_serves_and_stops_on_sigterm() {
+    if !skip_unless("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    let sock = dir.join("bg.sock");
+    let pidfile = dir.join("bg.pid");
+    // Without -f the command returns once the server is in the background.
+    let out = run(
+        nbdkit_cmd()
+            .arg("-U")
+            .arg(&sock)
+            .arg("-P")
+            .arg(&pidfile)
+            .args(["memory", "1M"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "{}", out.describe());
+    assert!(wait_until(Duration::from_secs(20), || read_pid(&pidfile).is_some()));
+    let pid = read_pid(&pidfile).unwrap();
+    assert_ne!(pid as u32, std::process::id());
+    // The pidfile exists only once the socket accepts connections.
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let info = run_tool("nbdinfo", ["--size", uri.as_str()]);
+    let kill_it = || {
+        // SAFETY: we started this daemon; its pid came from its pidfile.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    };
+    if !info.success() {
+        kill_it();
+        panic!("{}", info.describe());
+    }
+    assert_eq!(info.stdout.trim(), "1048576");
+    kill_it();
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(pid)),
+        "daemon did not exit on SIGTERM"
+    );
+}
+
+#[test]
+fn socket_activation_serves_on_listen_fds() {
+    if !skip_unless("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    let sock = dir.join("sa.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    let mut cmd = nbdkit_cmd();
+    cmd.args(["memory", "2M"]);
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2 and
+    // setenv of our own environment copy are done before exec by the
+    // standard library's environment handling (envs below) and dup2 here.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Through a fresh descriptor: dup2 onto itself would keep
+            // close-on-exec set.
+            let tmp = libc::dup(fd);
+            if tmp < 0 || libc::dup2(tmp, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid();
+            let v = std::ffi::CString::new(pid.to_string()).unwrap();
+            libc::setenv(c"LISTEN_PID".as_ptr(), v.as_ptr(), 1);
+            libc::setenv(c"LISTEN_FDS".as_ptr(), c"1".as_ptr(), 1);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let info = run_tool("nbdinfo", ["--size", uri.as_str()]);
+    // SAFETY: we started this child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_timeout(&mut child, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = child.kill();
+    }
+    assert!(info.success(), "{}", info.describe());
+    assert_eq!(info.stdout.trim(), "2097152");
+    assert_eq!(st.and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn socket_activation_conflicts_with_listen_options() {
+    let mut cmd = nbdkit_cmd();
+    cmd.args(["-U", "/nonexistent/x.sock", "memory", "1M"]);
+    // SAFETY: setenv before exec in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let pid = libc::getpid();
+            let v = std::ffi::CString::new(pid.to_string()).unwrap();
+            libc::setenv(c"LISTEN_PID".as_ptr(), v.as_ptr(), 1);
+            libc::setenv(c"LISTEN_FDS".as_ptr(), c"1".as_ptr(), 1);
+            Ok(())
+        });
+    }
+    let out = run(&mut cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("nbdkit: error:"), "{}", out.describe());
+}
