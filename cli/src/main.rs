@@ -317,6 +317,7 @@ fn main() -> ExitCode {
     // -D flags.
     let mut datapath = None;
     let mut controlpath = None;
+    let mut environ = false;
     for d in m.get_many::<String>("debug").into_iter().flatten() {
         let Some((k, v)) = d.split_once('=') else {
             return fail(format!(
@@ -331,10 +332,16 @@ fn main() -> ExitCode {
         match k {
             "nbdkit.backend.datapath" => datapath = Some(v != "0"),
             "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
+            "nbdkit.environ" => environ = v != "0",
             _ => {}
         }
     }
     log::set_backend_debug(datapath, controlpath);
+    if environ {
+        for (k, v) in std::env::vars_os() {
+            log::debug(None, format_args!("{}={}", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
 
     if on("help") {
         println!("{USAGE}");
