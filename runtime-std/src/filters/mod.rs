@@ -1,11 +1,36 @@
 //! Filters that need the operating system (files, clocks, processes).
 
+pub mod cache;
+pub mod cow;
+pub mod delay;
+pub mod exitlast;
+pub mod exitwhen;
+pub mod gzip;
+pub mod ip;
+pub mod limit;
+pub mod log;
+pub mod stats;
+pub mod tar;
+pub mod tls_fallback;
+mod util;
+
 use nbdkit_core::backend::Filter;
 
 /// A fresh, unconfigured filter of this folder, by name.
 pub fn by_name(name: &str) -> Option<Box<dyn Filter>> {
-    #[allow(clippy::match_single_binding)]
-    match name {
-        _ => None,
-    }
+    Some(match name {
+        "cache" => Box::new(cache::Cache::default()),
+        "cow" => Box::new(cow::Cow::default()),
+        "delay" => Box::new(delay::Delay::default()),
+        "exitlast" => Box::new(exitlast::ExitLast::default()),
+        "exitwhen" => Box::new(exitwhen::ExitWhen::default()),
+        "gzip" => Box::new(gzip::Gzip::default()),
+        "ip" => Box::new(ip::Ip::default()),
+        "limit" => Box::new(limit::Limit::default()),
+        "log" => Box::new(log::Log::default()),
+        "stats" => Box::new(stats::Stats::default()),
+        "tar" => Box::new(tar::Tar::default()),
+        "tls-fallback" => Box::new(tls_fallback::TlsFallback::default()),
+        _ => return None,
+    })
 }

@@ -1,0 +1,219 @@
+//! The tar filter: serve one member of a tar file, in place (reads and
+//! writes go to the member's bytes inside the archive).
+//!
+//! Parameters: `tar-entry=PATH` (required: the member's name exactly as
+//! stored), `tar=PROGRAM` (accepted for compatibility; the archive is
+//! read directly, no tar program is run).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
+
+use nbdkit_core::backend::{
+    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result,
+};
+use nbdkit_core::errno::Errno;
+
+/// The tar filter.
+#[derive(Debug, Default)]
+pub struct Tar {
+    entry: Option<String>,
+    /// (offset, size) of the member once found.
+    found: Arc<Mutex<Option<(u64, u64)>>>,
+}
+
+/// Reads a layer as a seekable stream.
+struct NextReader<'a> {
+    next: &'a Context,
+    pos: u64,
+}
+
+impl Read for NextReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let size = self.next.get_size();
+        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.next
+            .pread(&mut buf[..n], self.pos, Flags::NONE)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno.0))?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for NextReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let size = self.next.get_size() as i128;
+        let p = match pos {
+            SeekFrom::Start(p) => p as i128,
+            SeekFrom::End(d) => size + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if p < 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.pos = p.min(u64::MAX as i128) as u64;
+        Ok(self.pos)
+    }
+}
+
+fn not_found() -> Error {
+    Error::msg(
+        Errno::ENOENT,
+        "tar subcommand failed, check that the file really exists in the tarball",
+    )
+}
+
+/// Find `name` in the archive below: its data offset and size.
+fn find(next: &Context, name: &str) -> Result<(u64, u64)> {
+    let reader = std::io::BufReader::with_capacity(64 * 1024, NextReader { next, pos: 0 });
+    let mut ar = tar::Archive::new(reader);
+    let entries = ar
+        .entries_with_seek()
+        .map_err(|e| Error::msg(Errno::EIO, format!("tar: {e}")))?;
+    // Each entry costs at least one 512-byte header, so the archive's size
+    // bounds this loop.
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::msg(Errno::EIO, format!("tar: {e}")))?;
+        let path = entry.path_bytes();
+        if path.as_ref() != name.as_bytes() {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_sparse() {
+            return Err(Error::msg(
+                Errno::EINVAL,
+                "tar: sparse members are not supported yet",
+            ));
+        }
+        let offset = entry.raw_file_position();
+        let size = entry.size();
+        if offset
+            .checked_add(size)
+            .map_or(true, |end| end > next.get_size())
+        {
+            return Err(Error::msg(
+                Errno::EINVAL,
+                "tar: member extends past the end of the archive",
+            ));
+        }
+        return Ok((offset, size));
+    }
+    Err(not_found())
+}
+
+impl Filter for Tar {
+    fn name(&self) -> &'static str {
+        "tar"
+    }
+
+    fn longname(&self) -> Option<&'static str> {
+        Some("nbdkit tar filter")
+    }
+
+    fn config_help(&self) -> &'static str {
+        "tar-entry=<FILENAME> (required) The path inside the tar file to serve.\n\
+         tar=<PATH>           Path of the tar binary (unused)."
+    }
+
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
+        match key {
+            "tar-entry" => self.entry = Some(value.to_string()),
+            "tar" => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn config_complete(&mut self) -> Result<()> {
+        if self.entry.is_none() {
+            return Err(Error::config(
+                "you must supply the tar-entry=<FILENAME> parameter",
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        next: &mut dyn NextOpener,
+        args: &OpenArgs<'_>,
+    ) -> Result<Box<dyn FilterHandle>> {
+        next.open(args.readonly, args.export_name)?;
+        Ok(Box::new(TarHandle {
+            name: self.entry.clone().unwrap_or_default(),
+            found: self.found.clone(),
+            at: Mutex::new((0, 0)),
+        }))
+    }
+}
+
+struct TarHandle {
+    name: String,
+    found: Arc<Mutex<Option<(u64, u64)>>>,
+    at: Mutex<(u64, u64)>,
+}
+
+impl TarHandle {
+    fn offset(&self) -> u64 {
+        self.at.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl FilterHandle for TarHandle {
+    fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match *found {
+            Some(at) => at,
+            None => {
+                let at = find(next, &self.name)?;
+                *found = Some(at);
+                at
+            }
+        };
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        Ok(())
+    }
+
+    fn get_size(&self, _next: &Context) -> Result<u64> {
+        Ok(self.at.lock().unwrap_or_else(|p| p.into_inner()).1)
+    }
+
+    fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
+        next.pread(buf, offset + self.offset(), flags)
+    }
+
+    fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        next.pwrite(buf, offset + self.offset(), flags)
+    }
+
+    fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.trim(count, offset + self.offset(), flags)
+    }
+
+    fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.zero(count, offset + self.offset(), flags)
+    }
+
+    fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        next.cache(count, offset + self.offset(), flags)
+    }
+
+    fn extents(
+        &self,
+        next: &Context,
+        count: u64,
+        offset: u64,
+        flags: Flags,
+        extents: &mut Extents,
+    ) -> Result<()> {
+        let base = self.offset();
+        let mut sub = Extents::new(base + offset, base + offset + count);
+        next.extents(count, base + offset, flags, &mut sub)?;
+        for e in sub.as_slice() {
+            extents.add(e.offset - base, e.length, e.flags)?;
+        }
+        Ok(())
+    }
+}
