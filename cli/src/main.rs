@@ -339,7 +339,10 @@ fn main() -> ExitCode {
     log::set_backend_debug(datapath, controlpath);
     if environ {
         for (k, v) in std::env::vars_os() {
-            log::debug(None, format_args!("{}={}", k.to_string_lossy(), v.to_string_lossy()));
+            log::debug(
+                None,
+                format_args!("{}={}", k.to_string_lossy(), v.to_string_lossy()),
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! nbdkit as a service: forking into the background with a pidfile, and
 //! systemd socket activation.
+#![allow(clippy::std_instead_of_core)]
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;

@@ -1,12 +1,13 @@
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use super::filter::NextExports;
 use super::{
     BlockSize, Error, Exports, Extents, Filter, FilterHandle, Flags, Handle, NextOpener, OpenArgs,
-    Plugin, Result, Support, ThreadModel,
+    Plugin, Reopener, Result, Support, ThreadModel,
 };
 use crate::errno::Errno;
 
@@ -328,24 +329,42 @@ impl Context {
 /// The loaded stack: filters (outermost first) over a plugin. Shared by
 /// every connection.
 pub struct Stack {
+    // Behind an `Arc` so that a filter may keep a way to reopen the layers
+    // below it for the life of a connection (see [`NextOpener::reopener`]).
+    inner: Arc<Layers>,
+}
+
+struct Layers {
     filters: Vec<Box<dyn Filter>>,
     plugin: Box<dyn Plugin>,
+}
+
+fn stack_in_use() -> Error {
+    Error::msg(
+        Errno::EBUSY,
+        "the plugin and filters cannot be configured while connections are open",
+    )
 }
 
 impl core::fmt::Debug for Stack {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Stack")
-            .field("plugin", &self.plugin.name())
+            .field("plugin", &self.inner.plugin.name())
             .field(
                 "filters",
-                &self.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .filters
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
 }
 
 struct Opener<'a> {
-    stack: &'a Stack,
+    stack: &'a Arc<Layers>,
     index: usize,
     is_tls: bool,
     peer: &'a super::Peer,
@@ -360,7 +379,8 @@ impl NextOpener for Opener<'_> {
                 "filter opened the next layer twice",
             ));
         }
-        self.slot = Some(self.stack.open_layer(
+        self.slot = Some(open_layer(
+            self.stack,
             self.index,
             &OpenArgs {
                 readonly,
@@ -371,10 +391,42 @@ impl NextOpener for Opener<'_> {
         )?);
         Ok(())
     }
+
+    fn reopener(&self) -> Option<Box<dyn Reopener>> {
+        Some(Box::new(StackReopener {
+            stack: Arc::clone(self.stack),
+            index: self.index,
+            is_tls: self.is_tls,
+            peer: self.peer.clone(),
+        }))
+    }
+}
+
+/// Opens the layers below a filter again, for the life of a connection.
+struct StackReopener {
+    stack: Arc<Layers>,
+    index: usize,
+    is_tls: bool,
+    peer: super::Peer,
+}
+
+impl Reopener for StackReopener {
+    fn open(&self, readonly: bool, export_name: &str) -> Result<Context> {
+        open_layer(
+            &self.stack,
+            self.index,
+            &OpenArgs {
+                readonly,
+                export_name,
+                is_tls: self.is_tls,
+                peer: &self.peer,
+            },
+        )
+    }
 }
 
 struct ExportsBelow<'a> {
-    stack: &'a Stack,
+    stack: &'a Layers,
     index: usize,
 }
 
@@ -391,39 +443,43 @@ impl NextExports for ExportsBelow<'_> {
 impl Stack {
     /// A stack of `filters` (outermost first) over `plugin`.
     pub fn new(plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Self {
-        Stack { filters, plugin }
+        Stack {
+            inner: Arc::new(Layers { filters, plugin }),
+        }
     }
 
     /// The plugin.
     pub fn plugin(&self) -> &dyn Plugin {
-        &*self.plugin
+        &*self.inner.plugin
     }
 
-    /// The plugin, for configuration.
-    pub fn plugin_mut(&mut self) -> &mut dyn Plugin {
-        &mut *self.plugin
+    /// The plugin, for configuration (`None` once connections are open).
+    pub fn plugin_mut(&mut self) -> Option<&mut dyn Plugin> {
+        Arc::get_mut(&mut self.inner).map(|l| &mut *l.plugin as &mut dyn Plugin)
     }
 
     /// The filters, outermost first.
     pub fn filters(&self) -> &[Box<dyn Filter>] {
-        &self.filters
+        &self.inner.filters
     }
 
     /// Give one `key=value` to the first filter that takes it, else to the
     /// plugin.
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
-        for f in self.filters.iter_mut() {
+        let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
+        for f in layers.filters.iter_mut() {
             if f.config(key, value)? {
                 return Ok(());
             }
         }
-        self.plugin.config(key, value)
+        layers.plugin.config(key, value)
     }
 
     /// `config_complete` for every layer, plugin first.
     pub fn config_complete(&mut self) -> Result<()> {
-        self.plugin.config_complete()?;
-        for f in self.filters.iter_mut().rev() {
+        let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
+        layers.plugin.config_complete()?;
+        for f in layers.filters.iter_mut().rev() {
             f.config_complete()?;
         }
         Ok(())
@@ -431,22 +487,23 @@ impl Stack {
 
     /// The effective thread model: the minimum over the stack.
     pub fn thread_model(&self) -> ThreadModel {
-        self.filters
+        self.inner
+            .filters
             .iter()
             .map(|f| f.thread_model())
-            .fold(self.plugin.thread_model(), core::cmp::min)
+            .fold(self.inner.plugin.thread_model(), core::cmp::min)
     }
 
     /// Whether any layer may block.
     pub fn blocks(&self) -> bool {
-        self.plugin.blocks() || self.filters.iter().any(|f| f.blocks())
+        self.inner.plugin.blocks() || self.inner.filters.iter().any(|f| f.blocks())
     }
 
     /// `get_ready` for every layer, plugin first.
     pub fn get_ready(&self) -> Result<()> {
-        self.plugin.get_ready()?;
+        self.inner.plugin.get_ready()?;
         let tm = self.thread_model();
-        for f in self.filters.iter().rev() {
+        for f in self.inner.filters.iter().rev() {
             f.get_ready(tm)?;
         }
         Ok(())
@@ -454,8 +511,8 @@ impl Stack {
 
     /// `after_fork` for every layer, plugin first.
     pub fn after_fork(&self) -> Result<()> {
-        self.plugin.after_fork()?;
-        for f in self.filters.iter().rev() {
+        self.inner.plugin.after_fork()?;
+        for f in self.inner.filters.iter().rev() {
             f.after_fork()?;
         }
         Ok(())
@@ -463,25 +520,26 @@ impl Stack {
 
     /// `cleanup` for every layer, filters first.
     pub fn cleanup(&self) {
-        for f in self.filters.iter() {
+        for f in self.inner.filters.iter() {
             f.cleanup();
         }
-        self.plugin.cleanup();
+        self.inner.plugin.cleanup();
     }
 
     /// `preconnect` for every layer, outermost first.
     pub fn preconnect(&self, readonly: bool, peer: &super::Peer) -> Result<()> {
-        for f in self.filters.iter() {
+        for f in self.inner.filters.iter() {
             f.preconnect(readonly, peer)?;
         }
-        self.plugin.preconnect(readonly, peer)
+        self.inner.plugin.preconnect(readonly, peer)
     }
 
     /// The export list as the client sees it, with the default export
     /// resolved to its canonical name.
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
         let mut exports = Exports::default();
-        self.list_exports_from(0, readonly, is_tls, &mut exports)?;
+        self.inner
+            .list_exports_from(0, readonly, is_tls, &mut exports)?;
         if exports.use_default {
             exports.use_default = false;
             if let Some(name) = self.default_export(readonly, is_tls)? {
@@ -497,6 +555,20 @@ impl Stack {
         Ok(exports)
     }
 
+    /// The canonical name of the default export, `None` if there is none.
+    pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+        self.inner.default_export_from(0, readonly, is_tls)
+    }
+
+    /// Open the whole stack for a connection: open runs outermost first
+    /// (each filter opens the layer below), prepare and the capability
+    /// queries innermost first.
+    pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
+        open_layer(&self.inner, 0, args)
+    }
+}
+
+impl Layers {
     fn list_exports_from(
         &self,
         index: usize,
@@ -518,11 +590,6 @@ impl Stack {
         }
     }
 
-    /// The canonical name of the default export, `None` if there is none.
-    pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.default_export_from(0, readonly, is_tls)
-    }
-
     fn default_export_from(
         &self,
         index: usize,
@@ -541,43 +608,36 @@ impl Stack {
             None => self.plugin.default_export(readonly, is_tls),
         }
     }
+}
 
-    /// Open the whole stack for a connection: open runs outermost first
-    /// (each filter opens the layer below), prepare and the capability
-    /// queries innermost first.
-    pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
-        self.open_layer(0, args)
-    }
-
-    fn open_layer(&self, index: usize, args: &OpenArgs<'_>) -> Result<Context> {
-        match self.filters.get(index) {
-            None => {
-                let h = self.plugin.open(args)?;
-                Context::new(Layer::Plugin(h), args.readonly)
-            }
-            Some(f) => {
-                let mut opener = Opener {
-                    stack: self,
-                    index: index + 1,
-                    is_tls: args.is_tls,
-                    peer: args.peer,
-                    slot: None,
-                };
-                let handle = f.open(&mut opener, args)?;
-                let next = opener.slot.ok_or_else(|| {
-                    Error::msg(
-                        Errno::EINVAL,
-                        alloc::format!("filter {} did not open the next layer", f.name()),
-                    )
-                })?;
-                Context::new(
-                    Layer::Filter {
-                        handle,
-                        next: Box::new(next),
-                    },
-                    args.readonly,
+fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<Context> {
+    match stack.filters.get(index) {
+        None => {
+            let h = stack.plugin.open(args)?;
+            Context::new(Layer::Plugin(h), args.readonly)
+        }
+        Some(f) => {
+            let mut opener = Opener {
+                stack,
+                index: index + 1,
+                is_tls: args.is_tls,
+                peer: args.peer,
+                slot: None,
+            };
+            let handle = f.open(&mut opener, args)?;
+            let next = opener.slot.ok_or_else(|| {
+                Error::msg(
+                    Errno::EINVAL,
+                    alloc::format!("filter {} did not open the next layer", f.name()),
                 )
-            }
+            })?;
+            Context::new(
+                Layer::Filter {
+                    handle,
+                    next: Box::new(next),
+                },
+                args.readonly,
+            )
         }
     }
 }

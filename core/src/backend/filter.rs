@@ -9,6 +9,21 @@ use super::{BlockSize, Context, Exports, Extents, Flags, OpenArgs, Result, Suppo
 pub trait NextOpener {
     /// Open the next layer.
     fn open(&mut self, readonly: bool, export_name: &str) -> Result<()>;
+
+    /// A way to open the layer below again later in the connection, for
+    /// filters that close and reopen it after a failure (nbdkit's retry
+    /// filter, `nbdkit_next_context_open`). `None` where it is not possible.
+    fn reopener(&self) -> Option<Box<dyn Reopener>> {
+        None
+    }
+}
+
+/// Opens a fresh context of the layer below a filter, at any time during a
+/// connection. The filter owns the context it gets and uses it in place of
+/// the `next` it is given; dropping it closes it.
+pub trait Reopener: Send + Sync {
+    /// Open (and prepare) the layer below again.
+    fn open(&self, readonly: bool, export_name: &str) -> Result<Context>;
 }
 
 /// The global calls of the layer below a filter, for `list_exports` and

@@ -17,6 +17,6 @@ mod types;
 pub use context::{Caps, Context, Stack};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
-pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough};
+pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};
 pub use plugin::{Handle, Plugin, CALLBACK_NAMES};
 pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Peer, Support, ThreadModel};

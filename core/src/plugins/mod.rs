@@ -1,9 +1,14 @@
 //! Plugins that need nothing but memory. Each file is one plugin, with its
 //! parameters documented at the top.
 
+pub mod example1;
 pub mod full;
 pub mod memory;
 pub mod null;
+pub mod ones;
+pub mod pattern;
+pub mod random;
+pub mod sparse_random;
 pub mod zero;
 
 use alloc::format;
@@ -53,6 +58,9 @@ pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Plugi
         "null" => Box::new(null::Null::default()),
         "zero" => Box::new(zero::Zero),
         "full" => Box::new(full::Full::default()),
+        "pattern" => Box::new(pattern::Pattern::default()),
+        "ones" => Box::new(ones::Ones::default()),
+        "example1" => Box::new(example1::Example1),
         _ => return None,
     })
 }

@@ -1,6 +1,7 @@
 //! Filters that need the operating system (files, clocks, processes).
 
 pub mod cache;
+mod core_filters;
 pub mod cow;
 pub mod delay;
 pub mod exitlast;
@@ -21,6 +22,10 @@ pub fn by_name(name: &str) -> Option<Box<dyn Filter>> {
     Some(match name {
         "cache" => Box::new(cache::Cache::default()),
         "cow" => Box::new(cow::Cow::default()),
+        "error" => core_filters::error(),
+        "evil" => core_filters::evil(),
+        "retry" => core_filters::retry(),
+        "retry-request" => core_filters::retry_request(),
         "delay" => Box::new(delay::Delay::default()),
         "exitlast" => Box::new(exitlast::ExitLast::default()),
         "exitwhen" => Box::new(exitwhen::ExitWhen::default()),

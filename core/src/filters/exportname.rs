@@ -1,0 +1,205 @@
+//! `exportname`: change the export names and descriptions a client sees.
+//!
+//! Parameters: `default-export=NAME`, `exportname-list=keep|error|empty|
+//! defaultonly|explicit` (default `keep`), `exportname-strict=BOOL`,
+//! `exportname=NAME` (repeatable), `exportdesc=keep|none|fixed:STRING`
+//! (`script:SCRIPT` needs a shell and is not supported yet).
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::params::bool_param;
+use crate::backend::{
+    Context, Error, Exports, Filter, FilterHandle, NextExports, NextOpener, OpenArgs, PassThrough,
+    Result,
+};
+use crate::errno::Errno;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ListMode {
+    #[default]
+    Keep,
+    Error,
+    Empty,
+    DefaultOnly,
+    Explicit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum DescMode {
+    #[default]
+    Keep,
+    None,
+    Fixed(String),
+}
+
+/// The exportname filter.
+#[derive(Debug, Default)]
+pub struct ExportName {
+    default_export: Option<String>,
+    list: ListMode,
+    strict: bool,
+    names: Vec<String>,
+    desc: DescMode,
+}
+
+impl ExportName {
+    fn describe(&self, below: Option<String>) -> Option<String> {
+        match &self.desc {
+            DescMode::Keep => below,
+            DescMode::None => None,
+            DescMode::Fixed(s) => Some(s.clone()),
+        }
+    }
+}
+
+impl Filter for ExportName {
+    fn name(&self) -> &'static str {
+        "exportname"
+    }
+    fn longname(&self) -> Option<&'static str> {
+        Some("nbdkit exportname filter")
+    }
+    fn config_help(&self) -> &'static str {
+        "default-export=<NAME>     Canonical name for the \"\" default export.\n\
+         exportname-list=<MODE>    Which exports to advertise: keep (default), error,\n\
+         \x20                         empty, defaultonly, explicit.\n\
+         exportname-strict=<BOOL>  Limit clients to explicit exports (default false).\n\
+         exportname=<NAME>         Add an explicit export name, may be repeated.\n\
+         exportdesc=<MODE>         Set descriptions according to mode: keep (default),\n\
+         \x20                         none, fixed:STRING, script:SCRIPT."
+    }
+    fn blocks(&self) -> bool {
+        false
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
+        match key {
+            "default-export" | "default_export" => {
+                self.default_export = (!value.is_empty()).then(|| value.into())
+            }
+            "exportname-list" => {
+                self.list = match value {
+                    "keep" => ListMode::Keep,
+                    "error" => ListMode::Error,
+                    "empty" => ListMode::Empty,
+                    "defaultonly" | "default-only" => ListMode::DefaultOnly,
+                    "explicit" => ListMode::Explicit,
+                    _ => {
+                        return Err(Error::config(format!(
+                            "unrecognized exportname-list mode: {value}"
+                        )))
+                    }
+                }
+            }
+            "exportname-strict" => self.strict = bool_param(value)?,
+            "exportname" => {
+                if self.names.len() >= Exports::MAX {
+                    return Err(Error::config("too many exportname parameters"));
+                }
+                self.names.push(value.into())
+            }
+            "exportdesc" => {
+                self.desc = match value {
+                    "keep" => DescMode::Keep,
+                    "none" => DescMode::None,
+                    _ if value.starts_with("fixed:") => DescMode::Fixed(value[6..].into()),
+                    _ if value.starts_with("script:") => {
+                        return Err(Error::config("exportdesc=script: is not supported yet"))
+                    }
+                    _ => {
+                        return Err(Error::config(format!(
+                            "unrecognized exportdesc mode: {value}"
+                        )))
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+    fn list_exports(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut Exports,
+    ) -> Result<()> {
+        let mut list = Exports::default();
+        match self.list {
+            ListMode::Keep => next.list_exports(readonly, is_tls, &mut list)?,
+            ListMode::Error => {
+                return Err(Error::msg(Errno::EPERM, "export list restricted by policy"))
+            }
+            ListMode::Empty => {}
+            ListMode::DefaultOnly => {
+                let name = match &self.default_export {
+                    Some(n) => Some(n.clone()),
+                    None => next.default_export(readonly, is_tls)?,
+                };
+                if let Some(n) = name {
+                    list.add(&n, None)?;
+                }
+            }
+            ListMode::Explicit => {
+                for n in &self.names {
+                    list.add(n, None)?;
+                }
+            }
+        }
+        exports.use_default |= list.use_default;
+        for e in list.list {
+            let desc = self.describe(e.description);
+            exports.add(&e.name, desc.as_deref())?;
+        }
+        Ok(())
+    }
+    fn default_export(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+    ) -> Result<Option<String>> {
+        match &self.default_export {
+            Some(n) => Ok(Some(n.clone())),
+            None => next.default_export(readonly, is_tls),
+        }
+    }
+    fn open(
+        &self,
+        next: &mut dyn NextOpener,
+        args: &OpenArgs<'_>,
+    ) -> Result<Box<dyn FilterHandle>> {
+        let name = args.export_name;
+        if self.strict && !self.names.iter().any(|n| n == name) {
+            return Err(Error::msg(
+                Errno::ENOENT,
+                if name.is_empty() {
+                    String::from("default export (\"\") not permitted")
+                } else {
+                    format!("export '{name}' not found")
+                },
+            ));
+        }
+        let below = match (&self.default_export, name) {
+            (Some(d), "") => d.as_str(),
+            _ => name,
+        };
+        next.open(args.readonly, below)?;
+        Ok(match &self.desc {
+            DescMode::Keep => Box::new(PassThrough),
+            DescMode::None => Box::new(Described(None)),
+            DescMode::Fixed(s) => Box::new(Described(Some(s.clone()))),
+        })
+    }
+}
+
+/// A handle that replaces the export's description.
+struct Described(Option<String>);
+
+impl FilterHandle for Described {
+    fn export_description(&self, _next: &Context) -> Result<Option<String>> {
+        Ok(self.0.clone())
+    }
+}

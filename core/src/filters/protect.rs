@@ -1,0 +1,194 @@
+//! `protect`: refuse writes that would change protected ranges.
+//!
+//! Parameter: `protect=START-END` (inclusive; either end may be omitted)
+//! or `protect=~START-END` (everything outside the range), repeatable.
+//! Writes over a protected range succeed only if they do not change its
+//! content; otherwise they fail with EPERM.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::params::parse_unsigned;
+use crate::backend::{Context, Error, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result};
+use crate::errno::Errno;
+
+/// Bound on the number of ranges.
+const MAX_RANGES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Range {
+    /// Protected `start..=end`.
+    start: u64,
+    end: u64,
+    /// As given, for messages.
+    text: String,
+}
+
+/// The protect filter.
+#[derive(Debug, Default)]
+pub struct Protect {
+    ranges: Arc<Vec<Range>>,
+}
+
+fn bound(what: &str, s: &str, default: u64) -> Result<u64> {
+    if s.is_empty() {
+        Ok(default)
+    } else {
+        parse_unsigned(what, s, u64::MAX)
+    }
+}
+
+impl Filter for Protect {
+    fn name(&self) -> &'static str {
+        "protect"
+    }
+    fn longname(&self) -> Option<&'static str> {
+        Some("nbdkit protect filter")
+    }
+    fn config_help(&self) -> &'static str {
+        "protect=<START>-<END>      Protect range of bytes START-END (inclusive)."
+    }
+    fn blocks(&self) -> bool {
+        false
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
+        if key != "protect" {
+            return Ok(false);
+        }
+        let (complement, r) = match value.strip_prefix('~') {
+            Some(r) => (true, r),
+            None => (false, value),
+        };
+        let Some((a, b)) = r.split_once('-') else {
+            return Err(Error::config(format!(
+                "cannot parse range, missing '-': {value}"
+            )));
+        };
+        let start = bound("protect", a, 0)?;
+        let end = bound("protect", b, u64::MAX)?;
+        if end < start {
+            return Err(Error::config(format!(
+                "invalid range, end < start: {value}"
+            )));
+        }
+        let ranges = Arc::make_mut(&mut self.ranges);
+        if ranges.len() + 2 > MAX_RANGES {
+            return Err(Error::config("too many protect ranges"));
+        }
+        let text = String::from(value);
+        if complement {
+            if start > 0 {
+                ranges.push(Range {
+                    start: 0,
+                    end: start - 1,
+                    text: text.clone(),
+                });
+            }
+            if end < u64::MAX {
+                ranges.push(Range {
+                    start: end + 1,
+                    end: u64::MAX,
+                    text,
+                });
+            }
+        } else {
+            ranges.push(Range { start, end, text });
+        }
+        Ok(true)
+    }
+    fn open(
+        &self,
+        next: &mut dyn NextOpener,
+        args: &OpenArgs<'_>,
+    ) -> Result<Box<dyn FilterHandle>> {
+        next.open(args.readonly, args.export_name)?;
+        Ok(Box::new(ProtectHandle {
+            ranges: Arc::clone(&self.ranges),
+        }))
+    }
+}
+
+struct ProtectHandle {
+    ranges: Arc<Vec<Range>>,
+}
+
+impl ProtectHandle {
+    /// Check that writing `data` (zeroes when `None`) over `count` bytes
+    /// at `offset` changes no protected byte.
+    fn check(&self, next: &Context, count: u64, offset: u64, data: Option<&[u8]>) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let last = offset + count - 1;
+        for r in self.ranges.iter() {
+            if r.end < offset || r.start > last {
+                continue;
+            }
+            let from = r.start.max(offset);
+            let to = r.end.min(last);
+            // Compare in pieces, so that a large zero request does not
+            // allocate a large buffer.
+            let mut at = from;
+            let mut buf = vec![0u8; ((to - from + 1).min(1 << 20)) as usize];
+            while at <= to {
+                let n = ((to - at + 1) as usize).min(buf.len());
+                next.pread(&mut buf[..n], at, Flags::NONE)?;
+                let same = match data {
+                    Some(d) => {
+                        let i = (at - offset) as usize;
+                        buf[..n] == d[i..i + n]
+                    }
+                    None => buf[..n].iter().all(|&b| b == 0),
+                };
+                if !same {
+                    return Err(Error::msg(
+                        Errno::EPERM,
+                        format!(
+                            "protect filter prevented write to protected range {}",
+                            r.text
+                        ),
+                    ));
+                }
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FilterHandle for ProtectHandle {
+    fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        self.check(next, buf.len() as u64, offset, Some(buf))?;
+        next.pwrite(buf, offset, flags)
+    }
+    fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        self.check(next, count, offset, None)?;
+        next.zero(count, offset, flags)
+    }
+    fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        // A trim may change the content: it is refused over any protected
+        // range (that is not already zero).
+        self.check(next, count, offset, None)?;
+        next.trim(count, offset, flags)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let mut f = Protect::default();
+        assert!(f.config("protect", "5-2").is_err());
+        assert!(f.config("protect", "5").is_err());
+        assert!(f.config("protect", "-100").unwrap());
+        assert!(f.config("protect", "~0x1000-").unwrap());
+        assert_eq!(f.ranges.len(), 2);
+        assert_eq!((f.ranges[1].start, f.ranges[1].end), (0, 0xfff));
+    }
+}
