@@ -505,8 +505,9 @@ fn execute(
         Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
         Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
         Command::BlockStatus => {
-            let end = v.offset + v.count;
-            let mut ext = Extents::new(v.offset, end);
+            // As nbdkit: extents may run past the request, never past the
+            // end of the export.
+            let mut ext = Extents::new(v.offset, ctx.caps().size);
             match ctx.extents(v.count, v.offset, flags, &mut ext) {
                 Ok(()) => {
                     let mut buf = vec![0u8; style.block_status_len(ext.len().max(1))];

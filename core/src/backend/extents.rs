@@ -91,12 +91,18 @@ impl Extents {
             if offset > self.start {
                 return Err(Error::msg(
                     Errno::ERANGE,
-                    "nbdkit_add_extent: first extent must not be > start",
+                    alloc::format!(
+                        "nbdkit_add_extent: first extent must not be > start ({})",
+                        self.start
+                    ),
                 ));
             }
             if end <= self.start {
                 return Ok(());
             }
+        } else if self.next >= self.end || self.list.len() >= Self::MAX {
+            // Full: whatever comes next is ignored.
+            return Ok(());
         } else if offset != self.next {
             return Err(Error::msg(
                 Errno::ERANGE,
@@ -107,6 +113,7 @@ impl Extents {
             return Ok(());
         }
         let offset = offset.max(self.start);
+        let end = end.min(self.end);
         let length = end - offset;
         self.next = end;
         if let Some(last) = self.list.last_mut() {
@@ -134,7 +141,7 @@ mod test {
         e.add(0, 50, 3).unwrap(); // before start: ignored
         e.add(50, 100, 3).unwrap(); // clipped to 100..150
         e.add(150, 50, 3).unwrap(); // merged
-        e.add(200, 200, 0).unwrap(); // overruns the end: kept
+        e.add(200, 200, 0).unwrap(); // overruns the end: clipped
         e.add(400, 10, 3).unwrap(); // past the end: ignored
         assert_eq!(
             e.as_slice(),
@@ -146,7 +153,7 @@ mod test {
                 },
                 Extent {
                     offset: 200,
-                    length: 200,
+                    length: 100,
                     flags: 0
                 }
             ]

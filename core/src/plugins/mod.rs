@@ -61,6 +61,8 @@ pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Plugi
         "pattern" => Box::new(pattern::Pattern::default()),
         "ones" => Box::new(ones::Ones::default()),
         "example1" => Box::new(example1::Example1),
+        // random and sparse-random take their default seed from the clock:
+        // the runtime registers them (`random::Random::with_seed`).
         _ => return None,
     })
 }

@@ -1,6 +1,10 @@
 //! Plugins that need the operating system.
 
+pub mod data;
+pub mod example2;
+pub mod example3;
 pub mod file;
+pub mod info;
 pub mod sh;
 pub mod split;
 
@@ -13,6 +17,10 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),
+        "info" => Box::new(info::Info::default()),
+        "data" => Box::new(data::Data::default()),
+        "example2" => Box::new(example2::Example2::default()),
+        "example3" => Box::new(example3::Example3::default()),
         // Without seed=, nbdkit seeds these with the time it was loaded.
         "random" => Box::new(nbdkit_core::plugins::random::Random::with_seed(time_seed())),
         "sparse-random" => {

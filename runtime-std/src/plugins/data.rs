@@ -1,0 +1,1449 @@
+//! `data`: serve data given on the command line, as a writable RAM disk.
+//!
+//! Parameters: exactly one of `[data=]EXPR` (the format language below),
+//! `raw=BYTES` or `base64=TEXT`; `size=SIZE` (truncate or zero-extend the
+//! data; default the size of the data); `allocator=sparse` (default) or
+//! `allocator=malloc`. Any other `KEY=VALUE` defines a variable for
+//! `$KEY` in the expression (it is an error without `data=`).
+//!
+//! The language (nbdkit-data-plugin(1), "DATA FORMAT"): bytes in C
+//! notation (`0x55`, `010`, `17`), `"strings"` with C escapes,
+//! `le16:`/`be16:`/`le32:`/`be32:`/`le64:`/`be64:` words, `@OFFSET`,
+//! `@+N`, `@-N`, `@^ALIGNMENT`, `<FILE`, `<(SHELL SCRIPT)`, `( ... )`
+//! groups, `EXPR*N` repeats, `EXPR[N:M]` slices, `EXPR -> \NAME`
+//! assignments and `\NAME` references (scoped to the enclosing group),
+//! `$VAR` (a parameter or environment variable, parsed as a group), and
+//! `#` comments. Writes past the current size extend it, later writes
+//! overwrite earlier ones, and a group overwrites its whole extent
+//! (including its zeroes) where it lands.
+//!
+//! Evaluation is bounded: bytes past `size=` are never stored, repeats
+//! stop once they pass it, and the total work (bytes copied plus steps
+//! taken) is capped at [`MAX_WORK`], beyond which the expression is
+//! refused rather than exhausting memory.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+
+use nbdkit_core::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::errno::Errno;
+use nbdkit_core::plugins::memory::SparseArray;
+use nbdkit_core::plugins::random::parse_unsigned;
+use nbdkit_core::plugins::size_param;
+
+use super::info::decode_base64;
+
+/// The most work (bytes stored or copied, plus evaluation steps) an
+/// expression may take.
+pub const MAX_WORK: u64 = 1 << 30;
+
+/// How deeply groups and variables may nest.
+const MAX_DEPTH: usize = 100;
+
+/// The largest size nbdkit serves.
+const MAX_SIZE: u64 = i64::MAX as u64;
+
+// ---------------------------------------------------------------------------
+// Syntax
+
+/// One element of an expression.
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    /// Nothing (a repeat by 0, an empty slice).
+    Null,
+    /// Bytes written at the offset.
+    Bytes(Vec<u8>),
+    /// One byte repeated.
+    Fill(u8, u64),
+    /// `@N`.
+    AbsOffset(u64),
+    /// `@+N`, `@-N`.
+    RelOffset(i64),
+    /// `@^N`.
+    Align(u64),
+    /// `<FILE`.
+    File(String),
+    /// `<(SCRIPT)`.
+    Script(String),
+    /// `( ... )` or `$VAR`.
+    List(Vec<Expr>),
+    /// `\NAME`.
+    Name(String),
+    /// `EXPR -> \NAME`.
+    Assign(String, Box<Expr>),
+    /// `EXPR*N`.
+    Repeat(Box<Expr>, u64),
+    /// `EXPR[N:M]`; a negative end means the end of the expression.
+    Slice(Box<Expr>, u64, i64),
+}
+
+impl Expr {
+    fn is_data(&self) -> bool {
+        !matches!(
+            self,
+            Expr::AbsOffset(_) | Expr::RelOffset(_) | Expr::Align(_)
+        )
+    }
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::config(msg)
+}
+
+fn parse_error(i: usize) -> Error {
+    err(format!("data parameter: parsing error at offset {i}"))
+}
+
+/// C's `strtol`/`scanf("%i")`: optional whitespace and sign, then a hex
+/// (`0x`), octal (`0`) or decimal number. Returns the value (saturated)
+/// and the bytes consumed, or `None` when there are no digits.
+fn scan_int(s: &[u8]) -> Option<(i128, usize)> {
+    let mut i = 0;
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let mut neg = false;
+    if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
+        neg = s[i] == b'-';
+        i += 1;
+    }
+    let mut radix = 10;
+    let start = i;
+    if s.get(i) == Some(&b'0') {
+        if matches!(s.get(i + 1), Some(b'x' | b'X')) {
+            // glibc's scanf takes "0x" even when no hex digit follows
+            // (the value is then 0).
+            radix = 16;
+            i += 2;
+        } else {
+            radix = 8;
+        }
+    }
+    let mut v: i128 = 0;
+    while let Some(d) = s.get(i).and_then(|&c| (c as char).to_digit(radix)) {
+        v = (v * i128::from(radix) + i128::from(d)).min(1 << 100);
+        i += 1;
+    }
+    if i == start {
+        return None;
+    }
+    Some((if neg { -v } else { v }, i))
+}
+
+/// Saturate to i64, as `SCNi64` does.
+fn sat64(v: i128) -> i64 {
+    v.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
+/// Where the parser looks up `$VAR`.
+trait Vars {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+struct Parser<'v> {
+    vars: &'v dyn Vars,
+}
+
+impl Parser<'_> {
+    /// Parse `s` from `*pos` to the end, or, `in_group`, to the `)` that
+    /// closes the group.
+    fn list(&self, s: &[u8], pos: &mut usize, depth: usize, in_group: bool) -> Result<Vec<Expr>> {
+        if depth > MAX_DEPTH {
+            return Err(err("data parameter: expression is nested too deeply"));
+        }
+        let len = s.len();
+        let mut list: Vec<Expr> = Vec::new();
+        let mut i = *pos;
+        // Take the last element for a postfix operator.
+        fn last(list: &mut Vec<Expr>, what: &str) -> Result<Expr> {
+            match list.pop() {
+                None => Err(err(format!("{what} must follow an expression"))),
+                Some(e) if !e.is_data() => Err(err(format!(
+                    "{what} cannot be applied to this type of expression"
+                ))),
+                Some(e) => Ok(e),
+            }
+        }
+        while i < len {
+            match s[i] {
+                b'#' => {
+                    while i < len && s[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'@' => {
+                    i += 1;
+                    if i == len {
+                        return Err(parse_error(i));
+                    }
+                    let c = s[i];
+                    let kind = match c {
+                        b'+' | b'-' | b'^' => {
+                            i += 1;
+                            if i == len {
+                                return Err(parse_error(i));
+                            }
+                            c
+                        }
+                        b'0'..=b'9' => b'=',
+                        _ => return Err(parse_error(i)),
+                    };
+                    let (v, n) = scan_int(&s[i..]).ok_or_else(|| parse_error(i))?;
+                    let v = sat64(v);
+                    if v < 0 {
+                        return Err(err(match kind {
+                            b'+' => "data parameter after @+ must not be negative".into(),
+                            b'-' => "data parameter after @- must not be negative".into(),
+                            b'^' => "data parameter after @^ must not be negative".into(),
+                            _ => String::from("data parameter @OFFSET must not be negative"),
+                        }));
+                    }
+                    i += n;
+                    list.push(match kind {
+                        b'+' => Expr::RelOffset(v),
+                        b'-' => Expr::RelOffset(-v),
+                        b'^' => {
+                            if !(v as u64).is_power_of_two() {
+                                return Err(err(format!(
+                                    "data parameter @^{v} must be a power of 2"
+                                )));
+                            }
+                            Expr::Align(v as u64)
+                        }
+                        _ => Expr::AbsOffset(v as u64),
+                    });
+                }
+                b'(' => {
+                    i += 1;
+                    let inner = self.list(s, &mut i, depth + 1, true)?;
+                    list.push(Expr::List(inner));
+                }
+                b')' => {
+                    if !in_group {
+                        return Err(err("unmatched ')' in data string"));
+                    }
+                    *pos = i + 1;
+                    return Ok(list);
+                }
+                b'*' => {
+                    i += 1;
+                    let e = last(&mut list, "*N")?;
+                    let (v, n) = scan_int(&s[i..]).ok_or_else(|| err("*N not numeric"))?;
+                    let v = sat64(v);
+                    if v < 0 {
+                        return Err(err("data parameter @OFFSET must not be negative"));
+                    }
+                    i += n;
+                    list.push(repeat(e, v as u64));
+                }
+                b'[' => {
+                    i += 1;
+                    let e = last(&mut list, "[N:M]")?;
+                    let (n, m, used) = scan_slice(&s[i..])
+                        .ok_or_else(|| err("enclosed pattern (...)[N:M] not numeric"))?;
+                    i += used;
+                    // nbdkit compares the unsigned start with the signed end.
+                    let n = n as u64;
+                    list.push(if n == m as u64 {
+                        Expr::Null
+                    } else {
+                        Expr::Slice(Box::new(e), n, m)
+                    });
+                }
+                b'<' => {
+                    if s.get(i + 1) == Some(&b'(') {
+                        i += 2;
+                        let mut lvl = 0usize;
+                        let mut j = i;
+                        while j < len {
+                            match s[j] {
+                                b'(' => lvl += 1,
+                                b')' if lvl > 0 => lvl -= 1,
+                                b')' => break,
+                                _ => {}
+                            }
+                            j += 1;
+                        }
+                        if j >= len || j == i {
+                            return Err(parse_error(i));
+                        }
+                        list.push(Expr::Script(String::from_utf8_lossy(&s[i..j]).into_owned()));
+                        i = j + 1;
+                    } else {
+                        i += 1;
+                        let n = s[i..]
+                            .iter()
+                            .position(|c| b"*[) \t\n".contains(c))
+                            .unwrap_or(len - i);
+                        if n == 0 {
+                            return Err(err("data parameter <FILE not a filename"));
+                        }
+                        list.push(Expr::File(
+                            String::from_utf8_lossy(&s[i..i + n]).into_owned(),
+                        ));
+                        i += n;
+                    }
+                }
+                b'"' => {
+                    i += 1;
+                    let bytes = parse_string(s, &mut i)?;
+                    list.push(Expr::Bytes(bytes));
+                }
+                b'\\' => {
+                    let (start, n) = get_name(s, i);
+                    if n == 0 {
+                        return Err(parse_error(start));
+                    }
+                    list.push(Expr::Name(
+                        String::from_utf8_lossy(&s[start..start + n]).into_owned(),
+                    ));
+                    i = start + n;
+                }
+                b'-' => {
+                    i += 1;
+                    if s.get(i) != Some(&b'>') {
+                        return Err(parse_error(i));
+                    }
+                    i += 1;
+                    let e = last(&mut list, "->")?;
+                    let (start, n) = get_name(s, i);
+                    if n == 0 {
+                        return Err(parse_error(start));
+                    }
+                    let name = String::from_utf8_lossy(&s[start..start + n]).into_owned();
+                    list.push(Expr::Assign(name, Box::new(e)));
+                    i = start + n;
+                }
+                b'$' => {
+                    let (start, n) = get_var(s, i);
+                    if n == 0 {
+                        return Err(parse_error(start));
+                    }
+                    let name = String::from_utf8_lossy(&s[start..start + n]).into_owned();
+                    i = start + n;
+                    let content = self
+                        .vars
+                        .get(&name)
+                        .ok_or_else(|| err(format!("${name}: variable not found")))?;
+                    let mut ci = 0;
+                    // A variable is parsed on its own, as a top-level list.
+                    let inner = self.list(content.as_bytes(), &mut ci, depth + 1, false)?;
+                    list.push(Expr::List(inner));
+                }
+                b'0'..=b'9' => {
+                    let (v, n) = scan_int(&s[i..]).ok_or_else(|| parse_error(i))?;
+                    // scanf("%i") into an int: out of range values wrap
+                    // negative or stay large; both are refused.
+                    if !(0..=255).contains(&v) {
+                        return Err(err("data parameter BYTE must be in the range 0..255"));
+                    }
+                    i += n;
+                    list.push(Expr::Bytes(vec![v as u8]));
+                }
+                b'l' | b'b' => {
+                    let start = i;
+                    while i < len && !s[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    list.push(Expr::Bytes(parse_word(&s[start..i], i)?));
+                }
+                b' ' | b'\t' | b'\n' | b'\x0c' | b'\r' | b'\x0b' => i += 1,
+                _ => return Err(parse_error(i)),
+            }
+        }
+        if in_group {
+            return Err(err("unmatched '(' in data string"));
+        }
+        *pos = i;
+        Ok(list)
+    }
+}
+
+/// `EXPR*N`, with nbdkit's simplifications (a byte repeated is a fill).
+fn repeat(e: Expr, n: u64) -> Expr {
+    if n == 0 {
+        return Expr::Null;
+    }
+    match e {
+        Expr::Null => Expr::Null,
+        e if n == 1 => e,
+        Expr::Bytes(b) if b.len() == 1 => Expr::Fill(b[0], n),
+        Expr::Fill(b, m) => match m.checked_mul(n) {
+            Some(t) => Expr::Fill(b, t),
+            None => Expr::Repeat(Box::new(Expr::Fill(b, m)), n),
+        },
+        Expr::List(l) if l.len() == 1 && matches!(&l[0], Expr::Bytes(b) if b.len() == 1) => {
+            match &l[0] {
+                Expr::Bytes(b) => Expr::Fill(b[0], n),
+                _ => Expr::Repeat(Box::new(Expr::List(l)), n),
+            }
+        }
+        e => Expr::Repeat(Box::new(e), n),
+    }
+}
+
+/// `N:M]`, `:M]`, `N:]` or `:]` (after `[`): (start, end or -1, length).
+fn scan_slice(s: &[u8]) -> Option<(i64, i64, usize)> {
+    let close =
+        |s: &[u8], at: usize| -> Option<usize> { (s.get(at) == Some(&b']')).then_some(at + 1) };
+    if let Some((n, a)) = scan_int(s) {
+        if s.get(a) == Some(&b':') {
+            if let Some((m, b)) = scan_int(&s[a + 1..]) {
+                if let Some(end) = close(s, a + 1 + b) {
+                    return Some((sat64(n), sat64(m), end));
+                }
+                return None;
+            }
+            return close(s, a + 1).map(|end| (sat64(n), -1, end));
+        }
+        return None;
+    }
+    if s.first() == Some(&b':') {
+        if let Some((m, b)) = scan_int(&s[1..]) {
+            return close(s, 1 + b).map(|end| (0, sat64(m), end));
+        }
+        return close(s, 1).map(|end| (0, -1, end));
+    }
+    None
+}
+
+/// `\NAME` after optional whitespace: (start of NAME, its length).
+fn get_name(s: &[u8], mut i: usize) -> (usize, usize) {
+    while i < s.len() && s[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    if i >= s.len() || s[i] != b'\\' {
+        return (i, 0);
+    }
+    i += 1;
+    let start = i;
+    while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == b'_' || s[i] == b'-') {
+        i += 1;
+    }
+    (start, i - start)
+}
+
+/// `$VAR`: (start of VAR, its length); VAR is `[A-Za-z_][A-Za-z0-9_]*`.
+fn get_var(s: &[u8], i: usize) -> (usize, usize) {
+    let start = i + 1;
+    if start >= s.len() || !(s[start].is_ascii_alphabetic() || s[start] == b'_') {
+        return (start.min(s.len()), 0);
+    }
+    let mut j = start;
+    while j < s.len() && (s[j].is_ascii_alphanumeric() || s[j] == b'_') {
+        j += 1;
+    }
+    (start, j - start)
+}
+
+/// The body of a `"string"` after the opening quote.
+fn parse_string(s: &[u8], pos: &mut usize) -> Result<Vec<u8>> {
+    let unterminated = || err("data parameter: unterminated string");
+    let mut out = Vec::new();
+    let mut i = *pos;
+    while i < s.len() {
+        let mut c = s[i];
+        match c {
+            b'"' => {
+                *pos = i + 1;
+                return Ok(out);
+            }
+            b'\\' => {
+                i += 1;
+                c = *s.get(i).ok_or_else(unterminated)?;
+                c = match c {
+                    b'a' => 7,
+                    b'b' => 8,
+                    b'f' => 0xc,
+                    b'n' => 0xa,
+                    b'r' => 0xd,
+                    b't' => 9,
+                    b'v' => 0xb,
+                    b'x' => {
+                        let x0 = *s.get(i + 1).ok_or_else(unterminated)?;
+                        let x1 = *s.get(i + 2).ok_or_else(unterminated)?;
+                        i += 2;
+                        let h = |x: u8| (x as char).to_digit(16);
+                        match (h(x0), h(x1)) {
+                            (Some(a), Some(b)) => (a * 16 + b) as u8,
+                            _ => {
+                                return Err(err(
+                                    "data: \\xNN must be followed by exactly two hexadecimal characters",
+                                ))
+                            }
+                        }
+                    }
+                    b'0'..=b'9' | b'u' => {
+                        return Err(err(
+                            "data: string numeric and unicode sequences are not yet implemented",
+                        ))
+                    }
+                    other => other,
+                };
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+        i += 1;
+    }
+    Err(unterminated())
+}
+
+/// `le16:WORD` and friends (the whole token up to whitespace).
+fn parse_word(tok: &[u8], end: usize) -> Result<Vec<u8>> {
+    let t = String::from_utf8_lossy(tok);
+    let (little, bytes) = match t.get(..5) {
+        Some("le16:") => (true, 2),
+        Some("le32:") => (true, 4),
+        Some("le64:") => (true, 8),
+        Some("be16:") => (false, 2),
+        Some("be32:") => (false, 4),
+        Some("be64:") => (false, 8),
+        _ => {
+            return Err(err(format!(
+                "data parameter: expected \"le16/32/64:\" or \"be16/32/64:\" at offset {end}"
+            )))
+        }
+    };
+    let max = if bytes == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (bytes * 8)) - 1
+    };
+    let v = parse_unsigned("data", &t[5..], max)?;
+    let all = if little {
+        v.to_le_bytes()
+    } else {
+        v.to_be_bytes()
+    };
+    Ok(if little {
+        all[..bytes].to_vec()
+    } else {
+        all[8 - bytes..].to_vec()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Images: the result of evaluating an expression
+
+/// A run of bytes in an image.
+#[derive(Debug, Clone)]
+enum Chunk {
+    Data(Vec<u8>),
+    Fill(u8, u64),
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        match self {
+            Chunk::Data(d) => d.len() as u64,
+            Chunk::Fill(_, n) => *n,
+        }
+    }
+
+    /// The part `from..to` (relative to the chunk).
+    fn part(&self, from: u64, to: u64) -> Chunk {
+        match self {
+            Chunk::Data(d) => Chunk::Data(d[from as usize..to as usize].to_vec()),
+            Chunk::Fill(b, _) => Chunk::Fill(*b, to - from),
+        }
+    }
+}
+
+/// A sparse byte image: non-overlapping chunks by offset; gaps are zero.
+/// Nothing at or past `limit` is stored.
+#[derive(Debug, Default)]
+struct Image {
+    chunks: BTreeMap<u64, Chunk>,
+}
+
+/// Counts work against [`MAX_WORK`], and evaluation steps against
+/// [`MAX_STEPS`].
+#[derive(Default)]
+struct Budget {
+    used: u64,
+    steps: u64,
+}
+
+/// The most expressions an evaluation may visit (names can double the
+/// work at each definition).
+const MAX_STEPS: u64 = 1 << 22;
+
+impl Budget {
+    fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(Error::msg(
+                Errno::ENOMEM,
+                "data: the expression takes too many steps to evaluate, which is not supported",
+            ));
+        }
+        Ok(())
+    }
+
+    fn spend(&mut self, n: u64) -> Result<()> {
+        self.used = self.used.saturating_add(n);
+        if self.used > MAX_WORK {
+            return Err(Error::msg(
+                Errno::ENOMEM,
+                format!(
+                    "data: the expression expands to more than {} MiB of data, which is not supported",
+                    MAX_WORK >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Image {
+    /// Remove everything in `offset..offset+len`.
+    fn zero(&mut self, offset: u64, len: u64, budget: &mut Budget) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset.saturating_add(len);
+        let hits: Vec<u64> = self
+            .chunks
+            .range(..end)
+            .rev()
+            .take_while(|(&s, c)| s + c.len() > offset)
+            .map(|(&s, _)| s)
+            .collect();
+        budget.spend(hits.len() as u64)?;
+        for s in hits {
+            let c = self.chunks.remove(&s).expect("chunk listed above");
+            let cend = s + c.len();
+            if s < offset {
+                self.chunks.insert(s, c.part(0, offset - s));
+            }
+            if cend > end {
+                budget.spend(cend - end)?;
+                self.chunks.insert(end, c.part(end - s, cend - s));
+            }
+        }
+        Ok(())
+    }
+
+    /// Put `chunk` at `offset` (clipped at `limit`), replacing what was
+    /// there.
+    fn put(&mut self, offset: u64, chunk: Chunk, limit: u64, budget: &mut Budget) -> Result<()> {
+        if offset >= limit {
+            return Ok(());
+        }
+        let chunk = if offset.saturating_add(chunk.len()) > limit {
+            chunk.part(0, limit - offset)
+        } else {
+            chunk
+        };
+        let len = chunk.len();
+        if len == 0 {
+            return Ok(());
+        }
+        self.zero(offset, len, budget)?;
+        if let Chunk::Fill(0, _) = chunk {
+            return Ok(());
+        }
+        budget.spend(len + 1)?;
+        // Merge with the chunk that ends here when both are alike.
+        if let Some((&ps, prev)) = self.chunks.range_mut(..offset).next_back() {
+            if ps + prev.len() == offset {
+                match (prev, &chunk) {
+                    (Chunk::Data(p), Chunk::Data(d)) => {
+                        p.extend_from_slice(d);
+                        return Ok(());
+                    }
+                    (Chunk::Fill(pb, pn), Chunk::Fill(b, n)) if pb == b => {
+                        *pn += n;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.chunks.insert(offset, chunk);
+        Ok(())
+    }
+
+    /// The first `len` bytes as one buffer.
+    fn dense(&self, len: u64) -> Vec<u8> {
+        let mut out = vec![0u8; len as usize];
+        for (&at, c) in self.chunks.range(..len) {
+            let end = (at + c.len()).min(len);
+            let dst = &mut out[at as usize..end as usize];
+            match c {
+                Chunk::Data(d) => dst.copy_from_slice(&d[..dst.len()]),
+                Chunk::Fill(b, _) => dst.fill(*b),
+            }
+        }
+        out
+    }
+
+    /// Copy `src[from..from+len]` to `to`, zeroes included.
+    fn blit(
+        &mut self,
+        src: &Image,
+        from: u64,
+        len: u64,
+        to: u64,
+        limit: u64,
+        budget: &mut Budget,
+    ) -> Result<()> {
+        if to >= limit || len == 0 {
+            return Ok(());
+        }
+        let len = len.min(limit - to);
+        self.zero(to, len, budget)?;
+        let end = from + len;
+        let first = src
+            .chunks
+            .range(..=from)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(from);
+        for (&s, c) in src.chunks.range(first..end) {
+            let cs = s.max(from);
+            let ce = (s + c.len()).min(end);
+            if cs >= ce {
+                continue;
+            }
+            self.put(to + (cs - from), c.part(cs - s, ce - s), limit, budget)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Evaluation
+
+/// Names defined so far, innermost first.
+struct Env<'a> {
+    name: &'a str,
+    expr: &'a Expr,
+    next: Option<Rc<Env<'a>>>,
+}
+
+struct Evaluator {
+    budget: Budget,
+}
+
+fn add(a: u64, b: u64) -> Result<u64> {
+    a.checked_add(b)
+        .filter(|&v| v <= MAX_SIZE)
+        .ok_or_else(|| err("data parameter: offset is larger than 2^63-1"))
+}
+
+impl Evaluator {
+    /// Evaluate a list into `img` from offset 0; returns its size.
+    fn list<'a>(
+        &mut self,
+        items: &'a [Expr],
+        env: Option<Rc<Env<'a>>>,
+        img: &mut Image,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut env = env;
+        let mut offset = 0u64;
+        let mut size = 0u64;
+        for e in items {
+            self.budget.step()?;
+            match e {
+                Expr::Null => {}
+                Expr::Bytes(b) => {
+                    img.put(offset, Chunk::Data(b.clone()), limit, &mut self.budget)?;
+                    offset = add(offset, b.len() as u64)?;
+                }
+                Expr::Fill(b, n) => {
+                    img.put(offset, Chunk::Fill(*b, *n), limit, &mut self.budget)?;
+                    offset = add(offset, *n)?;
+                }
+                Expr::AbsOffset(o) => offset = add(*o, 0)?,
+                Expr::RelOffset(d) => {
+                    if *d < 0 {
+                        let back = d.unsigned_abs();
+                        if back > offset {
+                            return Err(err(format!(
+                                "data parameter @-{back} must not be larger than the current offset {offset}"
+                            )));
+                        }
+                        offset -= back;
+                    } else {
+                        offset = add(offset, *d as u64)?;
+                    }
+                }
+                Expr::Align(a) => {
+                    offset = add(offset, (a - offset % a) % a)?;
+                }
+                Expr::File(name) => {
+                    let data = read_file(name, 0, None, &mut self.budget)?;
+                    let n = data.len() as u64;
+                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
+                    offset = add(offset, n)?;
+                }
+                Expr::Script(script) => {
+                    let data = run_script(script, None, &mut self.budget)?;
+                    let n = data.len() as u64;
+                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
+                    offset = add(offset, n)?;
+                }
+                Expr::Assign(name, value) => {
+                    env = Some(Rc::new(Env {
+                        name,
+                        expr: value,
+                        next: env.take(),
+                    }));
+                }
+                Expr::Name(name) => {
+                    let mut t = env.as_ref();
+                    let def = loop {
+                        match t {
+                            None => return Err(err(format!("\\{name} not defined"))),
+                            Some(d) if d.name == name => break d,
+                            Some(d) => t = d.next.as_ref(),
+                        }
+                    };
+                    // The definition sees the names defined before it.
+                    let mut sub = Image::default();
+                    let sub_limit = limit.saturating_sub(offset);
+                    let n = self.one(def.expr, def.next.clone(), &mut sub, sub_limit)?;
+                    img.blit(&sub, 0, n, offset, limit, &mut self.budget)?;
+                    offset = add(offset, n)?;
+                }
+                Expr::Slice(inner, n, m) if matches!(**inner, Expr::File(_)) => {
+                    let Expr::File(name) = &**inner else {
+                        unreachable!()
+                    };
+                    if (*m >= 0 && *n > *m as u64) || *m < -2 {
+                        return Err(err("<FILE[N:M] does not describe a valid slice"));
+                    }
+                    let len = (*m >= 0).then(|| *m as u64 - n);
+                    let len = if *m == -2 { Some(0) } else { len };
+                    let data = read_file(name, *n, len, &mut self.budget)?;
+                    let k = data.len() as u64;
+                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
+                    offset = add(offset, k)?;
+                }
+                Expr::Slice(inner, 0, m) if matches!(**inner, Expr::Script(_)) => {
+                    let Expr::Script(script) = &**inner else {
+                        unreachable!()
+                    };
+                    let data = run_script(script, Some((*m).max(0) as u64), &mut self.budget)?;
+                    let k = data.len() as u64;
+                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
+                    offset = add(offset, k)?;
+                }
+                Expr::List(_) | Expr::Repeat(..) | Expr::Slice(..) => {
+                    let mut sub = Image::default();
+                    let room = limit.saturating_sub(offset);
+                    match e {
+                        Expr::List(l) => {
+                            let n = self.list(l, env.clone(), &mut sub, room)?;
+                            img.blit(&sub, 0, n, offset, limit, &mut self.budget)?;
+                            offset = add(offset, n)?;
+                        }
+                        Expr::Repeat(inner, count) => {
+                            let n = self.one(inner, env.clone(), &mut sub, room)?;
+                            let total = n.checked_mul(*count).ok_or_else(|| {
+                                err("data parameter: offset is larger than 2^63-1")
+                            })?;
+                            let end = add(offset, total)?;
+                            // Lay the copies out at once: as one fill, one
+                            // run of zeroes, or the bytes cycled, cut at
+                            // the limit.
+                            let room = total.min(limit.saturating_sub(offset));
+                            match sub.chunks.first_key_value() {
+                                _ if room == 0 => {}
+                                None => img.zero(offset, room, &mut self.budget)?,
+                                Some((0, Chunk::Fill(b, len))) if *len == n => {
+                                    img.put(offset, Chunk::Fill(*b, room), limit, &mut self.budget)?
+                                }
+                                Some(_) => {
+                                    self.budget.spend(room)?;
+                                    let dense = sub.dense(n.min(room));
+                                    let bytes: Vec<u8> =
+                                        dense.iter().copied().cycle().take(room as usize).collect();
+                                    img.put(offset, Chunk::Data(bytes), limit, &mut self.budget)?;
+                                }
+                            }
+                            offset = end;
+                        }
+                        Expr::Slice(inner, from, to) => {
+                            let sub_limit = from.saturating_add(room);
+                            let sub_limit = if *to >= 0 {
+                                sub_limit.min(*to as u64)
+                            } else {
+                                sub_limit
+                            };
+                            let n = self.one(inner, env.clone(), &mut sub, sub_limit)?;
+                            let m = if *to < 0 { n } else { *to as u64 };
+                            if *from > n || m > n || *from > m {
+                                return Err(err("[N:M] does not describe a valid slice"));
+                            }
+                            img.blit(&sub, *from, m - from, offset, limit, &mut self.budget)?;
+                            offset = add(offset, m - from)?;
+                        }
+                        _ => unreachable!(),
+                    }
+                }
+            }
+            size = size.max(offset);
+        }
+        Ok(size)
+    }
+
+    /// Evaluate one expression in its own scope.
+    fn one<'a>(
+        &mut self,
+        e: &'a Expr,
+        env: Option<Rc<Env<'a>>>,
+        img: &mut Image,
+        limit: u64,
+    ) -> Result<u64> {
+        match e {
+            Expr::List(l) => self.list(l, env, img, limit),
+            e => self.list(std::slice::from_ref(e), env, img, limit),
+        }
+    }
+}
+
+/// Read a file, or `len` bytes of it from `skip`.
+fn read_file(name: &str, skip: u64, len: Option<u64>, budget: &mut Budget) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(name).map_err(|e| io_err(name, &e))?;
+    if skip > 0 {
+        f.seek(SeekFrom::Start(skip))
+            .map_err(|e| io_err(&format!("{name}: fseek"), &e))?;
+    }
+    read_bounded(&mut f, len, budget).map_err(|e| match e {
+        Bounded::Io(e) => io_err(&format!("fread: {name}"), &e),
+        Bounded::Budget(e) => e,
+    })
+}
+
+enum Bounded {
+    Io(std::io::Error),
+    Budget(Error),
+}
+
+/// Read to the end, or `len` bytes, spending the budget as it goes.
+fn read_bounded(
+    r: &mut dyn Read,
+    len: Option<u64>,
+    budget: &mut Budget,
+) -> std::result::Result<Vec<u8>, Bounded> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let want = match len {
+            Some(l) => (l - out.len() as u64).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Bounded::Io(e)),
+        };
+        budget.spend(n as u64).map_err(Bounded::Budget)?;
+        out.extend_from_slice(&buf[..n]);
+    }
+    Ok(out)
+}
+
+fn io_err(what: &str, e: &std::io::Error) -> Error {
+    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    Error::msg(errno, format!("{what}: {text}"))
+}
+
+/// Run `/bin/sh -c script` and take its output (the first `len` bytes,
+/// if given; then the script's exit status does not matter).
+fn run_script(script: &str, len: Option<u64>, budget: &mut Budget) -> Result<Vec<u8>> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| io_err("popen", &e))?;
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let got = read_bounded(&mut out, len, budget);
+    drop(out);
+    if got.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| io_err("pclose", &e))?;
+    let data = got.map_err(|e| match e {
+        Bounded::Io(e) => io_err("fread", &e),
+        Bounded::Budget(e) => e,
+    })?;
+    if len.is_none() && !status.success() {
+        return Err(err("pclose: external command failed"));
+    }
+    Ok(data)
+}
+
+/// Parse and evaluate a data expression; only bytes below `limit` are
+/// kept. Returns the image and the size of the expression.
+fn evaluate(expr: &str, vars: &dyn Vars, limit: u64) -> Result<(Image, u64)> {
+    let parser = Parser { vars };
+    let mut pos = 0;
+    let list = parser.list(expr.as_bytes(), &mut pos, 0, false)?;
+    let mut ev = Evaluator {
+        budget: Budget::default(),
+    };
+    let mut img = Image::default();
+    let size = ev.list(&list, None, &mut img, limit)?;
+    Ok((img, size))
+}
+
+// ---------------------------------------------------------------------------
+// The plugin
+
+/// Which of `data=`, `raw=`, `base64=` was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Data(String),
+    Raw(String),
+    Base64(String),
+}
+
+enum Store {
+    Sparse(SparseArray),
+    Flat(RwLock<Vec<u8>>),
+}
+
+impl Store {
+    fn read(&self, buf: &mut [u8], offset: u64) {
+        match self {
+            Store::Sparse(s) => s.read(buf, offset),
+            Store::Flat(f) => {
+                let b = f.read().unwrap_or_else(|e| e.into_inner());
+                let o = offset as usize;
+                buf.copy_from_slice(&b[o..o + buf.len()]);
+            }
+        }
+    }
+    fn write(&self, buf: &[u8], offset: u64) {
+        match self {
+            Store::Sparse(s) => s.write(buf, offset),
+            Store::Flat(f) => {
+                let mut b = f.write().unwrap_or_else(|e| e.into_inner());
+                let o = offset as usize;
+                b[o..o + buf.len()].copy_from_slice(buf);
+            }
+        }
+    }
+    fn zero(&self, count: u64, offset: u64) {
+        match self {
+            Store::Sparse(s) => s.zero(count, offset),
+            Store::Flat(f) => {
+                let mut b = f.write().unwrap_or_else(|e| e.into_inner());
+                let o = offset as usize;
+                b[o..o + count as usize].fill(0);
+            }
+        }
+    }
+}
+
+/// The data plugin.
+#[derive(Default)]
+pub struct Data {
+    source: Option<Source>,
+    size: Option<u64>,
+    malloc: bool,
+    params: Vec<(String, String)>,
+    store: Option<(Arc<Store>, u64)>,
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Data")
+            .field("source", &self.source)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+struct ParamsAndEnv<'a>(&'a [(String, String)]);
+
+impl Vars for ParamsAndEnv<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    }
+}
+
+impl Plugin for Data {
+    fn name(&self) -> &'static str {
+        "data"
+    }
+    fn config_help(&self) -> &'static str {
+        "data|raw|base64=...     Specify disk data on the command line\nsize=<SIZE>             Size of the backing disk"
+    }
+    fn magic_config_key(&self) -> Option<&'static str> {
+        Some("data")
+    }
+    fn callbacks(&self) -> &'static [&'static str] {
+        &[
+            "unload",
+            "dump_plugin",
+            "config",
+            "config_complete",
+            "config_help",
+            "get_ready",
+            "open",
+            "get_size",
+            "can_fast_zero",
+            "can_fua",
+            "can_multi_conn",
+            "can_cache",
+            "pread",
+            "pwrite",
+            "flush",
+            "trim",
+            "zero",
+            "extents",
+        ]
+    }
+    fn dump_plugin(&self) -> Vec<(String, String)> {
+        vec![
+            ("data_base64".into(), "yes".into()),
+            ("mlock".into(), "no".into()),
+            ("zstd".into(), "no".into()),
+        ]
+    }
+    fn blocks(&self) -> bool {
+        false
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        let source = match key {
+            "size" => {
+                self.size = Some(size_param(value)?);
+                return Ok(());
+            }
+            "allocator" => {
+                let name = value.split(',').next().unwrap_or("");
+                match name {
+                    "sparse" | "malloc" => {}
+                    "zstd" => return Err(err(
+                        "allocator=zstd is not supported by this nbdkit (no zstd support built in)",
+                    )),
+                    _ => return Err(err(format!("unknown allocator \"{value}\""))),
+                }
+                if value.contains(',') {
+                    return Err(err(format!(
+                        "allocator parameters are not supported yet: \"{value}\""
+                    )));
+                }
+                self.malloc = name == "malloc";
+                return Ok(());
+            }
+            "raw" => Source::Raw(value.into()),
+            "base64" => Source::Base64(value.into()),
+            "data" => Source::Data(value.into()),
+            _ => {
+                self.params.push((key.into(), value.into()));
+                return Ok(());
+            }
+        };
+        if self.source.is_some() {
+            return Err(err(
+                "raw|base64|data parameter must be specified exactly once",
+            ));
+        }
+        self.source = Some(source);
+        Ok(())
+    }
+    fn config_complete(&mut self) -> Result<()> {
+        let Some(source) = &self.source else {
+            return Err(err("raw|base64|data parameter was not specified"));
+        };
+        if !matches!(source, Source::Data(_)) && !self.params.is_empty() {
+            return Err(err("extra parameters passed and not using data='...'"));
+        }
+        // nbdkit evaluates the data in get_ready; it happens here so the
+        // result can be kept, at the same point of start-up.
+        let limit = self.size.unwrap_or(MAX_SIZE);
+        let (img, data_size) = match source {
+            Source::Raw(r) => {
+                let mut img = Image::default();
+                let mut b = Budget::default();
+                img.put(0, Chunk::Data(r.as_bytes().to_vec()), limit, &mut b)?;
+                (img, r.len() as u64)
+            }
+            Source::Base64(t) => {
+                let bytes =
+                    decode_base64(t).ok_or_else(|| err("base64: Base64 decoding error."))?;
+                let n = bytes.len() as u64;
+                let mut img = Image::default();
+                let mut b = Budget::default();
+                img.put(0, Chunk::Data(bytes), limit, &mut b)?;
+                (img, n)
+            }
+            Source::Data(d) => evaluate(d, &ParamsAndEnv(&self.params), limit)?,
+        };
+        let size = self.size.unwrap_or(data_size);
+        let store = if self.malloc {
+            let n = usize::try_from(size)
+                .map_err(|_| err("malloc: size is too large for this machine"))?;
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                Error::msg(
+                    Errno::ENOMEM,
+                    format!("malloc: cannot allocate {size} bytes"),
+                )
+            })?;
+            v.resize(n, 0);
+            Store::Flat(RwLock::new(v))
+        } else {
+            Store::Sparse(SparseArray::new())
+        };
+        // Fills are cheap while evaluating; storing them is not.
+        let stored: u64 = img
+            .chunks
+            .range(..size)
+            .map(|(&at, c)| c.len().min(size - at))
+            .sum();
+        Budget::default().spend(stored)?;
+        let mut page = Vec::new();
+        for (&at, chunk) in &img.chunks {
+            if at >= size {
+                break;
+            }
+            let end = (at + chunk.len()).min(size);
+            match chunk {
+                Chunk::Data(d) => store.write(&d[..(end - at) as usize], at),
+                Chunk::Fill(b, _) => {
+                    let mut pos = at;
+                    while pos < end {
+                        let n = (end - pos).min(1 << 20) as usize;
+                        page.clear();
+                        page.resize(n, *b);
+                        store.write(&page, pos);
+                        pos += n as u64;
+                    }
+                }
+            }
+        }
+        self.store = Some((Arc::new(store), size));
+        Ok(())
+    }
+    fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+        let (store, size) = self
+            .store
+            .clone()
+            .ok_or_else(|| Error::msg(Errno::EIO, "data: not configured"))?;
+        Ok(Box::new(DataHandle { store, size }))
+    }
+}
+
+struct DataHandle {
+    store: Arc<Store>,
+    size: u64,
+}
+
+impl Handle for DataHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+    fn can_write(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_flush(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_trim(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_zero(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_fast_zero(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_extents(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_fua(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn can_multi_conn(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_cache(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.store.read(buf, offset);
+        Ok(())
+    }
+    fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.store.write(buf, offset);
+        Ok(())
+    }
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+    fn trim(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        self.store.zero(count, offset);
+        Ok(())
+    }
+    fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        self.store.zero(count, offset);
+        Ok(())
+    }
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        match &*self.store {
+            Store::Sparse(s) => s.extents(count, offset, extents),
+            Store::Flat(_) => extents.add(offset, count, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    struct NoVars;
+    impl Vars for NoVars {
+        fn get(&self, name: &str) -> Option<String> {
+            (name == "pat").then(|| "0x41 0x42".into())
+        }
+    }
+
+    /// Evaluate and flatten to bytes.
+    fn eval(expr: &str) -> Result<Vec<u8>> {
+        let (img, size) = evaluate(expr, &NoVars, MAX_SIZE)?;
+        let mut out = vec![0u8; size as usize];
+        for (&at, c) in &img.chunks {
+            let at = at as usize;
+            match c {
+                Chunk::Data(d) => out[at..at + d.len()].copy_from_slice(d),
+                Chunk::Fill(b, n) => out[at..at + *n as usize].fill(*b),
+            }
+        }
+        Ok(out)
+    }
+
+    fn msg(expr: &str) -> String {
+        eval(expr).unwrap_err().message.unwrap()
+    }
+
+    #[test]
+    fn bytes_and_offsets() {
+        let mut want = vec![1, 2, 3];
+        want.resize(0x1fe, 0);
+        want.extend([0x55, 0xaa]);
+        assert_eq!(eval("1 2 3 @0x1fe 0x55 0xaa").unwrap(), want);
+        assert_eq!(eval("010 0x10 10").unwrap(), [8, 0x10, 10]);
+        assert_eq!(
+            eval("0xff*3 @+2 1 @-4 2").unwrap(),
+            [0xff, 0xff, 2, 0, 0, 1]
+        );
+        assert_eq!(eval("1 @10 @5").unwrap().len(), 10);
+        assert_eq!(eval("1 @^8").unwrap().len(), 8);
+    }
+
+    #[test]
+    fn groups_overwrite_with_their_zeroes() {
+        assert_eq!(eval("0xff*4 @0 ( @2 )").unwrap(), [0, 0, 0xff, 0xff]);
+        assert_eq!(
+            eval("( 1 @+5 )*2").unwrap(),
+            [1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn repeats_slices_names_vars() {
+        assert_eq!(eval("( 0x55 0xAA ) * 4").unwrap(), b"\x55\xaa".repeat(4));
+        assert_eq!(eval("( 1 2 3 4 5 6 7 8 )[2:5]").unwrap(), [3, 4, 5]);
+        assert_eq!(eval("\"abc\"*2[1:]").unwrap(), b"bcabc");
+        assert_eq!(
+            eval("( 9 8 ) -> \\pair\n \\pair \\pair \\pair").unwrap(),
+            b"\x09\x08".repeat(3)
+        );
+        assert_eq!(eval("$pat*2").unwrap(), b"ABAB");
+        assert_eq!(eval("# a comment\n 7 8").unwrap(), [7, 8]);
+        assert_eq!(eval("( 1 2 3 )[5:5]").unwrap(), b"");
+    }
+
+    #[test]
+    fn strings_and_words() {
+        assert_eq!(
+            eval("\"hello\" @^16 le32:0x01020304 be16:0x0506").unwrap(),
+            b"hello\0\0\0\0\0\0\0\0\0\0\0\x04\x03\x02\x01\x05\x06"
+        );
+        assert_eq!(eval("\"a\\x41\\n\\\"\"").unwrap(), b"aA\n\"");
+        assert_eq!(eval("be64:1").unwrap(), [0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn errors_match_nbdkit() {
+        assert_eq!(msg("( 1 2"), "unmatched '(' in data string");
+        assert_eq!(msg("1 )"), "unmatched ')' in data string");
+        assert_eq!(
+            msg("0x100"),
+            "data parameter BYTE must be in the range 0..255"
+        );
+        assert_eq!(
+            msg("1 2 3 @-5 4"),
+            "data parameter @-5 must not be larger than the current offset 3"
+        );
+        assert_eq!(
+            msg("( 1 2 3 )[:10]"),
+            "[N:M] does not describe a valid slice"
+        );
+        assert_eq!(
+            msg("le16:0x12345"),
+            "data: could not parse number: \"0x12345\": Numerical result out of range"
+        );
+        assert_eq!(msg("le16:-1"), "data: negative numbers are not allowed");
+        assert_eq!(msg("\\x"), "\\x not defined");
+        assert_eq!(msg("$nope"), "$nope: variable not found");
+        assert_eq!(
+            msg("@3 * 2"),
+            "*N cannot be applied to this type of expression"
+        );
+        assert_eq!(msg("1 ?"), "data parameter: parsing error at offset 2");
+        assert_eq!(msg("\"abc"), "data parameter: unterminated string");
+    }
+
+    #[test]
+    fn huge_repeats_are_bounded() {
+        // A fill is cheap however long.
+        let (_, size) = evaluate("0x55*1000000000000", &NoVars, 4096).unwrap();
+        assert_eq!(size, 1_000_000_000_000);
+        // A group repeated is cut at the limit ...
+        let (img, size) = evaluate("( 1 2 )*1000000000000", &NoVars, 4096).unwrap();
+        assert_eq!(size, 2_000_000_000_000);
+        assert!(img.chunks.values().map(Chunk::len).sum::<u64>() <= 4096);
+        // ... and refused when it must all be kept.
+        assert!(evaluate("( 1 2 )*1000000000000", &NoVars, MAX_SIZE).is_err());
+        // Doubling names cost steps, and are refused too.
+        let mut e = String::from("( @1 ) -> \\a0 ");
+        for i in 1..64 {
+            e += &format!("( \\a{} \\a{} ) -> \\a{} ", i - 1, i - 1, i);
+        }
+        e += "\\a63";
+        assert!(evaluate(&e, &NoVars, MAX_SIZE).is_err());
+        // Offsets past 2^63-1 are refused.
+        assert!(evaluate("@0x7fffffffffffffff 1", &NoVars, MAX_SIZE).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let e = "(".repeat(5000);
+        assert!(evaluate(&e, &NoVars, MAX_SIZE).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! `example2`: nbdkit's second example plugin: serve a file read-only.
+//!
+//! Parameter: `file=FILENAME` (required; resolved with `realpath` when it
+//! is read).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdkit_core::errno::Errno;
+use nbdkit_core::plugins::unknown_param;
+
+/// The example2 plugin.
+#[derive(Debug, Default)]
+pub struct Example2 {
+    file: Option<PathBuf>,
+}
+
+/// An I/O error as an nbdkit error: `what: message`.
+pub(crate) fn io_error(what: &str, e: &std::io::Error) -> Error {
+    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    Error::msg(errno, format!("{what}: {text}"))
+}
+
+impl Plugin for Example2 {
+    fn name(&self) -> &'static str {
+        "example2"
+    }
+    fn config_help(&self) -> &'static str {
+        "file=<FILENAME>     (required) The filename to serve."
+    }
+    fn callbacks(&self) -> &'static [&'static str] {
+        &[
+            "unload",
+            "dump_plugin",
+            "config",
+            "config_complete",
+            "config_help",
+            "open",
+            "close",
+            "get_size",
+            "pread",
+        ]
+    }
+    fn dump_plugin(&self) -> Vec<(String, String)> {
+        vec![("example2_extra".into(), "hello".into())]
+    }
+    fn max_thread_model(&self) -> ThreadModel {
+        ThreadModel::SerializeAllRequests
+    }
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "file" => {
+                let p = std::fs::canonicalize(value)
+                    .map_err(|e| io_error(&format!("realpath: {value}"), &e))?;
+                self.file = Some(p);
+                Ok(())
+            }
+            _ => Err(unknown_param(key)),
+        }
+    }
+    fn config_complete(&mut self) -> Result<()> {
+        if self.file.is_none() {
+            return Err(Error::config(
+                "you must supply the file=<FILENAME> parameter after the plugin name on the command line",
+            ));
+        }
+        Ok(())
+    }
+    fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+        let path = self.file.as_ref().ok_or_else(|| Error::new(Errno::EIO))?;
+        let file = File::open(path).map_err(|e| io_error(&path.display().to_string(), &e))?;
+        Ok(Box::new(Example2Handle { file }))
+    }
+}
+
+struct Example2Handle {
+    file: File,
+}
+
+impl Handle for Example2Handle {
+    fn get_size(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| io_error("stat", &e))
+    }
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| io_error("pread", &e))
+    }
+}
