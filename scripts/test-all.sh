@@ -27,6 +27,8 @@ packages=(
     fdisk            # sfdisk (partition filter tests)
     fio              # benchmark workloads
     nbdkit           # the reference server
+    libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
+    pkg-config       # how openssl-sys finds libssl
 )
 
 missing=()

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, Command};
 use nbdkit_core::backend::{Stack, CALLBACK_NAMES};
-use nbdkit_core::handshake::{Config as HsConfig, TlsMode};
+use nbdkit_core::handshake::Config as HsConfig;
 use nbdkit_core::wire::consts::{FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES};
 use nbdkit_runtime_std::{log, Family, Listen, ServeConfig};
 
@@ -190,7 +190,7 @@ fn dump_config() {
         ("sbindir", bindir),
         ("selinux", "no".into()),
         ("sysconfdir", "/etc".into()),
-        ("tls", "no".into()),
+        ("tls", "yes".into()),
         ("version", nbdkit_core::NBDKIT_VERSION.into()),
         ("version_extra", nbdkit_core::VERSION_EXTRA.into()),
         (
@@ -332,6 +332,7 @@ fn main() -> ExitCode {
         match k {
             "nbdkit.backend.datapath" => datapath = Some(v != "0"),
             "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
+            "nbdkit.tls.session" => nbdkit_runtime_std::tls::set_debug_session(v != "0"),
             "nbdkit.environ" => environ = v != "0",
             _ => {}
         }
@@ -409,29 +410,23 @@ fn main() -> ExitCode {
     }
 
     // Options that belong to later work say so clearly.
-    for (opt, what) in [
-        ("tls-certificates", "--tls-certificates"),
-        ("tls-psk", "--tls-psk"),
-    ] {
-        if get(opt).is_some() {
-            return fail(format!("{what} is not supported by this nbdkit yet"));
-        }
+    let tls_arg = get("tls");
+    if let Some(other) = tls_arg
+        .as_deref()
+        .filter(|t| !["off", "on", "require"].contains(t))
+    {
+        return fail(format!(
+            "--tls: invalid value: {other} (expected off, on or require)"
+        ));
     }
-    for (opt, what) in [("tls-verify-peer", "--tls-verify-peer")] {
-        if on(opt) {
-            return fail(format!("{what} is not supported by this nbdkit yet"));
-        }
-    }
-    let tls = match get("tls").as_deref() {
-        None | Some("off") => TlsMode::Off,
-        Some("on") | Some("require") => {
-            return fail("--tls: TLS is not supported by this nbdkit yet")
-        }
-        Some(other) => {
-            return fail(format!(
-                "--tls: invalid value: {other} (expected off, on or require)"
-            ))
-        }
+    let (tls, tls_creds) = match nbdkit_runtime_std::tls::configure(
+        tls_arg.as_deref(),
+        get("tls-certificates").as_deref(),
+        get("tls-psk").as_deref(),
+        on("tls-verify-peer"),
+    ) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
     };
     let mut hs = HsConfig {
         tls,
@@ -456,6 +451,9 @@ fn main() -> ExitCode {
     }
     if on("oldstyle") && !on("newstyle") {
         hs.oldstyle = true;
+    }
+    if hs.oldstyle && hs.tls == nbdkit_core::handshake::TlsMode::Require {
+        return fail("cannot use oldstyle protocol (-o) and require TLS");
     }
     let threads = match get("threads") {
         None => 16,
@@ -574,6 +572,7 @@ fn main() -> ExitCode {
         swap: on("swap"),
         selinux_label: get("selinux-label"),
         log_explicit: get("log").is_some(),
+        tls: tls_creds,
     };
     let status = nbdkit_runtime_std::serve(stack, cfg);
     ExitCode::from(status.clamp(0, 255) as u8)

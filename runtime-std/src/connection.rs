@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     /// Held for a whole connection under serialize_connections.
     pub(crate) connections: AsyncMutex<()>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// TLS credentials, when `--tls` is on or require.
+    pub(crate) tls: Option<crate::tls::Tls>,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -145,6 +147,147 @@ impl Transport for tokio::net::UnixStream {
     }
 }
 
+/// A connection's stream: plain until STARTTLS, then TLS over the plain
+/// stream.
+pub(crate) enum Conn<S> {
+    /// No TLS.
+    Plain(S),
+    /// After STARTTLS.
+    Tls(crate::tls::TlsStream<S>),
+    /// During the TLS handshake (never read or written).
+    Upgrading,
+}
+
+/// The reading half of a [`Conn`].
+pub(crate) enum ConnReader<S: Transport> {
+    Plain(S::Reader),
+    Tls(tokio::io::ReadHalf<crate::tls::TlsStream<S>>),
+}
+
+/// The writing half of a [`Conn`].
+pub(crate) enum ConnWriter<S: Transport> {
+    Plain(S::Writer),
+    Tls(tokio::io::WriteHalf<crate::tls::TlsStream<S>>),
+}
+
+fn upgrading() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "TLS handshake in progress")
+}
+
+impl<S: Transport> Conn<S> {
+    fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
+    /// Split for the transmission phase: a plain stream splits without
+    /// locking; a TLS one shares its session between the halves.
+    fn split(self) -> Option<(ConnReader<S>, ConnWriter<S>)> {
+        match self {
+            Conn::Plain(s) => {
+                let (r, w) = s.split();
+                Some((ConnReader::Plain(r), ConnWriter::Plain(w)))
+            }
+            Conn::Tls(t) => {
+                let (r, w) = tokio::io::split(t);
+                Some((ConnReader::Tls(r), ConnWriter::Tls(w)))
+            }
+            Conn::Upgrading => None,
+        }
+    }
+}
+
+impl<S: Transport> AsyncRead for Conn<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(t) => std::pin::Pin::new(t).poll_read(cx, buf),
+            Conn::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl<S: Transport> AsyncWrite for Conn<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(t) => std::pin::Pin::new(t).poll_write(cx, buf),
+            Conn::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Conn::Tls(t) => std::pin::Pin::new(t).poll_flush(cx),
+            Conn::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(t) => std::pin::Pin::new(t).poll_shutdown(cx),
+            Conn::Upgrading => std::task::Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl<S: Transport> AsyncRead for ConnReader<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnReader::Plain(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            ConnReader::Tls(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: Transport> AsyncWrite for ConnWriter<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_flush(cx),
+            ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Separate input and output streams (`-s` on stdin/stdout).
 pub(crate) struct Pipes<R, W> {
     pub(crate) rd: R,
@@ -247,7 +390,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         log::error(Some(&name), &e.to_string());
         return;
     }
-    let mut stream = stream;
+    let mut stream = Conn::Plain(stream);
     let opened = match handshake(&shared, &name, &peer, &mut stream).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
@@ -258,7 +401,12 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     };
     let (ctx, negotiated, leftover) = opened;
     let ctx = Arc::new(ctx);
-    let (rd, wr) = stream.split();
+    if stream.is_tls() {
+        log::debug(Some(&name), format_args!("using TLS on this connection"));
+    }
+    let Some((rd, wr)) = stream.split() else {
+        return;
+    };
     let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
     transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
     let c = ctx.clone();
@@ -276,15 +424,12 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
 
-async fn handshake<S>(
+async fn handshake<S: Transport>(
     shared: &Arc<Shared>,
     name: &str,
     peer: &Arc<Peer>,
-    io: &mut S,
-) -> io::Result<Option<Opened>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+    io: &mut Conn<S>,
+) -> io::Result<Option<Opened>> {
     let mut hs = handshake::Server::new(shared.handshake);
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
@@ -335,8 +480,9 @@ where
             None => {}
             Some(Event::ListExports) => {
                 let readonly = shared.readonly;
+                let is_tls = io.is_tls();
                 let list = shared
-                    .call(move |s| s.stack.list_exports(readonly, false))
+                    .call(move |s| s.stack.list_exports(readonly, is_tls))
                     .await;
                 let ok = match list {
                     Ok(exports) => {
@@ -373,12 +519,13 @@ where
             }) => {
                 let export = export.to_string();
                 let readonly = shared.readonly;
+                let is_tls = io.is_tls();
                 let peer = peer.clone();
                 let opened = shared
                     .call(
                         move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
                             let canonical = if export.is_empty() {
-                                match s.stack.default_export(readonly, false)? {
+                                match s.stack.default_export(readonly, is_tls)? {
                                     Some(n) => n,
                                     None => {
                                         return Err(nbdkit_core::backend::Error::msg(
@@ -393,7 +540,7 @@ where
                             let ctx = s.stack.open(&OpenArgs {
                                 readonly,
                                 export_name: &canonical,
-                                is_tls: false,
+                                is_tls,
                                 peer: &peer,
                             })?;
                             Ok((ctx, canonical))
@@ -428,9 +575,40 @@ where
                 }
             }
             Some(Event::StartTls) => {
-                // TLS is refused by policy in the handshake while this
-                // server has no TLS support; reaching here is a bug.
-                return Ok(None);
+                // The ACK goes out in plaintext, then the TLS handshake
+                // runs on the same stream. A client must wait for the ACK
+                // before starting TLS: bytes already read past STARTTLS
+                // would be plaintext injected into the session.
+                let out = hs.pending_output();
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    let n = out.len();
+                    hs.consume_output(n);
+                }
+                io.flush().await?;
+                let (Some(tls), Conn::Plain(plain), true) = (
+                    shared.tls.clone(),
+                    core::mem::replace(io, Conn::Upgrading),
+                    input.len() == consumed,
+                ) else {
+                    log::error(Some(name), "unexpected data before the TLS handshake");
+                    return Ok(None);
+                };
+                let mut stop = shared.shutdown.clone();
+                let secure = tokio::select! {
+                    r = tls.accept(name, plain) => r,
+                    _ = crate::server::stopped(&mut stop) => return Ok(None),
+                };
+                match secure {
+                    Ok(t) => *io = Conn::Tls(t),
+                    Err(e) => {
+                        log::error(Some(name), &format!("TLS handshake: {e}"));
+                        return Ok(None);
+                    }
+                }
+                if hs.tls_established().is_err() {
+                    return Ok(None);
+                }
             }
         }
         input.drain(..consumed);

@@ -9,5 +9,6 @@ pub mod log;
 pub mod plugins;
 pub mod process;
 pub mod server;
+pub mod tls;
 
 pub use server::{serve, Family, Listen, ServeConfig};

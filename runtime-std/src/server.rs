@@ -86,6 +86,8 @@ pub struct ServeConfig {
     pub selinux_label: Option<String>,
     /// `--log` was given (so backgrounding does not switch to syslog).
     pub log_explicit: bool,
+    /// TLS credentials (`--tls=on|require`; see [`crate::tls::configure`]).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// Make a private directory for `-U -`.
@@ -376,6 +378,7 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         all_requests: std::sync::Mutex::new(()),
         connections: tokio::sync::Mutex::new(()),
         shutdown: stop_rx.clone(),
+        tls: cfg.tls.clone(),
     });
 
     let mut listeners = Vec::new();
@@ -521,6 +524,11 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         } else {
             (String::new(), String::new(), String::new())
         };
+        // With --tls=require the URI says TLS: nbds://, nbds+unix://.
+        let uri = match cfg.handshake.tls {
+            handshake::TlsMode::Require if uri.starts_with("nbd") => format!("nbds{}", &uri[3..]),
+            _ => uri,
+        };
         let mut c = tokio::process::Command::new("/bin/sh");
         c.arg("-c")
             .arg(cmd)
@@ -529,6 +537,11 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
             .env("port", &port)
             .env("unixsocket", &sock)
             .env("exportname", &cfg.exportname);
+        match cfg.handshake.tls {
+            handshake::TlsMode::Off => c.env_remove("tls"),
+            handshake::TlsMode::On => c.env("tls", "1"),
+            handshake::TlsMode::Require => c.env("tls", "2"),
+        };
         match c.spawn() {
             Ok(mut child) => {
                 let tx = stop_tx.clone();

@@ -1,0 +1,607 @@
+//! TLS for NBD connections (`--tls`, `--tls-certificates`, `--tls-psk`,
+//! `--tls-verify-peer`), started by NBD_OPT_STARTTLS.
+//!
+//! X.509 certificates are served with rustls. rustls has no external
+//! pre-shared keys, so `--tls-psk` is served with OpenSSL (TLS 1.2 PSK
+//! cipher suites and TLS 1.3 external PSKs through the server PSK
+//! callback). Either way a connection sees one [`TlsStream`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use nbdkit_core::handshake::TlsMode;
+use openssl::ssl::{SslAcceptor, SslContext, SslMethod, SslOptions, SslVersion};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::log;
+
+/// The certificate authority (also checks client certificates).
+const CA_CERT: &str = "ca-cert.pem";
+/// The server certificate (chain).
+const SERVER_CERT: &str = "server-cert.pem";
+/// The server private key.
+const SERVER_KEY: &str = "server-key.pem";
+/// The optional certificate revocation list.
+const CA_CRL: &str = "ca-crl.pem";
+
+/// Where nbdkit looks for certificates when run as root without
+/// `--tls-certificates` (`root_tls_certificates_dir` in `--dump-config`).
+pub const ROOT_CERTIFICATES_DIR: &str = "/etc/pki/nbdkit";
+
+static DEBUG_SESSION: AtomicBool = AtomicBool::new(false);
+
+/// `-D nbdkit.tls.session=N`: print the details of each TLS session.
+pub fn set_debug_session(on: bool) {
+    DEBUG_SESSION.store(on, Ordering::Relaxed);
+}
+
+/// The TLS credentials of a server: cheap to clone, shared by every
+/// connection.
+#[derive(Clone)]
+pub struct Tls {
+    kind: Arc<Kind>,
+}
+
+enum Kind {
+    X509(tokio_rustls::TlsAcceptor),
+    Psk(SslContext),
+}
+
+impl core::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &*self.kind {
+            Kind::X509(_) => f.write_str("Tls(X.509)"),
+            Kind::Psk(_) => f.write_str("Tls(PSK)"),
+        }
+    }
+}
+
+/// Why credentials could not be had.
+enum LoadError {
+    /// The certificate files are not there: TLS is turned off, with a
+    /// warning (`--tls=on`) or an error (`--tls=require`).
+    Missing(String),
+    /// They are there but unusable: always an error.
+    Invalid(String),
+}
+
+/// Decide the TLS mode from the command line, and load the credentials.
+///
+/// `tls` is the `--tls` value (`None` when absent; the caller has already
+/// rejected values other than off, on and require). Like nbdkit:
+/// - `--tls=off` ignores every other TLS option;
+/// - `--tls-psk FILE` overrides certificates; an unreadable or invalid
+///   file is an error;
+/// - certificates come from `--tls-certificates DIR`, else from
+///   `$HOME/.pki/nbdkit` then `$HOME/.config/pki/nbdkit` (non-root), or
+///   `/etc/pki/nbdkit` (root);
+/// - without `--tls`, TLS is on when credentials are found and off
+///   (silently) when they are not; `--tls=on` without certificates warns
+///   and turns TLS off; `--tls=require` without them is an error;
+/// - certificate files that are present but invalid are always an error.
+///
+/// The error is one line, for `nbdkit: error: ...`.
+pub fn configure(
+    tls: Option<&str>,
+    certificates: Option<&str>,
+    psk: Option<&str>,
+    verify_peer: bool,
+) -> Result<(TlsMode, Option<Tls>), String> {
+    let mode = match tls {
+        Some("off") => return Ok((TlsMode::Off, None)),
+        Some("require") => TlsMode::Require,
+        _ => TlsMode::On,
+    };
+    let loaded = match psk {
+        Some(file) => load_psk(Path::new(file)).map(|t| (t, "Pre-Shared Keys (PSK)")),
+        None => load_x509(certificates, verify_peer).map(|t| (t, "X.509 certificates")),
+    };
+    match loaded {
+        Ok((t, what)) => {
+            log::debug(None, format_args!("TLS enabled using: {what}"));
+            Ok((mode, Some(t)))
+        }
+        Err(LoadError::Invalid(e)) => Err(e),
+        Err(LoadError::Missing(why)) => {
+            let hint = "set --tls-certificates=/path/to/certificates or read the \"TLS\" section in nbdkit-tls(1)";
+            match tls {
+                Some("require") => Err(format!(
+                    "--tls=require but could not load TLS certificates: {why} ({hint})"
+                )),
+                Some(_) => {
+                    eprintln!(
+                        "nbdkit: warning: --tls=on but could not load TLS certificates: {why}: TLS is disabled and TLS connections will be rejected ({hint})"
+                    );
+                    Ok((TlsMode::Off, None))
+                }
+                None => {
+                    log::debug(
+                        None,
+                        format_args!("TLS disabled: could not load TLS certificates: {why}"),
+                    );
+                    Ok((TlsMode::Off, None))
+                }
+            }
+        }
+    }
+}
+
+/// The directories searched for certificates, in order.
+fn certificate_dirs(certificates: Option<&str>) -> Vec<PathBuf> {
+    if let Some(d) = certificates {
+        return vec![PathBuf::from(d)];
+    }
+    if nix::unistd::geteuid().is_root() {
+        return vec![PathBuf::from(ROOT_CERTIFICATES_DIR)];
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => {
+            let home = PathBuf::from(home);
+            vec![home.join(".pki/nbdkit"), home.join(".config/pki/nbdkit")]
+        }
+        None => Vec::new(),
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_x509(certificates: Option<&str>, verify_peer: bool) -> Result<Tls, LoadError> {
+    let dirs = certificate_dirs(certificates);
+    let mut why = Vec::new();
+    for dir in &dirs {
+        let missing: Vec<&str> = [CA_CERT, SERVER_CERT, SERVER_KEY]
+            .into_iter()
+            .filter(|f| !readable(&dir.join(f)))
+            .collect();
+        if !missing.is_empty() {
+            why.push(format!(
+                "{}: {} not found",
+                dir.display(),
+                missing.join(", ")
+            ));
+            continue;
+        }
+        let acceptor = x509_acceptor(dir, verify_peer).map_err(LoadError::Invalid)?;
+        log::debug(
+            None,
+            format_args!(
+                "successfully loaded TLS certificates from {}",
+                dir.display()
+            ),
+        );
+        return Ok(Tls {
+            kind: Arc::new(Kind::X509(acceptor)),
+        });
+    }
+    if why.is_empty() {
+        why.push("no certificate directory ($HOME is not set)".into());
+    }
+    Err(LoadError::Missing(why.join("; ")))
+}
+
+/// An I/O error without Rust's "(os error N)".
+fn io_message(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn readable(p: &Path) -> bool {
+    std::fs::File::open(p).is_ok()
+}
+
+fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(e) => format!("{}: {}", path.display(), io_message(&e)),
+        rustls::pki_types::pem::Error::Base64Decode(d) => {
+            format!("{}: base64 decoding error: {d}", path.display())
+        }
+        rustls::pki_types::pem::Error::MissingSectionEnd { .. } => {
+            format!("{}: a PEM section has no END line", path.display())
+        }
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{}: nothing usable found in the file", path.display())
+        }
+        _ => format!("{}: invalid PEM data", path.display()),
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let ca_path = dir.join(CA_CERT);
+    let cert_path = dir.join(SERVER_CERT);
+    let key_path = dir.join(SERVER_KEY);
+    let crl_path = dir.join(CA_CRL);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&ca_path)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+    }
+    let chain = read_certs(&cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("{}: no PEM private key found", key_path.display())
+        }
+        e => pem_error(&key_path, e),
+    })?;
+    let crls = if crl_path.exists() {
+        let v = CertificateRevocationListDer::pem_file_iter(&crl_path)
+            .map_err(|e| pem_error(&crl_path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error(&crl_path, e))?;
+        if v.is_empty() {
+            return Err(format!(
+                "{}: no PEM certificate revocation list found",
+                crl_path.display()
+            ));
+        }
+        v
+    } else {
+        Vec::new()
+    };
+
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = if verify_peer {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        // Client certificates are neither requested nor checked, but the
+        // CA and CRL files must still be valid.
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => "the certificate and the key do not match".into(),
+            e => e.to_string(),
+        };
+        format!(
+            "loading server certificate and key ({}, {}): {why}",
+            cert_path.display(),
+            key_path.display()
+        )
+    })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// One `username:hexkey` line of a PSK file.
+fn parse_psk_line(line: &str) -> Result<Option<(&str, Vec<u8>)>, String> {
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let Some((user, hex)) = line.rsplit_once(':') else {
+        return Err("expected username:hexkey".into());
+    };
+    if user.is_empty() {
+        return Err("empty username".into());
+    }
+    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the key of {user} is not an even number of hex digits"
+        ));
+    }
+    let key = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0))
+        .collect::<Vec<u8>>();
+    if key.len() > MAX_PSK_LEN {
+        return Err(format!(
+            "the key of {user} is longer than {MAX_PSK_LEN} bytes"
+        ));
+    }
+    Ok(Some((user, key)))
+}
+
+/// OpenSSL's PSK_MAX_PSK_LEN.
+const MAX_PSK_LEN: usize = 512;
+
+/// Look `identity` up in the PSK file (read afresh for every handshake, so
+/// that keys can be added or revoked while the server runs).
+fn psk_lookup(file: &Path, identity: &[u8]) -> Option<Vec<u8>> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter_map(|l| parse_psk_line(l).ok().flatten())
+        .find(|(u, _)| u.as_bytes() == identity)
+        .map(|(_, k)| k)
+}
+
+fn load_psk(file: &Path) -> Result<Tls, LoadError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| LoadError::Invalid(format!("{}: {}", file.display(), io_message(&e))))?;
+    for (n, line) in text.lines().enumerate() {
+        parse_psk_line(line)
+            .map_err(|e| LoadError::Invalid(format!("{}: line {}: {e}", file.display(), n + 1)))?;
+    }
+    let err = |e: openssl::error::ErrorStack| LoadError::Invalid(format!("TLS (PSK): {e}"));
+    // mozilla_intermediate_v5: TLS 1.2 and 1.3 only, server cipher order.
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(err)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(err)?;
+    // TLS 1.2: PSK key exchanges (forward secret ones first). TLS 1.3
+    // uses the external PSK with a SHA-256 cipher suite.
+    b.set_cipher_list(
+        "ECDHE-PSK+AESGCM:ECDHE-PSK+CHACHA20:PSK+AESGCM:PSK+CHACHA20:ECDHE-PSK:PSK:!NULL:!3DES",
+    )
+    .map_err(err)?;
+    b.set_options(SslOptions::NO_TICKET);
+    let path = file.to_path_buf();
+    let username = psk_username_index().map_err(err)?;
+    b.set_psk_server_callback(move |ssl, identity, out| {
+        let key = identity.and_then(|id| psk_lookup(&path, id).map(|k| (id, k)));
+        match key {
+            Some((id, k)) if k.len() <= out.len() => {
+                ssl.set_ex_data(username, String::from_utf8_lossy(id).into_owned());
+                out[..k.len()].copy_from_slice(&k);
+                Ok(k.len())
+            }
+            // 0: unknown identity, the handshake fails.
+            _ => Ok(0),
+        }
+    });
+    Ok(Tls {
+        kind: Arc::new(Kind::Psk(b.build().into_context())),
+    })
+}
+
+/// Where the PSK callback leaves the username of a session (OpenSSL does
+/// not keep the identity of a TLS 1.3 external PSK).
+fn psk_username_index(
+) -> Result<openssl::ex_data::Index<openssl::ssl::Ssl, String>, openssl::error::ErrorStack> {
+    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<openssl::ssl::Ssl, String>> =
+        std::sync::OnceLock::new();
+    if let Some(i) = INDEX.get() {
+        return Ok(*i);
+    }
+    let i = openssl::ssl::Ssl::new_ex_index::<String>()?;
+    Ok(*INDEX.get_or_init(|| i))
+}
+
+impl Tls {
+    /// Run the server side of the TLS handshake on `stream` (the client
+    /// has just been sent STARTTLS's ACK).
+    pub(crate) async fn accept<S>(&self, name: &str, stream: S) -> io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        log::debug(Some(name), format_args!("starting TLS handshake"));
+        let s = match &*self.kind {
+            Kind::X509(acceptor) => {
+                let s = acceptor.accept(stream).await?;
+                TlsStream::Rustls(Box::new(s))
+            }
+            Kind::Psk(ctx) => {
+                let ssl = openssl::ssl::Ssl::new(ctx).map_err(io::Error::other)?;
+                let mut s =
+                    Box::pin(tokio_openssl::SslStream::new(ssl, stream).map_err(io::Error::other)?);
+                s.as_mut().accept().await.map_err(|e| {
+                    io::Error::other(match e.ssl_error() {
+                        Some(stack) => stack.to_string(),
+                        None => e.to_string(),
+                    })
+                })?;
+                TlsStream::Openssl(s)
+            }
+        };
+        log::debug(Some(name), format_args!("TLS handshake completed"));
+        if DEBUG_SESSION.load(Ordering::Relaxed) && log::verbose() {
+            s.debug_session(name);
+        }
+        Ok(s)
+    }
+}
+
+/// A TLS connection over a client's stream.
+pub(crate) enum TlsStream<S> {
+    /// X.509.
+    Rustls(Box<tokio_rustls::server::TlsStream<S>>),
+    /// PSK.
+    Openssl(Pin<Box<tokio_openssl::SslStream<S>>>),
+}
+
+impl<S> TlsStream<S> {
+    fn debug_session(&self, name: &str) {
+        let d = |args: core::fmt::Arguments<'_>| log::debug(Some(name), args);
+        match self {
+            TlsStream::Rustls(s) => {
+                let (_, c) = s.get_ref();
+                let version = match c.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                    _ => "unknown",
+                };
+                let suite = c
+                    .negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("unknown");
+                d(format_args!("TLS session: {version} {suite}"));
+                if let Some(g) = c.negotiated_key_exchange_group() {
+                    d(format_args!("TLS: negotiated group: {:?}", g.name()));
+                }
+                d(format_args!("TLS: authentication: certificate"));
+                match c.peer_certificates() {
+                    Some(certs) if !certs.is_empty() => {
+                        d(format_args!(
+                            "TLS: peer provided {} certificate(s)",
+                            certs.len()
+                        ));
+                        for cert in certs {
+                            d(format_args!("TLS: {}", describe_cert(cert)));
+                        }
+                    }
+                    _ => d(format_args!("TLS: no peer certificates found")),
+                }
+            }
+            TlsStream::Openssl(s) => {
+                let ssl = s.ssl();
+                let suite = ssl.current_cipher().map(|c| c.name()).unwrap_or("unknown");
+                d(format_args!("TLS session: {} {suite}", ssl.version_str()));
+                d(format_args!("TLS: authentication: PSK (Pre-Shared Key)"));
+                if let Some(user) = psk_username_index().ok().and_then(|i| ssl.ex_data(i)) {
+                    d(format_args!("TLS: PSK username: {user}"));
+                }
+            }
+        }
+    }
+}
+
+/// `subject ..., issuer ..., serial ...` of a DER certificate.
+fn describe_cert(der: &[u8]) -> String {
+    let Ok(x) = openssl::x509::X509::from_der(der) else {
+        return "unparsable certificate".into();
+    };
+    let name = |n: &openssl::x509::X509NameRef| {
+        let mut parts: Vec<String> = n
+            .entries()
+            .map(|e| {
+                let k = e.object().nid().short_name().unwrap_or("?");
+                let v = e.data().to_string().unwrap_or_else(|_| "?".into());
+                format!("{k}={v}")
+            })
+            .collect();
+        // Most specific first, as in RFC 4514.
+        parts.reverse();
+        parts.join(",")
+    };
+    let serial = x
+        .serial_number()
+        .to_bn()
+        .and_then(|b| b.to_hex_str().map(|s| s.to_lowercase()))
+        .unwrap_or_default();
+    format!(
+        "subject `{}', issuer `{}', serial 0x{serial}, activated `{}', expires `{}'",
+        name(x.subject_name()),
+        name(x.issuer_name()),
+        x.not_before(),
+        x.not_after()
+    )
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            TlsStream::Openssl(s) => s.as_mut().poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            TlsStream::Openssl(s) => s.as_mut().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            TlsStream::Openssl(s) => s.as_mut().poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TlsStream::Rustls(s) => s.is_write_vectored(),
+            TlsStream::Openssl(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            TlsStream::Openssl(s) => s.as_mut().poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            TlsStream::Openssl(s) => s.as_mut().poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psk_lines() {
+        assert_eq!(
+            parse_psk_line("alice:00ff10").unwrap(),
+            Some(("alice", vec![0, 0xff, 0x10]))
+        );
+        assert_eq!(parse_psk_line("").unwrap(), None);
+        assert_eq!(
+            parse_psk_line("bob:AbCd\r").unwrap(),
+            Some(("bob", vec![0xab, 0xcd]))
+        );
+        assert!(parse_psk_line("bogus").is_err());
+        assert!(parse_psk_line("bob:zz").is_err());
+        assert!(parse_psk_line("bob:abc").is_err());
+        assert!(parse_psk_line(":abcd").is_err());
+    }
+
+    #[test]
+    fn psk_file_lookup() {
+        let dir = std::env::temp_dir().join(format!("nbdkit-psk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("keys.psk");
+        std::fs::write(&f, "alice:0102\nbob:ffee\n").unwrap();
+        assert_eq!(psk_lookup(&f, b"bob"), Some(vec![0xff, 0xee]));
+        assert_eq!(psk_lookup(&f, b"alice"), Some(vec![1, 2]));
+        assert_eq!(psk_lookup(&f, b"mallory"), None);
+        assert!(load_psk(&f).is_ok());
+        std::fs::write(&f, "alice:0102\nnonsense\n").unwrap();
+        match load_psk(&f) {
+            Err(LoadError::Invalid(e)) => assert!(e.contains("line 2"), "{e}"),
+            _ => panic!("invalid file accepted"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
