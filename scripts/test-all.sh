@@ -29,6 +29,11 @@ packages=(
     nbdkit           # the reference server
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl
+    liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
+    xz-utils         # xz (xz filter tests)
+    e2fsprogs        # mke2fs, e2fsck, debugfs (linuxdisk, tmpdisk, ondemand)
+    genisoimage      # genisoimage, isoinfo (iso plugin)
+    xorriso          # xorriso (iso plugin)
 )
 
 missing=()

@@ -10,10 +10,12 @@ pub mod gzip;
 pub mod ip;
 pub mod limit;
 pub mod log;
+pub mod qcow2dec;
 pub mod stats;
 pub mod tar;
 pub mod tls_fallback;
 mod util;
+pub mod xz;
 
 use nbdkit_core::backend::Filter;
 
@@ -36,6 +38,8 @@ pub fn by_name(name: &str) -> Option<Box<dyn Filter>> {
         "stats" => Box::new(stats::Stats::default()),
         "tar" => Box::new(tar::Tar::default()),
         "tls-fallback" => Box::new(tls_fallback::TlsFallback::default()),
+        "qcow2dec" => Box::new(qcow2dec::Qcow2Dec),
+        "xz" => Box::new(xz::Xz::default()),
         _ => return None,
     })
 }

@@ -5,8 +5,13 @@ pub mod example2;
 pub mod example3;
 pub mod file;
 pub mod info;
+pub mod iso;
+pub mod linuxdisk;
+mod mkfs;
+pub mod ondemand;
 pub mod sh;
 pub mod split;
+pub mod tmpdisk;
 
 use nbdkit_core::backend::Plugin;
 
@@ -18,6 +23,10 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),
         "info" => Box::new(info::Info::default()),
+        "linuxdisk" => Box::new(linuxdisk::LinuxDisk::default()),
+        "iso" => Box::new(iso::Iso::default()),
+        "tmpdisk" => Box::new(tmpdisk::TmpDisk::default()),
+        "ondemand" => Box::new(ondemand::OnDemand::default()),
         "data" => Box::new(data::Data::default()),
         "example2" => Box::new(example2::Example2::default()),
         "example3" => Box::new(example3::Example3::default()),
