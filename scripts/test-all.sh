@@ -34,6 +34,9 @@ packages=(
     e2fsprogs        # mke2fs, e2fsck, debugfs (linuxdisk, tmpdisk, ondemand)
     genisoimage      # genisoimage, isoinfo (iso plugin)
     xorriso          # xorriso (iso plugin)
+    gdisk            # sgdisk (partitioning plugin tests)
+    mtools           # mdir, mcopy (floppy plugin tests)
+    dosfstools       # fsck.vfat (floppy plugin tests)
 )
 
 missing=()

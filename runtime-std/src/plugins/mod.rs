@@ -4,11 +4,13 @@ pub mod data;
 pub mod example2;
 pub mod example3;
 pub mod file;
+pub mod floppy;
 pub mod info;
 pub mod iso;
 pub mod linuxdisk;
 mod mkfs;
 pub mod ondemand;
+pub mod partitioning;
 pub mod sh;
 pub mod split;
 pub mod tmpdisk;
@@ -22,6 +24,8 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),
+        "partitioning" => Box::new(partitioning::Partitioning::default()),
+        "floppy" => Box::new(floppy::Floppy::default()),
         "info" => Box::new(info::Info::default()),
         "linuxdisk" => Box::new(linuxdisk::LinuxDisk::default()),
         "iso" => Box::new(iso::Iso::default()),
