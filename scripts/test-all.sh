@@ -37,6 +37,7 @@ packages=(
     gdisk            # sgdisk (partitioning plugin tests)
     mtools           # mdir, mcopy (floppy plugin tests)
     dosfstools       # fsck.vfat (floppy plugin tests)
+    cryptsetup-bin   # cryptsetup luksFormat (luks filter tests)
 )
 
 missing=()
