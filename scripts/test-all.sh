@@ -31,13 +31,14 @@ packages=(
     pkg-config       # how openssl-sys finds libssl
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
-    e2fsprogs        # mke2fs, e2fsck, debugfs (linuxdisk, tmpdisk, ondemand)
-    genisoimage      # genisoimage, isoinfo (iso plugin)
-    xorriso          # xorriso (iso plugin)
     gdisk            # sgdisk (partitioning plugin tests)
     mtools           # mdir, mcopy (floppy plugin tests)
     dosfstools       # fsck.vfat (floppy plugin tests)
     cryptsetup-bin   # cryptsetup luksFormat (luks filter tests)
+    e2fsprogs        # mke2fs, e2fsck, debugfs (linuxdisk/tmpdisk/ondemand tests)
+    genisoimage      # isoinfo, genisoimage (iso plugin tests)
+    xorriso          # the iso plugin's default program
+    binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
 )
 
 missing=()
@@ -63,5 +64,24 @@ if [[ ! -x $NBDKIT_BIN ]]; then
     echo "test-all: $NBDKIT_BIN was not built" >&2
     exit 1
 fi
+# runtime-embedded: the TAP example the embedded_tap test runs.
+cargo build --release -p nbdkit-runtime-embedded --example tap
+export NBDKIT_EMBEDDED_TAP="$PWD/target/release/examples/tap"
+
+# The core on bare metal (Cortex-M4F), and the firmware example's footprint.
+if rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 ||
+    rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf; then
+    cargo build -p nbdkit-core --target thumbv7em-none-eabihf --no-default-features
+    cargo build -p nbdkit-core --target thumbv7em-none-eabihf --no-default-features --features alloc
+    cargo build -p nbdkit-runtime-embedded --target thumbv7em-none-eabihf
+    runtime-embedded/firmware/size.sh
+else
+    echo "test-all: SKIP thumbv7em-none-eabihf builds: rustup cannot add the target (offline?)" >&2
+fi
+
+# loom models (own target dir: --cfg loom rebuilds every dependency).
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
+    cargo test --release -p nbdkit-core loom
+
 echo "test-all: testing $NBDKIT_BIN ($("$NBDKIT_BIN" --version | head -n1))" >&2
 cargo test --release --workspace --no-fail-fast "$@"

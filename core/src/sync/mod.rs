@@ -2,13 +2,34 @@
 //!
 //! With `std` they are the operating system's locks; without it, spin locks;
 //! under `cfg(loom)` they are loom's models, so that the concurrency of the
-//! plugins and the thread-model locks can be checked exhaustively.
+//! plugins and the thread-model locks can be checked exhaustively
+//! (`RUSTFLAGS="--cfg loom" cargo test --release -p nbdkit-core loom`).
+//!
+//! Beside the locks live the pieces of a runtime where threads meet, kept
+//! here so loom can check them: the thread-model gate ([`gate`]), the
+//! per-connection in-flight accounting with its drain ([`inflight`]) and
+//! the reply writer that keeps replies whole ([`reply_writer`]).
 
 #[cfg(loom)]
 pub use loom::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[cfg(all(not(loom), feature = "std"))]
 pub use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+#[cfg(loom)]
+pub use loom::sync::Condvar;
+#[cfg(all(not(loom), feature = "std"))]
+pub use std::sync::Condvar;
+
+#[cfg(any(loom, feature = "std"))]
+pub mod gate;
+#[cfg(any(loom, feature = "std"))]
+pub mod inflight;
+#[cfg(any(loom, feature = "std"))]
+pub mod reply_writer;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 #[cfg(all(not(loom), not(feature = "std")))]
 pub use alloc::sync::Arc;

@@ -1,0 +1,439 @@
+//! The server and a tiny NBD client, written against the core's wire
+//! types, in one process over smoltcp's loopback device.
+
+use nbdkit_core::wire::consts::*;
+use nbdkit_core::wire::handshake::{NewstyleGreeting, OptionHeader, OptionReplyHeader};
+use nbdkit_core::wire::transmission::{ChunkHeader, RequestHeader, SimpleReply};
+use nbdkit_runtime_embedded::{tcp_socket, Config, FlashDisk, RamDisk, Server};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Loopback, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
+
+const ADDR: IpAddress = IpAddress::v4(127, 0, 0, 1);
+const DISK: usize = 256 * 1024;
+
+fn leak(n: usize) -> &'static mut [u8] {
+    Box::leak(vec![0u8; n].into_boxed_slice())
+}
+
+/// The interface, the sockets, the server and a clock, pumped together.
+struct Net<'d, D: nbdkit_runtime_embedded::BlockDevice> {
+    iface: Interface,
+    device: Loopback,
+    sockets: SocketSet<'static>,
+    server: Server<'d, D, 2>,
+    now: Instant,
+    next_port: u16,
+}
+
+impl<'d, D: nbdkit_runtime_embedded::BlockDevice> Net<'d, D> {
+    fn new(disk: D, config: Config<'d>) -> Self {
+        let mut device = Loopback::new(Medium::Ethernet);
+        let now = Instant::from_millis(0);
+        let mut c = IfaceConfig::new(EthernetAddress([0x02, 0, 0, 0, 0, 1]).into());
+        c.random_seed = 1;
+        let mut iface = Interface::new(c, &mut device, now);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(ADDR, 8)).unwrap();
+        });
+        let mut sockets = SocketSet::new(vec![]);
+        // Small server buffers on purpose: every request longer than them
+        // must stream.
+        let h0 = sockets.add(tcp_socket(leak(4096), leak(4096)));
+        let h1 = sockets.add(tcp_socket(leak(4096), leak(4096)));
+        let server = Server::new(config, disk, [h0, h1]);
+        let mut net = Net {
+            iface,
+            device,
+            sockets,
+            server,
+            now,
+            next_port: 49152,
+        };
+        net.pump();
+        net
+    }
+
+    fn pump(&mut self) {
+        self.now += Duration::from_millis(1);
+        self.iface
+            .poll(self.now, &mut self.device, &mut self.sockets);
+        self.server.poll(self.now, &mut self.sockets);
+    }
+
+    fn connect(&mut self) -> Client {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+            tcp::SocketBuffer::new(vec![0; 64 * 1024]),
+        );
+        s.set_nagle_enabled(false);
+        let handle = self.sockets.add(s);
+        let port = self.next_port;
+        self.next_port += 1;
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, (ADDR, DEFAULT_PORT), port)
+            .unwrap();
+        for _ in 0..1000 {
+            self.pump();
+            if self.sockets.get::<tcp::Socket>(handle).may_send() {
+                return Client { handle };
+            }
+        }
+        panic!("connect timed out");
+    }
+}
+
+/// A blocking NBD client over one client socket.
+struct Client {
+    handle: SocketHandle,
+}
+
+impl Client {
+    fn send<D: nbdkit_runtime_embedded::BlockDevice>(&self, net: &mut Net<'_, D>, mut b: &[u8]) {
+        for _ in 0..100_000 {
+            if b.is_empty() {
+                return;
+            }
+            let n = net
+                .sockets
+                .get_mut::<tcp::Socket>(self.handle)
+                .send_slice(b)
+                .unwrap();
+            b = &b[n..];
+            net.pump();
+        }
+        panic!("send timed out");
+    }
+
+    fn recv<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+        n: usize,
+    ) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        let mut have = 0;
+        for _ in 0..100_000 {
+            if have == n {
+                return out;
+            }
+            let s = net.sockets.get_mut::<tcp::Socket>(self.handle);
+            if !s.may_recv() {
+                panic!("server closed after {have} of {n} bytes");
+            }
+            have += s.recv_slice(&mut out[have..]).unwrap();
+            net.pump();
+        }
+        panic!("recv timed out after {have} of {n} bytes");
+    }
+
+    fn is_closed<D: nbdkit_runtime_embedded::BlockDevice>(&self, net: &mut Net<'_, D>) -> bool {
+        for _ in 0..1000 {
+            net.pump();
+            let s = net.sockets.get_mut::<tcp::Socket>(self.handle);
+            if !s.may_recv() {
+                s.close();
+                net.pump();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn option<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+        option: u32,
+        payload: &[u8],
+    ) {
+        let mut h = [0u8; OptionHeader::LEN];
+        OptionHeader {
+            option,
+            length: payload.len() as u32,
+        }
+        .emit(&mut h);
+        self.send(net, &h);
+        self.send(net, payload);
+    }
+
+    fn option_reply<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+    ) -> (OptionReplyHeader, Vec<u8>) {
+        let h = OptionReplyHeader::parse(&self.recv(net, OptionReplyHeader::LEN)).unwrap();
+        let payload = self.recv(net, h.length as usize);
+        (h, payload)
+    }
+
+    /// Fixed newstyle, structured replies, base:allocation, GO "".
+    /// Returns the size and the transmission flags.
+    fn handshake<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+        structured: bool,
+    ) -> (u64, u16) {
+        let g = NewstyleGreeting::parse(&self.recv(net, NewstyleGreeting::LEN)).unwrap();
+        assert_eq!(g.flags, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        self.send(
+            net,
+            &(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes(),
+        );
+        if structured {
+            self.option(net, OPT_STRUCTURED_REPLY, &[]);
+            assert_eq!(self.option_reply(net).0.reply_type, REP_ACK);
+            let mut p = vec![];
+            p.extend_from_slice(&0u32.to_be_bytes());
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.extend_from_slice(&15u32.to_be_bytes());
+            p.extend_from_slice(b"base:allocation");
+            self.option(net, OPT_SET_META_CONTEXT, &p);
+            let (h, body) = self.option_reply(net);
+            assert_eq!(h.reply_type, REP_META_CONTEXT);
+            assert_eq!(&body[4..], b"base:allocation");
+            assert_eq!(self.option_reply(net).0.reply_type, REP_ACK);
+        }
+        let mut p = vec![];
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p.extend_from_slice(&0u16.to_be_bytes());
+        self.option(net, OPT_GO, &p);
+        let mut size_flags = None;
+        loop {
+            let (h, body) = self.option_reply(net);
+            match h.reply_type {
+                REP_INFO if body[..2] == INFO_EXPORT.to_be_bytes() => {
+                    let size = u64::from_be_bytes(body[2..10].try_into().unwrap());
+                    let flags = u16::from_be_bytes([body[10], body[11]]);
+                    size_flags = Some((size, flags));
+                }
+                REP_INFO => {}
+                REP_ACK => return size_flags.unwrap(),
+                t => panic!("unexpected reply {t:#x}"),
+            }
+        }
+    }
+
+    fn request<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+        command: u16,
+        flags: u16,
+        cookie: u64,
+        offset: u64,
+        length: u64,
+    ) {
+        let mut b = [0u8; RequestHeader::COMPACT_LEN];
+        RequestHeader {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        }
+        .emit_compact(&mut b);
+        self.send(net, &b);
+    }
+
+    fn simple_reply<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+    ) -> SimpleReply {
+        SimpleReply::parse(&self.recv(net, SimpleReply::LEN)).unwrap()
+    }
+
+    fn chunk<D: nbdkit_runtime_embedded::BlockDevice>(
+        &self,
+        net: &mut Net<'_, D>,
+    ) -> (ChunkHeader, Vec<u8>) {
+        let h =
+            ChunkHeader::parse_structured(&self.recv(net, ChunkHeader::STRUCTURED_LEN)).unwrap();
+        let body = self.recv(net, h.length as usize);
+        (h, body)
+    }
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn write_then_read_back_with_structured_replies() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let c = net.connect();
+    let (size, flags) = c.handshake(&mut net, true);
+    assert_eq!(size, DISK as u64);
+    assert_ne!(flags & FLAG_SEND_DF, 0);
+    assert_eq!(flags & FLAG_READ_ONLY, 0);
+
+    // Larger than both socket buffers: the payload streams to the disk.
+    let data = pattern(40_000, 7);
+    c.request(
+        &mut net,
+        CMD_WRITE,
+        CMD_FLAG_FUA,
+        1,
+        8192,
+        data.len() as u64,
+    );
+    c.send(&mut net, &data);
+    let r = c.simple_reply(&mut net);
+    assert_eq!((r.error, r.cookie), (0, 1));
+    assert_eq!(
+        &net.server.disk().as_slice()[8192..8192 + data.len()],
+        &data[..]
+    );
+
+    c.request(&mut net, CMD_READ, 0, 2, 8192, data.len() as u64);
+    let (h, body) = c.chunk(&mut net);
+    assert_eq!(h.chunk_type, REPLY_TYPE_OFFSET_DATA);
+    assert_eq!(h.flags, REPLY_FLAG_DONE);
+    assert_eq!(h.cookie, 2);
+    assert_eq!(u64::from_be_bytes(body[..8].try_into().unwrap()), 8192);
+    assert_eq!(&body[8..], &data[..]);
+
+    c.request(&mut net, CMD_DISC, 0, 3, 0, 0);
+    assert!(c.is_closed(&mut net));
+}
+
+#[test]
+fn block_status_reports_zero_and_data_extents() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let c = net.connect();
+    c.handshake(&mut net, true);
+    c.request(&mut net, CMD_WRITE, 0, 1, 4096, 4096);
+    c.send(&mut net, &[0xaa; 4096]);
+    assert_eq!(c.simple_reply(&mut net).error, 0);
+
+    c.request(&mut net, CMD_BLOCK_STATUS, 0, 2, 0, DISK as u64);
+    let (h, body) = c.chunk(&mut net);
+    assert_eq!(h.chunk_type, REPLY_TYPE_BLOCK_STATUS);
+    assert_eq!(h.flags, REPLY_FLAG_DONE);
+    let id = u32::from_be_bytes(body[..4].try_into().unwrap());
+    assert_eq!(id, 1);
+    let extents: Vec<(u32, u32)> = body[4..]
+        .chunks(8)
+        .map(|c| {
+            (
+                u32::from_be_bytes(c[..4].try_into().unwrap()),
+                u32::from_be_bytes(c[4..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        extents,
+        vec![
+            (4096, STATE_ZERO),
+            (4096, 0),
+            (DISK as u32 - 8192, STATE_ZERO)
+        ]
+    );
+}
+
+#[test]
+fn oversized_write_is_refused_and_its_payload_drained() {
+    let config = Config {
+        max_request: 4096,
+        ..Config::new()
+    };
+    let mut net = Net::new(RamDisk::new(leak(DISK)), config);
+    let c = net.connect();
+    c.handshake(&mut net, false);
+    c.request(&mut net, CMD_WRITE, 0, 9, 0, 20_000);
+    c.send(&mut net, &[0x55; 20_000]);
+    let r = c.simple_reply(&mut net);
+    assert_eq!((r.error, r.cookie), (NBD_EINVAL, 9));
+    assert!(net.server.disk().as_slice().iter().all(|&b| b == 0));
+
+    // The connection is still in step.
+    c.request(&mut net, CMD_READ, 0, 10, 0, 512);
+    let r = c.simple_reply(&mut net);
+    assert_eq!((r.error, r.cookie), (0, 10));
+    assert_eq!(c.recv(&mut net, 512), vec![0; 512]);
+}
+
+#[test]
+fn out_of_range_and_bad_magic() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let c = net.connect();
+    c.handshake(&mut net, false);
+    c.request(&mut net, CMD_READ, 0, 1, DISK as u64 - 1, 2);
+    assert_eq!(c.simple_reply(&mut net).error, NBD_EINVAL);
+    c.request(&mut net, CMD_WRITE, 0, 2, DISK as u64, 1);
+    c.send(&mut net, &[1]);
+    assert_eq!(c.simple_reply(&mut net).error, NBD_ENOSPC);
+    c.send(&mut net, &[0xde; 28]);
+    assert!(c.is_closed(&mut net));
+}
+
+#[test]
+fn flash_disk_is_served_read_only() {
+    static IMAGE: [u8; 8192] = {
+        let mut a = [0u8; 8192];
+        a[0] = b'N';
+        a[1] = b'B';
+        a[2] = b'D';
+        a
+    };
+    let mut net = Net::new(FlashDisk::new(&IMAGE), Config::new());
+    let c = net.connect();
+    let (size, flags) = c.handshake(&mut net, true);
+    assert_eq!(size, 8192);
+    assert_ne!(flags & FLAG_READ_ONLY, 0);
+    c.request(&mut net, CMD_WRITE, 0, 1, 0, 3);
+    c.send(&mut net, b"xyz");
+    assert_eq!(c.simple_reply(&mut net).error, NBD_EPERM);
+    c.request(&mut net, CMD_READ, 0, 2, 0, 4);
+    let (_, body) = c.chunk(&mut net);
+    assert_eq!(&body[8..], b"NBD\0");
+}
+
+#[test]
+fn two_connections_at_once_share_the_disk() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let a = net.connect();
+    let b = net.connect();
+    a.handshake(&mut net, false);
+    b.handshake(&mut net, true);
+    assert_eq!(net.server.transmitting(), 2);
+    a.request(&mut net, CMD_WRITE, 0, 1, 0, 3);
+    a.send(&mut net, b"abc");
+    assert_eq!(a.simple_reply(&mut net).error, 0);
+    b.request(&mut net, CMD_READ, 0, 2, 0, 3);
+    let (_, body) = b.chunk(&mut net);
+    assert_eq!(&body[8..], b"abc");
+}
+
+#[test]
+fn a_third_connection_waits_for_a_free_slot() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let a = net.connect();
+    let b = net.connect();
+    a.handshake(&mut net, false);
+    b.handshake(&mut net, false);
+    a.request(&mut net, CMD_DISC, 0, 1, 0, 0);
+    assert!(a.is_closed(&mut net));
+    for _ in 0..100 {
+        net.pump();
+    }
+    let c = net.connect();
+    c.handshake(&mut net, false);
+    c.request(&mut net, CMD_FLUSH, 0, 3, 0, 0);
+    assert_eq!(c.simple_reply(&mut net).error, 0);
+}
+
+#[test]
+fn a_silent_client_times_out_in_negotiation() {
+    let config = Config {
+        handshake_timeout: Duration::from_millis(200),
+        ..Config::new()
+    };
+    let mut net = Net::new(RamDisk::new(leak(DISK)), config);
+    let c = net.connect();
+    let _greeting = c.recv(&mut net, NewstyleGreeting::LEN);
+    assert!(c.is_closed(&mut net));
+    assert_eq!(net.server.active_connections(), 0);
+}
