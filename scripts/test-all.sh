@@ -4,8 +4,9 @@
 #
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
-#   2. cargo build --release --workspace (the nbdkit binary under test);
-#   3. cargo test --release --workspace, with NBDKIT_BIN pointing at
+#   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test);
+#   3. cargo test --workspace (test code in the dev profile: no LTO link
+#      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
 #
 # Extra arguments go to `cargo test`, e.g.
@@ -57,7 +58,7 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
-cargo build --release --workspace
+cargo build --release -p nbdkit-cli
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
@@ -84,4 +85,4 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
     cargo test --release -p nbdkit-core loom
 
 echo "test-all: testing $NBDKIT_BIN ($("$NBDKIT_BIN" --version | head -n1))" >&2
-cargo test --release --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast "$@"
