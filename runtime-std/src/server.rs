@@ -226,6 +226,15 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
 /// The running server's stop signal, for [`request_shutdown`].
 static STOP: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
 
+/// Whether the server has been told to stop (a signal, the end of `--run`,
+/// or [`request_shutdown`]): filters that sleep stop waiting then.
+pub fn stopping() -> bool {
+    STOP.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|tx| *tx.borrow())
+}
+
 /// Ask the server to stop accepting connections and exit once the
 /// connections in flight are done (nbdkit_shutdown; used by the exitlast
 /// and exitwhen filters).

@@ -175,17 +175,44 @@ impl SparseArray {
 
 /// A fully allocated byte array behind one lock (`allocator=malloc`).
 #[derive(Debug)]
-struct FlatArray {
+pub struct FlatArray {
     bytes: RwLock<Vec<u8>>,
 }
 
-enum Store {
+/// Where a RAM disk keeps its bytes (the memory and data plugins).
+pub enum Store {
+    /// The sparse array (`allocator=sparse`).
     Sparse(SparseArray),
+    /// One flat allocation (`allocator=malloc`).
     Flat(FlatArray),
 }
 
 impl Store {
-    fn read(&self, buf: &mut [u8], offset: u64) {
+    /// An empty sparse store.
+    pub fn sparse() -> Self {
+        Store::Sparse(SparseArray::new())
+    }
+
+    /// A zeroed flat store of `size` bytes, refused cleanly when it cannot
+    /// be allocated.
+    pub fn flat(size: u64) -> Result<Self> {
+        let n = usize::try_from(size)
+            .map_err(|_| Error::config("malloc: size is too large for this machine"))?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            Error::msg(
+                Errno::ENOMEM,
+                format!("malloc: cannot allocate {size} bytes"),
+            )
+        })?;
+        v.resize(n, 0);
+        Ok(Store::Flat(FlatArray {
+            bytes: RwLock::new(v),
+        }))
+    }
+
+    /// Copy bytes out.
+    pub fn read(&self, buf: &mut [u8], offset: u64) {
         match self {
             Store::Sparse(s) => s.read(buf, offset),
             Store::Flat(f) => {
@@ -195,7 +222,8 @@ impl Store {
             }
         }
     }
-    fn write(&self, buf: &[u8], offset: u64) {
+    /// Copy bytes in.
+    pub fn write(&self, buf: &[u8], offset: u64) {
         match self {
             Store::Sparse(s) => s.write(buf, offset),
             Store::Flat(f) => {
@@ -205,7 +233,8 @@ impl Store {
             }
         }
     }
-    fn zero(&self, count: u64, offset: u64) {
+    /// Zero a range (freeing pages in the sparse store).
+    pub fn zero(&self, count: u64, offset: u64) {
         match self {
             Store::Sparse(s) => s.zero(count, offset),
             Store::Flat(f) => {
@@ -300,22 +329,8 @@ impl Plugin for Memory {
             ));
         };
         let store = match self.allocator.as_deref() {
-            Some("malloc") => {
-                let n = usize::try_from(size)
-                    .map_err(|_| Error::config("malloc: size is too large for this machine"))?;
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(|_| {
-                    Error::msg(
-                        Errno::ENOMEM,
-                        format!("malloc: cannot allocate {size} bytes"),
-                    )
-                })?;
-                v.resize(n, 0);
-                Store::Flat(FlatArray {
-                    bytes: RwLock::new(v),
-                })
-            }
-            _ => Store::Sparse(SparseArray::new()),
+            Some("malloc") => Store::flat(size)?,
+            _ => Store::sparse(),
         };
         self.store = Some(Arc::new(store));
         Ok(())
@@ -325,16 +340,23 @@ impl Plugin for Memory {
             .store
             .clone()
             .ok_or_else(|| Error::msg(Errno::EIO, "memory: not configured"))?;
-        Ok(Box::new(MemoryHandle {
-            size: self.size.unwrap_or(0),
-            store,
-        }))
+        Ok(Box::new(MemoryHandle::new(store, self.size.unwrap_or(0))))
     }
 }
 
-struct MemoryHandle {
+/// A connection's view of a RAM disk: writable, trimmable, zeroable, with
+/// holes reported from the sparse store. Shared by every plugin that
+/// serves a [`Store`].
+pub struct MemoryHandle {
     size: u64,
     store: Arc<Store>,
+}
+
+impl MemoryHandle {
+    /// A handle serving `size` bytes of `store`.
+    pub fn new(store: Arc<Store>, size: u64) -> Self {
+        MemoryHandle { size, store }
+    }
 }
 
 impl Handle for MemoryHandle {

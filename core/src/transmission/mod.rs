@@ -297,7 +297,7 @@ impl ReplyStyle {
             REPLY_TYPE_OFFSET_DATA,
             cookie,
             offset,
-            8 + len,
+            len.saturating_add(8),
         );
         buf[n..n + 8].copy_from_slice(&offset.to_be_bytes());
         n + 8

@@ -47,7 +47,7 @@ impl Gate {
     fn enter(&self) -> Result<()> {
         let mut s = self.lock();
         while s.paused {
-            if s.stopping {
+            if s.stopping || crate::server::stopping() {
                 return Err(Error::msg(
                     Errno::ESHUTDOWN,
                     "pause: server is shutting down",

@@ -97,7 +97,7 @@ fn wait_for(bucket: &Mutex<Bucket>, mut bits: u64) -> Result<()> {
         if owed == 0 {
             return Ok(());
         }
-        if STOPPING.load(Ordering::Relaxed) {
+        if STOPPING.load(Ordering::Relaxed) || crate::server::stopping() {
             return Err(Error::msg(
                 Errno::ESHUTDOWN,
                 "rate: server is shutting down",

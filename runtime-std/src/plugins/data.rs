@@ -26,11 +26,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use nbdkit_core::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result};
 use nbdkit_core::errno::Errno;
-use nbdkit_core::plugins::memory::SparseArray;
+use nbdkit_core::plugins::memory::{MemoryHandle, Store};
 use nbdkit_core::plugins::random::parse_unsigned;
 use nbdkit_core::plugins::size_param;
 
@@ -1015,44 +1015,6 @@ enum Source {
     Base64(String),
 }
 
-enum Store {
-    Sparse(SparseArray),
-    Flat(RwLock<Vec<u8>>),
-}
-
-impl Store {
-    fn read(&self, buf: &mut [u8], offset: u64) {
-        match self {
-            Store::Sparse(s) => s.read(buf, offset),
-            Store::Flat(f) => {
-                let b = f.read().unwrap_or_else(|e| e.into_inner());
-                let o = offset as usize;
-                buf.copy_from_slice(&b[o..o + buf.len()]);
-            }
-        }
-    }
-    fn write(&self, buf: &[u8], offset: u64) {
-        match self {
-            Store::Sparse(s) => s.write(buf, offset),
-            Store::Flat(f) => {
-                let mut b = f.write().unwrap_or_else(|e| e.into_inner());
-                let o = offset as usize;
-                b[o..o + buf.len()].copy_from_slice(buf);
-            }
-        }
-    }
-    fn zero(&self, count: u64, offset: u64) {
-        match self {
-            Store::Sparse(s) => s.zero(count, offset),
-            Store::Flat(f) => {
-                let mut b = f.write().unwrap_or_else(|e| e.into_inner());
-                let o = offset as usize;
-                b[o..o + count as usize].fill(0);
-            }
-        }
-    }
-}
-
 /// The data plugin.
 #[derive(Default)]
 pub struct Data {
@@ -1195,19 +1157,9 @@ impl Plugin for Data {
         };
         let size = self.size.unwrap_or(data_size);
         let store = if self.malloc {
-            let n = usize::try_from(size)
-                .map_err(|_| err("malloc: size is too large for this machine"))?;
-            let mut v = Vec::new();
-            v.try_reserve_exact(n).map_err(|_| {
-                Error::msg(
-                    Errno::ENOMEM,
-                    format!("malloc: cannot allocate {size} bytes"),
-                )
-            })?;
-            v.resize(n, 0);
-            Store::Flat(RwLock::new(v))
+            Store::flat(size)?
         } else {
-            Store::Sparse(SparseArray::new())
+            Store::sparse()
         };
         // Fills are cheap while evaluating; storing them is not.
         let stored: u64 = img
@@ -1244,70 +1196,7 @@ impl Plugin for Data {
             .store
             .clone()
             .ok_or_else(|| Error::msg(Errno::EIO, "data: not configured"))?;
-        Ok(Box::new(DataHandle { store, size }))
-    }
-}
-
-struct DataHandle {
-    store: Arc<Store>,
-    size: u64,
-}
-
-impl Handle for DataHandle {
-    fn get_size(&self) -> Result<u64> {
-        Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_fua(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
-        self.store.read(buf, offset);
-        Ok(())
-    }
-    fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
-        self.store.write(buf, offset);
-        Ok(())
-    }
-    fn flush(&self, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-    fn trim(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
-        self.store.zero(count, offset);
-        Ok(())
-    }
-    fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
-        self.store.zero(count, offset);
-        Ok(())
-    }
-    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
-        match &*self.store {
-            Store::Sparse(s) => s.extents(count, offset, extents),
-            Store::Flat(_) => extents.add(offset, count, 0),
-        }
+        Ok(Box::new(MemoryHandle::new(store, size)))
     }
 }
 
