@@ -308,6 +308,10 @@ fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
     Ok(r)
 }
 
+/// Send buffer asked for on each connection (the kernel caps it at
+/// net.core.wmem_max).
+const SEND_BUFFER: usize = 4 << 20;
+
 /// A listener the accept loop serves.
 enum AnyListener {
     Tcp(TcpListener),
@@ -327,10 +331,13 @@ impl AnyListener {
             AnyListener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
                 let _ = s.set_nodelay(true);
+                let _ = socket2::SockRef::from(&s).set_send_buffer_size(SEND_BUFFER);
                 Ok(Accepted::Tcp(s))
             }
             AnyListener::Unix(l) => {
                 let (s, _) = l.accept().await?;
+                // Room for a whole large read reply in one send.
+                let _ = socket2::SockRef::from(&s).set_send_buffer_size(SEND_BUFFER);
                 let peer = unix_peer(&s);
                 Ok(Accepted::Unix(s, peer))
             }
