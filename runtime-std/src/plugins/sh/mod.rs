@@ -164,6 +164,32 @@ enum Sink<'a> {
     Vec(Vec<u8>),
 }
 
+/// Whether `path` starts with a `#!` line naming nbdkit as its interpreter.
+fn shebang_is_nbdkit(path: &Path) -> bool {
+    let mut head = [0u8; 256];
+    let n = match std::fs::File::open(path).and_then(|mut f| io::Read::read(&mut f, &mut head)) {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    let Some(line) = head[..n].strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = line.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let interpreter = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .unwrap_or(&[]);
+    let name = interpreter.rsplit(|&b| b == b'/').next().unwrap_or(&[]);
+    if name == b"nbdkit" {
+        return true;
+    }
+    // Or this very binary, whatever it is called.
+    match (std::env::current_exe(), std::str::from_utf8(interpreter)) {
+        (Ok(exe), Ok(i)) => std::fs::canonicalize(i).is_ok_and(|p| p == exe),
+        _ => false,
+    }
+}
+
 /// Run `path ARGS...` with `$tmpdir` set, feeding it `input` and capturing
 /// its output. Never fails: a script that cannot be started is reported
 /// as one that failed with the reason on stderr, as nbdkit's forked child
@@ -189,12 +215,18 @@ fn run(path: &Path, args: &[&OsStr], tmpdir: &Path, input: &[u8], buf: Option<&m
             .stderr(Stdio::piped());
         cmd.spawn()
     };
-    // A script without `#!` is run by /bin/sh, as execvp(3) does.
-    let child = match spawn(path, None) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
-            spawn(Path::new("/bin/sh"), Some(path))
+    // A script without `#!` is run by /bin/sh, as execvp(3) does. So is a
+    // shebang script whose interpreter is nbdkit itself (`#!/usr/sbin/nbdkit
+    // sh`): executing it would start another nbdkit, forever.
+    let child = if shebang_is_nbdkit(path) {
+        spawn(Path::new("/bin/sh"), Some(path))
+    } else {
+        match spawn(path, None) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+                spawn(Path::new("/bin/sh"), Some(path))
+            }
+            r => r,
         }
-        r => r,
     };
     let mut child = match child {
         Ok(c) => c,
