@@ -478,6 +478,19 @@ where
     run(&mut cmd, CMD_TIMEOUT)
 }
 
+/// Runs the Python program `code` (`python3 -c`) with `/usr/bin/python3`
+/// and `args` (its `sys.argv[1..]`), with [`CMD_TIMEOUT`].
+pub fn run_python_code<I, S>(code: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-c").arg(code).args(args);
+    cmd.env_remove("PYTHONHOME").env_remove("PYTHONPATH");
+    run(&mut cmd, CMD_TIMEOUT)
+}
+
 // ---------------------------------------------------------------------------
 // A server under test
 // ---------------------------------------------------------------------------

@@ -2,8 +2,14 @@
 //!
 //! Parameters: `default-export=NAME`, `exportname-list=keep|error|empty|
 //! defaultonly|explicit` (default `keep`), `exportname-strict=BOOL`,
-//! `exportname=NAME` (repeatable), `exportdesc=keep|none|fixed:STRING`
-//! (`script:SCRIPT` needs a shell and is not supported yet).
+//! `exportname=NAME` (repeatable), `exportdesc=keep|none|fixed:STRING|
+//! script:SCRIPT`.
+//!
+//! `script:SCRIPT` needs a shell: the runtime gives the filter a function
+//! that runs the script with `$name` set to the export name and returns its
+//! output ([`ExportName::with_script_runner`]). Without one (a runtime with
+//! no processes) the parameter fails with "not supported yet". An empty
+//! output (or a script that cannot run) gives no description.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -33,7 +39,12 @@ enum DescMode {
     Keep,
     None,
     Fixed(String),
+    Script(String),
 }
+
+/// Runs a description script with `$name` set to the export name, and
+/// returns its output (`None`: no description).
+pub type RunScript = fn(script: &str, name: &str) -> Option<String>;
 
 /// The exportname filter.
 #[derive(Debug, Default)]
@@ -43,15 +54,35 @@ pub struct ExportName {
     strict: bool,
     names: Vec<String>,
     desc: DescMode,
+    run_script: Option<RunScript>,
 }
 
 impl ExportName {
-    fn describe(&self, below: Option<String>) -> Option<String> {
-        match &self.desc {
-            DescMode::Keep => below,
-            DescMode::None => None,
-            DescMode::Fixed(s) => Some(s.clone()),
+    /// An exportname filter that supports `exportdesc=script:` by running
+    /// scripts with `run`.
+    pub fn with_script_runner(run: RunScript) -> Self {
+        ExportName {
+            run_script: Some(run),
+            ..ExportName::default()
         }
+    }
+
+    fn describe(&self, name: &str, below: Option<String>) -> Option<String> {
+        describe(&self.desc, self.run_script, name, below)
+    }
+}
+
+fn describe(
+    desc: &DescMode,
+    run: Option<RunScript>,
+    name: &str,
+    below: Option<String>,
+) -> Option<String> {
+    match desc {
+        DescMode::Keep => below,
+        DescMode::None => None,
+        DescMode::Fixed(s) => Some(s.clone()),
+        DescMode::Script(script) => run.and_then(|r| r(script, name)),
     }
 }
 
@@ -72,7 +103,8 @@ impl Filter for ExportName {
          \x20                         none, fixed:STRING, script:SCRIPT."
     }
     fn blocks(&self) -> bool {
-        false
+        // Running a description script waits for a process.
+        matches!(self.desc, DescMode::Script(_))
     }
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
@@ -105,9 +137,12 @@ impl Filter for ExportName {
                     "keep" => DescMode::Keep,
                     "none" => DescMode::None,
                     _ if value.starts_with("fixed:") => DescMode::Fixed(value[6..].into()),
-                    _ if value.starts_with("script:") => {
-                        return Err(Error::config("exportdesc=script: is not supported yet"))
-                    }
+                    _ if value.starts_with("script:") => match self.run_script {
+                        Some(_) => DescMode::Script(value[7..].into()),
+                        None => {
+                            return Err(Error::config("exportdesc=script: is not supported yet"))
+                        }
+                    },
                     _ => {
                         return Err(Error::config(format!(
                             "unrecognized exportdesc mode: {value}"
@@ -150,7 +185,7 @@ impl Filter for ExportName {
         }
         exports.use_default |= list.use_default;
         for e in list.list {
-            let desc = self.describe(e.description);
+            let desc = self.describe(&e.name, e.description);
             exports.add(&e.name, desc.as_deref())?;
         }
         Ok(())
@@ -189,17 +224,30 @@ impl Filter for ExportName {
         next.open(args.readonly, below)?;
         Ok(match &self.desc {
             DescMode::Keep => Box::new(PassThrough),
-            DescMode::None => Box::new(Described(None)),
-            DescMode::Fixed(s) => Box::new(Described(Some(s.clone()))),
+            d => Box::new(Described {
+                desc: d.clone(),
+                run: self.run_script,
+                name: below.into(),
+            }),
         })
     }
 }
 
 /// A handle that replaces the export's description.
-struct Described(Option<String>);
+struct Described {
+    desc: DescMode,
+    run: Option<RunScript>,
+    /// The export name as opened below.
+    name: String,
+}
 
 impl FilterHandle for Described {
-    fn export_description(&self, _next: &Context) -> Result<Option<String>> {
-        Ok(self.0.clone())
+    fn export_description(&self, next: &Context) -> Result<Option<String>> {
+        Ok(describe(
+            &self.desc,
+            self.run,
+            &self.name,
+            next.caps().description.clone(),
+        ))
     }
 }

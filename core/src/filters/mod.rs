@@ -20,13 +20,14 @@ pub mod params;
 pub mod partition;
 pub mod protect;
 pub mod random;
-pub mod readahead;
 pub mod retry;
 pub mod retry_request;
 pub mod swab;
 pub mod truncate;
 
-/// A fresh, unconfigured filter of this folder, by name.
+/// A fresh, unconfigured filter of this folder, by name. Filters that need
+/// a hook from the runtime (`error`, `retry`, `exportname`, ...) are not
+/// listed: the runtime builds them.
 pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Filter>> {
     use alloc::boxed::Box;
     #[allow(clippy::match_single_binding)]
@@ -35,7 +36,6 @@ pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Filte
         "blocksize-policy" => Box::new(blocksize_policy::BlocksizePolicy::default()),
         "cacheextents" => Box::new(cacheextents::CacheExtents::default()),
         "checkwrite" => Box::new(checkwrite::CheckWrite),
-        "exportname" => Box::new(exportname::ExportName::default()),
         "fua" => Box::new(fua::Fua::default()),
         "multi-conn" => Box::new(multi_conn::MultiConn::default()),
         "nocache" => Box::new(nocache::NoCache::default()),
@@ -46,7 +46,6 @@ pub fn by_name(name: &str) -> Option<alloc::boxed::Box<dyn crate::backend::Filte
         "offset" => Box::new(offset::Offset::default()),
         "partition" => Box::new(partition::Partition::default()),
         "protect" => Box::new(protect::Protect::default()),
-        "readahead" => Box::new(readahead::Readahead),
         "swab" => Box::new(swab::Swab::default()),
         "truncate" => Box::new(truncate::Truncate::default()),
         _ => return None,

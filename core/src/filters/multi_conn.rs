@@ -1,33 +1,125 @@
-//! `multi-conn`: change whether multi-conn is advertised.
+//! `multi-conn`: change whether multi-conn is advertised, and emulate it.
 //!
 //! Parameters: `multi-conn-mode=auto|emulate|plugin|disable|unsafe`
-//! (default `auto`), `multi-conn-track-dirty=conn|fast|off`,
-//! `multi-conn-exportname=BOOL`.
+//! (default `auto`), `multi-conn-track-dirty=conn|fast|off` (default
+//! `conn`), `multi-conn-exportname=BOOL` (default false).
 //!
-//! `emulate` (replicating a flush to every connection) is not supported
-//! yet: a connection's layers below cannot be reached from another
-//! connection. `auto` therefore advertises multi-conn only when the plugin
-//! does (nbdkit would emulate it otherwise).
+//! `auto` is `disable` when connections are serialized, `plugin` when the
+//! layer below advertises multi-conn, and `emulate` otherwise. `emulate`
+//! needs a working flush below (a client cannot connect without one).
+//!
+//! How `emulate` reaches another connection's layers below: a handle only
+//! borrows `next` for the length of one of its own calls, so it cannot be
+//! kept for another connection to flush. Instead, in `prepare`, an
+//! emulating handle opens its own context of the layers below through the
+//! reopener ([`NextOpener::reopener`]) and sends every request of its
+//! connection through that context rather than through `next` (which stays
+//! open but idle). The context lives in a reference-counted [`Member`] that
+//! is put in a registry shared by every connection: one group per export
+//! name with `multi-conn-exportname=true`, a single group otherwise. A
+//! flush (or a FUA write, trim or zero, which is done without FUA and then
+//! flushed) on one connection walks its group under the registry lock and
+//! flushes each member's context, skipping clean ones as
+//! `multi-conn-track-dirty` allows, before replying.
+//!
+//! Safety of the cross-connection calls: a member leaves the registry (under
+//! the same lock) in `finalize` or when its handle is dropped, before its
+//! context is finalized and closed, so a flush never uses a closed context.
+//! With the parallel thread model the layers below accept concurrent calls
+//! on one context; with a serialized model every call on a member's context
+//! (its own requests and flushes from other connections) takes the member's
+//! own lock, so the layers below never see two calls at once on it. No lock
+//! is held while taking another: a flush takes the registry lock and then
+//! one member lock at a time, and a request takes only its member lock, so
+//! there is no lock-order cycle.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 
 use super::params::bool_param;
-use crate::backend::{Context, Error, Filter, FilterHandle, NextOpener, OpenArgs, Result};
+use crate::backend::{
+    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Reopener, Result,
+    ThreadModel,
+};
+use crate::sync::{lock, Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Mode {
     #[default]
     Auto,
+    Emulate,
     Plugin,
     Disable,
     Unsafe,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Track {
+    #[default]
+    Conn,
+    Fast,
+    Off,
+}
+
+/// Dirty bits of a connection.
+const DIRTY_WRITE: u8 = 1;
+const DIRTY_READ: u8 = 2;
+
+/// One open connection, as seen by the other connections of its group.
+struct Member {
+    /// The connection's own context of the layers below (emulate only).
+    ctx: Option<Context>,
+    /// Serializes calls on `ctx` when the thread model is not parallel.
+    io: Option<Mutex<()>>,
+    /// [`DIRTY_WRITE`] and [`DIRTY_READ`] since the last flush.
+    dirty: Mutex<u8>,
+}
+
+impl Member {
+    fn call<T>(&self, next: &Context, op: impl FnOnce(&Context) -> Result<T>) -> Result<T> {
+        let ctx = self.ctx.as_ref().unwrap_or(next);
+        match &self.io {
+            Some(m) => {
+                let _g = lock(m);
+                op(ctx)
+            }
+            None => op(ctx),
+        }
+    }
+}
+
+/// The connections sharing an export (or all of them).
+#[derive(Default)]
+struct Group {
+    members: Vec<Arc<Member>>,
+    /// Something was written since the last flush (`fast` tracking).
+    dirty: bool,
+}
+
+/// Every group, by export name ("" when export names are not told apart).
+type Registry = Mutex<BTreeMap<String, Group>>;
+
 /// The multi-conn filter.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MultiConn {
     mode: Mode,
+    track: Track,
+    by_export: bool,
+    thread_model: Mutex<Option<ThreadModel>>,
+    registry: Arc<Registry>,
+}
+
+impl core::fmt::Debug for MultiConn {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MultiConn")
+            .field("mode", &self.mode)
+            .field("track", &self.track)
+            .field("by_export", &self.by_export)
+            .finish()
+    }
 }
 
 impl Filter for MultiConn {
@@ -51,31 +143,35 @@ impl Filter for MultiConn {
             "multi-conn-mode" => {
                 self.mode = match value {
                     "auto" => Mode::Auto,
+                    "emulate" => Mode::Emulate,
                     "plugin" => Mode::Plugin,
                     "disable" => Mode::Disable,
                     "unsafe" => Mode::Unsafe,
-                    "emulate" => {
-                        return Err(Error::config(
-                            "multi-conn-mode=emulate is not supported yet",
-                        ))
-                    }
                     _ => return Err(Error::config(format!("unknown multi-conn mode '{value}'"))),
                 }
             }
-            "multi-conn-track-dirty" => match value {
-                "conn" | "connection" | "fast" | "off" => {}
-                _ => {
-                    return Err(Error::config(format!(
-                        "unknown multi-conn track-dirty setting '{value}'"
-                    )))
+            "multi-conn-track-dirty" => {
+                self.track = match value {
+                    "conn" | "connection" => Track::Conn,
+                    "fast" => Track::Fast,
+                    "off" => Track::Off,
+                    _ => {
+                        return Err(Error::config(format!(
+                            "unknown multi-conn track-dirty setting '{value}'"
+                        )))
+                    }
                 }
-            },
+            }
             "multi-conn-exportname" | "multi-conn-export-name" => {
-                bool_param(value)?;
+                self.by_export = bool_param(value)?;
             }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+    fn get_ready(&self, thread_model: ThreadModel) -> Result<()> {
+        *lock(&self.thread_model) = Some(thread_model);
+        Ok(())
     }
     fn open(
         &self,
@@ -83,22 +179,295 @@ impl Filter for MultiConn {
         args: &OpenArgs<'_>,
     ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
-        Ok(Box::new(MultiConnHandle { mode: self.mode }))
+        let thread_model = lock(&self.thread_model).unwrap_or(ThreadModel::Parallel);
+        let mode = match self.mode {
+            Mode::Auto if thread_model == ThreadModel::SerializeConnections => Mode::Disable,
+            m => m,
+        };
+        let reopener = match mode {
+            Mode::Auto | Mode::Emulate => next.reopener(),
+            _ => None,
+        };
+        Ok(Box::new(MultiConnHandle {
+            mode,
+            track: self.track,
+            serialize: thread_model != ThreadModel::Parallel,
+            readonly: args.readonly,
+            export_name: args.export_name.into(),
+            key: if self.by_export {
+                args.export_name.into()
+            } else {
+                String::new()
+            },
+            reopener,
+            registry: Arc::clone(&self.registry),
+            joined: Mutex::new(None),
+        }))
     }
 }
 
-struct MultiConnHandle {
+/// What `prepare` decided for a connection.
+#[derive(Clone)]
+struct Joined {
+    /// `Emulate`, `Plugin`, `Disable` or `Unsafe` (never `Auto`).
     mode: Mode,
+    member: Arc<Member>,
+}
+
+struct MultiConnHandle {
+    /// As configured (`Auto` not yet resolved).
+    mode: Mode,
+    track: Track,
+    serialize: bool,
+    readonly: bool,
+    export_name: String,
+    /// The registry group this connection belongs to.
+    key: String,
+    reopener: Option<Box<dyn Reopener>>,
+    registry: Arc<Registry>,
+    joined: Mutex<Option<Joined>>,
+}
+
+impl MultiConnHandle {
+    fn joined(&self) -> Result<Joined> {
+        lock(&self.joined)
+            .clone()
+            .ok_or_else(|| Error::msg(crate::errno::Errno::EIO, "multi-conn: not prepared"))
+    }
+
+    /// Leave the registry; returns the member, if this connection had one.
+    fn leave(&self) -> Option<Joined> {
+        let joined = lock(&self.joined).take()?;
+        let mut reg = lock(&self.registry);
+        if let Some(g) = reg.get_mut(&self.key) {
+            g.members.retain(|m| !Arc::ptr_eq(m, &joined.member));
+            if g.members.is_empty() {
+                reg.remove(&self.key);
+            }
+        }
+        Some(joined)
+    }
+
+    fn mark_dirty(&self, j: &Joined, is_read: bool) {
+        match self.track {
+            Track::Conn => {
+                *lock(&j.member.dirty) |= if is_read { DIRTY_READ } else { DIRTY_WRITE };
+                if !is_read {
+                    self.group_dirty();
+                }
+            }
+            Track::Fast => {
+                if !is_read {
+                    self.group_dirty();
+                }
+            }
+            Track::Off => {}
+        }
+    }
+
+    fn group_dirty(&self) {
+        if let Some(g) = lock(&self.registry).get_mut(&self.key) {
+            g.dirty = true;
+        }
+    }
+
+    /// A flush from the client, or the flush completing a FUA request.
+    fn do_flush(&self, j: &Joined, next: &Context, flags: Flags) -> Result<()> {
+        if j.mode == Mode::Emulate {
+            let mut reg = lock(&self.registry);
+            let Some(g) = reg.get_mut(&self.key) else {
+                return j.member.call(next, |c| c.flush(flags));
+            };
+            for m in &g.members {
+                let mut d = lock(&m.dirty);
+                let needed = self.track == Track::Off
+                    || *d & DIRTY_WRITE != 0
+                    || (g.dirty && (self.track == Track::Fast || *d & DIRTY_READ != 0));
+                if needed {
+                    m.call(next, |c| c.flush(flags))?;
+                    *d = 0;
+                }
+            }
+            g.dirty = false;
+            return Ok(());
+        }
+        match self.track {
+            Track::Off => next.flush(flags),
+            Track::Fast => {
+                let mut reg = lock(&self.registry);
+                let dirty = reg.get(&self.key).map_or(true, |g| g.dirty);
+                if dirty {
+                    next.flush(flags)?;
+                    if let Some(g) = reg.get_mut(&self.key) {
+                        g.dirty = false;
+                    }
+                }
+                Ok(())
+            }
+            Track::Conn => {
+                let mut d = lock(&j.member.dirty);
+                if *d != 0 {
+                    next.flush(flags)?;
+                    *d = 0;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A write-like request: done without FUA when emulating, then
+    /// flushed across the group.
+    fn write_like(
+        &self,
+        next: &Context,
+        flags: Flags,
+        op: impl FnOnce(&Context, Flags) -> Result<()>,
+    ) -> Result<()> {
+        let j = self.joined()?;
+        self.mark_dirty(&j, false);
+        if j.mode == Mode::Emulate && flags.contains(Flags::FUA) {
+            j.member.call(next, |c| op(c, flags.without(Flags::FUA)))?;
+            self.do_flush(&j, next, Flags::NONE)
+        } else {
+            j.member.call(next, |c| op(c, flags))
+        }
+    }
 }
 
 impl FilterHandle for MultiConnHandle {
+    fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let caps = next.caps();
+        let mode = match self.mode {
+            Mode::Auto if caps.can_multi_conn => Mode::Plugin,
+            Mode::Auto => Mode::Emulate,
+            m => m,
+        };
+        let ctx = if mode == Mode::Emulate {
+            if !caps.can_flush {
+                return Err(Error::msg(
+                    crate::errno::Errno::EINVAL,
+                    "emulating multi-conn requires working flush",
+                ));
+            }
+            let Some(r) = &self.reopener else {
+                return Err(Error::msg(
+                    crate::errno::Errno::ENOTSUP,
+                    "multi-conn-mode=emulate is not supported yet on this stack \
+                     (the layers below cannot be reopened)",
+                ));
+            };
+            Some(r.open(self.readonly, &self.export_name)?)
+        } else {
+            None
+        };
+        let member = Arc::new(Member {
+            io: (ctx.is_some() && self.serialize).then(|| Mutex::new(())),
+            ctx,
+            dirty: Mutex::new(0),
+        });
+        lock(&self.registry)
+            .entry(self.key.clone())
+            .or_default()
+            .members
+            .push(Arc::clone(&member));
+        if let Some(old) = lock(&self.joined).replace(Joined { mode, member }) {
+            // Prepared twice: forget the earlier membership.
+            let mut reg = lock(&self.registry);
+            if let Some(g) = reg.get_mut(&self.key) {
+                g.members.retain(|m| !Arc::ptr_eq(m, &old.member));
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(&self, next: &Context) -> Result<()> {
+        let Some(j) = self.leave() else {
+            return Ok(());
+        };
+        match &j.member.ctx {
+            Some(c) => j.member.call(next, |_| c.finalize()),
+            None => Ok(()),
+        }
+    }
+
     fn can_multi_conn(&self, next: &Context) -> Result<bool> {
-        Ok(match self.mode {
-            // The server never advertises multi-conn when connections
-            // are serialized, so auto is plugin here.
+        let mode = lock(&self.joined).as_ref().map_or(self.mode, |j| j.mode);
+        Ok(match mode {
             Mode::Auto | Mode::Plugin => next.caps().can_multi_conn,
+            Mode::Emulate | Mode::Unsafe => true,
             Mode::Disable => false,
-            Mode::Unsafe => true,
         })
+    }
+
+    fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
+        let j = self.joined()?;
+        self.mark_dirty(&j, true);
+        j.member.call(next, |c| c.pread(buf, offset, flags))
+    }
+
+    fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        self.write_like(next, flags, |c, f| c.pwrite(buf, offset, f))
+    }
+
+    fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        self.write_like(next, flags, |c, f| c.trim(count, offset, f))
+    }
+
+    fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        self.write_like(next, flags, |c, f| c.zero(count, offset, f))
+    }
+
+    fn flush(&self, next: &Context, flags: Flags) -> Result<()> {
+        let j = self.joined()?;
+        self.do_flush(&j, next, flags)
+    }
+
+    fn extents(
+        &self,
+        next: &Context,
+        count: u64,
+        offset: u64,
+        flags: Flags,
+        extents: &mut Extents,
+    ) -> Result<()> {
+        let j = self.joined()?;
+        self.mark_dirty(&j, true);
+        j.member
+            .call(next, |c| c.extents(count, offset, flags, extents))
+    }
+
+    fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        let j = self.joined()?;
+        self.mark_dirty(&j, true);
+        j.member.call(next, |c| c.cache(count, offset, flags))
+    }
+}
+
+impl Drop for MultiConnHandle {
+    fn drop(&mut self) {
+        // Leave the registry before the member's context can be closed.
+        // Our Arc is then the last one, and the context closes with it.
+        drop(self.leave());
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn parameters() {
+        let mut f = MultiConn::default();
+        assert!(f.config("multi-conn-mode", "emulate").unwrap());
+        assert_eq!(f.mode, Mode::Emulate);
+        assert!(f.config("multi-conn-track-dirty", "fast").unwrap());
+        assert_eq!(f.track, Track::Fast);
+        assert!(f.config("multi-conn-track-dirty", "connection").unwrap());
+        assert_eq!(f.track, Track::Conn);
+        assert!(f.config("multi-conn-exportname", "true").unwrap());
+        assert!(f.by_export);
+        assert!(f.config("multi-conn-mode", "bogus").is_err());
+        assert!(f.config("multi-conn-track-dirty", "bogus").is_err());
+        assert!(!f.config("file", "x").unwrap());
     }
 }

@@ -1,12 +1,13 @@
 //! The core's filters that need a little of the operating system (a clock
 //! to sleep on, the file system to test for a trigger file, a random
-//! seed), given it here.
+//! seed, a shell to run scripts), given it here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nbdkit_core::backend::Filter;
 use nbdkit_core::filters::{
-    error::ErrorFilter, evil::Evil, retry::Retry, retry_request::RetryRequest,
+    error::ErrorFilter, evil::Evil, exportname::ExportName, retry::Retry,
+    retry_request::RetryRequest,
 };
 
 fn exists(path: &str) -> bool {
@@ -43,4 +44,49 @@ pub(crate) fn retry_request() -> Box<dyn Filter> {
 /// `evil`, seeded from the time unless `evil-seed` is given.
 pub(crate) fn evil() -> Box<dyn Filter> {
     Box::new(Evil::new(seed()))
+}
+
+/// Longest description read from an `exportdesc=script:` script (the NBD
+/// limit on strings).
+const MAX_DESCRIPTION: u64 = 4096;
+
+/// Run an `exportdesc=script:` script with `sh -c`, `$name` set to the
+/// export name in its environment. Its output, less one trailing newline,
+/// is the description; no output gives none. The exit status is not looked
+/// at, and the script's standard error goes to ours (as nbdkit does).
+fn run_desc_script(script: &str, name: &str) -> Option<String> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .env("name", name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log::error(None, &format!("exportname: cannot run script: {e}"));
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = stdout.take(MAX_DESCRIPTION).read_to_end(&mut out);
+    }
+    // Closing our end of the pipe first lets a script with more to say end.
+    let _ = child.wait();
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `exportname`, with `exportdesc=script:` support.
+pub(crate) fn exportname() -> Box<dyn Filter> {
+    Box::new(ExportName::with_script_runner(run_desc_script))
 }

@@ -17,6 +17,7 @@ pub mod luks;
 pub mod pause;
 pub mod qcow2dec;
 pub mod rate;
+pub mod readahead;
 pub mod scan;
 pub mod stats;
 pub mod tar;
@@ -33,6 +34,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Filter>> {
         "cow" => Box::new(cow::Cow::default()),
         "error" => core_filters::error(),
         "evil" => core_filters::evil(),
+        "exportname" => core_filters::exportname(),
         "retry" => core_filters::retry(),
         "retry-request" => core_filters::retry_request(),
         "delay" => Box::new(delay::Delay::default()),
@@ -41,6 +43,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Filter>> {
         "ext2" => Box::new(ext2::Ext2::default()),
         "pause" => Box::new(pause::Pause::default()),
         "rate" => Box::new(rate::Rate::default()),
+        "readahead" => Box::new(readahead::Readahead::default()),
         "luks" => Box::new(luks::Luks::default()),
         "scan" => Box::new(scan::Scan::default()),
         "exitlast" => Box::new(exitlast::ExitLast::default()),
