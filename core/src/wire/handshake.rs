@@ -1,6 +1,7 @@
 //! Messages of the handshake phase.
 
 use super::consts::*;
+use super::view::OptionPacket;
 use super::{Reader, WireError, Writer};
 
 /// The newstyle greeting: `NBDMAGIC | IHAVEOPT | u16 flags`.
@@ -88,13 +89,10 @@ impl OptionHeader {
 
     /// Parse from the start of `buf`.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(buf);
-        if r.u64()? != IHAVEOPT {
-            return Err(WireError::BadMagic);
-        }
+        let p = OptionPacket::new_checked(buf)?;
         Ok(OptionHeader {
-            option: r.u32()?,
-            length: r.u32()?,
+            option: p.option(),
+            length: p.length(),
         })
     }
 

@@ -7,6 +7,7 @@
 pub mod consts;
 pub mod handshake;
 pub mod transmission;
+pub mod view;
 
 /// Why a message did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! extended), simple replies and structured/extended reply chunks.
 
 use super::consts::*;
+use super::view::{ExtendedRequestPacket, RequestPacket};
 use super::{Reader, WireError, Writer};
 
 /// A request header, compact (28 bytes) or extended (32 bytes).
@@ -27,31 +28,25 @@ impl RequestHeader {
 
     /// Parse a compact header.
     pub fn parse_compact(buf: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(buf);
-        if r.u32()? != REQUEST_MAGIC {
-            return Err(WireError::BadMagic);
-        }
+        let p = RequestPacket::new_checked(buf)?;
         Ok(RequestHeader {
-            flags: r.u16()?,
-            command: r.u16()?,
-            cookie: r.u64()?,
-            offset: r.u64()?,
-            length: u64::from(r.u32()?),
+            flags: p.flags(),
+            command: p.command(),
+            cookie: p.cookie(),
+            offset: p.offset(),
+            length: u64::from(p.length()),
         })
     }
 
     /// Parse an extended header.
     pub fn parse_extended(buf: &[u8]) -> Result<Self, WireError> {
-        let mut r = Reader::new(buf);
-        if r.u32()? != EXTENDED_REQUEST_MAGIC {
-            return Err(WireError::BadMagic);
-        }
+        let p = ExtendedRequestPacket::new_checked(buf)?;
         Ok(RequestHeader {
-            flags: r.u16()?,
-            command: r.u16()?,
-            cookie: r.u64()?,
-            offset: r.u64()?,
-            length: r.u64()?,
+            flags: p.flags(),
+            command: p.command(),
+            cookie: p.cookie(),
+            offset: p.offset(),
+            length: p.length(),
         })
     }
 
