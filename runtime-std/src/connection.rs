@@ -433,6 +433,7 @@ async fn handshake<S: Transport>(
     let mut hs = handshake::Server::new(shared.handshake);
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
+    let mut default_export: Option<String> = None;
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let out = hs.pending_output();
@@ -517,6 +518,14 @@ async fn handshake<S: Transport>(
                 name: export,
                 info_only,
             }) => {
+                // The default export is resolved once per connection, as
+                // nbdkit does (INFO then GO ask the plugin only once).
+                let asked_default = export.is_empty();
+                let cached = if asked_default {
+                    default_export.clone()
+                } else {
+                    None
+                };
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
@@ -524,7 +533,9 @@ async fn handshake<S: Transport>(
                 let opened = shared
                     .call(
                         move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
-                            let canonical = if export.is_empty() {
+                            let canonical = if let Some(name) = cached {
+                                name
+                            } else if export.is_empty() {
                                 match s.stack.default_export(readonly, is_tls)? {
                                     Some(n) => n,
                                     None => {
@@ -549,6 +560,9 @@ async fn handshake<S: Transport>(
                     .await;
                 match opened {
                     Ok((c, canonical)) => {
+                        if asked_default {
+                            default_export = Some(canonical.clone());
+                        }
                         let caps = c.caps();
                         let info = ExportInfo {
                             name: &canonical,

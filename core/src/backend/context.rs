@@ -125,30 +125,42 @@ impl Context {
         if size > i64::MAX as u64 {
             return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
         }
+        // The order of the questions is nbdkit's, which scripts that log
+        // their calls can see.
         let can_write = !readonly && ask!(can_write)?;
         let can_zero = if can_write {
             ask!(can_zero)?
         } else {
             Support::None
         };
+        let can_fast_zero = can_zero != Support::None && ask!(can_fast_zero)?;
+        let can_trim = can_write && ask!(can_trim)?;
+        let can_fua = if can_write {
+            ask!(can_fua)?
+        } else {
+            Support::None
+        };
+        let can_flush = ask!(can_flush)?;
+        let is_rotational = ask!(is_rotational)?;
+        let can_multi_conn = ask!(can_multi_conn)?;
+        let can_cache = ask!(can_cache)?;
+        let can_extents = ask!(can_extents)?;
+        let block_size = check_block_size(ask!(block_size)?)?;
+        let description = ask!(export_description)?;
         Ok(Caps {
             size,
-            description: ask!(export_description)?,
-            block_size: check_block_size(ask!(block_size)?)?,
+            description,
+            block_size,
             can_write,
-            can_flush: ask!(can_flush)?,
-            is_rotational: ask!(is_rotational)?,
-            can_trim: can_write && ask!(can_trim)?,
+            can_flush,
+            is_rotational,
+            can_trim,
             can_zero,
-            can_fast_zero: can_zero != Support::None && ask!(can_fast_zero)?,
-            can_extents: ask!(can_extents)?,
-            can_fua: if can_write {
-                ask!(can_fua)?
-            } else {
-                Support::None
-            },
-            can_multi_conn: ask!(can_multi_conn)?,
-            can_cache: ask!(can_cache)?,
+            can_fast_zero,
+            can_extents,
+            can_fua,
+            can_multi_conn,
+            can_cache,
         })
     }
 
