@@ -194,35 +194,7 @@ impl Plugin for Eval {
         Ok(())
     }
 
-    fn get_ready(&self) -> Result<()> {
-        self.ready()?.call_void("get_ready", &[])
-    }
-
-    fn after_fork(&self) -> Result<()> {
-        self.ready()?.call_void("after_fork", &[])
-    }
-
-    fn cleanup(&self) {
-        if let Some(s) = &self.scripts {
-            s.unload();
-        }
-    }
-
-    fn preconnect(&self, readonly: bool, _peer: &nbdkit_core::backend::Peer) -> Result<()> {
-        self.ready()?.preconnect(readonly)
-    }
-
-    fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
-        self.ready()?.list_exports(readonly, is_tls, exports)
-    }
-
-    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.ready()?.default_export(readonly, is_tls)
-    }
-
-    fn open(&self, args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-        self.ready()?.open(args)
-    }
+    super::forward_to_scripts!(ready);
 }
 
 impl Drop for Eval {

@@ -39,6 +39,43 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::log;
 
+/// The Plugin callbacks that the sh and eval plugins pass straight to their
+/// scripts; `$get` is the method that returns the configured `Scripts`.
+macro_rules! forward_to_scripts {
+    ($get:ident) => {
+        fn get_ready(&self) -> Result<()> {
+            self.$get()?.call_void("get_ready", &[])
+        }
+
+        fn after_fork(&self) -> Result<()> {
+            self.$get()?.call_void("after_fork", &[])
+        }
+
+        fn cleanup(&self) {
+            if let Some(s) = &self.scripts {
+                s.unload();
+            }
+        }
+
+        fn preconnect(&self, readonly: bool, _peer: &nbdkit_core::backend::Peer) -> Result<()> {
+            self.$get()?.preconnect(readonly)
+        }
+
+        fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
+            self.$get()?.list_exports(readonly, is_tls, exports)
+        }
+
+        fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
+            self.$get()?.default_export(readonly, is_tls)
+        }
+
+        fn open(&self, args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            self.$get()?.open(args)
+        }
+    };
+}
+pub(crate) use forward_to_scripts;
+
 /// The `has_*` callbacks both plugins print in `--dump-plugin`.
 pub(crate) const CALLBACKS: &[&str] = &[
     "load",

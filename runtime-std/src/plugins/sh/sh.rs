@@ -160,35 +160,7 @@ impl Plugin for Sh {
         Ok(())
     }
 
-    fn get_ready(&self) -> Result<()> {
-        self.scripts()?.call_void("get_ready", &[])
-    }
-
-    fn after_fork(&self) -> Result<()> {
-        self.scripts()?.call_void("after_fork", &[])
-    }
-
-    fn cleanup(&self) {
-        if let Some(s) = &self.scripts {
-            s.unload();
-        }
-    }
-
-    fn preconnect(&self, readonly: bool, _peer: &nbdkit_core::backend::Peer) -> Result<()> {
-        self.scripts()?.preconnect(readonly)
-    }
-
-    fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
-        self.scripts()?.list_exports(readonly, is_tls, exports)
-    }
-
-    fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.scripts()?.default_export(readonly, is_tls)
-    }
-
-    fn open(&self, args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-        self.scripts()?.open(args)
-    }
+    super::forward_to_scripts!(scripts);
 }
 
 impl Drop for Sh {
