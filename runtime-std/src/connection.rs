@@ -51,6 +51,9 @@ impl BufPool {
     const MAX_KEPT: usize = 8 * 1024 * 1024;
     /// Most buffers kept.
     const MAX_COUNT: usize = 32;
+    /// Most bytes kept per connection, so that a burst of large reads does
+    /// not pin memory for the connection's whole life.
+    const MAX_TOTAL: usize = 32 * 1024 * 1024;
 
     /// A buffer of at least `len` bytes (its contents are stale).
     fn get(&self, len: usize) -> Vec<u8> {
@@ -66,7 +69,8 @@ impl BufPool {
     fn put(&self, b: Vec<u8>) {
         if b.len() <= Self::MAX_KEPT {
             let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
-            if v.len() < Self::MAX_COUNT {
+            let kept: usize = v.iter().map(Vec::len).sum();
+            if v.len() < Self::MAX_COUNT && kept + b.len() <= Self::MAX_TOTAL {
                 v.push(b);
             }
         }
