@@ -553,6 +553,12 @@ fn main() -> ExitCode {
         }
     };
     if let Err(e) = stack.get_ready() {
+        if let Listen::Unix {
+            private: Some(dir), ..
+        } = &listen
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
         return fail(e.to_string());
     }
     let foreground =

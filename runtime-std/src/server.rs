@@ -195,6 +195,12 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
         Ok(b) => b,
         Err(e) => {
             log::error(None, &e);
+            if let Listen::Unix {
+                private: Some(dir), ..
+            } = &cfg.listen
+            {
+                let _ = std::fs::remove_dir(dir);
+            }
             return 1;
         }
     };
