@@ -271,15 +271,11 @@ impl Plugin for Memory {
         Some("size")
     }
     fn callbacks(&self) -> &'static [&'static str] {
-        // As nbdkit's memory plugin lists them (it frees its allocator in
-        // unload and sets it up in get_ready).
         &[
-            "unload",
             "dump_plugin",
             "config",
             "config_complete",
             "config_help",
-            "get_ready",
             "open",
             "get_size",
             "can_fast_zero",
