@@ -26,8 +26,8 @@ use nbdkit_core::backend::{
 use nbdkit_core::errno::Errno;
 
 use super::util::{
-    io_error, parse_bool, parse_size, parse_unsigned, pieces, punch_hole, tmpdir, unlinked_tmpfile,
-    BlockMap,
+    extents_from_below, io_error, parse_bool, parse_size, parse_unsigned, pieces, punch_hole,
+    tmpdir, unlinked_tmpfile, BlockMap,
 };
 
 const NOT_CACHED: u8 = 0;
@@ -584,20 +584,7 @@ impl FilterHandle for CacheHandle {
             if dirty {
                 extents.add(pos, run_end - pos, 0)?;
             } else {
-                let mut sub = Extents::new(pos, run_end);
-                next.extents(run_end - pos, pos, flags.without(Flags::REQ_ONE), &mut sub)?;
-                let mut at = pos;
-                for e in sub.as_slice() {
-                    let a = e.offset.max(at);
-                    let t = (e.offset + e.length).min(run_end);
-                    if t > a {
-                        extents.add(a, t - a, e.flags)?;
-                        at = t;
-                    }
-                }
-                if at < run_end {
-                    extents.add(at, run_end - at, 0)?;
-                }
+                extents_from_below(next, pos, run_end, flags, extents)?;
             }
             if flags.contains(Flags::REQ_ONE) {
                 break;

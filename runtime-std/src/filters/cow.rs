@@ -20,7 +20,8 @@ use nbdkit_core::backend::{
 };
 
 use super::util::{
-    io_error, parse_bool, parse_size, pieces, punch_hole, unlinked_tmpfile, BlockMap,
+    extents_from_below, io_error, parse_bool, parse_size, pieces, punch_hole, unlinked_tmpfile,
+    BlockMap,
 };
 
 const NOT_ALLOCATED: u8 = 0;
@@ -356,23 +357,7 @@ impl FilterHandle for CowHandle {
             match state {
                 ALLOCATED => extents.add(pos, run_end - pos, 0)?,
                 TRIMMED => extents.add(pos, run_end - pos, 3)?,
-                _ => {
-                    let len = run_end - pos;
-                    let mut sub = Extents::new(pos, run_end);
-                    next.extents(len, pos, flags.without(Flags::REQ_ONE), &mut sub)?;
-                    let mut at = pos;
-                    for e in sub.as_slice() {
-                        let s = e.offset.max(at);
-                        let t = (e.offset + e.length).min(run_end);
-                        if t > s {
-                            extents.add(s, t - s, e.flags)?;
-                            at = t;
-                        }
-                    }
-                    if at < run_end {
-                        extents.add(at, run_end - at, 0)?;
-                    }
-                }
+                _ => extents_from_below(next, pos, run_end, flags, extents)?,
             }
             if flags.contains(Flags::REQ_ONE) {
                 break;

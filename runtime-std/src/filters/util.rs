@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use nbdkit_core::backend::{Error, Result};
+use nbdkit_core::backend::{Context, Error, Extents, Flags, Result};
 use nbdkit_core::errno::Errno;
 
 /// `nbdkit_parse_unsigned`: a decimal (or 0x hex, 0 octal) number that
@@ -238,6 +238,33 @@ pub(crate) fn pieces(
         pos += len;
         Some(item)
     })
+}
+
+/// Add the layer below's extents for `pos..end` to `extents`, clipped to
+/// that range, with any part the layer below left out reported as data
+/// (for filters that answer some ranges themselves: cow, cache).
+pub(crate) fn extents_from_below(
+    next: &Context,
+    pos: u64,
+    end: u64,
+    flags: Flags,
+    extents: &mut Extents,
+) -> Result<()> {
+    let mut sub = Extents::new(pos, end);
+    next.extents(end - pos, pos, flags.without(Flags::REQ_ONE), &mut sub)?;
+    let mut at = pos;
+    for e in sub.as_slice() {
+        let start = e.offset.max(at);
+        let stop = (e.offset + e.length).min(end);
+        if stop > start {
+            extents.add(start, stop - start, e.flags)?;
+            at = stop;
+        }
+    }
+    if at < end {
+        extents.add(at, end - at, 0)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
