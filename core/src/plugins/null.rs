@@ -52,15 +52,24 @@ impl Plugin for Null {
         Ok(())
     }
     fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(NullHandle { size: self.size }))
+        Ok(Box::new(FilledHandle {
+            size: self.size,
+            byte: 0,
+            holes: true,
+        }))
     }
 }
 
-struct NullHandle {
-    size: u64,
+/// A writable disk that discards writes and reads as one repeated byte:
+/// zeroes for `null`, 0xff (or `byte=`) for `ones`.
+pub(crate) struct FilledHandle {
+    pub(crate) size: u64,
+    pub(crate) byte: u8,
+    /// Report the disk as a hole (null) rather than as data (ones).
+    pub(crate) holes: bool,
 }
 
-impl Handle for NullHandle {
+impl Handle for FilledHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
     }
@@ -92,7 +101,7 @@ impl Handle for NullHandle {
         Ok(Support::Native)
     }
     fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
-        buf.fill(0);
+        buf.fill(self.byte);
         Ok(())
     }
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
@@ -108,7 +117,12 @@ impl Handle for NullHandle {
         Ok(())
     }
     fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
-        extents.add(offset, count, STATE_HOLE | STATE_ZERO)
+        if self.holes {
+            extents.add(offset, count, STATE_HOLE | STATE_ZERO)
+        } else {
+            // One data extent over the whole disk, clipped to the request.
+            extents.add(0, self.size, 0)
+        }
     }
     fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
         Ok(())

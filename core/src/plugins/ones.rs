@@ -7,7 +7,7 @@
 use alloc::boxed::Box;
 
 use super::random::parse_unsigned;
-use crate::backend::{Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Handle, OpenArgs, Plugin, Result};
 
 /// The ones plugin.
 #[derive(Debug)]
@@ -65,74 +65,11 @@ impl Plugin for Ones {
         Ok(())
     }
     fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(OnesHandle {
+        Ok(Box::new(super::null::FilledHandle {
             size: self.size,
             byte: self.byte,
+            holes: false,
         }))
-    }
-}
-
-struct OnesHandle {
-    size: u64,
-    byte: u8,
-}
-
-impl Handle for OnesHandle {
-    fn get_size(&self) -> Result<u64> {
-        Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_fua(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
-        buf.fill(self.byte);
-        Ok(())
-    }
-    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-    fn flush(&self, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-    fn extents(
-        &self,
-        _count: u64,
-        _offset: u64,
-        _flags: Flags,
-        extents: &mut Extents,
-    ) -> Result<()> {
-        // One data extent over the whole disk, clipped to the request.
-        extents.add(0, self.size, 0)
     }
 }
 
