@@ -348,6 +348,31 @@ fn nbdsh_over_tls() {
     assert_eq!(out.stdout.trim(), "True 1048576");
 }
 
+/// `qemu-img info` of the 2 MiB export of `srv` through the TLS credentials
+/// object `creds` (id tls0), with `extra` appended to the image options.
+fn qemu_img_info_2m(srv: &Server, creds: &str, extra: &str) {
+    let out = run_tool(
+        "qemu-img",
+        [
+            "info",
+            "--output=json",
+            "--object",
+            creds,
+            "--image-opts",
+            &format!(
+                "file.driver=nbd,file.server.type=unix,file.server.path={},file.tls-creds=tls0{extra}",
+                srv.socket().display()
+            ),
+        ],
+    )
+    .assert_success();
+    assert!(
+        out.stdout.contains("\"virtual-size\": 2097152"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn qemu_img_info_x509() {
     skip_unless!("qemu-img");
@@ -359,25 +384,10 @@ fn qemu_img_info_x509() {
         "memory",
         "2M",
     ]);
-    let out = run_tool(
-        "qemu-img",
-        [
-            "info",
-            "--output=json",
-            "--object",
-            &format!("tls-creds-x509,id=tls0,dir={},endpoint=client", pki.client),
-            "--image-opts",
-            &format!(
-                "file.driver=nbd,file.server.type=unix,file.server.path={},file.tls-creds=tls0,file.tls-hostname=localhost",
-                srv.socket().display()
-            ),
-        ],
-    )
-    .assert_success();
-    assert!(
-        out.stdout.contains("\"virtual-size\": 2097152"),
-        "{}",
-        out.describe()
+    qemu_img_info_2m(
+        &srv,
+        &format!("tls-creds-x509,id=tls0,dir={},endpoint=client", pki.client),
+        ",file.tls-hostname=localhost",
     );
 }
 
@@ -445,28 +455,13 @@ fn qemu_img_info_psk() {
     let psk = make_psk(&dir);
     let pskdir = Path::new(&psk).parent().unwrap();
     let srv = Server::start(["--tls=require", &format!("--tls-psk={psk}"), "memory", "2M"]);
-    let out = run_tool(
-        "qemu-img",
-        [
-            "info",
-            "--output=json",
-            "--object",
-            &format!(
-                "tls-creds-psk,id=tls0,dir={},username=alice,endpoint=client",
-                pskdir.display()
-            ),
-            "--image-opts",
-            &format!(
-                "file.driver=nbd,file.server.type=unix,file.server.path={},file.tls-creds=tls0",
-                srv.socket().display()
-            ),
-        ],
-    )
-    .assert_success();
-    assert!(
-        out.stdout.contains("\"virtual-size\": 2097152"),
-        "{}",
-        out.describe()
+    qemu_img_info_2m(
+        &srv,
+        &format!(
+            "tls-creds-psk,id=tls0,dir={},username=alice,endpoint=client",
+            pskdir.display()
+        ),
+        "",
     );
 }
 
