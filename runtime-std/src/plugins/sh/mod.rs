@@ -231,7 +231,16 @@ fn shebang_is_nbdkit(path: &Path) -> bool {
 /// its output. Never fails: a script that cannot be started is reported
 /// as one that failed with the reason on stderr, as nbdkit's forked child
 /// does when `execvp` fails.
-fn run(path: &Path, args: &[&OsStr], tmpdir: &Path, input: &[u8], buf: Option<&mut [u8]>) -> Reply {
+/// `via_shell` runs the script with /bin/sh whatever its `#!` line says
+/// (see [`shebang_is_nbdkit`]).
+fn run(
+    path: &Path,
+    via_shell: bool,
+    args: &[&OsStr],
+    tmpdir: &Path,
+    input: &[u8],
+    buf: Option<&mut [u8]>,
+) -> Reply {
     let mut sink = match buf {
         Some(b) => Sink::Buf(b),
         None => Sink::Vec(Vec::new()),
@@ -255,7 +264,7 @@ fn run(path: &Path, args: &[&OsStr], tmpdir: &Path, input: &[u8], buf: Option<&m
     // A script without `#!` is run by /bin/sh, as execvp(3) does. So is a
     // shebang script whose interpreter is nbdkit itself (`#!/usr/sbin/nbdkit
     // sh`): executing it would start another nbdkit, forever.
-    let child = if shebang_is_nbdkit(path) {
+    let child = if via_shell {
         spawn(Path::new("/bin/sh"), Some(path))
     } else {
         match spawn(path, None) {
@@ -700,6 +709,8 @@ pub(crate) struct Scripts {
     pub(crate) tmpdir: TmpDir,
     pub(crate) kind: Kind,
     thread_model: OnceLock<ThreadModel>,
+    /// The sh script names nbdkit as its interpreter: run it with /bin/sh.
+    via_shell: OnceLock<bool>,
     unloaded: AtomicBool,
     unload_on_drop: AtomicBool,
 }
@@ -710,6 +721,7 @@ impl Scripts {
             tmpdir,
             kind,
             thread_model: OnceLock::new(),
+            via_shell: OnceLock::new(),
             unloaded: AtomicBool::new(false),
             unload_on_drop: AtomicBool::new(false),
         }
@@ -743,7 +755,11 @@ impl Scripts {
         let mut argv: Vec<&OsStr> = Vec::with_capacity(args.len() + 1);
         argv.push(OsStr::new(method));
         argv.extend_from_slice(args);
-        let reply = run(&path, &argv, self.tmpdir.path(), input, buf);
+        let via_shell = match &self.kind {
+            Kind::Sh(p) => *self.via_shell.get_or_init(|| shebang_is_nbdkit(p)),
+            Kind::Eval => false,
+        };
+        let reply = run(&path, via_shell, &argv, self.tmpdir.path(), input, buf);
         (path, reply)
     }
 
@@ -1336,12 +1352,20 @@ mod test {
         )
         .unwrap();
         let input = vec![7u8; 300_000];
-        let r = run(&script, &[OsStr::new("cat")], dir.path(), &input, None);
+        let r = run(
+            &script,
+            false,
+            &[OsStr::new("cat")],
+            dir.path(),
+            &input,
+            None,
+        );
         assert_eq!(r.code, Code::Ok);
         assert_eq!(r.out, input);
         let mut buf = [0u8; 10];
         let r = run(
             &script,
+            false,
             &[OsStr::new("cat")],
             dir.path(),
             &input,
@@ -1349,13 +1373,27 @@ mod test {
         );
         assert_eq!(r.out_len, 300_000);
         assert_eq!(buf, [7u8; 10]);
-        let r = run(&script, &[OsStr::new("missing")], dir.path(), &[], None);
+        let r = run(
+            &script,
+            false,
+            &[OsStr::new("missing")],
+            dir.path(),
+            &[],
+            None,
+        );
         assert_eq!(r.code, Code::Missing);
-        let r = run(&script, &[OsStr::new("false")], dir.path(), &[], None);
+        let r = run(
+            &script,
+            false,
+            &[OsStr::new("false")],
+            dir.path(),
+            &[],
+            None,
+        );
         assert_eq!(r.code, Code::False);
-        let r = run(&script, &[OsStr::new("tmp")], dir.path(), &[], None);
+        let r = run(&script, false, &[OsStr::new("tmp")], dir.path(), &[], None);
         assert_eq!(r.out, dir.path().as_os_str().as_bytes());
-        let r = run(&script, &[OsStr::new("x")], dir.path(), &[], None);
+        let r = run(&script, false, &[OsStr::new("x")], dir.path(), &[], None);
         assert_eq!(r.code, Code::Error);
         let e = script_error(&script, &r);
         assert_eq!(e.errno, Errno::ENOSPC);
@@ -1367,7 +1405,7 @@ mod test {
         let dir = TmpDir::new().unwrap();
         let script = dir.path().join("s");
         write_executable(&script, b"echo \"$1\"\n").unwrap();
-        let r = run(&script, &[OsStr::new("hi")], dir.path(), &[], None);
+        let r = run(&script, false, &[OsStr::new("hi")], dir.path(), &[], None);
         assert_eq!(r.code, Code::Ok);
         assert_eq!(r.out, b"hi\n");
     }
@@ -1376,7 +1414,7 @@ mod test {
     fn unstartable_script_is_an_error_naming_it() {
         let dir = TmpDir::new().unwrap();
         let script = dir.path().join("nonexistent");
-        let r = run(&script, &[], dir.path(), &[], None);
+        let r = run(&script, false, &[], dir.path(), &[], None);
         assert_eq!(r.code, Code::Error);
         let e = script_error(&script, &r);
         assert!(e.message.unwrap().ends_with("No such file or directory"));
