@@ -25,6 +25,8 @@ pub mod wire;
 #[cfg(feature = "alloc")]
 pub mod backend;
 #[cfg(feature = "alloc")]
+pub mod debug;
+#[cfg(feature = "alloc")]
 pub mod filters;
 #[cfg(feature = "alloc")]
 pub mod plugins;

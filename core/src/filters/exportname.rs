@@ -247,7 +247,7 @@ impl FilterHandle for Described {
             &self.desc,
             self.run,
             &self.name,
-            next.caps().description.clone(),
+            next.export_description()?,
         ))
     }
 }
