@@ -77,6 +77,55 @@ impl BufPool {
     }
 }
 
+/// With `-v`, the names of a connection's request slots: nbdkit serves a
+/// parallel connection's requests on `-t` worker threads named `PLUGIN.N`,
+/// and its messages carry the name of the worker that made them.
+struct Workers {
+    names: Vec<Arc<str>>,
+    free: std::sync::Mutex<Vec<usize>>,
+}
+
+/// A worker slot in use; given back when dropped.
+struct Worker<'a> {
+    workers: &'a Workers,
+    index: usize,
+    name: Arc<str>,
+}
+
+impl Workers {
+    fn new(plugin: &str, threads: usize) -> Self {
+        Workers {
+            names: (0..threads)
+                .map(|i| format!("{plugin}.{i}").into())
+                .collect(),
+            free: std::sync::Mutex::new((0..threads).rev().collect()),
+        }
+    }
+
+    fn take(&self) -> Worker<'_> {
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or(0);
+        Worker {
+            workers: self,
+            index,
+            name: self.names[index].clone(),
+        }
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        let mut free = self.workers.free.lock().unwrap_or_else(|p| p.into_inner());
+        if !free.contains(&self.index) {
+            free.push(self.index);
+        }
+    }
+}
+
 /// A complete reply: the first `len` bytes of `buf`.
 pub(crate) struct Reply {
     buf: Vec<u8>,
@@ -379,8 +428,10 @@ pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
 /// Serve one connection to its end. Errors are logged, never propagated:
 /// one connection's failure never touches another.
 pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream: S) {
+    log::debug(None, format_args!("accepted connection"));
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}[{}]", shared.stack.plugin().name(), id);
+    let cname: Arc<str> = name.as_str().into();
     let _whole = if shared.thread_model == ThreadModel::SerializeConnections {
         Some(shared.connections.lock().await)
     } else {
@@ -388,8 +439,10 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     };
     let readonly = shared.readonly;
     let peer = Arc::new(peer);
-    let p = peer.clone();
-    let pre = shared.call(move |s| s.stack.preconnect(readonly, &p)).await;
+    let (p, cn) = (peer.clone(), cname.clone());
+    let pre = shared
+        .call(move |s| log::with_context(&cn, || s.stack.preconnect(readonly, &p)))
+        .await;
     if let Err(e) = pre {
         log::error(Some(&name), &e.to_string());
         return;
@@ -413,16 +466,20 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     };
     let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
     transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
-    let c = ctx.clone();
+    let (c, cn) = (ctx.clone(), cname.clone());
     shared
         .call(move |_| {
-            if let Err(e) = c.finalize() {
-                log::error(None, &e.to_string());
-            }
+            log::with_context(&cn, || {
+                if let Err(e) = c.finalize() {
+                    log::error(None, &e.to_string());
+                }
+            })
         })
         .await;
     // Dropping the last reference closes every layer, outermost first.
-    let _ = shared.call(move |_| drop(ctx)).await;
+    let _ = shared
+        .call(move |_| log::with_context(&cname, || drop(ctx)))
+        .await;
     log::debug(Some(&name), format_args!("connection cleanup"));
 }
 
@@ -434,6 +491,7 @@ async fn handshake<S: Transport>(
     peer: &Arc<Peer>,
     io: &mut Conn<S>,
 ) -> io::Result<Option<Opened>> {
+    let cname: Arc<str> = name.into();
     let mut hs = handshake::Server::new(shared.handshake);
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
@@ -486,8 +544,11 @@ async fn handshake<S: Transport>(
             Some(Event::ListExports) => {
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let cn = cname.clone();
                 let list = shared
-                    .call(move |s| s.stack.list_exports(readonly, is_tls))
+                    .call(move |s| {
+                        log::with_context(&cn, || s.stack.list_exports(readonly, is_tls))
+                    })
                     .await;
                 let ok = match list {
                     Ok(exports) => {
@@ -534,33 +595,37 @@ async fn handshake<S: Transport>(
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let peer = peer.clone();
+                let cn = cname.clone();
                 let opened = shared
-                    .call(
-                        move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
-                            let canonical = if let Some(name) = cached {
-                                name
-                            } else if export.is_empty() {
-                                match s.stack.default_export(readonly, is_tls)? {
-                                    Some(n) => n,
-                                    None => {
-                                        return Err(nbdkit_core::backend::Error::msg(
-                                            nbdkit_core::errno::Errno::ENOENT,
-                                            "the default export is not available",
-                                        ))
+                    .call(move |s| {
+                        log::with_context(
+                            &cn,
+                            || -> Result<(Context, String), nbdkit_core::backend::Error> {
+                                let canonical = if let Some(name) = cached {
+                                    name
+                                } else if export.is_empty() {
+                                    match s.stack.default_export(readonly, is_tls)? {
+                                        Some(n) => n,
+                                        None => {
+                                            return Err(nbdkit_core::backend::Error::msg(
+                                                nbdkit_core::errno::Errno::ENOENT,
+                                                "the default export is not available",
+                                            ))
+                                        }
                                     }
-                                }
-                            } else {
-                                export.clone()
-                            };
-                            let ctx = s.stack.open(&OpenArgs {
-                                readonly,
-                                export_name: &canonical,
-                                is_tls,
-                                peer: &peer,
-                            })?;
-                            Ok((ctx, canonical))
-                        },
-                    )
+                                } else {
+                                    export.clone()
+                                };
+                                let ctx = s.stack.open(&OpenArgs {
+                                    readonly,
+                                    export_name: &canonical,
+                                    is_tls,
+                                    peer: &peer,
+                                })?;
+                                Ok((ctx, canonical))
+                            },
+                        )
+                    })
                     .await;
                 match opened {
                     Ok((c, canonical)) => {
@@ -579,7 +644,17 @@ async fn handshake<S: Transport>(
                         };
                         let _ = hs.export_ready(&info);
                         if info_only {
-                            shared.call(move |_| drop(c)).await;
+                            let cn = cname.clone();
+                            shared
+                                .call(move |_| {
+                                    log::with_context(&cn, || {
+                                        if let Err(e) = c.finalize() {
+                                            log::error(None, &e.to_string());
+                                        }
+                                        drop(c)
+                                    })
+                                })
+                                .await;
                         } else {
                             ctx = Some(c);
                         }
@@ -661,6 +736,21 @@ fn call_flags(v: &Valid) -> Flags {
 fn execute(
     ctx: &Context,
     pool: &BufPool,
+    name: &Arc<str>,
+    style: ReplyStyle,
+    base_allocation: u32,
+    v: &Valid,
+    payload: Vec<u8>,
+) -> Reply {
+    log::with_context(name, || {
+        execute_as(ctx, pool, name, style, base_allocation, v, payload)
+    })
+}
+
+/// [`execute`], with this thread's messages carrying `name`.
+fn execute_as(
+    ctx: &Context,
+    pool: &BufPool,
     name: &str,
     style: ReplyStyle,
     base_allocation: u32,
@@ -668,18 +758,6 @@ fn execute(
     payload: Vec<u8>,
 ) -> Reply {
     let flags = call_flags(v);
-    if log::datapath() {
-        log::debug(
-            Some(name),
-            format_args!(
-                "{}: count={} offset={} flags={:#x}",
-                v.command.name(),
-                v.count,
-                v.offset,
-                v.flags
-            ),
-        );
-    }
     let result = match v.command {
         Command::Read => {
             let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
@@ -782,13 +860,33 @@ async fn transmission<R, W>(
     let pool = Arc::new(BufPool::default());
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
+    if concurrent {
+        log::debug(
+            Some(&name),
+            format_args!(
+                "handshake complete, processing requests with {} threads",
+                shared.threads
+            ),
+        );
+    } else {
+        log::debug(
+            Some(&name),
+            format_args!("handshake complete, processing requests serially"),
+        );
+    }
+    let workers = (concurrent && log::verbose())
+        .then(|| Arc::new(Workers::new(shared.stack.plugin().name(), shared.threads)));
     let mut hdr = [0u8; 32];
     loop {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
-            _ = crate::server::stopped(&mut shutdown) => false,
+            _ = crate::server::stopped(&mut shutdown) => break,
         };
         if !got {
+            log::debug(
+                Some(&name),
+                format_args!("client closed input socket, closing connection"),
+            );
             break;
         }
         let req = match transmission::decode(&hdr[..hdr_len], negotiated.extended_headers) {
@@ -879,26 +977,35 @@ async fn transmission<R, W>(
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (shared, ctx, wr, name, pool) = (
+            let (shared, ctx, wr, name, pool, workers) = (
                 shared.clone(),
                 ctx.clone(),
                 wr.clone(),
                 name.clone(),
                 pool.clone(),
+                workers.clone(),
             );
             tokio::spawn(async move {
                 let p = pool.clone();
                 let reply = shared
-                    .call(move |_| execute(&ctx, &p, &name, style, base_allocation, &v, payload))
+                    .call(move |_| {
+                        let w = workers.as_ref().map(|w| w.take());
+                        let n = w.as_ref().map_or(&name, |w| &w.name);
+                        execute(&ctx, &p, n, style, base_allocation, &v, payload)
+                    })
                     .await;
                 send(&wr, reply.bytes()).await;
                 pool.put(reply.buf);
                 drop(permit);
             });
         } else {
-            let (c, n, p) = (ctx.clone(), name.clone(), pool.clone());
+            let (c, n, p, workers) = (ctx.clone(), name.clone(), pool.clone(), workers.clone());
             let reply = shared
-                .call(move |_| execute(&c, &p, &n, style, base_allocation, &v, payload))
+                .call(move |_| {
+                    let w = workers.as_ref().map(|w| w.take());
+                    let n = w.as_ref().map_or(&n, |w| &w.name);
+                    execute(&c, &p, n, style, base_allocation, &v, payload)
+                })
                 .await;
             let sent = send(&wr, reply.bytes()).await;
             pool.put(reply.buf);

@@ -24,6 +24,50 @@ static DEST: AtomicU8 = AtomicU8::new(0);
 /// Set `-v`.
 pub fn set_verbose(v: bool) {
     VERBOSE.store(v, Ordering::Relaxed);
+    apply_backend_trace();
+}
+
+/// Tell the core which per-layer call lines to print, and where.
+fn apply_backend_trace() {
+    nbdkit_core::debug::set_sink(core_sink);
+    nbdkit_core::debug::set_backend_trace(controlpath(), datapath());
+}
+
+/// The core's messages, printed with the name of the thread's connection
+/// or worker.
+fn core_sink(level: nbdkit_core::debug::Level, args: std::fmt::Arguments<'_>) {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        match level {
+            nbdkit_core::debug::Level::Debug => debug(c.as_deref(), args),
+            nbdkit_core::debug::Level::Error => error(c.as_deref(), &args.to_string()),
+        }
+    })
+}
+
+thread_local! {
+    /// The name this thread's messages carry (`memory[1]` for a
+    /// connection, `memory.3` for a worker), as nbdkit names its threads.
+    static CONTEXT: std::cell::RefCell<Option<std::sync::Arc<str>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with this thread's messages carrying `name` (only with `-v`:
+/// otherwise just run it).
+pub fn with_context<R>(name: &std::sync::Arc<str>, f: impl FnOnce() -> R) -> R {
+    if !verbose() {
+        return f();
+    }
+    let old = CONTEXT.with(|c| c.replace(Some(name.clone())));
+    struct Restore(Option<std::sync::Arc<str>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let old = self.0.take();
+            CONTEXT.with(|c| *c.borrow_mut() = old);
+        }
+    }
+    let _restore = Restore(old);
+    f()
 }
 
 /// Whether `-v` was given.
@@ -39,6 +83,7 @@ pub fn set_backend_debug(datapath: Option<bool>, controlpath: Option<bool>) {
     if let Some(c) = controlpath {
         CONTROLPATH.store(c, Ordering::Relaxed);
     }
+    apply_backend_trace();
 }
 
 /// Whether per-request debug messages are printed.

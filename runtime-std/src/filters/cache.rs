@@ -445,7 +445,7 @@ impl FilterHandle for CacheHandle {
 
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let bs = self.0.block_size.min(32 * 1024 * 1024) as u32;
-        Ok(Some(match next.caps().block_size {
+        Ok(Some(match next.block_size()? {
             Some(b) => BlockSize {
                 minimum: b.minimum.max(1),
                 preferred: b.preferred.max(bs),
@@ -462,13 +462,11 @@ impl FilterHandle for CacheHandle {
     fn can_fua(&self, next: &Context) -> Result<Support> {
         // FUA writes go through to the plugin, which gets the flag (or a
         // flush in its place).
-        Ok(
-            if next.caps().can_fua == Support::None && !next.caps().can_flush {
-                Support::None
-            } else {
-                Support::Native
-            },
-        )
+        Ok(if next.can_fua()? == Support::None && !next.can_flush()? {
+            Support::None
+        } else {
+            Support::Native
+        })
     }
 
     fn can_fast_zero(&self, _next: &Context) -> Result<bool> {

@@ -245,7 +245,7 @@ impl FilterHandle for CowHandle {
 
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let bs = self.0.block_size.min(32 * 1024 * 1024) as u32;
-        Ok(Some(match next.caps().block_size {
+        Ok(Some(match next.block_size()? {
             Some(b) => BlockSize {
                 minimum: b.minimum.max(1),
                 preferred: b.preferred.max(bs),

@@ -159,7 +159,7 @@ impl FilterHandle for ReadaheadHandle {
             warn_inactive();
             return Ok(());
         };
-        if next.caps().can_cache == Support::None {
+        if next.can_cache()? == Support::None {
             warn_inactive();
             return Ok(());
         }
