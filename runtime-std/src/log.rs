@@ -36,13 +36,10 @@ fn apply_backend_trace() {
 /// The core's messages, printed with the name of the thread's connection
 /// or worker.
 fn core_sink(level: nbdkit_core::debug::Level, args: std::fmt::Arguments<'_>) {
-    CONTEXT.with(|c| {
-        let c = c.borrow();
-        match level {
-            nbdkit_core::debug::Level::Debug => debug(c.as_deref(), args),
-            nbdkit_core::debug::Level::Error => error(c.as_deref(), &args.to_string()),
-        }
-    })
+    match level {
+        nbdkit_core::debug::Level::Debug => debug(None, args),
+        nbdkit_core::debug::Level::Error => error(None, &args.to_string()),
+    }
 }
 
 thread_local! {
@@ -50,6 +47,11 @@ thread_local! {
     /// connection, `memory.3` for a worker), as nbdkit names its threads.
     static CONTEXT: std::cell::RefCell<Option<std::sync::Arc<str>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// The name of this thread's connection or worker, if it has one.
+fn current_context() -> Option<std::sync::Arc<str>> {
+    CONTEXT.with(|c| c.borrow().clone())
 }
 
 /// Run `f` with this thread's messages carrying `name` (only with `-v`:
@@ -123,18 +125,30 @@ fn emit(line: std::fmt::Arguments<'_>) {
     let _ = e.write_fmt(line);
 }
 
-/// Print `nbdkit: [CONTEXT: ]error: MESSAGE`.
+/// Print `nbdkit: [CONTEXT: ]error: MESSAGE` (without a context, the name
+/// of this thread's connection or worker, if any, as nbdkit does).
 pub fn error(context: Option<&str>, msg: &str) {
+    if context.is_none() {
+        if let Some(c) = current_context() {
+            return error(Some(&c), msg);
+        }
+    }
     match context {
         Some(c) => emit(format_args!("nbdkit: {c}: error: {msg}\n")),
         None => emit(format_args!("nbdkit: error: {msg}\n")),
     }
 }
 
-/// Print `nbdkit: [CONTEXT: ]debug: MESSAGE` when verbose.
+/// Print `nbdkit: [CONTEXT: ]debug: MESSAGE` when verbose (without a
+/// context, the name of this thread's connection or worker, if any).
 pub fn debug(context: Option<&str>, msg: std::fmt::Arguments<'_>) {
     if !verbose() {
         return;
+    }
+    if context.is_none() {
+        if let Some(c) = current_context() {
+            return debug(Some(&c), msg);
+        }
     }
     match context {
         Some(c) => emit(format_args!("nbdkit: {c}: debug: {msg}\n")),

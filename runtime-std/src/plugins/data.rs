@@ -49,12 +49,16 @@ const MAX_SIZE: u64 = i64::MAX as u64;
 // ---------------------------------------------------------------------------
 // Syntax
 
-/// One element of an expression.
+/// One element of an expression: as parsed, then as [`optimize`]d the way
+/// nbdkit does (which `-D data.AST=1` prints).
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
     /// Nothing (a repeat by 0, an empty slice).
     Null,
-    /// Bytes written at the offset.
+    /// One byte (`17`, `0x55`).
+    Byte(u8),
+    /// Bytes written at the offset (a `"string"`, a `le32:` word, or
+    /// bytes run together by the optimizer).
     Bytes(Vec<u8>),
     /// One byte repeated.
     Fill(u8, u64),
@@ -237,7 +241,7 @@ impl Parser<'_> {
                         return Err(err("data parameter @OFFSET must not be negative"));
                     }
                     i += n;
-                    list.push(repeat(e, v as u64));
+                    list.push(Expr::Repeat(Box::new(e), v as u64));
                 }
                 b'[' => {
                     i += 1;
@@ -245,13 +249,7 @@ impl Parser<'_> {
                     let (n, m, used) = scan_slice(&s[i..])
                         .ok_or_else(|| err("enclosed pattern (...)[N:M] not numeric"))?;
                     i += used;
-                    // nbdkit compares the unsigned start with the signed end.
-                    let n = n as u64;
-                    list.push(if n == m as u64 {
-                        Expr::Null
-                    } else {
-                        Expr::Slice(Box::new(e), n, m)
-                    });
+                    list.push(Expr::Slice(Box::new(e), n as u64, m));
                 }
                 b'<' => {
                     if s.get(i + 1) == Some(&b'(') {
@@ -341,7 +339,7 @@ impl Parser<'_> {
                         return Err(err("data parameter BYTE must be in the range 0..255"));
                     }
                     i += n;
-                    list.push(Expr::Bytes(vec![v as u8]));
+                    list.push(Expr::Byte(v as u8));
                 }
                 b'l' | b'b' => {
                     let start = i;
@@ -362,26 +360,189 @@ impl Parser<'_> {
     }
 }
 
-/// `EXPR*N`, with nbdkit's simplifications (a byte repeated is a fill).
-fn repeat(e: Expr, n: u64) -> Expr {
-    if n == 0 {
-        return Expr::Null;
-    }
+// ---------------------------------------------------------------------------
+// nbdkit's optimizer, and the tree it prints
+
+/// Whether `e` keeps its meaning when its list is merged into the list
+/// around it (assignments, names and offsets are scoped).
+fn safe_to_inline(e: &Expr) -> bool {
+    !matches!(
+        e,
+        Expr::Assign(..) | Expr::Name(_) | Expr::AbsOffset(_) | Expr::RelOffset(_) | Expr::Align(_)
+    )
+}
+
+/// The byte of an expression that is one constant byte.
+fn single_byte(e: &Expr) -> Option<u8> {
     match e {
-        Expr::Null => Expr::Null,
-        e if n == 1 => e,
-        Expr::Bytes(b) if b.len() == 1 => Expr::Fill(b[0], n),
-        Expr::Fill(b, m) => match m.checked_mul(n) {
-            Some(t) => Expr::Fill(b, t),
-            None => Expr::Repeat(Box::new(Expr::Fill(b, m)), n),
-        },
-        Expr::List(l) if l.len() == 1 && matches!(&l[0], Expr::Bytes(b) if b.len() == 1) => {
-            match &l[0] {
-                Expr::Bytes(b) => Expr::Fill(b[0], n),
-                _ => Expr::Repeat(Box::new(Expr::List(l)), n),
+        Expr::Byte(b) => Some(*b),
+        Expr::List(l) if l.len() == 1 => single_byte(&l[0]),
+        Expr::Bytes(s) if s.len() == 1 => Some(s[0]),
+        Expr::Fill(b, 1) => Some(*b),
+        Expr::Repeat(e, 1) => single_byte(e),
+        _ => None,
+    }
+}
+
+/// Two neighbouring constants as one (`1 2` => `"\x01\x02"`), if they can
+/// be.
+fn combine(a: &Expr, b: &Expr) -> Option<Expr> {
+    Some(match (a, b) {
+        (Expr::Byte(x), Expr::Byte(y)) if x == y => Expr::Fill(*x, 2),
+        (Expr::Byte(x), Expr::Byte(y)) => Expr::Bytes(vec![*x, *y]),
+        (Expr::Byte(x), Expr::Bytes(s)) => {
+            let mut v = Vec::with_capacity(s.len() + 1);
+            v.push(*x);
+            v.extend_from_slice(s);
+            Expr::Bytes(v)
+        }
+        (Expr::Byte(x), Expr::Fill(y, n)) if x == y => Expr::Fill(*y, n.checked_add(1)?),
+        (Expr::Bytes(s), Expr::Byte(y)) => {
+            let mut v = s.clone();
+            v.push(*y);
+            Expr::Bytes(v)
+        }
+        (Expr::Bytes(s), Expr::Bytes(t)) => {
+            let mut v = s.clone();
+            v.extend_from_slice(t);
+            Expr::Bytes(v)
+        }
+        (Expr::Fill(x, n), Expr::Byte(y)) if x == y => Expr::Fill(*x, n.checked_add(1)?),
+        (Expr::Fill(x, n), Expr::Fill(y, m)) if x == y => Expr::Fill(*x, n.checked_add(*m)?),
+        _ => return None,
+    })
+}
+
+/// nbdkit's optimizing pass over the parsed tree: flatten plain lists,
+/// run constants together, turn repeats of bytes into fills, cut constant
+/// slices, and drop what has no effect. The result evaluates to the same
+/// bytes; it is what `-D data.AST=1` prints.
+fn optimize(e: Expr) -> Expr {
+    match e {
+        Expr::List(items) => {
+            let mut list: Vec<Expr> = Vec::with_capacity(items.len());
+            for item in items {
+                match optimize(item) {
+                    Expr::Null => {}
+                    Expr::List(inner) if inner.iter().all(safe_to_inline) => list.extend(inner),
+                    other => list.push(other),
+                }
+            }
+            let mut i = 1;
+            while i < list.len() {
+                match combine(&list[i - 1], &list[i]) {
+                    Some(c) => {
+                        list[i - 1] = c;
+                        list.remove(i);
+                    }
+                    None => i += 1,
+                }
+            }
+            match list.len() {
+                0 => Expr::Null,
+                1 if safe_to_inline(&list[0]) => list.remove(0),
+                _ => Expr::List(list),
             }
         }
-        e => Expr::Repeat(Box::new(e), n),
+        Expr::Assign(name, e) => Expr::Assign(name, Box::new(optimize(*e))),
+        Expr::Repeat(_, 0) => Expr::Null,
+        Expr::Repeat(e, n) => match optimize(*e) {
+            e if n == 1 => e,
+            Expr::Null => Expr::Null,
+            Expr::Repeat(inner, m) => match n.checked_mul(m) {
+                Some(t) => Expr::Repeat(inner, t),
+                None => Expr::Repeat(Box::new(Expr::Repeat(inner, m)), n),
+            },
+            Expr::Fill(b, m) => match n.checked_mul(m) {
+                Some(t) => Expr::Fill(b, t),
+                None => Expr::Repeat(Box::new(Expr::Fill(b, m)), n),
+            },
+            Expr::Bytes(s) if n <= 4 && s.len() <= 512 => Expr::Bytes(s.repeat(n as usize)),
+            e => match single_byte(&e) {
+                Some(b) => Expr::Fill(b, n),
+                None => Expr::Repeat(Box::new(e), n),
+            },
+        },
+        // nbdkit compares the unsigned start with the signed end.
+        Expr::Slice(_, n, m) if n == m as u64 => Expr::Null,
+        Expr::Slice(e, n, m) => {
+            let e = optimize(*e);
+            // The part [n, end) of a constant `len` long, if valid.
+            let cut = |len: u64| -> Option<(u64, u64)> {
+                if m >= 0 && n <= m as u64 && m as u64 <= len {
+                    Some((n, m as u64))
+                } else if m == -1 && n <= len {
+                    Some((n, len))
+                } else {
+                    None
+                }
+            };
+            match &e {
+                Expr::Null if m == 0 || (n == 0 && m == -1) => Expr::Null,
+                Expr::Byte(b) if m == 1 || (n == 0 && m == -1) => Expr::Byte(*b),
+                Expr::Bytes(s) => match cut(s.len() as u64) {
+                    Some((a, z)) if z - a == 1 => Expr::Byte(s[a as usize]),
+                    Some((a, z)) => Expr::Bytes(s[a as usize..z as usize].to_vec()),
+                    None => Expr::Slice(Box::new(e), n, m),
+                },
+                Expr::Fill(b, len) => match cut(*len) {
+                    Some((a, z)) if z - a == 1 => Expr::Byte(*b),
+                    Some((a, z)) => Expr::Fill(*b, z - a),
+                    None => Expr::Slice(Box::new(e), n, m),
+                },
+                _ => Expr::Slice(Box::new(e), n, m),
+            }
+        }
+        Expr::Bytes(s) if s.is_empty() => Expr::Null,
+        Expr::Bytes(s) if s.len() > 1 && s.iter().all(|&b| b == s[0]) => {
+            Expr::Fill(s[0], s.len() as u64)
+        }
+        Expr::Fill(_, 0) => Expr::Null,
+        e => e,
+    }
+}
+
+/// Print the tree as nbdkit's `-D data.AST=1` does, one debug line per
+/// node, indented four spaces a level (at most forty).
+fn print_ast(e: &Expr, level: usize) {
+    let ind = " ".repeat(4 * level.min(10));
+    let line = |args: std::fmt::Arguments<'_>| crate::log::debug(None, args);
+    let nested = |open: &str, inner: &Expr, close: std::fmt::Arguments<'_>| {
+        line(format_args!("{ind}{open}"));
+        print_ast(inner, level + 1);
+        line(format_args!("{ind}{close}"));
+    };
+    match e {
+        Expr::Null => line(format_args!("{ind}null")),
+        Expr::List(l) => {
+            line(format_args!("{ind}("));
+            for x in l {
+                print_ast(x, level + 1);
+            }
+            line(format_args!("{ind})"));
+        }
+        Expr::Byte(b) => line(format_args!("{ind}{b}")),
+        Expr::AbsOffset(o) => line(format_args!("{ind}@{o}")),
+        Expr::RelOffset(o) => line(format_args!("{ind}@{o}")),
+        Expr::Align(a) => line(format_args!("{ind}@^{a}")),
+        Expr::File(f) => line(format_args!("{ind}<{f}")),
+        Expr::Script(s) => line(format_args!("{ind}<({s})")),
+        Expr::Bytes(s) => {
+            let mut text = String::with_capacity(s.len());
+            for &c in s {
+                if (0x20..0x7f).contains(&c) {
+                    text.push(c as char);
+                } else {
+                    text.push_str(&format!("\\x{c:02x}"));
+                }
+            }
+            line(format_args!("{ind}\"{text}\""))
+        }
+        Expr::Fill(b, n) => line(format_args!("{ind}fill({b}*{n})")),
+        Expr::Name(n) => line(format_args!("{ind}\\{n}")),
+        Expr::Assign(name, e) => nested("(", e, format_args!(") -> \\{name}")),
+        Expr::Repeat(e, n) => nested("(", e, format_args!(") *{n}")),
+        Expr::Slice(e, n, m) => nested("(", e, format_args!(")[{n}:{m}]")),
     }
 }
 
@@ -752,6 +913,10 @@ impl Evaluator {
             self.budget.step()?;
             match e {
                 Expr::Null => {}
+                Expr::Byte(b) => {
+                    img.put(offset, Chunk::Data(vec![*b]), limit, &mut self.budget)?;
+                    offset = add(offset, 1)?;
+                }
                 Expr::Bytes(b) => {
                     img.put(offset, Chunk::Data(b.clone()), limit, &mut self.budget)?;
                     offset = add(offset, b.len() as u64)?;
@@ -996,11 +1161,17 @@ fn evaluate(expr: &str, vars: &dyn Vars, limit: u64) -> Result<(Image, u64)> {
     let parser = Parser { vars };
     let mut pos = 0;
     let list = parser.list(expr.as_bytes(), &mut pos, 0, false)?;
+    let root = optimize(Expr::List(list));
+    if nbdkit_core::debug::enabled("data", "AST") {
+        crate::log::debug(None, format_args!("BEGIN AST (-D data.AST=1)"));
+        print_ast(&root, 0);
+        crate::log::debug(None, format_args!("END AST"));
+    }
     let mut ev = Evaluator {
         budget: Budget::default(),
     };
     let mut img = Image::default();
-    let size = ev.list(&list, None, &mut img, limit)?;
+    let size = ev.one(&root, None, &mut img, limit)?;
     Ok((img, size))
 }
 
@@ -1047,6 +1218,9 @@ impl Vars for ParamsAndEnv<'_> {
 }
 
 impl Plugin for Data {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["AST", "dir"]
+    }
     fn name(&self) -> &'static str {
         "data"
     }
@@ -1136,6 +1310,13 @@ impl Plugin for Data {
         }
         // nbdkit evaluates the data in get_ready; it happens here so the
         // result can be kept, at the same point of start-up.
+        crate::log::debug(
+            None,
+            format_args!(
+                "allocator: {}",
+                if self.malloc { "malloc" } else { "sparse" }
+            ),
+        );
         let limit = self.size.unwrap_or(MAX_SIZE);
         let (img, data_size) = match source {
             Source::Raw(r) => {
@@ -1155,9 +1336,13 @@ impl Plugin for Data {
             }
             Source::Data(d) => evaluate(d, &ParamsAndEnv(&self.params), limit)?,
         };
+        crate::log::debug(None, format_args!("implicit data size: {data_size}"));
         let size = self.size.unwrap_or(data_size);
+        crate::log::debug(None, format_args!("final size: {size}"));
         let store = if self.malloc {
             Store::flat(size)?
+        } else if nbdkit_core::debug::enabled("data", "dir") {
+            Store::sparse_with_dir_debug()
         } else {
             Store::sparse()
         };

@@ -372,6 +372,9 @@ fn block_device_sector_size(fd: RawFd) -> u64 {
 }
 
 impl Plugin for File {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["zero"]
+    }
     fn name(&self) -> &'static str {
         "file"
     }
@@ -575,6 +578,7 @@ impl Plugin for File {
             can_fallocate: AtomicBool::new(true),
             can_zeroout: AtomicBool::new(is_block),
             recent_writes: Mutex::new(VecDeque::new()),
+            debug_zero: nbdkit_core::debug::enabled("file", "zero"),
         }))
     }
 }
@@ -596,6 +600,8 @@ struct FileHandle {
     can_zeroout: AtomicBool,
     /// cache=none: recent writes still to be written back and dropped.
     recent_writes: Mutex<VecDeque<(i64, i64)>>,
+    /// `-D file.zero=1`: say which method zeroed.
+    debug_zero: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -671,14 +677,35 @@ impl FileHandle {
         )
     }
 
-    /// Zero natively if any method works.
+    /// Zero natively if any method works (saying which with `-D
+    /// file.zero=1`, in nbdkit's words).
     fn zero_range(&self, offset: i64, count: i64, flags: Flags) -> Result<Tried> {
+        let r = self.zero_range_by(offset, count, flags)?;
+        if self.debug_zero {
+            let how = match r {
+                (Tried::Done, Some(how)) => how,
+                _ => "zero falling back to writing",
+            };
+            crate::log::debug(None, format_args!("{how}"));
+        }
+        Ok(r.0)
+    }
+
+    fn zero_range_by(
+        &self,
+        offset: i64,
+        count: i64,
+        flags: Flags,
+    ) -> Result<(Tried, Option<&'static str>)> {
         // Fallocate on a block device needs whole sectors.
         let fallocate_ok = !self.is_block || self.aligned(offset as u64, count as u64);
         if fallocate_ok {
             if flags.contains(Flags::MAY_TRIM) && self.can_punch_hole.load(Ordering::Relaxed) {
                 if let Tried::Done = self.punch_hole(offset, count, "zero: punch hole")? {
-                    return Ok(Tried::Done);
+                    return Ok((
+                        Tried::Done,
+                        Some("h->can_punch_hole && may_trim: zero succeeded using fallocate"),
+                    ));
                 }
             }
             if self.can_zero_range.load(Ordering::Relaxed) {
@@ -690,7 +717,10 @@ impl FileHandle {
                     "zero: zero range",
                 )?;
                 if let Tried::Done = r {
-                    return Ok(Tried::Done);
+                    return Ok((
+                        Tried::Done,
+                        Some("h->can_zero-range: zero succeeded using fallocate"),
+                    ));
                 }
             }
             // A hole reads as zeroes; allocating it again honours NO_HOLE.
@@ -706,7 +736,13 @@ impl FileHandle {
                         "zero: fallocate",
                     )?;
                     if let Tried::Done = r {
-                        return Ok(Tried::Done);
+                        return Ok((
+                            Tried::Done,
+                            Some(
+                                "h->can_punch_hole && h->can_fallocate: \
+                                 zero succeeded using fallocate",
+                            ),
+                        ));
                     }
                 }
             }
@@ -722,7 +758,10 @@ impl FileHandle {
             // pointer, which points to a live array of two u64.
             let r = unsafe { libc::ioctl(self.fd(), BLKZEROOUT, range.as_ptr()) };
             if r == 0 {
-                return Ok(Tried::Done);
+                return Ok((
+                    Tried::Done,
+                    Some("h->can_zeroout && IS_ALIGNED: zero succeeded using BLKZEROOUT"),
+                ));
             }
             match NixErrno::last() {
                 NixErrno::ENOTTY | NixErrno::EOPNOTSUPP => {
@@ -731,7 +770,7 @@ impl FileHandle {
                 e => return Err(nix_error("zero: BLKZEROOUT", e)),
             }
         }
-        Ok(Tried::Unsupported)
+        Ok((Tried::Unsupported, None))
     }
 
     /// cache=none after a write: start writing this range back, and wait
