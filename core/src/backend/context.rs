@@ -26,6 +26,15 @@ macro_rules! control {
     };
 }
 
+/// A line of the global calls (`-v`): load, config, config_complete,
+/// get_ready, after_fork, preconnect, cleanup. nbdkit prints these
+/// whatever `-D nbdkit.backend.controlpath` says.
+macro_rules! verbose {
+    ($($t:tt)*) => {
+        debug::debug(format_args!($($t)*))
+    };
+}
+
 /// A data-path line (`-v`, unless `-D nbdkit.backend.datapath=0`): one
 /// relaxed load when off.
 macro_rules! data {
@@ -734,9 +743,9 @@ impl Stack {
     /// A stack of `filters` (outermost first) over `plugin`, loaded in
     /// nbdkit's order: the plugin, then the filters from the innermost.
     pub fn new(plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Self {
-        control!("{}: load", plugin.name());
+        verbose!("{}: load", plugin.name());
         for f in filters.iter().rev() {
-            control!("{}: load", f.name());
+            verbose!("{}: load", f.name());
         }
         Stack {
             inner: Arc::new(Layers { filters, plugin }),
@@ -763,12 +772,12 @@ impl Stack {
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
         let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
         for f in layers.filters.iter_mut() {
-            control!("{}: config key={key}, value={value}", f.name());
+            verbose!("{}: config key={key}, value={value}", f.name());
             if f.config(key, value)? {
                 return Ok(());
             }
         }
-        control!("{}: config key={key}, value={value}", layers.plugin.name());
+        verbose!("{}: config key={key}, value={value}", layers.plugin.name());
         layers.plugin.config(key, value)
     }
 
@@ -778,9 +787,9 @@ impl Stack {
     pub fn config_complete(&mut self) -> Result<()> {
         let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
         for f in layers.filters.iter() {
-            control!("{}: config_complete", f.name());
+            verbose!("{}: config_complete", f.name());
         }
-        control!("{}: config_complete", layers.plugin.name());
+        verbose!("{}: config_complete", layers.plugin.name());
         layers.plugin.config_complete()?;
         for f in layers.filters.iter_mut().rev() {
             f.config_complete()?;
@@ -806,10 +815,10 @@ impl Stack {
     pub fn get_ready(&self) -> Result<()> {
         let tm = self.thread_model();
         debug::debug(format_args!("using thread model: {}", tm.name()));
-        control!("{}: get_ready", self.inner.plugin.name());
+        verbose!("{}: get_ready", self.inner.plugin.name());
         self.inner.plugin.get_ready()?;
         for f in self.inner.filters.iter().rev() {
-            control!("{}: get_ready thread_model={}", f.name(), tm as u8);
+            verbose!("{}: get_ready thread_model={}", f.name(), tm as u8);
             f.get_ready(tm)?;
         }
         Ok(())
@@ -817,10 +826,10 @@ impl Stack {
 
     /// `after_fork` for every layer, plugin first.
     pub fn after_fork(&self) -> Result<()> {
-        control!("{}: after_fork", self.inner.plugin.name());
+        verbose!("{}: after_fork", self.inner.plugin.name());
         self.inner.plugin.after_fork()?;
         for f in self.inner.filters.iter().rev() {
-            control!("{}: after_fork", f.name());
+            verbose!("{}: after_fork", f.name());
             f.after_fork()?;
         }
         Ok(())
@@ -829,20 +838,20 @@ impl Stack {
     /// `cleanup` for every layer, filters first.
     pub fn cleanup(&self) {
         for f in self.inner.filters.iter() {
-            control!("{}: cleanup", f.name());
+            verbose!("{}: cleanup", f.name());
             f.cleanup();
         }
-        control!("{}: cleanup", self.inner.plugin.name());
+        verbose!("{}: cleanup", self.inner.plugin.name());
         self.inner.plugin.cleanup();
     }
 
     /// `preconnect` for every layer, outermost first.
     pub fn preconnect(&self, readonly: bool, peer: &super::Peer) -> Result<()> {
         for f in self.inner.filters.iter() {
-            control!("{}: preconnect", f.name());
+            verbose!("{}: preconnect", f.name());
             f.preconnect(readonly, peer)?;
         }
-        control!("{}: preconnect", self.inner.plugin.name());
+        verbose!("{}: preconnect", self.inner.plugin.name());
         self.inner.plugin.preconnect(readonly, peer)
     }
 
