@@ -843,7 +843,7 @@ fn documented_debug_flags_print_what_nbdkit_prints() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ours = flag_output(&nbdkit_bin(), &args, pattern);
         assert!(
-            ours.iter().any(|l| *l == must),
+            ours.contains(&must),
             "-D {what}: missing `{must}` in:\n{}",
             ours.join("\n")
         );
