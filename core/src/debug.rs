@@ -180,6 +180,7 @@ pub fn unused() -> Vec<String> {
 // ---------------------------------------------------------------------------
 // The server's per-layer call lines
 
+static VERBOSE: AtomicBool = AtomicBool::new(false);
 static CONTROLPATH: AtomicBool = AtomicBool::new(false);
 static DATAPATH: AtomicBool = AtomicBool::new(false);
 
@@ -200,6 +201,18 @@ static SINK: RwLock<Option<Sink>> = RwLock::new(None);
 /// Install the function that prints messages (the runtime's log).
 pub fn set_sink(sink: Sink) {
     *SINK.write() = Some(sink);
+}
+
+/// Set `-v`: without it, [`debug`] prints nothing (and costs one relaxed
+/// load).
+pub fn set_verbose(on: bool) {
+    VERBOSE.store(on, Ordering::Relaxed);
+}
+
+/// Whether `-v` was given.
+#[inline]
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
 }
 
 /// Turn the per-layer call lines on or off: `controlpath` for open,
@@ -226,6 +239,9 @@ pub fn datapath() -> bool {
 /// Print a debug message through the installed sink (nothing without one,
 /// or without `-v`).
 pub fn debug(args: Arguments<'_>) {
+    if !verbose() {
+        return;
+    }
     if let Some(sink) = *SINK.read() {
         sink(Level::Debug, args);
     }

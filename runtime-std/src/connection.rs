@@ -492,7 +492,8 @@ async fn handshake<S: Transport>(
     io: &mut Conn<S>,
 ) -> io::Result<Option<Opened>> {
     let cname: Arc<str> = name.into();
-    let mut hs = handshake::Server::new(shared.handshake);
+    // The handshake's -v lines carry the connection's name.
+    let mut hs = log::with_context(&cname, || handshake::Server::new(shared.handshake));
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
     let mut default_export: Option<String> = None;
@@ -508,7 +509,7 @@ async fn handshake<S: Transport>(
         if hs.is_done() {
             break;
         }
-        let progress = match hs.handle_input(&input) {
+        let progress = match log::with_context(&cname, || hs.handle_input(&input)) {
             Ok(p) => p,
             Err(d) => {
                 let out = hs.pending_output();
@@ -577,7 +578,7 @@ async fn handshake<S: Transport>(
                 io.write_all(out).await?;
                 let n = out.len();
                 hs.consume_output(n);
-                let _ = hs.list_done(ok);
+                let _ = log::with_context(&cname, || hs.list_done(ok));
             }
             Some(Event::OpenExport {
                 name: export,
@@ -642,7 +643,7 @@ async fn handshake<S: Transport>(
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
                         };
-                        let _ = hs.export_ready(&info);
+                        let _ = log::with_context(&cname, || hs.export_ready(&info));
                         if info_only {
                             let cn = cname.clone();
                             shared
@@ -661,7 +662,9 @@ async fn handshake<S: Transport>(
                     }
                     Err(e) => {
                         log::error(Some(name), &e.to_string());
-                        if let Ok(Disconnect::ExportNameFailed) = hs.export_failed() {
+                        if let Ok(Disconnect::ExportNameFailed) =
+                            log::with_context(&cname, || hs.export_failed())
+                        {
                             return Ok(None);
                         }
                     }

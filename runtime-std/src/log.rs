@@ -30,6 +30,7 @@ pub fn set_verbose(v: bool) {
 /// Tell the core which per-layer call lines to print, and where.
 fn apply_backend_trace() {
     nbdkit_core::debug::set_sink(core_sink);
+    nbdkit_core::debug::set_verbose(verbose());
     nbdkit_core::debug::set_backend_trace(controlpath(), datapath());
 }
 

@@ -901,3 +901,90 @@ fn documented_debug_flags_print_what_the_reference_prints() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Negotiation
+
+/// The negotiation lines of a run: `newstyle negotiation: ...` and
+/// `replying to ...`.
+fn negotiation_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(debug_line)
+        .map(|(_, m)| m)
+        .filter(|m| m.starts_with("newstyle negotiation: ") || m.starts_with("replying to "))
+        .map(String::from)
+        .collect()
+}
+
+const NEGOTIATE: &str = "nbdinfo --map \"$uri\" >/dev/null; \
+     nbdinfo --list \"$uri\" >/dev/null; \
+     nbdsh --opt-mode -u \"$uri\" -c '\
+     h.add_meta_context(\"base:\"); \
+     h.add_meta_context(\"qemu:dirty\"); \
+     h.opt_list_meta_context(lambda *a: 0); \
+     h.opt_abort()'";
+
+#[test]
+fn negotiation_is_logged_as_nbdkit_does() {
+    skip_unless!("nbdinfo", "nbdsh", "python3-nbd");
+    let out = stderr_of(
+        &nbdkit_bin(),
+        &["-U", "-", "-v", "memory", "1M", "--run", NEGOTIATE],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let got = negotiation_lines(&out.stderr);
+    let want_in_order = [
+        "newstyle negotiation: flags: global 0x3",
+        "newstyle negotiation: client flags: 0x3",
+        "newstyle negotiation: NBD_OPT_STRUCTURED_REPLY: client requested structured replies",
+        "replying to NBD_OPT_STRUCTURED_REPLY with NBD_REP_ACK",
+        "newstyle negotiation: NBD_OPT_SET_META_CONTEXT: client requested export ''",
+        "newstyle negotiation: NBD_OPT_SET_META_CONTEXT: set count: 1",
+        "newstyle negotiation: NBD_OPT_SET_META_CONTEXT: set base:allocation",
+        "newstyle negotiation: NBD_OPT_SET_META_CONTEXT: replying with base:allocation id 1",
+        "replying to NBD_OPT_SET_META_CONTEXT with NBD_REP_ACK",
+        "newstyle negotiation: NBD_OPT_SET_META_CONTEXT: reply complete",
+        "newstyle negotiation: NBD_OPT_GO: client requested export ''",
+        "replying to NBD_OPT_GO with NBD_REP_ACK",
+        "newstyle negotiation: NBD_OPT_LIST: advertising exports",
+        "replying to NBD_OPT_LIST with NBD_REP_ACK",
+        "newstyle negotiation: NBD_OPT_INFO: NBD_INFO_DESCRIPTION: no description to send",
+        "newstyle negotiation: NBD_OPT_LIST_META_CONTEXT: query count: 2",
+        "newstyle negotiation: NBD_OPT_LIST_META_CONTEXT: query base:",
+        "newstyle negotiation: NBD_OPT_LIST_META_CONTEXT: replying with base:allocation id 0",
+        "newstyle negotiation: NBD_OPT_LIST_META_CONTEXT: query qemu:dirty",
+        "replying to NBD_OPT_ABORT with NBD_REP_ACK",
+    ];
+    let mut at = 0;
+    for w in want_in_order {
+        match got[at..].iter().position(|m| m == w) {
+            Some(i) => at += i + 1,
+            None => panic!("missing or out of order `{w}` in:\n{}", got.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn negotiation_lines_are_the_references() {
+    if !reference() {
+        return;
+    }
+    skip_unless!("nbdinfo", "nbdsh", "python3-nbd");
+    let args = ["-U", "-", "-v", "memory", "1M", "--run", NEGOTIATE];
+    let ours = stderr_of(&nbdkit_bin(), &args);
+    assert!(ours.success(), "{}", ours.describe());
+    let theirs = stderr_of(Path::new(REFERENCE), &args);
+    assert!(theirs.success(), "{}", theirs.describe());
+    let (ours, theirs) = (
+        negotiation_lines(&ours.stderr),
+        negotiation_lines(&theirs.stderr),
+    );
+    assert_eq!(
+        ours,
+        theirs,
+        "--- ours ---\n{}\n--- reference ---\n{}",
+        ours.join("\n"),
+        theirs.join("\n")
+    );
+}
