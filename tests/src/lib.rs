@@ -105,6 +105,20 @@ pub fn expected_version() -> String {
     }
 }
 
+/// Debian's C nbdkit, the reference of the differential tests.
+pub const REFERENCE: &str = "/usr/bin/nbdkit";
+
+/// True if the reference nbdkit is installed; otherwise prints a skip
+/// message and returns false (the caller then returns from the test).
+pub fn have_reference() -> bool {
+    if Path::new(REFERENCE).exists() {
+        true
+    } else {
+        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
+        false
+    }
+}
+
 /// A `Command` for the binary under test.
 pub fn nbdkit_cmd() -> Command {
     Command::new(nbdkit_bin())

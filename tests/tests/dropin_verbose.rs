@@ -13,19 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use nbdkit_core::backend::CALLBACK_NAMES;
 use nbdkit_tests::*;
 
-const REFERENCE: &str = "/usr/bin/nbdkit";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn reference() -> bool {
-    if Path::new(REFERENCE).exists() {
-        true
-    } else {
-        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
-        false
-    }
-}
 
 /// Run `bin` with `args` (nbdsh and python3-libnbd found through
 /// /usr/bin first); its stderr.
@@ -50,35 +41,25 @@ fn debug_line(line: &str) -> Option<(&str, &str)> {
     Some((thread, msg))
 }
 
-const CALLS: &[&str] = &[
-    "open",
-    "prepare",
-    "get_size",
-    "can_write",
-    "can_zero",
-    "can_fast_zero",
-    "can_trim",
-    "can_fua",
-    "can_flush",
-    "is_rotational",
-    "can_multi_conn",
-    "can_cache",
-    "can_extents",
-    "block_size",
-    "pread",
-    "pwrite",
-    "flush",
-    "trim",
-    "zero",
-    "extents",
-    "cache",
-    "finalize",
-    "close",
-];
+/// Whether `verb` is a per-connection call whose line is compared:
+/// nbdkit's callbacks from `open` on (without `export_description`, which
+/// nbdkit asks for only when the client wants it), prepare and finalize.
+fn is_call(verb: &str) -> bool {
+    verb == "prepare"
+        || verb == "finalize"
+        || CALLBACK_NAMES
+            .iter()
+            .skip_while(|c| **c != "open")
+            .any(|c| *c == verb && *c != "export_description")
+}
 
-const DATA_CALLS: &[&str] = &[
-    "pread", "pwrite", "flush", "trim", "zero", "extents", "cache",
-];
+/// Whether `verb` is a data-path call.
+fn is_data_call(verb: &str) -> bool {
+    CALLBACK_NAMES
+        .iter()
+        .skip_while(|c| **c != "pread")
+        .any(|c| *c == verb)
+}
 
 /// The per-layer call lines (`LAYER: CALL ...`) of `layers`, without
 /// thread names, with handle addresses blanked.
@@ -89,7 +70,7 @@ fn backend_lines(stderr: &str, layers: &[&str]) -> Vec<String> {
         .filter_map(|(_, msg)| {
             let (layer, call) = msg.split_once(": ")?;
             let verb = call.split(' ').next()?;
-            (layers.contains(&layer) && CALLS.contains(&verb)).then(|| {
+            (layers.contains(&layer) && is_call(verb)).then(|| {
                 let msg = match msg.find("returned handle ") {
                     Some(i) => format!("{}returned handle PTR", &msg[..i]),
                     None => msg.to_string(),
@@ -103,7 +84,7 @@ fn backend_lines(stderr: &str, layers: &[&str]) -> Vec<String> {
 fn is_data(line: &str) -> bool {
     line.split_once(": ")
         .and_then(|(_, c)| c.split(' ').next())
-        .is_some_and(|v| DATA_CALLS.contains(&v))
+        .is_some_and(is_data_call)
 }
 
 /// The lines up to the last data-path line: how quickly the reference
@@ -214,7 +195,7 @@ fn every_layer_logs_its_calls_as_nbdkit_does() {
 
 #[test]
 fn backend_lines_are_the_references() {
-    if !reference() {
+    if !have_reference() {
         return;
     }
     skip_unless!("nbdsh", "python3-nbd");
@@ -239,7 +220,7 @@ fn backend_lines_are_the_references() {
 
 #[test]
 fn list_and_info_lines_are_the_references() {
-    if !reference() {
+    if !have_reference() {
         return;
     }
     skip_unless!("nbdinfo");
@@ -516,7 +497,7 @@ fn debug_flag_syntax_and_warnings_are_nbdkits() {
 
 #[test]
 fn debug_flag_syntax_and_warnings_are_the_references() {
-    if !reference() {
+    if !have_reference() {
         return;
     }
     for (flag, _, _) in BAD_FLAGS {
@@ -855,7 +836,7 @@ fn documented_debug_flags_print_what_nbdkit_prints() {
 
 #[test]
 fn documented_debug_flags_print_what_the_reference_prints() {
-    if !reference() {
+    if !have_reference() {
         return;
     }
     skip_unless!("nbdsh", "python3-nbd");
@@ -967,7 +948,7 @@ fn negotiation_is_logged_as_nbdkit_does() {
 
 #[test]
 fn negotiation_lines_are_the_references() {
-    if !reference() {
+    if !have_reference() {
         return;
     }
     skip_unless!("nbdinfo", "nbdsh", "python3-nbd");
