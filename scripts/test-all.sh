@@ -28,6 +28,7 @@ packages=(
     fdisk            # sfdisk (partition filter tests)
     fio              # benchmark workloads
     nbdkit           # the reference server
+    nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)

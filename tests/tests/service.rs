@@ -179,9 +179,7 @@ fn shebang_sh_script_runs_as_a_plugin() {
         "#!{} sh\ncase \"$1\" in\n  get_size) echo 1M ;;\n  pread) dd if=/dev/zero count=$3 iflag=count_bytes 2>/dev/null ;;\n  *) exit 2 ;;\nesac\n",
         nbdkit_bin().display()
     );
-    std::fs::write(&script, text).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&script, &text);
     // The kernel runs `nbdkit sh SCRIPT ARGS...`; the sh plugin must then
     // run the script with /bin/sh, not through its shebang again.
     let out = run(
