@@ -3,6 +3,7 @@
 //! and the plugins that need the operating system.
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
+pub mod cabi;
 mod connection;
 pub mod filters;
 pub mod log;
