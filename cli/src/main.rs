@@ -379,6 +379,9 @@ fn main() -> ExitCode {
         println!("\nplugin: {}", title(p.name(), p.longname()));
         let path = nbdkit_runtime_std::cabi::path_of(p.name());
         println!("({})", path.as_deref().unwrap_or(&exe));
+        if let Some(d) = p.description() {
+            println!("{d}");
+        }
         if !p.config_help().is_empty() {
             println!("{}", p.config_help());
         }

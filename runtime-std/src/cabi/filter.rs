@@ -107,7 +107,7 @@ impl CFilter {
             return Err(bad(
                 path,
                 &format!(
-                    "filter.name ('{name}') field must contain only ASCII alphanumeric characters"
+                    "filter.name ('{name}') field must contain only ASCII alphanumeric or dash characters"
                 ),
             ));
         }

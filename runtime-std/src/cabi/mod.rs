@@ -267,7 +267,7 @@ fn open_library(
         Ok(l) => Ok(Box::leak(Box::new(l))),
         Err(e) => Err(LoadError {
             message: format!("cannot open {kind} '{arg}': {}", dl_message(&e)),
-            usage_hint: true,
+            usage_hint: kind == "plugin",
         }),
     }
 }

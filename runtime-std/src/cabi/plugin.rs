@@ -108,18 +108,6 @@ impl CPlugin {
         // SAFETY: the plugin's struct is `_struct_size` bytes long, and we
         // copy no more than that and no more than our own struct.
         unsafe { core::ptr::copy_nonoverlapping(raw as *const u8, &mut p as *mut _ as *mut u8, n) };
-        // SAFETY: `name` is NULL or a static string of the plugin.
-        let Some(name) = (unsafe { copy_str(p.name) }) else {
-            return Err(bad(path, "plugin must have a .name field"));
-        };
-        if !valid_name(&name) {
-            return Err(bad(
-                path,
-                &format!(
-                    "plugin.name ('{name}') field must contain only ASCII alphanumeric characters"
-                ),
-            ));
-        }
         if p.open.is_none() {
             return Err(bad(path, "plugin must have a .open callback"));
         }
@@ -133,6 +121,18 @@ impl CPlugin {
         };
         if !has_pread {
             return Err(bad(path, "plugin must have a .pread callback"));
+        }
+        // SAFETY: `name` is NULL or a static string of the plugin.
+        let Some(name) = (unsafe { copy_str(p.name) }) else {
+            return Err(bad(path, "plugin must have a .name field"));
+        };
+        if !valid_name(&name) {
+            return Err(bad(
+                path,
+                &format!(
+                    "plugin.name ('{name}') field must contain only ASCII alphanumeric or dash characters"
+                ),
+            ));
         }
         if thread_model_of(thread_model).is_none() {
             return Err(bad(
@@ -218,7 +218,9 @@ pub fn dump_plugin(plugin: &dyn Plugin) -> bool {
         return false;
     }
     let p = &s.p;
-    println!("path={}", s.path);
+    let abs =
+        std::fs::canonicalize(&s.path).map_or_else(|_| s.path.clone(), |p| p.display().to_string());
+    println!("path={abs}");
     println!("name={}", s.name);
     // SAFETY: `version` is NULL or a static string of the plugin.
     if let Some(v) = unsafe { copy_str(p.version) } {
@@ -239,6 +241,20 @@ pub fn dump_plugin(plugin: &dyn Plugin) -> bool {
     for n in s.callbacks {
         if !matches!(*n, "version") {
             println!("has_{n}=1");
+        }
+    }
+    if s.api_version < 2 {
+        let v1 = [
+            ("pread", p.pread_v1.is_some()),
+            ("pwrite", p.pwrite_v1.is_some()),
+            ("flush", p.flush_v1.is_some()),
+            ("trim", p.trim_v1.is_some()),
+            ("zero", p.zero_v1.is_some()),
+        ];
+        for (n, has) in v1 {
+            if has {
+                println!("has__{n}_v1=1");
+            }
         }
     }
     if let Some(d) = p.dump_plugin {
