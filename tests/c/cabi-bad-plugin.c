@@ -9,16 +9,16 @@
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 
-static void *b_open (int readonly) { return NBDKIT_HANDLE_NOT_NEEDED; }
-static int64_t b_get_size (void *h) { return 512; }
-static int
+__attribute__ ((unused)) static void *b_open (int readonly) { return NBDKIT_HANDLE_NOT_NEEDED; }
+__attribute__ ((unused)) static int64_t b_get_size (void *h) { return 512; }
+__attribute__ ((unused)) static int
 b_pread (void *h, void *buf, uint32_t count, uint64_t offset, uint32_t flags)
 {
   memset (buf, 0, count);
   return 0;
 }
 
-static struct nbdkit_plugin plugin = {
+__attribute__ ((unused)) static struct nbdkit_plugin plugin = {
 #ifdef BAD_NAME
   .name = "bad name!",
 #elif !defined (BAD_NO_NAME)

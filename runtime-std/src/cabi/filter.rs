@@ -874,11 +874,11 @@ impl Filter for CFilter {
         };
         let mut b = BackendC::new();
         let bp: *mut BackendC = &mut b;
-        let (k, v) = (super::cstring_lossy(key), super::cstring_lossy(value));
+        let (k, v) = (super::config_arg(key), super::config_arg(value));
         // SAFETY: the continuation and the backend object live for the
         // call; the strings are NUL-terminated.
         self.global_int(
-            || unsafe { cfg(next_config, bp as *mut c_void, k.as_ptr(), v.as_ptr()) },
+            || unsafe { cfg(next_config, bp as *mut c_void, k, v) },
             "config",
         )?;
         match b.passed.as_slice() {

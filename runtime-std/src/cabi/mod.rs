@@ -104,6 +104,16 @@ pub(crate) fn current_layer() -> Option<&'static str> {
     LAYER.with(Cell::get)
 }
 
+/// The context nbdkit prints before `error:`: the layer's name during a
+/// connection, nothing at configuration time.
+fn log_context() -> Option<&'static str> {
+    if CONN.with(|c| c.borrow().is_some()) {
+        current_layer()
+    } else {
+        None
+    }
+}
+
 /// `nbdkit_error` from C: inside a call, remembered as the call's error
 /// message (an earlier one is logged at once); outside, logged at once.
 pub(crate) fn report_error(msg: String) {
@@ -113,7 +123,7 @@ pub(crate) fn report_error(msg: String) {
     }
     let old = PENDING.with(|p| p.borrow_mut().replace(msg));
     if let Some(old) = old {
-        log::error(current_layer(), &old);
+        log::error(log_context(), &old);
     }
 }
 
@@ -166,6 +176,7 @@ pub(crate) fn call<T>(
     // SAFETY: as above; read before anything else can change it.
     let os_errno = unsafe { *errno_location() };
     DEPTH.with(|d| d.set(d.get() - 1));
+    let context = log_context();
     let set = SET_ERRNO.with(|s| s.replace(saved_errno));
     let msg = PENDING.with(|p| core::mem::replace(&mut *p.borrow_mut(), saved_msg));
     LAYER.with(|l| l.set(saved_layer));
@@ -186,10 +197,23 @@ pub(crate) fn call<T>(
         })
     } else {
         if let Some(m) = msg {
-            log::error(Some(layer), &m);
+            log::error(context, &m);
         }
         Ok(r)
     }
+}
+
+/// A command-line string for a plugin's or filter's `.config`: kept for
+/// the life of the process, because C plugins keep the pointers they are
+/// given (nbdkit passes its `argv`, which never goes away).
+pub(crate) fn config_arg(s: &str) -> *const std::ffi::c_char {
+    let c = cstring_lossy(s);
+    let p = c.as_ptr();
+    GLOBAL_INTERNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(c);
+    p
 }
 
 /// A Rust string as a C string, with any NUL cut off.

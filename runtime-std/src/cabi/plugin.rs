@@ -1,7 +1,7 @@
 //! A compiled nbdkit plugin (`struct nbdkit_plugin`, API 1 or 2) as a
 //! [`Plugin`] of the core's stack.
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_void};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -281,10 +281,6 @@ fn b(r: c_int) -> bool {
     r != 0
 }
 
-fn cstr_arg(s: &str) -> CString {
-    super::cstring_lossy(s)
-}
-
 impl CPlugin {
     fn global<T>(&self, f: impl FnOnce() -> T, failed: impl FnOnce(&T) -> bool) -> Result<T> {
         call(
@@ -384,9 +380,10 @@ impl Plugin for CPlugin {
                 self.s.path, self.s.path
             )));
         };
-        let (k, v) = (cstr_arg(key), cstr_arg(value));
-        // SAFETY: two NUL-terminated strings that outlive the call.
-        self.global_int(|| unsafe { cfg(k.as_ptr(), v.as_ptr()) }, "config")
+        let (k, v) = (super::config_arg(key), super::config_arg(value));
+        // SAFETY: two NUL-terminated strings that live as long as the
+        // process.
+        self.global_int(|| unsafe { cfg(k, v) }, "config")
     }
 
     fn config_complete(&mut self) -> Result<()> {
