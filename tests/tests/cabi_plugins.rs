@@ -160,6 +160,13 @@ fn debian_plugin_objects_serve_what_the_reference_serves() {
             println!("SKIP: {so} is not installed");
             continue;
         }
+        // The object itself is loaded (not a built-in of the same name).
+        let help = run(nbdkit_cmd().arg(&so).arg("--help"), CMD_TIMEOUT);
+        assert!(
+            help.stdout.contains(&format!("({so})")),
+            "{name}: {}",
+            help.describe()
+        );
         let mut a: Vec<&str> = vec![&so];
         a.extend(args.iter().map(String::as_str));
         let ours = run_with(&nbdkit_bin(), &a, PROBE);

@@ -494,6 +494,18 @@ extern "C" fn nbdkit_parse_probability(
     }
 }
 
+/// A number that did not parse: ERANGE when out of range, else EINVAL.
+fn number_failed(e: &nbdkit_core::backend::Error) -> c_int {
+    let msg = e.to_string();
+    let errno = if msg.contains("out of range") {
+        libc::ERANGE
+    } else {
+        libc::EINVAL
+    };
+    fail(msg, errno);
+    -1
+}
+
 macro_rules! parse_int {
     ($name:ident, $t:ty, signed) => {
         #[doc = concat!("`int ", stringify!($name), " (const char *what, const char *str, ...)`.")]
@@ -514,15 +526,7 @@ macro_rules! parse_int {
                     }
                     0
                 }
-                Err(e) => {
-                    let errno = if e.to_string().contains("out of range") {
-                        libc::ERANGE
-                    } else {
-                        libc::EINVAL
-                    };
-                    fail(e.to_string(), errno);
-                    -1
-                }
+                Err(e) => number_failed(&e),
             }
         }
     };
@@ -545,15 +549,7 @@ macro_rules! parse_int {
                     }
                     0
                 }
-                Err(e) => {
-                    let errno = if e.to_string().contains("out of range") {
-                        libc::ERANGE
-                    } else {
-                        libc::EINVAL
-                    };
-                    fail(e.to_string(), errno);
-                    -1
-                }
+                Err(e) => number_failed(&e),
             }
         }
     };
