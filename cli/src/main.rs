@@ -222,6 +222,18 @@ fn fail(msg: impl AsRef<str>) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// A plugin or filter that cannot be loaded, reported as nbdkit does.
+fn load_failed(e: nbdkit_runtime_std::cabi::LoadError) -> ExitCode {
+    if e.usage_hint {
+        fail(format!(
+            "{}\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.",
+            e.message
+        ))
+    } else {
+        fail(e.message)
+    }
+}
+
 /// Whether `k` (before the `=`) is a parameter key: a letter, then letters,
 /// digits, `.`, `_` or `-`, as nbdkit checks; otherwise the whole argument
 /// is a value for the magic key.
@@ -281,6 +293,9 @@ fn version_line() -> String {
 }
 
 fn dump_plugin(stack: &Stack) {
+    if nbdkit_runtime_std::cabi::dump_plugin(stack.plugin()) {
+        return;
+    }
     let p = stack.plugin();
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -394,6 +409,7 @@ fn main() -> ExitCode {
     }
 
     log::set_verbose(on("verbose"));
+    nbdkit_runtime_std::cabi::set_stdio_safe(!on("single"));
     if let Some(l) = get("log") {
         match l.as_str() {
             "stderr" => log::set_destination(log::LogTo::Stderr),
@@ -524,22 +540,15 @@ fn main() -> ExitCode {
 
     // Load the plugin and filters.
     let plugin_arg = &positional[0];
-    let plugin_name = registry::short_name(plugin_arg, "plugin");
-    let Some(plugin) = registry::plugin(&plugin_name) else {
-        return fail(format!(
-            "cannot open plugin '{plugin_arg}': no plugin of that name is built into this nbdkit (No such file or directory)"
-        ));
+    let plugin = match registry::plugin(plugin_arg) {
+        Ok(p) => p,
+        Err(e) => return load_failed(e),
     };
     let mut filters = Vec::new();
     for f in m.get_many::<String>("filter").into_iter().flatten() {
-        let fname = registry::short_name(f, "filter");
-        match registry::filter(&fname) {
-            Some(filter) => filters.push(filter),
-            None => {
-                return fail(format!(
-                    "cannot open filter '{f}': no filter of that name is built into this nbdkit (No such file or directory)"
-                ))
-            }
+        match registry::filter(f) {
+            Ok(filter) => filters.push(filter),
+            Err(e) => return load_failed(e),
         }
     }
     let mut stack = Stack::new(plugin, filters);
@@ -564,7 +573,9 @@ fn main() -> ExitCode {
             "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
             "nbdkit.tls.session" => nbdkit_runtime_std::tls::set_debug_session(v != "0"),
             "nbdkit.environ" => environ = v != "0",
-            _ => {}
+            _ => {
+                nbdkit_runtime_std::cabi::apply_debug_flag(k, v);
+            }
         }
     }
     log::set_backend_debug(datapath, controlpath);
@@ -588,14 +599,19 @@ fn main() -> ExitCode {
         };
         for f in stack.filters() {
             println!("\nfilter: {}", title(f.name(), f.longname()));
-            println!("({exe})");
+            let path = nbdkit_runtime_std::cabi::path_of(f.name());
+            println!("({})", path.as_deref().unwrap_or(&exe));
             if !f.config_help().is_empty() {
                 println!("{}", f.config_help());
             }
         }
         let p = stack.plugin();
         println!("\nplugin: {}", title(p.name(), p.longname()));
-        println!("({exe})");
+        let path = nbdkit_runtime_std::cabi::path_of(p.name());
+        println!("({})", path.as_deref().unwrap_or(&exe));
+        if let Some(d) = p.description() {
+            println!("{d}");
+        }
         if !p.config_help().is_empty() {
             println!("{}", p.config_help());
         }
