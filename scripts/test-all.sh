@@ -27,10 +27,12 @@ packages=(
     openssl          # fallback certificate generator
     fdisk            # sfdisk (partition filter tests)
     fio              # benchmark workloads
-    nbdkit           # the reference server
+    nbdkit           # the reference server (and its manual pages)
+    man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
-    pkg-config       # how openssl-sys finds libssl
+    pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
+    gcc              # C plugins and filters of the C ABI tests
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)

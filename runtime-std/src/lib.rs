@@ -5,6 +5,7 @@
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
 mod blocking;
+pub mod cabi;
 mod connection;
 pub mod filters;
 pub mod log;

@@ -70,6 +70,12 @@ fn range_error(what: &str, value: &str) -> Error {
     ))
 }
 
+/// `nbdkit_absolute_path` for a parameter that names a file the filter
+/// opens later, after the server may have moved to `/` in the background.
+pub(crate) fn absolute_path(value: &str) -> Result<PathBuf> {
+    crate::process::absolute_path(value).map_err(Error::config)
+}
+
 /// `nbdkit_parse_bool`, with its message.
 pub(crate) fn parse_bool(value: &str) -> Result<bool> {
     nbdkit_core::size::parse_bool(value)

@@ -1051,7 +1051,9 @@ impl Plugin for Data {
         "data"
     }
     fn config_help(&self) -> &'static str {
-        "data|raw|base64=...     Specify disk data on the command line\nsize=<SIZE>             Size of the backing disk"
+        "data|raw|base64=...     Specify disk data on the command line\n\
+         size=<SIZE>             Size of the backing disk\n\
+         allocator=sparse|...    Backend allocation strategy"
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("data")

@@ -354,11 +354,14 @@ impl Plugin for File {
         Some("nbdkit file plugin")
     }
     fn config_help(&self) -> &'static str {
-        // As nbdkit 1.32 prints it, spelling included.
+        // As nbdkit 1.32 prints it (with the parameter's name spelled as
+        // it is accepted), and the descriptor parameters of nbdkit 1.34.
         "[file=]<FILENAME>     The filename to serve.\n\
          dir=<DIRNAME>         A directory containing files to serve.\n\
+         fd=<FD>               An inherited file descriptor of a file to serve.\n\
+         dirfd=<FD>            An inherited file descriptor of a directory.\n\
          cache=<MODE>          Set use of caching (default, none).\n\
-         fadise=<LEVEL>        Set fadvise hint (normal, random, sequential)."
+         fadvise=<LEVEL>       Set fadvise hint (normal, random, sequential)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")

@@ -96,7 +96,8 @@ impl Plugin for OnDemand {
          size=<SIZE>      (required) Virtual filesystem size.\n\
          label=<LABEL>               The filesystem label.\n\
          type=ext4|...               The filesystem type.\n\
-         command=<COMMAND>           Alternate command instead of mkfs."
+         command=<COMMAND>           Alternate command instead of mkfs.\n\
+         wait=true                   Wait for an export in use (default: refuse)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")

@@ -457,7 +457,10 @@ impl Plugin for Partitioning {
     }
     fn config_help(&self) -> &'static str {
         "file=<FILENAME>  (required) File(s) containing partitions\n\
-         partition-type=mbr|gpt      Partition type"
+         partition-type=mbr|gpt      Partition type\n\
+         mbr-id=0xNN|default         MBR partition type byte of the following files\n\
+         type-guid=GUID|default      GPT partition type GUID of the following files\n\
+         alignment=<N>               Partition alignment (default 1M)"
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")

@@ -52,7 +52,7 @@ fn errno_desc(e: &std::io::Error) -> String {
 }
 
 /// nbdkit_read_password.
-fn read_password(value: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_password(value: &str) -> Result<Vec<u8>> {
     if value == "-" {
         return read_password_tty();
     }

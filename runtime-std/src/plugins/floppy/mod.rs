@@ -99,7 +99,8 @@ impl Plugin for Floppy {
     }
     fn config_help(&self) -> &'static str {
         "dir=<DIRECTORY>     (required) The directory to serve.\n\
-         label=<LABEL>                  The volume label."
+         label=<LABEL>                  The volume label.\n\
+         size=<SIZE>                    The total disk size (default: just enough)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("dir")
