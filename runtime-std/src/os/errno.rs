@@ -1,7 +1,8 @@
 //! Error numbers: the core's [`Errno`] uses Linux numbering everywhere
 //! (it is what plugins and filters report, and what the server maps to
-//! NBD errors); the operating system's own numbers are converted here,
-//! at the boundary, whenever one becomes an [`Errno`] or back.
+//! NBD errors); the operating system's own numbers, which compiled C
+//! plugins and filters use too, are converted here, at the boundary,
+//! whenever one becomes an [`Errno`] or back.
 //!
 //! - Linux: the same numbers; both conversions are the identity.
 //! - FreeBSD: numbers 1 to 34 are the same except 11 (`EDEADLK`, Linux

@@ -61,3 +61,24 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Peer)> {
 pub(crate) fn accept(_listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Peer)> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// Write a vsock peer's address into `ss` (for `nbdkit_peer_name`) and
+/// return its length.
+#[cfg(target_os = "linux")]
+pub(crate) fn write_sockaddr(ss: &mut libc::sockaddr_storage, cid: u32, port: u32) -> usize {
+    // SAFETY: sockaddr_storage is large and aligned enough for any socket
+    // address type, and the reference is to a live, exclusive value.
+    let s = unsafe { &mut *(ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_vm>() };
+    s.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    s.svm_cid = cid;
+    s.svm_port = port;
+    core::mem::size_of::<libc::sockaddr_vm>()
+}
+
+/// FreeBSD has no `AF_VSOCK`, so no connection has a vsock peer; should
+/// one be asked for, the address is the family alone, `AF_UNSPEC`.
+#[cfg(target_os = "freebsd")]
+pub(crate) fn write_sockaddr(ss: &mut libc::sockaddr_storage, _cid: u32, _port: u32) -> usize {
+    ss.ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+    core::mem::size_of::<libc::sa_family_t>()
+}
