@@ -13,13 +13,14 @@
 //! | [`writeback`] (`cache=none`) | `sync_file_range` | none: `POSIX_FADV_DONTNEED` alone |
 //! | [`locks`] (ondemand) | open file description locks (`F_OFD_SETLK`) | `flock(2)`, which also belongs to the open file description |
 //! | [`selinux`] (`--selinux-label`) | `/proc/thread-self/attr/sockcreate` | error: no SELinux |
-//! | [`vsock`] (`--vsock`) | `AF_VSOCK` | error: no `AF_VSOCK` |
-//! | [`errno`] (the core's `Errno` is Linux-numbered) | identity | converted by name |
+//! | [`vsock`] (`--vsock`, `nbdkit_peer_name`) | `AF_VSOCK` | error: no `AF_VSOCK` |
+//! | [`errno`] (the core's `Errno` is Linux-numbered; C plugins use the OS's) | identity | converted by name |
 //!
 //! Portable already, so not here: `SEEK_DATA`/`SEEK_HOLE` (same calls and
 //! errors on both), `posix_fadvise`, `mlockall` (`--swap`), `getrandom`,
 //! socket activation (`LISTEN_PID`/`LISTEN_FDS` is an environment
-//! protocol), `accept4`, `syslog`. Nothing opens files with `O_DIRECT`.
+//! protocol), `accept4`, `syslog`, `dlopen` and the C code's `errno`
+//! (through nix). Nothing opens files with `O_DIRECT`.
 //! The only `/proc` use is the SELinux socket label (Linux only) and the
 //! only `/sys` use is a block device's rotational flag (Linux only).
 
