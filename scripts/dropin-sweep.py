@@ -383,6 +383,167 @@ case("pidfile",
      "NBDKIT -U sock -P pid.txt memory 1M --run 'test -s pid.txt && echo pid'; test -e pid.txt && echo left || echo gone")
 
 
+# ---------------------------------------------------------------- batch 2:
+# what clients do with the exports (writes, zeroing, trimming, flushing,
+# caching; qemu-img and qemu-io; disk contents seen by the usual tools).
+NBDSH_OPS = (
+    "nbdsh -u \"$uri\" "
+    "-c 'h.pwrite(b\"A\"*4096, 0)' "
+    "-c 'h.pwrite(b\"B\"*100, 5000, nbd.CMD_FLAG_FUA) if h.can_fua() else h.pwrite(b\"B\"*100, 5000)' "
+    "-c 'h.zero(8192, 8192) if h.can_zero() else None' "
+    "-c 'h.trim(4096, 65536) if h.can_trim() else None' "
+    "-c 'h.flush() if h.can_flush() else None' "
+    "-c 'h.cache(65536, 0) if h.can_cache() else None' "
+    "-c 'print(h.pread(16, 0), h.pread(16, 5000), h.pread(16, 8192))'"
+    "; " + MAP + "; " + MD5)
+for name, args in [
+        ("memory", "memory 1M"),
+        ("memory-malloc", "memory 1M allocator=malloc"),
+        ("file", "file disk.img"),
+        ("file-cache-none", "file disk.img cache=none"),
+        ("cow", "--filter=cow file disk.img"),
+        ("cow-block", "--filter=cow file disk.img cow-block-size=4096"),
+        ("cache", "--filter=cache file disk.img"),
+        ("cache-wt", "--filter=cache file disk.img cache=writethrough"),
+        ("blocksize", "--filter=blocksize memory 1M minblock=4k maxdata=8k"),
+        ("blocksize-policy", "--filter=blocksize-policy memory 1M blocksize-minimum=512 blocksize-error-policy=allow"),
+        ("offset", "--filter=offset file disk.img offset=1M range=1M"),
+        ("partition", "--filter=partition file disk.img partition=1"),
+        ("swab", "--filter=swab memory 1M swab-bits=32"),
+        ("truncate", "--filter=truncate memory 1M truncate=20000"),
+        ("nozero", "--filter=nozero memory 1M"),
+        ("nozero-emulate", "--filter=nozero memory 1M zeromode=emulate"),
+        ("nocache", "--filter=nocache memory 1M cachemode=emulate"),
+        ("noextents", "--filter=noextents memory 1M"),
+        ("fua-emulate", "--filter=fua memory 1M fuamode=emulate"),
+        ("fua-none", "--filter=fua memory 1M fuamode=none"),
+        ("fua-discard", "--filter=fua memory 1M fuamode=discard"),
+        ("noparallel", "--filter=noparallel memory 1M"),
+        ("readahead", "--filter=readahead memory 1M"),
+        ("scan", "--filter=scan memory 1M"),
+        ("log", "--filter=log memory 1M logfile=/dev/null"),
+        ("stats", "--filter=stats memory 1M statsfile=/dev/null"),
+        ("delay", "--filter=delay memory 1M rdelay=1ms wdelay=1ms"),
+        ("protect", "--filter=protect memory 1M protect=0-511"),
+        ("checkwrite", "--filter=checkwrite memory 1M"),
+        ("null", "null 1M"),
+        ("zero", "zero"),
+        ("full", "full 1M"),
+        ("pattern", "pattern 1M"),
+        ("data", "data '1 2 3' size=1M"),
+        ("sparse-random", "sparse-random 1M seed=1"),
+        ("random", "random 1M seed=1"),
+        ("readonly-memory", "-r memory 1M"),
+        ("split", "split file1 file2 file3"),
+        ("partitioning", "partitioning file1 file2"),
+        ("tmpdisk", "tmpdisk 1M"),
+        ("luks", "file encrypted-disk.img --filter=luks passphrase=123456"),
+        ("xz", "--filter=xz file disk.xz"),
+        ("gzip", "--filter=gzip file disk.img.gz"),
+        ("tar", "file data.tar --filter=tar tar-entry=disk.img"),
+        ("ext2", "--filter=ext2 file fs.img ext2file=/disks/disk.raw"),
+        ("floppy", "floppy dir"),
+        ("iso", "iso dir"),
+        ("linuxdisk", "linuxdisk dir"),
+        ("extentlist", "--filter=extentlist memory 1M extentlist=extents.txt"),
+        ("ddrescue", "--filter=ddrescue memory 1M ddrescue-mapfile=disk.map"),
+        ("cacheextents", "--filter=cacheextents memory 1M"),
+        ("multi-conn", "--filter=multi-conn memory 1M multi-conn-mode=emulate"),
+        ("exitlast", "--filter=exitlast memory 1M"),
+        ("limit", "--filter=limit memory 1M"),
+        ("rate", "--filter=rate memory 1M rate=100M"),
+        ("retry", "--filter=retry memory 1M"),
+        ("error-0", "--filter=error memory 1M error-rate=0%"),
+]:
+    probe("ops-" + name, args, NBDSH_OPS)
+
+for name, args in [
+        ("memory", "memory 1G"),
+        ("file", "file disk.img"),
+        ("partition", "--filter=partition file disk.img partition=1"),
+        ("xz", "--filter=xz file disk.xz"),
+        ("luks", "file encrypted-disk.img --filter=luks passphrase=123456"),
+        ("floppy", "floppy dir"),
+        ("partitioning", "partitioning file1 file2"),
+]:
+    probe("qemu-img-" + name, args,
+          "qemu-img info --output=json \"$nbd\" | grep -v filename")
+
+case("qemu-io-blocksize",
+     run_probe("--filter=blocksize memory 1M minblock=4k",
+               "qemu-io -f raw -c \"write -P 0x33 1 3\" -c \"read -P 0x33 1 3\" "
+               "-c \"read -P 0 0 1\" -c \"read -P 0 4 4092\" \"$nbd\" | grep -v ops/sec"))
+case("qemu-io-truncate-beyond",
+     run_probe("--filter=truncate memory 1M truncate=1048577",
+               "qemu-io -f raw -c \"write -P 0x33 1048576 1\" \"$nbd\" 2>&1 | grep -v ops/sec; "
+               "qemu-io -f raw -c \"write -z 1048576 1\" \"$nbd\" 2>&1 | grep -v ops/sec"))
+case("readonly-write-error",
+     run_probe("-r memory 1M", "nbdsh -u \"$uri\" -c 'h.pwrite(b\"x\", 0)'"))
+case("write-past-end",
+     run_probe("memory 1M", "nbdsh -u \"$uri\" -c 'h.pwrite(b\"x\", 1048576)'"))
+case("read-past-end",
+     run_probe("memory 1M", "nbdsh -u \"$uri\" -c 'h.pread(2, 1048575)'"))
+case("full-write-err",
+     run_probe("full 1M", "nbdsh -u \"$uri\" -c 'h.pwrite(b\"x\", 0)'"))
+case("full-zero",
+     run_probe("full 1M", "nbdsh -u \"$uri\" -c 'h.zero(512, 0)'"))
+case("full-fast-zero",
+     run_probe("full 1M", "nbdsh -u \"$uri\" -c 'h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO)'"))
+case("null-fast-zero",
+     run_probe("null 1M", "nbdsh -u \"$uri\" -c 'h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO)'"))
+case("file-fast-zero",
+     run_probe("file disk.img", "nbdsh -u \"$uri\" -c 'h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO)'"))
+case("truncate-fast-zero",
+     run_probe("--filter=truncate file disk.img truncate=5M",
+               "nbdsh -u \"$uri\" -c 'h.zero(512, 4194304, nbd.CMD_FLAG_FAST_ZERO)' "
+               "-c 'h.zero(512, 0, nbd.CMD_FLAG_FAST_ZERO)'"))
+case("copy-into-memory",
+     run_probe("memory 4M", "nbdcopy disk.img \"$uri\" && nbdcopy \"$uri\" - | md5sum; " + MAP))
+case("floppy-mdir",
+     run_probe("floppy dir", "nbdcopy \"$uri\" fl.img") + " && mdir -i fl.img -/ ::")
+case("iso-isoinfo",
+     run_probe("iso dir", "nbdcopy \"$uri\" cd.iso") + " && isoinfo -R -f -i cd.iso")
+case("linuxdisk-debugfs",
+     run_probe("linuxdisk dir", "nbdcopy \"$uri\" ld.img") +
+     " && debugfs -R 'ls -p /' ld.img 2>/dev/null | sed 's/^\\/[0-9]*\\//\\//' | cut -d/ -f1-3,6-")
+case("partitioning-sfdisk",
+     run_probe("partitioning file1 file2 file3", "nbdcopy \"$uri\" p.img") +
+     " && sfdisk --dump p.img | grep -v -e '^label-id' -e '^device' | sed 's/^p.img//'")
+case("partitioning-gpt-sfdisk",
+     run_probe("partitioning file1 file2 partition-type=gpt", "nbdcopy \"$uri\" p.img") +
+     " && sfdisk --dump p.img | grep -v -e '^label-id' -e '^device' -e uuid | sed 's/^p.img//'")
+case("list-exports", run_probe("memory 1M", 'nbdinfo --list --json "$uri"'))
+case("exportname-e", run_probe("-e foo memory 1M", 'nbdinfo --list "$uri"'))
+case("dump-config-minor", "NBDKIT --dump-config | grep ^version_minor")
+case("plugin-foo-version", "NBDKIT foo --version")
+case("oldstyle", run_probe("-o memory 1M", INFO))
+case("mask0", run_probe("--mask-handshake=0 memory 1M", INFO))
+case("threads", run_probe("-t 1 memory 1M", MD5))
+case("single-s",
+     "NBDKIT -s memory 1M < /dev/null; echo rc=$?")
+case("nbdsh-h-connect-command",
+     "nbdsh -c 'h.connect_command([\"NBDKIT\", \"-s\", \"--exit-with-parent\", \"memory\", \"1M\"])' "
+     "-c 'print(h.get_size())'")
+case("run-without-U", "NBDKIT memory 1M --run 'echo $uri' | sed 's/socket=.*/socket=X/'")
+case("sh-missing-method",
+     "NBDKIT -U - sh - --run 'nbdinfo --size \"$uri\"' <<'EOF'\ncase \"$1\" in\n  get_size) echo 1M ;;\n  *) exit 2 ;;\nesac\nEOF")
+case("info-address",
+     "NBDKIT -U - info mode=address --run 'nbdcopy \"$uri\" - | tr -d \"\\0\" | head -c 4'")
+case("info-exportname-list",
+     "NBDKIT -U - -e foo info --run 'nbdinfo --list --json \"$uri\"'")
+# A relative -P path names a file in the directory nbdkit started in (a
+# daemon that changed directory first would write /pid.txt: look there
+# too, so that the server is stopped either way).
+case("pidfile-daemon",
+     "NBDKIT -U sock -P pid.txt memory 1M; for i in 1 2 3 4 5 6 7 8 9 10; do "
+     "test -s pid.txt -o -s /pid.txt && break; sleep 0.3; done; "
+     "test -S sock && echo sock; test -s pid.txt && echo pidfile; "
+     "nbdinfo --size 'nbd+unix:///?socket=sock'; "
+     "p=$(cat pid.txt 2>/dev/null || cat /pid.txt); kill $p; "
+     "test \"$(cat /pid.txt 2>/dev/null)\" = \"$p\" && rm -f /pid.txt; sleep 0.5; "
+     "test -e sock && echo left || echo gone")
+
+
 def make_mbr_disk(path, size):
     """A disk with one Linux partition from 1 MiB to the end, filled with
     a recognisable pattern and a hole in the middle."""

@@ -141,7 +141,10 @@ impl FilterHandle for TruncateHandle {
         let n = Self::inside(next, buf.len() as u64, offset) as usize;
         let (head, tail) = buf.split_at(n);
         if tail.iter().any(|&b| b != 0) {
-            return Err(Error::new(Errno::ENOSPC));
+            return Err(Error::msg(
+                Errno::ENOSPC,
+                "truncate: write beyond end of underlying device",
+            ));
         }
         if !head.is_empty() {
             next.pwrite(head, offset, flags)?;
