@@ -261,3 +261,36 @@ fn gzip_filter_on_plain_data_says_incorrect_header() {
         assert_eq!(first(&ours), first(&theirs));
     }
 }
+
+/// `nbdkit --filter=FILTER null --help`: the filter's parameter lines.
+fn filter_help(bin: &Path, filter: &str) -> Vec<String> {
+    let out = run(
+        Command::new(bin).args([&format!("--filter={filter}"), "null", "--help"]),
+        TIMEOUT,
+    );
+    assert!(out.success(), "{}", out.describe());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("filter: {filter}")))
+        .unwrap_or_else(|| panic!("no filter section: {}", out.stdout));
+    // Skip the heading and the "(path)" line; stop at the blank line.
+    lines[start + 2..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Filter parameter help reads as nbdkit's (same words, same columns).
+#[test]
+fn filter_help_matches_nbdkit() {
+    for filter in ["cache", "cow", "ip", "log", "scan"] {
+        let ours = filter_help(&nbdkit_bin(), filter);
+        assert!(!ours.is_empty(), "{filter}: no help");
+        assert!(ours.iter().all(|l| l.len() < 80), "{filter}: {ours:#?}");
+        if reference() {
+            assert_eq!(ours, filter_help(Path::new(REFERENCE), filter), "{filter}");
+        }
+    }
+}

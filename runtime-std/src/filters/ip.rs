@@ -130,8 +130,9 @@ impl Filter for Ip {
     }
 
     fn config_help(&self) -> &'static str {
-        "allow=addr[,addr...]           Set allow list.\n\
-         deny=addr[,addr...]            Set deny list."
+        // nbdkit's text, as `nbdkit --filter=ip null --help` shows it.
+        "allow=addr[,addr...]     Set allow list.\n\
+         deny=addr[,addr...]      Set deny list."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
