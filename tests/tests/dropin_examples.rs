@@ -57,6 +57,15 @@ fn strip_thread(stderr: &str) -> String {
         .join("\n")
 }
 
+/// The first line of stderr, without the thread prefix.
+fn first_error(o: &Output) -> String {
+    strip_thread(&o.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The same command under the binary under test and the reference, when
 /// the reference can load what it needs: `(ours, reference)`.
 fn differential(dir: &TempDir, args: &str) -> (Output, Option<Output>) {
@@ -164,21 +173,14 @@ fn truncate_write_beyond_end_says_why() {
     let (ours, theirs) = differential(&dir, args);
     assert!(!ours.success(), "{}", ours.describe());
     let want = "nbdkit: error: truncate: write beyond end of underlying device";
-    let first = |o: &Output| {
-        strip_thread(&o.stderr)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    };
-    assert_eq!(first(&ours), want, "{}", ours.describe());
+    assert_eq!(first_error(&ours), want, "{}", ours.describe());
     assert!(
         ours.stderr.contains("No space left on device"),
         "{}",
         ours.describe()
     );
     if let Some(theirs) = theirs {
-        assert_eq!(first(&ours), first(&theirs));
+        assert_eq!(first_error(&ours), first_error(&theirs));
     }
 }
 
@@ -244,21 +246,14 @@ fn gzip_filter_on_plain_data_says_incorrect_header() {
     let args = "-U - --filter=gzip file disk.img --run 'nbdinfo --size \"$uri\"'";
     let (ours, theirs) = differential(&dir, args);
     assert!(!ours.success(), "{}", ours.describe());
-    let first = |o: &Output| {
-        strip_thread(&o.stderr)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    };
     assert_eq!(
-        first(&ours),
+        first_error(&ours),
         "nbdkit: error: gzip: inflate: incorrect header check",
         "{}",
         ours.describe()
     );
     if let Some(theirs) = theirs {
-        assert_eq!(first(&ours), first(&theirs));
+        assert_eq!(first_error(&ours), first_error(&theirs));
     }
 }
 
