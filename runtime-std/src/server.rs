@@ -98,7 +98,28 @@ pub fn private_socket() -> std::io::Result<(PathBuf, PathBuf)> {
     let tmpl = base.join("nbdkitXXXXXX");
     let dir = nix::unistd::mkdtemp(&tmpl).map_err(std::io::Error::from)?;
     let sock = dir.join("socket");
+    PRIVATE_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.clone());
     Ok((sock, dir))
+}
+
+/// Private socket directories made so far, for [`exit_before_serving`].
+static PRIVATE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Exit at once with `code`, before any socket was bound (a filter's
+/// `get_ready` deciding there is nothing to serve), removing the still
+/// empty private socket directories.
+pub fn exit_before_serving(code: i32) -> ! {
+    for dir in PRIVATE_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = std::fs::remove_dir(dir);
+    }
+    std::process::exit(code)
 }
 
 fn percent_encode(s: &str) -> String {

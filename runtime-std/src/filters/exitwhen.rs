@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbdkit_core::backend::{Error, Filter, FilterHandle, NextOpener, OpenArgs, Peer, Result};
+use nbdkit_core::backend::{
+    Error, Filter, FilterHandle, NextOpener, OpenArgs, Peer, Result, ThreadModel,
+};
 use nbdkit_core::errno::Errno;
 
 use super::util::{absolute_path, parse_unsigned};
@@ -188,6 +190,15 @@ impl Filter for ExitWhen {
 
     fn config_complete(&mut self) -> Result<()> {
         *self.state.events.lock().unwrap_or_else(|p| p.into_inner()) = self.events.clone();
+        Ok(())
+    }
+
+    // An event that happened before nbdkit started: exit at once, without
+    // serving or running --run's command (nbdkit does the same).
+    fn get_ready(&self, _thread_model: ThreadModel) -> Result<()> {
+        if self.events.iter().any(Event::happened) {
+            crate::server::exit_before_serving(0);
+        }
         Ok(())
     }
 

@@ -61,7 +61,13 @@ fn decompress(next: &Context) -> Result<Data> {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(Error::msg(Errno::EIO, format!("gzip: inflate: {e}")));
+                // zlib's words for data that is not gzip at all.
+                let what = e.to_string();
+                let what = match what.as_str() {
+                    "invalid gzip header" => "incorrect header check",
+                    w => w,
+                };
+                return Err(Error::msg(Errno::EIO, format!("gzip: inflate: {what}")));
             }
         };
         file.write_all(&buf[..n])
