@@ -285,6 +285,13 @@ fn filter_help_matches_nbdkit() {
         assert!(!ours.is_empty(), "{filter}: no help");
         assert!(ours.iter().all(|l| l.len() < 80), "{filter}: {ours:#?}");
         if reference() {
+            // The manual documents cache-min-block-size=, which 1.32.5's
+            // help text forgets: ours lists it (dropin_cli checks every
+            // manual parameter), so it is left out of the comparison.
+            let ours: Vec<String> = ours
+                .into_iter()
+                .filter(|l| !l.starts_with("cache-min-block-size="))
+                .collect();
             assert_eq!(ours, filter_help(Path::new(REFERENCE), filter), "{filter}");
         }
     }
