@@ -27,9 +27,12 @@ packages=(
     openssl          # fallback certificate generator
     fdisk            # sfdisk (partition filter tests)
     fio              # benchmark workloads
-    nbdkit           # the reference server
+    nbdkit           # the reference server (and its manual pages)
+    man-db           # man (dropin_cli: --help against the manual pages)
+    nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
-    pkg-config       # how openssl-sys finds libssl
+    pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
+    gcc              # C plugins and filters of the C ABI tests
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)
@@ -78,6 +81,15 @@ if rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 ||
     runtime-embedded/firmware/size.sh
 else
     echo "test-all: SKIP thumbv7em-none-eabihf builds: rustup cannot add the target (offline?)" >&2
+fi
+
+# The whole workspace type-checked for FreeBSD (no FreeBSD sysroot needed:
+# see "Platforms" in README.md).
+if rustup target add x86_64-unknown-freebsd >/dev/null 2>&1 ||
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-freebsd; then
+    scripts/check-freebsd.sh
+else
+    echo "test-all: SKIP FreeBSD check: rustup cannot add x86_64-unknown-freebsd (offline?)" >&2
 fi
 
 # loom models (own target dir: --cfg loom rebuilds every dependency).

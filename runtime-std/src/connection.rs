@@ -56,7 +56,7 @@ impl BufPool {
     const MAX_TOTAL: usize = 32 * 1024 * 1024;
 
     /// A buffer of at least `len` bytes (its contents are stale).
-    fn get(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn get(&self, len: usize) -> Vec<u8> {
         let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = b.unwrap_or_default();
         if b.len() < len {
@@ -66,7 +66,7 @@ impl BufPool {
     }
 
     /// Give a buffer back.
-    fn put(&self, b: Vec<u8>) {
+    pub(crate) fn put(&self, b: Vec<u8>) {
         if b.len() <= Self::MAX_KEPT {
             let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
             let kept: usize = v.iter().map(Vec::len).sum();
@@ -133,8 +133,13 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 }
 
@@ -146,6 +151,17 @@ impl From<Vec<u8>> for Reply {
 }
 
 impl Shared {
+    /// Run `f` under the global request lock when the thread model is
+    /// serialize_all_requests (or stricter).
+    pub(crate) fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.thread_model <= ThreadModel::SerializeAllRequests {
+            let _g = self.all_requests.lock().unwrap_or_else(|p| p.into_inner());
+            f()
+        } else {
+            f()
+        }
+    }
+
     /// Run a plugin call: on a blocking thread when the stack may block,
     /// inline otherwise; under the global lock when the model says so.
     async fn call<T, F>(self: &Arc<Self>, f: F) -> T
@@ -153,14 +169,7 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&Shared) -> T + Send + 'static,
     {
-        let run = |s: &Shared| {
-            if s.thread_model <= ThreadModel::SerializeAllRequests {
-                let _g = s.all_requests.lock().unwrap_or_else(|p| p.into_inner());
-                f(s)
-            } else {
-                f(s)
-            }
-        };
+        let run = |s: &Shared| s.gated(|| f(s));
         if self.blocks {
             let s = self.clone();
             match tokio::task::spawn_blocking(move || run(&s)).await {
@@ -182,6 +191,15 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Writer: AsyncWrite + Unpin + Send + 'static;
     /// Split into halves.
     fn split(self) -> (Self::Reader, Self::Writer);
+
+    /// The same socket in blocking mode, for [`crate::blocking`]; `Err`
+    /// (giving the stream back) where that is not possible.
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -190,6 +208,18 @@ impl Transport for tokio::net::TcpStream {
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
     }
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
+        // into_std() fails only if the socket cannot leave the reactor;
+        // the stream is gone then, so the connection ends.
+        let s = self.into_std().map_err(|_| ()).and_then(|s| {
+            s.set_nonblocking(false).map_err(|_| ())?;
+            Ok(s)
+        });
+        match s {
+            Ok(s) => Ok(crate::blocking::SyncStream::Tcp(s)),
+            Err(()) => Ok(crate::blocking::SyncStream::Closed),
+        }
+    }
 }
 
 impl Transport for tokio::net::UnixStream {
@@ -197,6 +227,16 @@ impl Transport for tokio::net::UnixStream {
     type Writer = tokio::net::unix::OwnedWriteHalf;
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
+    }
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
+        let s = self.into_std().map_err(|_| ()).and_then(|s| {
+            s.set_nonblocking(false).map_err(|_| ())?;
+            Ok(s)
+        });
+        match s {
+            Ok(s) => Ok(crate::blocking::SyncStream::Unix(s)),
+            Err(()) => Ok(crate::blocking::SyncStream::Closed),
+        }
     }
 }
 
@@ -461,11 +501,25 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     if stream.is_tls() {
         log::debug(Some(&name), format_args!("using TLS on this connection"));
     }
-    let Some((rd, wr)) = stream.split() else {
-        return;
+    // A stack whose calls block, on a plain socket: nbdkit's model, worker
+    // threads that read, run and answer requests themselves.
+    let (stream, leftover) = match stream {
+        Conn::Plain(s) if shared.blocks => match s.into_blocking() {
+            Ok(sync) => {
+                blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                (None, Vec::new())
+            }
+            Err(s) => (Some(Conn::Plain(s)), leftover),
+        },
+        other => (Some(other), leftover),
     };
-    let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-    transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    if let Some(stream) = stream {
+        let Some((rd, wr)) = stream.split() else {
+            return;
+        };
+        let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
+        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    }
     let (c, cn) = (ctx.clone(), cname.clone());
     shared
         .call(move |_| {
@@ -481,6 +535,44 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         .call(move |_| log::with_context(&cname, || drop(ctx)))
         .await;
     log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+/// Run [`crate::blocking::transmission`] on a blocking thread; when the
+/// server stops, shut the socket's reading side so that the workers end.
+async fn blocking_transmission(
+    shared: &Arc<Shared>,
+    name: &str,
+    ctx: &Arc<Context>,
+    negotiated: handshake::Negotiated,
+    sync: crate::blocking::SyncStream,
+    leftover: Vec<u8>,
+) {
+    let waker = match sync.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            log::error(Some(name), &format!("dup: {e}"));
+            return;
+        }
+    };
+    let session = crate::blocking::Session {
+        shared: shared.clone(),
+        ctx: ctx.clone(),
+        name: name.into(),
+        export: Export { negotiated },
+        style: ReplyStyle::of(&negotiated),
+        base_allocation: negotiated.base_allocation.unwrap_or(0),
+        extended: negotiated.extended_headers,
+    };
+    let mut job = tokio::task::spawn_blocking(move || {
+        crate::blocking::transmission(&session, sync, leftover)
+    });
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        _ = &mut job => return,
+        _ = crate::server::stopped(&mut shutdown) => {}
+    }
+    waker.shutdown(std::net::Shutdown::Read);
+    let _ = job.await;
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
@@ -736,14 +828,14 @@ fn call_flags(v: &Valid) -> Flags {
 }
 
 /// Run one validated request and build its complete reply.
-fn execute(
+pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
     name: &Arc<str>,
     style: ReplyStyle,
     base_allocation: u32,
     v: &Valid,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Reply {
     log::with_context(name, || {
         execute_as(ctx, pool, name, style, base_allocation, v, payload)
@@ -758,7 +850,7 @@ fn execute_as(
     style: ReplyStyle,
     base_allocation: u32,
     v: &Valid,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Reply {
     let flags = call_flags(v);
     let result = match v.command {
@@ -776,7 +868,7 @@ fn execute_as(
                 }
             }
         }
-        Command::Write => ctx.pwrite(&payload, v.offset, flags),
+        Command::Write => ctx.pwrite(payload, v.offset, flags),
         Command::Flush => ctx.flush(Flags::NONE),
         Command::Trim => ctx.trim(v.count, v.offset, flags),
         Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
@@ -825,7 +917,7 @@ fn execute_as(
     }
 }
 
-fn error_reply(
+pub(crate) fn error_reply(
     style: ReplyStyle,
     command: Option<Command>,
     cookie: u64,
@@ -994,7 +1086,7 @@ async fn transmission<R, W>(
                     .call(move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        execute(&ctx, &p, n, style, base_allocation, &v, payload)
+                        execute(&ctx, &p, n, style, base_allocation, &v, &payload)
                     })
                     .await;
                 send(&wr, reply.bytes()).await;
@@ -1007,7 +1099,7 @@ async fn transmission<R, W>(
                 .call(move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    execute(&c, &p, n, style, base_allocation, &v, payload)
+                    execute(&c, &p, n, style, base_allocation, &v, &payload)
                 })
                 .await;
             let sent = send(&wr, reply.bytes()).await;
