@@ -365,7 +365,28 @@ pub fn apply_debug_flag(key: &str, value: &str) -> bool {
 /// Load a plugin from `path` (the user wrote `arg`).
 pub fn load_plugin(arg: &str, path: &Path) -> core::result::Result<Box<dyn Plugin>, LoadError> {
     let lib = open_library(arg, path, "plugin")?;
-    let p = plugin::CPlugin::load(lib, path)?;
+    let p = plugin::CPlugin::load(lib, path, plugin::Origin::Named)?;
+    register(p.name(), path, lib);
+    Ok(Box::new(p))
+}
+
+/// Load a plugin that the `cc` plugin has just compiled into `path` (a
+/// temporary file, removed once loaded): as nbdkit's cc plugin, it must
+/// use API version 2, and errors do not name the file.
+pub fn load_compiled_plugin(path: &Path) -> core::result::Result<Box<dyn Plugin>, LoadError> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: loading the object runs its initialisers; the user asked for
+    // that code to run by giving its source.
+    let lib = match unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(l) => &*Box::leak(Box::new(l)),
+        Err(e) => {
+            return Err(LoadError {
+                message: format!("cannot open the compiled plugin: {}", dl_message(&e)),
+                usage_hint: false,
+            })
+        }
+    };
+    let p = plugin::CPlugin::load(lib, path, plugin::Origin::Compiled)?;
     register(p.name(), path, lib);
     Ok(Box::new(p))
 }

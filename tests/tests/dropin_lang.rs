@@ -1,0 +1,498 @@
+//! Plugins written in other languages that reach the server through
+//! nbdkit's C ABI (issue 10, part 4): the `cc` plugin (C and C++ compiled
+//! at start-up), Rust plugins made with the crates.io `nbdkit` crate, Go
+//! plugins made with plugins/golang, OCaml plugins made with
+//! plugins/ocaml. Each example serves a disk that nbdcopy and qemu-img
+//! write and read back byte for byte.
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nbdkit_tests::*;
+
+const REFERENCE: &str = "/usr/bin/nbdkit";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
+/// A manual page as plain text (`None`, with a SKIP line, when it is not
+/// installed).
+fn manual(page: &str) -> Option<String> {
+    if !have_tool("man") {
+        return None;
+    }
+    let o = run(
+        Command::new("man")
+            .env("MANWIDTH", "200")
+            .env("MAN_KEEP_FORMATTING", "")
+            .args(["-P", "cat", page]),
+        CMD_TIMEOUT,
+    );
+    if !o.success() || o.stdout.is_empty() {
+        println!("SKIP: the manual page {page} is not installed (Debian's nbdkit, man-db)");
+        return None;
+    }
+    // Drop any overstrike (bold "X\bX", underline "_\bX").
+    let mut text = String::new();
+    for c in o.stdout.chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    Some(text)
+}
+
+/// The lines of `text` from the first line after one containing `after`
+/// up to the first that `last` accepts (`inclusive`: whether that one
+/// belongs to the block), dedented by the indentation of the first line.
+fn block(
+    text: &str,
+    after: &str,
+    first: impl Fn(&str) -> bool,
+    last: impl Fn(&str) -> bool,
+    inclusive: bool,
+) -> Option<String> {
+    let mut lines = text.lines().skip_while(|l| !l.contains(after)).skip(1);
+    let start = lines.by_ref().find(|l| first(l))?;
+    let indent = start.len() - start.trim_start().len();
+    let mut out = vec![start[indent..].to_string()];
+    for l in lines {
+        let done = last(l);
+        if done && !inclusive {
+            break;
+        }
+        out.push(l.get(indent..).unwrap_or("").to_string());
+        if done {
+            break;
+        }
+    }
+    Some(out.join("\n") + "\n")
+}
+
+/// The C plugin of nbdkit-cc-plugin(3)'s EXAMPLE section, as printed.
+fn manual_c_example() -> Option<String> {
+    let man = manual("nbdkit-cc-plugin")?;
+    let ex = man.split("\nEXAMPLE").nth(1)?;
+    let code = block(
+        ex,
+        "nbdkit cc - <<'EOF'",
+        |_| true,
+        |l| l.trim() == "EOF",
+        false,
+    )?;
+    assert!(
+        code.contains("NBDKIT_REGISTER_PLUGIN(plugin)"),
+        "cannot find the example in nbdkit-cc-plugin(3):\n{code}"
+    );
+    Some(code)
+}
+
+/// The registration fragment of nbdkit-plugin(3)'s "WRITING PLUGINS IN
+/// C++", as printed.
+fn manual_cxx_fragment() -> Option<String> {
+    let man = manual("nbdkit-plugin")?;
+    let code = block(
+        &man,
+        "WRITING PLUGINS IN C++",
+        |l| l.trim_start().starts_with("namespace {"),
+        |l| l.contains("NBDKIT_REGISTER_PLUGIN(plugin)"),
+        true,
+    )?;
+    assert!(
+        code.contains("create_plugin"),
+        "cannot find the C++ fragment in nbdkit-plugin(3):\n{code}"
+    );
+    Some(code)
+}
+
+/// Files of one write-then-read-back check: `--run` writes `data` into the
+/// export with nbdcopy, then reads it back with nbdcopy and with qemu-img
+/// convert, and records nbdinfo's size.
+struct Roundtrip {
+    data: PathBuf,
+    out_nbdcopy: PathBuf,
+    out_qemu: PathBuf,
+    size: PathBuf,
+    want: Vec<u8>,
+}
+
+impl Roundtrip {
+    /// For a writable disk of `len` bytes.
+    fn new(dir: &TempDir, len: usize, seed: u64) -> Roundtrip {
+        let data = dir.join("data");
+        let want = write_random_file(&data, len, seed);
+        Roundtrip {
+            data,
+            out_nbdcopy: dir.join("out-nbdcopy"),
+            out_qemu: dir.join("out-qemu"),
+            size: dir.join("size"),
+            want,
+        }
+    }
+
+    /// The `--run` command.
+    fn script(&self) -> String {
+        let write = if self.data.exists() {
+            format!("nbdcopy {} \"$uri\" && ", self.data.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "set -e; {write}nbdcopy \"$uri\" {out1}; \
+             qemu-img convert -f raw -O raw \"$uri\" {out2}; \
+             nbdinfo --size \"$uri\" > {size}",
+            out1 = self.out_nbdcopy.display(),
+            out2 = self.out_qemu.display(),
+            size = self.size.display(),
+        )
+    }
+
+    /// After the run: both copies are the data, byte for byte.
+    fn check(&self, what: &str, o: &Output) {
+        assert!(o.success(), "{what}: {}", o.describe());
+        let size = std::fs::read_to_string(&self.size).unwrap_or_default();
+        assert_eq!(size.trim(), self.want.len().to_string(), "{what}: size");
+        let got = std::fs::read(&self.out_nbdcopy).expect("nbdcopy's copy");
+        assert_bytes_eq(&format!("{what}: read back by nbdcopy"), &got, &self.want);
+        let got = std::fs::read(&self.out_qemu).expect("qemu-img's copy");
+        assert_bytes_eq(&format!("{what}: read back by qemu-img"), &got, &self.want);
+    }
+}
+
+fn have_clients() -> bool {
+    have_tool("nbdcopy") && have_tool("nbdinfo") && have_tool("qemu-img")
+}
+
+/// `cmd ARGS... --run ROUNDTRIP` (with `/usr/bin` first on PATH for the
+/// clients), `input` on stdin.
+fn serve_and_check(what: &str, cmd: &mut Command, rt: &Roundtrip, input: Option<&[u8]>) {
+    // A PATH the command was given comes first.
+    let given = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .and_then(|(_, v)| v.map(|v| format!("{}:", v.to_string_lossy())))
+        .unwrap_or_default();
+    let path = format!(
+        "{given}/usr/bin:/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = run_with_input(
+        cmd.env("PATH", path).arg("--run").arg(rt.script()),
+        input,
+        CMD_TIMEOUT,
+    );
+    rt.check(what, &o);
+}
+
+/// `nbdkit -U - ARGS...` of the binary under test.
+fn ours(args: &[&str]) -> Command {
+    let mut c = nbdkit_cmd();
+    c.args(["-U", "-"]).args(args);
+    c
+}
+
+const MANUAL_EXAMPLE_SIZE: usize = 10 * 1024 * 1024;
+
+// --- cc ------------------------------------------------------------------
+
+#[test]
+fn cc_manual_example_from_stdin() {
+    if !have_clients() || !have_tool("gcc") {
+        return;
+    }
+    let Some(code) = manual_c_example() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let rt = Roundtrip::new(&dir, MANUAL_EXAMPLE_SIZE, 1);
+    serve_and_check(
+        "nbdkit cc - <<EOF",
+        &mut ours(&["cc", "-"]),
+        &rt,
+        Some(code.as_bytes()),
+    );
+}
+
+#[test]
+fn cc_manual_example_from_a_file_with_flags() {
+    if !have_clients() || !have_tool("gcc") {
+        return;
+    }
+    let Some(code) = manual_c_example() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let src = dir.join("plugin.c");
+    std::fs::write(&src, &code).unwrap();
+    let src = path_str(&src);
+    // The default flags, then replaced ones, then extra ones.
+    let rt = Roundtrip::new(&dir, MANUAL_EXAMPLE_SIZE, 2);
+    serve_and_check("default flags", &mut ours(&["cc", src]), &rt, None);
+    serve_and_check(
+        "CFLAGS=",
+        &mut ours(&["cc", src, "CFLAGS=-O0 -fPIC -shared"]),
+        &rt,
+        None,
+    );
+    serve_and_check(
+        "EXTRA_CFLAGS=",
+        &mut ours(&["cc", src, "EXTRA_CFLAGS=-DUNUSED=1 -Wall"]),
+        &rt,
+        None,
+    );
+    // Flags that cannot make a shared object: the compiler's own failure.
+    let o = run(
+        &mut ours(&["cc", src, "CFLAGS=-O0", "--run", "true"]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+}
+
+#[test]
+fn cc_cxx_with_the_manual_registration() {
+    if !have_clients() || !have_tool("g++") {
+        return;
+    }
+    let Some(fragment) = manual_cxx_fragment() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let mut code = std::fs::read_to_string(repo().join("tests/lang/cc/ramdisk.cpp")).unwrap();
+    code.push_str(&fragment);
+    let src = dir.join("ramdisk.cpp");
+    std::fs::write(&src, code).unwrap();
+    let rt = Roundtrip::new(&dir, 4 << 20, 3);
+    // CC= before the source, as the manual writes it, and after it.
+    serve_and_check(
+        "nbdkit cc CC=g++ source.cpp",
+        &mut ours(&["cc", "CC=g++", path_str(&src)]),
+        &rt,
+        None,
+    );
+    serve_and_check(
+        "nbdkit cc source.cpp CC=g++",
+        &mut ours(&["cc", path_str(&src), "CC=g++"]),
+        &rt,
+        None,
+    );
+}
+
+#[test]
+fn cc_self_contained_scripts() {
+    if !have_clients() || !have_tool("gcc") {
+        return;
+    }
+    let Some(code) = manual_c_example() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let bin = nbdkit_bin();
+    // The manual's form: run by /bin/sh, which execs `nbdkit` from PATH.
+    let bindir = dir.join("bin");
+    std::fs::create_dir(&bindir).unwrap();
+    let used = dir.join("used");
+    write_executable(
+        &bindir.join("nbdkit"),
+        &format!(
+            "#!/bin/sh\ntouch {}\nexec {} \"$@\"\n",
+            used.display(),
+            bin.display()
+        ),
+    );
+    let script = dir.join("sh-plugin.c");
+    write_executable(
+        &script,
+        &format!("#if 0\nexec nbdkit cc \"$0\" \"$@\"\n#endif\n{code}"),
+    );
+    let rt = Roundtrip::new(&dir, MANUAL_EXAMPLE_SIZE, 4);
+    // (Run from a shell, as the manual does: a file without `#!` is
+    // handed to the shell by it, not by the kernel.)
+    serve_and_check(
+        "#if 0 / exec nbdkit cc",
+        Command::new("/bin/sh")
+            .args(["-c", "\"$0\" \"$@\""])
+            .arg(&script)
+            .env("PATH", bindir.display().to_string())
+            .args(["-U", "-"]),
+        &rt,
+        None,
+    );
+    assert!(
+        used.exists(),
+        "the script did not run the binary under test"
+    );
+    // A `#!` line naming the binary: the kernel runs `nbdkit cc SCRIPT`.
+    let script = dir.join("shebang-plugin.c");
+    write_executable(&script, &format!("#!{} cc\n{code}", bin.display()));
+    serve_and_check(
+        "#!nbdkit cc",
+        Command::new(&script).args(["-U", "-"]),
+        &rt,
+        None,
+    );
+    // Its compiler errors still name the script and its lines.
+    let bad = dir.join("bad-plugin.c");
+    write_executable(&bad, &format!("#!{} cc\nint x = ;\n", bin.display()));
+    let o = run(
+        Command::new(&bad).args(["-U", "-", "--run", "true"]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+    assert!(
+        o.stderr.contains(&format!("{}:2:", bad.display())),
+        "{}",
+        o.describe()
+    );
+}
+
+/// The last line of stderr, with temporary file names blanked.
+fn last_error_line(o: &Output) -> String {
+    let line = o.stderr.lines().last().unwrap_or("").to_string();
+    match line.find("/tmp/") {
+        Some(i) => {
+            let end = line[i..].find(':').map_or(line.len(), |e| i + e);
+            format!("{}TMP{}", &line[..i], &line[end..])
+        }
+        None => line,
+    }
+}
+
+#[test]
+fn cc_errors_are_one_line_and_exit_1_as_the_reference() {
+    if !have_tool("gcc") {
+        return;
+    }
+    let dir = TempDir::new();
+    let good = dir.join("good.c");
+    std::fs::write(
+        &good,
+        "#define NBDKIT_API_VERSION 2\n#include <nbdkit-plugin.h>\n\
+         #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL\n\
+         static void *o (int r) { return NBDKIT_HANDLE_NOT_NEEDED; }\n\
+         static int64_t s (void *h) { return 512; }\n\
+         static int p (void *h, void *b, uint32_t c, uint64_t off, uint32_t f) { return 0; }\n\
+         static struct nbdkit_plugin plugin = { .name = \"good\", .open = o, .get_size = s, .pread = p };\n\
+         NBDKIT_REGISTER_PLUGIN(plugin)\n",
+    )
+    .unwrap();
+    let v1 = dir.join("v1.c");
+    std::fs::write(
+        &v1,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("NBDKIT_API_VERSION 2", "NBDKIT_API_VERSION 1")
+            .replace(", uint32_t f)", ")"),
+    )
+    .unwrap();
+    let broken = dir.join("broken.c");
+    std::fs::write(&broken, "int x = ;\n").unwrap();
+    let noinit = dir.join("noinit.c");
+    std::fs::write(&noinit, "int x;\n").unwrap();
+    let (good, v1, broken, noinit) = (
+        path_str(&good),
+        path_str(&v1),
+        path_str(&broken),
+        path_str(&noinit),
+    );
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![broken],
+            "nbdkit: error: gcc: command failed with exit code 1",
+        ),
+        (
+            vec!["/nonexistent/plugin.c"],
+            "nbdkit: error: realpath: /nonexistent/plugin.c: No such file or directory",
+        ),
+        (
+            vec![],
+            "nbdkit: error: cc: no C program name (or \"-\") given",
+        ),
+        (
+            vec![v1],
+            "nbdkit: error: plugin uses the wrong NBDKIT_API_VERSION, it must be 2",
+        ),
+        (
+            vec![noinit],
+            "nbdkit: error: no plugin_init symbol found: TMP: undefined symbol: plugin_init",
+        ),
+        (
+            vec![good, "CC=false"],
+            "nbdkit: error: false: command failed with exit code 1",
+        ),
+        (
+            vec![good, "script=x.c"],
+            "nbdkit: error: cc: script parameter must appear only once",
+        ),
+        (
+            vec![good, "foo=bar"],
+            "nbdkit: error: unknown parameter: foo",
+        ),
+    ];
+    let reference = Path::new(REFERENCE).exists();
+    if !reference {
+        println!("SKIP: the reference {REFERENCE} is not installed; checking our messages only");
+    }
+    for (args, want) in &cases {
+        let mut a = vec!["cc"];
+        a.extend(args);
+        a.extend(["--run", "true"]);
+        let o = run(&mut ours(&a), CMD_TIMEOUT);
+        assert_eq!(o.code(), Some(1), "{args:?}: {}", o.describe());
+        assert_eq!(&last_error_line(&o), want, "{args:?}: {}", o.describe());
+        let errors = o
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("nbdkit: error:"))
+            .count();
+        assert_eq!(errors, 1, "{args:?}: {}", o.describe());
+        if reference {
+            let r = run(
+                Command::new(REFERENCE).args(["-U", "-"]).args(&a),
+                CMD_TIMEOUT,
+            );
+            assert_eq!(r.code(), Some(1), "reference {args:?}: {}", r.describe());
+            assert_eq!(&last_error_line(&r), want, "reference {args:?}");
+        }
+    }
+    // The compiler's own messages come first.
+    let o = run(&mut ours(&["cc", broken, "--run", "true"]), CMD_TIMEOUT);
+    assert!(
+        o.stderr.contains(&format!("{broken}:1:")),
+        "{}",
+        o.describe()
+    );
+    // An inline script needs stdin.
+    let o = run_with_input(
+        nbdkit_cmd().args(["-s", "cc", "-"]),
+        Some(b"int x;\n"),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+    assert_eq!(
+        last_error_line(&o),
+        "nbdkit: error: inline script is incompatible with -s"
+    );
+}
+
+#[test]
+fn cc_dump_plugin_and_help() {
+    let o = run(nbdkit_cmd().args(["cc", "--dump-plugin"]), CMD_TIMEOUT);
+    assert!(o.success(), "{}", o.describe());
+    for want in ["name=cc\n", "CC=gcc\n", "CFLAGS=-g -O2 -fPIC -shared\n"] {
+        assert!(o.stdout.contains(want), "{want}: {}", o.describe());
+    }
+    let o = run(nbdkit_cmd().args(["cc", "--help"]), CMD_TIMEOUT);
+    assert!(o.success(), "{}", o.describe());
+    assert!(
+        o.stdout.contains("plugin: cc (nbdkit C compiler plugin)"),
+        "{}",
+        o.describe()
+    );
+}
