@@ -496,3 +496,160 @@ fn cc_dump_plugin_and_help() {
         o.describe()
     );
 }
+
+// --- rust ----------------------------------------------------------------
+
+/// The Rust plugins, built once per test run.
+struct RustPlugins {
+    /// plugins/rust: this project's example made with the `nbdkit` crate.
+    ramdisk: PathBuf,
+    /// The `nbdkit` crate's own examples/ramdisk.rs, unchanged.
+    crate_example: PathBuf,
+}
+
+/// `cargo build --offline` of `manifest` into `target` (debug profile).
+fn cargo_build(manifest: &Path, target: &Path, locked: bool) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--offline", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS");
+    if locked {
+        cmd.arg("--locked");
+    }
+    let o = run(&mut cmd, CMD_TIMEOUT * 5);
+    if o.success() {
+        Ok(())
+    } else {
+        Err(o.describe())
+    }
+}
+
+/// The directory of the `nbdkit` crate's sources that `manifest` uses.
+fn nbdkit_crate_dir(manifest: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = run(
+        Command::new(cargo)
+            .args([
+                "metadata",
+                "--offline",
+                "--format-version",
+                "1",
+                "--manifest-path",
+            ])
+            .arg(manifest),
+        CMD_TIMEOUT,
+    );
+    if !o.success() {
+        return Err(o.describe());
+    }
+    let meta = Json::parse(&o.stdout)?;
+    meta.get("packages")
+        .and_then(Json::as_array)
+        .unwrap_or(&[])
+        .iter()
+        .find(|p| p.get("name").and_then(Json::as_str) == Some("nbdkit"))
+        .and_then(|p| p.get("manifest_path").and_then(Json::as_str))
+        .and_then(|m| Path::new(m).parent().map(Path::to_path_buf))
+        .ok_or_else(|| "cargo metadata does not list the nbdkit crate".to_string())
+}
+
+fn build_rust_plugins() -> Result<RustPlugins, String> {
+    let manifest = repo().join("plugins/rust/Cargo.toml");
+    assert!(manifest.exists(), "{} is missing", manifest.display());
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-rust");
+    cargo_build(&manifest, &target, true)?;
+    // The crate's example, as a cdylib of its own (it needs lazy_static).
+    let example = nbdkit_crate_dir(&manifest)?.join("examples/ramdisk.rs");
+    let krate = target.join("crate-example");
+    std::fs::create_dir_all(krate.join("src")).map_err(|e| e.to_string())?;
+    std::fs::copy(&example, krate.join("src/lib.rs"))
+        .map_err(|e| format!("{}: {e}", example.display()))?;
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        "[package]\nname = \"nbdkit-crate-example\"\nversion = \"0.1.0\"\nedition = \"2018\"\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\
+         [dependencies]\nnbdkit = \"=0.3.0\"\nlibc = \"0.2\"\nlazy_static = \"1\"\n\
+         [workspace]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    cargo_build(&krate.join("Cargo.toml"), &target, false)?;
+    Ok(RustPlugins {
+        ramdisk: target.join("debug/libnbdkit_rust_ramdisk.so"),
+        crate_example: target.join("debug/libnbdkit_crate_example.so"),
+    })
+}
+
+/// The built plugins, or `None` with a SKIP line saying why not.
+fn rust_plugins() -> Option<&'static RustPlugins> {
+    static BUILT: std::sync::OnceLock<Result<RustPlugins, String>> = std::sync::OnceLock::new();
+    match BUILT.get_or_init(build_rust_plugins) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!(
+                "SKIP: cannot build the Rust plugins offline (fetch the nbdkit crate once: \
+                 cargo fetch --manifest-path plugins/rust/Cargo.toml): {e}"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn rust_plugin_made_with_the_nbdkit_crate() {
+    if !have_clients() {
+        return;
+    }
+    let Some(p) = rust_plugins() else {
+        return;
+    };
+    let so = path_str(&p.ramdisk);
+    let dir = TempDir::new();
+    // Random data with a zeroed stretch, which the plugin reports as a hole.
+    let rt = Roundtrip::new(&dir, 8 << 20, 5);
+    let mut data = rt.want.clone();
+    data[1 << 20..2 << 20].fill(0);
+    std::fs::write(&rt.data, &data).unwrap();
+    let rt = Roundtrip { want: data, ..rt };
+    let map = dir.join("map");
+    let mut cmd = ours(&[so, "size=8M"]);
+    let script = format!(
+        "{} && nbdinfo --map \"$uri\" > {}",
+        rt.script(),
+        map.display()
+    );
+    let o = run(
+        cmd.env("PATH", "/usr/bin:/bin").arg("--run").arg(script),
+        CMD_TIMEOUT,
+    );
+    rt.check("plugins/rust", &o);
+    let map = std::fs::read_to_string(&map).unwrap();
+    assert!(
+        map.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0] == "1048576" && f[1] == "1048576" && l.contains("hole,zero")
+        }),
+        "{map}"
+    );
+}
+
+#[test]
+fn rust_nbdkit_crate_example_unchanged() {
+    if !have_clients() {
+        return;
+    }
+    let Some(p) = rust_plugins() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let rt = Roundtrip::new(&dir, 8 << 20, 6);
+    serve_and_check(
+        "the nbdkit crate's examples/ramdisk.rs",
+        &mut ours(&[path_str(&p.crate_example), "size=8M"]),
+        &rt,
+        None,
+    );
+}
