@@ -32,7 +32,9 @@ packages=(
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
-    gcc              # C plugins and filters of the C ABI tests
+    gcc              # C plugins and filters of the C ABI tests; nbdkit cc
+    g++              # nbdkit cc CC=g++ (dropin_lang)
+    golang-go        # the Go plugin package and example (dropin_lang; ~40 s to install)
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)

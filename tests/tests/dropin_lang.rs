@@ -653,3 +653,105 @@ fn rust_nbdkit_crate_example_unchanged() {
         None,
     );
 }
+
+// --- golang --------------------------------------------------------------
+
+/// plugins/golang/examples/ramdisk built with `go build -buildmode=c-shared`
+/// (offline: the package has no module dependencies), once per test run;
+/// `None` with a SKIP line when `go` is missing.
+fn go_ramdisk() -> Option<&'static Path> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if !have_tool("go") {
+                println!("SKIP: `go` is not installed (Debian: golang-go)");
+                return None;
+            }
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-go");
+            std::fs::create_dir_all(&out).unwrap();
+            let so = out.join("nbdkit-goramdisk-plugin.so");
+            let o = run(
+                Command::new("go")
+                    .current_dir(repo().join("plugins/golang/examples/ramdisk"))
+                    .env("GOPROXY", "off")
+                    .env("GOFLAGS", "")
+                    .args(["build", "-buildmode=c-shared", "-o"])
+                    .arg(&so),
+                CMD_TIMEOUT * 5,
+            );
+            assert!(o.success(), "go build: {}", o.describe());
+            Some(so)
+        })
+        .as_deref()
+}
+
+#[test]
+fn golang_example_serves_a_ram_disk() {
+    if !have_clients() {
+        return;
+    }
+    let Some(so) = go_ramdisk() else {
+        return;
+    };
+    let dir = TempDir::new();
+    let rt = Roundtrip::new(&dir, 8 << 20, 7);
+    serve_and_check(
+        "plugins/golang/examples/ramdisk",
+        &mut ours(&[path_str(so), "size=8M"]),
+        &rt,
+        None,
+    );
+    // The callbacks the Go package registers are nbdkit's Go bindings'.
+    let o = run(nbdkit_cmd().arg(so).arg("--dump-plugin"), CMD_TIMEOUT);
+    assert!(o.success(), "{}", o.describe());
+    for line in [
+        "name=goramdisk",
+        "thread_model=parallel",
+        "errno_is_preserved=0",
+        "has_load=1",
+        "has_preconnect=1",
+        "has_can_multi_conn=1",
+        "has_zero=1",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            o.describe()
+        );
+    }
+    if Path::new(REFERENCE).exists() {
+        let r = run(
+            Command::new(REFERENCE).arg(so).arg("--dump-plugin"),
+            CMD_TIMEOUT,
+        );
+        assert_eq!(
+            o.stdout, r.stdout,
+            "--dump-plugin differs from the reference"
+        );
+    }
+}
+
+#[test]
+fn golang_errors_reach_the_user() {
+    let Some(so) = go_ramdisk() else {
+        return;
+    };
+    let so = path_str(so);
+    for (args, want) in [
+        (vec![so], "nbdkit: error: size parameter is required"),
+        (
+            vec![so, "size=1M", "colour=red"],
+            "nbdkit: error: unknown parameter colour",
+        ),
+        (
+            vec![so, "size=lots"],
+            "nbdkit: error: cannot parse size \"lots\"",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--run", "true"]);
+        let o = run(&mut ours(&a), CMD_TIMEOUT);
+        assert_eq!(o.code(), Some(1), "{args:?}: {}", o.describe());
+        assert_eq!(o.stderr.trim_end(), want, "{args:?}");
+    }
+}
