@@ -121,7 +121,12 @@ struct Roundtrip {
     out_qemu: PathBuf,
     size: PathBuf,
     want: Vec<u8>,
+    /// With [`Roundtrip::with_hole`]: where `nbdinfo --map` goes.
+    map: Option<PathBuf>,
 }
+
+/// The stretch that [`Roundtrip::with_hole`] zeroes.
+const HOLE: core::ops::Range<usize> = 1 << 20..2 << 20;
 
 impl Roundtrip {
     /// For a writable disk of `len` bytes.
@@ -134,20 +139,30 @@ impl Roundtrip {
             out_qemu: dir.join("out-qemu"),
             size: dir.join("size"),
             want,
+            map: None,
         }
+    }
+
+    /// The data with [`HOLE`] zeroed, which a plugin with extents must
+    /// then report as a hole that reads as zeroes.
+    fn with_hole(mut self, dir: &TempDir) -> Roundtrip {
+        self.want[HOLE].fill(0);
+        std::fs::write(&self.data, &self.want).unwrap();
+        self.map = Some(dir.join("map"));
+        self
     }
 
     /// The `--run` command.
     fn script(&self) -> String {
-        let write = if self.data.exists() {
-            format!("nbdcopy {} \"$uri\" && ", self.data.display())
-        } else {
-            String::new()
+        let map = match &self.map {
+            Some(m) => format!("; nbdinfo --map \"$uri\" > {}", m.display()),
+            None => String::new(),
         };
         format!(
-            "set -e; {write}nbdcopy \"$uri\" {out1}; \
+            "set -e; nbdcopy {data} \"$uri\"; nbdcopy \"$uri\" {out1}; \
              qemu-img convert -f raw -O raw \"$uri\" {out2}; \
-             nbdinfo --size \"$uri\" > {size}",
+             nbdinfo --size \"$uri\" > {size}{map}",
+            data = self.data.display(),
             out1 = self.out_nbdcopy.display(),
             out2 = self.out_qemu.display(),
             size = self.size.display(),
@@ -163,6 +178,17 @@ impl Roundtrip {
         assert_bytes_eq(&format!("{what}: read back by nbdcopy"), &got, &self.want);
         let got = std::fs::read(&self.out_qemu).expect("qemu-img's copy");
         assert_bytes_eq(&format!("{what}: read back by qemu-img"), &got, &self.want);
+        if let Some(m) = &self.map {
+            let map = std::fs::read_to_string(m).unwrap_or_default();
+            let (start, len) = (HOLE.start.to_string(), HOLE.len().to_string());
+            assert!(
+                map.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() >= 4 && f[0] == start && f[1] == len && l.contains("hole,zero")
+                }),
+                "{what}: nbdinfo --map does not show the hole:\n{map}"
+            );
+        }
     }
 }
 
@@ -606,33 +632,14 @@ fn rust_plugin_made_with_the_nbdkit_crate() {
     let Some(p) = rust_plugins() else {
         return;
     };
-    let so = path_str(&p.ramdisk);
     let dir = TempDir::new();
     // Random data with a zeroed stretch, which the plugin reports as a hole.
-    let rt = Roundtrip::new(&dir, 8 << 20, 5);
-    let mut data = rt.want.clone();
-    data[1 << 20..2 << 20].fill(0);
-    std::fs::write(&rt.data, &data).unwrap();
-    let rt = Roundtrip { want: data, ..rt };
-    let map = dir.join("map");
-    let mut cmd = ours(&[so, "size=8M"]);
-    let script = format!(
-        "{} && nbdinfo --map \"$uri\" > {}",
-        rt.script(),
-        map.display()
-    );
-    let o = run(
-        cmd.env("PATH", "/usr/bin:/bin").arg("--run").arg(script),
-        CMD_TIMEOUT,
-    );
-    rt.check("plugins/rust", &o);
-    let map = std::fs::read_to_string(&map).unwrap();
-    assert!(
-        map.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 4 && f[0] == "1048576" && f[1] == "1048576" && l.contains("hole,zero")
-        }),
-        "{map}"
+    let rt = Roundtrip::new(&dir, 8 << 20, 5).with_hole(&dir);
+    serve_and_check(
+        "plugins/rust",
+        &mut ours(&[path_str(&p.ramdisk), "size=8M"]),
+        &rt,
+        None,
     );
 }
 
@@ -754,4 +761,105 @@ fn golang_errors_reach_the_user() {
         assert_eq!(o.code(), Some(1), "{args:?}: {}", o.describe());
         assert_eq!(o.stderr.trim_end(), want, "{args:?}");
     }
+}
+
+// --- ocaml ---------------------------------------------------------------
+
+/// Where plugins/ocaml/build.sh put the NBDKit module and the example
+/// plugin (once per test run); `None` with a SKIP line without ocamlopt.
+fn ocaml_build() -> Option<&'static Path> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if !have_tool("ocamlopt") {
+                println!("SKIP: `ocamlopt` is not installed (Debian: ocaml-nox)");
+                return None;
+            }
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-ocaml");
+            let o = run(
+                Command::new(repo().join("plugins/ocaml/build.sh")).arg(&out),
+                CMD_TIMEOUT * 5,
+            );
+            assert!(o.success(), "plugins/ocaml/build.sh: {}", o.describe());
+            Some(out)
+        })
+        .as_deref()
+}
+
+#[test]
+fn ocaml_example_serves_a_ram_disk() {
+    if !have_clients() {
+        return;
+    }
+    let Some(dir_built) = ocaml_build() else {
+        return;
+    };
+    let so = dir_built.join("nbdkit-ocamlramdisk-plugin.so");
+    let dir = TempDir::new();
+    let rt = Roundtrip::new(&dir, 8 << 20, 8).with_hole(&dir);
+    // 8M: the bare size, through the plugin's magic_config_key.
+    serve_and_check(
+        "plugins/ocaml/ramdisk.ml",
+        &mut ours(&[path_str(&so), "8M"]),
+        &rt,
+        None,
+    );
+    let o = run(nbdkit_cmd().arg(&so).arg("--dump-plugin"), CMD_TIMEOUT);
+    assert!(o.success(), "{}", o.describe());
+    for line in [
+        "name=ocamlramdisk",
+        "version=1.36.2",
+        "magic_config_key=size",
+        "has_extents=1",
+        "ocamlramdisk_block=4096",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            o.describe()
+        );
+    }
+    // What the plugin prints comes after the server's lines.
+    assert_eq!(o.stdout.lines().last(), Some("ocamlramdisk_block=4096"));
+    // An exception from a callback is the error.
+    let o = run(
+        &mut ours(&[path_str(&so), "colour=red", "--run", "true"]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+    assert_eq!(
+        o.stderr.trim_end(),
+        "nbdkit: error: unknown parameter: colour"
+    );
+}
+
+#[test]
+fn ocaml_plugin_through_nbdkit_cc() {
+    if !have_clients() {
+        return;
+    }
+    let Some(built) = ocaml_build() else {
+        return;
+    };
+    // nbdkit-cc-plugin(3), "Using this plugin with OCaml", with the
+    // module's directory added.
+    let dir = TempDir::new();
+    let src = dir.join("ramdisk.ml");
+    std::fs::copy(repo().join("plugins/ocaml/ramdisk.ml"), &src).unwrap();
+    let b = built.display();
+    let extra = format!("EXTRA_CFLAGS=-I {b} -ccopt -L{b}");
+    let rt = Roundtrip::new(&dir, 4 << 20, 9);
+    serve_and_check(
+        "nbdkit cc CC=ocamlopt",
+        &mut ours(&[
+            "cc",
+            path_str(&src),
+            "CC=ocamlopt",
+            "CFLAGS=-output-obj -runtime-variant _pic unix.cmxa NBDKit.cmx -cclib -lnbdkitocaml",
+            &extra,
+            "size=4M",
+        ]),
+        &rt,
+        None,
+    );
 }

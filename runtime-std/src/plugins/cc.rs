@@ -193,7 +193,7 @@ impl Cc {
             command.push(' ');
         }
         if let Some(inc) = include_dir() {
-            command.push_str(&format!("-I{} ", shell_quote(&inc.display().to_string())));
+            command.push_str(&format!("-I {} ", shell_quote(&inc.display().to_string())));
         }
         if !extra.is_empty() {
             command.push_str(&extra);
