@@ -863,3 +863,35 @@ fn ocaml_plugin_through_nbdkit_cc() {
         None,
     );
 }
+
+#[test]
+fn cc_debug_flags_reach_the_compiled_plugin() {
+    if !have_tool("gcc") || !have_tool("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    let src = dir.join("dbg.c");
+    std::fs::write(
+        &src,
+        "#define NBDKIT_API_VERSION 2\n#include <nbdkit-plugin.h>\n\
+         #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL\n\
+         int ccdbg_debug_blocks = 1;\n\
+         static void *o (int r) { return NBDKIT_HANDLE_NOT_NEEDED; }\n\
+         static int64_t s (void *h) { return 512 * (int64_t) ccdbg_debug_blocks; }\n\
+         static int p (void *h, void *b, uint32_t c, uint64_t off, uint32_t f) { return 0; }\n\
+         static struct nbdkit_plugin plugin = { .name = \"ccdbg\", .open = o, .get_size = s, .pread = p };\n\
+         NBDKIT_REGISTER_PLUGIN(plugin)\n",
+    )
+    .unwrap();
+    // The plugin exists only after configuration, long after -D is read.
+    let o = run(
+        nbdkit_cmd()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["-U", "-", "-D", "ccdbg.blocks=8", "cc"])
+            .arg(&src)
+            .args(["--run", "nbdinfo --size \"$uri\""]),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    assert_eq!(o.stdout.trim(), "4096", "{}", o.describe());
+}

@@ -328,10 +328,23 @@ pub fn path_of(name: &str) -> Option<String> {
         .map(|(_, p)| p.clone())
 }
 
+/// Every `-D` flag given, for objects loaded after the flags were applied
+/// (the plugins the `cc` plugin compiles during configuration).
+static DEBUG_FLAGS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 /// Apply `-D NAME.FLAG=VALUE` to a loaded plugin or filter called NAME:
 /// set its `int NAME_debug_FLAG` variable (dots and dashes in NAME and FLAG
-/// become underscores). Returns whether such a variable was found.
+/// become underscores). Returns whether such a variable was found. The
+/// flag is also kept for a plugin of that name compiled later.
 pub fn apply_debug_flag(key: &str, value: &str) -> bool {
+    DEBUG_FLAGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((key.to_string(), value.to_string()));
+    set_debug_flag(key, value)
+}
+
+fn set_debug_flag(key: &str, value: &str) -> bool {
     let Some((name, flag)) = key.split_once('.') else {
         return false;
     };
@@ -388,6 +401,15 @@ pub fn load_compiled_plugin(path: &Path) -> core::result::Result<Box<dyn Plugin>
     };
     let p = plugin::CPlugin::load(lib, path, plugin::Origin::Compiled)?;
     register(p.name(), path, lib);
+    // The -D flags were applied before this plugin existed.
+    let flags = DEBUG_FLAGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let prefix = format!("{}.", p.name());
+    for (k, v) in flags.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        set_debug_flag(k, v);
+    }
     Ok(Box::new(p))
 }
 

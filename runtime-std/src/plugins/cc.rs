@@ -19,7 +19,8 @@
 //! `nbdkit cc CC=g++ source.cpp`, which nbdkit itself refuses); and a source
 //! whose first line is `#!` (a script run as `#!/usr/sbin/nbdkit cc`) is
 //! compiled with that line replaced by a `#line` directive (nbdkit hands
-//! it to the compiler as it is, which refuses it).
+//! it to the compiler as it is, which refuses it); `-D NAME.FLAG=N` flags
+//! reach the compiled plugin ([`cabi::load_compiled_plugin`]).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
