@@ -127,6 +127,19 @@ flags_list (uint32_t flags)
   CAMLreturn (list);
 }
 
+/* handle, count, offset, flags: the arguments of pread, trim, zero,
+ * extents and cache, into args[0..3] (registered roots of the caller).
+ */
+static void
+range_args (value *args, void *h, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  args[0] = *(value *) h;
+  args[1] = caml_copy_int32 (count);
+  args[2] = caml_copy_int64 (offset);
+  args[3] = flags_list (flags);
+}
+
 /* --- calls with unit, bool, handle arguments --------------------------- */
 
 static int
@@ -317,10 +330,7 @@ pread_locked (void *h, void *buf, uint32_t count, uint64_t offset,
   CAMLlocalN (args, 4);
   int r;
 
-  args[0] = *(value *) h;
-  args[1] = caml_copy_int32 (count);
-  args[2] = caml_copy_int64 (offset);
-  args[3] = flags_list (flags);
+  range_args (args, h, count, offset, flags);
   r = invoke (CB_PREAD, 4, args, &v);
   if (r == 0) {
     if (caml_string_length (v) < count) {
@@ -388,10 +398,7 @@ range_locked (enum cb which, void *h, uint32_t count, uint64_t offset,
   CAMLlocalN (args, 4);
   int r;
 
-  args[0] = *(value *) h;
-  args[1] = caml_copy_int32 (count);
-  args[2] = caml_copy_int64 (offset);
-  args[3] = flags_list (flags);
+  range_args (args, h, count, offset, flags);
   r = invoke (which, 4, args, &v);
   CAMLreturnT (int, r);
 }
@@ -420,10 +427,7 @@ extents_locked (void *h, uint32_t count, uint64_t offset, uint32_t flags,
   CAMLlocalN (args, 4);
   int r;
 
-  args[0] = *(value *) h;
-  args[1] = caml_copy_int32 (count);
-  args[2] = caml_copy_int64 (offset);
-  args[3] = flags_list (flags);
+  range_args (args, h, count, offset, flags);
   r = invoke (CB_EXTENTS, 4, args, &v);
   for (; r == 0 && v != Val_emptylist; v = Field (v, 1)) {
     uint32_t type = 0;

@@ -224,6 +224,20 @@ fn ours(args: &[&str]) -> Command {
     c
 }
 
+/// `nbdkit SO --dump-plugin`, which must print each of `lines`.
+fn dump_plugin_has(so: &Path, lines: &[&str]) -> Output {
+    let o = run(nbdkit_cmd().arg(so).arg("--dump-plugin"), CMD_TIMEOUT);
+    assert!(o.success(), "{}", o.describe());
+    for line in lines {
+        assert!(
+            o.stdout.lines().any(|l| l == *line),
+            "{line}: {}",
+            o.describe()
+        );
+    }
+    o
+}
+
 const MANUAL_EXAMPLE_SIZE: usize = 10 * 1024 * 1024;
 
 // --- cc ------------------------------------------------------------------
@@ -709,23 +723,18 @@ fn golang_example_serves_a_ram_disk() {
         None,
     );
     // The callbacks the Go package registers are nbdkit's Go bindings'.
-    let o = run(nbdkit_cmd().arg(so).arg("--dump-plugin"), CMD_TIMEOUT);
-    assert!(o.success(), "{}", o.describe());
-    for line in [
-        "name=goramdisk",
-        "thread_model=parallel",
-        "errno_is_preserved=0",
-        "has_load=1",
-        "has_preconnect=1",
-        "has_can_multi_conn=1",
-        "has_zero=1",
-    ] {
-        assert!(
-            o.stdout.lines().any(|l| l == line),
-            "{line}: {}",
-            o.describe()
-        );
-    }
+    let o = dump_plugin_has(
+        so,
+        &[
+            "name=goramdisk",
+            "thread_model=parallel",
+            "errno_is_preserved=0",
+            "has_load=1",
+            "has_preconnect=1",
+            "has_can_multi_conn=1",
+            "has_zero=1",
+        ],
+    );
     if Path::new(REFERENCE).exists() {
         let r = run(
             Command::new(REFERENCE).arg(so).arg("--dump-plugin"),
@@ -804,21 +813,16 @@ fn ocaml_example_serves_a_ram_disk() {
         &rt,
         None,
     );
-    let o = run(nbdkit_cmd().arg(&so).arg("--dump-plugin"), CMD_TIMEOUT);
-    assert!(o.success(), "{}", o.describe());
-    for line in [
-        "name=ocamlramdisk",
-        "version=1.36.2",
-        "magic_config_key=size",
-        "has_extents=1",
-        "ocamlramdisk_block=4096",
-    ] {
-        assert!(
-            o.stdout.lines().any(|l| l == line),
-            "{line}: {}",
-            o.describe()
-        );
-    }
+    let o = dump_plugin_has(
+        &so,
+        &[
+            "name=ocamlramdisk",
+            "version=1.36.2",
+            "magic_config_key=size",
+            "has_extents=1",
+            "ocamlramdisk_block=4096",
+        ],
+    );
     // What the plugin prints comes after the server's lines.
     assert_eq!(o.stdout.lines().last(), Some("ocamlramdisk_block=4096"));
     // An exception from a callback is the error.

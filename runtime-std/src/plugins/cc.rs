@@ -27,7 +27,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Peer, Plugin, Result, ThreadModel};
+use nbdkit_core::backend::{
+    Error, Exports, Handle, OpenArgs, Peer, Plugin, Result, ThreadModel, CALLBACK_NAMES,
+};
 use nbdkit_core::errno::Errno;
 
 use super::mkfs::{check_status, os_error, shell_quote, TempDir};
@@ -90,44 +92,18 @@ impl Default for Cc {
     }
 }
 
-/// The callbacks nbdkit's cc plugin has (it forwards all of them).
-const CALLBACKS: &[&str] = &[
-    "longname",
-    "unload",
-    "dump_plugin",
-    "config",
-    "config_complete",
-    "config_help",
-    "thread_model",
-    "get_ready",
-    "after_fork",
-    "cleanup",
-    "preconnect",
-    "list_exports",
-    "default_export",
-    "open",
-    "close",
-    "export_description",
-    "get_size",
-    "block_size",
-    "can_write",
-    "can_flush",
-    "is_rotational",
-    "can_trim",
-    "can_zero",
-    "can_fast_zero",
-    "can_extents",
-    "can_fua",
-    "can_multi_conn",
-    "can_cache",
-    "pread",
-    "pwrite",
-    "flush",
-    "trim",
-    "zero",
-    "extents",
-    "cache",
-];
+/// The callbacks nbdkit's cc plugin has: all but `version`,
+/// `description` and `load` (it forwards every one).
+fn callbacks() -> &'static [&'static str] {
+    static LIST: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        CALLBACK_NAMES
+            .iter()
+            .copied()
+            .filter(|n| !matches!(*n, "version" | "description" | "load"))
+            .collect()
+    })
+}
 
 impl Cc {
     fn tmp(&mut self) -> Result<&Path> {
@@ -262,7 +238,7 @@ impl Plugin for Cc {
         Some("script")
     }
     fn callbacks(&self) -> &'static [&'static str] {
-        CALLBACKS
+        callbacks()
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![
