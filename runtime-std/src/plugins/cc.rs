@@ -225,7 +225,8 @@ impl Plugin for Cc {
         Some("nbdkit C compiler plugin")
     }
     fn config_help(&self) -> &'static str {
-        "[script=]<FILENAME>   (required) The C program to compile.\n\
+        // (sic: nbdkit's own text.)
+        "[script=]<FILENAME>   (required) The shell script to run.\n\
          CC=<CC>                          C compiler.\n\
          CFLAGS=<CFLAGS>                  C compiler flags.\n\
          EXTRA_CFLAGS=<CFLAGS>            Extra C compiler flags.\n\
