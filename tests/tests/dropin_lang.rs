@@ -691,15 +691,18 @@ fn go_ramdisk() -> Option<&'static Path> {
             let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lang-go");
             std::fs::create_dir_all(&out).unwrap();
             let so = out.join("nbdkit-goramdisk-plugin.so");
-            let o = run(
-                Command::new("go")
-                    .current_dir(repo().join("plugins/golang/examples/ramdisk"))
-                    .env("GOPROXY", "off")
-                    .env("GOFLAGS", "")
-                    .args(["build", "-buildmode=c-shared", "-o"])
-                    .arg(&so),
-                CMD_TIMEOUT * 5,
-            );
+            let mut go = Command::new("go");
+            go.current_dir(repo().join("plugins/golang/examples/ramdisk"))
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "")
+                .args(["build", "-buildmode=c-shared", "-o"])
+                .arg(&so);
+            // go needs a cache directory (and GOPATH): without HOME, ours.
+            if std::env::var_os("HOME").is_none() {
+                go.env("GOCACHE", out.join("cache"))
+                    .env("GOPATH", out.join("gopath"));
+            }
+            let o = run(&mut go, CMD_TIMEOUT * 5);
             assert!(o.success(), "go build: {}", o.describe());
             Some(so)
         })
