@@ -32,7 +32,10 @@ packages=(
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
-    gcc              # C plugins and filters of the C ABI tests
+    gcc              # C plugins and filters of the C ABI tests; nbdkit cc
+    g++              # nbdkit cc CC=g++ (dropin_lang)
+    golang-go        # the Go plugin package and example (dropin_lang; ~40 s to install)
+    ocaml-nox        # the OCaml NBDKit module and example (dropin_lang; ~50 s to install)
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)
@@ -95,6 +98,11 @@ fi
 # loom models (own target dir: --cfg loom rebuilds every dependency).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
     cargo test --release -p nbdkit-core loom
+
+# The crates.io nbdkit crate, for the Rust plugin test (dropin_lang builds
+# plugins/rust offline from the local registry).
+cargo fetch --manifest-path plugins/rust/Cargo.toml ||
+    echo "test-all: cannot fetch plugins/rust's crates: its tests will SKIP" >&2
 
 echo "test-all: testing $NBDKIT_BIN ($("$NBDKIT_BIN" --version | head -n1))" >&2
 cargo test --workspace --no-fail-fast "$@"
