@@ -30,6 +30,7 @@ packages=(
     nbdkit           # the reference server (and its manual pages)
     man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
+    nbdkit-plugin-python # the reference's python plugin (C ABI and python differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
     gcc              # C plugins and filters of the C ABI tests; nbdkit cc
