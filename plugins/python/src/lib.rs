@@ -27,7 +27,7 @@ mod module;
 
 use core::ffi::{c_char, c_int, c_void};
 use std::ffi::CStr;
-use std::panic::AssertUnwindSafe;
+use core::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
 use pyo3::call::PyCallArgs;

@@ -142,7 +142,7 @@ fn peer_name(py: Python<'_>) -> PyResult<Py<PyAny>> {
         libc::AF_INET => {
             // SAFETY: the server wrote a sockaddr_in for this family.
             let a = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            let ip = core::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
             (ip.to_string(), u16::from_be(a.sin_port))
                 .into_pyobject(py)?
                 .into_any()
@@ -151,7 +151,7 @@ fn peer_name(py: Python<'_>) -> PyResult<Py<PyAny>> {
             // SAFETY: the server wrote a sockaddr_in6 for this family.
             let a =
                 unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let ip = core::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
             (
                 ip.to_string(),
                 u16::from_be(a.sin6_port),
