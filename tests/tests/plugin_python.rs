@@ -704,82 +704,78 @@ fn start_fails(args: &[&str]) -> String {
 fn script_load_errors_are_one_line_with_the_place() {
     python_plugin();
     let dir = TempDir::new();
-    let syntax = script(
-        &dir,
-        "syntax.py",
-        "def open(readonly):\n    return 1\nx = = 1\n",
-    );
-    let e = start_fails(&[path_str(&syntax)]);
-    assert!(
-        e.starts_with(&format!("nbdkit: error: {}: ", path_str(&syntax)))
-            && e.contains("SyntaxError: invalid syntax")
-            && e.contains("line 3"),
-        "{e}"
-    );
-
-    let raises = script(
-        &dir,
-        "raises.py",
-        "import nbdkit\n\ndef open(r):\n    return 1\n\nraise ValueError('broken at load')\n",
-    );
-    let e = start_fails(&[path_str(&raises)]);
-    assert!(
-        e.contains(path_str(&raises))
-            && e.contains("ValueError: broken at load (line 6, in <module>)"),
-        "{e}"
-    );
-
-    let no_size = script(
-        &dir,
-        "nosize.py",
-        "def open(r):\n    return 1\ndef pread(h, b, o, f):\n    pass\n",
-    );
-    let e = start_fails(&[path_str(&no_size)]);
-    assert!(
-        e.contains(path_str(&no_size))
-            && e.contains("'open', 'get_size' or 'pread' is not defined"),
-        "{e}"
-    );
-    let no_pread = script(
-        &dir,
-        "nopread.py",
-        "def open(r):\n    return 1\ndef get_size(h):\n    return 1\n",
-    );
-    let e = start_fails(&[path_str(&no_pread)]);
-    assert!(e.contains("is not defined by this Python script"), "{e}");
-
-    let e = start_fails(&[path_str(&dir.join("missing.py"))]);
-    assert!(
-        e.contains("cannot open file: No such file or directory"),
-        "{e}"
-    );
-
-    let bad_api = script(
-        &dir,
-        "badapi.py",
-        "API_VERSION = 7\ndef open(r):\n    return 1\ndef get_size(h):\n    return 1\n\
-         def pread(h, b, o, f):\n    pass\n",
-    );
-    let e = start_fails(&[path_str(&bad_api)]);
-    assert!(
-        e.contains("API_VERSION requested unknown version: 7"),
-        "{e}"
-    );
-
+    const REST: &str = "def get_size(h):\n    return 1\ndef pread(h, b, o, f):\n    pass\n";
+    // (file, its text or None for a missing file, extra parameters, what
+    // the one error line says)
+    let cases: [(&str, Option<String>, &[&str], &[&str]); 7] = [
+        (
+            "syntax.py",
+            Some("def open(readonly):\n    return 1\nx = = 1\n".into()),
+            &[],
+            &["SyntaxError: invalid syntax", "line 3"],
+        ),
+        (
+            "raises.py",
+            Some(
+                "import nbdkit\n\ndef open(r):\n    return 1\n\nraise ValueError('broken')\n"
+                    .into(),
+            ),
+            &[],
+            &["error running this script: ValueError: broken (line 6, in <module>)"],
+        ),
+        (
+            "nosize.py",
+            Some("def open(r):\n    return 1\ndef pread(h, b, o, f):\n    pass\n".into()),
+            &[],
+            &["'open', 'get_size' or 'pread' is not defined by this Python script"],
+        ),
+        (
+            "nopread.py",
+            Some("def open(r):\n    return 1\ndef get_size(h):\n    return 1\n".into()),
+            &[],
+            &["'open', 'get_size' or 'pread' is not defined by this Python script"],
+        ),
+        (
+            "missing.py",
+            None,
+            &[],
+            &["cannot open file: No such file or directory"],
+        ),
+        (
+            "badapi.py",
+            Some(format!(
+                "API_VERSION = 7\ndef open(r):\n    return 1\n{REST}"
+            )),
+            &[],
+            &["API_VERSION requested unknown version: 7"],
+        ),
+        (
+            "cfg.py",
+            Some(format!(
+                "def config(k, v):\n    raise KeyError(k)\ndef open(r):\n    return 1\n{REST}"
+            )),
+            &["foo=bar"],
+            &["config: error: KeyError: 'foo' (line 2, in config)"],
+        ),
+    ];
+    for (name, text, params, want) in cases {
+        let p = match text {
+            Some(t) => script(&dir, name, &t),
+            None => dir.join(name),
+        };
+        let mut args = vec![path_str(&p)];
+        args.extend_from_slice(params);
+        let e = start_fails(&args);
+        assert!(
+            e.starts_with(&format!("nbdkit: error: {}: ", path_str(&p))),
+            "{name}: {e}"
+        );
+        for w in want {
+            assert!(e.contains(w), "{name}: no {w:?} in {e}");
+        }
+    }
     let e = start_fails(&[]);
     assert!(e.contains("nbdkit python /path/to/plugin.py"), "{e}");
-
-    let cfg = script(
-        &dir,
-        "cfg.py",
-        "def config(k, v):\n    raise KeyError(k)\ndef open(r):\n    return 1\n\
-         def get_size(h):\n    return 1\ndef pread(h, b, o, f):\n    pass\n",
-    );
-    let e = start_fails(&[path_str(&cfg), "foo=bar"]);
-    assert!(
-        e.contains("config: error: KeyError: 'foo' (line 2, in config)"),
-        "{e}"
-    );
 }
 
 /// Errors in callbacks, and values of the wrong type, fail the request
