@@ -89,6 +89,15 @@ else
     echo "test-all: SKIP thumbv7em-none-eabihf builds: rustup cannot add the target (offline?)" >&2
 fi
 
+# The whole workspace type-checked for FreeBSD (no FreeBSD sysroot needed:
+# see "Platforms" in README.md).
+if rustup target add x86_64-unknown-freebsd >/dev/null 2>&1 ||
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-freebsd; then
+    scripts/check-freebsd.sh
+else
+    echo "test-all: SKIP FreeBSD check: rustup cannot add x86_64-unknown-freebsd (offline?)" >&2
+fi
+
 # loom models (own target dir: --cfg loom rebuilds every dependency).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
     cargo test --release -p nbdkit-core loom

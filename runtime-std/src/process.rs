@@ -130,22 +130,6 @@ pub fn lock_memory() -> Result<(), String> {
     })
 }
 
-/// `--selinux-label`: label the sockets this thread creates next, as
-/// setsockcreatecon(3) does. Fails clearly where SELinux is not enabled.
-pub fn set_socket_label(label: Option<&str>) -> Result<(), String> {
-    let enabled = std::path::Path::new("/sys/fs/selinux/enforce").exists();
-    if !enabled {
-        return match label {
-            Some(_) => Err("--selinux-label: SELinux is not enabled on this system".into()),
-            None => Ok(()),
-        };
-    }
-    let path = "/proc/thread-self/attr/sockcreate";
-    let value = label.unwrap_or("");
-    std::fs::write(path, value)
-        .map_err(|e| format!("--selinux-label: cannot set socket label {value:?}: {e}"))
-}
-
 /// Sockets passed by systemd (`LISTEN_PID`, `LISTEN_FDS`): `None` when this
 /// process was not socket-activated. The variables are removed and the
 /// descriptors marked close-on-exec, as nbdkit does.

@@ -18,8 +18,7 @@ use nbdkit_core::filters::params;
 use super::{copy_str, current_conn, ffi, intern, report_error, set_errno};
 
 fn errno_set(e: c_int) {
-    // SAFETY: __errno_location returns this thread's errno.
-    unsafe { *libc::__errno_location() = e };
+    nix::errno::Errno::set_raw(e);
 }
 
 /// Fail the way nbdkit's helpers do: `nbdkit_error(msg)`, `errno = e`.
@@ -179,14 +178,7 @@ extern "C" fn nbdkit_peer_name(addr: *mut libc::sockaddr, addrlen: *mut libc::so
             ss.ss_family = libc::AF_UNIX as libc::sa_family_t;
             core::mem::size_of::<libc::sa_family_t>()
         }
-        Peer::Vsock { cid, port } => {
-            // SAFETY: as above.
-            let s = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_vm) };
-            s.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-            s.svm_cid = cid;
-            s.svm_port = port;
-            core::mem::size_of::<libc::sockaddr_vm>()
-        }
+        Peer::Vsock { cid, port } => crate::os::vsock::write_sockaddr(&mut ss, cid, port),
         Peer::Unknown => {
             fail(
                 "peer_name: getpeername: Socket operation on non-socket",
@@ -374,7 +366,7 @@ extern "C" fn nbdkit_realpath(path: *const c_char) -> *mut c_char {
             fail(
                 format!(
                     "realpath: {p}: {}",
-                    nbdkit_core::errno::Errno(errno).description()
+                    crate::os::errno::from_os(errno).description()
                 ),
                 errno,
             );
@@ -412,7 +404,7 @@ extern "C" fn nbdkit_read_password(value: *const c_char, password: *mut *mut c_c
             0
         }
         Err(e) => {
-            fail(e.to_string(), e.errno.0);
+            fail(e.to_string(), crate::os::errno::to_os(e.errno));
             -1
         }
     }
@@ -645,7 +637,7 @@ extern "C" fn nbdkit_add_extent(
     match e.add(offset, length, typ) {
         Ok(()) => 0,
         Err(err) => {
-            fail(err.to_string(), err.errno.0);
+            fail(err.to_string(), crate::os::errno::to_os(err.errno));
             -1
         }
     }
@@ -721,7 +713,7 @@ extern "C" fn nbdkit_add_export(
     match list.add(n, d.as_deref()) {
         Ok(()) => 0,
         Err(err) => {
-            fail(err.to_string(), err.errno.0);
+            fail(err.to_string(), crate::os::errno::to_os(err.errno));
             -1
         }
     }

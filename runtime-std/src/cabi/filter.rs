@@ -1189,7 +1189,7 @@ impl CFilterHandle {
             Ok(_) => Ok(()),
             Err(mut e) => {
                 if err != 0 {
-                    e.errno = Errno(err);
+                    e.errno = crate::os::errno::from_os(err);
                 }
                 Err(e)
             }

@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use nbdkit_core::backend::{Error, Filter, Peer, Plugin, Result};
-use nbdkit_core::errno::Errno;
 
 use crate::log;
 
@@ -141,14 +140,8 @@ pub(crate) fn pass_up(e: &Error) -> c_int {
     if e.errno.0 == 0 {
         libc::EIO
     } else {
-        e.errno.0
+        crate::os::errno::to_os(e.errno)
     }
-}
-
-fn errno_location() -> *mut c_int {
-    // SAFETY: __errno_location has no preconditions; it returns this
-    // thread's errno, valid for the thread's life.
-    unsafe { libc::__errno_location() }
 }
 
 /// Run `f`, a call into C code of `layer`, in `scope`. `failed` says
@@ -170,11 +163,10 @@ pub(crate) fn call<T>(
         Scope::Conn(c) => Some(CONN.with(|cur| cur.borrow_mut().replace(Arc::clone(c)))),
     };
     DEPTH.with(|d| d.set(d.get() + 1));
-    // SAFETY: errno_location points to this thread's errno.
-    unsafe { *errno_location() = 0 };
+    nix::errno::Errno::set_raw(0);
     let r = f();
-    // SAFETY: as above; read before anything else can change it.
-    let os_errno = unsafe { *errno_location() };
+    // Read before anything else can change it.
+    let os_errno = nix::errno::Errno::last_raw();
     DEPTH.with(|d| d.set(d.get() - 1));
     let context = log_context();
     let set = SET_ERRNO.with(|s| s.replace(saved_errno));
@@ -192,7 +184,7 @@ pub(crate) fn call<T>(
             libc::EIO
         };
         Err(Error {
-            errno: Errno(errno),
+            errno: crate::os::errno::from_os(errno),
             message: msg,
         })
     } else {

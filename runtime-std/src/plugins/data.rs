@@ -957,7 +957,7 @@ fn read_bounded(
 }
 
 fn io_err(what: &str, e: &std::io::Error) -> Error {
-    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    let errno = crate::os::errno::from_os(e.raw_os_error().unwrap_or(libc::EIO));
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or(&text).to_string();
     Error::msg(errno, format!("{what}: {text}"))

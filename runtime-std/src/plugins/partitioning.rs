@@ -60,7 +60,10 @@ fn strerror(code: i32) -> &'static str {
 
 fn io_error(what: &str, e: &io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) => Error::msg(Errno(code), format!("{what}: {}", strerror(code))),
+        Some(code) => Error::msg(
+            crate::os::errno::from_os(code),
+            format!("{what}: {}", strerror(code)),
+        ),
         None => Error::msg(Errno::EIO, format!("{what}: {e}")),
     }
 }

@@ -102,6 +102,7 @@ fn read_password_tty() -> Result<Vec<u8>> {
     if have_old {
         let mut t = old;
         t.c_lflag &= !libc::ECHO;
+        // SAFETY: as above.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &t) };
     }
     let mut line = String::new();
