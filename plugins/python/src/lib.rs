@@ -26,8 +26,8 @@ mod errors;
 mod module;
 
 use core::ffi::{c_char, c_int, c_void};
-use std::ffi::CStr;
 use core::panic::AssertUnwindSafe;
+use std::ffi::CStr;
 use std::sync::OnceLock;
 
 use pyo3::call::PyCallArgs;

@@ -161,6 +161,7 @@ fn peer_name(py: Python<'_>) -> PyResult<Py<PyAny>> {
                 .into_pyobject(py)?
                 .into_any()
         }
+        #[cfg(target_os = "linux")]
         libc::AF_VSOCK => {
             // SAFETY: the server wrote a sockaddr_vm for this family.
             let a = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_vm>() };
