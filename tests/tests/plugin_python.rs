@@ -707,7 +707,8 @@ fn script_load_errors_are_one_line_with_the_place() {
     const REST: &str = "def get_size(h):\n    return 1\ndef pread(h, b, o, f):\n    pass\n";
     // (file, its text or None for a missing file, extra parameters, what
     // the one error line says)
-    let cases: [(&str, Option<String>, &[&str], &[&str]); 7] = [
+    type Case<'a> = (&'a str, Option<String>, &'a [&'a str], &'a [&'a str]);
+    let cases: [Case<'_>; 7] = [
         (
             "syntax.py",
             Some("def open(readonly):\n    return 1\nx = = 1\n".into()),
