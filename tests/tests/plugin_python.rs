@@ -1291,3 +1291,52 @@ fn ramdisk_answers_like_the_reference() {
     };
     assert_eq!(go(&nbdkit_bin()), go(Path::new(REFERENCE)));
 }
+
+/// A plugin whose libpython is not installed is refused with one error
+/// line that names the Debian package to install.
+#[test]
+fn missing_libpython_names_the_debian_package() {
+    if is_reference() {
+        println!("SKIP: about this project's message");
+        return;
+    }
+    skip_unless!("gcc");
+    let dir = TempDir::new();
+    // A stand-in libpython3.99 to link against, removed before loading.
+    let c = dir.join("empty.c");
+    fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
+    let lib = dir.join("libpython3.99.so.1.0");
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libpython3.99.so.1.0", "-o"])
+            .arg(&lib)
+            .arg(&c),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    let plugin = dir.join("nbdkit-fakepy-plugin.so");
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&plugin)
+            .arg(&c)
+            .args(["-Wl,--no-as-needed"])
+            .arg(&lib),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    fs::remove_file(&lib).unwrap();
+    let o = run(
+        nbdkit_cmd().args(["-U", "-", path_str(&plugin), "--run", "exit 0"]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code(), Some(1), "{}", o.describe());
+    let errors = error_lines(&o.stderr);
+    assert_eq!(errors.len(), 1, "{}", o.stderr);
+    assert!(
+        errors[0].contains("libpython3.99.so.1.0: cannot open shared object file")
+            && errors[0].ends_with("(install Debian's libpython3.99)"),
+        "{}",
+        errors[0]
+    );
+}

@@ -297,7 +297,17 @@ fn open_library(
 }
 
 fn dl_message(e: &libloading::Error) -> String {
-    e.to_string()
+    let m = e.to_string();
+    // An interpreter library that is not installed (the python plugin's
+    // libpython3.N.so.1.0): name the Debian package that has it.
+    let missing = m
+        .split(": ")
+        .find(|p| p.starts_with("libpython3.") && p.contains(".so"))
+        .filter(|_| m.contains("cannot open shared object file"));
+    match missing.and_then(|l| l.split(".so").next()) {
+        Some(pkg) => format!("{m} (install Debian's {pkg})"),
+        None => m,
+    }
 }
 
 /// Debug flags (`-D NAME.FLAG=N`) of loaded objects: name -> library.
