@@ -486,9 +486,14 @@ async fn handshake<S: Transport>(
             Some(Event::ListExports) => {
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
-                let list = shared
-                    .call(move |s| s.stack.list_exports(readonly, is_tls))
+                let mut cache = default_export.take();
+                let (list, cache) = shared
+                    .call(move |s| {
+                        let list = s.stack.list_exports_cached(readonly, is_tls, &mut cache);
+                        (list, cache)
+                    })
                     .await;
+                default_export = cache;
                 let ok = match list {
                     Ok(exports) => {
                         for e in &exports.list {
@@ -523,24 +528,20 @@ async fn handshake<S: Transport>(
                 info_only,
             }) => {
                 // The default export is resolved once per connection, as
-                // nbdkit does (INFO then GO ask the plugin only once).
-                let asked_default = export.is_empty();
-                let cached = if asked_default {
-                    default_export.clone()
-                } else {
-                    None
-                };
+                // nbdkit does (LIST, INFO and GO ask the plugin only once).
+                let mut cache = default_export.take();
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let wants_description = hs.wants_description();
                 let peer = peer.clone();
-                let opened = shared
-                    .call(
-                        move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
-                            let canonical = if let Some(name) = cached {
-                                name
-                            } else if export.is_empty() {
-                                match s.stack.default_export(readonly, is_tls)? {
+                let conn_name = name.to_string();
+                type Opened = (Context, String, Option<String>);
+                let (opened, cache) = shared
+                    .call(move |s| {
+                        let opened = (|| -> Result<Opened, nbdkit_core::backend::Error> {
+                            let canonical = if export.is_empty() {
+                                match s.stack.default_export_cached(readonly, is_tls, &mut cache)? {
                                     Some(n) => n,
                                     None => {
                                         return Err(nbdkit_core::backend::Error::msg(
@@ -558,21 +559,31 @@ async fn handshake<S: Transport>(
                                 is_tls,
                                 peer: &peer,
                             })?;
-                            Ok((ctx, canonical))
-                        },
-                    )
+                            // Asked only when the client wants it, after
+                            // the capabilities, as nbdkit does; a failure
+                            // is logged and leaves the export undescribed.
+                            let description = if wants_description {
+                                ctx.export_description().unwrap_or_else(|e| {
+                                    log::error(Some(&conn_name), &e.to_string());
+                                    None
+                                })
+                            } else {
+                                None
+                            };
+                            Ok((ctx, canonical, description))
+                        })();
+                        (opened, cache)
+                    })
                     .await;
+                default_export = cache;
                 match opened {
-                    Ok((c, canonical)) => {
-                        if asked_default {
-                            default_export = Some(canonical.clone());
-                        }
+                    Ok((c, canonical, description)) => {
                         let caps = c.caps();
                         let info = ExportInfo {
                             name: &canonical,
                             size: caps.size,
                             eflags: eflags(&c, shared.thread_model),
-                            description: caps.description.as_deref(),
+                            description: description.as_deref(),
                             block_size: caps
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
@@ -627,6 +638,9 @@ async fn handshake<S: Transport>(
                 if hs.tls_established().is_err() {
                     return Ok(None);
                 }
+                // nbdkit forgets the default export's name with the rest
+                // of the plaintext state.
+                default_export = None;
             }
         }
         input.drain(..consumed);
