@@ -541,7 +541,10 @@ async fn handshake<S: Transport>(
                     .call(move |s| {
                         let opened = (|| -> Result<Opened, nbdkit_core::backend::Error> {
                             let canonical = if export.is_empty() {
-                                match s.stack.default_export_cached(readonly, is_tls, &mut cache)? {
+                                match s
+                                    .stack
+                                    .default_export_cached(readonly, is_tls, &mut cache)?
+                                {
                                     Some(n) => n,
                                     None => {
                                         return Err(nbdkit_core::backend::Error::msg(

@@ -42,7 +42,10 @@ fn run_captive(bin: &Path, args: &[&str], cmd: &str, env: &[(&str, &Path)]) -> O
     for (k, v) in env {
         c.env(k, v);
     }
-    c.env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()));
+    c.env(
+        "PATH",
+        format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+    );
     run(&mut c, Duration::from_secs(60))
 }
 
@@ -64,10 +67,16 @@ esac
 
 /// The clients whose call logs are compared: each is one connection.
 const CLIENTS: &[(&str, &str)] = &[
-    ("qemu-nbd --list", "qemu-nbd --list -k \"$unixsocket\" >/dev/null"),
+    (
+        "qemu-nbd --list",
+        "qemu-nbd --list -k \"$unixsocket\" >/dev/null",
+    ),
     ("nbdinfo --list", "nbdinfo --list \"$uri\" >/dev/null"),
     ("nbdinfo", "nbdinfo \"$uri\" >/dev/null"),
-    ("qemu-io read", "qemu-io -r -f raw -c 'r 0 512' \"$uri\" >/dev/null"),
+    (
+        "qemu-io read",
+        "qemu-io -r -f raw -c 'r 0 512' \"$uri\" >/dev/null",
+    ),
 ];
 
 /// The calls a connection made, from `preconnect` on; the trailing
@@ -105,7 +114,10 @@ fn per_connection_callbacks_are_called_once_as_nbdkit_does() {
         let ours = connection_calls(&nbdkit_bin(), &dir, &script, cmd, &format!("ours{i}"));
         // qemu-nbd --list sends NBD_OPT_LIST then NBD_OPT_INFO; nbdinfo
         // sends INFO then GO: the default export is resolved once.
-        let defaults = ours.iter().filter(|l| l.starts_with("default_export")).count();
+        let defaults = ours
+            .iter()
+            .filter(|l| l.starts_with("default_export"))
+            .count();
         assert_eq!(defaults, 1, "{what}: default_export calls: {ours:#?}");
         // The description is asked for only when the client wants it
         // (NBD_INFO_DESCRIPTION): qemu's clients do not.
@@ -119,6 +131,188 @@ fn per_connection_callbacks_are_called_once_as_nbdkit_does() {
             continue;
         }
         let theirs = connection_calls(Path::new(REFERENCE), &dir, &script, cmd, &format!("ref{i}"));
-        assert_eq!(ours, theirs, "{what}: our calls (left) and nbdkit's (right)");
+        assert_eq!(
+            ours, theirs,
+            "{what}: our calls (left) and nbdkit's (right)"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// data: nbdkit's sparse array, and expressions far larger than memory
+// ---------------------------------------------------------------------------
+
+/// `nbdinfo --map` and a digest of the contents, for a command line.
+fn map_and_digest(bin: &Path, args: &[&str]) -> String {
+    let out = run_captive(
+        bin,
+        args,
+        "nbdinfo --map \"$uri\" && nbdcopy \"$uri\" - | md5sum",
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    out.stdout
+}
+
+/// Expressions whose block status shows which pages nbdkit's evaluation
+/// allocates (writes), frees (zeroes, copies of zeroes) or leaves alone.
+const DATA_EXPRESSIONS: &[&str] = &[
+    "\"0\"",
+    "0",
+    "0 0",
+    "( 0 )*100",
+    "( \"hello\" )*1000",
+    "0 @1048575 1",
+    "( @+65536 1 )",
+    "1 @65536 1 @0 ( @+200000 )",
+    "0xff*100000 @50000 0*10000",
+    "0xff*100000 @32768 ( @+32768 )",
+    "0xff*70000 @0 ( 0 0 0 )",
+    "\"\\x00\" \"\\x00\" @70000 \"\\x01\\x00\"[1:]",
+    "\"\\x00\"*3 @40000 \"\\x00\"*5",
+    "le32:0 be64:0 @40000 le16:0x100",
+    "( 0 0 0 1 ) * 20000 @0 ( @+40000 )",
+    "\"hello\" -> \\h ( \\h @+40000 \\h ) * 2",
+    "( ( \"x\" @+100000 ) * 5 )[30000:400000]",
+    "\"ab\" * 4 @40000 \"\\x00\\x00\" * 4 @80000 \"\\x00\\x00\" * 5",
+    "( \"a\" 0 ) -> \\x \\x * 2 @50000 \\x [0:1]",
+    "<(printf 'x\\0\\0\\0y') @70000 <(head -c 100 /dev/zero)",
+];
+
+#[test]
+fn data_block_status_shows_allocated_zero_pages_as_nbdkit_does() {
+    if !skip_unless("nbdinfo") || !skip_unless("nbdcopy") {
+        return;
+    }
+    // Without the reference: what nbdkit 1.32 prints for two of them.
+    let map = |expr: &str| -> String {
+        let out = run_captive(
+            &nbdkit_bin(),
+            &["data", expr, "size=1M"],
+            "nbdinfo --map \"$uri\"",
+            &[],
+        );
+        assert!(out.success(), "{}", out.describe());
+        out.stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(map("\"0\""), "0 32768 0 data\n32768 1015808 3 hole,zero");
+    assert_eq!(map("0"), "0 32768 2 zero\n32768 1015808 3 hole,zero");
+    if !reference() {
+        return;
+    }
+    for sized in [true, false] {
+        for expr in DATA_EXPRESSIONS {
+            let mut args = vec!["data", expr];
+            if sized {
+                args.push("size=300000");
+            }
+            let ours = map_and_digest(&nbdkit_bin(), &args);
+            let theirs = map_and_digest(Path::new(REFERENCE), &args);
+            assert_eq!(
+                ours, theirs,
+                "data '{expr}' sized={sized}: ours (left), nbdkit's (right)"
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_block_status_shows_written_zeroes_as_nbdkit_does() {
+    if !skip_unless("nbdinfo") || !skip_unless("nbdsh") {
+        return;
+    }
+    let cmd = "nbdsh -u \"$uri\" -c 'h.pwrite(bytearray(512), 40000)' \
+               -c 'h.pwrite(b\"a\" * 512, 100000)' -c 'h.zero(512, 100000)' \
+               -c 'h.pwrite(bytearray(70000), 200000)' && nbdinfo --map \"$uri\"";
+    let map = |bin: &Path| -> String {
+        let out = run_captive(bin, &["memory", "1M"], cmd, &[]);
+        assert!(out.success(), "{}", out.describe());
+        out.stdout
+    };
+    let ours = map(&nbdkit_bin());
+    let flags: Vec<&str> = ours
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    // Written zeroes are allocated zeroes; a page zeroed back is a hole.
+    assert_eq!(flags, ["3", "2", "3", "2", "3"], "{ours}");
+    if reference() {
+        assert_eq!(ours, map(Path::new(REFERENCE)));
+    }
+}
+
+/// The server's peak resident memory, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn data_expressions_far_beyond_memory_are_served_lazily() {
+    if !skip_unless("python3-nbd") {
+        return;
+    }
+    // 4 GiB of a 5 MB pattern with a byte at the last offset; 8 TiB of a
+    // repeated pattern; 2^63-1 bytes of one byte; a random block repeated.
+    type Reads = &'static [(u64, &'static [u8])];
+    let cases: &[(&str, u64, Reads)] = &[
+        (
+            "( \"hello\" * 1000000 @^1073741824 )*4 @0x7ffffffffffffffe 1",
+            i64::MAX as u64,
+            &[
+                (0, b"hello"),
+                ((3 << 30) + 4_999_995, b"hello\0"),
+                (i64::MAX as u64 - 1, b"\x01"),
+            ],
+        ),
+        (
+            "( ( 1 2 3 ) * 1000000000 ) * 3000",
+            9_000_000_000_000,
+            &[
+                (8_999_999_999_997, b"\x01\x02\x03"),
+                (4_000_000_000_001, b"\x03\x01"),
+            ],
+        ),
+        (
+            "0x55*0x7fffffffffffffff",
+            i64::MAX as u64,
+            &[(1 << 62, b"\x55\x55")],
+        ),
+        (
+            "( 0x55*1073741824 )*4 @^8589934592 ( \"ab\" @+100000000 )*100000",
+            8589934592 + 10_000_000_200_000,
+            &[(8589934592 + 100_000_002 * 99_999, b"ab\0")],
+        ),
+    ];
+    for (expr, size, reads) in cases {
+        let srv = Server::start(["data", expr]);
+        let mut code = format!(
+            "import nbd, sys\nh = nbd.NBD()\nh.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)\nh.connect_uri(sys.argv[1])\nassert h.get_size() == {size}, h.get_size()\n"
+        );
+        for (off, want) in reads.iter() {
+            let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+            code += &format!(
+                "got = h.pread({}, {off})\nassert got == bytes.fromhex('{hex}'), ({off}, got)\n",
+                want.len()
+            );
+        }
+        // Block status of the first 4 GiB.
+        code += "h.block_status(1 << 31, 0, lambda *a: 0)\n";
+        let out = run_python_code(&code, [srv.uri()]);
+        assert!(out.success(), "data '{expr}': {}", out.describe());
+        let rss = peak_rss_kib(srv.pid());
+        assert!(
+            rss < 256 * 1024,
+            "data '{expr}': the server's peak memory is {rss} KiB"
+        );
     }
 }
