@@ -487,9 +487,15 @@ async fn handshake<S: Transport>(
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let mut cache = default_export.take();
+                let conn_name = name.to_string();
                 let (list, cache) = shared
                     .call(move |s| {
-                        let list = s.stack.list_exports_cached(readonly, is_tls, &mut cache);
+                        let list = s.stack.list_exports_cached(
+                            readonly,
+                            is_tls,
+                            &mut cache,
+                            &mut |e| log::error(Some(&conn_name), &e.to_string()),
+                        );
                         (list, cache)
                     })
                     .await;
@@ -541,16 +547,20 @@ async fn handshake<S: Transport>(
                     .call(move |s| {
                         let opened = (|| -> Result<Opened, nbdkit_core::backend::Error> {
                             let canonical = if export.is_empty() {
-                                match s
-                                    .stack
-                                    .default_export_cached(readonly, is_tls, &mut cache)?
-                                {
-                                    Some(n) => n,
-                                    None => {
-                                        return Err(nbdkit_core::backend::Error::msg(
-                                            nbdkit_core::errno::Errno::ENOENT,
-                                            "the default export is not available",
-                                        ))
+                                let not_permitted = || {
+                                    nbdkit_core::backend::Error::msg(
+                                        nbdkit_core::errno::Errno::ENOENT,
+                                        "default export (\"\") not permitted",
+                                    )
+                                };
+                                match s.stack.default_export_cached(readonly, is_tls, &mut cache) {
+                                    Ok(Some(n)) => n,
+                                    Ok(None) => return Err(not_permitted()),
+                                    Err(e) => {
+                                        // nbdkit says why, then that the
+                                        // default export is refused.
+                                        log::error(Some(&conn_name), &e.to_string());
+                                        return Err(not_permitted());
                                     }
                                 }
                             } else {

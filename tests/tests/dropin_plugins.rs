@@ -316,3 +316,126 @@ fn data_expressions_far_beyond_memory_are_served_lazily() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// sh/eval: exports, cache, close
+// ---------------------------------------------------------------------------
+
+/// What three clients see of an eval plugin's exports, and what the server
+/// logs, with temporary paths replaced.
+fn eval_exports_seen(bin: &Path, methods: &[&str]) -> String {
+    let mut args = vec![
+        "eval",
+        "get_size=echo 1M",
+        "pread=dd if=/dev/zero count=$3 iflag=count_bytes",
+    ];
+    args.extend_from_slice(methods);
+    let out = run_captive(
+        bin,
+        &args,
+        "nbdinfo --list \"$uri\" 2>&1 | grep -E 'export=|rror'; echo ---; \
+         qemu-nbd --list -k \"$unixsocket\" 2>&1 | grep -E 'export:|rror'; echo ---; \
+         nbdinfo \"$uri\" 2>&1 | grep -E 'export=|rror'; true",
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    // Temporary directories and sockets differ from run to run.
+    text.split(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+        .map(|w| {
+            if w.starts_with("/tmp/") || w.contains("socket=") {
+                "PATH"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn eval_export_methods_missing_or_failing_behave_as_in_nbdkit() {
+    if !skip_unless("nbdinfo") || !skip_unless("qemu-nbd") {
+        return;
+    }
+    // A default export that cannot be resolved is left out of the list
+    // (nbdkit does not fail NBD_OPT_LIST for it).
+    let out = run_captive(
+        &nbdkit_bin(),
+        &["eval", "get_size=echo 1M", "pread=exit 1", "default_export=exit 3"],
+        "nbdinfo --list \"$uri\"",
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("default_export method returned unexpected code (3/false)"),
+        "{}",
+        out.describe()
+    );
+    if !reference() {
+        return;
+    }
+    let cases: &[&[&str]] = &[
+        &[],
+        &["list_exports=echo a"],
+        &["default_export=echo b"],
+        &["list_exports=exit 2", "default_export=exit 2"],
+        &["list_exports=echo NAMES; echo x; echo y"],
+        &["list_exports=echo NAMES; echo x; echo y", "default_export=echo y"],
+        &["missing=exit 0"],
+        &["list_exports=exit 3"],
+        &["default_export=exit 3"],
+    ];
+    for methods in cases {
+        let ours = eval_exports_seen(&nbdkit_bin(), methods);
+        let theirs = eval_exports_seen(Path::new(REFERENCE), methods);
+        assert_eq!(ours, theirs, "eval {methods:?}: ours (left), nbdkit's (right)");
+    }
+}
+
+/// An eval plugin's calls, and what nbdsh saw, for a cache request.
+fn eval_cache_seen(bin: &Path, dir: &TempDir, methods: &[&str]) -> String {
+    let log = dir.join("cache.log");
+    let _ = std::fs::remove_file(&log);
+    let mut args = vec![
+        "eval",
+        "get_size=echo 1M",
+        "pread=echo pread $3 $4 >>\"$LOGF\"; dd if=/dev/zero count=$3 iflag=count_bytes",
+    ];
+    args.extend_from_slice(methods);
+    let out = run_captive(
+        bin,
+        &args,
+        "nbdsh -u \"$uri\" -c 'print(h.can_cache())' -c 'h.cache(512, 0)' 2>&1 | tail -1; true",
+        &[("LOGF", &log)],
+    );
+    assert!(out.success(), "{}", out.describe());
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .map(|l| l.rsplit(": ").next().unwrap_or(l))
+        .collect();
+    format!("{}{calls}{errors:?}", out.stdout)
+}
+
+#[test]
+fn eval_cache_without_a_method_behaves_as_in_nbdkit() {
+    if !skip_unless("nbdsh") || !reference() {
+        return;
+    }
+    let dir = TempDir::new();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["can_cache=echo native"],
+        &["can_cache=echo emulate"],
+        &["cache=echo cache $3 $4 >>\"$LOGF\""],
+        &["can_cache=echo none", "cache=echo cache >>\"$LOGF\""],
+        &["can_cache=echo native", "cache=exit 3"],
+    ];
+    for methods in cases {
+        let ours = eval_cache_seen(&nbdkit_bin(), &dir, methods);
+        let theirs = eval_cache_seen(Path::new(REFERENCE), &dir, methods);
+        assert_eq!(ours, theirs, "eval {methods:?}: ours (left), nbdkit's (right)");
+    }
+}

@@ -554,24 +554,33 @@ impl Stack {
     /// The export list as the client sees it, with the default export
     /// resolved to its canonical name.
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
-        self.list_exports_cached(readonly, is_tls, &mut None)
+        self.list_exports_cached(readonly, is_tls, &mut None, &mut |_| {})
     }
 
     /// [`list_exports`](Self::list_exports) with a connection's cache of
     /// the default export's name (see
-    /// [`default_export_cached`](Self::default_export_cached)).
+    /// [`default_export_cached`](Self::default_export_cached)). When the
+    /// default export cannot be resolved the list leaves it out, as
+    /// nbdkit's does, and `failed` gets the error.
     pub fn list_exports_cached(
         &self,
         readonly: bool,
         is_tls: bool,
         default: &mut Option<String>,
+        failed: &mut dyn FnMut(Error),
     ) -> Result<Exports> {
         let mut exports = Exports::default();
         self.inner
             .list_exports_from(0, readonly, is_tls, &mut exports)?;
         if exports.use_default {
             exports.use_default = false;
-            if let Some(name) = self.default_export_cached(readonly, is_tls, default)? {
+            let name = self
+                .default_export_cached(readonly, is_tls, default)
+                .unwrap_or_else(|e| {
+                    failed(e);
+                    None
+                });
+            if let Some(name) = name {
                 exports.list.insert(
                     0,
                     super::Export {
