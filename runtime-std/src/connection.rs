@@ -490,12 +490,11 @@ async fn handshake<S: Transport>(
                 let conn_name = name.to_string();
                 let (list, cache) = shared
                     .call(move |s| {
-                        let list = s.stack.list_exports_cached(
-                            readonly,
-                            is_tls,
-                            &mut cache,
-                            &mut |e| log::error(Some(&conn_name), &e.to_string()),
-                        );
+                        let list =
+                            s.stack
+                                .list_exports_cached(readonly, is_tls, &mut cache, &mut |e| {
+                                    log::error(Some(&conn_name), &e.to_string())
+                                });
                         (list, cache)
                     })
                     .await;

@@ -362,13 +362,19 @@ fn eval_export_methods_missing_or_failing_behave_as_in_nbdkit() {
     // (nbdkit does not fail NBD_OPT_LIST for it).
     let out = run_captive(
         &nbdkit_bin(),
-        &["eval", "get_size=echo 1M", "pread=exit 1", "default_export=exit 3"],
+        &[
+            "eval",
+            "get_size=echo 1M",
+            "pread=exit 1",
+            "default_export=exit 3",
+        ],
         "nbdinfo --list \"$uri\"",
         &[],
     );
     assert!(out.success(), "{}", out.describe());
     assert!(
-        out.stderr.contains("default_export method returned unexpected code (3/false)"),
+        out.stderr
+            .contains("default_export method returned unexpected code (3/false)"),
         "{}",
         out.describe()
     );
@@ -381,7 +387,10 @@ fn eval_export_methods_missing_or_failing_behave_as_in_nbdkit() {
         &["default_export=echo b"],
         &["list_exports=exit 2", "default_export=exit 2"],
         &["list_exports=echo NAMES; echo x; echo y"],
-        &["list_exports=echo NAMES; echo x; echo y", "default_export=echo y"],
+        &[
+            "list_exports=echo NAMES; echo x; echo y",
+            "default_export=echo y",
+        ],
         &["missing=exit 0"],
         &["list_exports=exit 3"],
         &["default_export=exit 3"],
@@ -389,7 +398,10 @@ fn eval_export_methods_missing_or_failing_behave_as_in_nbdkit() {
     for methods in cases {
         let ours = eval_exports_seen(&nbdkit_bin(), methods);
         let theirs = eval_exports_seen(Path::new(REFERENCE), methods);
-        assert_eq!(ours, theirs, "eval {methods:?}: ours (left), nbdkit's (right)");
+        assert_eq!(
+            ours, theirs,
+            "eval {methods:?}: ours (left), nbdkit's (right)"
+        );
     }
 }
 
@@ -436,6 +448,77 @@ fn eval_cache_without_a_method_behaves_as_in_nbdkit() {
     for methods in cases {
         let ours = eval_cache_seen(&nbdkit_bin(), &dir, methods);
         let theirs = eval_cache_seen(Path::new(REFERENCE), &dir, methods);
-        assert_eq!(ours, theirs, "eval {methods:?}: ours (left), nbdkit's (right)");
+        assert_eq!(
+            ours, theirs,
+            "eval {methods:?}: ours (left), nbdkit's (right)"
+        );
     }
+}
+
+// ---------------------------------------------------------------------------
+// file, ondemand
+// ---------------------------------------------------------------------------
+
+#[test]
+fn file_takes_directory_as_the_long_form_of_dir() {
+    if !skip_unless("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    write_random_file(&dir.join("disk.img"), 4096, 1);
+    let out = run_captive(
+        &nbdkit_bin(),
+        &["file", &format!("directory={}", path_str(dir.path()))],
+        "nbdinfo --list --json \"$uri\"",
+        &[],
+    );
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("\"export-name\": \"disk.img\""),
+        "{}",
+        out.stdout
+    );
+    // As with dir=, it cannot be given with file=.
+    let out = run(
+        nbdkit_cmd().args([
+            "file",
+            "file=/dev/null",
+            &format!("directory={}", path_str(dir.path())),
+            "--run",
+            "true",
+        ]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("file= and dir= cannot be used at the same time"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn ondemand_lists_the_default_export_first() {
+    if !skip_unless("python3-nbd") {
+        return;
+    }
+    let dir = TempDir::new();
+    for name in ["disk1", "x.img", "a:b", "default"] {
+        std::fs::write(dir.join(name), b"").unwrap();
+    }
+    let srv = Server::start([
+        "ondemand".to_string(),
+        format!("dir={}", path_str(dir.path())),
+        "1M".to_string(),
+    ]);
+    let out = run_python_code(
+        "import nbd, sys\nh = nbd.NBD()\nh.set_opt_mode(True)\nh.connect_uri(sys.argv[1])\n\
+         names = []\nh.opt_list(lambda n, d: names.append(n))\nprint(names)",
+        [srv.uri()],
+    )
+    .assert_success();
+    // nbdkit lists "" (its name for the default export, the file
+    // "default"), then what a client may open.
+    assert_eq!(out.stdout.trim(), "['', 'disk1']", "{}", out.describe());
 }
