@@ -522,3 +522,99 @@ fn ondemand_lists_the_default_export_first() {
     // "default"), then what a client may open.
     assert_eq!(out.stdout.trim(), "['', 'disk1']", "{}", out.describe());
 }
+
+// ---------------------------------------------------------------------------
+// partition filter
+// ---------------------------------------------------------------------------
+
+/// Put an MBR-style partition entry `i` (type, first sector, sectors) in
+/// the boot sector at `at`, and its signature.
+fn mbr_entry(disk: &mut [u8], at: usize, i: usize, ty: u8, start: u32, len: u32) {
+    let e = at + 0x1be + 16 * i;
+    disk[e + 4] = ty;
+    disk[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+    disk[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+    disk[at + 0x1fe] = 0x55;
+    disk[at + 0x1ff] = 0xaa;
+}
+
+/// What `nbdinfo --size` says about partition `n` of `disk`, or the
+/// server's error.
+fn partition_seen(bin: &Path, disk: &Path, n: u32) -> String {
+    let out = run_captive(
+        bin,
+        &[
+            "--filter=partition",
+            "file",
+            path_str(disk),
+            &format!("partition={n}"),
+        ],
+        "nbdinfo --size \"$uri\" 2>/dev/null; true",
+        &[],
+    );
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .map(|l| l.rsplit("error: ").next().unwrap_or(l))
+        .collect();
+    format!("{}{}", out.stdout, errors.join("\n"))
+}
+
+#[test]
+fn partition_errors_are_nbdkits() {
+    if !skip_unless("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    // One primary partition, no extended partition.
+    let mut primary = vec![0u8; 4 << 20];
+    mbr_entry(&mut primary, 0, 0, 0x83, 2048, 2048);
+    // An extended partition with two logical partitions, 5 and 6.
+    let mut logical = primary.clone();
+    mbr_entry(&mut logical, 0, 1, 0x05, 4096, 4096);
+    mbr_entry(&mut logical, 4096 * 512, 0, 0x83, 8, 1000);
+    mbr_entry(&mut logical, 4096 * 512, 1, 0x05, 2048, 2048);
+    mbr_entry(&mut logical, 6144 * 512, 0, 0x83, 8, 1000);
+    // The same, with a chain that goes back, a logical partition that
+    // leaves the extended one, and an extended partition off the disk.
+    let mut back = logical.clone();
+    mbr_entry(&mut back, 4096 * 512, 1, 0x05, 0, 5);
+    let mut outside = logical.clone();
+    mbr_entry(&mut outside, 4096 * 512, 0, 0x83, 8, 1 << 20);
+    let mut off_disk = logical.clone();
+    mbr_entry(&mut off_disk, 0, 1, 0x05, 1 << 30, 4096);
+    let disks = [
+        ("primary", primary),
+        ("logical", logical),
+        ("back", back),
+        ("outside", outside),
+        ("off_disk", off_disk),
+    ];
+    for (name, bytes) in &disks {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let seen = |name: &str, n: u32| partition_seen(&nbdkit_bin(), &dir.join(name), n);
+    assert_eq!(
+        seen("primary", 5),
+        "MBR logical partition selected, but there is no extended partition in the partition table"
+    );
+    assert_eq!(seen("logical", 6).trim(), "512000");
+    assert_eq!(seen("logical", 7), "MBR partition 7 not found");
+    assert_eq!(
+        seen("back", 6),
+        "invalid EBR chain: next EBR 2097152 <= current EBR 2097152"
+    );
+    if !reference() {
+        return;
+    }
+    for (name, _) in &disks {
+        for n in [1, 2, 4, 5, 6, 7] {
+            let disk = dir.join(name);
+            assert_eq!(
+                partition_seen(&nbdkit_bin(), &disk, n),
+                partition_seen(Path::new(REFERENCE), &disk, n),
+                "{name} partition={n}: ours (left), nbdkit's (right)"
+            );
+        }
+    }
+}
