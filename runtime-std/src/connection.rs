@@ -412,7 +412,8 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         return;
     };
     let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-    transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    let (graceful, wr, reader) =
+        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
     let c = ctx.clone();
     shared
         .call(move |_| {
@@ -421,9 +422,32 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             }
         })
         .await;
-    // Dropping the last reference closes every layer, outermost first.
-    let _ = shared.call(move |_| drop(ctx)).await;
+    // Dropping the last reference closes every layer, outermost first. As
+    // in nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its
+    // connection close only after that.
+    let _ = shared
+        .call(move |_| {
+            CLIENT_GONE.with(|g| g.set(!graceful));
+            drop(ctx);
+            CLIENT_GONE.with(|g| g.set(false));
+        })
+        .await;
+    let _ = wr.lock().await.shutdown().await;
+    drop(reader);
     log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+thread_local! {
+    /// Set while a connection's handles are closed on this thread when the
+    /// client went away without NBD_CMD_DISC (or the server is stopping).
+    static CLIENT_GONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// In a plugin's or filter's close: whether the client is already gone
+/// (it hung up, or the server is stopping), so that there is nobody left
+/// to delay (nbdkit's sleeps end when the client hangs up).
+pub(crate) fn client_gone() -> bool {
+    CLIENT_GONE.with(|g| g.get())
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
@@ -794,7 +818,8 @@ async fn transmission<R, W>(
     negotiated: handshake::Negotiated,
     mut reader: R,
     wr: W,
-) where
+) -> (bool, Arc<AsyncMutex<W>>, R)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -809,6 +834,8 @@ async fn transmission<R, W>(
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
     let mut hdr = [0u8; 32];
+    // Whether the client ended with NBD_CMD_DISC.
+    let mut graceful = false;
     loop {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
@@ -896,6 +923,7 @@ async fn transmission<R, W>(
                 Some(&name),
                 format_args!("client sent NBD_CMD_DISC, closing connection"),
             );
+            graceful = true;
             break;
         }
         // A request that arrives when nothing else is in flight on a stack
@@ -933,8 +961,8 @@ async fn transmission<R, W>(
             }
         }
     }
-    // Every request already read is answered before the connection closes.
+    // Every request already read is answered before the connection closes
+    // (which the caller does once the handles are closed).
     let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
-    let mut w = wr.lock().await;
-    let _ = w.shutdown().await;
+    (graceful && !crate::server::stopping(), wr, reader)
 }

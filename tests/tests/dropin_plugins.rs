@@ -618,3 +618,95 @@ fn partition_errors_are_nbdkits() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// delay filter
+// ---------------------------------------------------------------------------
+
+/// Waits (bounded) until `path` contains `want`.
+fn wait_for_file(path: &Path, want: &str) -> String {
+    for _ in 0..1000 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(want) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{want:?} never appeared in {}", path.display());
+}
+
+#[test]
+fn delay_close_delays_a_graceful_disconnect() {
+    if !skip_unless("python3-nbd") {
+        return;
+    }
+    let dir = TempDir::new();
+    let log = dir.join("log");
+    // The delay filter closes first (outermost), then the log filter logs
+    // "Disconnect": a client that said goodbye sees its connection close
+    // only after both, as with nbdkit.
+    let srv = Server::start([
+        "--filter=delay".to_string(),
+        "--filter=log".to_string(),
+        "memory".to_string(),
+        "1M".to_string(),
+        format!("logfile={}", path_str(&log)),
+        "delay-close=2".to_string(),
+    ]);
+    let out = run_python_code(
+        "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pread(512, 0)\n\
+         h.shutdown()\nprint(open(sys.argv[2]).read())",
+        [srv.uri(), path_str(&log).to_string()],
+    )
+    .assert_success();
+    assert!(out.stdout.contains("Disconnect"), "{}", out.describe());
+}
+
+#[test]
+fn a_server_in_a_delay_stops_promptly_on_a_signal() {
+    if !skip_unless("python3-nbd") {
+        return;
+    }
+    for (delay, client) in [
+        ("rdelay=60", "h.pread(512, 0)"),
+        ("delay-close=60", "h.pread(512, 0)\nh.shutdown()"),
+    ] {
+        let dir = TempDir::new();
+        let log = dir.join("log");
+        // The log filter (outermost) shows the request reached the delay.
+        let mut srv = Server::start([
+            "--filter=log".to_string(),
+            "--filter=delay".to_string(),
+            "memory".to_string(),
+            "1M".to_string(),
+            format!("logfile={}", path_str(&log)),
+            delay.to_string(),
+        ]);
+        let mut py = Command::new(PYTHON);
+        py.arg("-c")
+            .arg(format!(
+                "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n{client}"
+            ))
+            .arg(srv.uri())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = py.spawn().unwrap();
+        wait_for_file(
+            &log,
+            if delay.starts_with("rdelay") {
+                "Read id=1"
+            } else {
+                "Disconnect"
+            },
+        );
+        // SIGTERM; stop() sends SIGKILL only if the server is still there
+        // after STOP_TIMEOUT (5 s), far less than the 60 s delay.
+        let status = srv.stop().expect("the server exits");
+        assert!(
+            status.code().is_some(),
+            "{delay}: the server did not stop on SIGTERM ({status})"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
