@@ -710,3 +710,79 @@ fn a_server_in_a_delay_stops_promptly_on_a_signal() {
         let _ = child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// error filter
+// ---------------------------------------------------------------------------
+
+/// Each kind of request, before the trigger file exists, while it exists
+/// and after it is removed: "ok" or the errno.
+const ERROR_FILE_PROBE: &str = r#"
+import nbd, os, sys
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri(sys.argv[1])
+trigger = sys.argv[2]
+def ops():
+    r = []
+    for name, f in [("pread", lambda: h.pread(512, 0)),
+                    ("pwrite", lambda: h.pwrite(b"x" * 512, 0)),
+                    ("zero", lambda: h.zero(512, 0)),
+                    ("trim", lambda: h.trim(512, 0)),
+                    ("extents", lambda: h.block_status(512, 0, lambda *a: 0)),
+                    ("cache", lambda: h.cache(512, 0))]:
+        try:
+            f()
+            r.append(name + ":ok")
+        except nbd.Error as e:
+            r.append(name + ":" + str(e.errno))
+    return " ".join(r)
+print(ops())
+open(trigger, "w").close()
+print(ops())
+os.unlink(trigger)
+print(ops())
+"#;
+
+#[test]
+fn error_files_trigger_errors_while_they_exist() {
+    if !skip_unless("python3-nbd") {
+        return;
+    }
+    let ops = ["pread", "pwrite", "zero", "trim", "extents", "cache"];
+    for key in std::iter::once("error-file".to_string())
+        .chain(ops.iter().map(|o| format!("error-{o}-file")))
+    {
+        let dir = TempDir::new();
+        let trigger = dir.join("trigger");
+        let srv = Server::start([
+            "--filter=error".to_string(),
+            "memory".to_string(),
+            "1M".to_string(),
+            "error-rate=1".to_string(),
+            format!("{key}={}", path_str(&trigger)),
+        ]);
+        let out = run_python_code(
+            ERROR_FILE_PROBE,
+            [srv.uri(), path_str(&trigger).to_string()],
+        )
+        .assert_success();
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        // Only the request kinds the file applies to wait for it; the
+        // others fail at error-rate=1 all along.
+        let expect = |with_file: bool| -> String {
+            ops.iter()
+                .map(|o| {
+                    let gated = key == "error-file" || key == format!("error-{o}-file");
+                    if gated && !with_file {
+                        format!("{o}:ok")
+                    } else {
+                        format!("{o}:EIO")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(lines, [expect(false), expect(true), expect(false)], "{key}");
+    }
+}
