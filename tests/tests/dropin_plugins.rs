@@ -786,3 +786,99 @@ fn error_files_trigger_errors_while_they_exist() {
         assert_eq!(lines, [expect(false), expect(true), expect(false)], "{key}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+/// A PSK file `DIR/keys.psk` for alice (qemu wants the directory).
+fn psk_dir(dir: &TempDir) -> std::path::PathBuf {
+    let d = dir.join("psk");
+    std::fs::create_dir_all(&d).unwrap();
+    let key: String = Prng::new(11)
+        .bytes(32)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(d.join("keys.psk"), format!("alice:{key}\n")).unwrap();
+    d
+}
+
+/// A client that sends STARTTLS, then (by `how`) nothing, a piece of a
+/// ClientHello, or garbage, and goes away.
+const DYING_TLS_CLIENT: &str = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+def rd(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError
+        b += c
+    return b
+rd(18)
+s.sendall(struct.pack(">I", 3))
+s.sendall(struct.pack(">QII", 0x49484156454F5054, 5, 0))
+rd(20)
+how = sys.argv[2]
+if how == "partial":
+    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01")
+elif how == "garbage":
+    s.sendall(os.urandom(300))
+if how != "nothing":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+"#;
+
+#[test]
+fn tls_psk_serves_qemu_over_tcp_and_survives_dying_clients() {
+    if !skip_unless("qemu-img") || !skip_unless("nbdinfo") {
+        return;
+    }
+    let dir = TempDir::new();
+    let psk = psk_dir(&dir);
+    let keys = psk.join("keys.psk");
+    // qemu-img's tls-creds-psk over TCP.
+    let out = run(
+        nbdkit_cmd()
+            .args(["-i", "127.0.0.1", "-p", "0", "--tls=require"])
+            .arg(format!("--tls-psk={}", path_str(&keys)))
+            .args(["memory", "2M", "--run"])
+            .arg(format!(
+                "qemu-img info --object tls-creds-psk,id=tls0,dir={},username=alice,\
+                 endpoint=client --image-opts driver=nbd,host=127.0.0.1,port=$port,tls-creds=tls0",
+                path_str(&psk)
+            )),
+        CMD_TIMEOUT,
+    );
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("virtual size: 2 MiB"),
+        "{}",
+        out.describe()
+    );
+    // Clients that die in the TLS handshake leave the next one unharmed.
+    let srv = Server::start([
+        "--tls=require".to_string(),
+        format!("--tls-psk={}", path_str(&keys)),
+        "memory".to_string(),
+        "2M".to_string(),
+    ]);
+    let uri = format!(
+        "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+        srv.socket().display(),
+        path_str(&keys)
+    );
+    for how in ["nothing", "partial", "garbage"] {
+        run_python_code(DYING_TLS_CLIENT, [path_str(srv.socket()), how]);
+        let out = run_tool("nbdinfo", ["--size", &uri]);
+        assert_eq!(
+            out.stdout.trim(),
+            "2097152",
+            "after {how}: {}",
+            out.describe()
+        );
+    }
+}
