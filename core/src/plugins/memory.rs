@@ -471,19 +471,22 @@ mod test {
         assert!(out.iter().all(|&b| b == 0));
     }
 
+    /// Block status of `count` bytes at `offset`, as tuples.
+    fn map(a: &SparseArray, offset: u64, count: u64) -> Vec<(u64, u64, u32)> {
+        let mut e = Extents::new(offset, offset + count);
+        a.extents(count, offset, &mut e).unwrap();
+        e.as_slice()
+            .iter()
+            .map(|x| (x.offset, x.length, x.flags))
+            .collect()
+    }
+
     #[test]
     fn sparse_extents() {
         let a = SparseArray::new();
         a.write(&[1], PAGE_SIZE * 2 + 5);
-        let mut e = Extents::new(0, PAGE_SIZE * 8);
-        a.extents(PAGE_SIZE * 8, 0, &mut e).unwrap();
-        let v: Vec<_> = e
-            .as_slice()
-            .iter()
-            .map(|x| (x.offset, x.length, x.flags))
-            .collect();
         assert_eq!(
-            v,
+            map(&a, 0, PAGE_SIZE * 8),
             [
                 (0, PAGE_SIZE * 2, 3),
                 (PAGE_SIZE * 2, PAGE_SIZE, 0),
@@ -497,15 +500,8 @@ mod test {
         let a = SparseArray::new();
         a.write(&[0; 512], PAGE_SIZE + 100);
         a.write(&[1], 3 * PAGE_SIZE + 5);
-        let mut e = Extents::new(0, PAGE_SIZE * 4);
-        a.extents(PAGE_SIZE * 4, 0, &mut e).unwrap();
-        let v: Vec<_> = e
-            .as_slice()
-            .iter()
-            .map(|x| (x.offset, x.length, x.flags))
-            .collect();
         assert_eq!(
-            v,
+            map(&a, 0, PAGE_SIZE * 4),
             [
                 (0, PAGE_SIZE, 3),
                 (PAGE_SIZE, PAGE_SIZE, 2),
@@ -514,9 +510,10 @@ mod test {
             ]
         );
         // Asked from past the page's only non-zero byte: zeroes.
-        let mut e = Extents::new(3 * PAGE_SIZE + 6, PAGE_SIZE * 4);
-        a.extents(PAGE_SIZE - 6, 3 * PAGE_SIZE + 6, &mut e).unwrap();
-        assert_eq!(e.as_slice()[0].flags, 2);
+        assert_eq!(
+            map(&a, 3 * PAGE_SIZE + 6, PAGE_SIZE - 6),
+            [(3 * PAGE_SIZE + 6, PAGE_SIZE - 6, 2)]
+        );
         a.zero(512, PAGE_SIZE + 100);
         assert_eq!(a.allocated_pages(), 1);
     }

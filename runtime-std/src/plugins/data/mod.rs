@@ -880,6 +880,18 @@ impl Evaluator {
         limit: u64,
         depth: usize,
     ) -> Result<(Arc<Image>, u64)> {
+        let (img, size) = self.image(e, env, limit, depth + 1)?;
+        Ok((Arc::new(img), size))
+    }
+
+    /// Evaluate `e` into a new image kept up to `limit`, at `depth`.
+    fn image<'a>(
+        &mut self,
+        e: &'a Expr,
+        env: Option<Rc<Env<'a>>>,
+        limit: u64,
+        depth: usize,
+    ) -> Result<(Image, u64)> {
         let mut img = Image::default();
         let mut cur = Cursor {
             img: &mut img,
@@ -887,9 +899,9 @@ impl Evaluator {
             size: 0,
             limit,
         };
-        self.eval(e, env, &mut cur, depth + 1)?;
+        self.eval(e, env, &mut cur, depth)?;
         let size = cur.size;
-        Ok((Arc::new(img), size))
+        Ok((img, size))
     }
 
     /// Write bytes read from a file or a script at the cursor.
@@ -991,16 +1003,7 @@ fn evaluate(expr: &str, vars: &dyn Vars, limit: u64) -> Result<(Image, u64)> {
     let mut ev = Evaluator {
         budget: Budget::default(),
     };
-    let mut img = Image::default();
-    let mut cur = Cursor {
-        img: &mut img,
-        offset: 0,
-        size: 0,
-        limit,
-    };
-    ev.eval(&root, None, &mut cur, 0)?;
-    let size = cur.size;
-    Ok((img, size))
+    ev.image(&root, None, limit, 0)
 }
 
 /// The image a connection reads and writes (`allocator=sparse`).
