@@ -3,7 +3,9 @@
 //! `-t` at once, when the thread model allows) and writes each reply as soon
 //! as it is ready, out of order.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -56,7 +58,7 @@ impl BufPool {
     const MAX_TOTAL: usize = 32 * 1024 * 1024;
 
     /// A buffer of at least `len` bytes (its contents are stale).
-    fn get(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn get(&self, len: usize) -> Vec<u8> {
         let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = b.unwrap_or_default();
         if b.len() < len {
@@ -66,7 +68,7 @@ impl BufPool {
     }
 
     /// Give a buffer back.
-    fn put(&self, b: Vec<u8>) {
+    pub(crate) fn put(&self, b: Vec<u8>) {
         if b.len() <= Self::MAX_KEPT {
             let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
             let kept: usize = v.iter().map(Vec::len).sum();
@@ -84,8 +86,13 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 }
 
@@ -97,6 +104,17 @@ impl From<Vec<u8>> for Reply {
 }
 
 impl Shared {
+    /// Run `f` under the global request lock when the thread model is
+    /// serialize_all_requests (or stricter).
+    pub(crate) fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.thread_model <= ThreadModel::SerializeAllRequests {
+            let _g = self.all_requests.lock().unwrap_or_else(|p| p.into_inner());
+            f()
+        } else {
+            f()
+        }
+    }
+
     /// Run a plugin call: on a blocking thread when the stack may block,
     /// inline otherwise; under the global lock when the model says so.
     async fn call<T, F>(self: &Arc<Self>, f: F) -> T
@@ -104,14 +122,7 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&Shared) -> T + Send + 'static,
     {
-        let run = |s: &Shared| {
-            if s.thread_model <= ThreadModel::SerializeAllRequests {
-                let _g = s.all_requests.lock().unwrap_or_else(|p| p.into_inner());
-                f(s)
-            } else {
-                f(s)
-            }
-        };
+        let run = |s: &Shared| s.gated(|| f(s));
         if self.blocks {
             let s = self.clone();
             match tokio::task::spawn_blocking(move || run(&s)).await {
@@ -133,6 +144,15 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Writer: AsyncWrite + Unpin + Send + 'static;
     /// Split into halves.
     fn split(self) -> (Self::Reader, Self::Writer);
+
+    /// The same socket in blocking mode, for [`crate::blocking`]; `Err`
+    /// (giving the stream back) where that is not possible.
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -141,6 +161,18 @@ impl Transport for tokio::net::TcpStream {
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
     }
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
+        // into_std() fails only if the socket cannot leave the reactor;
+        // the stream is gone then, so the connection ends.
+        let s = self.into_std().map_err(|_| ()).and_then(|s| {
+            s.set_nonblocking(false).map_err(|_| ())?;
+            Ok(s)
+        });
+        match s {
+            Ok(s) => Ok(crate::blocking::SyncStream::Tcp(s)),
+            Err(()) => Ok(crate::blocking::SyncStream::Closed),
+        }
+    }
 }
 
 impl Transport for tokio::net::UnixStream {
@@ -148,6 +180,16 @@ impl Transport for tokio::net::UnixStream {
     type Writer = tokio::net::unix::OwnedWriteHalf;
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
+    }
+    fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
+        let s = self.into_std().map_err(|_| ()).and_then(|s| {
+            s.set_nonblocking(false).map_err(|_| ())?;
+            Ok(s)
+        });
+        match s {
+            Ok(s) => Ok(crate::blocking::SyncStream::Unix(s)),
+            Err(()) => Ok(crate::blocking::SyncStream::Closed),
+        }
     }
 }
 
@@ -408,12 +450,40 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     if stream.is_tls() {
         log::debug(Some(&name), format_args!("using TLS on this connection"));
     }
-    let Some((rd, wr)) = stream.split() else {
-        return;
+    // A stack whose calls block, on a plain socket: nbdkit's model, worker
+    // threads that read, run and answer requests themselves.
+    // Whether the client ended with NBD_CMD_DISC, and how its socket is
+    // closed once the handles are.
+    let mut graceful = false;
+    let mut closer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let (stream, leftover) = match stream {
+        Conn::Plain(s) if shared.blocks => match s.into_blocking() {
+            Ok(sync) => {
+                let ended =
+                    blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                if let Some((g, out)) = ended {
+                    graceful = g;
+                    closer = Some(Box::pin(async move { out.shutdown(std::net::Shutdown::Both) }));
+                }
+                (None, Vec::new())
+            }
+            Err(s) => (Some(Conn::Plain(s)), leftover),
+        },
+        other => (Some(other), leftover),
     };
-    let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-    let (graceful, wr, reader) =
-        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    if let Some(stream) = stream {
+        let Some((rd, wr)) = stream.split() else {
+            return;
+        };
+        let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
+        let (g, wr, reader) =
+            transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        graceful = g;
+        closer = Some(Box::pin(async move {
+            let _ = wr.lock().await.shutdown().await;
+            drop(reader);
+        }));
+    }
     let c = ctx.clone();
     shared
         .call(move |_| {
@@ -432,8 +502,9 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             CLIENT_GONE.with(|g| g.set(false));
         })
         .await;
-    let _ = wr.lock().await.shutdown().await;
-    drop(reader);
+    if let Some(close) = closer {
+        close.await;
+    }
     log::debug(Some(&name), format_args!("connection cleanup"));
 }
 
@@ -448,6 +519,49 @@ thread_local! {
 /// to delay (nbdkit's sleeps end when the client hangs up).
 pub(crate) fn client_gone() -> bool {
     CLIENT_GONE.with(|g| g.get())
+}
+
+/// Run [`crate::blocking::transmission`] on a blocking thread; when the
+/// server stops, shut the socket's reading side so that the workers end.
+/// Returns whether the client sent NBD_CMD_DISC (and the server is not
+/// stopping) and the socket, still open.
+async fn blocking_transmission(
+    shared: &Arc<Shared>,
+    name: &str,
+    ctx: &Arc<Context>,
+    negotiated: handshake::Negotiated,
+    sync: crate::blocking::SyncStream,
+    leftover: Vec<u8>,
+) -> Option<(bool, crate::blocking::SyncStream)> {
+    let waker = match sync.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            log::error(Some(name), &format!("dup: {e}"));
+            return None;
+        }
+    };
+    let session = crate::blocking::Session {
+        shared: shared.clone(),
+        ctx: ctx.clone(),
+        name: name.into(),
+        export: Export { negotiated },
+        style: ReplyStyle::of(&negotiated),
+        base_allocation: negotiated.base_allocation.unwrap_or(0),
+        extended: negotiated.extended_headers,
+    };
+    let mut job = tokio::task::spawn_blocking(move || {
+        crate::blocking::transmission(&session, sync, leftover)
+    });
+    let mut shutdown = shared.shutdown.clone();
+    let ended = tokio::select! {
+        r = &mut job => r,
+        _ = crate::server::stopped(&mut shutdown) => {
+            waker.shutdown(std::net::Shutdown::Read);
+            job.await
+        }
+    };
+    let (graceful, out) = ended.ok().flatten()?;
+    Some((graceful && !crate::server::stopping(), out))
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
@@ -708,14 +822,14 @@ fn call_flags(v: &Valid) -> Flags {
 }
 
 /// Run one validated request and build its complete reply.
-fn execute(
+pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
     name: &str,
     style: ReplyStyle,
     base_allocation: u32,
     v: &Valid,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Reply {
     let flags = call_flags(v);
     if log::datapath() {
@@ -745,7 +859,7 @@ fn execute(
                 }
             }
         }
-        Command::Write => ctx.pwrite(&payload, v.offset, flags),
+        Command::Write => ctx.pwrite(payload, v.offset, flags),
         Command::Flush => ctx.flush(Flags::NONE),
         Command::Trim => ctx.trim(v.count, v.offset, flags),
         Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
@@ -794,7 +908,7 @@ fn execute(
     }
 }
 
-fn error_reply(
+pub(crate) fn error_reply(
     style: ReplyStyle,
     command: Option<Command>,
     cookie: u64,
@@ -943,7 +1057,7 @@ where
             tokio::spawn(async move {
                 let p = pool.clone();
                 let reply = shared
-                    .call(move |_| execute(&ctx, &p, &name, style, base_allocation, &v, payload))
+                    .call(move |_| execute(&ctx, &p, &name, style, base_allocation, &v, &payload))
                     .await;
                 send(&wr, reply.bytes()).await;
                 pool.put(reply.buf);
@@ -952,7 +1066,7 @@ where
         } else {
             let (c, n, p) = (ctx.clone(), name.clone(), pool.clone());
             let reply = shared
-                .call(move |_| execute(&c, &p, &n, style, base_allocation, &v, payload))
+                .call(move |_| execute(&c, &p, &n, style, base_allocation, &v, &payload))
                 .await;
             let sent = send(&wr, reply.bytes()).await;
             pool.put(reply.buf);

@@ -453,6 +453,31 @@ where
     run(Command::new(path).args(args), CMD_TIMEOUT)
 }
 
+/// Writes an executable file (mode 0755) holding `text`.
+///
+/// The file is written by a child process (`sh -c 'cat > FILE'`), never
+/// through a descriptor of this process: the tests run in many threads, and
+/// a write descriptor open here while another thread forks is inherited by
+/// that child until it execs, so executing the file in that window fails
+/// with ETXTBSY ("Text file busy"). The child that writes is
+/// single-threaded and has exited, its descriptor closed, before this
+/// returns.
+pub fn write_executable(path: &Path, text: &str) {
+    let out = run_with_input(
+        Command::new("/bin/sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path),
+        Some(text.as_bytes()),
+        CMD_TIMEOUT,
+    );
+    assert!(
+        out.success(),
+        "cannot write {}: {}",
+        path.display(),
+        out.describe()
+    );
+}
+
 /// A path as `&str` (test paths are always UTF-8).
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -489,6 +514,33 @@ where
     cmd.arg("-c").arg(code).args(args);
     cmd.env_remove("PYTHONHOME").env_remove("PYTHONPATH");
     run(&mut cmd, CMD_TIMEOUT)
+}
+
+/// Polls `f` every 20 ms until it holds or `timeout` passes; true if it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        thread::sleep(POLL);
+    }
+    f()
+}
+
+/// Whether process `pid` exists.
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// The pid in a complete pidfile (nbdkit writes "PID\n"), if any yet.
+pub fn read_pidfile(p: &Path) -> Option<i32> {
+    let s = fs::read_to_string(p).ok()?;
+    if !s.ends_with('\n') {
+        return None;
+    }
+    s.trim().parse().ok()
 }
 
 // ---------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 use core::time::Duration;
 use nbdkit_tests::{
-    nbdkit_cmd, path_str, run, run_tool, run_with_input, skip_unless, Server, TempDir,
+    nbdkit_cmd, path_str, run, run_tool, run_with_input, skip_unless, write_executable, Server,
+    TempDir,
 };
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -17,8 +17,7 @@ const NBD_ENOSPC: u32 = 28;
 /// Write an executable script.
 fn script(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
-    fs::write(&p, text).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&p, text);
     p
 }
 

@@ -3,34 +3,9 @@
 #![allow(clippy::std_instead_of_core)]
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nbdkit_tests::*;
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn read_pid(p: &Path) -> Option<i32> {
-    let s = std::fs::read_to_string(p).ok()?;
-    if !s.ends_with('\n') {
-        return None;
-    }
-    s.trim().parse().ok()
-}
 
 #[test]
 fn daemon_writes_pidfile_when_ready_serves_and_stops_on_sigterm() {
@@ -51,8 +26,11 @@ fn daemon_writes_pidfile_when_ready_serves_and_stops_on_sigterm() {
         Duration::from_secs(30),
     );
     assert!(out.success(), "{}", out.describe());
-    assert!(wait_until(Duration::from_secs(20), || read_pid(&pidfile).is_some()));
-    let pid = read_pid(&pidfile).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || read_pidfile(
+        &pidfile
+    )
+    .is_some()));
+    let pid = read_pidfile(&pidfile).unwrap();
     assert_ne!(pid as u32, std::process::id());
     // The pidfile exists only once the socket accepts connections.
     let uri = format!("nbd+unix:///?socket={}", sock.display());
@@ -179,9 +157,7 @@ fn shebang_sh_script_runs_as_a_plugin() {
         "#!{} sh\ncase \"$1\" in\n  get_size) echo 1M ;;\n  pread) dd if=/dev/zero count=$3 iflag=count_bytes 2>/dev/null ;;\n  *) exit 2 ;;\nesac\n",
         nbdkit_bin().display()
     );
-    std::fs::write(&script, text).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&script, &text);
     // The kernel runs `nbdkit sh SCRIPT ARGS...`; the sh plugin must then
     // run the script with /bin/sh, not through its shebang again.
     let out = run(

@@ -12,9 +12,11 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::backend::{
-    BlockSize, Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result,
+    BlockSize, Context, Error, Extent, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs,
+    Result,
 };
 use crate::plugins::size_param;
 use crate::sync::{read, write, RwLock};
@@ -353,11 +355,70 @@ impl FilterHandle for BlocksizeHandle {
         let start = round_down(offset, l.min);
         let end = (offset + count).div_ceil(l.min) * l.min;
         let n = (end - start).min(l.maxlen);
-        let mut below = Extents::new(start, start + n);
-        next.extents(n, start, flags, &mut below)?;
-        for e in below.as_slice() {
+        for e in aligned_extents(next, n, start, end, flags, l.min)? {
             extents.add(e.offset, e.length, e.flags)?;
         }
         Ok(())
     }
+}
+
+/// The extents of the layer below for `count` bytes at `offset` (aligned),
+/// with every boundary a multiple of `align` (nbdkit's
+/// `nbdkit_extents_aligned`): the list stops before the first unaligned
+/// boundary past the first block, and a first block made of several
+/// extents becomes one extent whose status is what they all share.
+fn aligned_extents(
+    next: &Context,
+    count: u64,
+    offset: u64,
+    end: u64,
+    flags: Flags,
+    align: u64,
+) -> Result<Vec<Extent>> {
+    let query = |count: u64, offset: u64, flags: Flags| -> Result<Vec<Extent>> {
+        let mut below = Extents::new(offset, end);
+        next.extents(count, offset, flags, &mut below)?;
+        Ok(below.as_slice().to_vec())
+    };
+    let list = query(count, offset, flags)?;
+    let mut out = Vec::with_capacity(list.len());
+    let mut rest = list.into_iter();
+    while let Some(e) = rest.next() {
+        if e.length % align == 0 {
+            out.push(e);
+            continue;
+        }
+        if e.offset + e.length > offset + align {
+            // Keep the aligned part and leave the rest for the next call.
+            let length = round_down(e.length, align);
+            if length > 0 {
+                out.push(Extent { length, ..e });
+            }
+            break;
+        }
+        // The first block is split: merge what covers it, asking the
+        // layer below for more when the list runs out.
+        let mut block = e;
+        let mut more: Vec<Extent> = rest.collect();
+        let mut queries = 0;
+        while block.length < align {
+            if more.is_empty() {
+                let at = block.offset + block.length;
+                more = query(align - block.length, at, flags.without(Flags::REQ_ONE))?;
+                queries += 1;
+                if more.is_empty() || queries > align {
+                    // Nothing more to learn: treat the rest as data.
+                    block.flags = 0;
+                    break;
+                }
+            }
+            let n = more.remove(0);
+            block.length += n.length;
+            block.flags &= n.flags;
+        }
+        block.length = align;
+        out.push(block);
+        break;
+    }
+    Ok(out)
 }

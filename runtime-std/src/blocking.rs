@@ -1,0 +1,322 @@
+//! The transmission phase for stacks whose calls block (`file`, `sh`, ...)
+//! on a plain socket: nbdkit's own model, without any hand-off.
+//!
+//! Each connection gets worker threads (one at first, more as requests
+//! pile up, at most `-t` when the thread model is `parallel`). A worker
+//! takes the read lock, reads one request (header and payload), lets go of
+//! the lock, runs the request against the stack on its own thread and
+//! writes the reply under the write lock. A request at queue depth 1 is
+//! therefore read, run and answered by one thread with blocking system
+//! calls; the async path would hand it from the reactor to a task and from
+//! the task to a blocking thread, then back.
+//!
+//! The socket is a blocking `std` socket here; the connection's async task
+//! waits for the workers and, when the server stops, shuts the socket's
+//! reading side down so that a worker blocked in `read` wakes up.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Scope;
+
+use nbdkit_core::backend::{Context, ThreadModel};
+use nbdkit_core::errno::Errno;
+use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
+use nbdkit_core::wire::consts::NBD_EIO;
+
+use crate::connection::{error_reply, execute, BufPool, Reply, Shared};
+use crate::log;
+
+/// A plain socket in blocking mode.
+pub(crate) enum SyncStream {
+    /// A Unix domain socket.
+    Unix(std::os::unix::net::UnixStream),
+    /// A TCP socket.
+    Tcp(std::net::TcpStream),
+    /// A socket that could not be switched to blocking mode (and is
+    /// closed): reads see the end, writes fail.
+    Closed,
+}
+
+impl SyncStream {
+    /// Another handle on the same socket.
+    pub(crate) fn try_clone(&self) -> io::Result<SyncStream> {
+        Ok(match self {
+            SyncStream::Unix(s) => SyncStream::Unix(s.try_clone()?),
+            SyncStream::Tcp(s) => SyncStream::Tcp(s.try_clone()?),
+            SyncStream::Closed => SyncStream::Closed,
+        })
+    }
+
+    /// `shutdown(2)`.
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            SyncStream::Unix(s) => s.shutdown(how),
+            SyncStream::Tcp(s) => s.shutdown(how),
+            SyncStream::Closed => Ok(()),
+        };
+    }
+}
+
+impl Read for SyncStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            SyncStream::Unix(s) => s.read(buf),
+            SyncStream::Tcp(s) => s.read(buf),
+            SyncStream::Closed => Ok(0),
+        }
+    }
+}
+
+impl Write for SyncStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SyncStream::Unix(s) => s.write(buf),
+            SyncStream::Tcp(s) => s.write(buf),
+            SyncStream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the negotiation decided, for every request of the connection.
+pub(crate) struct Session {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) name: Arc<str>,
+    pub(crate) export: Export,
+    pub(crate) style: ReplyStyle,
+    pub(crate) base_allocation: u32,
+    pub(crate) extended: bool,
+}
+
+/// The reading side, owned by one worker at a time.
+struct Input {
+    rd: BufReader<io::Chain<io::Cursor<Vec<u8>>, SyncStream>>,
+    /// The client is gone, sent NBD_CMD_DISC, or broke the protocol.
+    done: bool,
+}
+
+/// One connection's workers.
+struct Workers<'a> {
+    session: &'a Session,
+    input: Mutex<Input>,
+    output: Mutex<SyncStream>,
+    pool: BufPool,
+    /// Workers waiting for (or holding) the read lock without a request.
+    readers: AtomicUsize,
+    /// Workers started.
+    started: AtomicUsize,
+    max: usize,
+    /// The client sent NBD_CMD_DISC.
+    goodbye: AtomicBool,
+}
+
+/// What one turn at the read lock gave.
+enum Next {
+    /// A valid request and its payload (empty unless it is a write).
+    Run(Valid, Vec<u8>),
+    /// A request that fails validation: its error reply.
+    Refuse(Vec<u8>),
+    /// The end of the connection.
+    End,
+}
+
+/// Serve the transmission phase of one connection on `stream`, with the
+/// bytes already read past the handshake in `leftover`. Returns when the
+/// connection is over and every request read has been answered: whether
+/// the client sent NBD_CMD_DISC, and the socket, which the caller closes
+/// once the connection's handles are closed (as nbdkit does).
+pub(crate) fn transmission(
+    session: &Session,
+    stream: SyncStream,
+    leftover: Vec<u8>,
+) -> Option<(bool, SyncStream)> {
+    let output = match stream.try_clone() {
+        Ok(o) => o,
+        Err(e) => {
+            log::error(Some(&session.name), &format!("dup: {e}"));
+            return None;
+        }
+    };
+    let shared = &session.shared;
+    let max = if shared.thread_model == ThreadModel::Parallel {
+        shared.threads.max(1)
+    } else {
+        1
+    };
+    let w = Workers {
+        session,
+        input: Mutex::new(Input {
+            rd: BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(stream)),
+            done: false,
+        }),
+        output: Mutex::new(output),
+        pool: BufPool::default(),
+        readers: AtomicUsize::new(0),
+        started: AtomicUsize::new(1),
+        max,
+        goodbye: AtomicBool::new(false),
+    };
+    std::thread::scope(|s| w.work(s));
+    let goodbye = w.goodbye.load(Ordering::Acquire);
+    Some((goodbye, w.output.into_inner().unwrap_or_else(|p| p.into_inner())))
+}
+
+impl<'a> Workers<'a> {
+    fn work<'s>(&'s self, scope: &'s Scope<'s, '_>) {
+        loop {
+            self.readers.fetch_add(1, Ordering::AcqRel);
+            let next = {
+                let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+                if input.done {
+                    Next::End
+                } else {
+                    let n = self.read_request(&mut input.rd);
+                    if matches!(n, Next::End) {
+                        input.done = true;
+                    }
+                    n
+                }
+            };
+            let others_reading = self.readers.fetch_sub(1, Ordering::AcqRel) > 1;
+            let reply = match next {
+                Next::End => return,
+                Next::Refuse(reply) => reply,
+                Next::Run(v, payload) => {
+                    // Nobody else is waiting for the next request: start
+                    // another worker, so that a pipelining client keeps up
+                    // to `-t` requests running.
+                    if !others_reading && self.started.load(Ordering::Acquire) < self.max {
+                        self.started.fetch_add(1, Ordering::AcqRel);
+                        scope.spawn(move || self.work(scope));
+                    }
+                    let out = self.run(&v, &payload);
+                    let sent = self.send(out.bytes());
+                    self.pool.put(out.into_buf());
+                    if !sent {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !self.send(&reply) {
+                return;
+            }
+        }
+    }
+
+    /// Run one request; a panic in the stack becomes an EIO reply.
+    fn run(&self, v: &Valid, payload: &[u8]) -> Reply {
+        let s = self.session;
+        let go = || {
+            s.shared.gated(|| {
+                execute(
+                    &s.ctx,
+                    &self.pool,
+                    &s.name,
+                    s.style,
+                    s.base_allocation,
+                    v,
+                    payload,
+                )
+            })
+        };
+        match catch_unwind(AssertUnwindSafe(go)) {
+            Ok(reply) => reply,
+            Err(_) => {
+                log::error(
+                    Some(&s.name),
+                    &format!(
+                        "{} count={} offset={}: the plugin or a filter panicked: {}",
+                        v.command.name(),
+                        v.count,
+                        v.offset,
+                        Errno::EIO
+                    ),
+                );
+                error_reply(s.style, Some(v.command), v.cookie, v.offset, NBD_EIO).into()
+            }
+        }
+    }
+
+    /// Write a reply; `false` when the client is gone.
+    fn send(&self, reply: &[u8]) -> bool {
+        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        if out.write_all(reply).is_ok() {
+            return true;
+        }
+        // Wake the worker that may be blocked reading (it holds the read
+        // lock): its read then ends the connection.
+        out.shutdown(Shutdown::Both);
+        false
+    }
+
+    /// Read the next request (header and payload).
+    fn read_request(&self, rd: &mut impl BufRead) -> Next {
+        let s = self.session;
+        let hdr_len = transmission::header_len(s.extended);
+        let mut hdr = [0u8; 32];
+        if rd.read_exact(&mut hdr[..hdr_len]).is_err() {
+            return Next::End;
+        }
+        let req = match transmission::decode(&hdr[..hdr_len], s.extended) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error(
+                    Some(&s.name),
+                    &format!("invalid request: {e:?}: closing the connection"),
+                );
+                return Next::End;
+            }
+        };
+        let checked = transmission::validate(&s.export, &req);
+        let mut payload = Vec::new();
+        if req.payload_len > 0 {
+            if matches!(&checked, Ok(v) if v.command == Command::Write) {
+                // validate() bounds a write's length before this allocates.
+                payload.reserve_exact(req.payload_len as usize);
+                match rd.take(req.payload_len).read_to_end(&mut payload) {
+                    Ok(n) if n as u64 == req.payload_len => {}
+                    _ => return Next::End,
+                }
+            } else {
+                match io::copy(&mut rd.take(req.payload_len), &mut io::sink()) {
+                    Ok(n) if n == req.payload_len => {}
+                    _ => return Next::End,
+                }
+            }
+        }
+        match checked {
+            Ok(v) if v.command == Command::Disc => {
+                log::debug(
+                    Some(&s.name),
+                    format_args!("client sent NBD_CMD_DISC, closing connection"),
+                );
+                self.goodbye.store(true, Ordering::Release);
+                Next::End
+            }
+            Ok(v) => Next::Run(v, payload),
+            Err(err) => {
+                let cmd = Command::from_wire(req.header.command);
+                if log::controlpath() {
+                    log::debug(
+                        Some(&s.name),
+                        format_args!("invalid request {cmd:?}: error {err}"),
+                    );
+                }
+                Next::Refuse(error_reply(
+                    s.style,
+                    cmd,
+                    req.header.cookie,
+                    req.header.offset,
+                    err,
+                ))
+            }
+        }
+    }
+}
