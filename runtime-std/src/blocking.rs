@@ -164,7 +164,10 @@ pub(crate) fn transmission(
     };
     std::thread::scope(|s| w.work(s));
     let goodbye = w.goodbye.load(Ordering::Acquire);
-    Some((goodbye, w.output.into_inner().unwrap_or_else(|p| p.into_inner())))
+    Some((
+        goodbye,
+        w.output.into_inner().unwrap_or_else(|p| p.into_inner()),
+    ))
 }
 
 impl<'a> Workers<'a> {

@@ -463,7 +463,9 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
                     blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
                 if let Some((g, out)) = ended {
                     graceful = g;
-                    closer = Some(Box::pin(async move { out.shutdown(std::net::Shutdown::Both) }));
+                    closer = Some(Box::pin(
+                        async move { out.shutdown(std::net::Shutdown::Both) },
+                    ));
                 }
                 (None, Vec::new())
             }
