@@ -20,8 +20,6 @@ const EMULATION_CHUNK: u64 = 1 << 20;
 pub struct Caps {
     /// Export size.
     pub size: u64,
-    /// Description, if any.
-    pub description: Option<String>,
     /// Block size constraints, if any.
     pub block_size: Option<BlockSize>,
     /// Writes possible (false when the connection is read-only).
@@ -146,10 +144,8 @@ impl Context {
         let can_cache = ask!(can_cache)?;
         let can_extents = ask!(can_extents)?;
         let block_size = check_block_size(ask!(block_size)?)?;
-        let description = ask!(export_description)?;
         Ok(Caps {
             size,
-            description,
             block_size,
             can_write,
             can_flush,
@@ -172,6 +168,15 @@ impl Context {
     /// Size of the export at this layer.
     pub fn get_size(&self) -> u64 {
         self.caps.size
+    }
+
+    /// The export's description at this layer. Not cached, and asked only
+    /// when a client wants it (NBD_INFO_DESCRIPTION), as nbdkit does.
+    pub fn export_description(&self) -> Result<Option<String>> {
+        match &self.layer {
+            Layer::Plugin(h) => h.export_description(),
+            Layer::Filter { handle, next } => handle.export_description(next),
+        }
     }
 
     /// Call `finalize` on this layer and every layer below (outer first).
@@ -553,12 +558,33 @@ impl Stack {
     /// The export list as the client sees it, with the default export
     /// resolved to its canonical name.
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
+        self.list_exports_cached(readonly, is_tls, &mut None, &mut |_| {})
+    }
+
+    /// [`list_exports`](Self::list_exports) with a connection's cache of
+    /// the default export's name (see
+    /// [`default_export_cached`](Self::default_export_cached)). When the
+    /// default export cannot be resolved the list leaves it out, as
+    /// nbdkit's does, and `failed` gets the error.
+    pub fn list_exports_cached(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        default: &mut Option<String>,
+        failed: &mut dyn FnMut(Error),
+    ) -> Result<Exports> {
         let mut exports = Exports::default();
         self.inner
             .list_exports_from(0, readonly, is_tls, &mut exports)?;
         if exports.use_default {
             exports.use_default = false;
-            if let Some(name) = self.default_export(readonly, is_tls)? {
+            let name = self
+                .default_export_cached(readonly, is_tls, default)
+                .unwrap_or_else(|e| {
+                    failed(e);
+                    None
+                });
+            if let Some(name) = name {
                 exports.list.insert(
                     0,
                     super::Export {
@@ -574,6 +600,22 @@ impl Stack {
     /// The canonical name of the default export, `None` if there is none.
     pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
         self.inner.default_export_from(0, readonly, is_tls)
+    }
+
+    /// [`default_export`](Self::default_export) asked at most once per
+    /// connection, as nbdkit does: `cache` (the connection's, emptied when
+    /// TLS starts) holds the name once one was given. A failure or "no
+    /// default export" is not cached.
+    pub fn default_export_cached(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        cache: &mut Option<String>,
+    ) -> Result<Option<String>> {
+        if cache.is_none() {
+            *cache = self.default_export(readonly, is_tls)?;
+        }
+        Ok(cache.clone())
     }
 
     /// Open the whole stack for a connection: open runs outermost first
