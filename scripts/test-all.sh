@@ -4,7 +4,8 @@
 #
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
-#   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test);
+#   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
+#      and -p nbdkit-python-plugin (its python plugin, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -30,9 +31,13 @@ packages=(
     nbdkit           # the reference server (and its manual pages)
     man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
+    nbdkit-plugin-python # the reference's python plugin (C ABI and python differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
-    gcc              # C plugins and filters of the C ABI tests
+    gcc              # C plugins and filters of the C ABI tests; nbdkit cc
+    g++              # nbdkit cc CC=g++ (dropin_lang)
+    golang-go        # the Go plugin package and example (dropin_lang; ~40 s to install)
+    ocaml-nox        # the OCaml NBDKit module and example (dropin_lang; ~50 s to install)
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)
@@ -43,6 +48,8 @@ packages=(
     genisoimage      # isoinfo, genisoimage (iso plugin tests)
     xorriso          # the iso plugin's default program
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
+    python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
+    nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
 )
 
 missing=()
@@ -62,6 +69,9 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release -p nbdkit-cli
+# The python plugin (a shared object that target/release/nbdkit finds beside
+# itself; not built by a plain `cargo build`: it needs python3-dev).
+cargo build --release -p nbdkit-python-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
@@ -95,6 +105,11 @@ fi
 # loom models (own target dir: --cfg loom rebuilds every dependency).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
     cargo test --release -p nbdkit-core loom
+
+# The crates.io nbdkit crate, for the Rust plugin test (dropin_lang builds
+# plugins/rust offline from the local registry).
+cargo fetch --manifest-path plugins/rust/Cargo.toml ||
+    echo "test-all: cannot fetch plugins/rust's crates: its tests will SKIP" >&2
 
 echo "test-all: testing $NBDKIT_BIN ($("$NBDKIT_BIN" --version | head -n1))" >&2
 cargo test --workspace --no-fail-fast "$@"

@@ -3,7 +3,9 @@
 //! `-t` at once, when the thread model allows) and writes each reply as soon
 //! as it is ready, out of order.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -503,10 +505,21 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     }
     // A stack whose calls block, on a plain socket: nbdkit's model, worker
     // threads that read, run and answer requests themselves.
+    // Whether the client ended with NBD_CMD_DISC, and how its socket is
+    // closed once the handles are.
+    let mut graceful = false;
+    let mut closer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let (stream, leftover) = match stream {
         Conn::Plain(s) if shared.blocks => match s.into_blocking() {
             Ok(sync) => {
-                blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                let ended =
+                    blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                if let Some((g, out)) = ended {
+                    graceful = g;
+                    closer = Some(Box::pin(
+                        async move { out.shutdown(std::net::Shutdown::Both) },
+                    ));
+                }
                 (None, Vec::new())
             }
             Err(s) => (Some(Conn::Plain(s)), leftover),
@@ -518,7 +531,13 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             return;
         };
         let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        let (g, wr, reader) =
+            transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        graceful = g;
+        closer = Some(Box::pin(async move {
+            let _ = wr.lock().await.shutdown().await;
+            drop(reader);
+        }));
     }
     let (c, cn) = (ctx.clone(), cname.clone());
     shared
@@ -530,15 +549,41 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             })
         })
         .await;
-    // Dropping the last reference closes every layer, outermost first.
+    // Dropping the last reference closes every layer, outermost first. As
+    // in nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its
+    // connection close only after that.
     let _ = shared
-        .call(move |_| log::with_context(&cname, || drop(ctx)))
+        .call(move |_| {
+            log::with_context(&cname, || {
+                CLIENT_GONE.with(|g| g.set(!graceful));
+                drop(ctx);
+                CLIENT_GONE.with(|g| g.set(false));
+            })
+        })
         .await;
+    if let Some(close) = closer {
+        close.await;
+    }
     log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+thread_local! {
+    /// Set while a connection's handles are closed on this thread when the
+    /// client went away without NBD_CMD_DISC (or the server is stopping).
+    static CLIENT_GONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// In a plugin's or filter's close: whether the client is already gone
+/// (it hung up, or the server is stopping), so that there is nobody left
+/// to delay (nbdkit's sleeps end when the client hangs up).
+pub(crate) fn client_gone() -> bool {
+    CLIENT_GONE.with(|g| g.get())
 }
 
 /// Run [`crate::blocking::transmission`] on a blocking thread; when the
 /// server stops, shut the socket's reading side so that the workers end.
+/// Returns whether the client sent NBD_CMD_DISC (and the server is not
+/// stopping) and the socket, still open.
 async fn blocking_transmission(
     shared: &Arc<Shared>,
     name: &str,
@@ -546,12 +591,12 @@ async fn blocking_transmission(
     negotiated: handshake::Negotiated,
     sync: crate::blocking::SyncStream,
     leftover: Vec<u8>,
-) {
+) -> Option<(bool, crate::blocking::SyncStream)> {
     let waker = match sync.try_clone() {
         Ok(w) => w,
         Err(e) => {
             log::error(Some(name), &format!("dup: {e}"));
-            return;
+            return None;
         }
     };
     let session = crate::blocking::Session {
@@ -567,12 +612,15 @@ async fn blocking_transmission(
         crate::blocking::transmission(&session, sync, leftover)
     });
     let mut shutdown = shared.shutdown.clone();
-    tokio::select! {
-        _ = &mut job => return,
-        _ = crate::server::stopped(&mut shutdown) => {}
-    }
-    waker.shutdown(std::net::Shutdown::Read);
-    let _ = job.await;
+    let ended = tokio::select! {
+        r = &mut job => r,
+        _ = crate::server::stopped(&mut shutdown) => {
+            waker.shutdown(std::net::Shutdown::Read);
+            job.await
+        }
+    };
+    let (graceful, out) = ended.ok().flatten()?;
+    Some((graceful && !crate::server::stopping(), out))
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
@@ -638,11 +686,20 @@ async fn handshake<S: Transport>(
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let cn = cname.clone();
-                let list = shared
+                let mut cache = default_export.take();
+                let conn_name = name.to_string();
+                let (list, cache) = shared
                     .call(move |s| {
-                        log::with_context(&cn, || s.stack.list_exports(readonly, is_tls))
+                        let _ctx = log::ContextGuard::set(&cn);
+                        let list =
+                            s.stack
+                                .list_exports_cached(readonly, is_tls, &mut cache, &mut |e| {
+                                    log::error(Some(&conn_name), &e.to_string())
+                                });
+                        (list, cache)
                     })
                     .await;
+                default_export = cache;
                 let ok = match list {
                     Ok(exports) => {
                         for e in &exports.list {
@@ -677,60 +734,71 @@ async fn handshake<S: Transport>(
                 info_only,
             }) => {
                 // The default export is resolved once per connection, as
-                // nbdkit does (INFO then GO ask the plugin only once).
-                let asked_default = export.is_empty();
-                let cached = if asked_default {
-                    default_export.clone()
-                } else {
-                    None
-                };
+                // nbdkit does (LIST, INFO and GO ask the plugin only once).
+                let mut cache = default_export.take();
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let wants_description = hs.wants_description();
                 let peer = peer.clone();
                 let cn = cname.clone();
-                let opened = shared
+                let conn_name = name.to_string();
+                type Opened = (Context, String, Option<String>);
+                let (opened, cache) = shared
                     .call(move |s| {
-                        log::with_context(
-                            &cn,
-                            || -> Result<(Context, String), nbdkit_core::backend::Error> {
-                                let canonical = if let Some(name) = cached {
-                                    name
-                                } else if export.is_empty() {
-                                    match s.stack.default_export(readonly, is_tls)? {
-                                        Some(n) => n,
-                                        None => {
-                                            return Err(nbdkit_core::backend::Error::msg(
-                                                nbdkit_core::errno::Errno::ENOENT,
-                                                "the default export is not available",
-                                            ))
-                                        }
-                                    }
-                                } else {
-                                    export.clone()
+                        let _ctx = log::ContextGuard::set(&cn);
+                        let opened = (|| -> Result<Opened, nbdkit_core::backend::Error> {
+                            let canonical = if export.is_empty() {
+                                let not_permitted = || {
+                                    nbdkit_core::backend::Error::msg(
+                                        nbdkit_core::errno::Errno::ENOENT,
+                                        "default export (\"\") not permitted",
+                                    )
                                 };
-                                let ctx = s.stack.open(&OpenArgs {
-                                    readonly,
-                                    export_name: &canonical,
-                                    is_tls,
-                                    peer: &peer,
-                                })?;
-                                Ok((ctx, canonical))
-                            },
-                        )
+                                match s.stack.default_export_cached(readonly, is_tls, &mut cache) {
+                                    Ok(Some(n)) => n,
+                                    Ok(None) => return Err(not_permitted()),
+                                    Err(e) => {
+                                        // nbdkit says why, then that the
+                                        // default export is refused.
+                                        log::error(Some(&conn_name), &e.to_string());
+                                        return Err(not_permitted());
+                                    }
+                                }
+                            } else {
+                                export.clone()
+                            };
+                            let ctx = s.stack.open(&OpenArgs {
+                                readonly,
+                                export_name: &canonical,
+                                is_tls,
+                                peer: &peer,
+                            })?;
+                            // Asked only when the client wants it, after
+                            // the capabilities, as nbdkit does; a failure
+                            // is logged and leaves the export undescribed.
+                            let description = if wants_description {
+                                ctx.export_description().unwrap_or_else(|e| {
+                                    log::error(Some(&conn_name), &e.to_string());
+                                    None
+                                })
+                            } else {
+                                None
+                            };
+                            Ok((ctx, canonical, description))
+                        })();
+                        (opened, cache)
                     })
                     .await;
+                default_export = cache;
                 match opened {
-                    Ok((c, canonical)) => {
-                        if asked_default {
-                            default_export = Some(canonical.clone());
-                        }
+                    Ok((c, canonical, description)) => {
                         let caps = c.caps();
                         let info = ExportInfo {
                             name: &canonical,
                             size: caps.size,
                             eflags: eflags(&c, shared.thread_model),
-                            description: caps.description.as_deref(),
+                            description: description.as_deref(),
                             block_size: caps
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
@@ -797,6 +865,9 @@ async fn handshake<S: Transport>(
                 if hs.tls_established().is_err() {
                     return Ok(None);
                 }
+                // nbdkit forgets the default export's name with the rest
+                // of the plaintext state.
+                default_export = None;
             }
         }
         input.drain(..consumed);
@@ -941,7 +1012,8 @@ async fn transmission<R, W>(
     negotiated: handshake::Negotiated,
     mut reader: R,
     wr: W,
-) where
+) -> (bool, Arc<AsyncMutex<W>>, R)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -972,6 +1044,8 @@ async fn transmission<R, W>(
     let workers = (concurrent && log::verbose())
         .then(|| Arc::new(Workers::new(shared.stack.plugin().name(), shared.threads)));
     let mut hdr = [0u8; 32];
+    // Whether the client ended with NBD_CMD_DISC.
+    let mut graceful = false;
     loop {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
@@ -1063,6 +1137,7 @@ async fn transmission<R, W>(
                 Some(&name),
                 format_args!("client sent NBD_CMD_DISC, closing connection"),
             );
+            graceful = true;
             break;
         }
         // A request that arrives when nothing else is in flight on a stack
@@ -1109,8 +1184,8 @@ async fn transmission<R, W>(
             }
         }
     }
-    // Every request already read is answered before the connection closes.
+    // Every request already read is answered before the connection closes
+    // (which the caller does once the handles are closed).
     let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
-    let mut w = wr.lock().await;
-    let _ = w.shutdown().await;
+    (graceful && !crate::server::stopping(), wr, reader)
 }

@@ -58,19 +58,30 @@ fn current_context() -> Option<std::sync::Arc<str>> {
 /// Run `f` with this thread's messages carrying `name` (only with `-v`:
 /// otherwise just run it).
 pub fn with_context<R>(name: &std::sync::Arc<str>, f: impl FnOnce() -> R) -> R {
-    if !verbose() {
-        return f();
+    let _guard = ContextGuard::set(name);
+    f()
+}
+
+/// While it lives, this thread's messages carry a name (see
+/// [`with_context`]); the previous name comes back when it is dropped.
+pub struct ContextGuard(Option<Option<std::sync::Arc<str>>>);
+
+impl ContextGuard {
+    /// Name this thread's messages `name` (only with `-v`).
+    pub fn set(name: &std::sync::Arc<str>) -> ContextGuard {
+        if !verbose() {
+            return ContextGuard(None);
+        }
+        ContextGuard(Some(CONTEXT.with(|c| c.replace(Some(name.clone())))))
     }
-    let old = CONTEXT.with(|c| c.replace(Some(name.clone())));
-    struct Restore(Option<std::sync::Arc<str>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let old = self.0.take();
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
             CONTEXT.with(|c| *c.borrow_mut() = old);
         }
     }
-    let _restore = Restore(old);
-    f()
 }
 
 /// Whether `-v` was given.

@@ -662,6 +662,7 @@ const PLUGINS: &[&str] = &[
     "file",
     "sh",
     "eval",
+    "cc",
     "split",
     "partitioning",
     "floppy",

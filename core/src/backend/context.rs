@@ -51,8 +51,6 @@ macro_rules! data {
 pub struct Caps {
     /// Export size.
     pub size: u64,
-    /// Description, if any.
-    pub description: Option<String>,
     /// Block size constraints, if any.
     pub block_size: Option<BlockSize>,
     /// Writes possible (false when the connection is read-only).
@@ -81,7 +79,6 @@ pub struct Caps {
 /// logged): nothing is possible.
 static NO_CAPS: Caps = Caps {
     size: 0,
-    description: None,
     block_size: None,
     can_write: false,
     can_flush: false,
@@ -111,7 +108,6 @@ struct Lazy {
     can_multi_conn: Once<bool>,
     can_cache: Once<Support>,
     block_size: Once<Option<BlockSize>>,
-    description: Once<Option<String>>,
     all: Once<Caps>,
 }
 
@@ -343,20 +339,6 @@ impl Context {
         })
     }
 
-    /// Description, if any.
-    pub fn export_description(&self) -> Result<Option<String>> {
-        if let Some(d) = self.lazy.description.get() {
-            return Ok(d.clone());
-        }
-        self.lazy
-            .description
-            .try_call_once(|| {
-                control!("{}: export_description", self.name);
-                ask!(self, export_description)
-            })
-            .cloned()
-    }
-
     /// Every capability of this layer, asked in nbdkit's order (the order
     /// in which the server builds the export flags, which scripts that log
     /// their calls can see).
@@ -377,10 +359,8 @@ impl Context {
             let can_cache = self.can_cache()?;
             let can_extents = self.can_extents()?;
             let block_size = self.block_size()?;
-            let description = self.export_description()?;
             Ok(Caps {
                 size,
-                description,
                 block_size,
                 can_write,
                 can_flush,
@@ -415,6 +395,16 @@ impl Context {
             debug::error(format_args!("{}: {e}", self.name));
             0
         })
+    }
+
+    /// The export's description at this layer. Not cached, and asked only
+    /// when a client wants it (NBD_INFO_DESCRIPTION), as nbdkit does.
+    pub fn export_description(&self) -> Result<Option<String>> {
+        control!("{}: export_description", self.name);
+        match &self.layer {
+            Layer::Plugin(h) => h.export_description(),
+            Layer::Filter { handle, next } => handle.export_description(next),
+        }
     }
 
     /// Call `finalize` on this layer and every layer below (outer first).
@@ -862,12 +852,33 @@ impl Stack {
     /// The export list as the client sees it, with the default export
     /// resolved to its canonical name.
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
+        self.list_exports_cached(readonly, is_tls, &mut None, &mut |_| {})
+    }
+
+    /// [`list_exports`](Self::list_exports) with a connection's cache of
+    /// the default export's name (see
+    /// [`default_export_cached`](Self::default_export_cached)). When the
+    /// default export cannot be resolved the list leaves it out, as
+    /// nbdkit's does, and `failed` gets the error.
+    pub fn list_exports_cached(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        default: &mut Option<String>,
+        failed: &mut dyn FnMut(Error),
+    ) -> Result<Exports> {
         let mut exports = Exports::default();
         self.inner
             .list_exports_from(0, readonly, is_tls, &mut exports)?;
         if exports.use_default {
             exports.use_default = false;
-            if let Some(name) = self.default_export(readonly, is_tls)? {
+            let name = self
+                .default_export_cached(readonly, is_tls, default)
+                .unwrap_or_else(|e| {
+                    failed(e);
+                    None
+                });
+            if let Some(name) = name {
                 exports.list.insert(
                     0,
                     super::Export {
@@ -883,6 +894,22 @@ impl Stack {
     /// The canonical name of the default export, `None` if there is none.
     pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
         self.inner.default_export_from(0, readonly, is_tls)
+    }
+
+    /// [`default_export`](Self::default_export) asked at most once per
+    /// connection, as nbdkit does: `cache` (the connection's, emptied when
+    /// TLS starts) holds the name once one was given. A failure or "no
+    /// default export" is not cached.
+    pub fn default_export_cached(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        cache: &mut Option<String>,
+    ) -> Result<Option<String>> {
+        if cache.is_none() {
+            *cache = self.default_export(readonly, is_tls)?;
+        }
+        Ok(cache.clone())
     }
 
     /// Open the whole stack for a connection, as nbdkit does: open runs

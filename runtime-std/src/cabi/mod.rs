@@ -241,20 +241,28 @@ pub fn is_path(arg: &str) -> bool {
 }
 
 /// Where `nbdkit NAME` looks for `nbdkit-NAME-KIND.so` when NAME is not
-/// built in: beside this executable first, then Debian's directory. The
-/// last candidate is returned when none exists, for the error message.
+/// built in: beside this executable first (also under the name cargo
+/// gives this workspace's own plugin crates, `libnbdkit_NAME_KIND.so`),
+/// then Debian's directory. The last candidate is returned when none
+/// exists, for the error message.
 pub fn find(name: &str, kind: &str) -> PathBuf {
     let file = format!("nbdkit-{name}-{kind}.so");
+    let cargo_file = format!("lib{}.so", file.trim_end_matches(".so").replace('-', "_"));
     let system = if kind == "filter" {
         SYSTEM_FILTERDIR
     } else {
         SYSTEM_PLUGINDIR
     };
-    let own = std::env::current_exe()
+    if let Some(dir) = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join(&file)));
-    if let Some(p) = own.filter(|p| p.exists()) {
-        return p;
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        for f in [&file, &cargo_file] {
+            let p = dir.join(f);
+            if p.exists() {
+                return p;
+            }
+        }
     }
     Path::new(system).join(file)
 }
@@ -289,7 +297,17 @@ fn open_library(
 }
 
 fn dl_message(e: &libloading::Error) -> String {
-    e.to_string()
+    let m = e.to_string();
+    // An interpreter library that is not installed (the python plugin's
+    // libpython3.N.so.1.0): name the Debian package that has it.
+    let missing = m
+        .split(": ")
+        .find(|p| p.starts_with("libpython3.") && p.contains(".so"))
+        .filter(|_| m.contains("cannot open shared object file"));
+    match missing.and_then(|l| l.split(".so").next()) {
+        Some(pkg) => format!("{m} (install Debian's {pkg})"),
+        None => m,
+    }
 }
 
 /// Debug flags (`-D NAME.FLAG=N`) of loaded objects: name -> library.
@@ -320,10 +338,23 @@ pub fn path_of(name: &str) -> Option<String> {
         .map(|(_, p)| p.clone())
 }
 
+/// Every `-D` flag given, for objects loaded after the flags were applied
+/// (the plugins the `cc` plugin compiles during configuration).
+static DEBUG_FLAGS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 /// Apply `-D NAME.FLAG=VALUE` to a loaded plugin or filter called NAME:
 /// set its `int NAME_debug_FLAG` variable (dots and dashes in NAME and FLAG
-/// become underscores). Returns whether such a variable was found.
+/// become underscores). Returns whether such a variable was found. The
+/// flag is also kept for a plugin of that name compiled later.
 pub fn apply_debug_flag(key: &str, value: &str) -> bool {
+    DEBUG_FLAGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((key.to_string(), value.to_string()));
+    set_debug_flag(key, value)
+}
+
+fn set_debug_flag(key: &str, value: &str) -> bool {
     let Some((name, flag)) = key.split_once('.') else {
         return false;
     };
@@ -357,8 +388,38 @@ pub fn apply_debug_flag(key: &str, value: &str) -> bool {
 /// Load a plugin from `path` (the user wrote `arg`).
 pub fn load_plugin(arg: &str, path: &Path) -> core::result::Result<Box<dyn Plugin>, LoadError> {
     let lib = open_library(arg, path, "plugin")?;
-    let p = plugin::CPlugin::load(lib, path)?;
+    let p = plugin::CPlugin::load(lib, path, plugin::Origin::Named)?;
     register(p.name(), path, lib);
+    Ok(Box::new(p))
+}
+
+/// Load a plugin that the `cc` plugin has just compiled into `path` (a
+/// temporary file, removed once loaded): as nbdkit's cc plugin, it must
+/// use API version 2, and errors do not name the file.
+pub fn load_compiled_plugin(path: &Path) -> core::result::Result<Box<dyn Plugin>, LoadError> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: loading the object runs its initialisers; the user asked for
+    // that code to run by giving its source.
+    let lib = match unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(l) => &*Box::leak(Box::new(l)),
+        Err(e) => {
+            return Err(LoadError {
+                message: format!("cannot open the compiled plugin: {}", dl_message(&e)),
+                usage_hint: false,
+            })
+        }
+    };
+    let p = plugin::CPlugin::load(lib, path, plugin::Origin::Compiled)?;
+    register(p.name(), path, lib);
+    // The -D flags were applied before this plugin existed.
+    let flags = DEBUG_FLAGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let prefix = format!("{}.", p.name());
+    for (k, v) in flags.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        set_debug_flag(k, v);
+    }
     Ok(Box::new(p))
 }
 

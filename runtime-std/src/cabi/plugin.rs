@@ -57,9 +57,24 @@ pub(crate) fn valid_name(n: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
 }
 
-fn bad(path: &Path, what: &str) -> LoadError {
+/// Where a plugin object comes from, which decides how its problems are
+/// reported and which API versions are accepted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Named on the command line (or found in the plugin directory):
+    /// messages name the file; API 1 and 2.
+    Named,
+    /// Compiled by the `cc` plugin into a temporary file: messages as the
+    /// cc plugin words them (the file is of no interest); API 2 only.
+    Compiled,
+}
+
+fn bad(path: &Path, origin: Origin, what: &str) -> LoadError {
     LoadError {
-        message: format!("{}: {what}", path.display()),
+        message: match origin {
+            Origin::Named => format!("{}: {what}", path.display()),
+            Origin::Compiled => what.to_string(),
+        },
         usage_hint: false,
     }
 }
@@ -68,19 +83,27 @@ impl CPlugin {
     pub(crate) fn load(
         lib: &'static libloading::os::unix::Library,
         path: &Path,
+        origin: Origin,
     ) -> core::result::Result<CPlugin, LoadError> {
+        let bad = |what: &str| bad(path, origin, what);
+        let compiled = origin == Origin::Compiled;
         type Init = unsafe extern "C" fn() -> *const ffi::Plugin;
         // SAFETY: `plugin_init` is, by the ABI, `struct nbdkit_plugin
         // *plugin_init (void)`.
         let init: Init = match unsafe { lib.get::<Init>(b"plugin_init\0") } {
             Ok(f) => *f,
-            Err(e) => return Err(bad(path, &e.to_string())),
+            Err(e) if compiled => return Err(bad(&format!("no plugin_init symbol found: {e}"))),
+            Err(e) => return Err(bad(&e.to_string())),
         };
         // SAFETY: calling the registration function with no arguments, as
         // the ABI defines it.
         let raw = unsafe { init() };
         if raw.is_null() {
-            return Err(bad(path, "plugin registration function failed"));
+            return Err(bad(if compiled {
+                "plugin registration failed"
+            } else {
+                "plugin registration function failed"
+            }));
         }
         // SAFETY: a non-NULL result points to a struct nbdkit_plugin whose
         // first two fields are `_struct_size` and `_api_version`; they are
@@ -92,13 +115,15 @@ impl CPlugin {
                 (*raw)._thread_model,
             )
         };
-        if !(0..=2).contains(&api_version) {
+        if compiled && api_version != 2 {
             return Err(bad(
-                path,
-                &format!(
-                    "plugin is incompatible with this version of nbdkit (_api_version = {api_version})"
-                ),
+                "plugin uses the wrong NBDKIT_API_VERSION, it must be 2",
             ));
+        }
+        if !(0..=2).contains(&api_version) {
+            return Err(bad(&format!(
+                "plugin is incompatible with this version of nbdkit (_api_version = {api_version})"
+            )));
         }
         // Copy what the plugin has, zero the fields it was built without.
         // SAFETY: ffi::Plugin is plain data for which all-zero bytes are
@@ -109,10 +134,10 @@ impl CPlugin {
         // copy no more than that and no more than our own struct.
         unsafe { core::ptr::copy_nonoverlapping(raw as *const u8, &mut p as *mut _ as *mut u8, n) };
         if p.open.is_none() {
-            return Err(bad(path, "plugin must have a .open callback"));
+            return Err(bad("plugin must have a .open callback"));
         }
         if p.get_size.is_none() {
-            return Err(bad(path, "plugin must have a .get_size callback"));
+            return Err(bad("plugin must have a .get_size callback"));
         }
         let has_pread = if api_version == 2 {
             p.pread.is_some()
@@ -120,25 +145,26 @@ impl CPlugin {
             p.pread_v1.is_some()
         };
         if !has_pread {
-            return Err(bad(path, "plugin must have a .pread callback"));
+            return Err(bad("plugin must have a .pread callback"));
         }
         // SAFETY: `name` is NULL or a static string of the plugin.
-        let Some(name) = (unsafe { copy_str(p.name) }) else {
-            return Err(bad(path, "plugin must have a .name field"));
+        let name = match unsafe { copy_str(p.name) } {
+            Some(n) => n,
+            // The cc plugin never looks at its subplugin's name.
+            None if compiled => "cc".to_string(),
+            None => return Err(bad("plugin must have a .name field")),
         };
         if !valid_name(&name) {
             return Err(bad(
-                path,
                 &format!(
                     "plugin.name ('{name}') field must contain only ASCII alphanumeric or dash characters"
                 ),
             ));
         }
         if thread_model_of(thread_model).is_none() {
-            return Err(bad(
-                path,
-                &format!("plugin has an invalid thread model ({thread_model})"),
-            ));
+            return Err(bad(&format!(
+                "plugin has an invalid thread model ({thread_model})"
+            )));
         }
         let name = leak(name);
         let callbacks = callback_names(&p, api_version);
