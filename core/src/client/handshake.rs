@@ -153,9 +153,9 @@ impl fmt::Display for Error {
             Error::TlsNotSupported => {
                 f.write_str("TLS is required but the server does not support it")
             }
-            Error::TlsRequired => f.write_str(
-                "the server requires TLS (use tls=on or tls=require, or a nbds:// URI)",
-            ),
+            Error::TlsRequired => {
+                f.write_str("the server requires TLS (use tls=on or tls=require, or a nbds:// URI)")
+            }
             Error::Unsupported { option } => write!(
                 f,
                 "the server does not support {} (it is oldstyle or not fixed newstyle)",
@@ -418,9 +418,7 @@ impl Handshake {
                 }
             }
             State::Reply(_) => match OptionReplyHeader::parse(input) {
-                Ok(h) if h.length <= MAX_OPTION_REPLY => {
-                    OptionReplyHeader::LEN + h.length as usize
-                }
+                Ok(h) if h.length <= MAX_OPTION_REPLY => OptionReplyHeader::LEN + h.length as usize,
                 _ => OptionReplyHeader::LEN,
             },
             State::StartTls | State::Done | State::Failed(_) => 0,
@@ -750,7 +748,9 @@ impl Handshake {
             (OPT_GO | OPT_INFO, REP_INFO) => self.info(payload)?,
             (OPT_GO | OPT_INFO, REP_ACK) => {
                 if !self.got_export {
-                    return Err(self.fail(Error::Protocol("NBD_OPT_GO ended without NBD_INFO_EXPORT")));
+                    return Err(
+                        self.fail(Error::Protocol("NBD_OPT_GO ended without NBD_INFO_EXPORT"))
+                    );
                 }
                 if option == OPT_GO {
                     self.state = State::Done;

@@ -194,13 +194,17 @@ impl Coverage {
 enum Pending {
     Nothing,
     /// OFFSET_DATA: the 8-byte offset, then `len` bytes of data.
-    DataOffset { len: u64 },
+    DataOffset {
+        len: u64,
+    },
     /// OFFSET_HOLE: offset and size.
     Hole,
     /// BLOCK_STATUS or BLOCK_STATUS_EXT.
     BlockStatus,
     /// ERROR or ERROR_OFFSET (or an unknown error type).
-    Error { with_offset: bool },
+    Error {
+        with_offset: bool,
+    },
 }
 
 /// The state of one request's reply.
@@ -292,9 +296,9 @@ impl Reply {
             return Ok(self.finish());
         }
         match self.sent.command {
-            Command::Read if self.style.structured => {
-                Err(ProtocolError("simple reply to a read with structured replies"))
-            }
+            Command::Read if self.style.structured => Err(ProtocolError(
+                "simple reply to a read with structured replies",
+            )),
             Command::Read => {
                 let len = self.sent.count as usize;
                 self.covered.add(0, self.sent.count)?;
@@ -439,10 +443,7 @@ impl Reply {
                         let flags = r.u64().map_err(short)?;
                         (len, flags as u32)
                     } else {
-                        (
-                            u64::from(r.u32().map_err(short)?),
-                            r.u32().map_err(short)?,
-                        )
+                        (u64::from(r.u32().map_err(short)?), r.u32().map_err(short)?)
                     };
                     if len == 0 {
                         return Err(ProtocolError("zero-length block status descriptor"));

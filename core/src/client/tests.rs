@@ -229,7 +229,10 @@ fn info_reads_the_canonical_name_and_aborts() {
     let abort = [
         0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54, 0, 0, 0, 2, 0, 0, 0, 0,
     ];
-    assert_eq!(s.handle_input(&abort).unwrap_err(), server::Disconnect::Abort);
+    assert_eq!(
+        s.handle_input(&abort).unwrap_err(),
+        server::Disconnect::Abort
+    );
 }
 
 #[test]
@@ -597,11 +600,23 @@ fn overlapping_or_outside_chunks_are_protocol_errors() {
     let mut buf = [0u8; 64];
     // Overlap.
     let mut bytes = chunk(STRUCTURED, 0, REPLY_TYPE_OFFSET_DATA, 1, &data(0, 20));
-    bytes.extend(chunk(STRUCTURED, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 1, &data(10, 20)));
+    bytes.extend(chunk(
+        STRUCTURED,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        1,
+        &data(10, 20),
+    ));
     let mut r = Reply::new(sent(Command::Read, 0, 64), STRUCTURED, None);
     assert!(drive(&mut r, STRUCTURED, &bytes, &mut buf).is_err());
     // Outside the request.
-    let bytes = chunk(STRUCTURED, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 1, &data(60, 8));
+    let bytes = chunk(
+        STRUCTURED,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        1,
+        &data(60, 8),
+    );
     let mut r = Reply::new(sent(Command::Read, 0, 64), STRUCTURED, None);
     assert!(drive(&mut r, STRUCTURED, &bytes, &mut buf).is_err());
     // Longer than the request, refused from the header alone.
