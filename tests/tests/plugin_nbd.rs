@@ -5,6 +5,7 @@
 //! remote is missing, refuses, dies in the middle of a request or breaks
 //! the protocol (one error line or EIO, never a hang).
 
+use core::time::Duration;
 use nbdkit_tests::{
     assert_bytes_eq, find_tool, nbdkit_bin, path_str, run, run_python_code, run_tool, skip_unless,
     write_random_file, Output, Server, TempDir, CMD_TIMEOUT,
@@ -16,7 +17,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SIZE: usize = 64 << 20;
 const POLL: Duration = Duration::from_millis(20);
@@ -497,7 +498,7 @@ fn copy_64m_from_nbd_server_over_unix_and_tcp() {
 
 #[test]
 fn nbdinfo_map_through_the_proxy_equals_the_remote() {
-    skip_unless!("nbdinfo");
+    skip_unless!("nbdinfo", "nbdcopy");
     // A sparse memory disk with data in a few places.
     let remote = ours(
         false,
@@ -507,13 +508,34 @@ fn nbdinfo_map_through_the_proxy_equals_the_remote() {
             "size=64M",
         ],
     );
-    let p = proxy(&remote, &[]);
+    let p = proxy(&remote, &["-v"]);
     let theirs = map(&remote.uri(""));
     assert!(theirs.lines().count() > 2, "{theirs}");
     assert_eq!(map(&p.uri()), theirs);
-    // Extended headers, structured replies and base:allocation were used.
-    let out = run_tool("nbdinfo", ["--json", &p.uri()]).assert_success();
-    assert!(out.stdout.contains("base:allocation"), "{}", out.stdout);
+    // Both sides have extended headers: the proxy used them.
+    assert!(
+        p.stderr()
+            .contains("structured replies true extended headers true base:allocation true"),
+        "{}",
+        p.stderr()
+    );
+    // A remote with neither structured replies nor extended headers: simple
+    // replies, no extents (all data, as nbdkit reports for any plugin
+    // without extents).
+    let plain = ours(
+        false,
+        &["--no-sr", "data", "data=@1048576 1 2 3", "size=4M"],
+    );
+    let p = proxy(&plain, &["-v"]);
+    let m = map(&p.uri());
+    assert_eq!(m.lines().count(), 1, "{m}");
+    assert!(
+        p.stderr()
+            .contains("structured replies false extended headers false base:allocation false"),
+        "{}",
+        p.stderr()
+    );
+    run_tool("nbdcopy", [p.uri().as_str(), "null:"]).assert_success();
 }
 
 /// Python (libnbd) that writes, trims, zeroes and flushes through `uri`.
@@ -527,6 +549,8 @@ h.zero(65536, 2 << 20)
 h.trim(65536, 3 << 20)
 if h.can_fast_zero():
     h.zero(4096, 4 << 20, nbd.CMD_FLAG_FAST_ZERO)
+if h.can_cache():
+    h.cache(65536, 0)
 h.flush()
 h.shutdown()
 "#;
