@@ -857,6 +857,29 @@ fn command_whose_server_fails_is_an_error_at_start_not_a_hang() {
 }
 
 #[test]
+fn socket_fd_uses_an_inherited_connection() {
+    skip_unless!("nbdinfo");
+    let remote = ours(false, &["memory", "3M"]);
+    let Addr::Unix(sock) = &remote.addr else {
+        unreachable!()
+    };
+    // Python connects, makes the socket inheritable and becomes nbdkit.
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[2])
+s.set_inheritable(True)
+os.execv(sys.argv[1], [sys.argv[1], "-U", "-", "nbd", "socket-fd=%d" % s.fileno(),
+                       "--run", "nbdinfo --size $uri"])
+"#;
+    let out = run_python_code(script, [path_str(&nbdkit_bin()), path_str(sock)]);
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(out.stdout.trim(), "3145728");
+    // A descriptor that is not open is refused at once.
+    start_fails(&["nbd", "socket-fd=999"]);
+}
+
+#[test]
 fn shared_connection_serves_several_clients_and_fails_at_start_without_remote() {
     skip_unless!("nbdinfo");
     let remote = ours(false, &["memory", "1M"]);
@@ -1101,7 +1124,7 @@ fn tls_to_qemu_nbd_x509_and_psk() {
 #[test]
 fn nbds_uri_requires_tls() {
     skip_unless!("nbdinfo");
-    // nbd-server and our nbdkit without TLS: an nbds:// URI refuses them.
+    // Our nbdkit without TLS: an nbds:// URI refuses it.
     let remote = ours(true, &["memory", "1M"]);
     let Addr::Tcp(port) = remote.addr else {
         unreachable!()
@@ -1115,6 +1138,17 @@ fn nbds_uri_requires_tls() {
         "{}",
         p.stderr()
     );
+    // tls=on goes on in plaintext.
+    let port = format!("port={port}");
+    let p = Server::start([
+        "nbd",
+        "hostname=127.0.0.1",
+        port.as_str(),
+        "tls=on",
+        "tls-verify=false",
+    ]);
+    let out = run_tool("nbdinfo", ["--size", &p.uri()]).assert_success();
+    assert_eq!(out.stdout.trim(), "1048576");
 }
 
 // ---------------------------------------------------------------------------
