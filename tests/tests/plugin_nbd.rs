@@ -338,20 +338,26 @@ fn reference_has_nbd() -> bool {
     ok
 }
 
-#[test]
-fn dump_plugin_has_the_reference_keys() {
+/// `nbdkit nbd FLAG` from the reference and from ours (None, after a skip
+/// message, without a reference).
+fn both(flag: &str) -> Option<(Output, Output)> {
     if !reference_has_nbd() {
-        return;
+        return None;
     }
     let theirs = run(
-        Command::new("/usr/bin/nbdkit").args(["nbd", "--dump-plugin"]),
+        Command::new("/usr/bin/nbdkit").args(["nbd", flag]),
         CMD_TIMEOUT,
     );
-    let ours = run(
-        Command::new(nbdkit_bin()).args(["nbd", "--dump-plugin"]),
-        CMD_TIMEOUT,
-    );
+    let ours = run(Command::new(nbdkit_bin()).args(["nbd", flag]), CMD_TIMEOUT);
     assert!(ours.success(), "{}", ours.describe());
+    Some((theirs, ours))
+}
+
+#[test]
+fn dump_plugin_has_the_reference_keys() {
+    let Some((theirs, ours)) = both("--dump-plugin") else {
+        return;
+    };
     let keys = |t: &str| -> Vec<String> {
         t.lines()
             .filter_map(|l| l.split_once('='))
@@ -378,18 +384,9 @@ fn dump_plugin_has_the_reference_keys() {
 
 #[test]
 fn help_lists_every_parameter_of_the_reference() {
-    if !reference_has_nbd() {
+    let Some((theirs, ours)) = both("--help") else {
         return;
-    }
-    let theirs = run(
-        Command::new("/usr/bin/nbdkit").args(["nbd", "--help"]),
-        CMD_TIMEOUT,
-    );
-    let ours = run(
-        Command::new(nbdkit_bin()).args(["nbd", "--help"]),
-        CMD_TIMEOUT,
-    );
-    assert!(ours.success(), "{}", ours.describe());
+    };
     let start = theirs
         .stdout
         .find("[uri=]")
@@ -718,6 +715,14 @@ for what, f in (("write", lambda: h.pwrite(b"x" * 512, 0)), ("read", lambda: h.p
 // Exports
 // ---------------------------------------------------------------------------
 
+/// Python (libnbd) that prints the whole export at argv[1] as text.
+const READ_ALL: &str = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+print(bytes(h.pread(h.get_size(), 0)).decode())
+"#;
+
 #[test]
 fn dynamic_export_lists_and_passes_the_export_name() {
     skip_unless!("nbdinfo", "python3-nbd");
@@ -739,17 +744,11 @@ fn dynamic_export_lists_and_passes_the_export_name() {
         "{}",
         out.stdout
     );
-    let read = r#"
-import nbd, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-print(bytes(h.pread(h.get_size(), 0)).decode())
-"#;
-    let out = run_python_code(read, [p.uri_export("beta")]).assert_success();
+    let out = run_python_code(READ_ALL, [p.uri_export("beta")]).assert_success();
     assert_eq!(out.stdout.trim(), "beta");
     // Without dynamic-export the proxy serves one export, whatever the name.
     let p = proxy(&remote, &["export=alpha"]);
-    let out = run_python_code(read, [p.uri_export("anything")]).assert_success();
+    let out = run_python_code(READ_ALL, [p.uri_export("anything")]).assert_success();
     assert_eq!(out.stdout.trim(), "alpha");
     let out = run_tool("nbdinfo", ["--list", &p.uri()]).assert_success();
     assert!(!out.stdout.contains("beta"), "{}", out.stdout);
@@ -764,18 +763,12 @@ fn uri_gives_the_export_name() {
     };
     let uri = format!("uri=nbd+unix:///gamma?socket={}", sock.display());
     let p = Server::start(["nbd", uri.as_str()]);
-    let read = r#"
-import nbd, sys
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-print(bytes(h.pread(h.get_size(), 0)).decode())
-"#;
-    let out = run_python_code(read, [p.uri()]).assert_success();
+    let out = run_python_code(READ_ALL, [p.uri()]).assert_success();
     assert_eq!(out.stdout.trim(), "gamma");
     // The magic key: a bare URI.
     let bare = format!("nbd+unix:///delta?socket={}", sock.display());
     let p = Server::start(["nbd", bare.as_str()]);
-    let out = run_python_code(read, [p.uri()]).assert_success();
+    let out = run_python_code(READ_ALL, [p.uri()]).assert_success();
     assert_eq!(out.stdout.trim(), "delta");
 }
 
@@ -888,19 +881,7 @@ fn shared_connection_serves_several_clients_and_fails_at_start_without_remote() 
         let out = run_tool("nbdinfo", ["--size", &p.uri()]).assert_success();
         assert_eq!(out.stdout.trim(), "1048576");
     }
-    let out = run(
-        Command::new(nbdkit_bin()).args([
-            "-U",
-            "-",
-            "nbd",
-            "socket=/nonexistent/sock",
-            "shared=true",
-            "--run",
-            "true",
-        ]),
-        CMD_TIMEOUT,
-    );
-    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let out = start_fails(&["nbd", "socket=/nonexistent/sock", "shared=true"]);
     assert!(out.stderr.contains("/nonexistent/sock"), "{}", out.stderr);
 }
 
@@ -1012,20 +993,7 @@ fn tls_x509_and_psk_to_our_nbdkit_over_unix_and_tcp() {
         let p = proxy(&remote, &["tls=require", &client_psk, "tls-username=alice"]);
         assert_reads_back(&p.uri(), &data, &format!("PSK tcp={tcp}"));
         // A user the file does not have: an error at start-up.
-        let out = run(
-            Command::new(nbdkit_bin()).args([
-                "-U",
-                "-",
-                "nbd",
-                &remote.param(),
-                &client_psk,
-                "tls-username=mallory",
-                "--run",
-                "true",
-            ]),
-            CMD_TIMEOUT,
-        );
-        assert_eq!(out.code(), Some(1), "{}", out.describe());
+        let out = start_fails(&["nbd", &remote.param(), &client_psk, "tls-username=mallory"]);
         assert!(out.stderr.contains("mallory"), "{}", out.stderr);
     }
 }

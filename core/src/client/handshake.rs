@@ -23,7 +23,7 @@
 
 use core::fmt;
 
-use crate::handshake::{Negotiated, TlsMode};
+use crate::handshake::{Negotiated, Outbox, TlsMode};
 use crate::wire::consts::*;
 use crate::wire::handshake::{OldstyleGreeting, OptionHeader, OptionReplyHeader};
 use crate::wire::{Reader, WireError};
@@ -276,16 +276,14 @@ pub struct Handshake {
     canonical: Name<MAX_STRING>,
     description: Name<MAX_STRING>,
     message: Name<MESSAGE_CAP>,
-    out: [u8; OUT_CAP],
-    out_start: usize,
-    out_end: usize,
+    out: Outbox<OUT_CAP>,
 }
 
 impl fmt::Debug for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handshake")
             .field("state", &self.state)
-            .field("pending_output", &(self.out_end - self.out_start))
+            .field("pending_output", &self.out.pending().len())
             .finish()
     }
 }
@@ -324,24 +322,18 @@ impl Handshake {
             canonical: Name::EMPTY,
             description: Name::EMPTY,
             message: Name::EMPTY,
-            out: [0; OUT_CAP],
-            out_start: 0,
-            out_end: 0,
+            out: Outbox::new(),
         })
     }
 
     /// The output not yet sent.
     pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_start..self.out_end]
+        self.out.pending()
     }
 
     /// Mark `n` bytes of [`pending_output`](Self::pending_output) as sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_start = (self.out_start + n).min(self.out_end);
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-        }
+        self.out.consume(n);
     }
 
     /// True once negotiation succeeded. With [`Goal::Go`] transmission
@@ -541,17 +533,10 @@ impl Handshake {
     }
 
     fn push(&mut self, b: &[u8]) {
-        if self.out_start > 0 && self.out_end + b.len() > OUT_CAP {
-            self.out.copy_within(self.out_start..self.out_end, 0);
-            self.out_end -= self.out_start;
-            self.out_start = 0;
-        }
         // Every option fits: the largest is 16 + 4 + 4096 + 27 bytes and
         // the buffer is drained before each reply is awaited.
-        let end = (self.out_end + b.len()).min(OUT_CAP);
-        let n = end - self.out_end;
-        self.out[self.out_end..end].copy_from_slice(&b[..n]);
-        self.out_end = end;
+        let queued = self.out.push(b);
+        debug_assert!(queued, "option larger than the output buffer");
     }
 
     /// Queue an option request whose payload is the concatenation of `parts`.

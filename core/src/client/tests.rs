@@ -134,6 +134,27 @@ fn client(config: Config, export: &str) -> Handshake {
     Handshake::new(config, export.as_bytes()).unwrap()
 }
 
+fn goal(goal: Goal) -> Config {
+    Config {
+        goal,
+        ..Config::default()
+    }
+}
+
+fn tls(tls: TlsMode) -> Config {
+    Config {
+        tls,
+        ..Config::default()
+    }
+}
+
+/// The core server, configured by `f`.
+fn serve(f: impl FnOnce(&mut server::Config)) -> server::Server {
+    let mut c = server::Config::default();
+    f(&mut c);
+    server::Server::new(c)
+}
+
 #[test]
 fn go_with_extended_headers_and_base_allocation() {
     let mut c = client(Config::default(), "");
@@ -155,10 +176,7 @@ fn go_with_extended_headers_and_base_allocation() {
 #[test]
 fn structured_replies_when_the_server_has_no_extended_headers() {
     let mut c = client(Config::default(), "disk");
-    let mut s = server::Server::new(server::Config {
-        extended_headers: false,
-        ..server::Config::default()
-    });
+    let mut s = serve(|c| c.extended_headers = false);
     pair(&mut c, &mut s).unwrap();
     let n = c.negotiated();
     assert!(n.structured_replies && !n.extended_headers);
@@ -194,13 +212,7 @@ fn unknown_export_is_refused_with_err_unknown() {
 
 #[test]
 fn list_reports_every_export_then_aborts() {
-    let mut c = client(
-        Config {
-            goal: Goal::List,
-            ..Config::default()
-        },
-        "",
-    );
+    let mut c = client(goal(Goal::List), "");
     let mut s = server::Server::new(server::Config::default());
     let seen = pair(&mut c, &mut s).unwrap();
     assert_eq!(
@@ -214,13 +226,7 @@ fn list_reports_every_export_then_aborts() {
 
 #[test]
 fn info_reads_the_canonical_name_and_aborts() {
-    let mut c = client(
-        Config {
-            goal: Goal::Info,
-            ..Config::default()
-        },
-        "",
-    );
+    let mut c = client(goal(Goal::Info), "");
     let mut s = server::Server::new(server::Config::default());
     pair(&mut c, &mut s).unwrap();
     assert_eq!(c.canonical_name(), Some(&b"disk"[..]));
@@ -238,10 +244,7 @@ fn info_reads_the_canonical_name_and_aborts() {
 #[test]
 fn oldstyle_server_gives_size_and_flags_without_options() {
     let mut c = client(Config::default(), "ignored");
-    let mut s = server::Server::new(server::Config {
-        oldstyle: true,
-        ..server::Config::default()
-    });
+    let mut s = serve(|c| c.oldstyle = true);
     pair(&mut c, &mut s).unwrap();
     let n = c.negotiated();
     assert!(n.oldstyle && !n.structured_replies);
@@ -251,10 +254,7 @@ fn oldstyle_server_gives_size_and_flags_without_options() {
 #[test]
 fn server_that_is_not_fixed_newstyle_gets_export_name() {
     let mut c = client(Config::default(), "disk");
-    let mut s = server::Server::new(server::Config {
-        handshake_flags: 0,
-        ..server::Config::default()
-    });
+    let mut s = serve(|c| c.handshake_flags = 0);
     pair(&mut c, &mut s).unwrap();
     let n = c.negotiated();
     assert!(!n.oldstyle && !n.structured_replies);
@@ -263,17 +263,8 @@ fn server_that_is_not_fixed_newstyle_gets_export_name() {
 
 #[test]
 fn tls_is_started_first_when_both_sides_want_it() {
-    let mut c = client(
-        Config {
-            tls: TlsMode::Require,
-            ..Config::default()
-        },
-        "",
-    );
-    let mut s = server::Server::new(server::Config {
-        tls: TlsMode::Require,
-        ..server::Config::default()
-    });
+    let mut c = client(tls(TlsMode::Require), "");
+    let mut s = serve(|c| c.tls = TlsMode::Require);
     let seen = pair(&mut c, &mut s).unwrap();
     assert!(seen.client_tls && seen.server_tls && c.is_tls());
     assert!(c.negotiated().extended_headers);
@@ -281,13 +272,7 @@ fn tls_is_started_first_when_both_sides_want_it() {
 
 #[test]
 fn tls_on_continues_in_plaintext_when_refused() {
-    let mut c = client(
-        Config {
-            tls: TlsMode::On,
-            ..Config::default()
-        },
-        "",
-    );
+    let mut c = client(tls(TlsMode::On), "");
     let mut s = server::Server::new(server::Config::default());
     let seen = pair(&mut c, &mut s).unwrap();
     assert!(!seen.client_tls && !c.is_tls());
@@ -295,36 +280,18 @@ fn tls_on_continues_in_plaintext_when_refused() {
 
 #[test]
 fn tls_require_fails_when_refused() {
-    let mut c = client(
-        Config {
-            tls: TlsMode::Require,
-            ..Config::default()
-        },
-        "",
-    );
+    let mut c = client(tls(TlsMode::Require), "");
     let mut s = server::Server::new(server::Config::default());
     assert_eq!(pair(&mut c, &mut s).unwrap_err(), Error::TlsNotSupported);
-    let mut c = client(
-        Config {
-            tls: TlsMode::Require,
-            ..Config::default()
-        },
-        "",
-    );
-    let mut s = server::Server::new(server::Config {
-        oldstyle: true,
-        ..server::Config::default()
-    });
+    let mut c = client(tls(TlsMode::Require), "");
+    let mut s = serve(|c| c.oldstyle = true);
     assert_eq!(pair(&mut c, &mut s).unwrap_err(), Error::TlsNotSupported);
 }
 
 #[test]
 fn server_requiring_tls_is_reported() {
     let mut c = client(Config::default(), "");
-    let mut s = server::Server::new(server::Config {
-        tls: TlsMode::Require,
-        ..server::Config::default()
-    });
+    let mut s = serve(|c| c.tls = TlsMode::Require);
     assert_eq!(pair(&mut c, &mut s).unwrap_err(), Error::TlsRequired);
 }
 
