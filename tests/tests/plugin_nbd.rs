@@ -586,6 +586,33 @@ print("ok")
 }
 
 #[test]
+fn copy_64m_into_the_proxy_lands_on_the_remote() {
+    skip_unless!("nbdcopy", "qemu-img");
+    let dir = TempDir::new();
+    let (img, data) = image(&dir, 0x7e57_0008);
+    let remote = ours(false, &["memory", "64M"]);
+    let p = proxy(&remote, &[]);
+    // Many large writes in flight, then reads, on one remote connection.
+    run_tool("nbdcopy", [path_str(&img), p.uri().as_str()]).assert_success();
+    run_tool(
+        "qemu-img",
+        [
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path_str(&img),
+            p.uri().as_str(),
+        ],
+    )
+    .assert_success();
+    drop(p);
+    assert_reads_back(&remote.uri(""), &data, "written through the proxy");
+}
+
+#[test]
 fn writes_through_qemu_nbd_land_in_the_image() {
     skip_unless!("python3-nbd", "qemu-nbd");
     let dir = TempDir::new();

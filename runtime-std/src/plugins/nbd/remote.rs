@@ -326,6 +326,10 @@ struct Outcome {
 /// Where a caller sleeps.
 struct Waiter {
     thread: Thread,
+    /// The request is on the wire: the caller reads or waits, and may be
+    /// handed the input (a caller still writing may be blocked until
+    /// someone reads, so it is never the one handed the input).
+    sent: AtomicBool,
     done: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
 }
@@ -421,11 +425,13 @@ impl Inner {
         }
     }
 
-    /// The input was let go: wake a caller still waiting for its reply to
-    /// read on (if another took the input meanwhile, it will do the same).
+    /// The input was let go: wake a caller waiting for its reply to read
+    /// on (if another took the input meanwhile, it will do the same; a
+    /// caller still writing takes the input itself when it is done).
     fn pass_on(&self) {
         let r = lock(&self.registry);
-        if let Some(p) = r.in_flight.values().find(|p| !p.waiter.is_done()) {
+        let waiting = |p: &&Pending| p.waiter.sent.load(Ordering::Acquire) && !p.waiter.is_done();
+        if let Some(p) = r.in_flight.values().find(waiting) {
             p.waiter.thread.unpark();
         }
     }
@@ -655,6 +661,7 @@ impl Remote {
         let cookie = inner.next_cookie.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter {
             thread: std::thread::current(),
+            sent: AtomicBool::new(false),
             done: AtomicBool::new(false),
             outcome: Mutex::new(None),
         });
@@ -713,6 +720,7 @@ impl Remote {
             let _ = inner.sock.shutdown(std::net::Shutdown::Both);
         }
         // Read replies while nobody else does; sleep while someone does.
+        waiter.sent.store(true, Ordering::Release);
         while !waiter.is_done() {
             let input = match inner.input.try_lock() {
                 Ok(g) => Some(g),
