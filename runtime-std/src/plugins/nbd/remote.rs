@@ -2,26 +2,20 @@
 //!
 //! Negotiation runs on the caller's thread with a deadline on every read
 //! and write ([`HANDSHAKE_TIMEOUT`]). Then requests are pipelined: a caller
-//! registers its request and writes it (under a lock that only keeps
-//! requests whole on the wire). Replies are read by the callers themselves,
-//! one at a time (leader/followers): whoever holds the input reads replies,
-//! checks each with core's [`Reply`], puts READ data straight into the
-//! buffer of the request it answers and wakes that request's caller, until
-//! its own reply is in; then it hands the input over to a caller still
-//! waiting. The others sleep until their reply is in or the input is theirs.
-//! So a lone request costs no thread switch beyond the socket's, and many
-//! requests share the reads.
-//!
-//! When the connection dies for any reason (the server closed it, a read
-//! failed, the server broke the protocol, a write failed) the reader of the
-//! moment fails every request in flight with `EIO`, and every later one
-//! fails at once: no caller waits on a dead connection.
+//! registers its request, writes it (under a lock that only keeps requests
+//! whole on the wire) and sleeps; one reader thread per connection reads
+//! every reply, checks it with core's [`Reply`], puts READ data straight
+//! into the caller's buffer and wakes the caller. When the connection dies
+//! for any reason (the server closed it, a read failed, the server broke
+//! the protocol, a write failed) the reader fails every request in flight
+//! with `EIO` and every later one fails at once: no caller waits on a dead
+//! connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::thread::Thread;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use nbdkit_core::backend::{BlockSize, Error, Result};
@@ -287,18 +281,16 @@ fn usable_block_size(b: Option<(u32, u32, u32)>) -> Option<BlockSize> {
     })
 }
 
-/// A buffer of a caller waiting in [`Remote::call`], which the reader of
-/// the moment fills.
+/// A buffer of a caller blocked in [`Remote::call`] that the reader fills.
 #[derive(Debug, Clone, Copy)]
 struct RawBuf {
     ptr: *mut u8,
     len: usize,
 }
 
-// SAFETY: the buffer is only touched by one reader at a time (the holder of
-// `Inner::input`), while its owner waits in `Remote::call`, which does not
-// return (nor touch the buffer) until its request is completed, which
-// happens after the last write into the buffer.
+// SAFETY: the buffer is only touched by the reader thread while its owner
+// sleeps in `Remote::call`, which does not return (nor touch the buffer)
+// until the reader has completed the request and let go of it.
 unsafe impl Send for RawBuf {}
 
 impl RawBuf {
@@ -326,26 +318,21 @@ struct Outcome {
 /// Where a caller sleeps.
 struct Waiter {
     thread: Thread,
-    /// The request is on the wire: the caller reads or waits, and may be
-    /// handed the input (a caller still writing may be blocked until
-    /// someone reads, so it is never the one handed the input).
-    sent: AtomicBool,
     done: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
 }
 
 impl Waiter {
-    fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-
     fn complete(&self, outcome: Outcome) {
         *lock(&self.outcome) = Some(outcome);
         self.done.store(true, Ordering::Release);
         self.thread.unpark();
     }
 
-    fn take(&self) -> Outcome {
+    fn wait(&self) -> Outcome {
+        while !self.done.load(Ordering::Acquire) {
+            std::thread::park();
+        }
         lock(&self.outcome).take().unwrap_or(Outcome {
             result: Err(Error::new(Errno::EIO)),
             extents: Vec::new(),
@@ -369,34 +356,21 @@ impl Pending {
             extents: self.extents,
         });
     }
-
-    /// Its reply is all in.
-    fn finish(self) {
-        let result = self.reply.result().map_err(|e| {
-            let errno = reply::errno_of(e);
-            match self.message.as_deref() {
-                Some(m) => Error::msg(errno, format!("the remote server said: {m}")),
-                None => Error::new(errno),
-            }
-        });
-        self.complete(result);
-    }
 }
 
-/// The requests in flight, and whether the connection is dead.
+/// Requests registered but not yet seen by the reader, and whether the
+/// connection is dead.
 #[derive(Default)]
 struct Registry {
     dead: bool,
-    in_flight: HashMap<u64, Pending>,
+    inbox: Vec<(u64, Pending)>,
 }
 
-/// What the callers of one connection share.
+/// What the callers and the reader thread share.
 struct Inner {
     sock: Socket,
     write_lock: Mutex<()>,
     registry: Mutex<Registry>,
-    /// The reading side; who holds it reads replies for everyone.
-    input: Mutex<Input>,
     next_cookie: AtomicU64,
     closing: AtomicBool,
     style: ReplyStyle,
@@ -404,152 +378,31 @@ struct Inner {
 }
 
 impl Inner {
-    /// The connection is dead: fail every request (and `taken`, one being
-    /// read when it died), wake every writer.
-    fn die(&self, why: &str, taken: Option<Pending>) {
-        let in_flight: Vec<Pending> = {
+    /// The connection is dead: fail every request, wake every writer.
+    fn die(&self, why: &str, map: &mut HashMap<u64, Pending>) {
+        let inbox = {
             let mut r = lock(&self.registry);
             r.dead = true;
-            r.in_flight.drain().map(|(_, p)| p).collect()
+            std::mem::take(&mut r.inbox)
         };
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        let n = in_flight.len() + taken.is_some() as usize;
-        if !self.closing.load(Ordering::Relaxed) || n > 0 {
+        let in_flight = map.len() + inbox.len();
+        if !self.closing.load(Ordering::Relaxed) || in_flight > 0 {
             log::error(
                 None,
                 &format!("nbd: lost the connection to the remote server: {why}"),
             );
         }
-        for p in in_flight.into_iter().chain(taken) {
+        for (_, p) in map.drain().chain(inbox) {
             p.complete(Err(Error::new(Errno::EIO)));
         }
-    }
-
-    /// The input was let go: wake a caller waiting for its reply to read
-    /// on (if another took the input meanwhile, it will do the same; a
-    /// caller still writing takes the input itself when it is done).
-    fn pass_on(&self) {
-        let r = lock(&self.registry);
-        let waiting = |p: &&Pending| p.waiter.sent.load(Ordering::Acquire) && !p.waiter.is_done();
-        if let Some(p) = r.in_flight.values().find(waiting) {
-            p.waiter.thread.unpark();
-        }
-    }
-
-    /// Read replies until `waiter`'s request is complete (or the
-    /// connection dies).
-    fn lead(&self, input: &mut Input, waiter: &Waiter) {
-        while !waiter.is_done() {
-            let mut taken = None;
-            if let Err(why) = self.read_reply(input, &mut taken) {
-                self.die(&why, taken);
-                return;
-            }
-        }
-    }
-
-    /// Read one reply, or one chunk of one. The request it answers is
-    /// taken out of the registry while its data is read (into `taken`, so
-    /// that it is failed with the others if the connection dies).
-    fn read_reply(
-        &self,
-        rd: &mut Input,
-        taken: &mut Option<Pending>,
-    ) -> std::result::Result<(), String> {
-        let proto = |e: reply::ProtocolError| e.to_string();
-        let short = |e: io::Error| match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                "the server closed the connection in the middle of a reply".to_string()
-            }
-            _ => format!("recv: {}", io_message(&e)),
-        };
-        let sock = &self.sock;
-        // A clean end is one between replies.
-        if rd.buffered() == 0 && rd.fill(sock).map_err(short)? == 0 {
-            return Err("the server closed the connection".into());
-        }
-        let mut hdr = [0u8; reply::MAX_HEADER_LEN];
-        hdr[..reply::MIN_HEADER_LEN]
-            .copy_from_slice(rd.take(sock, reply::MIN_HEADER_LEN).map_err(short)?);
-        let len = reply::header_len(&hdr, self.style).map_err(proto)?;
-        hdr[reply::MIN_HEADER_LEN..len]
-            .copy_from_slice(rd.take(sock, len - reply::MIN_HEADER_LEN).map_err(short)?);
-        let h = reply::parse_header(&hdr[..len], self.style).map_err(proto)?;
-        let cookie = h.cookie();
-        let Some(p) = lock(&self.registry).in_flight.remove(&cookie) else {
-            return Err(format!("reply with unknown cookie {cookie:#x}"));
-        };
-        let p = taken.insert(p);
-        let mut next = p.reply.header(&h).map_err(proto)?;
-        let mut large = false;
-        loop {
-            match next {
-                Next::Header => break,
-                Next::Done => {
-                    if let Some(p) = taken.take() {
-                        p.finish();
-                    }
-                    break;
-                }
-                Next::Payload(n) => {
-                    // Bounded by the reply checker (at most a block status
-                    // list or an error message).
-                    rd.scratch.resize(n, 0);
-                    let mut scratch = std::mem::take(&mut rd.scratch);
-                    let got = rd.read_into(sock, &mut scratch);
-                    rd.scratch = scratch;
-                    got.map_err(short)?;
-                    let Pending {
-                        reply,
-                        buf,
-                        extents,
-                        message,
-                        ..
-                    } = &mut *p;
-                    let mut sink = Sink {
-                        buf: *buf,
-                        extents,
-                        message,
-                        bad: false,
-                    };
-                    next = reply.payload(&rd.scratch, &mut sink).map_err(proto)?;
-                    if sink.bad {
-                        return Err("hole chunk outside the read buffer".into());
-                    }
-                }
-                Next::Data { at, len, last } => {
-                    // SAFETY: the buffer's owner waits in `Remote::call`
-                    // until this request is completed (after this write).
-                    let dst = p.buf.and_then(|b| unsafe { b.slice(at, len) });
-                    let Some(dst) = dst else {
-                        return Err("read data outside the read buffer".into());
-                    };
-                    rd.read_into(sock, dst).map_err(short)?;
-                    large |= len >= LARGE_DATA;
-                    next = if last { Next::Done } else { Next::Header };
-                }
-            }
-        }
-        // More chunks to come: back into the registry.
-        if let Some(p) = taken.take() {
-            let mut r = lock(&self.registry);
-            if r.dead {
-                drop(r);
-                p.complete(Err(Error::new(Errno::EIO)));
-            } else {
-                r.in_flight.insert(cookie, p);
-            }
-        }
-        // After a large READ the next reply is probably one too: read
-        // little ahead, so that its data is not copied through the buffer.
-        rd.ahead = if large { READ_AHEAD_SMALL } else { READ_BUFFER };
-        Ok(())
     }
 }
 
 /// A connection in transmission.
 pub(super) struct Remote {
     inner: Arc<Inner>,
+    reader: Option<JoinHandle<()>>,
     child: Option<Child>,
     /// What the export is.
     pub(super) info: Info,
@@ -628,14 +481,19 @@ impl Remote {
             sock: n.sock,
             write_lock: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
-            input: Mutex::new(Input::new()),
             next_cookie: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             style: ReplyStyle::of(&negotiated),
             base_allocation: negotiated.base_allocation,
         });
+        let r = inner.clone();
+        let reader = std::thread::Builder::new()
+            .name("nbd-reader".into())
+            .spawn(move || reader_thread(&r))
+            .map_err(|e| Error::msg(Errno::EIO, format!("cannot start the reader thread: {e}")))?;
         Ok(Remote {
             inner,
+            reader: Some(reader),
             child: n.child,
             info,
         })
@@ -661,7 +519,6 @@ impl Remote {
         let cookie = inner.next_cookie.fetch_add(1, Ordering::Relaxed);
         let waiter = Arc::new(Waiter {
             thread: std::thread::current(),
-            sent: AtomicBool::new(false),
             done: AtomicBool::new(false),
             outcome: Mutex::new(None),
         });
@@ -689,7 +546,7 @@ impl Remote {
             if r.dead {
                 return Err(Error::new(Errno::EIO));
             }
-            r.in_flight.insert(cookie, pending);
+            r.inbox.push((cookie, pending));
         }
         let header = RequestHeader {
             flags,
@@ -712,31 +569,13 @@ impl Remote {
             }
         };
         if let Err(e) = sent {
-            // Whoever reads next finds the connection closed and fails
-            // this request and every other.
+            // The reader wakes up, fails this request and every other.
             if !inner.closing.load(Ordering::Relaxed) {
                 log::debug(Some("nbd"), format_args!("send: {}", io_message(&e)));
             }
             let _ = inner.sock.shutdown(std::net::Shutdown::Both);
         }
-        // Read replies while nobody else does; sleep while someone does.
-        waiter.sent.store(true, Ordering::Release);
-        while !waiter.is_done() {
-            let input = match inner.input.try_lock() {
-                Ok(g) => Some(g),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            match input {
-                Some(mut input) => {
-                    inner.lead(&mut input, &waiter);
-                    drop(input);
-                    inner.pass_on();
-                }
-                None => std::thread::park(),
-            }
-        }
-        let outcome = waiter.take();
+        let outcome = waiter.wait();
         outcome.result.map(|()| outcome.extents)
     }
 }
@@ -765,12 +604,15 @@ impl Drop for Remote {
             let _ = (&inner.sock).write_all(&h[..n]);
         }
         let _ = inner.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         // Then the server command, if there is one, is stopped.
         self.child.take();
     }
 }
 
-/// The sink for one request's chunk payloads.
+/// The reader's sink for one request's chunk payloads.
 struct Sink<'a> {
     buf: Option<RawBuf>,
     extents: &'a mut Vec<(u64, u64, u32)>,
@@ -796,36 +638,33 @@ impl ReplySink for Sink<'_> {
     }
 }
 
-/// The reading side of a connection: a buffer for headers and small
-/// replies, bypassed by READ data, which goes from the socket straight
-/// into the caller's buffer once what was read ahead is used up.
-struct Input {
+fn reader_thread(inner: &Inner) {
+    let mut map: HashMap<u64, Pending> = HashMap::new();
+    let why = match read_replies(inner, &mut map) {
+        Ok(()) => "the server closed the connection".to_string(),
+        Err(e) => e,
+    };
+    inner.die(&why, &mut map);
+}
+
+/// The reader's input: a buffer for headers and small replies, bypassed
+/// by READ data, which goes from the socket straight into the caller's
+/// buffer once what was read ahead is used up.
+struct Input<'a> {
+    sock: &'a Socket,
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// How much one read may fetch beyond what is needed.
     ahead: usize,
-    /// Small chunk payloads.
-    scratch: Vec<u8>,
 }
 
-impl Input {
-    fn new() -> Input {
-        Input {
-            buf: vec![0u8; READ_BUFFER],
-            start: 0,
-            end: 0,
-            ahead: READ_BUFFER,
-            scratch: Vec::new(),
-        }
-    }
-
+impl Input<'_> {
     fn buffered(&self) -> usize {
         self.end - self.start
     }
 
     /// Read once into the buffer; `Ok(0)` at the end of the stream.
-    fn fill(&mut self, sock: &Socket) -> io::Result<usize> {
+    fn fill(&mut self) -> io::Result<usize> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -836,7 +675,7 @@ impl Input {
         }
         let limit = (self.end + self.ahead).min(self.buf.len());
         loop {
-            match (&*sock).read(&mut self.buf[self.end..limit]) {
+            match (&*self.sock).read(&mut self.buf[self.end..limit]) {
                 Ok(n) => {
                     self.end += n;
                     return Ok(n);
@@ -848,15 +687,16 @@ impl Input {
     }
 
     /// The next `n` bytes (at most the buffer's size).
-    fn take(&mut self, sock: &Socket, n: usize) -> io::Result<&[u8]> {
+    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
         while self.buffered() < n {
             if self.buf.len() - self.start < n {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
             }
-            self.ahead = self.ahead.max(n - self.buffered());
-            if self.fill(sock)? == 0 {
+            let want = n - self.buffered();
+            self.ahead = self.ahead.max(want);
+            if self.fill()? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -866,13 +706,13 @@ impl Input {
     }
 
     /// Fill `dst`: what is buffered, then straight from the socket.
-    fn read_into(&mut self, sock: &Socket, dst: &mut [u8]) -> io::Result<()> {
+    fn read_into(&mut self, dst: &mut [u8]) -> io::Result<()> {
         let n = self.buffered().min(dst.len());
         dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
         let mut rest = &mut dst[n..];
         while !rest.is_empty() {
-            match (&*sock).read(rest) {
+            match (&*self.sock).read(rest) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(k) => rest = &mut rest[k..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -881,4 +721,107 @@ impl Input {
         }
         Ok(())
     }
+}
+
+/// Read replies until the connection ends; the error says why it did.
+fn read_replies(inner: &Inner, map: &mut HashMap<u64, Pending>) -> std::result::Result<(), String> {
+    let mut rd = Input {
+        sock: &inner.sock,
+        buf: vec![0u8; READ_BUFFER],
+        start: 0,
+        end: 0,
+        ahead: READ_BUFFER,
+    };
+    let mut hdr = [0u8; reply::MAX_HEADER_LEN];
+    let mut scratch: Vec<u8> = Vec::new();
+    let style = inner.style;
+    let proto = |e: reply::ProtocolError| e.to_string();
+    let short = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection in the middle of a reply".to_string()
+        }
+        _ => format!("recv: {}", io_message(&e)),
+    };
+    loop {
+        // A clean end is one between replies.
+        if rd.buffered() == 0 && rd.fill().map_err(short)? == 0 {
+            return Ok(());
+        }
+        hdr[..reply::MIN_HEADER_LEN]
+            .copy_from_slice(rd.take(reply::MIN_HEADER_LEN).map_err(short)?);
+        let len = reply::header_len(&hdr, style).map_err(proto)?;
+        hdr[reply::MIN_HEADER_LEN..len]
+            .copy_from_slice(rd.take(len - reply::MIN_HEADER_LEN).map_err(short)?);
+        let h = reply::parse_header(&hdr[..len], style).map_err(proto)?;
+        let cookie = h.cookie();
+        if !map.contains_key(&cookie) {
+            let inbox = std::mem::take(&mut lock(&inner.registry).inbox);
+            map.extend(inbox);
+        }
+        let Some(p) = map.get_mut(&cookie) else {
+            return Err(format!("reply with unknown cookie {cookie:#x}"));
+        };
+        let mut next = p.reply.header(&h).map_err(proto)?;
+        let mut large = false;
+        loop {
+            match next {
+                Next::Header => break,
+                Next::Done => {
+                    if let Some(p) = map.remove(&cookie) {
+                        finish(p);
+                    }
+                    break;
+                }
+                Next::Payload(n) => {
+                    // Bounded by the reply checker (at most a block status
+                    // list or an error message).
+                    scratch.resize(n, 0);
+                    rd.read_into(&mut scratch).map_err(short)?;
+                    let Pending {
+                        reply,
+                        buf,
+                        extents,
+                        message,
+                        ..
+                    } = &mut *p;
+                    let mut sink = Sink {
+                        buf: *buf,
+                        extents,
+                        message,
+                        bad: false,
+                    };
+                    next = reply.payload(&scratch, &mut sink).map_err(proto)?;
+                    if sink.bad {
+                        return Err("hole chunk outside the read buffer".into());
+                    }
+                }
+                Next::Data { at, len, last } => {
+                    // SAFETY: the buffer's owner waits in `Remote::call`
+                    // until this request is completed below or by `die`.
+                    let dst = p.buf.and_then(|b| unsafe { b.slice(at, len) });
+                    let Some(dst) = dst else {
+                        return Err("read data outside the read buffer".into());
+                    };
+                    rd.read_into(dst).map_err(short)?;
+                    large |= len >= LARGE_DATA;
+                    next = if last { Next::Done } else { Next::Header };
+                }
+            }
+        }
+        // After a large READ the next reply is probably one too: read
+        // little ahead, so that its data is not copied through the buffer.
+        rd.ahead = if large { READ_AHEAD_SMALL } else { READ_BUFFER };
+    }
+}
+
+/// A request's reply is complete.
+fn finish(p: Pending) {
+    let result = p.reply.result().map_err(|e| {
+        let errno = reply::errno_of(e);
+        match p.message.as_deref() {
+            Some(m) => Error::msg(errno, format!("the remote server said: {m}")),
+            None => Error::new(errno),
+        }
+    });
+    p.complete(result);
 }
