@@ -94,8 +94,11 @@ use crate::wire::handshake::{
 };
 use crate::wire::WireError;
 
+mod outbox;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use outbox::Outbox;
 
 /// The TLS policy of the server (`--tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,16 +308,14 @@ pub struct Server {
     meta_base_allocation: bool,
     meta_export: Name,
     negotiated: Negotiated,
-    out: [u8; OUT_CAP],
-    out_start: usize,
-    out_end: usize,
+    out: Outbox<OUT_CAP>,
 }
 
 impl core::fmt::Debug for Server {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Server")
             .field("state", &self.state)
-            .field("pending_output", &(self.out_end - self.out_start))
+            .field("pending_output", &self.out.pending().len())
             .finish()
     }
 }
@@ -365,9 +366,7 @@ impl Server {
                 bytes: [0; MAX_STRING],
             },
             negotiated: Negotiated::default(),
-            out: [0; OUT_CAP],
-            out_start: 0,
-            out_end: 0,
+            out: Outbox::new(),
         };
         if !config.oldstyle {
             say!("newstyle negotiation: flags: global {gflags:#x}");
@@ -380,28 +379,17 @@ impl Server {
 
     /// Copy pending output into `buf`; returns the number of bytes copied.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> usize {
-        let n = (self.out_end - self.out_start).min(buf.len());
-        buf[..n].copy_from_slice(&self.out[self.out_start..self.out_start + n]);
-        self.out_start += n;
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-        }
-        n
+        self.out.take_into(buf)
     }
 
     /// The output not yet taken.
     pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_start..self.out_end]
+        self.out.pending()
     }
 
     /// Mark `n` bytes of [`pending_output`](Self::pending_output) as sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_start = (self.out_start + n).min(self.out_end);
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-        }
+        self.out.consume(n);
     }
 
     /// True once negotiation is over and transmission starts.
@@ -449,21 +437,11 @@ impl Server {
     }
 
     fn push(&mut self, b: &[u8]) -> bool {
-        if self.out_start > 0 && self.out_end + b.len() > OUT_CAP {
-            self.out.copy_within(self.out_start..self.out_end, 0);
-            self.out_end -= self.out_start;
-            self.out_start = 0;
-        }
-        if self.out_end + b.len() > OUT_CAP {
-            return false;
-        }
-        self.out[self.out_end..self.out_end + b.len()].copy_from_slice(b);
-        self.out_end += b.len();
-        true
+        self.out.push(b)
     }
 
     fn space(&self) -> usize {
-        OUT_CAP - (self.out_end - self.out_start)
+        self.out.space()
     }
 
     fn reply(&mut self, option: u32, reply_type: u32, payload: &[&[u8]]) -> bool {
