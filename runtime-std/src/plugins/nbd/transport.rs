@@ -59,6 +59,9 @@ pub(super) fn connect(target: &Target, deadline: Instant) -> Result<Connected, S
             s
         }
         Target::Tcp { host, port } => connect_tcp(host, port, deadline)?,
+        #[cfg(not(target_os = "linux"))]
+        Target::Vsock { .. } => return Err("vsock is not supported on this platform".into()),
+        #[cfg(target_os = "linux")]
         Target::Vsock { cid, port } => {
             let s = Socket::new(Domain::VSOCK, Type::STREAM, None)
                 .map_err(|e| format!("socket: AF_VSOCK: {}", io_message(&e)))?;
