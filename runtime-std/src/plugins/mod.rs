@@ -16,6 +16,7 @@ pub mod partitioning;
 pub mod sh;
 pub mod split;
 pub mod tmpdisk;
+pub mod vddk;
 
 use nbdkit_core::backend::Plugin;
 
@@ -34,6 +35,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "iso" => Box::new(iso::Iso::default()),
         "nbd" => Box::new(nbd::Nbd::default()),
         "tmpdisk" => Box::new(tmpdisk::TmpDisk::default()),
+        "vddk" => Box::new(vddk::Vddk::default()),
         "ondemand" => Box::new(ondemand::OnDemand::default()),
         "data" => Box::new(data::Data::default()),
         "example2" => Box::new(example2::Example2::default()),
