@@ -51,6 +51,9 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    podman           # podman pull/save of the cdi plugin (plugin_cdi, local oci: images only)
+    skopeo           # the cdi plugin's fallback without podman (plugin_cdi)
+    jq               # picks the cdi plugin's layer from the manifest (plugin_cdi)
 )
 
 missing=()

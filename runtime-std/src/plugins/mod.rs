@@ -1,6 +1,7 @@
 //! Plugins that need the operating system.
 
 pub mod cc;
+pub mod cdi;
 pub mod data;
 pub mod example2;
 pub mod example3;
@@ -25,6 +26,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {
         "file" => Box::new(file::File::default()),
         "cc" => Box::new(cc::Cc::default()),
+        "cdi" => Box::new(cdi::Cdi::default()),
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),
