@@ -54,6 +54,8 @@ packages=(
     podman           # podman pull/save of the cdi plugin (plugin_cdi, local oci: images only)
     skopeo           # the cdi plugin's fallback without podman (plugin_cdi)
     jq               # picks the cdi plugin's layer from the manifest (plugin_cdi)
+    libtorrent-rasterbar-dev # the torrent plugin's BitTorrent engine (plugins/torrent)
+    python3-libtorrent # the loopback seeder of the torrent plugin's tests (plugin_torrent)
 )
 
 missing=()
@@ -76,6 +78,9 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The torrent plugin (libtorrent-rasterbar through a C++ shim; built without
+# it, it only refuses to start, naming the package).
+cargo build --release -p nbdkit-torrent-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
