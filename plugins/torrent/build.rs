@@ -12,7 +12,9 @@ fn main() {
     {
         Ok(lib) => {
             let mut b = cc::Build::new();
-            b.cpp(true).file("src/shim.cpp").flag_if_supported("-std=c++17");
+            b.cpp(true)
+                .file("src/shim.cpp")
+                .flag_if_supported("-std=c++17");
             for p in &lib.include_paths {
                 b.include(p);
             }

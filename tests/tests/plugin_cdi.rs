@@ -138,7 +138,11 @@ fn cdi_podman_layers() {
     assert!(out.success(), "{}", out.describe());
     assert_bytes_eq("layer 0", &data.unwrap(), &layers[0]);
 
-    let (out, data) = serve_copy(tmp.path(), None, &["cdi", &format!("name={name}"), "layer=1"]);
+    let (out, data) = serve_copy(
+        tmp.path(),
+        None,
+        &["cdi", &format!("name={name}"), "layer=1"],
+    );
     assert!(out.success(), "{}", out.describe());
     assert_bytes_eq("layer 1", &data.unwrap(), &layers[1]);
 
@@ -187,7 +191,10 @@ fn cdi_skopeo_without_podman() {
     assert!(out.success(), "{}", out.describe());
     assert_bytes_eq("layer -1", &data.unwrap(), &layers[1]);
     let (out, _) = serve_copy(tmp.path(), Some(&bin), &["cdi", &name, "layer=-3"]);
-    assert_one_error(&out, "skopeo: command failed with exit code 1: cdi: could not extract layer");
+    assert_one_error(
+        &out,
+        "skopeo: command failed with exit code 1: cdi: could not extract layer",
+    );
 }
 
 #[test]
@@ -232,7 +239,11 @@ fn cdi_dump_plugin_and_help() {
         "has_can_cache=1",
         "has_pread=1",
     ] {
-        assert!(out.stdout.lines().any(|l| l == line), "{line}: {}", out.stdout);
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            out.stdout
+        );
     }
     assert!(
         !out.stdout.contains("nbdkit-cdi-plugin.so"),

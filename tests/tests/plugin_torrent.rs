@@ -234,7 +234,10 @@ fn torrent_bad_parameters() {
         "downloading torrent files from URLs not yet implemented",
     );
     one_error(&["/nonexistent.torrent"], "realpath: /nonexistent.torrent");
-    one_error(&["connections-limit=lots", "x"], "connections-limit: could not parse number");
+    one_error(
+        &["connections-limit=lots", "x"],
+        "connections-limit: could not parse number",
+    );
     one_error(&["network-discovery=maybe"], "could not decipher boolean");
     one_error(&["nosuch=1"], "unknown parameter 'nosuch'");
 }
@@ -251,7 +254,9 @@ fn torrent_dump_plugin_like_nbdkit() {
         ours.stdout
     );
     let help = run(nbdkit_cmd().args(["torrent", "--help"]), CMD_TIMEOUT).assert_success();
-    assert!(help.stdout.contains("torrent=<TORRENT>   (required) Torrent or magnet link."));
+    assert!(help
+        .stdout
+        .contains("torrent=<TORRENT>   (required) Torrent or magnet link."));
     let reference = Path::new("/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-torrent-plugin.so");
     if !have_reference() || !reference.exists() {
         println!("SKIP: the reference nbdkit torrent plugin is not installed");

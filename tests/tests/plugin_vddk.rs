@@ -144,16 +144,14 @@ fn vddk_readonly_and_extents() {
     // 1 MiB of zeroes, 128 KiB of data, zeroes to 4 MiB (chunks are 64 KiB).
     let disk = tmp.join("disk.img");
     let mut want = vec![0u8; SIZE];
-    for (i, b) in want[1 << 20..(1 << 20) + (128 << 10)].iter_mut().enumerate() {
+    for (i, b) in want[1 << 20..(1 << 20) + (128 << 10)]
+        .iter_mut()
+        .enumerate()
+    {
         *b = (i % 251) as u8 + 1;
     }
     fs::write(&disk, &want).unwrap();
-    let mut srv = Server::start([
-        "-r",
-        "vddk",
-        &arg("libdir", &libdir),
-        &arg("file", &disk),
-    ]);
+    let mut srv = Server::start(["-r", "vddk", &arg("libdir", &libdir), &arg("file", &disk)]);
     let out = run_tool("nbdinfo", ["--map", &srv.uri()]).assert_success();
     let map: Vec<Vec<&str>> = out
         .stdout
@@ -191,7 +189,10 @@ fn vddk_readonly_and_extents() {
         log.contains(&format!("Open {} flags=4", path_str(&disk))),
         "{log}"
     );
-    assert!(log.contains("QueryAllocatedBlocks 0 128 128"), "probe: {log}");
+    assert!(
+        log.contains("QueryAllocatedBlocks 0 128 128"),
+        "probe: {log}"
+    );
     assert_eq!(fs::read(&disk).unwrap(), want);
 }
 
@@ -389,7 +390,10 @@ fn vddk_missing_library_is_one_error_line() {
 
 #[test]
 fn vddk_bad_parameters() {
-    one_error(&["libdir=/"], "you must supply the file=<FILENAME> parameter");
+    one_error(
+        &["libdir=/"],
+        "you must supply the file=<FILENAME> parameter",
+    );
     one_error(
         &["server=esxi", "user=root", "/x.vmdk"],
         "remote connection requested, missing parameter: password",
@@ -398,7 +402,10 @@ fn vddk_bad_parameters() {
         &["server=esxi", "user=root", "password=x", "/x.vmdk"],
         "remote connection requested, missing parameter: vm",
     );
-    one_error(&["compression=lz4", "/x.vmdk"], "unknown compression type: lz4");
+    one_error(
+        &["compression=lz4", "/x.vmdk"],
+        "unknown compression type: lz4",
+    );
     one_error(&["create=true", "/x.vmdk"], "create-size");
     one_error(
         &["create=true", "create-size=1000", "/x.vmdk"],
@@ -419,11 +426,23 @@ fn vddk_dump_plugin() {
     )
     .assert_success();
     assert!(out.stdout.contains("name=vddk\n"), "{}", out.stdout);
-    assert!(out.stdout.contains("vddk_default_libdir="), "{}", out.stdout);
-    assert!(out.stdout.contains("vddk_has_nfchostport=1\n"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("vddk_default_libdir="),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("vddk_has_nfchostport=1\n"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("thread_model=serialize_requests\n"));
     assert!(out.stdout.contains("magic_config_key=file\n"));
-    assert!(!out.stdout.contains("vddk_library_version"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("vddk_library_version"),
+        "{}",
+        out.stdout
+    );
 
     let Some(libdir) = stub_libdir(tmp.path(), 7, true) else {
         return;
@@ -443,9 +462,17 @@ fn vddk_dump_plugin() {
         "has_extents=1".into(),
         "has_after_fork=1".into(),
     ] {
-        assert!(out.stdout.lines().any(|l| l == line), "{line}: {}", out.stdout);
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            out.stdout
+        );
     }
-    assert!(!out.stdout.contains("VixDiskLib_ReadAsync"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("VixDiskLib_ReadAsync"),
+        "{}",
+        out.stdout
+    );
 
     let out = run(nbdkit_cmd().args(["vddk", "--help"]), CMD_TIMEOUT).assert_success();
     assert!(out.stdout.contains("[file=]<FILENAME>"), "{}", out.stdout);
@@ -473,7 +500,10 @@ fn vddk_debug_flags() {
         srv.stderr()
     };
     let plain = serve(&[]);
-    assert!(plain.contains("VixDiskLib_Read: handle, 0 sectors"), "{plain}");
+    assert!(
+        plain.contains("VixDiskLib_Read: handle, 0 sectors"),
+        "{plain}"
+    );
     assert!(plain.contains("VixDiskLib_Open: connection"), "{plain}");
     assert!(
         plain.contains("stub VDDK says hello to nbdkit number 42"),
@@ -493,12 +523,18 @@ fn vddk_debug_flags() {
     ]);
     assert!(!quiet.contains("VixDiskLib_Read:"), "{quiet}");
     assert!(quiet.contains("VixDiskLib_Open: connection"), "{quiet}");
-    assert!(quiet.contains("VDDK function stats (-D vddk.stats=1):"), "{quiet}");
+    assert!(
+        quiet.contains("VDDK function stats (-D vddk.stats=1):"),
+        "{quiet}"
+    );
     let read_row = quiet
         .lines()
         .find(|l| l.split_whitespace().any(|w| w == "Read"))
         .unwrap_or_else(|| panic!("no Read row: {quiet}"));
     assert!(read_row.trim_end().ends_with("1048576"), "{read_row}");
-    assert!(quiet.contains("disk info: capacity: 2048 sectors (1048576 bytes)"), "{quiet}");
+    assert!(
+        quiet.contains("disk info: capacity: 2048 sectors (1048576 bytes)"),
+        "{quiet}"
+    );
     assert!(quiet.contains("disk info: uuid: stub-uuid"), "{quiet}");
 }

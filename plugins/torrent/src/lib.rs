@@ -31,12 +31,12 @@
 use nbdkit_plugin_abi as abi;
 
 use core::ffi::{c_char, c_int, c_void};
+use core::time::Duration;
 use std::ffi::CStr;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
 
 use abi::H;
 
@@ -54,7 +54,11 @@ mod lt {
         pub(crate) fn tt_set_int(t: *mut Tt, name: *const c_char, v: c_int) -> c_int;
         pub(crate) fn tt_set_str(t: *mut Tt, name: *const c_char, v: *const c_char) -> c_int;
         pub(crate) fn tt_set_bool(t: *mut Tt, name: *const c_char, v: c_int) -> c_int;
-        pub(crate) fn tt_torrent_file(t: *mut Tt, path: *const c_char, err: *mut *mut c_char) -> c_int;
+        pub(crate) fn tt_torrent_file(
+            t: *mut Tt,
+            path: *const c_char,
+            err: *mut *mut c_char,
+        ) -> c_int;
         pub(crate) fn tt_magnet(t: *mut Tt, uri: *const c_char, err: *mut *mut c_char) -> c_int;
         pub(crate) fn tt_save_path(t: *mut Tt, dir: *const c_char);
         pub(crate) fn tt_start(t: *mut Tt, err: *mut *mut c_char) -> c_int;
@@ -561,7 +565,13 @@ unsafe extern "C" fn tr_get_size(h: H) -> i64 {
     c.size as i64
 }
 
-unsafe extern "C" fn tr_pread(h: H, buf: *mut c_void, count: u32, offset: u64, _flags: u32) -> c_int {
+unsafe extern "C" fn tr_pread(
+    h: H,
+    buf: *mut c_void,
+    count: u32,
+    offset: u64,
+    _flags: u32,
+) -> c_int {
     // SAFETY: a handle from tr_open; buf holds count bytes.
     let (c, buf) = unsafe {
         (
@@ -588,7 +598,11 @@ fn pread(c: &Conn, buf: &mut [u8], offset: u64) -> Result<(), String> {
         let want = c_int::try_from(buf.len() - done).unwrap_or(c_int::MAX);
         let (mut piece, mut start, mut count) = (0, 0, 0);
         // SAFETY: the metadata is there; index is the file's.
-        if unsafe { lt::tt_map(tt, c.index, off as i64, want, &mut piece, &mut start, &mut count) } != 0
+        if unsafe {
+            lt::tt_map(
+                tt, c.index, off as i64, want, &mut piece, &mut start, &mut count,
+            )
+        } != 0
             || count <= 0
         {
             abi::set_error(libc::EIO);

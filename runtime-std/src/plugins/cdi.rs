@@ -99,8 +99,9 @@ fn shell_quote(s: &str) -> String {
 fn in_path(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path).any(|d| {
-        std::fs::metadata(d.join(tool))
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+        std::fs::metadata(d.join(tool)).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
     })
 }
 
@@ -289,7 +290,12 @@ impl Handle for Layer {
         // The server reads to populate the page cache.
         Ok(Support::Emulate)
     }
-    fn pread(&self, buf: &mut [u8], offset: u64, _flags: nbdkit_core::backend::Flags) -> Result<()> {
+    fn pread(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        _flags: nbdkit_core::backend::Flags,
+    ) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -313,7 +319,10 @@ mod test {
     fn skopeo_sources() {
         assert_eq!(skopeo_source("oci:/tmp/x:latest"), "oci:/tmp/x:latest");
         assert_eq!(skopeo_source("docker://a/b"), "docker://a/b");
-        assert_eq!(skopeo_source("kubevirt/fedora:35"), "docker://kubevirt/fedora:35");
+        assert_eq!(
+            skopeo_source("kubevirt/fedora:35"),
+            "docker://kubevirt/fedora:35"
+        );
         assert_eq!(skopeo_source("quay.io:443/a/b"), "docker://quay.io:443/a/b");
     }
 

@@ -226,7 +226,11 @@ impl Library {
         ))
     }
 
-    fn resolve(lib: libloading::Library, path: PathBuf, version: u32) -> Result<Library, LoadError> {
+    fn resolve(
+        lib: libloading::Library,
+        path: PathBuf,
+        version: u32,
+    ) -> Result<Library, LoadError> {
         let mut addrs = Vec::with_capacity(FUNCTIONS.len());
         for (name, optional) in FUNCTIONS {
             // SAFETY: only the address is taken; it is called through the
@@ -283,12 +287,13 @@ fn dl_message(e: &libloading::Error) -> String {
 /// Typed accessors: each transmutes the looked-up address to the
 /// function's C signature.
 macro_rules! vddk_fn {
-    ($name:ident, $f:ident, fn($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $f:ident, fn($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
         impl Library {
             /// Call the VDDK function of the same name.
             ///
             /// # Safety
             /// The arguments must be valid as VDDK's API requires.
+            #[allow(clippy::too_many_arguments)] // VDDK's InitEx takes 7
             pub(super) unsafe fn $name(&self, $($arg: $ty),*) -> $ret {
                 // SAFETY: the symbol has this signature in every VDDK
                 // version the plugin supports.
@@ -300,22 +305,94 @@ macro_rules! vddk_fn {
     };
 }
 
-vddk_fn!(init_ex, InitEx, fn(major: u32, minor: u32, log: Option<LogFunc>, warn: Option<LogFunc>, panic: Option<LogFunc>, libdir: *const c_char, config: *const c_char) -> VixError);
+vddk_fn!(
+    init_ex,
+    InitEx,
+    fn(
+        major: u32,
+        minor: u32,
+        log: Option<LogFunc>,
+        warn: Option<LogFunc>,
+        panic: Option<LogFunc>,
+        libdir: *const c_char,
+        config: *const c_char,
+    ) -> VixError
+);
 vddk_fn!(exit, Exit, fn() -> ());
-vddk_fn!(get_error_text, GetErrorText, fn(err: VixError, unused: *const c_char) -> *mut c_char);
+vddk_fn!(
+    get_error_text,
+    GetErrorText,
+    fn(err: VixError, unused: *const c_char) -> *mut c_char
+);
 vddk_fn!(free_error_text, FreeErrorText, fn(text: *mut c_char) -> ());
-vddk_fn!(free_connect_params, FreeConnectParams, fn(p: *mut ConnectParams) -> ());
-vddk_fn!(connect_ex, ConnectEx, fn(p: *const ConnectParams, ro: c_char, snapshot: *const c_char, transports: *const c_char, conn: *mut Connection) -> VixError);
-vddk_fn!(open, Open, fn(conn: Connection, path: *const c_char, flags: u32, h: *mut DiskHandle) -> VixError);
-vddk_fn!(get_transport_mode, GetTransportMode, fn(h: DiskHandle) -> *const c_char);
+vddk_fn!(
+    free_connect_params,
+    FreeConnectParams,
+    fn(p: *mut ConnectParams) -> ()
+);
+vddk_fn!(
+    connect_ex,
+    ConnectEx,
+    fn(
+        p: *const ConnectParams,
+        ro: c_char,
+        snapshot: *const c_char,
+        transports: *const c_char,
+        conn: *mut Connection,
+    ) -> VixError
+);
+vddk_fn!(
+    open,
+    Open,
+    fn(conn: Connection, path: *const c_char, flags: u32, h: *mut DiskHandle) -> VixError
+);
+vddk_fn!(
+    get_transport_mode,
+    GetTransportMode,
+    fn(h: DiskHandle) -> *const c_char
+);
 vddk_fn!(close, Close, fn(h: DiskHandle) -> VixError);
 vddk_fn!(disconnect, Disconnect, fn(conn: Connection) -> VixError);
-vddk_fn!(get_info, GetInfo, fn(h: DiskHandle, info: *mut *mut Info) -> VixError);
+vddk_fn!(
+    get_info,
+    GetInfo,
+    fn(h: DiskHandle, info: *mut *mut Info) -> VixError
+);
 vddk_fn!(free_info, FreeInfo, fn(info: *mut Info) -> ());
-vddk_fn!(read, Read, fn(h: DiskHandle, start: u64, n: u64, buf: *mut u8) -> VixError);
-vddk_fn!(write, Write, fn(h: DiskHandle, start: u64, n: u64, buf: *const u8) -> VixError);
-vddk_fn!(create, Create, fn(conn: Connection, path: *const c_char, p: *const CreateParams, progress: *const c_void, data: *mut c_void) -> VixError);
+vddk_fn!(
+    read,
+    Read,
+    fn(h: DiskHandle, start: u64, n: u64, buf: *mut u8) -> VixError
+);
+vddk_fn!(
+    write,
+    Write,
+    fn(h: DiskHandle, start: u64, n: u64, buf: *const u8) -> VixError
+);
+vddk_fn!(
+    create,
+    Create,
+    fn(
+        conn: Connection,
+        path: *const c_char,
+        p: *const CreateParams,
+        progress: *const c_void,
+        data: *mut c_void,
+    ) -> VixError
+);
 vddk_fn!(flush, Flush, fn(h: DiskHandle) -> VixError);
-vddk_fn!(query_allocated_blocks, QueryAllocatedBlocks, fn(h: DiskHandle, start: u64, n: u64, chunk: u64, list: *mut *mut BlockList) -> VixError);
-vddk_fn!(free_block_list, FreeBlockList, fn(list: *mut BlockList) -> VixError);
-vddk_fn!(allocate_connect_params, AllocateConnectParams, fn() -> *mut ConnectParams);
+vddk_fn!(
+    query_allocated_blocks,
+    QueryAllocatedBlocks,
+    fn(h: DiskHandle, start: u64, n: u64, chunk: u64, list: *mut *mut BlockList) -> VixError
+);
+vddk_fn!(
+    free_block_list,
+    FreeBlockList,
+    fn(list: *mut BlockList) -> VixError
+);
+vddk_fn!(
+    allocate_connect_params,
+    AllocateConnectParams,
+    fn() -> *mut ConnectParams
+);

@@ -198,9 +198,9 @@ impl Config {
             "create-hwversion" => {
                 self.create_hwversion = match lookup(HW_VERSIONS, value) {
                     Some(v) => v,
-                    None => value.parse().map_err(|_| {
-                        Error::config(format!("unknown create-hwversion: {value}"))
-                    })?,
+                    None => value
+                        .parse()
+                        .map_err(|_| Error::config(format!("unknown create-hwversion: {value}")))?,
                 }
             }
             "create-size" => {
@@ -227,8 +227,7 @@ impl Config {
             "password" => {
                 let p = crate::filters::luks::read_password(value)?;
                 self.password = Some(
-                    CString::new(p)
-                        .map_err(|_| Error::config("password: contains a NUL byte"))?,
+                    CString::new(p).map_err(|_| Error::config("password: contains a NUL byte"))?,
                 );
             }
             "port" => self.port = parse_u16("port", value)?,
@@ -343,6 +342,7 @@ struct Stat {
 }
 
 static STATS: [Stat; FUNCTIONS.len()] = {
+    #[allow(clippy::declare_interior_mutable_const)] // only copied into STATS
     const Z: Stat = Stat {
         nanos: AtomicU64::new(0),
         calls: AtomicU64::new(0),
@@ -396,7 +396,7 @@ fn display_stats() {
         })
         .filter(|r| r.2 > 0)
         .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| core::cmp::Reverse(r.1));
     debug(format_args!("VDDK function stats (-D vddk.stats=1):"));
     debug(format_args!(
         "{:<24}  {:>15} {:>5} {:>15}",
@@ -435,7 +435,9 @@ unsafe fn format_message(fmt: *const c_char, ap: *mut c_void) -> String {
         return format!("lost message: {f}");
     }
     // SAFETY: vasprintf returned a NUL-terminated string it allocated.
-    let s = unsafe { CStr::from_ptr(out) }.to_string_lossy().into_owned();
+    let s = unsafe { CStr::from_ptr(out) }
+        .to_string_lossy()
+        .into_owned();
     // SAFETY: allocated by vasprintf with malloc.
     unsafe { libc::free(out.cast()) };
     s.strip_suffix('\n').map(str::to_string).unwrap_or(s)
@@ -538,7 +540,10 @@ impl Plugin for Vddk {
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         let mut out = vec![
-            ("vddk_default_libdir".to_string(), DEFAULT_LIBDIR.to_string()),
+            (
+                "vddk_default_libdir".to_string(),
+                DEFAULT_LIBDIR.to_string(),
+            ),
             ("vddk_has_nfchostport".into(), "1".into()),
         ];
         // As nbdkit: a library that cannot be loaded is left out silently.
@@ -562,12 +567,12 @@ impl Plugin for Vddk {
             Ok(l) => l,
             Err(LoadError::NotFound(msg)) => {
                 return Err(Error::config(format!(
-                    "cannot load VMware VDDK (libvixDiskLib.so.N, proprietary, downloaded separately \
+                "cannot load VMware VDDK (libvixDiskLib.so.N, proprietary, downloaded separately \
                      from VMware): not in {}/[lib64/] nor on the library path: {msg}; \
                      set libdir=/path/to/vmware-vix-disklib-distrib \
                      (see nbdkit-vddk-plugin(1) section \"LIBRARY LOCATION\")",
-                    self.cfg.libdir().display()
-                )))
+                self.cfg.libdir().display()
+            )))
             }
             Err(LoadError::Missing(name, msg)) => {
                 return Err(Error::config(format!(
@@ -647,7 +652,11 @@ impl Plugin for Vddk {
             p.server_name = opt_ptr(&cfg.server);
             if cfg.cookie.is_none() {
                 p.cred_type = ffi::CRED_UID;
-                p.creds = [opt_ptr(&cfg.user), opt_ptr(&cfg.password), core::ptr::null()];
+                p.creds = [
+                    opt_ptr(&cfg.user),
+                    opt_ptr(&cfg.password),
+                    core::ptr::null(),
+                ];
             } else {
                 p.cred_type = ffi::CRED_SESSIONID;
                 p.creds = [
@@ -742,20 +751,24 @@ impl Plugin for Vddk {
             || unsafe { lib.open(conn.conn, file.as_ptr(), flags, &mut handle) },
         );
         if err != VIX_OK {
-            return Err(self.vix_error(
-                err,
-                &format!("VixDiskLib_Open: {}", file.to_string_lossy()),
-            ));
+            return Err(
+                self.vix_error(err, &format!("VixDiskLib_Open: {}", file.to_string_lossy()))
+            );
         }
         // SAFETY: the disk handle is open.
-        let mode = call(F::GetTransportMode, || "handle".into(), 0, || unsafe {
-            lib.get_transport_mode(handle)
-        });
+        let mode = call(
+            F::GetTransportMode,
+            || "handle".into(),
+            0,
+            || unsafe { lib.get_transport_mode(handle) },
+        );
         let mode = if mode.is_null() {
             "NULL".into()
         } else {
             // SAFETY: VDDK returns a static string.
-            unsafe { CStr::from_ptr(mode) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(mode) }
+                .to_string_lossy()
+                .into_owned()
         };
         debug(format_args!("transport mode: {mode}"));
         let connection = conn.conn;
@@ -813,9 +826,12 @@ impl Drop for ParamsBox {
             // SAFETY: the library lives in the plugin, which outlives
             // every handle; ptr came from AllocateConnectParams.
             let lib = unsafe { &*self.lib };
-            call(F::FreeConnectParams, || "params".into(), 0, || unsafe {
-                lib.free_connect_params(self.ptr)
-            });
+            call(
+                F::FreeConnectParams,
+                || "params".into(),
+                0,
+                || unsafe { lib.free_connect_params(self.ptr) },
+            );
         }
     }
 }
@@ -829,9 +845,12 @@ struct ConnGuard<'a> {
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: the connection is open and nothing uses it after this.
-        call(F::Disconnect, || "connection".into(), 0, || unsafe {
-            self.lib.disconnect(self.conn)
-        });
+        call(
+            F::Disconnect,
+            || "connection".into(),
+            0,
+            || unsafe { self.lib.disconnect(self.conn) },
+        );
     }
 }
 
@@ -907,12 +926,18 @@ impl Drop for VddkHandle {
         let _guard = plugin.open_close.lock().unwrap_or_else(|e| e.into_inner());
         let lib = plugin.lib();
         // SAFETY: the handle and connection are open and unused after this.
-        call(F::Close, || "handle".into(), 0, || unsafe {
-            lib.close(self.handle)
-        });
-        call(F::Disconnect, || "connection".into(), 0, || unsafe {
-            lib.disconnect(self.connection)
-        });
+        call(
+            F::Close,
+            || "handle".into(),
+            0,
+            || unsafe { lib.close(self.handle) },
+        );
+        call(
+            F::Disconnect,
+            || "connection".into(),
+            0,
+            || unsafe { lib.disconnect(self.connection) },
+        );
         let _ = &self.params; // freed after the disconnect
     }
 }
@@ -922,9 +947,12 @@ impl Handle for VddkHandle {
         let lib = self.lib();
         let mut info: *mut ffi::Info = core::ptr::null_mut();
         // SAFETY: the handle is open.
-        let err = call(F::GetInfo, || "handle, &info".into(), 0, || unsafe {
-            lib.get_info(self.handle, &mut info)
-        });
+        let err = call(
+            F::GetInfo,
+            || "handle, &info".into(),
+            0,
+            || unsafe { lib.get_info(self.handle, &mut info) },
+        );
         if err != VIX_OK || info.is_null() {
             return Err(self.plugin().vix_error(err, "VixDiskLib_GetInfo"));
         }
@@ -967,9 +995,12 @@ impl Handle for VddkHandle {
             }
         }
         // SAFETY: info came from GetInfo.
-        call(F::FreeInfo, || "info".into(), 0, || unsafe {
-            lib.free_info(info)
-        });
+        call(
+            F::FreeInfo,
+            || "info".into(),
+            0,
+            || unsafe { lib.free_info(info) },
+        );
         Ok(size)
     }
 
@@ -1022,9 +1053,12 @@ impl Handle for VddkHandle {
         SUPPRESS_ERRORS.with(|c| c.set(false));
         if err == VIX_OK {
             // SAFETY: list came from QueryAllocatedBlocks.
-            call(F::FreeBlockList, || "block_list".into(), 0, || unsafe {
-                lib.free_block_list(list)
-            });
+            call(
+                F::FreeBlockList,
+                || "block_list".into(),
+                0,
+                || unsafe { lib.free_block_list(list) },
+            );
             return Ok(true);
         }
         let e = self.plugin().vix_error(err, "original error");
@@ -1077,9 +1111,12 @@ impl Handle for VddkHandle {
     fn flush(&self, _flags: Flags) -> Result<()> {
         let lib = self.lib();
         // SAFETY: the handle is open.
-        let err = call(F::Flush, || "handle".into(), 0, || unsafe {
-            lib.flush(self.handle)
-        });
+        let err = call(
+            F::Flush,
+            || "handle".into(),
+            0,
+            || unsafe { lib.flush(self.handle) },
+        );
         if err != VIX_OK {
             return Err(self.plugin().vix_error(err, "VixDiskLib_Flush"));
         }
@@ -1133,9 +1170,12 @@ impl Handle for VddkHandle {
                 core::slice::from_raw_parts(first, n).to_vec()
             };
             // SAFETY: list came from QueryAllocatedBlocks.
-            call(F::FreeBlockList, || "block_list".into(), 0, || unsafe {
-                lib.free_block_list(list)
-            });
+            call(
+                F::FreeBlockList,
+                || "block_list".into(),
+                0,
+                || unsafe { lib.free_block_list(list) },
+            );
             for b in blocks {
                 let blk_offset = b.offset * SECTOR_SIZE;
                 let blk_end = blk_offset + b.length * SECTOR_SIZE;
