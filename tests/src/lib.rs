@@ -492,6 +492,18 @@ pub fn write_executable(path: &Path, text: &str) {
     );
 }
 
+/// Asserts that a command failed as nbdkit does on a bad start: exit
+/// status 1 and exactly one `nbdkit: error: ` line on stderr, containing
+/// `want`.
+#[track_caller]
+pub fn assert_one_error(out: &Output, want: &str) {
+    assert_eq!(out.code(), Some(1), "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].starts_with("nbdkit: error: "), "{}", out.stderr);
+    assert!(lines[0].contains(want), "want {want:?}: {}", out.stderr);
+}
+
 /// A path as `&str` (test paths are always UTF-8).
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")

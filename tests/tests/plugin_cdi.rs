@@ -4,8 +4,8 @@
 //! `oci:` transport: nothing reaches the network.
 
 use nbdkit_tests::{
-    assert_bytes_eq, find_tool, nbdkit_cmd, path_str, run, skip_unless, write_random_file, Output,
-    TempDir, CMD_TIMEOUT,
+    assert_bytes_eq, assert_one_error, find_tool, nbdkit_cmd, path_str, run, skip_unless,
+    write_random_file, Output, TempDir, CMD_TIMEOUT,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -116,14 +116,6 @@ fn bin_dir(tmp: &Path, tools: &[&str]) -> PathBuf {
         std::os::unix::fs::symlink(target, bin.join(t)).unwrap();
     }
     bin
-}
-
-fn assert_one_error(out: &Output, want: &str) {
-    assert_eq!(out.code(), Some(1), "{}", out.describe());
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{}", out.stderr);
-    assert!(lines[0].starts_with("nbdkit: error: "), "{}", out.stderr);
-    assert!(lines[0].contains(want), "want {want:?}: {}", out.stderr);
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! nothing leaves the machine.
 
 use nbdkit_tests::{
-    assert_bytes_eq, find_tool, have_reference, nbdkit_bin, nbdkit_cmd, path_str, run,
-    run_with_input, skip_unless, write_random_file, Output, TempDir, CMD_TIMEOUT,
+    assert_bytes_eq, assert_one_error, find_tool, have_reference, nbdkit_bin, nbdkit_cmd, path_str,
+    run, run_with_input, skip_unless, write_random_file, Output, TempDir, CMD_TIMEOUT,
 };
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -211,11 +211,7 @@ fn torrent_magnet_file_and_cache() {
 
 fn one_error(args: &[&str], want: &str) {
     let out = run_with_input(nbdkit_cmd().arg("torrent").args(args), None, CMD_TIMEOUT);
-    assert_eq!(out.code(), Some(1), "{}", out.describe());
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{}", out.stderr);
-    assert!(lines[0].starts_with("nbdkit: error: "), "{}", out.stderr);
-    assert!(lines[0].contains(want), "want {want:?}: {}", out.stderr);
+    assert_one_error(&out, want);
 }
 
 #[test]

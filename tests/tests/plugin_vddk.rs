@@ -6,8 +6,8 @@
 //! nbdcopy and qemu-img) and what the plugin passed to VDDK.
 
 use nbdkit_tests::{
-    assert_bytes_eq, nbdkit_cmd, path_str, run, run_tool, skip_unless, write_random_file, Server,
-    TempDir, CMD_TIMEOUT,
+    assert_bytes_eq, assert_one_error, nbdkit_cmd, path_str, run, run_tool, skip_unless,
+    write_random_file, Server, TempDir, CMD_TIMEOUT,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,15 +67,19 @@ fn have_clients() -> bool {
     true
 }
 
+/// A temporary directory with the stand-in as `libvixDiskLib.so.<major>`,
+/// when gcc and the NBD clients are installed.
+fn setup(major: u32, lib64: bool) -> Option<(TempDir, PathBuf)> {
+    let tmp = TempDir::new();
+    let libdir = stub_libdir(tmp.path(), major, lib64)?;
+    have_clients().then_some((tmp, libdir))
+}
+
 #[test]
 fn vddk_reads_and_writes_byte_for_byte() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 6, false) else {
+    let Some((tmp, libdir)) = setup(6, false) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     let disk = tmp.join("disk.img");
     let want = write_random_file(&disk, SIZE, 13);
     let mut srv = Server::start(["vddk", &arg("libdir", &libdir), path_str(&disk)]);
@@ -134,13 +138,9 @@ fn vddk_reads_and_writes_byte_for_byte() {
 
 #[test]
 fn vddk_readonly_and_extents() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 7, true) else {
+    let Some((tmp, libdir)) = setup(7, true) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     // 1 MiB of zeroes, 128 KiB of data, zeroes to 4 MiB (chunks are 64 KiB).
     let disk = tmp.join("disk.img");
     let mut want = vec![0u8; SIZE];
@@ -198,13 +198,9 @@ fn vddk_readonly_and_extents() {
 
 #[test]
 fn vddk_single_link_holes_are_not_zero() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 8, false) else {
+    let Some((tmp, libdir)) = setup(8, false) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     let disk = tmp.join("disk.img");
     fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let srv = Server::start([
@@ -221,13 +217,9 @@ fn vddk_single_link_holes_are_not_zero() {
 
 #[test]
 fn vddk_remote_parameters_reach_vddk() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 6, false) else {
+    let Some((tmp, libdir)) = setup(6, false) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     let disk = tmp.join("disk.img");
     let want = write_random_file(&disk, 1 << 20, 5);
     fs::write(libdir.join("disk-map"), format!("{}\n", path_str(&disk))).unwrap();
@@ -304,13 +296,9 @@ fn vddk_remote_parameters_reach_vddk() {
 
 #[test]
 fn vddk_create() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 6, false) else {
+    let Some((tmp, libdir)) = setup(6, false) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     let disk = tmp.join("new.vmdk");
     let src = tmp.join("src.raw");
     let want = write_random_file(&src, 1 << 20, 77);
@@ -363,11 +351,7 @@ fn vddk_create() {
 /// Runs `nbdkit vddk ARGS` expecting one error line and status 1.
 fn one_error(args: &[&str], want: &str) {
     let out = run(nbdkit_cmd().arg("vddk").args(args), CMD_TIMEOUT);
-    assert_eq!(out.code(), Some(1), "{}", out.describe());
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{}", out.stderr);
-    assert!(lines[0].starts_with("nbdkit: error: "), "{}", out.stderr);
-    assert!(lines[0].contains(want), "want {want:?}: {}", out.stderr);
+    assert_one_error(&out, want);
 }
 
 #[test]
@@ -480,13 +464,9 @@ fn vddk_dump_plugin() {
 
 #[test]
 fn vddk_debug_flags() {
-    let tmp = TempDir::new();
-    let Some(libdir) = stub_libdir(tmp.path(), 6, false) else {
+    let Some((tmp, libdir)) = setup(6, false) else {
         return;
     };
-    if !have_clients() {
-        return;
-    }
     let disk = tmp.join("disk.img");
     write_random_file(&disk, 1 << 20, 3);
     let copy = tmp.join("copy.raw");
