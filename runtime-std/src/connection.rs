@@ -7,7 +7,9 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel};
+use nbdkit_core::backend::{
+    Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
+};
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
 use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
 use nbdkit_core::wire::consts::*;
@@ -529,7 +531,10 @@ async fn handshake<S: Transport>(
     let mut hs = handshake::Server::new(shared.handshake);
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
-    let mut default_export: Option<String> = None;
+    // What each layer answered to default_export: nbdkit asks each at
+    // most once per connection (INFO then GO ask the plugin only once),
+    // and forgets the answers at STARTTLS.
+    let mut defaults = Arc::new(DefaultExports::default());
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let out = hs.pending_output();
@@ -578,8 +583,9 @@ async fn handshake<S: Transport>(
             Some(Event::ListExports) => {
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let d = defaults.clone();
                 let list = shared
-                    .call(move |s| s.stack.list_exports(readonly, is_tls))
+                    .call(move |s| s.stack.list_exports_in(readonly, is_tls, &d))
                     .await;
                 let ok = match list {
                     Ok(exports) => {
@@ -614,51 +620,41 @@ async fn handshake<S: Transport>(
                 name: export,
                 info_only,
             }) => {
-                // The default export is resolved once per connection, as
-                // nbdkit does (INFO then GO ask the plugin only once).
-                let asked_default = export.is_empty();
-                let cached = if asked_default {
-                    default_export.clone()
-                } else {
-                    None
-                };
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let peer = peer.clone();
+                let d = defaults.clone();
                 let opened = shared
                     .call(
                         move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
-                            let canonical = if let Some(name) = cached {
-                                name
-                            } else if export.is_empty() {
-                                match s.stack.default_export(readonly, is_tls)? {
-                                    Some(n) => n,
-                                    None => {
-                                        return Err(nbdkit_core::backend::Error::msg(
+                            let canonical = if export.is_empty() {
+                                s.stack
+                                    .default_export_in(readonly, is_tls, &d)?
+                                    .ok_or_else(|| {
+                                        nbdkit_core::backend::Error::msg(
                                             nbdkit_core::errno::Errno::ENOENT,
-                                            "the default export is not available",
-                                        ))
-                                    }
-                                }
+                                            "default export (\"\") not permitted",
+                                        )
+                                    })?
                             } else {
-                                export.clone()
+                                export
                             };
-                            let ctx = s.stack.open(&OpenArgs {
-                                readonly,
-                                export_name: &canonical,
-                                is_tls,
-                                peer: &peer,
-                            })?;
+                            let ctx = s.stack.open_in(
+                                &OpenArgs {
+                                    readonly,
+                                    export_name: &canonical,
+                                    is_tls,
+                                    peer: &peer,
+                                },
+                                &d,
+                            )?;
                             Ok((ctx, canonical))
                         },
                     )
                     .await;
                 match opened {
                     Ok((c, canonical)) => {
-                        if asked_default {
-                            default_export = Some(canonical.clone());
-                        }
                         let caps = c.caps();
                         let info = ExportInfo {
                             name: &canonical,
@@ -719,6 +715,7 @@ async fn handshake<S: Transport>(
                 if hs.tls_established().is_err() {
                     return Ok(None);
                 }
+                defaults = Arc::new(DefaultExports::default());
             }
         }
         input.drain(..consumed);

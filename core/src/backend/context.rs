@@ -10,6 +10,7 @@ use super::{
     Plugin, Reopener, Result, Support, ThreadModel,
 };
 use crate::errno::Errno;
+use crate::sync::{lock, Mutex};
 
 /// The largest buffer the server allocates to emulate zero or cache.
 const EMULATION_CHUNK: u64 = 1 << 20;
@@ -380,6 +381,7 @@ struct Opener<'a> {
     index: usize,
     is_tls: bool,
     peer: &'a super::Peer,
+    defaults: &'a Arc<DefaultExports>,
     slot: Option<Context>,
 }
 
@@ -400,6 +402,7 @@ impl NextOpener for Opener<'_> {
                 is_tls: self.is_tls,
                 peer: self.peer,
             },
+            self.defaults,
         )?);
         Ok(())
     }
@@ -410,6 +413,7 @@ impl NextOpener for Opener<'_> {
             index: self.index,
             is_tls: self.is_tls,
             peer: self.peer.clone(),
+            defaults: Arc::clone(self.defaults),
         }))
     }
 }
@@ -420,6 +424,7 @@ struct StackReopener {
     index: usize,
     is_tls: bool,
     peer: super::Peer,
+    defaults: Arc<DefaultExports>,
 }
 
 impl Reopener for StackReopener {
@@ -433,6 +438,7 @@ impl Reopener for StackReopener {
                 is_tls: self.is_tls,
                 peer: &self.peer,
             },
+            &self.defaults,
         )
     }
 }
@@ -440,16 +446,29 @@ impl Reopener for StackReopener {
 struct ExportsBelow<'a> {
     stack: &'a Layers,
     index: usize,
+    defaults: &'a DefaultExports,
 }
 
 impl NextExports for ExportsBelow<'_> {
     fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
         self.stack
-            .list_exports_from(self.index, readonly, is_tls, exports)
+            .list_exports_from(self.index, readonly, is_tls, exports, self.defaults)
     }
     fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.stack.default_export_from(self.index, readonly, is_tls)
+        self.stack
+            .default_export_from(self.index, readonly, is_tls, self.defaults)
     }
+}
+
+/// The default export names that the layers of a stack gave during one
+/// connection. As nbdkit does, each layer is asked at most once per
+/// connection (until STARTTLS starts a fresh cache), and its answer both
+/// resolves `nbdkit_use_default_export` in that layer's export list and
+/// replaces the name `""` when that layer is opened.
+#[derive(Debug, Default)]
+pub struct DefaultExports {
+    // (layer index, answer); a stack has few layers.
+    answers: Mutex<Vec<(usize, Option<String>)>>,
 }
 
 impl Stack {
@@ -547,36 +566,53 @@ impl Stack {
     }
 
     /// The export list as the client sees it, with the default export
-    /// resolved to its canonical name.
+    /// resolved to its canonical name (at every layer, as nbdkit does).
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
+        self.list_exports_in(readonly, is_tls, &DefaultExports::default())
+    }
+
+    /// [`list_exports`](Self::list_exports) with the connection's answers
+    /// to `default_export`.
+    pub fn list_exports_in(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        defaults: &DefaultExports,
+    ) -> Result<Exports> {
         let mut exports = Exports::default();
         self.inner
-            .list_exports_from(0, readonly, is_tls, &mut exports)?;
-        if exports.use_default {
-            exports.use_default = false;
-            if let Some(name) = self.default_export(readonly, is_tls)? {
-                exports.list.insert(
-                    0,
-                    super::Export {
-                        name,
-                        description: None,
-                    },
-                );
-            }
-        }
+            .list_exports_from(0, readonly, is_tls, &mut exports, defaults)?;
         Ok(exports)
     }
 
     /// The canonical name of the default export, `None` if there is none.
     pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.inner.default_export_from(0, readonly, is_tls)
+        self.default_export_in(readonly, is_tls, &DefaultExports::default())
+    }
+
+    /// [`default_export`](Self::default_export), asking each layer at most
+    /// once per connection.
+    pub fn default_export_in(
+        &self,
+        readonly: bool,
+        is_tls: bool,
+        defaults: &DefaultExports,
+    ) -> Result<Option<String>> {
+        self.inner
+            .default_export_from(0, readonly, is_tls, defaults)
     }
 
     /// Open the whole stack for a connection: open runs outermost first
     /// (each filter opens the layer below), prepare and the capability
     /// queries innermost first.
     pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
-        open_layer(&self.inner, 0, args)
+        self.open_in(args, &Arc::new(DefaultExports::default()))
+    }
+
+    /// [`open`](Self::open) with the connection's answers to
+    /// `default_export`, which replace the name `""` at each layer.
+    pub fn open_in(&self, args: &OpenArgs<'_>, defaults: &Arc<DefaultExports>) -> Result<Context> {
+        open_layer(&self.inner, 0, args, defaults)
     }
 }
 
@@ -587,19 +623,30 @@ impl Layers {
         readonly: bool,
         is_tls: bool,
         exports: &mut Exports,
+        defaults: &DefaultExports,
     ) -> Result<()> {
         match self.filters.get(index) {
             Some(f) => f.list_exports(
                 &ExportsBelow {
                     stack: self,
                     index: index + 1,
+                    defaults,
                 },
                 readonly,
                 is_tls,
                 exports,
-            ),
-            None => self.plugin.list_exports(readonly, is_tls, exports),
+            )?,
+            None => self.plugin.list_exports(readonly, is_tls, exports)?,
         }
+        // nbdkit resolves `nbdkit_use_default_export` as each layer
+        // returns, so the layer above sees the name (appended last).
+        if exports.use_default {
+            exports.use_default = false;
+            if let Some(name) = self.default_export_from(index, readonly, is_tls, defaults)? {
+                exports.add(&name, None)?;
+            }
+        }
+        Ok(())
     }
 
     fn default_export_from(
@@ -607,22 +654,68 @@ impl Layers {
         index: usize,
         readonly: bool,
         is_tls: bool,
+        defaults: &DefaultExports,
     ) -> Result<Option<String>> {
-        match self.filters.get(index) {
+        if let Some((_, known)) = lock(&defaults.answers).iter().find(|(i, _)| *i == index) {
+            return Ok(known.clone());
+        }
+        let name = match self.filters.get(index) {
             Some(f) => f.default_export(
                 &ExportsBelow {
                     stack: self,
                     index: index + 1,
+                    defaults,
                 },
                 readonly,
                 is_tls,
-            ),
-            None => self.plugin.default_export(readonly, is_tls),
-        }
+            )?,
+            None => self.plugin.default_export(readonly, is_tls)?,
+        };
+        // nbdkit ignores names longer than the protocol allows.
+        let name = name.filter(|n| n.len() <= crate::wire::consts::MAX_STRING);
+        lock(&defaults.answers).push((index, name.clone()));
+        Ok(name)
     }
 }
 
-fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<Context> {
+/// The layer below a filter that did not open it (nbdkit lets a filter
+/// skip `next_open`, as tls-fallback does for plaintext clients): it
+/// reports nothing and every data call fails.
+struct Unopened;
+
+impl Handle for Unopened {
+    fn get_size(&self) -> Result<u64> {
+        Err(unopened())
+    }
+    fn pread(&self, _buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+        Err(unopened())
+    }
+}
+
+fn unopened() -> Error {
+    Error::msg(Errno::EIO, "the layer below this filter was not opened")
+}
+
+fn open_layer(
+    stack: &Arc<Layers>,
+    index: usize,
+    args: &OpenArgs<'_>,
+    defaults: &Arc<DefaultExports>,
+) -> Result<Context> {
+    // As nbdkit's backend_open: every layer asked for "" gets the name
+    // its own default_export gives (once per connection).
+    let resolved;
+    let args = if args.export_name.is_empty() {
+        resolved = stack
+            .default_export_from(index, args.readonly, args.is_tls, defaults)?
+            .ok_or_else(|| Error::msg(Errno::ENOENT, "default export (\"\") not permitted"))?;
+        &OpenArgs {
+            export_name: &resolved,
+            ..*args
+        }
+    } else {
+        args
+    };
     match stack.filters.get(index) {
         None => {
             let h = stack.plugin.open(args)?;
@@ -634,15 +727,17 @@ fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<
                 index: index + 1,
                 is_tls: args.is_tls,
                 peer: args.peer,
+                defaults,
                 slot: None,
             };
             let handle = f.open(&mut opener, args)?;
-            let next = opener.slot.ok_or_else(|| {
-                Error::msg(
-                    Errno::EINVAL,
-                    alloc::format!("filter {} did not open the next layer", f.name()),
-                )
-            })?;
+            let next = match opener.slot {
+                Some(next) => next,
+                None => Context {
+                    layer: Layer::Plugin(Box::new(Unopened)),
+                    caps: Caps::default(),
+                },
+            };
             Context::new(
                 Layer::Filter {
                     handle,

@@ -52,8 +52,9 @@ const MAX_DESCRIPTION: u64 = 4096;
 
 /// Run an `exportdesc=script:` script with `sh -c`, `$name` set to the
 /// export name in its environment. Its output, less one trailing newline,
-/// is the description; no output gives none. The exit status is not looked
-/// at, and the script's standard error goes to ours (as nbdkit does).
+/// is the description (empty when it printed nothing); a script that cannot
+/// be started gives none. The exit status is not looked at, and the
+/// script's standard error goes to ours (as nbdkit does).
 fn run_desc_script(script: &str, name: &str) -> Option<String> {
     use std::io::Read;
     use std::process::{Command, Stdio};
@@ -79,9 +80,6 @@ fn run_desc_script(script: &str, name: &str) -> Option<String> {
     let _ = child.wait();
     if out.last() == Some(&b'\n') {
         out.pop();
-    }
-    if out.is_empty() {
-        return None;
     }
     Some(String::from_utf8_lossy(&out).into_owned())
 }
