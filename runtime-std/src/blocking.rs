@@ -154,6 +154,8 @@ pub(crate) fn transmission(session: &Session, stream: SyncStream, leftover: Vec<
         max,
     };
     std::thread::scope(|s| w.work(s));
+    // As nbdkit, the stack is finalized before the client sees the close.
+    shared.gated(|| crate::connection::finalize(&session.ctx));
     w.output
         .lock()
         .unwrap_or_else(|p| p.into_inner())

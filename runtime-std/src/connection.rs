@@ -470,13 +470,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
     }
     let c = ctx.clone();
-    shared
-        .call(move |_| {
-            if let Err(e) = c.finalize() {
-                log::error(None, &e.to_string());
-            }
-        })
-        .await;
+    shared.call(move |_| finalize(&c)).await;
     // Dropping the last reference closes every layer, outermost first.
     let _ = shared.call(move |_| drop(ctx)).await;
     log::debug(Some(&name), format_args!("connection cleanup"));
@@ -998,6 +992,16 @@ async fn transmission<R, W>(
     }
     // Every request already read is answered before the connection closes.
     let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
+    // As nbdkit, the stack is finalized before the client sees the close.
+    shared.call(move |_| finalize(&ctx)).await;
     let mut w = wr.lock().await;
     let _ = w.shutdown().await;
+}
+
+/// Finalize a connection's stack (once; later calls do nothing), logging
+/// a failure.
+pub(crate) fn finalize(ctx: &Context) {
+    if let Err(e) = ctx.finalize() {
+        log::error(None, &e.to_string());
+    }
 }

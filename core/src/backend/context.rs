@@ -64,6 +64,8 @@ enum Layer {
 pub struct Context {
     layer: Layer,
     caps: Caps,
+    /// `finalize` ran (nbdkit finalizes a context at most once).
+    finalized: Mutex<bool>,
 }
 
 impl core::fmt::Debug for Context {
@@ -104,6 +106,7 @@ impl Context {
         let mut ctx = Context {
             layer,
             caps: Caps::default(),
+            finalized: Mutex::new(false),
         };
         match &ctx.layer {
             Layer::Plugin(h) => h.prepare()?,
@@ -175,8 +178,12 @@ impl Context {
         self.caps.size
     }
 
-    /// Call `finalize` on this layer and every layer below (outer first).
+    /// Call `finalize` on this layer and every layer below (outer first),
+    /// once: later calls do nothing.
     pub fn finalize(&self) -> Result<()> {
+        if core::mem::replace(&mut *lock(&self.finalized), true) {
+            return Ok(());
+        }
         match &self.layer {
             Layer::Plugin(h) => h.finalize(),
             Layer::Filter { handle, next } => {
@@ -736,6 +743,7 @@ fn open_layer(
                 None => Context {
                     layer: Layer::Plugin(Box::new(Unopened)),
                     caps: Caps::default(),
+                    finalized: Mutex::new(false),
                 },
             };
             Context::new(

@@ -12,10 +12,13 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::backend::{
-    BlockSize, Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result,
+    BlockSize, Context, Error, Extent, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs,
+    Result,
 };
+use crate::errno::Errno;
 use crate::plugins::size_param;
 use crate::sync::{read, write, RwLock};
 
@@ -348,16 +351,79 @@ impl FilterHandle for BlocksizeHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
+        // As nbdkit: ask the layer below for whole blocks (at most maxlen
+        // bytes) and report them in whole blocks; extents may run past
+        // the request, up to its end rounded up to a block.
         let l = self.limits();
         let _guard = read(&self.lock);
         let start = round_down(offset, l.min);
         let end = (offset + count).div_ceil(l.min) * l.min;
-        let n = (end - start).min(l.maxlen);
-        let mut below = Extents::new(start, start + n);
-        next.extents(n, start, flags, &mut below)?;
-        for e in below.as_slice() {
+        let n = (count.div_ceil(l.min) * l.min).min(l.maxlen);
+        for e in aligned_extents(next, n, start, end, flags, l.min)? {
             extents.add(e.offset, e.length, e.flags)?;
         }
         Ok(())
     }
+}
+
+/// The extents of the layer below for `count` bytes at `offset` (both
+/// multiples of `align`, with the list running to `end`), made whole
+/// blocks of `align` bytes, as nbdkit's `nbdkit_extents_aligned`: the list
+/// stops before the first extent that does not end on a block boundary,
+/// except that when the first block is split, it becomes one extent whose
+/// type is what all its parts share (asking the layer below again if its
+/// first answer did not reach the end of that block).
+fn aligned_extents(
+    next: &Context,
+    count: u64,
+    offset: u64,
+    end: u64,
+    flags: Flags,
+    align: u64,
+) -> Result<Vec<Extent>> {
+    let mut first = Extents::new(offset, end);
+    next.extents(count, offset, flags, &mut first)?;
+    let mut list = first.as_slice().to_vec();
+    let Some(i) = list.iter().position(|e| e.length % align != 0) else {
+        return Ok(list);
+    };
+    let e = list[i];
+    if e.offset + e.length > offset + align {
+        // Past the first block: keep the whole blocks before it.
+        let whole = round_down(e.length, align);
+        list.truncate(i + usize::from(whole > 0));
+        if whole > 0 {
+            list[i].length = whole;
+        }
+        return Ok(list);
+    }
+    // The first block is split (only the first extent can start inside
+    // it): merge its parts.
+    let mut merged = e;
+    let mut rest = list.split_off(1).into_iter();
+    while merged.length < align {
+        let part = match rest.next() {
+            Some(p) => p,
+            None => {
+                let at = merged.offset + merged.length;
+                let mut more = Extents::new(at, offset + align);
+                next.extents(
+                    offset + align - at,
+                    at,
+                    flags.without(Flags::REQ_ONE),
+                    &mut more,
+                )?;
+                let mut parts = more.as_slice().to_vec().into_iter();
+                let p = parts.next().ok_or_else(|| {
+                    Error::msg(Errno::EINVAL, "extents: the layer below returned no extent")
+                })?;
+                rest = parts.collect::<Vec<_>>().into_iter();
+                p
+            }
+        };
+        merged.length += part.length;
+        merged.flags &= part.flags;
+    }
+    merged.length = align;
+    Ok(vec![merged])
 }

@@ -42,7 +42,7 @@ use alloc::vec::Vec;
 use super::params::bool_param;
 use crate::backend::{
     Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Reopener, Result,
-    ThreadModel,
+    Support, ThreadModel,
 };
 use crate::sync::{lock, Arc, Mutex};
 
@@ -248,16 +248,19 @@ impl MultiConnHandle {
         Some(joined)
     }
 
-    fn mark_dirty(&self, j: &Joined, is_read: bool) {
+    /// Note what a request may have left in a cache (nbdkit's rules:
+    /// with `conn` tracking the connection remembers reads and writes,
+    /// and any write makes the group dirty).
+    fn mark_dirty(&self, j: &Joined, is_write: bool) {
         match self.track {
             Track::Conn => {
-                *lock(&j.member.dirty) |= if is_read { DIRTY_READ } else { DIRTY_WRITE };
-                if !is_read {
+                *lock(&j.member.dirty) |= if is_write { DIRTY_WRITE } else { DIRTY_READ };
+                if is_write {
                     self.group_dirty();
                 }
             }
             Track::Fast => {
-                if !is_read {
+                if is_write {
                     self.group_dirty();
                 }
             }
@@ -273,16 +276,18 @@ impl MultiConnHandle {
 
     /// A flush from the client, or the flush completing a FUA request.
     fn do_flush(&self, j: &Joined, next: &Context, flags: Flags) -> Result<()> {
+        let mut reg = lock(&self.registry);
+        let Some(g) = reg.get_mut(&self.key) else {
+            return j.member.call(next, |c| c.flush(flags));
+        };
         if j.mode == Mode::Emulate {
-            let mut reg = lock(&self.registry);
-            let Some(g) = reg.get_mut(&self.key) else {
-                return j.member.call(next, |c| c.flush(flags));
-            };
+            // Flush every connection of the group that may hold data the
+            // others cannot see yet.
             for m in &g.members {
                 let mut d = lock(&m.dirty);
                 let needed = self.track == Track::Off
-                    || *d & DIRTY_WRITE != 0
-                    || (g.dirty && (self.track == Track::Fast || *d & DIRTY_READ != 0));
+                    || (g.dirty && (self.track == Track::Fast || *d & DIRTY_READ != 0))
+                    || *d & DIRTY_WRITE != 0;
                 if needed {
                     m.call(next, |c| c.flush(flags))?;
                     *d = 0;
@@ -291,32 +296,29 @@ impl MultiConnHandle {
             g.dirty = false;
             return Ok(());
         }
-        match self.track {
-            Track::Off => next.flush(flags),
-            Track::Fast => {
-                let mut reg = lock(&self.registry);
-                let dirty = reg.get(&self.key).map_or(true, |g| g.dirty);
-                if dirty {
-                    next.flush(flags)?;
-                    if let Some(g) = reg.get_mut(&self.key) {
-                        g.dirty = false;
-                    }
-                }
-                Ok(())
-            }
-            Track::Conn => {
-                let mut d = lock(&j.member.dirty);
-                if *d != 0 {
-                    next.flush(flags)?;
-                    *d = 0;
-                }
-                Ok(())
-            }
+        // Not emulating: nothing written anywhere in the group since the
+        // last flush means there is nothing to flush.
+        if self.track != Track::Off && !g.dirty {
+            return Ok(());
         }
+        next.flush(flags)?;
+        match self.track {
+            Track::Conn if next.caps().can_multi_conn => {
+                for m in &g.members {
+                    *lock(&m.dirty) = 0;
+                }
+                g.dirty = false;
+            }
+            Track::Conn => *lock(&j.member.dirty) = 0,
+            Track::Fast => g.dirty = false,
+            Track::Off => {}
+        }
+        Ok(())
     }
 
-    /// A write-like request: done without FUA when emulating, then
-    /// flushed across the group.
+    /// A write-like request: when emulating, a FUA request is done
+    /// without FUA and then flushed across the group; otherwise FUA is
+    /// passed down (and, as nbdkit, such a request leaves nothing dirty).
     fn write_like(
         &self,
         next: &Context,
@@ -324,8 +326,11 @@ impl MultiConnHandle {
         op: impl FnOnce(&Context, Flags) -> Result<()>,
     ) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, false);
-        if j.mode == Mode::Emulate && flags.contains(Flags::FUA) {
+        let fua = flags.contains(Flags::FUA);
+        if !fua || j.mode == Mode::Emulate {
+            self.mark_dirty(&j, true);
+        }
+        if j.mode == Mode::Emulate && fua {
             j.member.call(next, |c| op(c, flags.without(Flags::FUA)))?;
             self.do_flush(&j, next, Flags::NONE)
         } else {
@@ -390,6 +395,19 @@ impl FilterHandle for MultiConnHandle {
         }
     }
 
+    fn can_fua(&self, next: &Context) -> Result<Support> {
+        // Emulating, a FUA request is flushed across every connection:
+        // say so, as nbdkit does. Otherwise FUA goes down as it came.
+        let emulate = lock(&self.joined)
+            .as_ref()
+            .is_some_and(|j| j.mode == Mode::Emulate);
+        Ok(match next.caps().can_fua {
+            Support::None => Support::None,
+            _ if emulate => Support::Emulate,
+            _ => Support::Native,
+        })
+    }
+
     fn can_multi_conn(&self, next: &Context) -> Result<bool> {
         let mode = lock(&self.joined).as_ref().map_or(self.mode, |j| j.mode);
         Ok(match mode {
@@ -401,7 +419,7 @@ impl FilterHandle for MultiConnHandle {
 
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
+        self.mark_dirty(&j, false);
         j.member.call(next, |c| c.pread(buf, offset, flags))
     }
 
@@ -430,15 +448,15 @@ impl FilterHandle for MultiConnHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
+        // Block status leaves nothing in a cache (nbdkit does not look).
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
         j.member
             .call(next, |c| c.extents(count, offset, flags, extents))
     }
 
     fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
+        self.mark_dirty(&j, false);
         j.member.call(next, |c| c.cache(count, offset, flags))
     }
 }

@@ -18,6 +18,10 @@ fn sleep(d: Duration) {
     std::thread::sleep(d);
 }
 
+fn debug(msg: std::fmt::Arguments<'_>) {
+    crate::log::debug(None, msg);
+}
+
 /// A seed that differs between runs (nbdkit seeds from the time).
 fn seed() -> u64 {
     let t = SystemTime::now()
@@ -33,12 +37,12 @@ pub(crate) fn error() -> Box<dyn Filter> {
 
 /// `retry`, sleeping on the system clock.
 pub(crate) fn retry() -> Box<dyn Filter> {
-    Box::new(Retry::new(sleep))
+    Box::new(Retry::new(sleep).with_debug(debug))
 }
 
 /// `retry-request`, sleeping on the system clock.
 pub(crate) fn retry_request() -> Box<dyn Filter> {
-    Box::new(RetryRequest::new(sleep))
+    Box::new(RetryRequest::new(sleep).with_debug(debug))
 }
 
 /// `evil`, seeded from the time unless `evil-seed` is given.
