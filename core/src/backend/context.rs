@@ -50,10 +50,12 @@ pub struct Caps {
 enum Layer {
     Plugin(Box<dyn Handle>),
     // Field order matters: the filter's handle is dropped (closed) before
-    // the layer below, as nbdkit closes outer layers first.
+    // the layer below, as nbdkit closes outer layers first. The layer
+    // below is shared with the handle (see `FilterHandle::keep_next`),
+    // which lets go of it when it is finalized or dropped.
     Filter {
         handle: Box<dyn FilterHandle>,
-        next: Box<Context>,
+        next: Arc<Context>,
     },
 }
 
@@ -110,7 +112,10 @@ impl Context {
         };
         match &ctx.layer {
             Layer::Plugin(h) => h.prepare()?,
-            Layer::Filter { handle, next } => handle.prepare(next, readonly)?,
+            Layer::Filter { handle, next } => {
+                handle.keep_next(next);
+                handle.prepare(next, readonly)?
+            }
         }
         ctx.caps = ctx.query_caps(readonly)?;
         Ok(ctx)
@@ -749,7 +754,7 @@ fn open_layer(
             Context::new(
                 Layer::Filter {
                     handle,
-                    next: Box::new(next),
+                    next: Arc::new(next),
                 },
                 args.readonly,
             )

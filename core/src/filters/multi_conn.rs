@@ -8,19 +8,16 @@
 //! layer below advertises multi-conn, and `emulate` otherwise. `emulate`
 //! needs a working flush below (a client cannot connect without one).
 //!
-//! How `emulate` reaches another connection's layers below: a handle only
-//! borrows `next` for the length of one of its own calls, so it cannot be
-//! kept for another connection to flush. Instead, in `prepare`, an
-//! emulating handle opens its own context of the layers below through the
-//! reopener ([`NextOpener::reopener`]) and sends every request of its
-//! connection through that context rather than through `next` (which stays
-//! open but idle). The context lives in a reference-counted [`Member`] that
-//! is put in a registry shared by every connection: one group per export
-//! name with `multi-conn-exportname=true`, a single group otherwise. A
-//! flush (or a FUA write, trim or zero, which is done without FUA and then
-//! flushed) on one connection walks its group under the registry lock and
-//! flushes each member's context, skipping clean ones as
-//! `multi-conn-track-dirty` allows, before replying.
+//! How `emulate` reaches another connection's layers below: as nbdkit's
+//! filter keeps each connection's `next`, an emulating handle keeps its
+//! connection's context of the layers below
+//! ([`FilterHandle::keep_next`]) in a reference-counted [`Member`] that is
+//! put in a registry shared by every connection: one group per export name
+//! with `multi-conn-exportname=true`, a single group otherwise. A flush (or
+//! a FUA write, trim or zero, which is done without FUA and then flushed)
+//! on one connection walks its group under the registry lock and flushes
+//! each member's context, skipping clean ones as `multi-conn-track-dirty`
+//! allows, before replying. Dirtiness is tracked as nbdkit does.
 //!
 //! Safety of the cross-connection calls: a member leaves the registry (under
 //! the same lock) in `finalize` or when its handle is dropped, before its
@@ -41,8 +38,8 @@ use alloc::vec::Vec;
 
 use super::params::bool_param;
 use crate::backend::{
-    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Reopener, Result,
-    Support, ThreadModel,
+    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, Support,
+    ThreadModel,
 };
 use crate::sync::{lock, Arc, Mutex};
 
@@ -70,8 +67,8 @@ const DIRTY_READ: u8 = 2;
 
 /// One open connection, as seen by the other connections of its group.
 struct Member {
-    /// The connection's own context of the layers below (emulate only).
-    ctx: Option<Context>,
+    /// The connection's context of the layers below (emulate only).
+    ctx: Option<alloc::sync::Arc<Context>>,
     /// Serializes calls on `ctx` when the thread model is not parallel.
     io: Option<Mutex<()>>,
     /// [`DIRTY_WRITE`] and [`DIRTY_READ`] since the last flush.
@@ -80,7 +77,7 @@ struct Member {
 
 impl Member {
     fn call<T>(&self, next: &Context, op: impl FnOnce(&Context) -> Result<T>) -> Result<T> {
-        let ctx = self.ctx.as_ref().unwrap_or(next);
+        let ctx = self.ctx.as_deref().unwrap_or(next);
         match &self.io {
             Some(m) => {
                 let _g = lock(m);
@@ -184,22 +181,16 @@ impl Filter for MultiConn {
             Mode::Auto if thread_model == ThreadModel::SerializeConnections => Mode::Disable,
             m => m,
         };
-        let reopener = match mode {
-            Mode::Auto | Mode::Emulate => next.reopener(),
-            _ => None,
-        };
         Ok(Box::new(MultiConnHandle {
             mode,
             track: self.track,
             serialize: thread_model != ThreadModel::Parallel,
-            readonly: args.readonly,
-            export_name: args.export_name.into(),
             key: if self.by_export {
                 args.export_name.into()
             } else {
                 String::new()
             },
-            reopener,
+            below: Mutex::new(None),
             registry: Arc::clone(&self.registry),
             joined: Mutex::new(None),
         }))
@@ -219,11 +210,10 @@ struct MultiConnHandle {
     mode: Mode,
     track: Track,
     serialize: bool,
-    readonly: bool,
-    export_name: String,
     /// The registry group this connection belongs to.
     key: String,
-    reopener: Option<Box<dyn Reopener>>,
+    /// The connection's layers below, until `prepare` decides.
+    below: Mutex<Option<alloc::sync::Arc<Context>>>,
     registry: Arc<Registry>,
     joined: Mutex<Option<Joined>>,
 }
@@ -340,7 +330,12 @@ impl MultiConnHandle {
 }
 
 impl FilterHandle for MultiConnHandle {
+    fn keep_next(&self, next: &alloc::sync::Arc<Context>) {
+        *lock(&self.below) = Some(alloc::sync::Arc::clone(next));
+    }
+
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let below = lock(&self.below).take();
         let caps = next.caps();
         let mode = match self.mode {
             Mode::Auto if caps.can_multi_conn => Mode::Plugin,
@@ -354,14 +349,7 @@ impl FilterHandle for MultiConnHandle {
                     "emulating multi-conn requires working flush",
                 ));
             }
-            let Some(r) = &self.reopener else {
-                return Err(Error::msg(
-                    crate::errno::Errno::ENOTSUP,
-                    "multi-conn-mode=emulate is not supported yet on this stack \
-                     (the layers below cannot be reopened)",
-                ));
-            };
-            Some(r.open(self.readonly, &self.export_name)?)
+            below
         } else {
             None
         };
@@ -385,14 +373,11 @@ impl FilterHandle for MultiConnHandle {
         Ok(())
     }
 
-    fn finalize(&self, next: &Context) -> Result<()> {
-        let Some(j) = self.leave() else {
-            return Ok(());
-        };
-        match &j.member.ctx {
-            Some(c) => j.member.call(next, |_| c.finalize()),
-            None => Ok(()),
-        }
+    fn finalize(&self, _next: &Context) -> Result<()> {
+        // Leave the group (letting go of the layers below) before they
+        // are finalized.
+        drop(self.leave());
+        Ok(())
     }
 
     fn can_fua(&self, next: &Context) -> Result<Support> {

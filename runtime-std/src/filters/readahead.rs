@@ -15,11 +15,12 @@
 //! suggests adding the cache filter after this one.
 //!
 //! The background thread issues its `cache` calls on the connection's own
-//! context of the layers below (nbdkit's `next`), as nbdkit does, so the
-//! layers below are opened once per connection. It is started in `prepare`
-//! and stopped (and waited for) in `finalize`, or when the handle is
-//! dropped, which happens before the layers below are closed; it does what
-//! is queued before it stops. Its queue holds at most [`MAX_QUEUED`]
+//! context of the layers below (nbdkit's `next`, kept with
+//! [`FilterHandle::keep_next`]), as nbdkit does, so the layers below are
+//! opened once per connection. It is started in `prepare` and stopped (and
+//! waited for) in `finalize`, or when the handle is dropped, which happens
+//! before the layers below are closed; it does what is queued before it
+//! stops. Its queue holds at most [`MAX_QUEUED`]
 //! ranges: reads that come while it is full ask for nothing.
 
 use std::collections::VecDeque;
@@ -104,6 +105,7 @@ impl Filter for Readahead {
     ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(ReadaheadHandle {
+            below: Mutex::new(None),
             parallel: self.parallel.load(Ordering::Relaxed),
             window: Arc::clone(&self.window),
             shared: Arc::new(Shared::default()),
@@ -131,6 +133,8 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct ReadaheadHandle {
+    /// The connection's layers below, until the thread starts.
+    below: Mutex<Option<Arc<Context>>>,
     parallel: bool,
     window: Arc<Mutex<Window>>,
     shared: Arc<Shared>,
@@ -138,26 +142,10 @@ struct ReadaheadHandle {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The layers below a connection's readahead filter, for its background
-/// thread.
-struct Below(*const Context);
-
-// SAFETY: `Context` is `Sync` (a connection's layers take calls from
-// several threads at once under the parallel thread model, the only one in
-// which the thread is started), and the pointer is only dereferenced while
-// the context is alive (see `prefetch_loop`).
-unsafe impl Send for Below {}
-
 /// The prefetching thread: take the oldest range, prefetch it, repeat;
 /// when told to stop, finish what is queued first (as nbdkit, whose quit
 /// command queues behind the prefetches).
-fn prefetch_loop(below: Below, shared: Arc<Shared>) {
-    // SAFETY: `below` points at the context of the layers below the handle
-    // that started this thread. A filter's `next` context is boxed beside
-    // its handle, at a fixed address, and is dropped only after the
-    // handle; the handle stops this thread and waits for it (in `finalize`
-    // or in `drop`) before that, so the context outlives every use here.
-    let ctx = unsafe { &*below.0 };
+fn prefetch_loop(ctx: Arc<Context>, shared: Arc<Shared>) {
     loop {
         let (offset, count) = {
             let mut q = guard(&shared.queue);
@@ -192,7 +180,12 @@ impl ReadaheadHandle {
 }
 
 impl FilterHandle for ReadaheadHandle {
+    fn keep_next(&self, next: &Arc<Context>) {
+        *guard(&self.below) = Some(Arc::clone(next));
+    }
+
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let below = guard(&self.below).take();
         let native = next.caps().can_cache == Support::Native;
         if !(native && self.parallel) {
             crate::log::error(
@@ -208,7 +201,9 @@ impl FilterHandle for ReadaheadHandle {
             }
             return Ok(());
         }
-        let below = Below(next as *const Context);
+        let Some(below) = below else {
+            return Ok(());
+        };
         let shared = Arc::clone(&self.shared);
         match std::thread::Builder::new()
             .name("readahead".into())
