@@ -2,8 +2,8 @@
 //! driven through real clients.
 
 use nbdkit_tests::{
-    assert_bytes_eq, is_reference, path_str, run_python_code, run_tool, skip_unless,
-    write_random_file, Json, Server, TempDir,
+    assert_bytes_eq, path_str, run_python_code, run_tool, skip_unless, write_random_file, Json,
+    Server, TempDir,
 };
 use std::collections::BTreeMap;
 use std::fs;
