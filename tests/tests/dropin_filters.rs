@@ -46,17 +46,30 @@ fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `BIN -U - ARGS --run RUN` with `env`: what the `--run` command printed
-/// on stdout, and the whole output for messages.
-fn served(bin: &Path, args: &[String], run_cmd: &str, env: &[(&str, String)]) -> (String, String) {
+/// `BIN -U - ARGS --run RUN` with `env`.
+fn run_served(bin: &Path, args: &[String], run_cmd: &str, env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(bin);
     cmd.args(["-U", "-"]).args(args).args(["--run", run_cmd]);
     cmd.env_remove("PYTHONHOME").env_remove("PYTHONPATH");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = run(&mut cmd, Duration::from_secs(120));
+    run(&mut cmd, Duration::from_secs(300))
+}
+
+/// [`run_served`]: what the `--run` command printed on stdout, and the
+/// whole output for messages.
+fn served(bin: &Path, args: &[String], run_cmd: &str, env: &[(&str, String)]) -> (String, String) {
+    let out = run_served(bin, args, run_cmd, env);
     (out.stdout.clone(), out.describe())
+}
+
+/// `FILTERS... sh PLUGIN PARAMS...`.
+fn plugin_args(filters: &[&str], plugin: &Path, params: &[&str]) -> Vec<String> {
+    let mut args = strings(filters);
+    args.extend(strings(&["sh", path_str(plugin)]));
+    args.extend(strings(params));
+    args
 }
 
 /// Run the same client against ours and the reference; assert that it saw
@@ -489,9 +502,7 @@ fn assert_same_block_status(
     probe: &[&str],
     env: &[(&str, String)],
 ) -> String {
-    let mut args = strings(filters);
-    args.extend(strings(&["sh", path_str(plugin)]));
-    args.extend(strings(params));
+    let args = plugin_args(filters, plugin, params);
     let seen = assert_same(&args, &block_status_probe(probe), env);
     assert!(seen.starts_with("size "), "{seen}");
     seen
@@ -766,13 +777,7 @@ fn calls(
         "{PYTHON} {} {workload} \"$unixsocket\"",
         sq(path_str(&scripts_dir().join("dropin_calls.py")))
     );
-    let mut cmd = Command::new(bin);
-    cmd.args(["-U", "-"]).args(args).args(["--run", &run_cmd]);
-    cmd.env_remove("PYTHONHOME").env_remove("PYTHONPATH");
-    for (k, v) in &env {
-        cmd.env(k, v);
-    }
-    let out = run(&mut cmd, Duration::from_secs(300));
+    let out = run_served(bin, args, &run_cmd, &env);
     let debug = out
         .stderr
         .lines()
@@ -809,9 +814,7 @@ fn assert_same_calls(
     env: &[(&str, String)],
     prepare: &dyn Fn(&Path),
 ) -> Calls {
-    let mut args = strings(filters);
-    args.extend(strings(&["sh", path_str(plugin)]));
-    args.extend(strings(params));
+    let args = plugin_args(filters, plugin, params);
     let ours = calls(&nbdkit_bin(), dir, "ours", &args, workload, env, prepare);
     let theirs = calls(
         Path::new(REFERENCE),
