@@ -27,10 +27,15 @@ packages=(
     openssl          # fallback certificate generator
     fdisk            # sfdisk (partition filter tests)
     fio              # benchmark workloads
-    nbdkit           # the reference server
+    nbdkit           # the reference server (and its manual pages)
+    man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
-    pkg-config       # how openssl-sys finds libssl
+    pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
+    gcc              # C plugins and filters of the C ABI tests; nbdkit cc
+    g++              # nbdkit cc CC=g++ (dropin_lang)
+    golang-go        # the Go plugin package and example (dropin_lang; ~40 s to install)
+    ocaml-nox        # the OCaml NBDKit module and example (dropin_lang; ~50 s to install)
     liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)
@@ -81,9 +86,23 @@ else
     echo "test-all: SKIP thumbv7em-none-eabihf builds: rustup cannot add the target (offline?)" >&2
 fi
 
+# The whole workspace type-checked for FreeBSD (no FreeBSD sysroot needed:
+# see "Platforms" in README.md).
+if rustup target add x86_64-unknown-freebsd >/dev/null 2>&1 ||
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-freebsd; then
+    scripts/check-freebsd.sh
+else
+    echo "test-all: SKIP FreeBSD check: rustup cannot add x86_64-unknown-freebsd (offline?)" >&2
+fi
+
 # loom models (own target dir: --cfg loom rebuilds every dependency).
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
     cargo test --release -p nbdkit-core loom
+
+# The crates.io nbdkit crate, for the Rust plugin test (dropin_lang builds
+# plugins/rust offline from the local registry).
+cargo fetch --manifest-path plugins/rust/Cargo.toml ||
+    echo "test-all: cannot fetch plugins/rust's crates: its tests will SKIP" >&2
 
 echo "test-all: testing $NBDKIT_BIN ($("$NBDKIT_BIN" --version | head -n1))" >&2
 cargo test --workspace --no-fail-fast "$@"

@@ -4,7 +4,6 @@
 
 mod registry;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, Command};
@@ -41,6 +40,61 @@ nbdkit [-V|--version]
 
 Please read the nbdkit(1) manual page for full usage.";
 
+/// `nbdkit --short-options`: every short option, one per line, as nbdkit
+/// 1.36 prints them (shell completion reads this).
+const SHORT_OPTIONS: &[&str] = &[
+    "-4", "-6", "-D", "-e", "-f", "-g", "-i", "-n", "-o", "-p", "-P", "-r", "-s", "-t", "-u", "-U",
+    "-v", "-V",
+];
+
+/// `nbdkit --long-options`: every long option and alias, one per line, in
+/// nbdkit 1.36's order.
+const LONG_OPTIONS: &[&str] = &[
+    "--ipv4-only",
+    "--ipv6-only",
+    "--debug",
+    "--dump-config",
+    "--dump-plugin",
+    "--exit-with-parent",
+    "--export",
+    "--export-name",
+    "--exportname",
+    "--filter",
+    "--foreground",
+    "--no-fork",
+    "--group",
+    "--help",
+    "--ip-addr",
+    "--ipaddr",
+    "--log",
+    "--mask-handshake",
+    "--new-style",
+    "--newstyle",
+    "--no-sr",
+    "--old-style",
+    "--oldstyle",
+    "--pid-file",
+    "--pidfile",
+    "--port",
+    "--read-only",
+    "--readonly",
+    "--run",
+    "--selinux-label",
+    "--single",
+    "--stdin",
+    "--swap",
+    "--threads",
+    "--tls",
+    "--tls-certificates",
+    "--tls-psk",
+    "--tls-verify-peer",
+    "--unix",
+    "--user",
+    "--verbose",
+    "--version",
+    "--vsock",
+];
+
 fn flag(name: &'static str) -> Arg {
     Arg::new(name).action(ArgAction::SetTrue)
 }
@@ -58,6 +112,9 @@ fn command() -> Command {
         .disable_help_flag(true)
         .disable_version_flag(true)
         .dont_delimit_trailing_values(true)
+        // As with nbdkit's getopt loop, a repeated option replaces the
+        // earlier one (-D and --filter accumulate: they are Append).
+        .args_override_self(true)
         .arg(
             flag("ipv4")
                 .short('4')
@@ -78,6 +135,8 @@ fn command() -> Command {
         )
         .arg(flag("dump-config").long("dump-config"))
         .arg(flag("dump-plugin").long("dump-plugin"))
+        .arg(flag("short-options").long("short-options"))
+        .arg(flag("long-options").long("long-options"))
         .arg(flag("exit-with-parent").long("exit-with-parent"))
         .arg(
             value("exportname")
@@ -106,14 +165,16 @@ fn command() -> Command {
             flag("newstyle")
                 .short('n')
                 .long("newstyle")
-                .visible_alias("new-style"),
+                .visible_alias("new-style")
+                .overrides_with("oldstyle"),
         )
         .arg(flag("no-sr").long("no-sr"))
         .arg(
             flag("oldstyle")
                 .short('o')
                 .long("oldstyle")
-                .visible_alias("old-style"),
+                .visible_alias("old-style")
+                .overrides_with("newstyle"),
         )
         .arg(
             value("pidfile")
@@ -161,9 +222,24 @@ fn fail(msg: impl AsRef<str>) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// A plugin or filter that cannot be loaded, reported as nbdkit does.
+fn load_failed(e: nbdkit_runtime_std::cabi::LoadError) -> ExitCode {
+    if e.usage_hint {
+        fail(format!(
+            "{}\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.",
+            e.message
+        ))
+    } else {
+        fail(e.message)
+    }
+}
+
+/// Whether `k` (before the `=`) is a parameter key: a letter, then letters,
+/// digits, `.`, `_` or `-`, as nbdkit checks; otherwise the whole argument
+/// is a value for the magic key.
 fn is_config_key(k: &str) -> bool {
     let mut chars = k.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
@@ -217,6 +293,9 @@ fn version_line() -> String {
 }
 
 fn dump_plugin(stack: &Stack) {
+    if nbdkit_runtime_std::cabi::dump_plugin(stack.plugin()) {
+        return;
+    }
     let p = stack.plugin();
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -242,6 +321,53 @@ fn dump_plugin(stack: &Stack) {
     }
 }
 
+/// `--tls=`: `require` (also `required`, `force`) or one of the boolean
+/// spellings of nbdkit_parse_bool, any case, as nbdkit takes it.
+fn parse_tls(v: &str) -> Result<&'static str, String> {
+    if ["require", "required", "force"]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(v))
+    {
+        return Ok("require");
+    }
+    match nbdkit_core::size::parse_bool(v) {
+        Some(true) => Ok("on"),
+        Some(false) => Ok("off"),
+        None => Err(format!("could not decipher boolean ({v})")),
+    }
+}
+
+/// `-p`: a port number, or a service name that getaddrinfo would take
+/// (`nbd` from /etc/services), as nbdkit accepts.
+fn parse_port(p: &str) -> Option<u16> {
+    if let Ok(n) = p.parse::<u16>() {
+        return Some(n);
+    }
+    if p.is_empty() || p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let name = std::ffi::CString::new(p).ok()?;
+    // SAFETY: two NUL-terminated strings; the result points into libc's
+    // static storage and is read at once, before any other call (the
+    // process has one thread here).
+    unsafe {
+        let ent = libc::getservbyname(name.as_ptr(), c"tcp".as_ptr());
+        if ent.is_null() {
+            None
+        } else {
+            Some(u16::from_be((*ent).s_port as u16))
+        }
+    }
+}
+
+/// An option value that is a number (`-t`, `--mask-handshake`), with
+/// nbdkit_parse_unsigned's messages.
+fn parse_unsigned(what: &str, v: &str) -> Result<u32, String> {
+    nbdkit_core::filters::params::parse_unsigned(what, v, u32::MAX.into())
+        .map(|n| n as u32)
+        .map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let m = match command().try_get_matches_from(&argv) {
@@ -258,7 +384,32 @@ fn main() -> ExitCode {
     let get = |n: &str| m.get_one::<String>(n).cloned();
     let on = |n: &str| m.get_flag(n);
 
+    // Options nbdkit acts on as soon as it reads them: the first of them
+    // on the command line wins, whatever else is there.
+    let mut immediate: Vec<(usize, &str)> = ["dump-config", "short-options", "long-options"]
+        .into_iter()
+        .filter(|n| on(n))
+        .filter_map(|n| m.index_of(n).map(|i| (i, n)))
+        .collect();
+    immediate.sort_unstable();
+    match immediate.first().map(|(_, n)| *n) {
+        Some("dump-config") => {
+            dump_config();
+            return ExitCode::SUCCESS;
+        }
+        Some("short-options") => {
+            SHORT_OPTIONS.iter().for_each(|o| println!("{o}"));
+            return ExitCode::SUCCESS;
+        }
+        Some("long-options") => {
+            LONG_OPTIONS.iter().for_each(|o| println!("{o}"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+
     log::set_verbose(on("verbose"));
+    nbdkit_runtime_std::cabi::set_stdio_safe(!on("single"));
     if let Some(l) = get("log") {
         match l.as_str() {
             "stderr" => log::set_destination(log::LogTo::Stderr),
@@ -271,10 +422,59 @@ fn main() -> ExitCode {
             }
         }
     }
-    if on("dump-config") {
-        dump_config();
-        return ExitCode::SUCCESS;
-    }
+    // Values nbdkit checks while it reads the options.
+    let tls_arg = match get("tls").as_deref().map(parse_tls).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let threads = match get("threads")
+        .as_deref()
+        .map(|t| parse_unsigned("threads", t))
+    {
+        None | Some(Ok(0)) => 16,
+        Some(Ok(n)) => n as usize,
+        Some(Err(e)) => return fail(e),
+    };
+    let mask = match get("mask-handshake")
+        .as_deref()
+        .map(|v| parse_unsigned("mask-handshake", v))
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    // Paths the server opens after it has moved to / in the background are
+    // made absolute now, as nbdkit does.
+    let pidfile = match get("pidfile")
+        .as_deref()
+        .map(nbdkit_runtime_std::process::absolute_path)
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    // The PSK file is read again for every TLS handshake.
+    let tls_file = |n: &str| -> Result<Option<String>, String> {
+        let Some(v) = get(n) else { return Ok(None) };
+        nbdkit_runtime_std::process::absolute_path(&v)?
+            .into_os_string()
+            .into_string()
+            .map(Some)
+            .map_err(|p| format!("--{n}: not UTF-8: {}", p.to_string_lossy()))
+    };
+    let (tls_certificates, tls_psk) = match (tls_file("tls-certificates"), tls_file("tls-psk")) {
+        (Ok(c), Ok(p)) => (c, p),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let unix = match get("unix") {
+        Some(u) if u == "-" => Some(None),
+        Some(u) => match nbdkit_runtime_std::process::absolute_path(&u) {
+            Ok(p) => Some(Some(p)),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+
     let positional: Vec<String> = m
         .get_many::<String>("args")
         .map(|v| v.cloned().collect())
@@ -288,28 +488,67 @@ fn main() -> ExitCode {
             println!("{}", version_line());
             return ExitCode::SUCCESS;
         }
+        if on("dump-plugin") {
+            return fail(
+                "use 'nbdkit plugin --dump-plugin' or 'nbdkit /path/to/plugin.so --dump-plugin', \
+                 or --dump-config to find out about the server",
+            );
+        }
         eprintln!("nbdkit: no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.");
         return ExitCode::from(1);
     }
 
+    // Combinations nbdkit refuses before it loads the plugin.
+    let run = get("run");
+    let single = on("single");
+    let port = get("port");
+    let ipaddr = get("ipaddr");
+    let vsock = on("vsock");
+    if on("oldstyle") && tls_arg == Some("require") {
+        return fail("cannot use oldstyle protocol (-o) and require TLS");
+    }
+    // systemd socket activation: LISTEN_PID names this process.
+    let activated = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id())
+        && std::env::var_os("LISTEN_FDS").is_some();
+    if activated {
+        let given = [
+            ("--run", run.is_some()),
+            ("-i", ipaddr.is_some()),
+            ("-p", port.is_some()),
+            ("-s", single),
+            ("-U", unix.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return fail(format!("cannot use socket activation with {flag} flag"));
+        }
+    }
+    if (port.is_some() && unix.is_some())
+        || (port.is_some() && single)
+        || (unix.is_some() && single)
+        || (single && run.is_some())
+        || (single && on("dump-plugin"))
+        || (vsock && unix.is_some())
+        || (vsock && single)
+    {
+        return fail(
+            "--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination",
+        );
+    }
+
     // Load the plugin and filters.
     let plugin_arg = &positional[0];
-    let plugin_name = registry::short_name(plugin_arg, "plugin");
-    let Some(plugin) = registry::plugin(&plugin_name) else {
-        return fail(format!(
-            "cannot open plugin '{plugin_arg}': no plugin of that name is built into this nbdkit (No such file or directory)"
-        ));
+    let plugin = match registry::plugin(plugin_arg) {
+        Ok(p) => p,
+        Err(e) => return load_failed(e),
     };
     let mut filters = Vec::new();
     for f in m.get_many::<String>("filter").into_iter().flatten() {
-        let fname = registry::short_name(f, "filter");
-        match registry::filter(&fname) {
-            Some(filter) => filters.push(filter),
-            None => {
-                return fail(format!(
-                    "cannot open filter '{f}': no filter of that name is built into this nbdkit (No such file or directory)"
-                ))
-            }
+        match registry::filter(f) {
+            Ok(filter) => filters.push(filter),
+            Err(e) => return load_failed(e),
         }
     }
     let mut stack = Stack::new(plugin, filters);
@@ -334,7 +573,9 @@ fn main() -> ExitCode {
             "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
             "nbdkit.tls.session" => nbdkit_runtime_std::tls::set_debug_session(v != "0"),
             "nbdkit.environ" => environ = v != "0",
-            _ => {}
+            _ => {
+                nbdkit_runtime_std::cabi::apply_debug_flag(k, v);
+            }
         }
     }
     log::set_backend_debug(datapath, controlpath);
@@ -358,14 +599,19 @@ fn main() -> ExitCode {
         };
         for f in stack.filters() {
             println!("\nfilter: {}", title(f.name(), f.longname()));
-            println!("({exe})");
+            let path = nbdkit_runtime_std::cabi::path_of(f.name());
+            println!("({})", path.as_deref().unwrap_or(&exe));
             if !f.config_help().is_empty() {
                 println!("{}", f.config_help());
             }
         }
         let p = stack.plugin();
         println!("\nplugin: {}", title(p.name(), p.longname()));
-        println!("({exe})");
+        let path = nbdkit_runtime_std::cabi::path_of(p.name());
+        println!("({})", path.as_deref().unwrap_or(&exe));
+        if let Some(d) = p.description() {
+            println!("{d}");
+        }
         if !p.config_help().is_empty() {
             println!("{}", p.config_help());
         }
@@ -381,7 +627,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    // Configuration.
+    // Configuration: KEY=VALUE, or a bare VALUE for the magic key (or, for
+    // a plugin without one, `script` if it comes first).
     let magic = stack.plugin().magic_config_key();
     for (i, a) in positional[1..].iter().enumerate() {
         let (k, v) = match a.split_once('=') {
@@ -391,8 +638,7 @@ fn main() -> ExitCode {
                 None if i == 0 => ("script".to_string(), a.clone()),
                 None => {
                     return fail(format!(
-                        "{}: this plugin does not need a bare parameter (use KEY=VALUE): {a}",
-                        stack.plugin().name()
+                        "expecting key=value on the command line but got: {a}"
                     ))
                 }
             },
@@ -409,20 +655,10 @@ fn main() -> ExitCode {
         return fail(e.to_string());
     }
 
-    // Options that belong to later work say so clearly.
-    let tls_arg = get("tls");
-    if let Some(other) = tls_arg
-        .as_deref()
-        .filter(|t| !["off", "on", "require"].contains(t))
-    {
-        return fail(format!(
-            "--tls: invalid value: {other} (expected off, on or require)"
-        ));
-    }
     let (tls, tls_creds) = match nbdkit_runtime_std::tls::configure(
-        tls_arg.as_deref(),
-        get("tls-certificates").as_deref(),
-        get("tls-psk").as_deref(),
+        tls_arg,
+        tls_certificates.as_deref(),
+        tls_psk.as_deref(),
         on("tls-verify-peer"),
     ) {
         Ok(t) => t,
@@ -432,65 +668,14 @@ fn main() -> ExitCode {
         tls,
         ..HsConfig::default()
     };
-    if let Some(mask) = get("mask-handshake") {
-        let parsed = if let Some(h) = mask.strip_prefix("0x").or_else(|| mask.strip_prefix("0X")) {
-            u16::from_str_radix(h, 16).ok()
-        } else if mask.len() > 1 && mask.starts_with('0') {
-            u16::from_str_radix(&mask[1..], 8).ok()
-        } else {
-            mask.parse::<u16>().ok()
-        };
-        match parsed {
-            Some(v) => hs.handshake_flags = v & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES),
-            None => return fail(format!("--mask-handshake: could not parse number: {mask}")),
-        }
+    if let Some(mask) = mask {
+        hs.handshake_flags = (mask & u32::from(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) as u16;
     }
     if on("no-sr") {
         hs.structured_replies = false;
         hs.extended_headers = false;
     }
-    if on("oldstyle") && !on("newstyle") {
-        hs.oldstyle = true;
-    }
-    if hs.oldstyle && hs.tls == nbdkit_core::handshake::TlsMode::Require {
-        return fail("cannot use oldstyle protocol (-o) and require TLS");
-    }
-    let threads = match get("threads") {
-        None => 16,
-        Some(t) => match t.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => return fail(format!("cannot parse number of threads: {t}")),
-        },
-    };
-    let run = get("run");
-    let single = on("single");
-    let unix = get("unix");
-    let port = get("port");
-    let ipaddr = get("ipaddr");
-    if single && run.is_some() {
-        return fail("--run and -s/--single options cannot be used together");
-    }
-    if unix.is_some() && (port.is_some() || ipaddr.is_some()) {
-        return fail("-U and -p/-i options cannot be used together");
-    }
-    if single && (unix.is_some() || port.is_some() || ipaddr.is_some()) {
-        return fail("-s/--single and -U/-p/-i options cannot be used together");
-    }
-    // systemd socket activation: LISTEN_PID names this process.
-    let activated = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        == Some(std::process::id())
-        && std::env::var_os("LISTEN_FDS").is_some();
-    if activated
-        && (unix.is_some() || port.is_some() || ipaddr.is_some() || run.is_some() || single)
-    {
-        return fail("socket activation cannot be used with -i, -p, --run, -s or -U options");
-    }
-    let vsock = on("vsock");
-    if vsock && (unix.is_some() || single || ipaddr.is_some()) {
-        return fail("--vsock cannot be used with -U, -s or -i options");
-    }
+    hs.oldstyle = on("oldstyle");
     let listen = if activated {
         Listen::Activated
     } else if vsock {
@@ -507,23 +692,14 @@ fn main() -> ExitCode {
         Listen::Vsock { port }
     } else if single {
         Listen::Stdin
-    } else if let Some(u) = unix {
-        if u == "-" {
-            match nbdkit_runtime_std::server::private_socket() {
-                Ok((path, dir)) => Listen::Unix {
-                    path,
-                    private: Some(dir),
-                },
-                Err(e) => return fail(format!("mkdtemp: {e}")),
-            }
-        } else {
-            Listen::Unix {
-                path: PathBuf::from(u),
-                private: None,
-            }
+    } else if let Some(Some(path)) = unix {
+        Listen::Unix {
+            path,
+            private: None,
         }
-    } else if run.is_some() && port.is_none() && ipaddr.is_none() {
-        // nbdkit >= 1.36: --run implies -U -.
+    } else if unix.is_some() || (run.is_some() && port.is_none() && ipaddr.is_none()) {
+        // -U -, which --run implies (nbdkit >= 1.36) unless -p or -i asks
+        // for TCP.
         match nbdkit_runtime_std::server::private_socket() {
             Ok((path, dir)) => Listen::Unix {
                 path,
@@ -534,9 +710,9 @@ fn main() -> ExitCode {
     } else {
         let port = match port {
             None => nbdkit_core::wire::consts::DEFAULT_PORT,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) => n,
-                Err(_) => return fail(format!("cannot parse port number: {p}")),
+            Some(p) => match parse_port(&p) {
+                Some(n) => n,
+                None => return fail(format!("cannot parse port number: {p}")),
             },
         };
         let family = if on("ipv4") {
@@ -568,7 +744,7 @@ fn main() -> ExitCode {
         threads,
         readonly: on("readonly"),
         handshake: hs,
-        pidfile: get("pidfile").map(PathBuf::from),
+        pidfile,
         run,
         exportname: get("exportname").unwrap_or_default(),
         exit_with_parent: on("exit-with-parent"),

@@ -1,7 +1,12 @@
-//! The plugins and filters built into this nbdkit, by name: those of the
-//! core (memory only) first, then those that need the operating system.
+//! The plugins and filters of this nbdkit, by name: those built in (the
+//! core's, which need only memory, then those that need the operating
+//! system), else compiled ones loaded through nbdkit's C ABI from a file
+//! named on the command line or found in the plugin/filter directory.
+
+use std::path::{Path, PathBuf};
 
 use nbdkit_core::backend::{Filter, Plugin};
+use nbdkit_runtime_std::cabi::{self, LoadError};
 
 /// The short name of a plugin or filter given as a name or as a path such
 /// as `/usr/lib/nbdkit/plugins/nbdkit-file-plugin.so`.
@@ -13,17 +18,53 @@ pub(crate) fn short_name(arg: &str, kind: &str) -> String {
         .strip_prefix(prefix)
         .and_then(|b| b.strip_suffix(&suffix))
     {
-        Some(n) if arg.contains('/') || base.ends_with(".so") => n.to_string(),
+        Some(n) if cabi::is_path(arg) => n.to_string(),
         _ => arg.to_string(),
     }
 }
 
-/// A fresh, unconfigured plugin.
-pub(crate) fn plugin(name: &str) -> Option<Box<dyn Plugin>> {
+fn builtin_plugin(name: &str) -> Option<Box<dyn Plugin>> {
     nbdkit_core::plugins::by_name(name).or_else(|| nbdkit_runtime_std::plugins::by_name(name))
 }
 
-/// A fresh, unconfigured filter.
-pub(crate) fn filter(name: &str) -> Option<Box<dyn Filter>> {
+fn builtin_filter(name: &str) -> Option<Box<dyn Filter>> {
     nbdkit_core::filters::by_name(name).or_else(|| nbdkit_runtime_std::filters::by_name(name))
+}
+
+/// Load `arg`: the file it names if that exists, else the built-in of
+/// its short name, else `nbdkit-NAME-KIND.so` from the directories (a
+/// path to a missing file of a built-in's name, such as
+/// `/usr/lib/nbdkit/plugins/nbdkit-file-plugin.so` from another system,
+/// also gets the built-in).
+fn load<T: ?Sized>(
+    arg: &str,
+    kind: &str,
+    builtin: impl FnOnce(&str) -> Option<Box<T>>,
+    load: impl FnOnce(&str, &Path) -> Result<Box<T>, LoadError>,
+) -> Result<Box<T>, LoadError> {
+    let is_path = cabi::is_path(arg);
+    if !(is_path && Path::new(arg).exists()) {
+        if let Some(b) = builtin(&short_name(arg, kind)) {
+            return Ok(b);
+        }
+    }
+    let path = if is_path {
+        PathBuf::from(arg)
+    } else {
+        cabi::find(arg, kind)
+    };
+    load(arg, &path)
+}
+
+/// A fresh, unconfigured plugin.
+pub(crate) fn plugin(arg: &str) -> Result<Box<dyn Plugin>, LoadError> {
+    // The exported nbdkit_* functions are only reachable from loaded
+    // objects: keep them linked in.
+    std::hint::black_box(cabi::keep_exports());
+    load(arg, "plugin", builtin_plugin, cabi::load_plugin)
+}
+
+/// A fresh, unconfigured filter.
+pub(crate) fn filter(arg: &str) -> Result<Box<dyn Filter>, LoadError> {
+    load(arg, "filter", builtin_filter, cabi::load_filter)
 }

@@ -1,12 +1,15 @@
-//! The nbdkit-rs server on Linux: listeners, the per-connection driver of
-//! the sans-IO core, request dispatch by thread model, process control,
-//! and the plugins that need the operating system.
+//! The nbdkit-rs server on Linux and FreeBSD: listeners, the
+//! per-connection driver of the sans-IO core, request dispatch by thread
+//! model, process control, and the plugins that need the operating system.
+//! What differs between the two systems is all in the `os` module.
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
 mod blocking;
+pub mod cabi;
 mod connection;
 pub mod filters;
 pub mod log;
+mod os;
 pub mod plugins;
 pub mod process;
 pub mod server;

@@ -3,8 +3,42 @@
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::log;
+
+/// The working directory nbdkit was started in, recorded before
+/// [`daemonize`] moves to `/`.
+static STARTUP_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// `nbdkit_absolute_path`: a relative path is taken from the current
+/// directory (no symlinks are resolved and the file need not exist), so
+/// that it still names the same file after the server moves to `/` in the
+/// background. Parameters that name files go through this (or through
+/// realpath) when they are read.
+pub fn absolute_path(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("cannot convert null or empty path to an absolute path".into());
+    }
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| format!("get_current_dir_name: {e}"))?;
+    Ok(cwd.join(p))
+}
+
+/// A path as the user meant it on the command line: relative paths are
+/// taken from the directory nbdkit started in, also after it has moved to
+/// `/` in the background. For values kept as given at configuration time
+/// (the error filter's trigger files).
+pub fn from_startup_dir(path: &str) -> PathBuf {
+    match STARTUP_DIR.get() {
+        Some(dir) if !path.starts_with('/') => dir.join(path),
+        _ => PathBuf::from(path),
+    }
+}
 
 /// Fork into the background (nbdkit without `-f`): the parent exits with
 /// status 0 at once; the child starts a new session, moves to `/` and points
@@ -18,6 +52,9 @@ pub fn daemonize(log_explicit: bool) -> Result<(), String> {
         Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
         Ok(nix::unistd::ForkResult::Child) => {
             let _ = nix::unistd::setsid();
+            if let Ok(dir) = std::env::current_dir() {
+                let _ = STARTUP_DIR.set(dir);
+            }
             let _ = std::env::set_current_dir("/");
             if let Ok(null) = std::fs::OpenOptions::new()
                 .read(true)
@@ -91,22 +128,6 @@ pub fn lock_memory() -> Result<(), String> {
     mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|e| {
         format!("--swap: mlockall: {e} (raise RLIMIT_MEMLOCK with ulimit -l, or run as root)")
     })
-}
-
-/// `--selinux-label`: label the sockets this thread creates next, as
-/// setsockcreatecon(3) does. Fails clearly where SELinux is not enabled.
-pub fn set_socket_label(label: Option<&str>) -> Result<(), String> {
-    let enabled = std::path::Path::new("/sys/fs/selinux/enforce").exists();
-    if !enabled {
-        return match label {
-            Some(_) => Err("--selinux-label: SELinux is not enabled on this system".into()),
-            None => Ok(()),
-        };
-    }
-    let path = "/proc/thread-self/attr/sockcreate";
-    let value = label.unwrap_or("");
-    std::fs::write(path, value)
-        .map_err(|e| format!("--selinux-label: cannot set socket label {value:?}: {e}"))
 }
 
 /// Sockets passed by systemd (`LISTEN_PID`, `LISTEN_FDS`): `None` when this

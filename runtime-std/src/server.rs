@@ -2,7 +2,7 @@
 //! the pidfile, `--run` captive mode and `--exit-with-parent`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -98,7 +98,28 @@ pub fn private_socket() -> std::io::Result<(PathBuf, PathBuf)> {
     let tmpl = base.join("nbdkitXXXXXX");
     let dir = nix::unistd::mkdtemp(&tmpl).map_err(std::io::Error::from)?;
     let sock = dir.join("socket");
+    PRIVATE_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.clone());
     Ok((sock, dir))
+}
+
+/// Private socket directories made so far, for [`exit_before_serving`].
+static PRIVATE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Exit at once with `code`, before any socket was bound (a filter's
+/// `get_ready` deciding there is nothing to serve), removing the still
+/// empty private socket directories.
+pub fn exit_before_serving(code: i32) -> ! {
+    for dir in PRIVATE_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = std::fs::remove_dir(dir);
+    }
+    std::process::exit(code)
 }
 
 fn percent_encode(s: &str) -> String {
@@ -170,19 +191,14 @@ fn bind_tcp(
     Ok(out)
 }
 
-fn set_exit_with_parent() {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no
-    // memory effects.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
-    }
-}
-
 /// Serve until a signal, the end of `--run`'s command, or (with `-s`) the
 /// end of the one connection. Returns the process exit status.
 pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
     if cfg.exit_with_parent {
-        set_exit_with_parent();
+        if let Err(e) = crate::os::pdeathsig::exit_with_parent() {
+            log::error(None, &e);
+            return 1;
+        }
     }
     if cfg.swap {
         if let Err(e) = crate::process::lock_memory() {
@@ -260,7 +276,7 @@ enum StdBound {
 }
 
 fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
-    crate::process::set_socket_label(cfg.selinux_label.as_deref())?;
+    crate::os::selinux::set_socket_label(cfg.selinux_label.as_deref())?;
     let r = match &cfg.listen {
         Listen::Tcp { addr, port, family } => {
             let ls = bind_tcp(addr, *port, *family)
@@ -292,24 +308,10 @@ fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
             }
             None => return Err("socket activation: LISTEN_FDS is not set for this process".into()),
         },
-        Listen::Vsock { port } => {
-            let sock = socket2::Socket::new(
-                socket2::Domain::VSOCK,
-                socket2::Type::STREAM.cloexec(),
-                None,
-            )
-            .map_err(|e| format!("socket: AF_VSOCK: {e}"))?;
-            let addr = socket2::SockAddr::vsock(libc::VMADDR_CID_ANY, *port);
-            sock.bind(&addr)
-                .map_err(|e| format!("bind: vsock port {port}: {e}"))?;
-            sock.listen(1024)
-                .map_err(|e| format!("listen: vsock: {e}"))?;
-            sock.set_nonblocking(true).map_err(|e| e.to_string())?;
-            StdBound::Vsock(sock.into())
-        }
+        Listen::Vsock { port } => StdBound::Vsock(crate::os::vsock::listen(*port)?),
     };
     if cfg.selinux_label.is_some() {
-        crate::process::set_socket_label(None)?;
+        crate::os::selinux::set_socket_label(None)?;
     }
     Ok(r)
 }
@@ -344,36 +346,16 @@ impl AnyListener {
                 let (s, _) = l.accept().await?;
                 // Room for a whole large read reply in one send.
                 let _ = socket2::SockRef::from(&s).set_send_buffer_size(SEND_BUFFER);
-                let peer = unix_peer(&s);
+                let peer = crate::os::peercred::unix_peer(&s);
                 Ok(Accepted::Unix(s, peer))
             }
             AnyListener::Vsock(fd) => loop {
                 let mut guard = fd.readable().await?;
-                let r = guard.try_io(|inner| {
-                    use std::os::fd::AsRawFd;
-                    let raw = nix::sys::socket::accept4(
-                        inner.get_ref().as_raw_fd(),
-                        nix::sys::socket::SockFlag::SOCK_CLOEXEC
-                            | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
-                    )
-                    .map_err(std::io::Error::from)?;
-                    Ok(raw)
-                });
-                match r {
-                    Ok(Ok(raw)) => {
-                        let peer =
-                            match nix::sys::socket::getpeername::<nix::sys::socket::VsockAddr>(raw)
-                            {
-                                Ok(a) => Peer::Vsock {
-                                    cid: a.cid(),
-                                    port: a.port(),
-                                },
-                                Err(_) => Peer::Unknown,
-                            };
-                        // SAFETY: accept4 returned a new descriptor we own.
+                match guard.try_io(|inner| crate::os::vsock::accept(inner.get_ref().as_fd())) {
+                    Ok(Ok((fd, peer))) => {
                         // A vsock stream is read and written like any
                         // stream socket.
-                        let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(raw) };
+                        let std = std::os::unix::net::UnixStream::from(fd);
                         let s = tokio::net::UnixStream::from_std(std)?;
                         return Ok(Accepted::Unix(s, peer));
                     }
@@ -671,22 +653,6 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// The credentials of a Unix socket peer (SO_PEERCRED).
-fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
-    match s.peer_cred() {
-        Ok(c) => Peer::Unix {
-            pid: c.pid(),
-            uid: Some(c.uid()),
-            gid: Some(c.gid()),
-        },
-        Err(_) => Peer::Unix {
-            pid: None,
-            uid: None,
-            gid: None,
-        },
-    }
-}
-
 fn is_socket(fd: i32) -> bool {
     nix::sys::stat::fstat(fd)
         .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
@@ -716,7 +682,7 @@ async fn serve_stdin(shared: Arc<Shared>) {
             tokio::net::UnixStream::from_std(rb),
         ) {
             (Ok(r), Ok(w)) => {
-                let peer = unix_peer(&r);
+                let peer = crate::os::peercred::unix_peer(&r);
                 connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }).await
             }
             _ => log::error(None, "cannot use stdin/stdout as a socket"),

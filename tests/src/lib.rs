@@ -516,6 +516,33 @@ where
     run(&mut cmd, CMD_TIMEOUT)
 }
 
+/// Polls `f` every 20 ms until it holds or `timeout` passes; true if it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        thread::sleep(POLL);
+    }
+    f()
+}
+
+/// Whether process `pid` exists.
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// The pid in a complete pidfile (nbdkit writes "PID\n"), if any yet.
+pub fn read_pidfile(p: &Path) -> Option<i32> {
+    let s = fs::read_to_string(p).ok()?;
+    if !s.ends_with('\n') {
+        return None;
+    }
+    s.trim().parse().ok()
+}
+
 // ---------------------------------------------------------------------------
 // A server under test
 // ---------------------------------------------------------------------------

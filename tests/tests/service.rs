@@ -3,34 +3,9 @@
 #![allow(clippy::std_instead_of_core)]
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nbdkit_tests::*;
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn read_pid(p: &Path) -> Option<i32> {
-    let s = std::fs::read_to_string(p).ok()?;
-    if !s.ends_with('\n') {
-        return None;
-    }
-    s.trim().parse().ok()
-}
 
 #[test]
 fn daemon_writes_pidfile_when_ready_serves_and_stops_on_sigterm() {
@@ -51,8 +26,11 @@ fn daemon_writes_pidfile_when_ready_serves_and_stops_on_sigterm() {
         Duration::from_secs(30),
     );
     assert!(out.success(), "{}", out.describe());
-    assert!(wait_until(Duration::from_secs(20), || read_pid(&pidfile).is_some()));
-    let pid = read_pid(&pidfile).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || read_pidfile(
+        &pidfile
+    )
+    .is_some()));
+    let pid = read_pidfile(&pidfile).unwrap();
     assert_ne!(pid as u32, std::process::id());
     // The pidfile exists only once the socket accepts connections.
     let uri = format!("nbd+unix:///?socket={}", sock.display());

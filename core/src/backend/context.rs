@@ -419,6 +419,10 @@ impl NextOpener for Opener<'_> {
         Ok(())
     }
 
+    fn set_next(&mut self, next: Context) -> Result<Option<Context>> {
+        Ok(self.slot.replace(next))
+    }
+
     fn reopener(&self) -> Option<Box<dyn Reopener>> {
         Some(Box::new(StackReopener {
             stack: Arc::clone(self.stack),

@@ -17,6 +17,18 @@ pub trait NextOpener {
     fn reopener(&self) -> Option<Box<dyn Reopener>> {
         None
     }
+
+    /// Use `next`, a context of the layer below opened through a
+    /// [`Reopener`], as the next layer in place of the one `open` makes
+    /// (nbdkit_context_set_next during a C filter's `.open`). Returns the
+    /// context it replaces, if one was open.
+    fn set_next(&mut self, next: Context) -> Result<Option<Context>> {
+        drop(next);
+        Err(crate::backend::Error::msg(
+            crate::errno::Errno::ENOTSUP,
+            "the next layer cannot be replaced here",
+        ))
+    }
 }
 
 /// Opens a fresh context of the layer below a filter, at any time during a

@@ -69,8 +69,11 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// One `key=value` parameter. The default refuses every key, as nbdkit
     /// does for a plugin without `.config`.
-    fn config(&mut self, key: &str, _value: &str) -> Result<()> {
-        Err(Error::config(alloc::format!("unknown parameter '{key}'")))
+    fn config(&mut self, _key: &str, _value: &str) -> Result<()> {
+        Err(Error::config(alloc::format!(
+            "{}: this plugin does not need command line configuration",
+            self.name()
+        )))
     }
 
     /// All parameters were given: check that the configuration is complete.

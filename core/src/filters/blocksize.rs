@@ -18,7 +18,6 @@ use crate::backend::{
     BlockSize, Context, Error, Extent, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs,
     Result,
 };
-use crate::errno::Errno;
 use crate::plugins::size_param;
 use crate::sync::{read, write, RwLock};
 
@@ -366,13 +365,11 @@ impl FilterHandle for BlocksizeHandle {
     }
 }
 
-/// The extents of the layer below for `count` bytes at `offset` (both
-/// multiples of `align`, with the list running to `end`), made whole
-/// blocks of `align` bytes, as nbdkit's `nbdkit_extents_aligned`: the list
-/// stops before the first extent that does not end on a block boundary,
-/// except that when the first block is split, it becomes one extent whose
-/// type is what all its parts share (asking the layer below again if its
-/// first answer did not reach the end of that block).
+/// The extents of the layer below for `count` bytes at `offset` (aligned),
+/// with every boundary a multiple of `align` (nbdkit's
+/// `nbdkit_extents_aligned`): the list stops before the first unaligned
+/// boundary past the first block, and a first block made of several
+/// extents becomes one extent whose status is what they all share.
 fn aligned_extents(
     next: &Context,
     count: u64,
@@ -381,49 +378,50 @@ fn aligned_extents(
     flags: Flags,
     align: u64,
 ) -> Result<Vec<Extent>> {
-    let mut first = Extents::new(offset, end);
-    next.extents(count, offset, flags, &mut first)?;
-    let mut list = first.as_slice().to_vec();
-    let Some(i) = list.iter().position(|e| e.length % align != 0) else {
-        return Ok(list);
+    let query = |count: u64, offset: u64, flags: Flags| -> Result<Vec<Extent>> {
+        let mut below = Extents::new(offset, end);
+        next.extents(count, offset, flags, &mut below)?;
+        Ok(below.as_slice().to_vec())
     };
-    let e = list[i];
-    if e.offset + e.length > offset + align {
-        // Past the first block: keep the whole blocks before it.
-        let whole = round_down(e.length, align);
-        list.truncate(i + usize::from(whole > 0));
-        if whole > 0 {
-            list[i].length = whole;
+    let list = query(count, offset, flags)?;
+    let mut out = Vec::with_capacity(list.len());
+    let mut rest = list.into_iter();
+    while let Some(e) = rest.next() {
+        if e.length % align == 0 {
+            out.push(e);
+            continue;
         }
-        return Ok(list);
-    }
-    // The first block is split (only the first extent can start inside
-    // it): merge its parts.
-    let mut merged = e;
-    let mut rest = list.split_off(1).into_iter();
-    while merged.length < align {
-        let part = match rest.next() {
-            Some(p) => p,
-            None => {
-                let at = merged.offset + merged.length;
-                let mut more = Extents::new(at, offset + align);
-                next.extents(
-                    offset + align - at,
-                    at,
-                    flags.without(Flags::REQ_ONE),
-                    &mut more,
-                )?;
-                let mut parts = more.as_slice().to_vec().into_iter();
-                let p = parts.next().ok_or_else(|| {
-                    Error::msg(Errno::EINVAL, "extents: the layer below returned no extent")
-                })?;
-                rest = parts.collect::<Vec<_>>().into_iter();
-                p
+        if e.offset + e.length > offset + align {
+            // Keep the aligned part and leave the rest for the next call.
+            let length = round_down(e.length, align);
+            if length > 0 {
+                out.push(Extent { length, ..e });
             }
-        };
-        merged.length += part.length;
-        merged.flags &= part.flags;
+            break;
+        }
+        // The first block is split: merge what covers it, asking the
+        // layer below for more when the list runs out.
+        let mut block = e;
+        let mut more: Vec<Extent> = rest.collect();
+        let mut queries = 0;
+        while block.length < align {
+            if more.is_empty() {
+                let at = block.offset + block.length;
+                more = query(align - block.length, at, flags.without(Flags::REQ_ONE))?;
+                queries += 1;
+                if more.is_empty() || queries > align {
+                    // Nothing more to learn: treat the rest as data.
+                    block.flags = 0;
+                    break;
+                }
+            }
+            let n = more.remove(0);
+            block.length += n.length;
+            block.flags &= n.flags;
+        }
+        block.length = align;
+        out.push(block);
+        break;
     }
-    merged.length = align;
-    Ok(vec![merged])
+    Ok(out)
 }

@@ -30,6 +30,12 @@ impl Filter for BlocksizePolicy {
     fn longname(&self) -> Option<&'static str> {
         Some("nbdkit blocksize policy filter")
     }
+    fn config_help(&self) -> &'static str {
+        "blocksize-error-policy=allow|error  What to do with a badly sized request.\n\
+         blocksize-minimum=<N>               Minimum block size to advertise.\n\
+         blocksize-preferred=<N>             Preferred block size to advertise.\n\
+         blocksize-maximum=<N>               Maximum block size to advertise."
+    }
     fn blocks(&self) -> bool {
         false
     }

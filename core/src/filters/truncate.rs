@@ -120,6 +120,14 @@ impl FilterHandle for TruncateHandle {
     fn get_size(&self, next: &Context) -> Result<u64> {
         self.size(next)
     }
+    // Zeroing the tail is always fast, and the tail always has extents;
+    // requests inside the real size ask the layer below.
+    fn can_fast_zero(&self, _next: &Context) -> Result<bool> {
+        Ok(true)
+    }
+    fn can_extents(&self, _next: &Context) -> Result<bool> {
+        Ok(true)
+    }
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
         let n = Self::inside(next, buf.len() as u64, offset) as usize;
         let (head, tail) = buf.split_at_mut(n);
@@ -133,7 +141,10 @@ impl FilterHandle for TruncateHandle {
         let n = Self::inside(next, buf.len() as u64, offset) as usize;
         let (head, tail) = buf.split_at(n);
         if tail.iter().any(|&b| b != 0) {
-            return Err(Error::new(Errno::ENOSPC));
+            return Err(Error::msg(
+                Errno::ENOSPC,
+                "truncate: write beyond end of underlying device",
+            ));
         }
         if !head.is_empty() {
             next.pwrite(head, offset, flags)?;
@@ -149,6 +160,9 @@ impl FilterHandle for TruncateHandle {
     fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
         match Self::inside(next, count, offset) {
             0 => Ok(()),
+            _ if flags.contains(Flags::FAST_ZERO) && !next.caps().can_fast_zero => {
+                Err(Error::new(Errno::ENOTSUP))
+            }
             n => next.zero(n, offset, flags),
         }
     }

@@ -52,9 +52,7 @@ impl Plugin for Full {
     }
     fn config_complete(&mut self) -> Result<()> {
         if self.size.is_none() {
-            return Err(Error::config(
-                "you must specify size=<SIZE> on the command line",
-            ));
+            return Err(Error::config("size parameter is required"));
         }
         Ok(())
     }

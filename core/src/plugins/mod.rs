@@ -20,6 +20,17 @@ use crate::size::{parse_size, SizeError};
 /// Parse a size parameter, with nbdkit's error messages.
 pub fn size_param(value: &str) -> Result<u64> {
     parse_size(value).map_err(|e| {
+        // The number itself out of range (strtoimax's ERANGE), whatever
+        // follows it, is reported before any suffix or scaling problem.
+        let t = value.trim_start();
+        let digits = t.strip_prefix('+').unwrap_or(t);
+        let n = digits.len()
+            - digits
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        if n > 0 && digits[..n].parse::<i64>().is_err() {
+            return Error::config(format!("size ({value}) exceeds maximum value"));
+        }
         Error::config(match e {
             SizeError::Invalid => {
                 let t = value.trim_start();

@@ -108,12 +108,13 @@ impl Filter for Cache {
     }
 
     fn config_help(&self) -> &'static str {
-        "cache=MODE                     Set cache MODE, one of writeback (default),\n\
-         \x20                              writethrough, or unsafe.\n\
-         cache-on-read=BOOL|/PATH       Set to true to cache on reads (default false).\n\
-         cache-max-size=SIZE            Set maximum space used by cache.\n\
-         cache-high-threshold=PCT       Percentage of max size where reclaim begins.\n\
-         cache-low-threshold=PCT        Percentage of max size where reclaim ends."
+        "cache=MODE                Set cache MODE, one of writeback (default),\n\
+         \x20                         writethrough, or unsafe.\n\
+         cache-on-read=BOOL|/PATH  Set to true to cache on reads (default false).\n\
+         cache-min-block-size=SIZE Set minimum block size of the cache (default 64K).\n\
+         cache-max-size=SIZE       Set maximum space used by cache.\n\
+         cache-high-threshold=PCT  Percentage of max size where reclaim begins.\n\
+         cache-low-threshold=PCT   Percentage of max size where reclaim ends."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {

@@ -10,8 +10,11 @@ use nbdkit_core::filters::{
     retry_request::RetryRequest,
 };
 
+/// Whether an `error-file` trigger exists. A relative name is taken from
+/// the directory nbdkit started in (nbdkit makes it absolute when it reads
+/// the parameter), so it still works once the server is in the background.
 fn exists(path: &str) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
+    std::fs::symlink_metadata(crate::process::from_startup_dir(path)).is_ok()
 }
 
 fn sleep(d: Duration) {

@@ -77,9 +77,9 @@ impl Filter for Cow {
     }
 
     fn config_help(&self) -> &'static str {
-        "cow-block-size=<N>             Set COW block size.\n\
-         cow-on-cache=<BOOL>            Copy cache (prefetch) requests to the overlay.\n\
-         cow-on-read=<BOOL>|/PATH       Copy read requests to the overlay."
+        "cow-block-size=<N>       Set COW block size.\n\
+         cow-on-cache=<BOOL>      Copy cache (prefetch) requests to the overlay.\n\
+         cow-on-read=<BOOL>|/PATH Copy read requests to the overlay."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {

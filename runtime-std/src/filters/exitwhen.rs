@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbdkit_core::backend::{Error, Filter, FilterHandle, NextOpener, OpenArgs, Peer, Result};
+use nbdkit_core::backend::{
+    Error, Filter, FilterHandle, NextOpener, OpenArgs, Peer, Result, ThreadModel,
+};
 use nbdkit_core::errno::Errno;
 
-use super::util::parse_unsigned;
+use super::util::{absolute_path, parse_unsigned};
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -163,8 +165,8 @@ impl Filter for ExitWhen {
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         let ev = match key {
-            "exit-when-file-created" => Event::FileCreated(absolute(value)),
-            "exit-when-file-deleted" => Event::FileDeleted(absolute(value)),
+            "exit-when-file-created" => Event::FileCreated(absolute_path(value)?),
+            "exit-when-file-deleted" => Event::FileDeleted(absolute_path(value)?),
             "exit-when-pipe-closed" | "exit-when-pipe-closes" => {
                 Event::PipeClosed(parse_unsigned(key, value)? as i32)
             }
@@ -188,6 +190,15 @@ impl Filter for ExitWhen {
 
     fn config_complete(&mut self) -> Result<()> {
         *self.state.events.lock().unwrap_or_else(|p| p.into_inner()) = self.events.clone();
+        Ok(())
+    }
+
+    // An event that happened before nbdkit started: exit at once, without
+    // serving or running --run's command (nbdkit does the same).
+    fn get_ready(&self, _thread_model: ThreadModel) -> Result<()> {
+        if self.events.iter().any(Event::happened) {
+            crate::server::exit_before_serving(0);
+        }
         Ok(())
     }
 
@@ -220,17 +231,6 @@ impl Filter for ExitWhen {
         let conn = Conn(self.state.clone());
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(conn))
-    }
-}
-
-/// Relative names are taken from the start-up directory (nbdkit changes
-/// directory when it forks).
-fn absolute(p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
     }
 }
 

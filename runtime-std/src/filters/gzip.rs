@@ -43,7 +43,7 @@ impl Read for NextReader<'_> {
         }
         self.next
             .pread(&mut buf[..n], self.pos, Flags::NONE)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno.0))?;
+            .map_err(|e| std::io::Error::from_raw_os_error(crate::os::errno::to_os(e.errno)))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -61,7 +61,13 @@ fn decompress(next: &Context) -> Result<Data> {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(Error::msg(Errno::EIO, format!("gzip: inflate: {e}")));
+                // zlib's words for data that is not gzip at all.
+                let what = e.to_string();
+                let what = match what.as_str() {
+                    "invalid gzip header" => "incorrect header check",
+                    w => w,
+                };
+                return Err(Error::msg(Errno::EIO, format!("gzip: inflate: {what}")));
             }
         };
         file.write_all(&buf[..n])

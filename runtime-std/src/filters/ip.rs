@@ -130,8 +130,8 @@ impl Filter for Ip {
     }
 
     fn config_help(&self) -> &'static str {
-        "allow=addr[,addr...]           Set allow list.\n\
-         deny=addr[,addr...]            Set deny list."
+        "allow=addr[,addr...]     Set allow list.\n\
+         deny=addr[,addr...]      Set deny list."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {

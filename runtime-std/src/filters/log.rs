@@ -190,9 +190,9 @@ impl Filter for Log {
     }
 
     fn config_help(&self) -> &'static str {
-        "logfile=<FILE>                 The file to place the log in.\n\
-         logappend=<BOOL>               True to append to the log (default false).\n\
-         logscript=<SCRIPT>             Script to run for logging."
+        "logfile=<FILE>               The file to place the log in.\n\
+         logappend=<BOOL>             True to append to the log (default false).\n\
+         logscript=<SCRIPT>           Script to run for logging."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {

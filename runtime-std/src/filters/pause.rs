@@ -116,14 +116,14 @@ impl Filter for Pause {
     }
 
     fn config_help(&self) -> &'static str {
-        "pause-control=<SOCKET>        (required) The control socket."
+        "pause-control=SOCKET           Control socket."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         if key != "pause-control" {
             return Ok(false);
         }
-        self.socket = Some(PathBuf::from(value));
+        self.socket = Some(super::util::absolute_path(value)?);
         Ok(true)
     }
 

@@ -22,7 +22,7 @@ use nbdkit_core::backend::{
 };
 use nbdkit_core::errno::Errno;
 
-use super::util::parse_size;
+use super::util::{absolute_path, parse_size};
 
 /// The longest single sleep: waits are cut into slices this long.
 const SLICE: Duration = Duration::from_millis(100);
@@ -226,8 +226,8 @@ impl Filter for Rate {
         match key {
             "rate" => self.rate = parse_rate(value)?,
             "connection-rate" => self.connection_rate = parse_rate(value)?,
-            "rate-file" => self.rate_file = Some(PathBuf::from(value)),
-            "connection-rate-file" => self.connection_rate_file = Some(PathBuf::from(value)),
+            "rate-file" => self.rate_file = Some(absolute_path(value)?),
+            "connection-rate-file" => self.connection_rate_file = Some(absolute_path(value)?),
             "burstiness" => {
                 self.burstiness = value.trim().parse::<f64>().map_err(|_| {
                     Error::config("burstiness must be a floating point number (seconds)")

@@ -71,10 +71,10 @@ impl Filter for Scan {
     }
 
     fn config_help(&self) -> &'static str {
-        "scan-ahead=false     Skip ahead when client reads faster.\n\
-         scan-clock=false     Stop scan when client reads.\n\
-         scan-forever=true    Scan in a loop while clients connected.\n\
-         scan-size=NN         Set scan block size."
+        "scan-ahead=false         Skip ahead when client reads faster.\n\
+         scan-clock=false         Always start prefetching from beginning.\n\
+         scan-forever=true        Scan in a loop while clients connected.\n\
+         scan-size=NN             Set scan block size."
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {

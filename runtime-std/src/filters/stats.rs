@@ -16,7 +16,7 @@ use nbdkit_core::backend::{
     Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, ThreadModel,
 };
 
-use super::util::{parse_bool, parse_unsigned};
+use super::util::{absolute_path, parse_bool, parse_unsigned};
 
 /// One size bucket of a histogram.
 #[derive(Debug, Clone)]
@@ -183,7 +183,7 @@ fn report(stats: &[Stat; 7], elapsed_usecs: u64, threshold: u32) -> String {
 /// The stats filter.
 #[derive(Debug)]
 pub struct Stats {
-    file: Option<String>,
+    file: Option<std::path::PathBuf>,
     append: bool,
     threshold: u32,
     shared: Arc<Shared>,
@@ -228,7 +228,7 @@ impl Filter for Stats {
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
-            "statsfile" => self.file = Some(value.to_string()),
+            "statsfile" => self.file = Some(absolute_path(value)?),
             "statsappend" => self.append = parse_bool(value)?,
             "statsthreshold" => {
                 let v = value.trim().parse::<i64>().ok();
@@ -265,7 +265,7 @@ impl Filter for Stats {
             o.write(true).truncate(true);
         }
         o.open(path)
-            .map_err(|e| Error::config(format!("open: {path}: {e}")))?;
+            .map_err(|e| Error::config(format!("open: {}: {e}", path.display())))?;
         self.shared = Arc::new(Shared {
             stats: Mutex::new(Default::default()),
             start: Mutex::new(Instant::now()),

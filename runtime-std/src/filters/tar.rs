@@ -36,7 +36,7 @@ impl Read for NextReader<'_> {
         }
         self.next
             .pread(&mut buf[..n], self.pos, Flags::NONE)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno.0))?;
+            .map_err(|e| std::io::Error::from_raw_os_error(crate::os::errno::to_os(e.errno)))?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -70,6 +70,12 @@ fn range_error(what: &str, value: &str) -> Error {
     ))
 }
 
+/// `nbdkit_absolute_path` for a parameter that names a file the filter
+/// opens later, after the server may have moved to `/` in the background.
+pub(crate) fn absolute_path(value: &str) -> Result<PathBuf> {
+    crate::process::absolute_path(value).map_err(Error::config)
+}
+
 /// `nbdkit_parse_bool`, with its message.
 pub(crate) fn parse_bool(value: &str) -> Result<bool> {
     nbdkit_core::size::parse_bool(value)
@@ -134,7 +140,7 @@ pub(crate) fn unlinked_tmpfile(default: &str, prefix: &str) -> Result<File> {
     let tmpl = tmpdir(default).join(format!("{prefix}XXXXXX"));
     let (fd, path) = nix::unistd::mkstemp(&tmpl).map_err(|e| {
         Error::msg(
-            Errno(e as i32),
+            crate::os::errno::from_os(e as i32),
             format!("mkostemp: {}: {}", tmpl.display(), e.desc()),
         )
     })?;
@@ -146,23 +152,17 @@ pub(crate) fn unlinked_tmpfile(default: &str, prefix: &str) -> Result<File> {
 /// An I/O error as a filter error, with a message `what: error`.
 pub(crate) fn io_error(what: &str, e: std::io::Error) -> Error {
     Error::msg(
-        Errno(e.raw_os_error().unwrap_or(Errno::EIO.0)),
+        e.raw_os_error()
+            .map(crate::os::errno::from_os)
+            .unwrap_or(Errno::EIO),
         format!("{what}: {e}"),
     )
 }
 
 /// Punch a hole in `file` (best effort; returns whether it worked).
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fallocate takes a file descriptor we own and plain integers.
-    unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        ) == 0
-    }
+    use std::os::fd::AsFd;
+    crate::os::fspace::punch_hole(file.as_fd(), offset as i64, len as i64).is_ok()
 }
 
 /// The most blocks a [`BlockMap`] may track (2 bits each: 1 GiB of map).

@@ -957,7 +957,7 @@ fn read_bounded(
 }
 
 fn io_err(what: &str, e: &std::io::Error) -> Error {
-    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    let errno = crate::os::errno::from_os(e.raw_os_error().unwrap_or(libc::EIO));
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or(&text).to_string();
     Error::msg(errno, format!("{what}: {text}"))
@@ -1051,7 +1051,9 @@ impl Plugin for Data {
         "data"
     }
     fn config_help(&self) -> &'static str {
-        "data|raw|base64=...     Specify disk data on the command line\nsize=<SIZE>             Size of the backing disk"
+        "data|raw|base64=...     Specify disk data on the command line\n\
+         size=<SIZE>             Size of the backing disk\n\
+         allocator=sparse|...    Backend allocation strategy"
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("data")

@@ -19,7 +19,7 @@ pub struct Example2 {
 
 /// An I/O error as an nbdkit error: `what: message`.
 pub(crate) fn io_error(what: &str, e: &std::io::Error) -> Error {
-    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+    let errno = crate::os::errno::from_os(e.raw_os_error().unwrap_or(libc::EIO));
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or(&text);
     Error::msg(errno, format!("{what}: {text}"))

@@ -67,7 +67,7 @@ impl Plugin for Example3 {
         template.push("diskXXXXXX");
         let (fd, path) = nix::unistd::mkstemp(&template).map_err(|e| {
             Error::msg(
-                nbdkit_core::errno::Errno(e as i32),
+                crate::os::errno::from_os(e as i32),
                 format!("mkstemp: {}: {}", template.display(), e.desc()),
             )
         })?;

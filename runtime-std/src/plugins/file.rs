@@ -33,8 +33,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File as StdFile;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -48,12 +48,12 @@ use nbdkit_core::plugins::unknown_param;
 use nbdkit_core::wire::consts::{STATE_HOLE, STATE_ZERO};
 use nix::errno::Errno as NixErrno;
 use nix::fcntl::PosixFadviseAdvice as Advice;
-use nix::fcntl::{fallocate, fcntl, openat, posix_fadvise, FallocateFlags, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, openat, posix_fadvise, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::unistd::{lseek, Whence};
 
-/// `BLKZEROOUT` (`_IO(0x12, 127)`), which the libc crate does not define.
-const BLKZEROOUT: libc::Ioctl = nix::request_code_none!(0x12, 127) as libc::Ioctl;
+use crate::os::errno::from_os;
+use crate::os::{blockdev, fspace, writeback};
 
 /// How many recent writes `cache=none` leaves in the page cache before it
 /// waits for the oldest to reach the disk and drops it.
@@ -130,13 +130,13 @@ fn strerror(code: i32) -> String {
 /// An error from the operating system: its errno and `what: strerror`.
 fn nix_error(what: &str, e: NixErrno) -> Error {
     let code = e as i32;
-    Error::msg(Errno(code), format!("{what}: {}", strerror(code)))
+    Error::msg(from_os(code), format!("{what}: {}", strerror(code)))
 }
 
 /// The same for a `std::io::Error`.
 fn io_error(what: &str, e: &io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) => Error::msg(Errno(code), format!("{what}: {}", strerror(code))),
+        Some(code) => Error::msg(from_os(code), format!("{what}: {}", strerror(code))),
         None => Error::msg(Errno::EIO, format!("{what}: {e}")),
     }
 }
@@ -338,36 +338,11 @@ fn open_fallback(
     Ok((file, writable))
 }
 
-/// Whether a block device's queue says it is rotational (false when the
-/// answer is not at hand).
-fn block_device_rotational(rdev: libc::dev_t) -> bool {
-    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    let base = format!("/sys/dev/block/{major}:{minor}");
-    // A whole disk has its own queue; a partition's is its parent's.
-    for path in [
-        format!("{base}/queue/rotational"),
-        format!("{base}/../queue/rotational"),
-    ] {
-        let mut buf = [0u8; 16];
-        if let Ok(f) = StdFile::open(&path) {
-            if let Ok(n) = f.take(buf.len() as u64).read(&mut buf) {
-                return buf[..n].trim_ascii() == b"1";
-            }
-        }
-    }
-    false
-}
-
 /// The logical sector size of a block device.
-fn block_device_sector_size(fd: RawFd) -> u64 {
-    let mut size: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int through the pointer, which points
-    // to a live c_int.
-    let r = unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut size as *mut libc::c_int) };
-    if r == 0 && size > 0 && (size as u64).is_power_of_two() {
-        size as u64
-    } else {
-        DEFAULT_SECTOR_SIZE
+fn block_device_sector_size(file: &StdFile) -> u64 {
+    match blockdev::sector_size(file.as_fd()) {
+        Some(size) if size.is_power_of_two() => size,
+        _ => DEFAULT_SECTOR_SIZE,
     }
 }
 
@@ -379,11 +354,14 @@ impl Plugin for File {
         Some("nbdkit file plugin")
     }
     fn config_help(&self) -> &'static str {
-        // As nbdkit 1.32 prints it, spelling included.
+        // As nbdkit 1.32 prints it (with the parameter's name spelled as
+        // it is accepted), and the descriptor parameters of nbdkit 1.34.
         "[file=]<FILENAME>     The filename to serve.\n\
          dir=<DIRNAME>         A directory containing files to serve.\n\
+         fd=<FD>               An inherited file descriptor of a file to serve.\n\
+         dirfd=<FD>            An inherited file descriptor of a directory.\n\
          cache=<MODE>          Set use of caching (default, none).\n\
-         fadise=<LEVEL>        Set fadvise hint (normal, random, sequential)."
+         fadvise=<LEVEL>       Set fadvise hint (normal, random, sequential)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
@@ -416,15 +394,11 @@ impl Plugin for File {
         ]
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
-        [
-            "file_blksszget",
-            "file_blkzeroout",
-            "file_falloc_fl_punch_hole",
-            "file_falloc_fl_zero_range",
-        ]
-        .iter()
-        .map(|k| (k.to_string(), "yes".to_string()))
-        .collect()
+        blockdev::DUMP_NAMES
+            .iter()
+            .chain(fspace::DUMP_NAMES)
+            .map(|k| (format!("file_{k}"), "yes".to_string()))
+            .collect()
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
@@ -554,8 +528,8 @@ impl Plugin for File {
         let is_block = file_type(st.st_mode) == SFlag::S_IFBLK;
         let (sector_size, rotational) = if is_block {
             (
-                block_device_sector_size(fd),
-                block_device_rotational(st.st_rdev),
+                block_device_sector_size(&file),
+                blockdev::rotational(st.st_rdev),
             )
         } else {
             (DEFAULT_SECTOR_SIZE, false)
@@ -613,10 +587,6 @@ fn off_range(offset: u64, count: u64) -> Result<(i64, i64)> {
     }
 }
 
-fn is_enotsup(e: NixErrno) -> bool {
-    matches!(e, NixErrno::EOPNOTSUPP | NixErrno::ENODEV)
-}
-
 /// The result of trying one zeroing method.
 enum Tried {
     Done,
@@ -641,19 +611,19 @@ impl FileHandle {
         offset % s == 0 && count % s == 0
     }
 
-    /// Try `fallocate(mode)`, clearing `flag` when the file system does not
-    /// support it.
+    /// Try a file space operation, clearing `flag` when the file system
+    /// does not support it.
     fn try_fallocate(
         &self,
         flag: &AtomicBool,
-        mode: FallocateFlags,
+        op: fn(BorrowedFd<'_>, i64, i64) -> nix::Result<()>,
         offset: i64,
         count: i64,
         what: &str,
     ) -> Result<Tried> {
-        match fallocate(self.fd(), mode, offset, count) {
+        match op(self.file.as_fd(), offset, count) {
             Ok(()) => Ok(Tried::Done),
-            Err(e) if is_enotsup(e) => {
+            Err(e) if fspace::is_unsupported(e) => {
                 flag.store(false, Ordering::Relaxed);
                 Ok(Tried::Unsupported)
             }
@@ -664,7 +634,7 @@ impl FileHandle {
     fn punch_hole(&self, offset: i64, count: i64, what: &str) -> Result<Tried> {
         self.try_fallocate(
             &self.can_punch_hole,
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            fspace::punch_hole,
             offset,
             count,
             what,
@@ -684,7 +654,7 @@ impl FileHandle {
             if self.can_zero_range.load(Ordering::Relaxed) {
                 let r = self.try_fallocate(
                     &self.can_zero_range,
-                    FallocateFlags::FALLOC_FL_ZERO_RANGE,
+                    fspace::zero_range,
                     offset,
                     count,
                     "zero: zero range",
@@ -700,7 +670,7 @@ impl FileHandle {
                 if let Tried::Done = self.punch_hole(offset, count, "zero: punch hole")? {
                     let r = self.try_fallocate(
                         &self.can_fallocate,
-                        FallocateFlags::empty(),
+                        fspace::allocate,
                         offset,
                         count,
                         "zero: fallocate",
@@ -717,18 +687,12 @@ impl FileHandle {
             && self.can_zeroout.load(Ordering::Relaxed)
             && self.aligned(offset as u64, count as u64)
         {
-            let range: [u64; 2] = [offset as u64, count as u64];
-            // SAFETY: BLKZEROOUT reads two u64 (start, length) through the
-            // pointer, which points to a live array of two u64.
-            let r = unsafe { libc::ioctl(self.fd(), BLKZEROOUT, range.as_ptr()) };
-            if r == 0 {
-                return Ok(Tried::Done);
-            }
-            match NixErrno::last() {
-                NixErrno::ENOTTY | NixErrno::EOPNOTSUPP => {
+            match blockdev::zero_out(self.file.as_fd(), offset as u64, count as u64) {
+                Ok(()) => return Ok(Tried::Done),
+                Err(NixErrno::ENOTTY | NixErrno::EOPNOTSUPP) => {
                     self.can_zeroout.store(false, Ordering::Relaxed);
                 }
-                e => return Err(nix_error("zero: BLKZEROOUT", e)),
+                Err(e) => return Err(nix_error("zero: BLKZEROOUT", e)),
             }
         }
         Ok(Tried::Unsupported)
@@ -738,8 +702,7 @@ impl FileHandle {
     /// for and drop the oldest one once the window is full.
     fn evict_write(&self, offset: i64, count: i64) {
         let fd = self.fd();
-        // SAFETY: sync_file_range takes no pointers.
-        unsafe { libc::sync_file_range(fd, offset, count, libc::SYNC_FILE_RANGE_WRITE) };
+        writeback::start(self.file.as_fd(), offset, count);
         let oldest = {
             let mut w = lock(&self.recent_writes);
             w.push_back((offset, count));
@@ -750,11 +713,7 @@ impl FileHandle {
             }
         };
         if let Some((o, c)) = oldest {
-            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            // SAFETY: as above.
-            unsafe { libc::sync_file_range(fd, o, c, flags) };
+            writeback::wait(self.file.as_fd(), o, c);
             let _ = posix_fadvise(fd, o, c, Advice::POSIX_FADV_DONTNEED);
         }
     }
@@ -770,11 +729,7 @@ impl Drop for FileHandle {
             let fd = self.fd();
             let pending: Vec<_> = lock(&self.recent_writes).drain(..).collect();
             for (o, c) in pending {
-                let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-                // SAFETY: sync_file_range takes no pointers.
-                unsafe { libc::sync_file_range(fd, o, c, flags) };
+                writeback::wait(self.file.as_fd(), o, c);
                 let _ = posix_fadvise(fd, o, c, Advice::POSIX_FADV_DONTNEED);
             }
         }

@@ -152,7 +152,7 @@ impl Plugin for Info {
                 Peer::Vsock { .. } => String::new(),
                 Peer::Unknown => {
                     return Err(Error::msg(
-                        Errno(libc::ENOTSOCK),
+                        crate::os::errno::from_os(libc::ENOTSOCK),
                         "getpeername: Socket operation on non-socket",
                     ))
                 }

@@ -42,7 +42,10 @@ pub(crate) fn strerror(e: &io::Error) -> String {
 
 /// An OS error as `what: strerror`, keeping its errno.
 pub(crate) fn os_error(what: impl std::fmt::Display, e: &io::Error) -> Error {
-    let errno = e.raw_os_error().map(Errno).unwrap_or(Errno::EIO);
+    let errno = e
+        .raw_os_error()
+        .map(crate::os::errno::from_os)
+        .unwrap_or(Errno::EIO);
     Error::msg(errno, format!("{what}: {}", strerror(e)))
 }
 
@@ -221,15 +224,13 @@ impl Handle for WritableDisk {
         self.sync()
     }
     fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        use std::os::fd::AsFd;
         let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(count)) else {
             return Err(Error::new(Errno::EINVAL));
         };
-        // SAFETY: fallocate on a descriptor we own, with plain integers.
-        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
-        if r == -1 {
-            let e = io::Error::last_os_error();
+        let r = crate::os::fspace::punch_hole(self.file.as_fd(), off, len);
+        if let Err(e) = r {
+            let e = io::Error::from(e);
             crate::log::debug(
                 None,
                 format_args!("ignoring failed fallocate during trim: {}", strerror(&e)),

@@ -1,5 +1,6 @@
 //! Plugins that need the operating system.
 
+pub mod cc;
 pub mod data;
 pub mod example2;
 pub mod example3;
@@ -21,6 +22,7 @@ use nbdkit_core::backend::Plugin;
 pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {
         "file" => Box::new(file::File::default()),
+        "cc" => Box::new(cc::Cc::default()),
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),

@@ -18,13 +18,13 @@
 //! Export names must be at most `NAME_MAX` bytes and contain no `.`, `/`
 //! or `:`; `""` means `default`. The files are listed as exports. Each
 //! open file system is held with an exclusive open-file-description lock
-//! (`F_OFD_SETLK`, like nbdkit), so two connections, or two servers, never
+//! (`F_OFD_SETLK` like nbdkit on Linux, `flock` on FreeBSD: see
+//! `os::locks`), so two connections, or two servers, never
 //! share one; creation is serialized within the server and a script that
 //! fails leaves no file behind.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -34,6 +34,7 @@ use nbdkit_core::errno::Errno;
 use nbdkit_core::size::parse_bool;
 
 use super::mkfs::{self, DiskCommand, WritableDisk};
+use crate::os::locks::lock_exclusive;
 
 /// The longest file name.
 const NAME_MAX: usize = 255;
@@ -51,34 +52,6 @@ pub struct OnDemand {
 /// Whether a client may use `name` as a file name in the directory.
 fn valid_export_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= NAME_MAX && !name.contains(['.', '/', ':'])
-}
-
-/// Take an exclusive lock on the whole file, waiting for it or not.
-fn lock(file: &File, wait: bool) -> io::Result<()> {
-    let mut fl: libc::flock = unsafe {
-        // SAFETY: flock is plain data; all-zero is a valid value.
-        std::mem::zeroed()
-    };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    let cmd = if wait {
-        libc::F_OFD_SETLKW
-    } else {
-        libc::F_OFD_SETLK
-    };
-    // Bounded: only EINTR (a signal while waiting) repeats the call.
-    for _ in 0..1000 {
-        // SAFETY: fcntl on a descriptor we own with a valid flock.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
-        if r != -1 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    }
-    Err(io::Error::from_raw_os_error(libc::EINTR))
 }
 
 impl OnDemand {
@@ -123,7 +96,8 @@ impl Plugin for OnDemand {
          size=<SIZE>      (required) Virtual filesystem size.\n\
          label=<LABEL>               The filesystem label.\n\
          type=ext4|...               The filesystem type.\n\
-         command=<COMMAND>           Alternate command instead of mkfs."
+         command=<COMMAND>           Alternate command instead of mkfs.\n\
+         wait=true                   Wait for an export in use (default: refuse)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
@@ -212,7 +186,7 @@ impl Plugin for OnDemand {
             ));
         }
         let file = self.open_or_create(name)?;
-        lock(&file, self.wait).map_err(|e| match e.raw_os_error() {
+        lock_exclusive(&file, self.wait).map_err(|e| match e.raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::EACCES) => Error::msg(
                 Errno::EBUSY,
                 format!("{name}: filesystem is locked by another client"),
@@ -266,12 +240,12 @@ mod test {
         std::fs::write(&path, b"x").unwrap();
         let a = File::options().read(true).write(true).open(&path).unwrap();
         let b = File::options().read(true).write(true).open(&path).unwrap();
-        lock(&a, false).unwrap();
+        lock_exclusive(&a, false).unwrap();
         assert_eq!(
-            lock(&b, false).unwrap_err().raw_os_error(),
+            lock_exclusive(&b, false).unwrap_err().raw_os_error(),
             Some(libc::EAGAIN)
         );
         drop(a);
-        lock(&b, false).unwrap();
+        lock_exclusive(&b, false).unwrap();
     }
 }

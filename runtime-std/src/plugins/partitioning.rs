@@ -60,7 +60,10 @@ fn strerror(code: i32) -> &'static str {
 
 fn io_error(what: &str, e: &io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) => Error::msg(Errno(code), format!("{what}: {}", strerror(code))),
+        Some(code) => Error::msg(
+            crate::os::errno::from_os(code),
+            format!("{what}: {}", strerror(code)),
+        ),
         None => Error::msg(Errno::EIO, format!("{what}: {e}")),
     }
 }
@@ -454,7 +457,10 @@ impl Plugin for Partitioning {
     }
     fn config_help(&self) -> &'static str {
         "file=<FILENAME>  (required) File(s) containing partitions\n\
-         partition-type=mbr|gpt      Partition type"
+         partition-type=mbr|gpt      Partition type\n\
+         mbr-id=0xNN|default         MBR partition type byte of the following files\n\
+         type-guid=GUID|default      GPT partition type GUID of the following files\n\
+         alignment=<N>               Partition alignment (default 1M)"
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")

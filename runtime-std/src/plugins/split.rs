@@ -40,13 +40,19 @@ fn strerror(code: i32) -> &'static str {
 
 fn io_error(what: &str, e: &io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) => Error::msg(Errno(code), format!("{what}: {}", strerror(code))),
+        Some(code) => Error::msg(
+            crate::os::errno::from_os(code),
+            format!("{what}: {}", strerror(code)),
+        ),
         None => Error::msg(Errno::EIO, format!("{what}: {e}")),
     }
 }
 
 fn nix_error(what: &str, e: NixErrno) -> Error {
-    Error::msg(Errno(e as i32), format!("{what}: {}", e.desc()))
+    Error::msg(
+        crate::os::errno::from_os(e as i32),
+        format!("{what}: {}", e.desc()),
+    )
 }
 
 impl Plugin for Split {

@@ -52,7 +52,7 @@ fn errno_desc(e: &std::io::Error) -> String {
 }
 
 /// nbdkit_read_password.
-fn read_password(value: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_password(value: &str) -> Result<Vec<u8>> {
     if value == "-" {
         return read_password_tty();
     }
@@ -102,6 +102,7 @@ fn read_password_tty() -> Result<Vec<u8>> {
     if have_old {
         let mut t = old;
         t.c_lflag &= !libc::ECHO;
+        // SAFETY: as above.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &t) };
     }
     let mut line = String::new();

@@ -47,7 +47,10 @@ fn strerror(code: i32) -> &'static str {
 
 fn io_error(what: &str, e: &io::Error) -> Error {
     match e.raw_os_error() {
-        Some(code) => Error::msg(Errno(code), format!("{what}: {}", strerror(code))),
+        Some(code) => Error::msg(
+            crate::os::errno::from_os(code),
+            format!("{what}: {}", strerror(code)),
+        ),
         None => Error::msg(Errno::EIO, format!("{what}: {e}")),
     }
 }
@@ -96,7 +99,8 @@ impl Plugin for Floppy {
     }
     fn config_help(&self) -> &'static str {
         "dir=<DIRECTORY>     (required) The directory to serve.\n\
-         label=<LABEL>                  The volume label."
+         label=<LABEL>                  The volume label.\n\
+         size=<SIZE>                    The total disk size (default: just enough)."
     }
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("dir")

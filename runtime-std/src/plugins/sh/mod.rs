@@ -175,9 +175,12 @@ impl TmpDir {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         let template = base.join("nbdkitXXXXXX");
-        nix::unistd::mkdtemp(&template)
-            .map(TmpDir)
-            .map_err(|e| Error::msg(Errno(e as i32), format!("mkdtemp: {}", e.desc())))
+        nix::unistd::mkdtemp(&template).map(TmpDir).map_err(|e| {
+            Error::msg(
+                crate::os::errno::from_os(e as i32),
+                format!("mkdtemp: {}", e.desc()),
+            )
+        })
     }
 
     /// The directory.

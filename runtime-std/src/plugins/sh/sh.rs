@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Plugin, Result, ThreadModel};
-use nbdkit_core::errno::Errno;
 
 use super::{save_inline_script, unexpected_false, Code, Kind, Scripts, TmpDir};
 
@@ -77,7 +76,7 @@ fn realpath(value: &str) -> Result<PathBuf> {
     std::fs::canonicalize(value).map_err(|e| {
         let code = e.raw_os_error().unwrap_or(libc::EIO);
         Error::msg(
-            Errno(code),
+            crate::os::errno::from_os(code),
             format!("realpath: {value}: {}", super::strerror(code)),
         )
     })

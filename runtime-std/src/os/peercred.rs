@@ -1,0 +1,25 @@
+//! The credentials of a Unix socket's peer, for the ip filter's `uid:`,
+//! `gid:` and `pid:` rules and for logging.
+//!
+//! tokio's `peer_cred` already has one body per operating system:
+//! - Linux: `getsockopt(SO_PEERCRED)` (`struct ucred`: pid, uid, gid).
+//! - FreeBSD: `getsockopt(LOCAL_PEERCRED)` (`struct xucred`: uid, the
+//!   first group, and the pid since FreeBSD 13).
+
+use nbdkit_core::backend::Peer;
+
+/// The peer of a Unix socket connection (all unknown when the call fails).
+pub(crate) fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
+    match s.peer_cred() {
+        Ok(c) => Peer::Unix {
+            pid: c.pid(),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
+        },
+        Err(_) => Peer::Unix {
+            pid: None,
+            uid: None,
+            gid: None,
+        },
+    }
+}
