@@ -24,6 +24,13 @@ export X86_64_UNKNOWN_FREEBSD_OPENSSL_DIR=${include%/include}
 export X86_64_UNKNOWN_FREEBSD_OPENSSL_INCLUDE_DIR=$include
 export X86_64_UNKNOWN_FREEBSD_OPENSSL_LIB_DIR=$lib
 
+# plugins/python: pyo3 needs to be told the Python version when the target
+# is not the host (the host's /usr/bin/python3, whose libpython it embeds).
+if [[ -z ${PYO3_CROSS_PYTHON_VERSION:-} ]]; then
+    PYO3_CROSS_PYTHON_VERSION=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    export PYO3_CROSS_PYTHON_VERSION
+fi
+
 # Libraries, binaries and test code (the unit tests would run on FreeBSD).
 # Not the examples: runtime-embedded's TAP example is Linux-only (smoltcp's
 # TunTapInterface).

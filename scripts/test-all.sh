@@ -4,7 +4,8 @@
 #
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
-#   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test);
+#   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
+#      and -p nbdkit-python-plugin (its python plugin, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -30,6 +31,7 @@ packages=(
     nbdkit           # the reference server (and its manual pages)
     man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
+    nbdkit-plugin-python # the reference's python plugin (C ABI and python differential tests)
     libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
     pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
     gcc              # C plugins and filters of the C ABI tests; nbdkit cc
@@ -46,6 +48,8 @@ packages=(
     genisoimage      # isoinfo, genisoimage (iso plugin tests)
     xorriso          # the iso plugin's default program
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
+    python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
+    nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
 )
 
 missing=()
@@ -65,6 +69,9 @@ if ((${#missing[@]})); then
 fi
 
 cargo build --release -p nbdkit-cli
+# The python plugin (a shared object that target/release/nbdkit finds beside
+# itself; not built by a plain `cargo build`: it needs python3-dev).
+cargo build --release -p nbdkit-python-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

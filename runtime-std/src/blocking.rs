@@ -17,7 +17,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
@@ -112,6 +112,8 @@ struct Workers<'a> {
     /// Workers started.
     started: AtomicUsize,
     max: usize,
+    /// The client sent NBD_CMD_DISC.
+    goodbye: AtomicBool,
 }
 
 /// What one turn at the read lock gave.
@@ -126,13 +128,19 @@ enum Next {
 
 /// Serve the transmission phase of one connection on `stream`, with the
 /// bytes already read past the handshake in `leftover`. Returns when the
-/// connection is over and every request read has been answered.
-pub(crate) fn transmission(session: &Session, stream: SyncStream, leftover: Vec<u8>) {
+/// connection is over and every request read has been answered: whether
+/// the client sent NBD_CMD_DISC, and the socket, which the caller closes
+/// once the connection's handles are closed (as nbdkit does).
+pub(crate) fn transmission(
+    session: &Session,
+    stream: SyncStream,
+    leftover: Vec<u8>,
+) -> Option<(bool, SyncStream)> {
     let output = match stream.try_clone() {
         Ok(o) => o,
         Err(e) => {
             log::error(Some(&session.name), &format!("dup: {e}"));
-            return;
+            return None;
         }
     };
     let shared = &session.shared;
@@ -152,14 +160,14 @@ pub(crate) fn transmission(session: &Session, stream: SyncStream, leftover: Vec<
         readers: AtomicUsize::new(0),
         started: AtomicUsize::new(1),
         max,
+        goodbye: AtomicBool::new(false),
     };
     std::thread::scope(|s| w.work(s));
-    // As nbdkit, the stack is finalized before the client sees the close.
-    shared.gated(|| crate::connection::finalize(&session.ctx));
-    w.output
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown(Shutdown::Both);
+    let goodbye = w.goodbye.load(Ordering::Acquire);
+    Some((
+        goodbye,
+        w.output.into_inner().unwrap_or_else(|p| p.into_inner()),
+    ))
 }
 
 impl<'a> Workers<'a> {
@@ -292,6 +300,7 @@ impl<'a> Workers<'a> {
                     Some(&s.name),
                     format_args!("client sent NBD_CMD_DISC, closing connection"),
                 );
+                self.goodbye.store(true, Ordering::Release);
                 Next::End
             }
             Ok(v) => Next::Run(v, payload),

@@ -3,7 +3,9 @@
 //! `-t` at once, when the thread model allows) and writes each reply as soon
 //! as it is ready, out of order.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -452,10 +454,21 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     }
     // A stack whose calls block, on a plain socket: nbdkit's model, worker
     // threads that read, run and answer requests themselves.
+    // Whether the client ended with NBD_CMD_DISC, and how its socket is
+    // closed once the handles are.
+    let mut graceful = false;
+    let mut closer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let (stream, leftover) = match stream {
         Conn::Plain(s) if shared.blocks => match s.into_blocking() {
             Ok(sync) => {
-                blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                let ended =
+                    blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
+                if let Some((g, out)) = ended {
+                    graceful = g;
+                    closer = Some(Box::pin(
+                        async move { out.shutdown(std::net::Shutdown::Both) },
+                    ));
+                }
                 (None, Vec::new())
             }
             Err(s) => (Some(Conn::Plain(s)), leftover),
@@ -467,17 +480,55 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             return;
         };
         let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
-        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        let (g, wr, reader) =
+            transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        graceful = g;
+        closer = Some(Box::pin(async move {
+            let _ = wr.lock().await.shutdown().await;
+            drop(reader);
+        }));
     }
     let c = ctx.clone();
-    shared.call(move |_| finalize(&c)).await;
-    // Dropping the last reference closes every layer, outermost first.
-    let _ = shared.call(move |_| drop(ctx)).await;
+    shared
+        .call(move |_| {
+            if let Err(e) = c.finalize() {
+                log::error(None, &e.to_string());
+            }
+        })
+        .await;
+    // Dropping the last reference closes every layer, outermost first. As
+    // in nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its
+    // connection close only after that.
+    let _ = shared
+        .call(move |_| {
+            CLIENT_GONE.with(|g| g.set(!graceful));
+            drop(ctx);
+            CLIENT_GONE.with(|g| g.set(false));
+        })
+        .await;
+    if let Some(close) = closer {
+        close.await;
+    }
     log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+thread_local! {
+    /// Set while a connection's handles are closed on this thread when the
+    /// client went away without NBD_CMD_DISC (or the server is stopping).
+    static CLIENT_GONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// In a plugin's or filter's close: whether the client is already gone
+/// (it hung up, or the server is stopping), so that there is nobody left
+/// to delay (nbdkit's sleeps end when the client hangs up).
+pub(crate) fn client_gone() -> bool {
+    CLIENT_GONE.with(|g| g.get())
 }
 
 /// Run [`crate::blocking::transmission`] on a blocking thread; when the
 /// server stops, shut the socket's reading side so that the workers end.
+/// Returns whether the client sent NBD_CMD_DISC (and the server is not
+/// stopping) and the socket, still open.
 async fn blocking_transmission(
     shared: &Arc<Shared>,
     name: &str,
@@ -485,12 +536,12 @@ async fn blocking_transmission(
     negotiated: handshake::Negotiated,
     sync: crate::blocking::SyncStream,
     leftover: Vec<u8>,
-) {
+) -> Option<(bool, crate::blocking::SyncStream)> {
     let waker = match sync.try_clone() {
         Ok(w) => w,
         Err(e) => {
             log::error(Some(name), &format!("dup: {e}"));
-            return;
+            return None;
         }
     };
     let session = crate::blocking::Session {
@@ -506,12 +557,15 @@ async fn blocking_transmission(
         crate::blocking::transmission(&session, sync, leftover)
     });
     let mut shutdown = shared.shutdown.clone();
-    tokio::select! {
-        _ = &mut job => return,
-        _ = crate::server::stopped(&mut shutdown) => {}
-    }
-    waker.shutdown(std::net::Shutdown::Read);
-    let _ = job.await;
+    let ended = tokio::select! {
+        r = &mut job => r,
+        _ = crate::server::stopped(&mut shutdown) => {
+            waker.shutdown(std::net::Shutdown::Read);
+            job.await
+        }
+    };
+    let (graceful, out) = ended.ok().flatten()?;
+    Some((graceful && !crate::server::stopping(), out))
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
@@ -526,8 +580,8 @@ async fn handshake<S: Transport>(
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
     // What each layer answered to default_export: nbdkit asks each at
-    // most once per connection (INFO then GO ask the plugin only once),
-    // and forgets the answers at STARTTLS.
+    // most once per connection (LIST, INFO and GO ask the plugin only
+    // once), and forgets the answers at STARTTLS.
     let mut defaults = Arc::new(DefaultExports::default());
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -578,8 +632,17 @@ async fn handshake<S: Transport>(
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let d = defaults.clone();
+                let conn_name = name.to_string();
                 let list = shared
-                    .call(move |s| s.stack.list_exports_in(readonly, is_tls, &d))
+                    .call(move |s| {
+                        let list = s.stack.list_exports_in(readonly, is_tls, &d);
+                        // A default export that cannot be resolved is left
+                        // out of the list, and nbdkit says why.
+                        for e in d.take_errors() {
+                            log::error(Some(&conn_name), &e.to_string());
+                        }
+                        list
+                    })
                     .await;
                 let ok = match list {
                     Ok(exports) => {
@@ -617,44 +680,71 @@ async fn handshake<S: Transport>(
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let wants_description = hs.wants_description();
                 let peer = peer.clone();
+                let conn_name = name.to_string();
                 let d = defaults.clone();
+                type Opened = (Context, String, Option<String>);
                 let opened = shared
-                    .call(
-                        move |s| -> Result<(Context, String), nbdkit_core::backend::Error> {
-                            let canonical = if export.is_empty() {
-                                s.stack
-                                    .default_export_in(readonly, is_tls, &d)?
-                                    .ok_or_else(|| {
-                                        nbdkit_core::backend::Error::msg(
-                                            nbdkit_core::errno::Errno::ENOENT,
-                                            "default export (\"\") not permitted",
-                                        )
-                                    })?
-                            } else {
-                                export
+                    .call(move |s| -> Result<Opened, nbdkit_core::backend::Error> {
+                        let log_errors = || {
+                            // nbdkit says why a default export could not be
+                            // resolved, then that "" is refused.
+                            for e in d.take_errors() {
+                                log::error(Some(&conn_name), &e.to_string());
+                            }
+                        };
+                        let canonical = if export.is_empty() {
+                            let not_permitted = || {
+                                nbdkit_core::backend::Error::msg(
+                                    nbdkit_core::errno::Errno::ENOENT,
+                                    "default export (\"\") not permitted",
+                                )
                             };
-                            let ctx = s.stack.open_in(
-                                &OpenArgs {
-                                    readonly,
-                                    export_name: &canonical,
-                                    is_tls,
-                                    peer: &peer,
-                                },
-                                &d,
-                            )?;
-                            Ok((ctx, canonical))
-                        },
-                    )
+                            match s.stack.default_export_in(readonly, is_tls, &d) {
+                                Ok(Some(n)) => n,
+                                Ok(None) => return Err(not_permitted()),
+                                Err(e) => {
+                                    log::error(Some(&conn_name), &e.to_string());
+                                    return Err(not_permitted());
+                                }
+                            }
+                        } else {
+                            export
+                        };
+                        let ctx = s.stack.open_in(
+                            &OpenArgs {
+                                readonly,
+                                export_name: &canonical,
+                                is_tls,
+                                peer: &peer,
+                            },
+                            &d,
+                        );
+                        log_errors();
+                        let ctx = ctx?;
+                        // Asked only when the client wants it, after the
+                        // capabilities, as nbdkit does; a failure is logged
+                        // and leaves the export undescribed.
+                        let description = if wants_description {
+                            ctx.export_description().unwrap_or_else(|e| {
+                                log::error(Some(&conn_name), &e.to_string());
+                                None
+                            })
+                        } else {
+                            None
+                        };
+                        Ok((ctx, canonical, description))
+                    })
                     .await;
                 match opened {
-                    Ok((c, canonical)) => {
+                    Ok((c, canonical, description)) => {
                         let caps = c.caps();
                         let info = ExportInfo {
                             name: &canonical,
                             size: caps.size,
                             eflags: eflags(&c, shared.thread_model),
-                            description: caps.description.as_deref(),
+                            description: description.as_deref(),
                             block_size: caps
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
@@ -709,6 +799,8 @@ async fn handshake<S: Transport>(
                 if hs.tls_established().is_err() {
                     return Ok(None);
                 }
+                // nbdkit forgets the default export's name with the rest
+                // of the plaintext state.
                 defaults = Arc::new(DefaultExports::default());
             }
         }
@@ -851,7 +943,8 @@ async fn transmission<R, W>(
     negotiated: handshake::Negotiated,
     mut reader: R,
     wr: W,
-) where
+) -> (bool, Arc<AsyncMutex<W>>, R)
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -866,6 +959,8 @@ async fn transmission<R, W>(
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
     let mut hdr = [0u8; 32];
+    // Whether the client ended with NBD_CMD_DISC.
+    let mut graceful = false;
     loop {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
@@ -953,6 +1048,7 @@ async fn transmission<R, W>(
                 Some(&name),
                 format_args!("client sent NBD_CMD_DISC, closing connection"),
             );
+            graceful = true;
             break;
         }
         // A request that arrives when nothing else is in flight on a stack
@@ -990,18 +1086,8 @@ async fn transmission<R, W>(
             }
         }
     }
-    // Every request already read is answered before the connection closes.
+    // Every request already read is answered before the connection closes
+    // (which the caller does once the handles are closed).
     let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
-    // As nbdkit, the stack is finalized before the client sees the close.
-    shared.call(move |_| finalize(&ctx)).await;
-    let mut w = wr.lock().await;
-    let _ = w.shutdown().await;
-}
-
-/// Finalize a connection's stack (once; later calls do nothing), logging
-/// a failure.
-pub(crate) fn finalize(ctx: &Context) {
-    if let Err(e) = ctx.finalize() {
-        log::error(None, &e.to_string());
-    }
+    (graceful && !crate::server::stopping(), wr, reader)
 }

@@ -123,6 +123,15 @@ fn debian_plugin_objects_serve_what_the_reference_serves() {
     let d = disk.display().to_string();
     let f = files.display().to_string();
     let s = script.display().to_string();
+    let remote = Server::start(["file", d.as_str()]);
+    let py = dir.join("ram.py");
+    std::fs::write(
+        &py,
+        "import nbdkit\nAPI_VERSION = 2\ndisk = bytearray(b'nbdkit' * 4096)\n\
+         def open(readonly): return 1\ndef get_size(h): return len(disk)\n\
+         def pread(h, buf, offset, flags): buf[:] = disk[offset:offset+len(buf)]\n",
+    )
+    .unwrap();
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("zero", vec![]),
         ("null", vec!["size=1M".into()]),
@@ -152,6 +161,11 @@ fn debian_plugin_objects_serve_what_the_reference_serves() {
         ("info", vec![]),
         ("floppy", vec![f]),
         // (iso is left out: its images carry the time they were made.)
+        // The network plugins, against local servers: curl reads a file://
+        // URL; nbd proxies to a server of ours started below.
+        ("curl", vec![format!("file://{d}")]),
+        ("nbd", vec![format!("socket={}", remote.socket().display())]),
+        ("python", vec![py.display().to_string()]),
     ];
     let mut compared = 0;
     for (name, args) in &cases {

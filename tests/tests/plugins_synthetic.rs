@@ -139,7 +139,7 @@ fn data_errors_are_nbdkit_errors() {
             "1 @-5",
             "data parameter @-5 must not be larger than the current offset 1",
         ),
-        ("( 1 2 )*1000000000000", "not supported"),
+        ("@0x7fffffffffffffff 1", "offset is larger than 2^63-1"),
     ] {
         let out = run(
             nbdkit_cmd().args(["data", expr, "--run", "true"]),

@@ -21,8 +21,6 @@ const EMULATION_CHUNK: u64 = 1 << 20;
 pub struct Caps {
     /// Export size.
     pub size: u64,
-    /// Description, if any.
-    pub description: Option<String>,
     /// Block size constraints, if any.
     pub block_size: Option<BlockSize>,
     /// Writes possible (false when the connection is read-only).
@@ -155,10 +153,8 @@ impl Context {
         let can_cache = ask!(can_cache)?;
         let can_extents = ask!(can_extents)?;
         let block_size = check_block_size(ask!(block_size)?)?;
-        let description = ask!(export_description)?;
         Ok(Caps {
             size,
-            description,
             block_size,
             can_write,
             can_flush,
@@ -181,6 +177,15 @@ impl Context {
     /// Size of the export at this layer.
     pub fn get_size(&self) -> u64 {
         self.caps.size
+    }
+
+    /// The export's description at this layer. Not cached, and asked only
+    /// when a client wants it (NBD_INFO_DESCRIPTION), as nbdkit does.
+    pub fn export_description(&self) -> Result<Option<String>> {
+        match &self.layer {
+            Layer::Plugin(h) => h.export_description(),
+            Layer::Filter { handle, next } => handle.export_description(next),
+        }
     }
 
     /// Call `finalize` on this layer and every layer below (outer first),
@@ -479,12 +484,24 @@ impl NextExports for ExportsBelow<'_> {
 /// The default export names that the layers of a stack gave during one
 /// connection. As nbdkit does, each layer is asked at most once per
 /// connection (until STARTTLS starts a fresh cache), and its answer both
-/// resolves `nbdkit_use_default_export` in that layer's export list and
-/// replaces the name `""` when that layer is opened.
+/// resolves `nbdkit_use_default_export` in that layer's export list (left
+/// out when there is none or asking failed) and replaces the name `""`
+/// when that layer is opened (refused when there is none).
 #[derive(Debug, Default)]
 pub struct DefaultExports {
-    // (layer index, answer); a stack has few layers.
-    answers: Mutex<Vec<(usize, Option<String>)>>,
+    // (layer index, name); a stack has few layers. As nbdkit, only names
+    // are remembered: "no default export" and failures are asked again.
+    answers: Mutex<Vec<(usize, String)>>,
+    // Why a layer's default export could not be resolved, for the
+    // runtime to log (nbdkit leaves it out of the list, or refuses "").
+    errors: Mutex<Vec<Error>>,
+}
+
+impl DefaultExports {
+    /// The failures to resolve a default export since the last call.
+    pub fn take_errors(&self) -> Vec<Error> {
+        core::mem::take(&mut *lock(&self.errors))
+    }
 }
 
 impl Stack {
@@ -655,11 +672,14 @@ impl Layers {
             None => self.plugin.list_exports(readonly, is_tls, exports)?,
         }
         // nbdkit resolves `nbdkit_use_default_export` as each layer
-        // returns, so the layer above sees the name (appended last).
+        // returns, so the layer above sees the name (appended last); when
+        // it cannot, the default export is left out.
         if exports.use_default {
             exports.use_default = false;
-            if let Some(name) = self.default_export_from(index, readonly, is_tls, defaults)? {
-                exports.add(&name, None)?;
+            match self.default_export_from(index, readonly, is_tls, defaults) {
+                Ok(Some(name)) => exports.add(&name, None)?,
+                Ok(None) => {}
+                Err(e) => lock(&defaults.errors).push(e),
             }
         }
         Ok(())
@@ -673,7 +693,7 @@ impl Layers {
         defaults: &DefaultExports,
     ) -> Result<Option<String>> {
         if let Some((_, known)) = lock(&defaults.answers).iter().find(|(i, _)| *i == index) {
-            return Ok(known.clone());
+            return Ok(Some(known.clone()));
         }
         let name = match self.filters.get(index) {
             Some(f) => f.default_export(
@@ -689,7 +709,9 @@ impl Layers {
         };
         // nbdkit ignores names longer than the protocol allows.
         let name = name.filter(|n| n.len() <= crate::wire::consts::MAX_STRING);
-        lock(&defaults.answers).push((index, name.clone()));
+        if let Some(n) = &name {
+            lock(&defaults.answers).push((index, n.clone()));
+        }
         Ok(name)
     }
 }
@@ -722,9 +744,16 @@ fn open_layer(
     // its own default_export gives (once per connection).
     let resolved;
     let args = if args.export_name.is_empty() {
-        resolved = stack
-            .default_export_from(index, args.readonly, args.is_tls, defaults)?
-            .ok_or_else(|| Error::msg(Errno::ENOENT, "default export (\"\") not permitted"))?;
+        let not_permitted = || Error::msg(Errno::ENOENT, "default export (\"\") not permitted");
+        resolved = match stack.default_export_from(index, args.readonly, args.is_tls, defaults) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Err(not_permitted()),
+            Err(e) => {
+                // nbdkit says why, then that "" is refused.
+                lock(&defaults.errors).push(e);
+                return Err(not_permitted());
+            }
+        };
         &OpenArgs {
             export_name: &resolved,
             ..*args

@@ -171,7 +171,7 @@ pub trait FilterHandle: Send + Sync {
     }
     /// Description.
     fn export_description(&self, next: &Context) -> Result<Option<String>> {
-        Ok(next.caps().description.clone())
+        next.export_description()
     }
     /// Block size constraints.
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {

@@ -237,11 +237,11 @@ struct Described {
 
 impl FilterHandle for Described {
     fn export_description(&self, next: &Context) -> Result<Option<String>> {
-        Ok(describe(
-            &self.desc,
-            self.run,
-            &self.name,
-            next.caps().description.clone(),
-        ))
+        // Only `keep` asks the layer below.
+        let below = match self.desc {
+            DescMode::Keep => next.export_description()?,
+            _ => None,
+        };
+        Ok(describe(&self.desc, self.run, &self.name, below))
     }
 }

@@ -18,11 +18,6 @@ use crate::errno::Errno;
 const SECTOR: u64 = 512;
 /// MBR partition types of extended partitions (DOS, Windows LBA, Linux).
 const EXTENDED: [u8; 3] = [0x05, 0x0f, 0x85];
-/// Bound on the chain of extended boot records followed.
-const MAX_LOGICAL: u32 = 1024;
-/// Bound on a GPT partition entry (the specification allows any multiple
-/// of 128; real tables use 128).
-const MAX_GPT_ENTRY: u32 = 4096;
 
 /// The partition filter.
 #[derive(Debug, Default)]
@@ -104,7 +99,10 @@ fn mbr_entry(sector: &[u8], i: usize) -> (u8, u64, u64) {
     )
 }
 
-/// Find partition `n` (from 1) of an MBR table: `(offset, length)`.
+/// Find partition `n` (from 1) of an MBR table: `(offset, length)`, with
+/// nbdkit's rules and messages. Logical partitions (5 and up) are found by
+/// following the chain of extended boot records from the first extended
+/// partition; the chain must move forward through the disk, so it ends.
 fn find_mbr(next: &Context, mbr: &[u8], n: u32) -> Result<(u64, u64)> {
     let not_found = || fail(format!("MBR partition {n} not found"));
     if n <= 4 {
@@ -114,82 +112,88 @@ fn find_mbr(next: &Context, mbr: &[u8], n: u32) -> Result<(u64, u64)> {
         }
         return Ok((start * SECTOR, len * SECTOR));
     }
-    // A logical partition: follow the chain of extended boot records that
-    // starts at the (first) extended partition.
-    let Some((_, ext_start, _)) = (0..4)
+    let Some((_, ep_start, ep_len)) = (0..4)
         .map(|i| mbr_entry(mbr, i))
-        .find(|(ty, start, len)| EXTENDED.contains(ty) && *start > 0 && *len > 0)
+        .find(|(ty, _, len)| EXTENDED.contains(ty) && *len > 0)
     else {
-        return Err(not_found());
+        return Err(fail(
+            "MBR logical partition selected, but there is no extended partition in the \
+             partition table",
+        ));
     };
     let size = next.get_size();
-    let mut ebr = ext_start;
+    let mut ebr = ep_start * SECTOR;
     let mut sector = [0u8; SECTOR as usize];
-    for number in (5..).take(MAX_LOGICAL as usize) {
-        let at = ebr * SECTOR;
-        if at.checked_add(SECTOR).map_or(true, |end| end > size) {
-            return Err(fail("partition is outside the disk"));
+    // Bounded: each step moves the EBR forward, and it stays on the disk.
+    for number in 5..=n {
+        if ebr < SECTOR || ebr >= size - SECTOR {
+            return Err(fail(
+                "invalid EBR chain: next EBR boot sector is located outside disk boundary",
+            ));
         }
-        next.pread(&mut sector, at, Flags::NONE)?;
-        if le16(&sector, 0x1fe) != 0xaa55 {
-            return Err(not_found());
-        }
-        let (ty, start, len) = mbr_entry(&sector, 0);
+        next.pread(&mut sector, ebr, Flags::NONE)?;
         if number == n {
-            if ty == 0 || len == 0 {
-                return Err(not_found());
+            // The first entry is the logical partition, from its EBR.
+            let (_, start, len) = mbr_entry(&sector, 0);
+            let offset = ebr + start * SECTOR;
+            let range = len * SECTOR;
+            if offset <= ebr || offset + range > (ep_start + ep_len) * SECTOR {
+                return Err(fail(format!(
+                    "logical partition start or size out of range (offset={offset}, \
+                     range={range}, ep:startsect={ep_start}, ep:nrsects={ep_len})"
+                )));
             }
-            return Ok(((ebr + start) * SECTOR, len * SECTOR));
+            return Ok((offset, range));
         }
-        let (nty, nstart, _) = mbr_entry(&sector, 1);
-        if !EXTENDED.contains(&nty) || nstart == 0 {
-            return Err(not_found());
+        // The second links to the next EBR (from the extended partition's
+        // start); all zeroes ends the chain.
+        let (_, link, link_len) = mbr_entry(&sector, 1);
+        if link == 0 && link_len == 0 {
+            break;
         }
-        ebr = ext_start + nstart;
+        let next_ebr = (ep_start + link) * SECTOR;
+        if next_ebr <= ebr {
+            return Err(fail(format!(
+                "invalid EBR chain: next EBR {next_ebr} <= current EBR {ebr}"
+            )));
+        }
+        ebr = next_ebr;
     }
     Err(not_found())
 }
 
-/// Find partition `n` (from 1) of a GPT whose header is `header`.
+/// Find partition `n` (from 1) of a GPT whose header is `header`, with
+/// nbdkit's rules and messages (the entries are read from LBA 2).
 fn find_gpt(next: &Context, header: &[u8], n: u32) -> Result<(u64, u64)> {
     let size = next.get_size();
-    let entries_lba = le64(header, 72);
     let nr_entries = le32(header, 80);
     let entry_size = le32(header, 84);
     if n > nr_entries {
         return Err(fail("GPT partition number out of range"));
     }
-    if !(128..=MAX_GPT_ENTRY).contains(&entry_size) || entry_size % 8 != 0 {
-        return Err(fail(format!(
-            "GPT partition entry size {entry_size} is not supported"
-        )));
+    if entry_size < 128 {
+        return Err(fail("GPT partition entry size is < 128 bytes"));
     }
-    let at = entries_lba
-        .checked_mul(SECTOR)
-        .and_then(|b| b.checked_add(u64::from(n - 1) * u64::from(entry_size)));
-    match at {
-        Some(at) if at.checked_add(128).is_some_and(|end| end <= size) => {
-            let mut entry = [0u8; 128];
-            next.pread(&mut entry, at, Flags::NONE)?;
-            if entry[..16].iter().all(|&b| b == 0) {
-                return Err(fail(format!("GPT partition {n} not found")));
-            }
-            let first = le64(&entry, 32);
-            let last = le64(&entry, 40);
-            if last < first {
-                return Err(fail("partition is outside the disk"));
-            }
-            let (Some(offset), Some(len)) = (
-                first.checked_mul(SECTOR),
-                (last - first)
-                    .checked_add(1)
-                    .and_then(|s| s.checked_mul(SECTOR)),
-            ) else {
-                return Err(fail("partition is outside the disk"));
-            };
-            Ok((offset, len))
-        }
-        _ => Err(fail("GPT partition table is outside the disk")),
+    // The table (twice) and the headers must fit on the disk.
+    let table = u128::from(nr_entries) * u128::from(entry_size) * 2;
+    if u128::from(size) < u128::from(3 * SECTOR) + table {
+        return Err(fail("GPT partition table is too large for this disk"));
+    }
+    let at = 2 * SECTOR + u64::from(n - 1) * u64::from(entry_size);
+    let mut entry = [0u8; 128];
+    next.pread(&mut entry, at, Flags::NONE)?;
+    if entry[..16].iter().all(|&b| b == 0) {
+        return Err(fail(format!("GPT partition {n} not found")));
+    }
+    let first = le64(&entry, 32);
+    let last = le64(&entry, 40);
+    let range = last
+        .checked_sub(first)
+        .and_then(|s| s.checked_add(1))
+        .and_then(|s| s.checked_mul(SECTOR));
+    match (first.checked_mul(SECTOR), range) {
+        (Some(offset), Some(range)) => Ok((offset, range)),
+        _ => Err(fail("partition is outside the disk")),
     }
 }
 

@@ -334,7 +334,7 @@ impl FilterHandle for RetryHandle {
         self.caps(|c| c.caps().size)
     }
     fn export_description(&self, _next: &Context) -> Result<Option<String>> {
-        self.caps(|c| c.caps().description.clone())
+        self.caps(|c| c.export_description())?
     }
     fn block_size(&self, _next: &Context) -> Result<Option<BlockSize>> {
         self.caps(|c| c.caps().block_size)

@@ -335,6 +335,16 @@ impl Server {
         }
     }
 
+    /// While an [`Event::OpenExport`] waits for its answer: whether the
+    /// client asked for the export's description (NBD_INFO_DESCRIPTION).
+    /// nbdkit asks the plugin for a description only then.
+    pub fn wants_description(&self) -> bool {
+        matches!(
+            self.state,
+            State::Waiting(Pending::Open { wants, .. }) if wants.description
+        )
+    }
+
     /// What was negotiated (meaningful once [`is_done`](Self::is_done)).
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated

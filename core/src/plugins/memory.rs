@@ -5,9 +5,12 @@
 //! `mlock=true` is not supported and says so). `allocator=zstd` is not
 //! implemented and is refused with a clear error.
 //!
-//! The sparse allocator keeps 32 KiB pages in an ordered map: pages that
-//! were never written, or were trimmed or zeroed whole, take no memory and
-//! are reported as holes by block status.
+//! The sparse allocator keeps 32 KiB pages in an ordered map, with the
+//! semantics of nbdkit's sparse array: a write allocates the pages it
+//! touches (even to write zeroes); zeroing frees whole pages and pages that
+//! become all zeroes. Pages that were never written, or were freed, take
+//! no memory and are reported as holes by block status; allocated pages
+//! that hold only zeroes are reported as zeroes.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -97,7 +100,7 @@ impl SparseArray {
                 done += n;
                 match pages.get(&page) {
                     Some(p) => write(p)[in_page..in_page + n].copy_from_slice(src),
-                    None => missing |= src.iter().any(|&b| b != 0),
+                    None => missing = true,
                 }
             }
         }
@@ -114,9 +117,9 @@ impl SparseArray {
                 write(p)[in_page..in_page + n].copy_from_slice(src);
                 continue;
             }
-            if src.iter().all(|&b| b == 0) {
-                continue;
-            }
+            // A write allocates its pages even when it writes zeroes, as
+            // nbdkit's sparse array does (block status then reports them
+            // as allocated zeroes).
             let p = new_page();
             write(&p)[in_page..in_page + n].copy_from_slice(src);
             pages.insert(page, p);
@@ -142,20 +145,29 @@ impl SparseArray {
         }
     }
 
-    /// Report allocated pages as data and the rest as holes.
+    /// Report pages that were never written (or were freed) as holes, and
+    /// allocated pages as data, or as zeroes when the page is zero from
+    /// the offset asked for to its end (nbdkit's sparse array does the
+    /// same).
     pub fn extents(&self, count: u64, offset: u64, extents: &mut Extents) -> Result<()> {
         let pages = read(&self.pages);
         let end = offset.saturating_add(count);
         let mut pos = offset;
         let first = offset / PAGE_SIZE;
         let last = (end - 1) / PAGE_SIZE;
-        for (&page, _) in pages.range(first..=last) {
+        for (&page, p) in pages.range(first..=last) {
             let start = (page * PAGE_SIZE).max(pos);
             if start > pos {
                 extents.add(pos, start - pos, STATE_HOLE | STATE_ZERO)?;
             }
             let stop = ((page + 1) * PAGE_SIZE).min(end);
-            extents.add(start, stop - start, 0)?;
+            let tail = (start % PAGE_SIZE) as usize;
+            let flags = if read(p)[tail..].iter().all(|&b| b == 0) {
+                STATE_ZERO
+            } else {
+                0
+            };
+            extents.add(start, stop - start, flags)?;
             pos = stop;
             if extents.is_full() {
                 return Ok(());
@@ -179,12 +191,28 @@ pub struct FlatArray {
     bytes: RwLock<Vec<u8>>,
 }
 
+/// A RAM disk a plugin keeps in its own structure (the data plugin's
+/// lazily expanded image), served through [`MemoryHandle`] with the
+/// semantics of the sparse array.
+pub trait Backing: Send + Sync {
+    /// Copy bytes out.
+    fn read(&self, buf: &mut [u8], offset: u64);
+    /// Copy bytes in.
+    fn write(&self, buf: &[u8], offset: u64);
+    /// Zero a range.
+    fn zero(&self, count: u64, offset: u64);
+    /// Block status.
+    fn extents(&self, count: u64, offset: u64, extents: &mut Extents) -> Result<()>;
+}
+
 /// Where a RAM disk keeps its bytes (the memory and data plugins).
 pub enum Store {
     /// The sparse array (`allocator=sparse`).
     Sparse(SparseArray),
     /// One flat allocation (`allocator=malloc`).
     Flat(FlatArray),
+    /// A plugin's own structure.
+    Other(Box<dyn Backing>),
 }
 
 impl Store {
@@ -220,6 +248,7 @@ impl Store {
                 let o = offset as usize;
                 buf.copy_from_slice(&b[o..o + buf.len()]);
             }
+            Store::Other(o) => o.read(buf, offset),
         }
     }
     /// Copy bytes in.
@@ -231,6 +260,7 @@ impl Store {
                 let o = offset as usize;
                 b[o..o + buf.len()].copy_from_slice(buf);
             }
+            Store::Other(o) => o.write(buf, offset),
         }
     }
     /// Zero a range (freeing pages in the sparse store).
@@ -242,6 +272,7 @@ impl Store {
                 let o = offset as usize;
                 b[o..o + count as usize].fill(0);
             }
+            Store::Other(o) => o.zero(count, offset),
         }
     }
 }
@@ -379,7 +410,7 @@ impl Handle for MemoryHandle {
         Ok(true)
     }
     fn can_extents(&self) -> Result<bool> {
-        Ok(matches!(*self.store, Store::Sparse(_)))
+        Ok(!matches!(*self.store, Store::Flat(_)))
     }
     fn can_fua(&self) -> Result<Support> {
         Ok(Support::Native)
@@ -413,6 +444,7 @@ impl Handle for MemoryHandle {
         match &*self.store {
             Store::Sparse(s) => s.extents(count, offset, extents),
             Store::Flat(_) => extents.add(offset, count, 0),
+            Store::Other(o) => o.extents(count, offset, extents),
         }
     }
     fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
@@ -439,25 +471,51 @@ mod test {
         assert!(out.iter().all(|&b| b == 0));
     }
 
+    /// Block status of `count` bytes at `offset`, as tuples.
+    fn map(a: &SparseArray, offset: u64, count: u64) -> Vec<(u64, u64, u32)> {
+        let mut e = Extents::new(offset, offset + count);
+        a.extents(count, offset, &mut e).unwrap();
+        e.as_slice()
+            .iter()
+            .map(|x| (x.offset, x.length, x.flags))
+            .collect()
+    }
+
     #[test]
     fn sparse_extents() {
         let a = SparseArray::new();
         a.write(&[1], PAGE_SIZE * 2 + 5);
-        let mut e = Extents::new(0, PAGE_SIZE * 8);
-        a.extents(PAGE_SIZE * 8, 0, &mut e).unwrap();
-        let v: Vec<_> = e
-            .as_slice()
-            .iter()
-            .map(|x| (x.offset, x.length, x.flags))
-            .collect();
         assert_eq!(
-            v,
+            map(&a, 0, PAGE_SIZE * 8),
             [
                 (0, PAGE_SIZE * 2, 3),
                 (PAGE_SIZE * 2, PAGE_SIZE, 0),
                 (PAGE_SIZE * 3, PAGE_SIZE * 5, 3)
             ]
         );
+    }
+
+    #[test]
+    fn zero_writes_allocate_and_report_zeroes() {
+        let a = SparseArray::new();
+        a.write(&[0; 512], PAGE_SIZE + 100);
+        a.write(&[1], 3 * PAGE_SIZE + 5);
+        assert_eq!(
+            map(&a, 0, PAGE_SIZE * 4),
+            [
+                (0, PAGE_SIZE, 3),
+                (PAGE_SIZE, PAGE_SIZE, 2),
+                (PAGE_SIZE * 2, PAGE_SIZE, 3),
+                (PAGE_SIZE * 3, PAGE_SIZE, 0),
+            ]
+        );
+        // Asked from past the page's only non-zero byte: zeroes.
+        assert_eq!(
+            map(&a, 3 * PAGE_SIZE + 6, PAGE_SIZE - 6),
+            [(3 * PAGE_SIZE + 6, PAGE_SIZE - 6, 2)]
+        );
+        a.zero(512, PAGE_SIZE + 100);
+        assert_eq!(a.allocated_pages(), 1);
     }
 
     #[test]

@@ -362,9 +362,14 @@ unsafe extern "C" fn n_get_size(n: *mut ffi::NextOps) -> i64 {
     with_next!(n, -1, |c| c.caps().size as i64)
 }
 unsafe extern "C" fn n_export_description(n: *mut ffi::NextOps) -> *const c_char {
-    with_next!(n, core::ptr::null(), |c| match &c.caps().description {
-        Some(d) => intern(super::cstring_lossy(d)),
-        None => core::ptr::null(),
+    with_next!(n, core::ptr::null(), |c| match c.export_description() {
+        Ok(Some(d)) => intern(super::cstring_lossy(&d)),
+        Ok(None) => core::ptr::null(),
+        Err(e) => {
+            // NULL, with the error reported as nbdkit_error would.
+            super::pass_up(&e);
+            core::ptr::null()
+        }
     })
 }
 unsafe extern "C" fn n_block_size(
@@ -1270,7 +1275,7 @@ impl FilterHandle for CFilterHandle {
 
     fn export_description(&self, next: &Context) -> Result<Option<String>> {
         let Some(f) = self.s.f.export_description else {
-            return Ok(next.caps().description.clone());
+            return next.export_description();
         };
         let (n, h) = (self.n(next), self.h.0);
         call(

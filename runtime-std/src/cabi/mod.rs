@@ -241,20 +241,28 @@ pub fn is_path(arg: &str) -> bool {
 }
 
 /// Where `nbdkit NAME` looks for `nbdkit-NAME-KIND.so` when NAME is not
-/// built in: beside this executable first, then Debian's directory. The
-/// last candidate is returned when none exists, for the error message.
+/// built in: beside this executable first (also under the name cargo
+/// gives this workspace's own plugin crates, `libnbdkit_NAME_KIND.so`),
+/// then Debian's directory. The last candidate is returned when none
+/// exists, for the error message.
 pub fn find(name: &str, kind: &str) -> PathBuf {
     let file = format!("nbdkit-{name}-{kind}.so");
+    let cargo_file = format!("lib{}.so", file.trim_end_matches(".so").replace('-', "_"));
     let system = if kind == "filter" {
         SYSTEM_FILTERDIR
     } else {
         SYSTEM_PLUGINDIR
     };
-    let own = std::env::current_exe()
+    if let Some(dir) = std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join(&file)));
-    if let Some(p) = own.filter(|p| p.exists()) {
-        return p;
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        for f in [&file, &cargo_file] {
+            let p = dir.join(f);
+            if p.exists() {
+                return p;
+            }
+        }
     }
     Path::new(system).join(file)
 }
@@ -289,7 +297,17 @@ fn open_library(
 }
 
 fn dl_message(e: &libloading::Error) -> String {
-    e.to_string()
+    let m = e.to_string();
+    // An interpreter library that is not installed (the python plugin's
+    // libpython3.N.so.1.0): name the Debian package that has it.
+    let missing = m
+        .split(": ")
+        .find(|p| p.starts_with("libpython3.") && p.contains(".so"))
+        .filter(|_| m.contains("cannot open shared object file"));
+    match missing.and_then(|l| l.split(".so").next()) {
+        Some(pkg) => format!("{m} (install Debian's {pkg})"),
+        None => m,
+    }
 }
 
 /// Debug flags (`-D NAME.FLAG=N`) of loaded objects: name -> library.

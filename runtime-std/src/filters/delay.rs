@@ -9,7 +9,12 @@
 //! - `delay-fast-zero=BOOL` (default true): false fails fast zero requests
 //!   at once with ENOTSUP;
 //! - `delay-open`, `delay-close`: client connection and (graceful)
-//!   disconnection.
+//!   disconnection: a client that sends NBD_CMD_DISC sees its connection
+//!   close after the delay; one that hangs up is not waited for.
+//!
+//! As nbdkit's sleeps, every delay ends early when the server is told to
+//! stop (a request or an open then fails with "aborting sleep because of
+//! server shut down"), so a signal stops a server promptly.
 
 use std::time::Duration;
 
@@ -99,15 +104,35 @@ impl Filter for Delay {
         next: &mut dyn NextOpener,
         args: &OpenArgs<'_>,
     ) -> Result<Box<dyn FilterHandle>> {
-        sleep(self.open);
+        sleep(self.open)?;
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(DelayHandle(self.clone())))
     }
 }
 
-fn sleep(d: Duration) {
-    if !d.is_zero() {
-        std::thread::sleep(d);
+/// How often a delay looks whether the server is stopping.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Sleep for `d` (nbdkit_nanosleep): in short slices, giving up with
+/// ESHUTDOWN when the server is told to stop.
+fn sleep(d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Ok(());
+    }
+    let end = std::time::Instant::now() + d;
+    // Bounded by the delay: each slice is SLICE long, or the rest.
+    loop {
+        if crate::server::stopping() {
+            return Err(Error::msg(
+                Errno::ESHUTDOWN,
+                "aborting sleep because of server shut down",
+            ));
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLICE));
     }
 }
 
@@ -115,7 +140,11 @@ struct DelayHandle(Delay);
 
 impl Drop for DelayHandle {
     fn drop(&mut self) {
-        sleep(self.0.close);
+        // Only a client still connected (it sent NBD_CMD_DISC and waits for
+        // the server to close) is delayed.
+        if !self.0.close.is_zero() && !crate::connection::client_gone() {
+            let _ = sleep(self.0.close);
+        }
     }
 }
 
@@ -126,12 +155,12 @@ impl FilterHandle for DelayHandle {
     }
 
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
-        sleep(self.0.read);
+        sleep(self.0.read)?;
         next.pread(buf, offset, flags)
     }
 
     fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        sleep(self.0.write);
+        sleep(self.0.write)?;
         next.pwrite(buf, offset, flags)
     }
 
@@ -139,12 +168,12 @@ impl FilterHandle for DelayHandle {
         if flags.contains(Flags::FAST_ZERO) && self.0.no_fast_zero && !self.0.zero.is_zero() {
             return Err(Error::new(Errno::ENOTSUP));
         }
-        sleep(self.0.zero);
+        sleep(self.0.zero)?;
         next.zero(count, offset, flags)
     }
 
     fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        sleep(self.0.trim);
+        sleep(self.0.trim)?;
         next.trim(count, offset, flags)
     }
 
@@ -156,17 +185,17 @@ impl FilterHandle for DelayHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        sleep(self.0.extents);
+        sleep(self.0.extents)?;
         next.extents(count, offset, flags, extents)
     }
 
     fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        sleep(self.0.cache);
+        sleep(self.0.cache)?;
         next.cache(count, offset, flags)
     }
 
     fn flush(&self, next: &Context, flags: Flags) -> Result<()> {
-        sleep(self.0.flush);
+        sleep(self.0.flush)?;
         next.flush(flags)
     }
 }

@@ -403,7 +403,8 @@ impl Plugin for File {
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "file" => self.file = Some(realpath(value)?),
-            "dir" => self.dir = Some(realpath(value)?),
+            // nbdkit takes `directory=` as the long form of `dir=`.
+            "dir" | "directory" => self.dir = Some(realpath(value)?),
             "fd" => self.fd = Some(fd_param(key, value)?),
             "dirfd" => self.dirfd = Some(fd_param(key, value)?),
             "cache" => {

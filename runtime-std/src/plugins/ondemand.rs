@@ -16,7 +16,8 @@
 //!   client".
 //!
 //! Export names must be at most `NAME_MAX` bytes and contain no `.`, `/`
-//! or `:`; `""` means `default`. The files are listed as exports. Each
+//! or `:`; `""` means `default`. The export list is `""`, then the other
+//! names in the directory a client could open, as nbdkit lists them. Each
 //! open file system is held with an exclusive open-file-description lock
 //! (`F_OFD_SETLK` like nbdkit on Linux, `flock` on FreeBSD: see
 //! `os::locks`), so two connections, or two servers, never
@@ -160,11 +161,16 @@ impl Plugin for OnDemand {
             |e: &io::Error| mkfs::os_error(format_args!("readdir: {}", dir.display()), e);
         let entries = std::fs::read_dir(dir)
             .map_err(|e| mkfs::os_error(format_args!("opendir: {}", dir.display()), &e))?;
+        // The default export first, as nbdkit lists it: by the name "".
+        exports.add("", None)?;
         for entry in entries {
             let entry = entry.map_err(|e| readdir_error(&e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            // As nbdkit: names a client could not open (with '.' or ':',
+            // which hides dot files) and the default export's file are
+            // left out; the directory's order is kept.
+            if name.contains(['.', ':']) || name == "default" {
                 continue;
             }
             exports.add(name, None)?;

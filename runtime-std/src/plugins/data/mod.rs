@@ -22,19 +22,21 @@
 //! taken) is capped at [`MAX_WORK`], beyond which the expression is
 //! refused rather than exhausting memory.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result};
+use nbdkit_core::backend::{Error, Extents, Handle, OpenArgs, Plugin, Result};
 use nbdkit_core::errno::Errno;
-use nbdkit_core::plugins::memory::{MemoryHandle, Store};
+use nbdkit_core::plugins::memory::{Backing, MemoryHandle, Store};
 use nbdkit_core::plugins::random::parse_unsigned;
 use nbdkit_core::plugins::size_param;
 
 use super::info::decode_base64;
+
+mod image;
+use image::Image;
 
 /// The most work (bytes stored or copied, plus evaluation steps) an
 /// expression may take.
@@ -49,14 +51,17 @@ const MAX_SIZE: u64 = i64::MAX as u64;
 // ---------------------------------------------------------------------------
 // Syntax
 
-/// One element of an expression.
+/// One element of an expression (nbdkit's AST, before and after
+/// [`optimize`]).
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
     /// Nothing (a repeat by 0, an empty slice).
     Null,
-    /// Bytes written at the offset.
-    Bytes(Vec<u8>),
-    /// One byte repeated.
+    /// A number: one byte.
+    Byte(u8),
+    /// A `"string"` or a `le32:`-style word.
+    Str(Vec<u8>),
+    /// One byte repeated (made by the optimizer).
     Fill(u8, u64),
     /// `@N`.
     AbsOffset(u64),
@@ -237,7 +242,7 @@ impl Parser<'_> {
                         return Err(err("data parameter @OFFSET must not be negative"));
                     }
                     i += n;
-                    list.push(repeat(e, v as u64));
+                    list.push(Expr::Repeat(Box::new(e), v as u64));
                 }
                 b'[' => {
                     i += 1;
@@ -245,13 +250,7 @@ impl Parser<'_> {
                     let (n, m, used) = scan_slice(&s[i..])
                         .ok_or_else(|| err("enclosed pattern (...)[N:M] not numeric"))?;
                     i += used;
-                    // nbdkit compares the unsigned start with the signed end.
-                    let n = n as u64;
-                    list.push(if n == m as u64 {
-                        Expr::Null
-                    } else {
-                        Expr::Slice(Box::new(e), n, m)
-                    });
+                    list.push(Expr::Slice(Box::new(e), n as u64, m));
                 }
                 b'<' => {
                     if s.get(i + 1) == Some(&b'(') {
@@ -290,7 +289,7 @@ impl Parser<'_> {
                 b'"' => {
                     i += 1;
                     let bytes = parse_string(s, &mut i)?;
-                    list.push(Expr::Bytes(bytes));
+                    list.push(Expr::Str(bytes));
                 }
                 b'\\' => {
                     let (start, n) = get_name(s, i);
@@ -341,14 +340,14 @@ impl Parser<'_> {
                         return Err(err("data parameter BYTE must be in the range 0..255"));
                     }
                     i += n;
-                    list.push(Expr::Bytes(vec![v as u8]));
+                    list.push(Expr::Byte(v as u8));
                 }
                 b'l' | b'b' => {
                     let start = i;
                     while i < len && !s[i].is_ascii_whitespace() {
                         i += 1;
                     }
-                    list.push(Expr::Bytes(parse_word(&s[start..i], i)?));
+                    list.push(Expr::Str(parse_word(&s[start..i], i)?));
                 }
                 b' ' | b'\t' | b'\n' | b'\x0c' | b'\r' | b'\x0b' => i += 1,
                 _ => return Err(parse_error(i)),
@@ -362,27 +361,162 @@ impl Parser<'_> {
     }
 }
 
-/// `EXPR*N`, with nbdkit's simplifications (a byte repeated is a fill).
-fn repeat(e: Expr, n: u64) -> Expr {
-    if n == 0 {
-        return Expr::Null;
-    }
+// ---------------------------------------------------------------------------
+// Optimization: nbdkit simplifies the expression before evaluating it, and
+// the result decides which parts are written (allocating their pages) and
+// which are copied or zeroed, which block status shows. The same rules are
+// applied here.
+
+/// Whether `e` may be moved into the enclosing list (offsets and names are
+/// scoped to their list).
+fn safe_to_inline(e: &Expr) -> bool {
+    !matches!(
+        e,
+        Expr::Assign(..) | Expr::Name(_) | Expr::AbsOffset(_) | Expr::RelOffset(_) | Expr::Align(_)
+    )
+}
+
+/// The byte, if `e` is one byte.
+fn single_byte(e: &Expr) -> Option<u8> {
     match e {
-        Expr::Null => Expr::Null,
-        e if n == 1 => e,
-        Expr::Bytes(b) if b.len() == 1 => Expr::Fill(b[0], n),
-        Expr::Fill(b, m) => match m.checked_mul(n) {
-            Some(t) => Expr::Fill(b, t),
-            None => Expr::Repeat(Box::new(Expr::Fill(b, m)), n),
-        },
-        Expr::List(l) if l.len() == 1 && matches!(&l[0], Expr::Bytes(b) if b.len() == 1) => {
-            match &l[0] {
-                Expr::Bytes(b) => Expr::Fill(b[0], n),
-                _ => Expr::Repeat(Box::new(Expr::List(l)), n),
+        Expr::Byte(b) => Some(*b),
+        Expr::List(l) if l.len() == 1 => single_byte(&l[0]),
+        Expr::Str(s) if s.len() == 1 => Some(s[0]),
+        Expr::Fill(b, 1) => Some(*b),
+        Expr::Repeat(e, 1) => single_byte(e),
+        _ => None,
+    }
+}
+
+/// Merge `next` into `last` when two neighbours make one string or fill.
+fn combine(last: &mut Expr, next: &Expr) -> bool {
+    let merged = match (&mut *last, next) {
+        (Expr::Byte(a), Expr::Byte(b)) if a == b => Expr::Fill(*a, 2),
+        (Expr::Byte(a), Expr::Byte(b)) => Expr::Str(vec![*a, *b]),
+        (Expr::Byte(a), Expr::Str(t)) => {
+            let mut v = Vec::with_capacity(t.len() + 1);
+            v.push(*a);
+            v.extend_from_slice(t);
+            Expr::Str(v)
+        }
+        (Expr::Byte(a), Expr::Fill(b, n)) if a == b => Expr::Fill(*b, n.saturating_add(1)),
+        (Expr::Str(v), Expr::Byte(b)) => {
+            v.push(*b);
+            return true;
+        }
+        (Expr::Str(v), Expr::Str(t)) => {
+            v.extend_from_slice(t);
+            return true;
+        }
+        (Expr::Fill(a, n), Expr::Byte(b)) if a == b => {
+            *n = n.saturating_add(1);
+            return true;
+        }
+        (Expr::Fill(a, n), Expr::Fill(b, m)) if a == b => {
+            *n = n.saturating_add(*m);
+            return true;
+        }
+        _ => return false,
+    };
+    *last = merged;
+    true
+}
+
+/// nbdkit's simplifications of the expression tree.
+fn optimize(e: Expr) -> Expr {
+    match e {
+        Expr::List(items) => {
+            let mut list: Vec<Expr> = Vec::with_capacity(items.len());
+            for item in items {
+                match optimize(item) {
+                    Expr::Null => {}
+                    Expr::List(inner) if inner.iter().all(safe_to_inline) => {
+                        for e in inner {
+                            push_combined(&mut list, e);
+                        }
+                    }
+                    other => push_combined(&mut list, other),
+                }
+            }
+            match list.len() {
+                0 => Expr::Null,
+                1 if safe_to_inline(&list[0]) => list.pop().expect("one element"),
+                _ => Expr::List(list),
             }
         }
-        e => Expr::Repeat(Box::new(e), n),
+        Expr::Assign(name, e) => Expr::Assign(name, Box::new(optimize(*e))),
+        Expr::Repeat(_, 0) => Expr::Null,
+        Expr::Repeat(e, n) => {
+            let inner = optimize(*e);
+            match inner {
+                inner if n == 1 || inner == Expr::Null => inner,
+                Expr::Repeat(e, m) => Expr::Repeat(e, n.saturating_mul(m)),
+                Expr::Fill(b, m) => Expr::Fill(b, n.saturating_mul(m)),
+                Expr::Str(s) if n <= 4 && s.len() <= 512 => Expr::Str(s.repeat(n as usize)),
+                inner => match single_byte(&inner) {
+                    Some(b) => Expr::Fill(b, n),
+                    None => Expr::Repeat(Box::new(inner), n),
+                },
+            }
+        }
+        // nbdkit compares the unsigned start with the signed end.
+        Expr::Slice(_, n, m) if n == m as u64 => Expr::Null,
+        Expr::Slice(e, n, m) => {
+            let inner = optimize(*e);
+            let whole = n == 0 && m == -1;
+            // A slice of a constant, when valid, is a shorter constant.
+            let sub = |len: u64| -> Option<(u64, u64)> {
+                if m >= 0 && n <= m as u64 && m as u64 <= len {
+                    Some((n, m as u64))
+                } else if m == -1 && n <= len {
+                    Some((n, len))
+                } else {
+                    None
+                }
+            };
+            match &inner {
+                Expr::Null if m == 0 || whole => return Expr::Null,
+                Expr::Byte(b) if m == 1 || whole => return Expr::Byte(*b),
+                Expr::Str(s) => {
+                    if let Some((a, z)) = sub(s.len() as u64) {
+                        return if z - a == 1 {
+                            Expr::Byte(s[a as usize])
+                        } else {
+                            Expr::Str(s[a as usize..z as usize].to_vec())
+                        };
+                    }
+                }
+                Expr::Fill(b, len) => {
+                    if let Some((a, z)) = sub(*len) {
+                        return if z - a == 1 {
+                            Expr::Byte(*b)
+                        } else {
+                            Expr::Fill(*b, z - a)
+                        };
+                    }
+                }
+                _ => {}
+            }
+            Expr::Slice(Box::new(inner), n, m)
+        }
+        Expr::Str(s) if s.is_empty() => Expr::Null,
+        Expr::Str(s) if s.len() > 1 && s.iter().all(|&b| b == s[0]) => {
+            Expr::Fill(s[0], s.len() as u64)
+        }
+        Expr::Fill(_, 0) => Expr::Null,
+        e => e,
     }
+}
+
+/// Append `e` to an optimized list, merging it with the last element when
+/// they combine.
+fn push_combined(list: &mut Vec<Expr>, e: Expr) {
+    if let Some(last) = list.last_mut() {
+        if combine(last, &e) {
+            return;
+        }
+    }
+    list.push(e);
 }
 
 /// `N:M]`, `:M]`, `N:]` or `:]` (after `[`): (start, end or -1, length).
@@ -527,38 +661,7 @@ fn parse_word(tok: &[u8], end: usize) -> Result<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------
-// Images: the result of evaluating an expression
-
-/// A run of bytes in an image.
-#[derive(Debug, Clone)]
-enum Chunk {
-    Data(Vec<u8>),
-    Fill(u8, u64),
-}
-
-impl Chunk {
-    fn len(&self) -> u64 {
-        match self {
-            Chunk::Data(d) => d.len() as u64,
-            Chunk::Fill(_, n) => *n,
-        }
-    }
-
-    /// The part `from..to` (relative to the chunk).
-    fn part(&self, from: u64, to: u64) -> Chunk {
-        match self {
-            Chunk::Data(d) => Chunk::Data(d[from as usize..to as usize].to_vec()),
-            Chunk::Fill(b, _) => Chunk::Fill(*b, to - from),
-        }
-    }
-}
-
-/// A sparse byte image: non-overlapping chunks by offset; gaps are zero.
-/// Nothing at or past `limit` is stored.
-#[derive(Debug, Default)]
-struct Image {
-    chunks: BTreeMap<u64, Chunk>,
-}
+// Evaluation
 
 /// Counts work against [`MAX_WORK`], and evaluation steps against
 /// [`MAX_STEPS`].
@@ -572,6 +675,10 @@ struct Budget {
 /// work at each definition).
 const MAX_STEPS: u64 = 1 << 22;
 
+/// What one operation on an image is charged: the memory of the chunks
+/// it may add.
+const OP_COST: u64 = 64 * 17;
+
 impl Budget {
     fn step(&mut self) -> Result<()> {
         self.steps += 1;
@@ -581,7 +688,7 @@ impl Budget {
                 "data: the expression takes too many steps to evaluate, which is not supported",
             ));
         }
-        Ok(())
+        self.spend(OP_COST)
     }
 
     fn spend(&mut self, n: u64) -> Result<()> {
@@ -590,7 +697,7 @@ impl Budget {
             return Err(Error::msg(
                 Errno::ENOMEM,
                 format!(
-                    "data: the expression expands to more than {} MiB of data, which is not supported",
+                    "data: the expression needs more than {} MiB of memory, which is not supported",
                     MAX_WORK >> 20
                 ),
             ));
@@ -598,126 +705,6 @@ impl Budget {
         Ok(())
     }
 }
-
-impl Image {
-    /// Remove everything in `offset..offset+len`.
-    fn zero(&mut self, offset: u64, len: u64, budget: &mut Budget) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let end = offset.saturating_add(len);
-        let hits: Vec<u64> = self
-            .chunks
-            .range(..end)
-            .rev()
-            .take_while(|(&s, c)| s + c.len() > offset)
-            .map(|(&s, _)| s)
-            .collect();
-        budget.spend(hits.len() as u64)?;
-        for s in hits {
-            let c = self.chunks.remove(&s).expect("chunk listed above");
-            let cend = s + c.len();
-            if s < offset {
-                self.chunks.insert(s, c.part(0, offset - s));
-            }
-            if cend > end {
-                budget.spend(cend - end)?;
-                self.chunks.insert(end, c.part(end - s, cend - s));
-            }
-        }
-        Ok(())
-    }
-
-    /// Put `chunk` at `offset` (clipped at `limit`), replacing what was
-    /// there.
-    fn put(&mut self, offset: u64, chunk: Chunk, limit: u64, budget: &mut Budget) -> Result<()> {
-        if offset >= limit {
-            return Ok(());
-        }
-        let chunk = if offset.saturating_add(chunk.len()) > limit {
-            chunk.part(0, limit - offset)
-        } else {
-            chunk
-        };
-        let len = chunk.len();
-        if len == 0 {
-            return Ok(());
-        }
-        self.zero(offset, len, budget)?;
-        if let Chunk::Fill(0, _) = chunk {
-            return Ok(());
-        }
-        budget.spend(len + 1)?;
-        // Merge with the chunk that ends here when both are alike.
-        if let Some((&ps, prev)) = self.chunks.range_mut(..offset).next_back() {
-            if ps + prev.len() == offset {
-                match (prev, &chunk) {
-                    (Chunk::Data(p), Chunk::Data(d)) => {
-                        p.extend_from_slice(d);
-                        return Ok(());
-                    }
-                    (Chunk::Fill(pb, pn), Chunk::Fill(b, n)) if pb == b => {
-                        *pn += n;
-                        return Ok(());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.chunks.insert(offset, chunk);
-        Ok(())
-    }
-
-    /// The first `len` bytes as one buffer.
-    fn dense(&self, len: u64) -> Vec<u8> {
-        let mut out = vec![0u8; len as usize];
-        for (&at, c) in self.chunks.range(..len) {
-            let end = (at + c.len()).min(len);
-            let dst = &mut out[at as usize..end as usize];
-            match c {
-                Chunk::Data(d) => dst.copy_from_slice(&d[..dst.len()]),
-                Chunk::Fill(b, _) => dst.fill(*b),
-            }
-        }
-        out
-    }
-
-    /// Copy `src[from..from+len]` to `to`, zeroes included.
-    fn blit(
-        &mut self,
-        src: &Image,
-        from: u64,
-        len: u64,
-        to: u64,
-        limit: u64,
-        budget: &mut Budget,
-    ) -> Result<()> {
-        if to >= limit || len == 0 {
-            return Ok(());
-        }
-        let len = len.min(limit - to);
-        self.zero(to, len, budget)?;
-        let end = from + len;
-        let first = src
-            .chunks
-            .range(..=from)
-            .next_back()
-            .map(|(&s, _)| s)
-            .unwrap_or(from);
-        for (&s, c) in src.chunks.range(first..end) {
-            let cs = s.max(from);
-            let ce = (s + c.len()).min(end);
-            if cs >= ce {
-                continue;
-            }
-            self.put(to + (cs - from), c.part(cs - s, ce - s), limit, budget)?;
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Evaluation
 
 /// Names defined so far, innermost first.
 struct Env<'a> {
@@ -736,58 +723,73 @@ fn add(a: u64, b: u64) -> Result<u64> {
         .ok_or_else(|| err("data parameter: offset is larger than 2^63-1"))
 }
 
+/// Where an evaluation writes, and how far it got.
+struct Cursor<'i> {
+    img: &'i mut Image,
+    offset: u64,
+    size: u64,
+    /// Nothing at or past this is kept.
+    limit: u64,
+}
+
 impl Evaluator {
-    /// Evaluate a list into `img` from offset 0; returns its size.
-    fn list<'a>(
+    /// Evaluate `e` (each element, when it is a list) into `cur`, as
+    /// nbdkit does.
+    fn eval<'a>(
         &mut self,
-        items: &'a [Expr],
+        e: &'a Expr,
         env: Option<Rc<Env<'a>>>,
-        img: &mut Image,
-        limit: u64,
-    ) -> Result<u64> {
+        cur: &mut Cursor<'_>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > MAX_DEPTH * 10 {
+            return Err(err("data parameter: expression is nested too deeply"));
+        }
+        let items = match e {
+            Expr::List(l) => l.as_slice(),
+            e => std::slice::from_ref(e),
+        };
         let mut env = env;
-        let mut offset = 0u64;
-        let mut size = 0u64;
         for e in items {
             self.budget.step()?;
+            let limit = cur.limit;
+            let at = cur.offset;
             match e {
                 Expr::Null => {}
-                Expr::Bytes(b) => {
-                    img.put(offset, Chunk::Data(b.clone()), limit, &mut self.budget)?;
-                    offset = add(offset, b.len() as u64)?;
+                Expr::Byte(b) => {
+                    cur.img.write(at, &[*b], limit);
+                    cur.offset = add(at, 1)?;
+                }
+                Expr::Str(b) => {
+                    cur.img.write(at, b, limit);
+                    cur.offset = add(at, b.len() as u64)?;
                 }
                 Expr::Fill(b, n) => {
-                    img.put(offset, Chunk::Fill(*b, *n), limit, &mut self.budget)?;
-                    offset = add(offset, *n)?;
+                    cur.offset = add(at, *n)?;
+                    cur.img.fill(at, *b, *n, limit);
                 }
-                Expr::AbsOffset(o) => offset = add(*o, 0)?,
+                Expr::AbsOffset(o) => cur.offset = add(*o, 0)?,
                 Expr::RelOffset(d) => {
                     if *d < 0 {
                         let back = d.unsigned_abs();
-                        if back > offset {
+                        if back > at {
                             return Err(err(format!(
-                                "data parameter @-{back} must not be larger than the current offset {offset}"
+                                "data parameter @-{back} must not be larger than the current offset {at}"
                             )));
                         }
-                        offset -= back;
+                        cur.offset = at - back;
                     } else {
-                        offset = add(offset, *d as u64)?;
+                        cur.offset = add(at, *d as u64)?;
                     }
                 }
-                Expr::Align(a) => {
-                    offset = add(offset, (a - offset % a) % a)?;
-                }
+                Expr::Align(a) => cur.offset = add(at, (a - at % a) % a)?,
                 Expr::File(name) => {
                     let data = read_file(name, 0, None, &mut self.budget)?;
-                    let n = data.len() as u64;
-                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
-                    offset = add(offset, n)?;
+                    self.store(cur, &data)?;
                 }
                 Expr::Script(script) => {
                     let data = run_script(script, None, &mut self.budget)?;
-                    let n = data.len() as u64;
-                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
-                    offset = add(offset, n)?;
+                    self.store(cur, &data)?;
                 }
                 Expr::Assign(name, value) => {
                     env = Some(Rc::new(Env {
@@ -806,11 +808,10 @@ impl Evaluator {
                         }
                     };
                     // The definition sees the names defined before it.
-                    let mut sub = Image::default();
-                    let sub_limit = limit.saturating_sub(offset);
-                    let n = self.one(def.expr, def.next.clone(), &mut sub, sub_limit)?;
-                    img.blit(&sub, 0, n, offset, limit, &mut self.budget)?;
-                    offset = add(offset, n)?;
+                    let (sub, n) =
+                        self.sub(def.expr, def.next.clone(), limit.saturating_sub(at), depth)?;
+                    cur.img.blit(&sub, 0, n, at, limit);
+                    cur.offset = add(at, n)?;
                 }
                 Expr::Slice(inner, n, m) if matches!(**inner, Expr::File(_)) => {
                     let Expr::File(name) = &**inner else {
@@ -822,90 +823,92 @@ impl Evaluator {
                     let len = (*m >= 0).then(|| *m as u64 - n);
                     let len = if *m == -2 { Some(0) } else { len };
                     let data = read_file(name, *n, len, &mut self.budget)?;
-                    let k = data.len() as u64;
-                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
-                    offset = add(offset, k)?;
+                    self.store(cur, &data)?;
                 }
                 Expr::Slice(inner, 0, m) if matches!(**inner, Expr::Script(_)) => {
                     let Expr::Script(script) = &**inner else {
                         unreachable!()
                     };
                     let data = run_script(script, Some((*m).max(0) as u64), &mut self.budget)?;
-                    let k = data.len() as u64;
-                    img.put(offset, Chunk::Data(data), limit, &mut self.budget)?;
-                    offset = add(offset, k)?;
+                    self.store(cur, &data)?;
                 }
-                Expr::List(_) | Expr::Repeat(..) | Expr::Slice(..) => {
-                    let mut sub = Image::default();
-                    let room = limit.saturating_sub(offset);
-                    match e {
-                        Expr::List(l) => {
-                            let n = self.list(l, env.clone(), &mut sub, room)?;
-                            img.blit(&sub, 0, n, offset, limit, &mut self.budget)?;
-                            offset = add(offset, n)?;
-                        }
-                        Expr::Repeat(inner, count) => {
-                            let n = self.one(inner, env.clone(), &mut sub, room)?;
-                            let total = n.checked_mul(*count).ok_or_else(|| {
-                                err("data parameter: offset is larger than 2^63-1")
-                            })?;
-                            let end = add(offset, total)?;
-                            // Lay the copies out at once: as one fill, one
-                            // run of zeroes, or the bytes cycled, cut at
-                            // the limit.
-                            let room = total.min(limit.saturating_sub(offset));
-                            match sub.chunks.first_key_value() {
-                                _ if room == 0 => {}
-                                None => img.zero(offset, room, &mut self.budget)?,
-                                Some((0, Chunk::Fill(b, len))) if *len == n => {
-                                    img.put(offset, Chunk::Fill(*b, room), limit, &mut self.budget)?
-                                }
-                                Some(_) => {
-                                    self.budget.spend(room)?;
-                                    let dense = sub.dense(n.min(room));
-                                    let bytes: Vec<u8> =
-                                        dense.iter().copied().cycle().take(room as usize).collect();
-                                    img.put(offset, Chunk::Data(bytes), limit, &mut self.budget)?;
-                                }
-                            }
-                            offset = end;
-                        }
-                        Expr::Slice(inner, from, to) => {
-                            let sub_limit = from.saturating_add(room);
-                            let sub_limit = if *to >= 0 {
-                                sub_limit.min(*to as u64)
-                            } else {
-                                sub_limit
-                            };
-                            let n = self.one(inner, env.clone(), &mut sub, sub_limit)?;
-                            let m = if *to < 0 { n } else { *to as u64 };
-                            if *from > n || m > n || *from > m {
-                                return Err(err("[N:M] does not describe a valid slice"));
-                            }
-                            img.blit(&sub, *from, m - from, offset, limit, &mut self.budget)?;
-                            offset = add(offset, m - from)?;
-                        }
-                        _ => unreachable!(),
+                Expr::List(_) => {
+                    let (sub, n) = self.sub(e, env.clone(), limit.saturating_sub(at), depth)?;
+                    cur.img.blit(&sub, 0, n, at, limit);
+                    cur.offset = add(at, n)?;
+                }
+                Expr::Repeat(inner, count) => {
+                    let (sub, n) = self.sub(inner, env.clone(), limit.saturating_sub(at), depth)?;
+                    let total = n
+                        .checked_mul(*count)
+                        .ok_or_else(|| err("data parameter: offset is larger than 2^63-1"))?;
+                    cur.offset = add(at, total)?;
+                    if n < 64 * 1024 {
+                        // A short period is expanded into a pattern.
+                        self.budget.spend(128 * 1024)?;
                     }
+                    cur.img.repeat(&sub, n, *count, at, limit);
+                }
+                Expr::Slice(inner, from, to) => {
+                    let room = limit.saturating_sub(at);
+                    let sub_limit = from.saturating_add(room);
+                    let sub_limit = if *to >= 0 {
+                        sub_limit.min(*to as u64)
+                    } else {
+                        sub_limit
+                    };
+                    let (sub, n) = self.sub(inner, env.clone(), sub_limit, depth)?;
+                    let m = if *to < 0 { n } else { *to as u64 };
+                    if *from > n || m > n || *from > m {
+                        return Err(err("[N:M] does not describe a valid slice"));
+                    }
+                    cur.img.blit(&sub, *from, m - from, at, limit);
+                    cur.offset = add(at, m - from)?;
                 }
             }
-            size = size.max(offset);
+            cur.size = cur.size.max(cur.offset);
         }
-        Ok(size)
+        Ok(())
     }
 
-    /// Evaluate one expression in its own scope.
-    fn one<'a>(
+    /// Evaluate `e` into a new image kept up to `limit`; returns it and
+    /// the expression's size.
+    fn sub<'a>(
         &mut self,
         e: &'a Expr,
         env: Option<Rc<Env<'a>>>,
-        img: &mut Image,
         limit: u64,
-    ) -> Result<u64> {
-        match e {
-            Expr::List(l) => self.list(l, env, img, limit),
-            e => self.list(std::slice::from_ref(e), env, img, limit),
-        }
+        depth: usize,
+    ) -> Result<(Arc<Image>, u64)> {
+        let (img, size) = self.image(e, env, limit, depth + 1)?;
+        Ok((Arc::new(img), size))
+    }
+
+    /// Evaluate `e` into a new image kept up to `limit`, at `depth`.
+    fn image<'a>(
+        &mut self,
+        e: &'a Expr,
+        env: Option<Rc<Env<'a>>>,
+        limit: u64,
+        depth: usize,
+    ) -> Result<(Image, u64)> {
+        let mut img = Image::default();
+        let mut cur = Cursor {
+            img: &mut img,
+            offset: 0,
+            size: 0,
+            limit,
+        };
+        self.eval(e, env, &mut cur, depth)?;
+        let size = cur.size;
+        Ok((img, size))
+    }
+
+    /// Write bytes read from a file or a script at the cursor.
+    fn store(&mut self, cur: &mut Cursor<'_>, data: &[u8]) -> Result<()> {
+        cur.img.write(cur.offset, data, cur.limit);
+        cur.offset = add(cur.offset, data.len() as u64)?;
+        Ok(())
     }
 }
 
@@ -990,18 +993,47 @@ fn run_script(script: &str, len: Option<u64>, budget: &mut Budget) -> Result<Vec
     Ok(data)
 }
 
-/// Parse and evaluate a data expression; only bytes below `limit` are
-/// kept. Returns the image and the size of the expression.
+/// Parse, optimize and evaluate a data expression; only bytes below
+/// `limit` are kept. Returns the image and the size of the expression.
 fn evaluate(expr: &str, vars: &dyn Vars, limit: u64) -> Result<(Image, u64)> {
     let parser = Parser { vars };
     let mut pos = 0;
     let list = parser.list(expr.as_bytes(), &mut pos, 0, false)?;
+    let root = optimize(Expr::List(list));
     let mut ev = Evaluator {
         budget: Budget::default(),
     };
-    let mut img = Image::default();
-    let size = ev.list(&list, None, &mut img, limit)?;
-    Ok((img, size))
+    ev.image(&root, None, limit, 0)
+}
+
+/// The image a connection reads and writes (`allocator=sparse`).
+struct Served(RwLock<Image>);
+
+impl Backing for Served {
+    fn read(&self, buf: &mut [u8], offset: u64) {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .read(buf, offset);
+    }
+    fn write(&self, buf: &[u8], offset: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(offset, buf, u64::MAX);
+    }
+    fn zero(&self, count: u64, offset: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .zero(offset, count, u64::MAX);
+    }
+    fn extents(&self, count: u64, offset: u64, extents: &mut Extents) -> Result<()> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extents(count, offset, extents)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1137,59 +1169,43 @@ impl Plugin for Data {
             return Err(err("extra parameters passed and not using data='...'"));
         }
         // nbdkit evaluates the data in get_ready; it happens here so the
-        // result can be kept, at the same point of start-up.
-        let limit = self.size.unwrap_or(MAX_SIZE);
+        // result can be kept, at the same point of start-up. Pages are
+        // kept whole, so that block status sees the last one as nbdkit
+        // does.
+        let limit = match self.size {
+            Some(s) => s.div_ceil(image::PAGE).saturating_mul(image::PAGE),
+            None => MAX_SIZE,
+        };
         let (img, data_size) = match source {
             Source::Raw(r) => {
                 let mut img = Image::default();
-                let mut b = Budget::default();
-                img.put(0, Chunk::Data(r.as_bytes().to_vec()), limit, &mut b)?;
+                img.write(0, r.as_bytes(), limit);
                 (img, r.len() as u64)
             }
             Source::Base64(t) => {
                 let bytes =
                     decode_base64(t).ok_or_else(|| err("base64: Base64 decoding error."))?;
-                let n = bytes.len() as u64;
                 let mut img = Image::default();
-                let mut b = Budget::default();
-                img.put(0, Chunk::Data(bytes), limit, &mut b)?;
-                (img, n)
+                img.write(0, &bytes, limit);
+                (img, bytes.len() as u64)
             }
             Source::Data(d) => evaluate(d, &ParamsAndEnv(&self.params), limit)?,
         };
         let size = self.size.unwrap_or(data_size);
         let store = if self.malloc {
-            Store::flat(size)?
+            let store = Store::flat(size)?;
+            let mut buf = vec![0u8; (1 << 20).min(size) as usize];
+            let mut pos = 0u64;
+            while pos < size {
+                let n = (size - pos).min(buf.len() as u64) as usize;
+                img.read(&mut buf[..n], pos);
+                store.write(&buf[..n], pos);
+                pos += n as u64;
+            }
+            store
         } else {
-            Store::sparse()
+            Store::Other(Box::new(Served(RwLock::new(img))))
         };
-        // Fills are cheap while evaluating; storing them is not.
-        let stored: u64 = img
-            .chunks
-            .range(..size)
-            .map(|(&at, c)| c.len().min(size - at))
-            .sum();
-        Budget::default().spend(stored)?;
-        let mut page = Vec::new();
-        for (&at, chunk) in &img.chunks {
-            if at >= size {
-                break;
-            }
-            let end = (at + chunk.len()).min(size);
-            match chunk {
-                Chunk::Data(d) => store.write(&d[..(end - at) as usize], at),
-                Chunk::Fill(b, _) => {
-                    let mut pos = at;
-                    while pos < end {
-                        let n = (end - pos).min(1 << 20) as usize;
-                        page.clear();
-                        page.resize(n, *b);
-                        store.write(&page, pos);
-                        pos += n as u64;
-                    }
-                }
-            }
-        }
         self.store = Some((Arc::new(store), size));
         Ok(())
     }
@@ -1217,13 +1233,7 @@ mod test {
     fn eval(expr: &str) -> Result<Vec<u8>> {
         let (img, size) = evaluate(expr, &NoVars, MAX_SIZE)?;
         let mut out = vec![0u8; size as usize];
-        for (&at, c) in &img.chunks {
-            let at = at as usize;
-            match c {
-                Chunk::Data(d) => out[at..at + d.len()].copy_from_slice(d),
-                Chunk::Fill(b, n) => out[at..at + *n as usize].fill(*b),
-            }
-        }
+        img.read(&mut out, 0);
         Ok(out)
     }
 
@@ -1311,17 +1321,25 @@ mod test {
     }
 
     #[test]
-    fn huge_repeats_are_bounded() {
+    fn huge_expressions_stay_small() {
         // A fill is cheap however long.
         let (_, size) = evaluate("0x55*1000000000000", &NoVars, 4096).unwrap();
         assert_eq!(size, 1_000_000_000_000);
-        // A group repeated is cut at the limit ...
-        let (img, size) = evaluate("( 1 2 )*1000000000000", &NoVars, 4096).unwrap();
+        // A group repeated is kept as a pattern, however far it reaches.
+        let (img, size) = evaluate("( 1 2 )*1000000000000", &NoVars, MAX_SIZE).unwrap();
         assert_eq!(size, 2_000_000_000_000);
-        assert!(img.chunks.values().map(Chunk::len).sum::<u64>() <= 4096);
-        // ... and refused when it must all be kept.
-        assert!(evaluate("( 1 2 )*1000000000000", &NoVars, MAX_SIZE).is_err());
-        // Doubling names cost steps, and are refused too.
+        assert_eq!(img.chunk_count(), 1);
+        let mut b = [0u8; 4];
+        img.read(&mut b, 1_999_999_999_998);
+        assert_eq!(b, [1, 2, 0, 0]);
+        // Large blocks repeated, and repeated again.
+        let e = "( ( \"abc\" @^1048576 )*4096 )*4 @0x7ffffffffffffffe 9";
+        let (img, size) = evaluate(e, &NoVars, MAX_SIZE).unwrap();
+        assert_eq!(size, i64::MAX as u64);
+        img.read(&mut b, 3 << 32);
+        assert_eq!(&b[..3], b"abc");
+        assert!(img.chunk_count() < 10, "{}", img.chunk_count());
+        // Doubling names cost steps, and are refused.
         let mut e = String::from("( @1 ) -> \\a0 ");
         for i in 1..64 {
             e += &format!("( \\a{} \\a{} ) -> \\a{} ", i - 1, i - 1, i);
