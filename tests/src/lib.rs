@@ -80,6 +80,21 @@ pub fn nbdkit_bin() -> PathBuf {
     .clone()
 }
 
+/// Debian's C nbdkit: the reference that differential tests compare with
+/// (never the binary under test).
+pub const REFERENCE: &str = "/usr/bin/nbdkit";
+
+/// True if the reference nbdkit is installed; otherwise prints a skip
+/// message, and the caller returns from its test.
+pub fn reference_installed() -> bool {
+    if Path::new(REFERENCE).exists() {
+        true
+    } else {
+        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
+        false
+    }
+}
+
 /// True when the binary under test is Debian's C nbdkit (`/usr/bin/nbdkit`),
 /// the reference the tests are validated against.  Only tests about our own
 /// version string look at this.

@@ -15,18 +15,7 @@ use std::time::Duration;
 
 use nbdkit_tests::*;
 
-const REFERENCE: &str = "/usr/bin/nbdkit";
 const PYTHON: &str = "/usr/bin/python3";
-
-/// True when the reference nbdkit is installed (else prints a skip).
-fn reference() -> bool {
-    if Path::new(REFERENCE).exists() {
-        true
-    } else {
-        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
-        false
-    }
-}
 
 /// True when the reference has filter `name` (else prints a skip).
 fn reference_filter(name: &str) -> bool {
@@ -128,7 +117,7 @@ esac
 
 #[test]
 fn exportname_lists_names_and_descriptions_as_nbdkit() {
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -214,7 +203,7 @@ fn exportname_strict_default_export_is_resolved_by_the_plugin() {
 fn exportname_description_script_output_is_the_description() {
     // An empty output is an empty description (not none); one trailing
     // newline is dropped; the exit status does not matter.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     for script in ["true", "printf 'l1\\nl2\\n\\n'", "echo \"$name\"; exit 3"] {
@@ -238,7 +227,7 @@ fn exportname_description_script_output_is_the_description() {
 fn exportname_asks_each_layer_for_its_default_once_per_connection() {
     // The plugin's calls, in order, are nbdkit's (default_export at most
     // once per connection, open with the resolved name).
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -304,7 +293,7 @@ fn tls_fallback_opens_the_plugin_only_for_tls_clients() {
     // and the plugin is not opened for it (here a plugin whose default
     // export cannot be opened, and a script that logs its calls); a TLS
     // client sees the plugin's exports.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -389,7 +378,7 @@ fn ext2_image(dir: &TempDir) -> Option<std::path::PathBuf> {
 fn ext2_exportname_serves_the_named_file() {
     // Relative names are taken from the root; nothing is listed; "" is
     // refused; the flags are nbdkit's (no trim; cache by reading).
-    if !reference() || !reference_filter("ext2") || !skip_unless("python3-nbd") {
+    if !reference_installed() || !reference_filter("ext2") || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -513,7 +502,7 @@ fn block_status_through_offset_and_size_filters_matches_nbdkit() {
     // nbdkit lets extents run past the request (up to the end of the
     // export, or of what the filter asked the layer below for), and
     // blocksize reports whole blocks as nbdkit_extents_aligned does.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -573,7 +562,7 @@ fn block_status_through_offset_and_size_filters_matches_nbdkit() {
 fn block_status_through_cow_matches_nbdkit() {
     // Whole overlay blocks, past the request to the end of its last
     // block; with REQ_ONE one overlay block of what was written.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -592,7 +581,7 @@ fn block_status_through_cache_matches_nbdkit() {
     // stale status, calling written data a hole: that is a bug, and ours
     // reports them as data; writethrough, where the two agree, is
     // compared.)
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -626,7 +615,7 @@ print(out[0][1] & 3)
 #[test]
 fn block_status_through_tar_and_partition_matches_nbdkit() {
     // The entry's (partition's) extents, past the request to its end.
-    if !reference() || !skip_unless("python3-nbd") || !skip_unless("tar") {
+    if !reference_installed() || !skip_unless("python3-nbd") || !skip_unless("tar") {
         return;
     }
     let dir = TempDir::new();
@@ -675,7 +664,7 @@ fn block_status_through_tar_and_partition_matches_nbdkit() {
 
 #[test]
 fn swab_and_blocksize_policy_refusals_say_what_nbdkit_says() {
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -845,7 +834,7 @@ fn multi_conn_flushes_reach_the_plugin_as_in_nbdkit() {
     // Which connections are flushed (emulate), which flushes are skipped
     // as clean (the group's dirtiness decides), and FUA passed down or
     // turned into flushes, for two connections taking turns.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -893,7 +882,7 @@ fn readahead_prefetches_what_nbdkit_prefetches() {
     // read starts past the last prefetch, back to 32K when reads go back),
     // on the connection's own handle; nothing unless the plugin caches
     // natively.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -975,7 +964,7 @@ fn retry_waits_closes_and_reopens_as_nbdkit() {
     // doubling with retry-exponential), then the plugin is closed and
     // opened again; the checks before each try and the debug messages are
     // nbdkit's.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
@@ -1038,7 +1027,7 @@ fn retry_waits_closes_and_reopens_as_nbdkit() {
 fn retry_request_retries_every_request_as_nbdkit() {
     // Every failure is retried after the same delay, fast zero and FUA
     // included, and opens too unless retry-request-open=false.
-    if !reference() || !skip_unless("python3-nbd") {
+    if !reference_installed() || !skip_unless("python3-nbd") {
         return;
     }
     let dir = TempDir::new();
