@@ -23,7 +23,8 @@ packages=(
     python3-libnbd   # import nbd, for /usr/bin/python3
     libnbd-bin       # nbdinfo, nbdcopy, nbdsh
     python3-pytest   # the conformance suite's runner
-    qemu-utils       # qemu-img, qemu-io
+    qemu-utils       # qemu-img, qemu-io, qemu-nbd (nbd plugin tests)
+    nbd-server       # a remote server for the nbd plugin tests
     gnutls-bin       # certtool, psktool (TLS tests)
     openssl          # fallback certificate generator
     fdisk            # sfdisk (partition filter tests)

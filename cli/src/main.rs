@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, Command};
 use nbdkit_core::backend::{Stack, CALLBACK_NAMES};
+use nbdkit_core::debug;
 use nbdkit_core::handshake::Config as HsConfig;
 use nbdkit_core::wire::consts::{FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES};
 use nbdkit_runtime_std::{log, Family, Listen, ServeConfig};
@@ -218,6 +219,7 @@ fn command() -> Command {
 
 /// A command-line mistake: one `nbdkit: error:` line, exit status 1.
 fn fail(msg: impl AsRef<str>) -> ExitCode {
+    FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
     log::error(None, msg.as_ref());
     ExitCode::from(1)
 }
@@ -306,7 +308,8 @@ fn dump_plugin(stack: &Stack) {
     println!("api_version=2");
     println!("struct_size=384");
     println!("max_thread_model={}", p.max_thread_model().name());
-    println!("thread_model={}", p.thread_model().name());
+    // The whole stack's model, as nbdkit prints it: filters may restrict it.
+    println!("thread_model={}", stack.thread_model().name());
     println!("errno_is_preserved=1");
     if let Some(k) = p.magic_config_key() {
         println!("magic_config_key={k}");
@@ -319,6 +322,37 @@ fn dump_plugin(stack: &Stack) {
     for (k, v) in p.dump_plugin() {
         println!("{k}={v}");
     }
+}
+
+/// The server's own debug flags (`-D nbdkit.FLAG=N`).
+const SERVER_DEBUG_FLAGS: &[&str] = &[
+    "backend.controlpath",
+    "backend.datapath",
+    "tls.session",
+    "environ",
+];
+
+/// Mark the `-D` flags of the loaded plugin, filters and server used, in
+/// nbdkit's order; the warnings for flags none of them has.
+fn load_debug_flags(stack: &Stack) -> Vec<String> {
+    // A built-in plugin or filter documents its flags; a compiled one
+    // (.so) has them when it exports NAME_debug_FLAG, which is then set.
+    let has = |known: &'static [&'static str]| {
+        move |f: &debug::DebugFlag| {
+            f.is_one_of(known)
+                || nbdkit_runtime_std::cabi::apply_debug_flag(
+                    &format!("{}.{}", f.name, f.flag),
+                    &f.value.to_string(),
+                )
+        }
+    };
+    let p = stack.plugin();
+    let mut warnings = debug::load(p.name(), has(p.debug_flags()));
+    for f in stack.filters().iter().rev() {
+        warnings.extend(debug::load(f.name(), has(f.debug_flags())));
+    }
+    warnings.extend(debug::load("nbdkit", |f| f.is_one_of(SERVER_DEBUG_FLAGS)));
+    warnings
 }
 
 /// `--tls=`: `require` (also `required`, `force`) or one of the boolean
@@ -369,6 +403,20 @@ fn parse_unsigned(what: &str, v: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    let code = run();
+    // As nbdkit at exit (not after a command-line error).
+    if !FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+        for w in debug::unused() {
+            eprintln!("nbdkit: {w}");
+        }
+    }
+    code
+}
+
+/// Set when the command line was refused.
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn run() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let m = match command().try_get_matches_from(&argv) {
         Ok(m) => m,
@@ -498,6 +546,38 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
 
+    // -D flags, set before the plugin and filters load (as nbdkit does).
+    let mut flags = Vec::new();
+    for d in m.get_many::<String>("debug").into_iter().flatten() {
+        match debug::DebugFlag::parse(d) {
+            Ok(f) => flags.push(f),
+            Err(e) => {
+                if let Some(n) = e.number {
+                    log::error(None, &n);
+                }
+                eprintln!("nbdkit: {}", debug::DebugFlagError::FORMAT);
+                return ExitCode::from(1);
+            }
+        }
+    }
+    debug::set_flags(flags);
+    let server_flag = |f: &str| debug::value("nbdkit", f).map(|v| v != 0);
+    log::set_backend_debug(
+        server_flag("backend.datapath"),
+        server_flag("backend.controlpath"),
+    );
+    if let Some(on) = server_flag("tls.session") {
+        nbdkit_runtime_std::tls::set_debug_session(on);
+    }
+    if server_flag("environ") == Some(true) {
+        for (k, v) in std::env::vars_os() {
+            log::debug(
+                None,
+                format_args!("{}={}", k.to_string_lossy(), v.to_string_lossy()),
+            );
+        }
+    }
+
     // Combinations nbdkit refuses before it loads the plugin.
     let run = get("run");
     let single = on("single");
@@ -553,39 +633,8 @@ fn main() -> ExitCode {
     }
     let mut stack = Stack::new(plugin, filters);
 
-    // -D flags.
-    let mut datapath = None;
-    let mut controlpath = None;
-    let mut environ = false;
-    for d in m.get_many::<String>("debug").into_iter().flatten() {
-        let Some((k, v)) = d.split_once('=') else {
-            return fail(format!(
-                "-D (Debug Flag) must have the format NAME.FLAG=N: {d}"
-            ));
-        };
-        if !k.contains('.') || v.parse::<i64>().is_err() {
-            return fail(format!(
-                "-D (Debug Flag) must have the format NAME.FLAG=N: {d}"
-            ));
-        }
-        match k {
-            "nbdkit.backend.datapath" => datapath = Some(v != "0"),
-            "nbdkit.backend.controlpath" => controlpath = Some(v != "0"),
-            "nbdkit.tls.session" => nbdkit_runtime_std::tls::set_debug_session(v != "0"),
-            "nbdkit.environ" => environ = v != "0",
-            _ => {
-                nbdkit_runtime_std::cabi::apply_debug_flag(k, v);
-            }
-        }
-    }
-    log::set_backend_debug(datapath, controlpath);
-    if environ {
-        for (k, v) in std::env::vars_os() {
-            log::debug(
-                None,
-                format_args!("{}={}", k.to_string_lossy(), v.to_string_lossy()),
-            );
-        }
+    for w in load_debug_flags(&stack) {
+        eprintln!("nbdkit: {w}");
     }
 
     if on("help") {

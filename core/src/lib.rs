@@ -6,6 +6,7 @@
 //! - [`wire`]: the byte layout of every NBD message, with no state.
 //! - [`handshake`]: the sans-IO server side of negotiation.
 //! - [`transmission`]: request framing and validation, reply framing.
+//! - [`client`]: the client side of both phases, for proxying.
 //! - [`backend`] (with `alloc`): the `Plugin` and `Filter` traits and the
 //!   per-connection stack of contexts that implements nbdkit's defaults and
 //!   emulations.
@@ -17,6 +18,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod client;
 pub mod errno;
 pub mod handshake;
 pub mod transmission;
@@ -24,6 +26,8 @@ pub mod wire;
 
 #[cfg(feature = "alloc")]
 pub mod backend;
+#[cfg(feature = "alloc")]
+pub mod debug;
 #[cfg(feature = "alloc")]
 pub mod filters;
 #[cfg(feature = "alloc")]

@@ -162,7 +162,18 @@ pub(crate) fn transmission(
         max,
         goodbye: AtomicBool::new(false),
     };
-    std::thread::scope(|s| w.work(s));
+    if max > 1 {
+        log::debug(
+            Some(&session.name),
+            format_args!("handshake complete, processing requests with {max} threads"),
+        );
+    } else {
+        log::debug(
+            Some(&session.name),
+            format_args!("handshake complete, processing requests serially"),
+        );
+    }
+    std::thread::scope(|s| w.work(s, 0));
     let goodbye = w.goodbye.load(Ordering::Acquire);
     Some((
         goodbye,
@@ -171,7 +182,25 @@ pub(crate) fn transmission(
 }
 
 impl<'a> Workers<'a> {
-    fn work<'s>(&'s self, scope: &'s Scope<'s, '_>) {
+    /// Worker `index`: serve requests until the connection ends.
+    fn work<'s>(&'s self, scope: &'s Scope<'s, '_>, index: usize) {
+        // As nbdkit names its threads: PLUGIN.N for the workers of a
+        // parallel connection, PLUGIN[N] (the connection's) otherwise.
+        let name: Arc<str> = if self.max > 1 {
+            let n: Arc<str> =
+                format!("{}.{index}", self.session.shared.stack.plugin().name()).into();
+            log::debug(None, format_args!("starting worker thread {n}"));
+            n
+        } else {
+            self.session.name.clone()
+        };
+        self.serve(scope, &name);
+        if self.max > 1 {
+            log::debug(Some(&name), format_args!("exiting worker thread {name}"));
+        }
+    }
+
+    fn serve<'s>(&'s self, scope: &'s Scope<'s, '_>, name: &Arc<str>) {
         loop {
             self.readers.fetch_add(1, Ordering::AcqRel);
             let next = {
@@ -195,10 +224,10 @@ impl<'a> Workers<'a> {
                     // another worker, so that a pipelining client keeps up
                     // to `-t` requests running.
                     if !others_reading && self.started.load(Ordering::Acquire) < self.max {
-                        self.started.fetch_add(1, Ordering::AcqRel);
-                        scope.spawn(move || self.work(scope));
+                        let index = self.started.fetch_add(1, Ordering::AcqRel);
+                        scope.spawn(move || self.work(scope, index));
                     }
-                    let out = self.run(&v, &payload);
+                    let out = self.run(&v, &payload, name);
                     let sent = self.send(out.bytes());
                     self.pool.put(out.into_buf());
                     if !sent {
@@ -214,14 +243,14 @@ impl<'a> Workers<'a> {
     }
 
     /// Run one request; a panic in the stack becomes an EIO reply.
-    fn run(&self, v: &Valid, payload: &[u8]) -> Reply {
+    fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         let go = || {
             s.shared.gated(|| {
                 execute(
                     &s.ctx,
                     &self.pool,
-                    &s.name,
+                    name,
                     s.style,
                     s.base_allocation,
                     v,
@@ -265,6 +294,10 @@ impl<'a> Workers<'a> {
         let hdr_len = transmission::header_len(s.extended);
         let mut hdr = [0u8; 32];
         if rd.read_exact(&mut hdr[..hdr_len]).is_err() {
+            log::debug(
+                Some(&s.name),
+                format_args!("client closed input socket, closing connection"),
+            );
             return Next::End;
         }
         let req = match transmission::decode(&hdr[..hdr_len], s.extended) {

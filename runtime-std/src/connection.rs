@@ -81,6 +81,55 @@ impl BufPool {
     }
 }
 
+/// With `-v`, the names of a connection's request slots: nbdkit serves a
+/// parallel connection's requests on `-t` worker threads named `PLUGIN.N`,
+/// and its messages carry the name of the worker that made them.
+struct Workers {
+    names: Vec<Arc<str>>,
+    free: std::sync::Mutex<Vec<usize>>,
+}
+
+/// A worker slot in use; given back when dropped.
+struct Worker<'a> {
+    workers: &'a Workers,
+    index: usize,
+    name: Arc<str>,
+}
+
+impl Workers {
+    fn new(plugin: &str, threads: usize) -> Self {
+        Workers {
+            names: (0..threads)
+                .map(|i| format!("{plugin}.{i}").into())
+                .collect(),
+            free: std::sync::Mutex::new((0..threads).rev().collect()),
+        }
+    }
+
+    fn take(&self) -> Worker<'_> {
+        let index = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or(0);
+        Worker {
+            workers: self,
+            index,
+            name: self.names[index].clone(),
+        }
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        let mut free = self.workers.free.lock().unwrap_or_else(|p| p.into_inner());
+        if !free.contains(&self.index) {
+            free.push(self.index);
+        }
+    }
+}
+
 /// A complete reply: the first `len` bytes of `buf`.
 pub(crate) struct Reply {
     buf: Vec<u8>,
@@ -423,8 +472,10 @@ pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
 /// Serve one connection to its end. Errors are logged, never propagated:
 /// one connection's failure never touches another.
 pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream: S) {
+    log::debug(None, format_args!("accepted connection"));
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}[{}]", shared.stack.plugin().name(), id);
+    let cname: Arc<str> = name.as_str().into();
     let _whole = if shared.thread_model == ThreadModel::SerializeConnections {
         Some(shared.connections.lock().await)
     } else {
@@ -432,8 +483,10 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     };
     let readonly = shared.readonly;
     let peer = Arc::new(peer);
-    let p = peer.clone();
-    let pre = shared.call(move |s| s.stack.preconnect(readonly, &p)).await;
+    let (p, cn) = (peer.clone(), cname.clone());
+    let pre = shared
+        .call(move |s| log::with_context(&cn, || s.stack.preconnect(readonly, &p)))
+        .await;
     if let Err(e) = pre {
         log::error(Some(&name), &e.to_string());
         return;
@@ -488,12 +541,14 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
             drop(reader);
         }));
     }
-    let c = ctx.clone();
+    let (c, cn) = (ctx.clone(), cname.clone());
     shared
         .call(move |_| {
-            if let Err(e) = c.finalize() {
-                log::error(None, &e.to_string());
-            }
+            log::with_context(&cn, || {
+                if let Err(e) = c.finalize() {
+                    log::error(None, &e.to_string());
+                }
+            })
         })
         .await;
     // Dropping the last reference closes every layer, outermost first. As
@@ -501,9 +556,11 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     // connection close only after that.
     let _ = shared
         .call(move |_| {
-            CLIENT_GONE.with(|g| g.set(!graceful));
-            drop(ctx);
-            CLIENT_GONE.with(|g| g.set(false));
+            log::with_context(&cname, || {
+                CLIENT_GONE.with(|g| g.set(!graceful));
+                drop(ctx);
+                CLIENT_GONE.with(|g| g.set(false));
+            })
         })
         .await;
     if let Some(close) = closer {
@@ -576,7 +633,9 @@ async fn handshake<S: Transport>(
     peer: &Arc<Peer>,
     io: &mut Conn<S>,
 ) -> io::Result<Option<Opened>> {
-    let mut hs = handshake::Server::new(shared.handshake);
+    let cname: Arc<str> = name.into();
+    // The handshake's -v lines carry the connection's name.
+    let mut hs = log::with_context(&cname, || handshake::Server::new(shared.handshake));
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
     // What each layer answered to default_export: nbdkit asks each at
@@ -595,7 +654,7 @@ async fn handshake<S: Transport>(
         if hs.is_done() {
             break;
         }
-        let progress = match hs.handle_input(&input) {
+        let progress = match log::with_context(&cname, || hs.handle_input(&input)) {
             Ok(p) => p,
             Err(d) => {
                 let out = hs.pending_output();
@@ -632,9 +691,11 @@ async fn handshake<S: Transport>(
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let d = defaults.clone();
+                let cn = cname.clone();
                 let conn_name = name.to_string();
                 let list = shared
                     .call(move |s| {
+                        let _ctx = log::ContextGuard::set(&cn);
                         let list = s.stack.list_exports_in(readonly, is_tls, &d);
                         // A default export that cannot be resolved is left
                         // out of the list, and nbdkit says why.
@@ -671,7 +732,7 @@ async fn handshake<S: Transport>(
                 io.write_all(out).await?;
                 let n = out.len();
                 hs.consume_output(n);
-                let _ = hs.list_done(ok);
+                let _ = log::with_context(&cname, || hs.list_done(ok));
             }
             Some(Event::OpenExport {
                 name: export,
@@ -682,11 +743,13 @@ async fn handshake<S: Transport>(
                 let is_tls = io.is_tls();
                 let wants_description = hs.wants_description();
                 let peer = peer.clone();
+                let cn = cname.clone();
                 let conn_name = name.to_string();
                 let d = defaults.clone();
                 type Opened = (Context, String, Option<String>);
                 let opened = shared
                     .call(move |s| -> Result<Opened, nbdkit_core::backend::Error> {
+                        let _ctx = log::ContextGuard::set(&cn);
                         let log_errors = || {
                             // nbdkit says why a default export could not be
                             // resolved, then that "" is refused.
@@ -749,16 +812,28 @@ async fn handshake<S: Transport>(
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
                         };
-                        let _ = hs.export_ready(&info);
+                        let _ = log::with_context(&cname, || hs.export_ready(&info));
                         if info_only {
-                            shared.call(move |_| drop(c)).await;
+                            let cn = cname.clone();
+                            shared
+                                .call(move |_| {
+                                    log::with_context(&cn, || {
+                                        if let Err(e) = c.finalize() {
+                                            log::error(None, &e.to_string());
+                                        }
+                                        drop(c)
+                                    })
+                                })
+                                .await;
                         } else {
                             ctx = Some(c);
                         }
                     }
                     Err(e) => {
                         log::error(Some(name), &e.to_string());
-                        if let Ok(Disconnect::ExportNameFailed) = hs.export_failed() {
+                        if let Ok(Disconnect::ExportNameFailed) =
+                            log::with_context(&cname, || hs.export_failed())
+                        {
                             return Ok(None);
                         }
                     }
@@ -836,6 +911,21 @@ fn call_flags(v: &Valid) -> Flags {
 pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
+    name: &Arc<str>,
+    style: ReplyStyle,
+    base_allocation: u32,
+    v: &Valid,
+    payload: &[u8],
+) -> Reply {
+    log::with_context(name, || {
+        execute_as(ctx, pool, name, style, base_allocation, v, payload)
+    })
+}
+
+/// [`execute`], with this thread's messages carrying `name`.
+fn execute_as(
+    ctx: &Context,
+    pool: &BufPool,
     name: &str,
     style: ReplyStyle,
     base_allocation: u32,
@@ -843,18 +933,6 @@ pub(crate) fn execute(
     payload: &[u8],
 ) -> Reply {
     let flags = call_flags(v);
-    if log::datapath() {
-        log::debug(
-            Some(name),
-            format_args!(
-                "{}: count={} offset={} flags={:#x}",
-                v.command.name(),
-                v.count,
-                v.offset,
-                v.flags
-            ),
-        );
-    }
     let result = match v.command {
         Command::Read => {
             let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
@@ -958,15 +1036,35 @@ where
     let pool = Arc::new(BufPool::default());
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
+    if concurrent {
+        log::debug(
+            Some(&name),
+            format_args!(
+                "handshake complete, processing requests with {} threads",
+                shared.threads
+            ),
+        );
+    } else {
+        log::debug(
+            Some(&name),
+            format_args!("handshake complete, processing requests serially"),
+        );
+    }
+    let workers = (concurrent && log::verbose())
+        .then(|| Arc::new(Workers::new(shared.stack.plugin().name(), shared.threads)));
     let mut hdr = [0u8; 32];
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
     loop {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
-            _ = crate::server::stopped(&mut shutdown) => false,
+            _ = crate::server::stopped(&mut shutdown) => break,
         };
         if !got {
+            log::debug(
+                Some(&name),
+                format_args!("client closed input socket, closing connection"),
+            );
             break;
         }
         let req = match transmission::decode(&hdr[..hdr_len], negotiated.extended_headers) {
@@ -1058,26 +1156,35 @@ where
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (shared, ctx, wr, name, pool) = (
+            let (shared, ctx, wr, name, pool, workers) = (
                 shared.clone(),
                 ctx.clone(),
                 wr.clone(),
                 name.clone(),
                 pool.clone(),
+                workers.clone(),
             );
             tokio::spawn(async move {
                 let p = pool.clone();
                 let reply = shared
-                    .call(move |_| execute(&ctx, &p, &name, style, base_allocation, &v, &payload))
+                    .call(move |_| {
+                        let w = workers.as_ref().map(|w| w.take());
+                        let n = w.as_ref().map_or(&name, |w| &w.name);
+                        execute(&ctx, &p, n, style, base_allocation, &v, &payload)
+                    })
                     .await;
                 send(&wr, reply.bytes()).await;
                 pool.put(reply.buf);
                 drop(permit);
             });
         } else {
-            let (c, n, p) = (ctx.clone(), name.clone(), pool.clone());
+            let (c, n, p, workers) = (ctx.clone(), name.clone(), pool.clone(), workers.clone());
             let reply = shared
-                .call(move |_| execute(&c, &p, &n, style, base_allocation, &v, &payload))
+                .call(move |_| {
+                    let w = workers.as_ref().map(|w| w.take());
+                    let n = w.as_ref().map_or(&n, |w| &w.name);
+                    execute(&c, &p, n, style, base_allocation, &v, &payload)
+                })
                 .await;
             let sent = send(&wr, reply.bytes()).await;
             pool.put(reply.buf);

@@ -399,7 +399,7 @@ impl Tls {
         let s = match &*self.kind {
             Kind::X509(acceptor) => {
                 let s = acceptor.accept(stream).await?;
-                TlsStream::Rustls(Box::new(s))
+                TlsStream::Rustls(Box::new(tokio_rustls::TlsStream::Server(s)))
             }
             Kind::Psk(ctx) => {
                 let ssl = openssl::ssl::Ssl::new(ctx).map_err(io::Error::other)?;
@@ -422,10 +422,11 @@ impl Tls {
     }
 }
 
-/// A TLS connection over a client's stream.
+/// A TLS connection over a stream: a client's (server side) or a remote
+/// server's (client side, for the nbd plugin).
 pub(crate) enum TlsStream<S> {
     /// X.509.
-    Rustls(Box<tokio_rustls::server::TlsStream<S>>),
+    Rustls(Box<tokio_rustls::TlsStream<S>>),
     /// PSK.
     Openssl(Pin<Box<tokio_openssl::SslStream<S>>>),
 }
@@ -564,6 +565,339 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             TlsStream::Openssl(s) => s.as_mut().poll_shutdown(cx),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Client side: the nbd plugin's tls-* parameters
+// ---------------------------------------------------------------------------
+
+/// The client's certificate (optional) and key in a certificates directory,
+/// named as libnbd names them.
+const CLIENT_CERT: &str = "client-cert.pem";
+/// The client's private key.
+const CLIENT_KEY: &str = "client-key.pem";
+/// The system's trusted CAs, used when no certificates directory is found
+/// (as libnbd falls back to GnuTLS's system trust).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How a client authenticates to a server.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// `tls-certificates=DIR`: the CA (and the client's certificate).
+    pub certificates: Option<PathBuf>,
+    /// `tls-verify=BOOL`: check the server's certificate (default true).
+    pub verify: bool,
+    /// `tls-username=NAME`: the PSK identity.
+    pub username: Option<String>,
+    /// `tls-psk=FILE`: use a pre-shared key instead of certificates.
+    pub psk: Option<PathBuf>,
+}
+
+/// TLS credentials of a client: cheap to clone.
+#[derive(Clone)]
+pub struct TlsClient {
+    kind: Arc<ClientKind>,
+}
+
+enum ClientKind {
+    X509 {
+        /// Checks the chain only (or nothing, with `tls-verify=false`).
+        any_name: Arc<rustls::ClientConfig>,
+        /// Checks the chain and the server's name (`tls-verify=true`).
+        checked: Option<Arc<rustls::ClientConfig>>,
+    },
+    Psk(openssl::ssl::SslConnector),
+}
+
+impl core::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match &*self.kind {
+            ClientKind::X509 { .. } => f.write_str("TlsClient(X.509)"),
+            ClientKind::Psk(_) => f.write_str("TlsClient(PSK)"),
+        }
+    }
+}
+
+/// The directories libnbd searches for client certificates.
+fn client_certificate_dirs() -> Vec<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return vec![PathBuf::from("/etc/pki/libnbd")];
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => {
+            let home = PathBuf::from(home);
+            vec![home.join(".pki/libnbd"), home.join(".config/pki/libnbd")]
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The client's check of a server certificate when no name is checked:
+/// the chain against the roots whatever name it carries (`chain`; for
+/// connections without a host name: Unix and vsock sockets, inherited
+/// descriptors, where libnbd checks the chain only), or nothing at all
+/// (`tls-verify=false`). The handshake's signatures are always checked.
+#[derive(Debug)]
+struct AnyName {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        let Some(chain) = &self.chain else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Load a client's credentials. Errors are one line, for
+/// `nbdkit: error: ...`.
+pub fn client(opts: &ClientOptions) -> Result<TlsClient, String> {
+    if let Some(file) = &opts.psk {
+        return client_psk(file, opts.username.as_deref());
+    }
+    let dir = match &opts.certificates {
+        Some(d) => Some(d.clone()),
+        None => client_certificate_dirs()
+            .into_iter()
+            .find(|d| readable(&d.join(CA_CERT))),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_path = match &dir {
+        Some(d) => d.join(CA_CERT),
+        None => PathBuf::from(SYSTEM_CAS),
+    };
+    if opts.verify {
+        for c in read_certs(&ca_path)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        }
+    }
+    let crl_path = dir.as_ref().map(|d| d.join(CA_CRL));
+    let crls = match crl_path.filter(|p| p.exists()) {
+        Some(p) => CertificateRevocationListDer::pem_file_iter(&p)
+            .map_err(|e| pem_error(&p, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error(&p, e))?,
+        None => Vec::new(),
+    };
+    // The client's own certificate, when the directory has one.
+    let mut auth = None;
+    let cert = dir
+        .as_ref()
+        .map(|d| (d.join(CLIENT_CERT), d.join(CLIENT_KEY)));
+    if let Some((cert_path, key_path)) = cert.filter(|(c, k)| readable(c) && readable(k)) {
+        let chain = read_certs(&cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_error(&key_path, e))?;
+        auth = Some((chain, key, cert_path, key_path));
+    }
+    let config = |verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>| {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match &auth {
+            Some((chain, key, cert_path, key_path)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| {
+                    format!(
+                        "loading client certificate and key ({}, {}): {e}",
+                        cert_path.display(),
+                        key_path.display()
+                    )
+                })?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok::<_, String>(Arc::new(config))
+    };
+    let (any_name, checked) = if opts.verify {
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        (
+            config(Arc::new(AnyName {
+                chain: Some(v.clone()),
+                provider: provider(),
+            }))?,
+            Some(config(v)?),
+        )
+    } else {
+        (
+            config(Arc::new(AnyName {
+                chain: None,
+                provider: provider(),
+            }))?,
+            None,
+        )
+    };
+    Ok(TlsClient {
+        kind: Arc::new(ClientKind::X509 { any_name, checked }),
+    })
+}
+
+/// The login name of the effective user: libnbd's default PSK identity.
+fn login_name() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn client_psk(file: &Path, username: Option<&str>) -> Result<TlsClient, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: {}", file.display(), io_message(&e)))?;
+    let user = match username {
+        Some(u) => u.to_string(),
+        None => login_name().ok_or("tls-psk: cannot find the user name (use tls-username)")?,
+    };
+    let mut key = None;
+    for (n, line) in text.lines().enumerate() {
+        match parse_psk_line(line) {
+            Ok(Some((u, k))) if u == user => {
+                key = Some(k);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: line {}: {e}", file.display(), n + 1)),
+        }
+    }
+    let key = key.ok_or_else(|| format!("{}: no key for user {user}", file.display()))?;
+    let err = |e: openssl::error::ErrorStack| format!("TLS (PSK): {e}");
+    let mut b = openssl::ssl::SslConnector::builder(SslMethod::tls_client()).map_err(err)?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(err)?;
+    b.set_cipher_list(
+        "ECDHE-PSK+AESGCM:ECDHE-PSK+CHACHA20:PSK+AESGCM:PSK+CHACHA20:ECDHE-PSK:PSK:!NULL:!3DES",
+    )
+    .map_err(err)?;
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let identity = user.into_bytes();
+    b.set_psk_client_callback(move |_ssl, _hint, id_out, key_out| {
+        if identity.len() >= id_out.len() || key.len() > key_out.len() {
+            return Ok(0);
+        }
+        id_out[..identity.len()].copy_from_slice(&identity);
+        id_out[identity.len()] = 0;
+        key_out[..key.len()].copy_from_slice(&key);
+        Ok(key.len())
+    });
+    Ok(TlsClient {
+        kind: Arc::new(ClientKind::Psk(b.build())),
+    })
+}
+
+impl TlsClient {
+    /// Run the client side of the TLS handshake on `stream` (the server
+    /// has just acknowledged STARTTLS). `hostname` is the name the
+    /// server's certificate must carry; without one only its chain is
+    /// checked.
+    pub(crate) async fn connect<S>(
+        &self,
+        hostname: Option<&str>,
+        stream: S,
+    ) -> io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match &*self.kind {
+            ClientKind::X509 { any_name, checked } => {
+                let (config, name) = match (hostname, checked) {
+                    (Some(h), Some(checked)) => {
+                        let name = rustls::pki_types::ServerName::try_from(h.to_string())
+                            .map_err(|e| io::Error::other(format!("{h}: {e}")))?;
+                        (checked.clone(), name)
+                    }
+                    (Some(h), None) => (
+                        any_name.clone(),
+                        rustls::pki_types::ServerName::try_from(h.to_string())
+                            .unwrap_or_else(|_| localhost()),
+                    ),
+                    (None, _) => (any_name.clone(), localhost()),
+                };
+                let c = tokio_rustls::TlsConnector::from(config);
+                let s = c.connect(name, stream).await?;
+                Ok(TlsStream::Rustls(Box::new(
+                    tokio_rustls::TlsStream::Client(s),
+                )))
+            }
+            ClientKind::Psk(connector) => {
+                let ssl = connector
+                    .configure()
+                    .map_err(io::Error::other)?
+                    .verify_hostname(false)
+                    .use_server_name_indication(false)
+                    .into_ssl("localhost")
+                    .map_err(io::Error::other)?;
+                let mut s =
+                    Box::pin(tokio_openssl::SslStream::new(ssl, stream).map_err(io::Error::other)?);
+                s.as_mut().connect().await.map_err(|e| {
+                    io::Error::other(match e.ssl_error() {
+                        Some(stack) => stack.to_string(),
+                        None => e.to_string(),
+                    })
+                })?;
+                Ok(TlsStream::Openssl(s))
+            }
+        }
+    }
+}
+
+fn localhost() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").expect("valid DNS name")
 }
 
 #[cfg(test)]

@@ -4,16 +4,47 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use spin::Once;
+
 use super::filter::NextExports;
 use super::{
     BlockSize, Error, Exports, Extents, Filter, FilterHandle, Flags, Handle, NextOpener, OpenArgs,
     Plugin, Reopener, Result, Support, ThreadModel,
 };
+use crate::debug;
 use crate::errno::Errno;
 use crate::sync::{lock, Mutex};
 
 /// The largest buffer the server allocates to emulate zero or cache.
 const EMULATION_CHUNK: u64 = 1 << 20;
+
+/// A control-path line (`-v`, unless `-D nbdkit.backend.controlpath=0`).
+macro_rules! control {
+    ($($t:tt)*) => {
+        if debug::controlpath() {
+            debug::debug(format_args!($($t)*));
+        }
+    };
+}
+
+/// A line of the global calls (`-v`): load, config, config_complete,
+/// get_ready, after_fork, preconnect, cleanup. nbdkit prints these
+/// whatever `-D nbdkit.backend.controlpath` says.
+macro_rules! verbose {
+    ($($t:tt)*) => {
+        debug::debug(format_args!($($t)*))
+    };
+}
+
+/// A data-path line (`-v`, unless `-D nbdkit.backend.datapath=0`): one
+/// relaxed load when off.
+macro_rules! data {
+    ($($t:tt)*) => {
+        if debug::datapath() {
+            debug::debug(format_args!($($t)*));
+        }
+    };
+}
 
 /// What a layer said about itself when the connection was opened, cached
 /// for the connection's life (nbdkit caches the same per context).
@@ -45,6 +76,42 @@ pub struct Caps {
     pub can_cache: Support,
 }
 
+/// What [`Context::caps`] gives when a layer cannot answer (the error is
+/// logged): nothing is possible.
+static NO_CAPS: Caps = Caps {
+    size: 0,
+    block_size: None,
+    can_write: false,
+    can_flush: false,
+    is_rotational: false,
+    can_trim: false,
+    can_zero: Support::None,
+    can_fast_zero: false,
+    can_extents: false,
+    can_fua: Support::None,
+    can_multi_conn: false,
+    can_cache: Support::None,
+};
+
+/// A layer's answers, each asked for the first time it is needed and then
+/// kept for the connection's life (nbdkit caches the same per context).
+#[derive(Default)]
+struct Lazy {
+    size: Once<u64>,
+    can_write: Once<bool>,
+    can_flush: Once<bool>,
+    is_rotational: Once<bool>,
+    can_trim: Once<bool>,
+    can_zero: Once<Support>,
+    can_fast_zero: Once<bool>,
+    can_extents: Once<bool>,
+    can_fua: Once<Support>,
+    can_multi_conn: Once<bool>,
+    can_cache: Once<Support>,
+    block_size: Once<Option<BlockSize>>,
+    all: Once<Caps>,
+}
+
 enum Layer {
     Plugin(Box<dyn Handle>),
     // Field order matters: the filter's handle is dropped (closed) before
@@ -58,20 +125,46 @@ enum Layer {
 }
 
 /// One layer of a connection's open stack: a plugin handle or a filter
-/// handle with the context below it. Holds the layer's cached
-/// capabilities and implements the server's emulations (FUA by flush, zero
-/// by writing zeroes, cache by reading, extents as all data).
+/// handle with the context below it. Asks the layer for its capabilities
+/// when they are first needed and caches them, implements the server's
+/// emulations (FUA by flush, zero by writing zeroes, cache by reading,
+/// extents as all data), and logs every call with `-v` as nbdkit does
+/// (`memory: pread count=512 offset=0`).
 pub struct Context {
     layer: Layer,
-    caps: Caps,
+    name: &'static str,
+    readonly: bool,
+    lazy: Lazy,
     /// `finalize` ran (nbdkit finalizes a context at most once).
     finalized: Mutex<bool>,
 }
 
 impl core::fmt::Debug for Context {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Context").field("caps", &self.caps).finish()
+        f.debug_struct("Context")
+            .field("name", &self.name)
+            .field("caps", &self.lazy.all.get())
+            .finish()
     }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // Outer layers close first: the handle and the layers below are
+        // dropped after this.
+        control!("{}: close", self.name);
+    }
+}
+
+/// Ask the layer of `$ctx` (plugin handle, or filter handle with the next
+/// context) for `$m`.
+macro_rules! ask {
+    ($ctx:expr, $m:ident) => {
+        match &$ctx.layer {
+            Layer::Plugin(h) => h.$m(),
+            Layer::Filter { handle, next } => handle.$m(next),
+        }
+    };
 }
 
 fn check_block_size(bs: Option<BlockSize>) -> Result<Option<BlockSize>> {
@@ -102,86 +195,219 @@ fn check_block_size(bs: Option<BlockSize>) -> Result<Option<BlockSize>> {
 }
 
 impl Context {
-    fn new(layer: Layer, readonly: bool) -> Result<Context> {
-        let mut ctx = Context {
+    fn new(layer: Layer, name: &'static str, readonly: bool) -> Context {
+        Context {
             layer,
-            caps: Caps::default(),
+            name,
+            readonly,
+            lazy: Lazy::default(),
             finalized: Mutex::new(false),
-        };
-        match &ctx.layer {
-            Layer::Plugin(h) => h.prepare()?,
+        }
+    }
+
+    /// The name of this layer's plugin or filter.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// `prepare` on every layer, innermost first (as nbdkit does, once all
+    /// of them are open).
+    fn prepare(&self) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => {
+                control!("{}: prepare readonly={}", self.name, self.readonly as u8);
+                h.prepare()
+            }
             Layer::Filter { handle, next } => {
                 handle.keep_next(next);
-                handle.prepare(next, readonly)?
+                next.prepare()?;
+                control!("{}: prepare readonly={}", self.name, self.readonly as u8);
+                handle.prepare(next, self.readonly)
             }
         }
-        ctx.caps = ctx.query_caps(readonly)?;
-        Ok(ctx)
     }
 
-    fn query_caps(&self, readonly: bool) -> Result<Caps> {
-        macro_rules! ask {
-            ($m:ident) => {
-                match &self.layer {
-                    Layer::Plugin(h) => h.$m(),
-                    Layer::Filter { handle, next } => handle.$m(next),
-                }
-            };
+    /// The cached answer in `cell`, else ask (logging `what`) and keep a
+    /// successful answer.
+    fn cached<T: Copy>(
+        &self,
+        cell: &Once<T>,
+        what: &str,
+        ask: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if let Some(v) = cell.get() {
+            return Ok(*v);
         }
-        let size = ask!(get_size)?;
-        if size > i64::MAX as u64 {
-            return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
-        }
-        // The order of the questions is nbdkit's, which scripts that log
-        // their calls can see.
-        let can_write = !readonly && ask!(can_write)?;
-        let can_zero = if can_write {
-            ask!(can_zero)?
-        } else {
-            Support::None
-        };
-        let can_fast_zero = can_zero != Support::None && ask!(can_fast_zero)?;
-        let can_trim = can_write && ask!(can_trim)?;
-        let can_fua = if can_write {
-            ask!(can_fua)?
-        } else {
-            Support::None
-        };
-        let can_flush = ask!(can_flush)?;
-        let is_rotational = ask!(is_rotational)?;
-        let can_multi_conn = ask!(can_multi_conn)?;
-        let can_cache = ask!(can_cache)?;
-        let can_extents = ask!(can_extents)?;
-        let block_size = check_block_size(ask!(block_size)?)?;
-        Ok(Caps {
-            size,
-            block_size,
-            can_write,
-            can_flush,
-            is_rotational,
-            can_trim,
-            can_zero,
-            can_fast_zero,
-            can_extents,
-            can_fua,
-            can_multi_conn,
-            can_cache,
+        cell.try_call_once(|| {
+            control!("{}: {what}", self.name);
+            ask()
         })
-    }
-
-    /// The capabilities of this layer, as cached when it was opened.
-    pub fn caps(&self) -> &Caps {
-        &self.caps
+        .copied()
     }
 
     /// Size of the export at this layer.
+    pub fn size(&self) -> Result<u64> {
+        self.cached(&self.lazy.size, "get_size", || {
+            let size = ask!(self, get_size)?;
+            if size > i64::MAX as u64 {
+                return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
+            }
+            Ok(size)
+        })
+    }
+
+    /// Writes possible (false when this layer was opened read-only).
+    pub fn can_write(&self) -> Result<bool> {
+        if self.readonly {
+            return Ok(false);
+        }
+        self.cached(&self.lazy.can_write, "can_write", || ask!(self, can_write))
+    }
+
+    /// How zeroing works (none unless writable).
+    pub fn can_zero(&self) -> Result<Support> {
+        self.cached(&self.lazy.can_zero, "can_zero", || {
+            if self.can_write()? {
+                ask!(self, can_zero)
+            } else {
+                Ok(Support::None)
+            }
+        })
+    }
+
+    /// FAST_ZERO honoured (never without zero).
+    pub fn can_fast_zero(&self) -> Result<bool> {
+        self.cached(&self.lazy.can_fast_zero, "can_fast_zero", || {
+            if self.can_zero()? == Support::None {
+                Ok(false)
+            } else {
+                ask!(self, can_fast_zero)
+            }
+        })
+    }
+
+    /// Trim possible (never unless writable).
+    pub fn can_trim(&self) -> Result<bool> {
+        self.cached(&self.lazy.can_trim, "can_trim", || {
+            if self.can_write()? {
+                ask!(self, can_trim)
+            } else {
+                Ok(false)
+            }
+        })
+    }
+
+    /// How FUA works (none unless writable).
+    pub fn can_fua(&self) -> Result<Support> {
+        self.cached(&self.lazy.can_fua, "can_fua", || {
+            if self.can_write()? {
+                ask!(self, can_fua)
+            } else {
+                Ok(Support::None)
+            }
+        })
+    }
+
+    /// Flush possible.
+    pub fn can_flush(&self) -> Result<bool> {
+        self.cached(&self.lazy.can_flush, "can_flush", || ask!(self, can_flush))
+    }
+
+    /// Rotational medium.
+    pub fn is_rotational(&self) -> Result<bool> {
+        self.cached(&self.lazy.is_rotational, "is_rotational", || {
+            ask!(self, is_rotational)
+        })
+    }
+
+    /// Connections are coherent.
+    pub fn can_multi_conn(&self) -> Result<bool> {
+        self.cached(&self.lazy.can_multi_conn, "can_multi_conn", || {
+            ask!(self, can_multi_conn)
+        })
+    }
+
+    /// How caching works.
+    pub fn can_cache(&self) -> Result<Support> {
+        self.cached(&self.lazy.can_cache, "can_cache", || ask!(self, can_cache))
+    }
+
+    /// Extents are meaningful.
+    pub fn can_extents(&self) -> Result<bool> {
+        self.cached(&self.lazy.can_extents, "can_extents", || {
+            ask!(self, can_extents)
+        })
+    }
+
+    /// Block size constraints, if any.
+    pub fn block_size(&self) -> Result<Option<BlockSize>> {
+        self.cached(&self.lazy.block_size, "block_size", || {
+            check_block_size(ask!(self, block_size)?)
+        })
+    }
+
+    /// Every capability of this layer, asked in nbdkit's order (the order
+    /// in which the server builds the export flags, which scripts that log
+    /// their calls can see).
+    pub fn force_caps(&self) -> Result<&Caps> {
+        if let Some(c) = self.lazy.all.get() {
+            return Ok(c);
+        }
+        self.lazy.all.try_call_once(|| {
+            let size = self.size()?;
+            let can_write = self.can_write()?;
+            let can_zero = self.can_zero()?;
+            let can_fast_zero = self.can_fast_zero()?;
+            let can_trim = self.can_trim()?;
+            let can_fua = self.can_fua()?;
+            let can_flush = self.can_flush()?;
+            let is_rotational = self.is_rotational()?;
+            let can_multi_conn = self.can_multi_conn()?;
+            let can_cache = self.can_cache()?;
+            let can_extents = self.can_extents()?;
+            let block_size = self.block_size()?;
+            Ok(Caps {
+                size,
+                block_size,
+                can_write,
+                can_flush,
+                is_rotational,
+                can_trim,
+                can_zero,
+                can_fast_zero,
+                can_extents,
+                can_fua,
+                can_multi_conn,
+                can_cache,
+            })
+        })
+    }
+
+    /// The capabilities of this layer (asked for if not yet known; if the
+    /// layer fails to answer, the error is logged and nothing is possible).
+    pub fn caps(&self) -> &Caps {
+        match self.force_caps() {
+            Ok(c) => c,
+            Err(e) => {
+                debug::error(format_args!("{}: {e}", self.name));
+                &NO_CAPS
+            }
+        }
+    }
+
+    /// Size of the export at this layer (0, with the error logged, if the
+    /// layer fails to answer: use [`Context::size`] to see the error).
     pub fn get_size(&self) -> u64 {
-        self.caps.size
+        self.size().unwrap_or_else(|e| {
+            debug::error(format_args!("{}: {e}", self.name));
+            0
+        })
     }
 
     /// The export's description at this layer. Not cached, and asked only
     /// when a client wants it (NBD_INFO_DESCRIPTION), as nbdkit does.
     pub fn export_description(&self) -> Result<Option<String>> {
+        control!("{}: export_description", self.name);
         match &self.layer {
             Layer::Plugin(h) => h.export_description(),
             Layer::Filter { handle, next } => handle.export_description(next),
@@ -194,6 +420,7 @@ impl Context {
         if core::mem::replace(&mut *lock(&self.finalized), true) {
             return Ok(());
         }
+        control!("{}: finalize", self.name);
         match &self.layer {
             Layer::Plugin(h) => h.finalize(),
             Layer::Filter { handle, next } => {
@@ -210,8 +437,16 @@ impl Context {
         }
     }
 
+    fn raw_flush(&self, flags: Flags) -> Result<()> {
+        match &self.layer {
+            Layer::Plugin(h) => h.flush(flags),
+            Layer::Filter { handle, next } => handle.flush(next, flags),
+        }
+    }
+
     /// Read `buf.len()` bytes at `offset`.
     pub fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
+        data!("{}: pread count={} offset={offset}", self.name, buf.len());
         match &self.layer {
             Layer::Plugin(h) => h.pread(buf, offset, flags),
             Layer::Filter { handle, next } => handle.pread(next, buf, offset, flags),
@@ -220,59 +455,81 @@ impl Context {
 
     /// Split FUA off a call when this layer does not implement it natively:
     /// returns the flags to pass down and whether to flush afterwards.
-    fn split_fua(&self, flags: Flags) -> (Flags, bool) {
-        if flags.contains(Flags::FUA) && self.caps.can_fua != Support::Native {
-            (flags.without(Flags::FUA), self.caps.can_flush)
-        } else {
-            (flags, false)
-        }
+    fn split_fua(&self, flags: Flags) -> Result<(Flags, bool)> {
+        Ok(
+            if flags.contains(Flags::FUA) && self.can_fua()? != Support::Native {
+                (flags.without(Flags::FUA), self.can_flush()?)
+            } else {
+                (flags, false)
+            },
+        )
+    }
+
+    fn fua(flags: Flags) -> u8 {
+        flags.contains(Flags::FUA) as u8
     }
 
     /// Write `buf` at `offset`.
     pub fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        if !self.caps.can_write {
+        data!(
+            "{}: pwrite count={} offset={offset} fua={}",
+            self.name,
+            buf.len(),
+            Self::fua(flags)
+        );
+        if !self.can_write()? {
             return Err(Error::new(Errno::EROFS));
         }
-        let (flags, flush) = self.split_fua(flags);
+        let (flags, flush) = self.split_fua(flags)?;
         self.raw_pwrite(buf, offset, flags)?;
         if flush {
-            self.flush(Flags::NONE)?;
+            self.raw_flush(Flags::NONE)?;
         }
         Ok(())
     }
 
     /// Flush.
     pub fn flush(&self, flags: Flags) -> Result<()> {
-        match &self.layer {
-            Layer::Plugin(h) => h.flush(flags),
-            Layer::Filter { handle, next } => handle.flush(next, flags),
-        }
+        data!("{}: flush", self.name);
+        self.raw_flush(flags)
     }
 
     /// Trim.
     pub fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        if !self.caps.can_write {
+        data!(
+            "{}: trim count={count} offset={offset} fua={}",
+            self.name,
+            Self::fua(flags)
+        );
+        if !self.can_write()? {
             return Err(Error::new(Errno::EROFS));
         }
-        let (flags, flush) = self.split_fua(flags);
+        let (flags, flush) = self.split_fua(flags)?;
         match &self.layer {
             Layer::Plugin(h) => h.trim(count, offset, flags)?,
             Layer::Filter { handle, next } => handle.trim(next, count, offset, flags)?,
         }
         if flush {
-            self.flush(Flags::NONE)?;
+            self.raw_flush(Flags::NONE)?;
         }
         Ok(())
     }
 
     /// Zero, natively or by writing zeroes.
     pub fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        if !self.caps.can_write {
+        let fast = flags.contains(Flags::FAST_ZERO);
+        data!(
+            "{}: zero count={count} offset={offset} may_trim={} fua={} fast={}",
+            self.name,
+            flags.contains(Flags::MAY_TRIM) as u8,
+            Self::fua(flags),
+            fast as u8
+        );
+        if !self.can_write()? {
             return Err(Error::new(Errno::EROFS));
         }
-        let fast = flags.contains(Flags::FAST_ZERO);
-        let (flags, flush) = self.split_fua(flags);
-        let native = if self.caps.can_zero == Support::Native {
+        let (flags, flush) = self.split_fua(flags)?;
+        let native = if self.can_zero()? == Support::Native {
             match &self.layer {
                 Layer::Plugin(h) => h.zero(count, offset, flags),
                 Layer::Filter { handle, next } => handle.zero(next, count, offset, flags),
@@ -287,7 +544,7 @@ impl Context {
             r => r?,
         }
         if flush {
-            self.flush(Flags::NONE)?;
+            self.raw_flush(Flags::NONE)?;
         }
         Ok(())
     }
@@ -316,7 +573,12 @@ impl Context {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        if !self.caps.can_extents {
+        data!(
+            "{}: extents count={count} offset={offset} req_one={}",
+            self.name,
+            flags.contains(Flags::REQ_ONE) as u8
+        );
+        if !self.can_extents()? {
             return extents.add(offset, count, 0);
         }
         match &self.layer {
@@ -336,7 +598,8 @@ impl Context {
 
     /// Cache, natively or by reading.
     pub fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        match self.caps.can_cache {
+        data!("{}: cache count={count} offset={offset}", self.name);
+        match self.can_cache()? {
             Support::None => Ok(()),
             Support::Native => match &self.layer {
                 Layer::Plugin(h) => h.cache(count, offset, flags),
@@ -450,7 +713,12 @@ struct StackReopener {
 
 impl Reopener for StackReopener {
     fn open(&self, readonly: bool, export_name: &str) -> Result<Context> {
-        open_layer(
+        control!(
+            "{}: reopen readonly={} exportname=\"{export_name}\"",
+            self.stack.name(self.index),
+            readonly as u8
+        );
+        let ctx = open_layer(
             &self.stack,
             self.index,
             &OpenArgs {
@@ -460,7 +728,9 @@ impl Reopener for StackReopener {
                 peer: &self.peer,
             },
             &self.defaults,
-        )
+        )?;
+        ctx.prepare()?;
+        Ok(ctx)
     }
 }
 
@@ -505,8 +775,13 @@ impl DefaultExports {
 }
 
 impl Stack {
-    /// A stack of `filters` (outermost first) over `plugin`.
+    /// A stack of `filters` (outermost first) over `plugin`, loaded in
+    /// nbdkit's order: the plugin, then the filters from the innermost.
     pub fn new(plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Self {
+        verbose!("{}: load", plugin.name());
+        for f in filters.iter().rev() {
+            verbose!("{}: load", f.name());
+        }
         Stack {
             inner: Arc::new(Layers { filters, plugin }),
         }
@@ -532,16 +807,24 @@ impl Stack {
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
         let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
         for f in layers.filters.iter_mut() {
+            verbose!("{}: config key={key}, value={value}", f.name());
             if f.config(key, value)? {
                 return Ok(());
             }
         }
+        verbose!("{}: config key={key}, value={value}", layers.plugin.name());
         layers.plugin.config(key, value)
     }
 
-    /// `config_complete` for every layer, plugin first.
+    /// `config_complete` for every layer, plugin first (as if each filter
+    /// let the layers below complete before itself, which is what nbdkit's
+    /// filters do: its log names the outermost first).
     pub fn config_complete(&mut self) -> Result<()> {
         let layers = Arc::get_mut(&mut self.inner).ok_or_else(stack_in_use)?;
+        for f in layers.filters.iter() {
+            verbose!("{}: config_complete", f.name());
+        }
+        verbose!("{}: config_complete", layers.plugin.name());
         layers.plugin.config_complete()?;
         for f in layers.filters.iter_mut().rev() {
             f.config_complete()?;
@@ -565,9 +848,12 @@ impl Stack {
 
     /// `get_ready` for every layer, plugin first.
     pub fn get_ready(&self) -> Result<()> {
-        self.inner.plugin.get_ready()?;
         let tm = self.thread_model();
+        debug::debug(format_args!("using thread model: {}", tm.name()));
+        verbose!("{}: get_ready", self.inner.plugin.name());
+        self.inner.plugin.get_ready()?;
         for f in self.inner.filters.iter().rev() {
+            verbose!("{}: get_ready thread_model={}", f.name(), tm as u8);
             f.get_ready(tm)?;
         }
         Ok(())
@@ -575,8 +861,10 @@ impl Stack {
 
     /// `after_fork` for every layer, plugin first.
     pub fn after_fork(&self) -> Result<()> {
+        verbose!("{}: after_fork", self.inner.plugin.name());
         self.inner.plugin.after_fork()?;
         for f in self.inner.filters.iter().rev() {
+            verbose!("{}: after_fork", f.name());
             f.after_fork()?;
         }
         Ok(())
@@ -585,16 +873,20 @@ impl Stack {
     /// `cleanup` for every layer, filters first.
     pub fn cleanup(&self) {
         for f in self.inner.filters.iter() {
+            verbose!("{}: cleanup", f.name());
             f.cleanup();
         }
+        verbose!("{}: cleanup", self.inner.plugin.name());
         self.inner.plugin.cleanup();
     }
 
     /// `preconnect` for every layer, outermost first.
     pub fn preconnect(&self, readonly: bool, peer: &super::Peer) -> Result<()> {
         for f in self.inner.filters.iter() {
+            verbose!("{}: preconnect", f.name());
             f.preconnect(readonly, peer)?;
         }
+        verbose!("{}: preconnect", self.inner.plugin.name());
         self.inner.plugin.preconnect(readonly, peer)
     }
 
@@ -635,9 +927,10 @@ impl Stack {
             .default_export_from(0, readonly, is_tls, defaults)
     }
 
-    /// Open the whole stack for a connection: open runs outermost first
-    /// (each filter opens the layer below), prepare and the capability
-    /// queries innermost first.
+    /// Open the whole stack for a connection, as nbdkit does: open runs
+    /// outermost first (each filter opens the layer below), then prepare
+    /// innermost first, then the server asks the outermost layer for its
+    /// capabilities (each filter asking the layer below as it needs).
     pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
         self.open_in(args, &Arc::new(DefaultExports::default()))
     }
@@ -645,12 +938,69 @@ impl Stack {
     /// [`open`](Self::open) with the connection's answers to
     /// `default_export`, which replace the name `""` at each layer.
     pub fn open_in(&self, args: &OpenArgs<'_>, defaults: &Arc<DefaultExports>) -> Result<Context> {
-        open_layer(&self.inner, 0, args, defaults)
+        let ctx = open_layer(&self.inner, 0, args, defaults)?;
+        ctx.prepare()?;
+        ctx.force_caps()?;
+        Ok(ctx)
+    }
+}
+
+impl Drop for Layers {
+    fn drop(&mut self) {
+        control!("{}: unload plugin", self.plugin.name());
+        for f in self.filters.iter().rev() {
+            control!("{}: unload filter", f.name());
+        }
     }
 }
 
 impl Layers {
+    /// The name of the layer at `index` (0 the outermost filter).
+    fn name(&self, index: usize) -> &'static str {
+        match self.filters.get(index) {
+            Some(f) => f.name(),
+            None => self.plugin.name(),
+        }
+    }
+
     fn list_exports_from(
+        &self,
+        index: usize,
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut Exports,
+        defaults: &DefaultExports,
+    ) -> Result<()> {
+        let name = self.name(index);
+        control!(
+            "{name}: list_exports readonly={} tls={}",
+            readonly as u8,
+            is_tls as u8
+        );
+        let r = self.list_exports_at(index, readonly, is_tls, exports, defaults);
+        match &r {
+            Ok(()) => control!(
+                "{name}: list_exports returned {} names",
+                exports.list.len() + exports.use_default as usize
+            ),
+            Err(_) => control!("{name}: list_exports failed"),
+        }
+        r?;
+        // nbdkit resolves `nbdkit_use_default_export` as each layer
+        // returns, so the layer above sees the name (appended last); when
+        // it cannot, the default export is left out.
+        if exports.use_default {
+            exports.use_default = false;
+            match self.default_export_from(index, readonly, is_tls, defaults) {
+                Ok(Some(name)) => exports.add(&name, None)?,
+                Ok(None) => {}
+                Err(e) => lock(&defaults.errors).push(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn list_exports_at(
         &self,
         index: usize,
         readonly: bool,
@@ -671,17 +1021,6 @@ impl Layers {
             )?,
             None => self.plugin.list_exports(readonly, is_tls, exports)?,
         }
-        // nbdkit resolves `nbdkit_use_default_export` as each layer
-        // returns, so the layer above sees the name (appended last); when
-        // it cannot, the default export is left out.
-        if exports.use_default {
-            exports.use_default = false;
-            match self.default_export_from(index, readonly, is_tls, defaults) {
-                Ok(Some(name)) => exports.add(&name, None)?,
-                Ok(None) => {}
-                Err(e) => lock(&defaults.errors).push(e),
-            }
-        }
         Ok(())
     }
 
@@ -695,6 +1034,12 @@ impl Layers {
         if let Some((_, known)) = lock(&defaults.answers).iter().find(|(i, _)| *i == index) {
             return Ok(Some(known.clone()));
         }
+        control!(
+            "{}: default_export readonly={} tls={}",
+            self.name(index),
+            readonly as u8,
+            is_tls as u8
+        );
         let name = match self.filters.get(index) {
             Some(f) => f.default_export(
                 &ExportsBelow {
@@ -734,12 +1079,21 @@ fn unopened() -> Error {
     Error::msg(Errno::EIO, "the layer below this filter was not opened")
 }
 
+/// Open the layer at `index` and, through its filter, those below it (not
+/// yet prepared).
 fn open_layer(
     stack: &Arc<Layers>,
     index: usize,
     args: &OpenArgs<'_>,
     defaults: &Arc<DefaultExports>,
 ) -> Result<Context> {
+    let name = stack.name(index);
+    control!(
+        "{name}: open readonly={} exportname=\"{}\" tls={}",
+        args.readonly as u8,
+        args.export_name,
+        args.is_tls as u8
+    );
     // As nbdkit's backend_open: every layer asked for "" gets the name
     // its own default_export gives (once per connection).
     let resolved;
@@ -761,11 +1115,8 @@ fn open_layer(
     } else {
         args
     };
-    match stack.filters.get(index) {
-        None => {
-            let h = stack.plugin.open(args)?;
-            Context::new(Layer::Plugin(h), args.readonly)
-        }
+    let layer = match stack.filters.get(index) {
+        None => stack.plugin.open(args).map(Layer::Plugin),
         Some(f) => {
             let mut opener = Opener {
                 stack,
@@ -775,22 +1126,33 @@ fn open_layer(
                 defaults,
                 slot: None,
             };
-            let handle = f.open(&mut opener, args)?;
-            let next = match opener.slot {
-                Some(next) => next,
-                None => Context {
-                    layer: Layer::Plugin(Box::new(Unopened)),
-                    caps: Caps::default(),
-                    finalized: Mutex::new(false),
-                },
-            };
-            Context::new(
+            f.open(&mut opener, args).map(|handle| {
+                let next = opener.slot.unwrap_or_else(|| {
+                    Context::new(
+                        Layer::Plugin(Box::new(Unopened)),
+                        stack.name(index + 1),
+                        args.readonly,
+                    )
+                });
                 Layer::Filter {
                     handle,
                     next: Arc::new(next),
-                },
-                args.readonly,
-            )
+                }
+            })
+        }
+    };
+    if debug::controlpath() {
+        match &layer {
+            Ok(Layer::Plugin(h)) => debug::debug(format_args!(
+                "{name}: open returned handle {:p}",
+                &**h as *const dyn Handle as *const ()
+            )),
+            Ok(Layer::Filter { handle, .. }) => debug::debug(format_args!(
+                "{name}: open returned handle {:p}",
+                &**handle as *const dyn FilterHandle as *const ()
+            )),
+            Err(_) => debug::debug(format_args!("{name}: open returned handle (nil)")),
         }
     }
+    Ok(Context::new(layer?, name, args.readonly))
 }

@@ -80,6 +80,13 @@ pub trait Filter: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The debug flags the filter documents (`-D NAME.FLAG=N`, read with
+    /// [`crate::debug::value`]); others addressed to it get nbdkit's
+    /// warning.
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The most parallel model this filter allows.
     fn thread_model(&self) -> ThreadModel {
         ThreadModel::Parallel
@@ -147,8 +154,9 @@ pub struct PassThrough;
 
 impl FilterHandle for PassThrough {}
 
-/// A filter's per-connection handle. `next` is the layer below, with its
-/// capabilities already known.
+/// A filter's per-connection handle. `next` is the layer below; its
+/// capabilities are asked for (and cached) the first time they are needed,
+/// as nbdkit does.
 #[allow(unused_variables)]
 pub trait FilterHandle: Send + Sync {
     /// Before `prepare`: the layer below, for a handle that calls it
@@ -167,7 +175,7 @@ pub trait FilterHandle: Send + Sync {
     }
     /// Size of the export.
     fn get_size(&self, next: &Context) -> Result<u64> {
-        Ok(next.caps().size)
+        next.size()
     }
     /// Description.
     fn export_description(&self, next: &Context) -> Result<Option<String>> {
@@ -175,27 +183,27 @@ pub trait FilterHandle: Send + Sync {
     }
     /// Block size constraints.
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
-        Ok(next.caps().block_size)
+        next.block_size()
     }
     /// Writable?
     fn can_write(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_write)
+        next.can_write()
     }
     /// Flush?
     fn can_flush(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_flush)
+        next.can_flush()
     }
     /// Rotational?
     fn is_rotational(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().is_rotational)
+        next.is_rotational()
     }
     /// Trim?
     fn can_trim(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_trim)
+        next.can_trim()
     }
     /// Zero?
     fn can_zero(&self, next: &Context) -> Result<Support> {
-        Ok(if next.caps().can_zero == Support::None {
+        Ok(if next.can_zero()? == Support::None {
             Support::None
         } else {
             Support::Native
@@ -203,15 +211,15 @@ pub trait FilterHandle: Send + Sync {
     }
     /// Fast zero?
     fn can_fast_zero(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_fast_zero)
+        next.can_fast_zero()
     }
     /// Extents?
     fn can_extents(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_extents)
+        next.can_extents()
     }
     /// FUA?
     fn can_fua(&self, next: &Context) -> Result<Support> {
-        Ok(if next.caps().can_fua == Support::None {
+        Ok(if next.can_fua()? == Support::None {
             Support::None
         } else {
             Support::Native
@@ -219,11 +227,11 @@ pub trait FilterHandle: Send + Sync {
     }
     /// Multi-conn?
     fn can_multi_conn(&self, next: &Context) -> Result<bool> {
-        Ok(next.caps().can_multi_conn)
+        next.can_multi_conn()
     }
     /// Cache?
     fn can_cache(&self, next: &Context) -> Result<Support> {
-        Ok(if next.caps().can_cache == Support::None {
+        Ok(if next.can_cache()? == Support::None {
             Support::None
         } else {
             Support::Native

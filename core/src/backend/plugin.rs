@@ -49,6 +49,13 @@ pub trait Plugin: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The debug flags the plugin documents (`-D NAME.FLAG=N`, read with
+    /// [`crate::debug::value`]); others addressed to it get nbdkit's
+    /// warning.
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The most parallel model the plugin's code allows (`THREAD_MODEL`).
     fn max_thread_model(&self) -> ThreadModel {
         ThreadModel::Parallel

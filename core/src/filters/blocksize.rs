@@ -218,7 +218,7 @@ impl BlocksizeHandle {
 
 impl FilterHandle for BlocksizeHandle {
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
-        let below = next.caps().block_size;
+        let below = next.block_size()?;
         let min = self
             .minblock
             .or_else(|| below.map(|b| u64::from(b.minimum)))
@@ -243,11 +243,7 @@ impl FilterHandle for BlocksizeHandle {
     }
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let min = self.limits().min as u32;
-        let preferred = next
-            .caps()
-            .block_size
-            .map_or(4096, |b| b.preferred)
-            .max(min);
+        let preferred = next.block_size()?.map_or(4096, |b| b.preferred).max(min);
         Ok(Some(BlockSize {
             minimum: 1,
             preferred,

@@ -121,7 +121,7 @@ struct PolicyHandle {
 
 impl PolicyHandle {
     fn sizes(&self, next: &Context) -> Result<BlockSize> {
-        let below = next.caps().block_size;
+        let below = next.block_size()?;
         let pick = |mine: Option<u32>, theirs: Option<u32>, default: u32| {
             mine.or(theirs.filter(|&v| v != 0)).unwrap_or(default)
         };

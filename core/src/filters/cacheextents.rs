@@ -11,7 +11,16 @@ use crate::backend::{
 };
 use crate::sync::{lock, Mutex};
 
-type Cache = Arc<Mutex<Vec<Extent>>>;
+/// The extents last returned, and the range they covered (kept when the
+/// extents are forgotten, as nbdkit's `-D cacheextents.cache=1` shows).
+#[derive(Debug, Default)]
+struct Cached {
+    extents: Vec<Extent>,
+    start: u64,
+    end: u64,
+}
+
+type Cache = Arc<Mutex<Cached>>;
 
 /// The cacheextents filter.
 #[derive(Debug, Default)]
@@ -29,6 +38,9 @@ impl Filter for CacheExtents {
     fn blocks(&self) -> bool {
         false
     }
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["cache"]
+    }
     fn open(
         &self,
         next: &mut dyn NextOpener,
@@ -37,29 +49,56 @@ impl Filter for CacheExtents {
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(CacheExtentsHandle {
             cache: Arc::clone(&self.cache),
+            debug: crate::debug::enabled("cacheextents", "cache"),
         }))
     }
 }
 
 struct CacheExtentsHandle {
     cache: Cache,
+    /// `-D cacheextents.cache=1`.
+    debug: bool,
 }
 
 impl CacheExtentsHandle {
     fn forget(&self) {
-        lock(&self.cache).clear();
+        lock(&self.cache).extents.clear();
     }
 
     /// Answer from the cache if it covers `offset`.
     fn answer_from_cache(&self, offset: u64, extents: &mut Extents) -> Result<bool> {
         let cache = lock(&self.cache);
-        let (Some(first), Some(last)) = (cache.first(), cache.last()) else {
-            return Ok(false);
-        };
-        if offset < first.offset || offset >= last.offset + last.length {
+        if self.debug {
+            let c = &cache.extents;
+            if c.is_empty() {
+                crate::debug::debug(format_args!(
+                    "cacheextents: cache_start={} cache_end={} cache_extents=(nil)",
+                    cache.start, cache.end
+                ));
+            } else {
+                crate::debug::debug(format_args!(
+                    "cacheextents: cache_start={} cache_end={} cache_extents={:p}",
+                    cache.start,
+                    cache.end,
+                    c.as_ptr()
+                ));
+            }
+        }
+        let hit = !cache.extents.is_empty() && offset >= cache.start && offset < cache.end;
+        if self.debug {
+            crate::debug::debug(format_args!(
+                "cacheextents: {}",
+                if hit {
+                    "returning from cache"
+                } else {
+                    "cache miss"
+                }
+            ));
+        }
+        if !hit {
             return Ok(false);
         }
-        for e in cache.iter() {
+        for e in cache.extents.iter() {
             if e.offset + e.length <= offset {
                 continue;
             }
@@ -88,8 +127,21 @@ impl FilterHandle for CacheExtentsHandle {
             extents.add(e.offset, e.length, e.flags)?;
         }
         let mut cache = lock(&self.cache);
-        cache.clear();
-        cache.extend_from_slice(fresh.as_slice());
+        cache.extents.clear();
+        let got = fresh.as_slice();
+        if let (Some(first), Some(last)) = (got.first(), got.last()) {
+            cache.start = first.offset;
+            cache.end = last.offset + last.length;
+        }
+        for e in got {
+            if self.debug {
+                crate::debug::debug(format_args!(
+                    "cacheextents: updating cache with: offset={} length={} type={:x}",
+                    e.offset, e.length, e.flags
+                ));
+            }
+            cache.extents.push(*e);
+        }
         Ok(())
     }
     fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {

@@ -83,12 +83,12 @@ impl FuaHandle {
 impl FilterHandle for FuaHandle {
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
         match self.0 {
-            FuaMode::Emulate if !next.caps().can_flush => Err(Error::msg(
+            FuaMode::Emulate if !next.can_flush()? => Err(Error::msg(
                 Errno::EINVAL,
                 "fuamode 'emulate' requires plugin flush support",
             )),
             // nbdkit names 'force' for both modes.
-            FuaMode::Native | FuaMode::Force if next.caps().can_fua == Support::None => Err(
+            FuaMode::Native | FuaMode::Force if next.can_fua()? == Support::None => Err(
                 Error::msg(Errno::EINVAL, "fuamode 'force' requires plugin fua support"),
             ),
             _ => Ok(()),
@@ -97,7 +97,7 @@ impl FilterHandle for FuaHandle {
     fn can_flush(&self, next: &Context) -> Result<bool> {
         Ok(match self.0 {
             FuaMode::Force | FuaMode::Discard => true,
-            _ => next.caps().can_flush,
+            _ => next.can_flush()?,
         })
     }
     fn can_fua(&self, next: &Context) -> Result<Support> {
@@ -105,7 +105,7 @@ impl FilterHandle for FuaHandle {
             FuaMode::None => Support::None,
             FuaMode::Emulate => Support::Emulate,
             FuaMode::Native | FuaMode::Force | FuaMode::Discard => Support::Native,
-            FuaMode::Pass if next.caps().can_fua == Support::None => Support::None,
+            FuaMode::Pass if next.can_fua()? == Support::None => Support::None,
             FuaMode::Pass => Support::Native,
         })
     }

@@ -336,14 +336,13 @@ impl FilterHandle for MultiConnHandle {
 
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
         let below = lock(&self.below).take();
-        let caps = next.caps();
         let mode = match self.mode {
-            Mode::Auto if caps.can_multi_conn => Mode::Plugin,
+            Mode::Auto if next.can_multi_conn()? => Mode::Plugin,
             Mode::Auto => Mode::Emulate,
             m => m,
         };
         let ctx = if mode == Mode::Emulate {
-            if !caps.can_flush {
+            if !next.can_flush()? {
                 return Err(Error::msg(
                     crate::errno::Errno::EINVAL,
                     "emulating multi-conn requires working flush",
@@ -396,7 +395,7 @@ impl FilterHandle for MultiConnHandle {
     fn can_multi_conn(&self, next: &Context) -> Result<bool> {
         let mode = lock(&self.joined).as_ref().map_or(self.mode, |j| j.mode);
         Ok(match mode {
-            Mode::Auto | Mode::Plugin => next.caps().can_multi_conn,
+            Mode::Auto | Mode::Plugin => next.can_multi_conn()?,
             Mode::Emulate | Mode::Unsafe => true,
             Mode::Disable => false,
         })

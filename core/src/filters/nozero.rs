@@ -119,7 +119,7 @@ impl FilterHandle for NoZeroHandle {
         // have them.
         if !readonly
             && matches!(self.zeromode, ZeroMode::NoTrim | ZeroMode::Plugin)
-            && next.caps().can_zero == Support::None
+            && next.can_zero()? == Support::None
         {
             return Err(Error::msg(
                 Errno::EINVAL,
@@ -134,7 +134,7 @@ impl FilterHandle for NoZeroHandle {
             // Done here, so that fastzeromode=ignore can write zeroes
             // even for a fast zero request.
             ZeroMode::Emulate => Support::Native,
-            _ if next.caps().can_zero == Support::None => Support::None,
+            _ if next.can_zero()? == Support::None => Support::None,
             _ => Support::Native,
         })
     }
@@ -144,7 +144,7 @@ impl FilterHandle for NoZeroHandle {
             (_, FastZeroMode::None) => false,
             (_, FastZeroMode::Slow | FastZeroMode::Ignore) => true,
             (ZeroMode::Emulate, FastZeroMode::Default) => true,
-            (_, FastZeroMode::Default) => next.caps().can_fast_zero,
+            (_, FastZeroMode::Default) => next.can_fast_zero()?,
         })
     }
     fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {

@@ -107,13 +107,37 @@ impl Filter for Protect {
     ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
         Ok(Box::new(ProtectHandle {
-            ranges: Arc::clone(&self.ranges),
+            ranges: Arc::new(merged(&self.ranges)),
+            debug: crate::debug::enabled("protect", "write"),
         }))
+    }
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["write"]
     }
 }
 
+/// The ranges in order, overlapping and adjacent ones run together (each
+/// keeping the text of its first), as nbdkit lays them out.
+fn merged(ranges: &[Range]) -> Vec<Range> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out: Vec<Range> = Vec::with_capacity(sorted.len());
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if last.end.saturating_add(1) >= r.start => {
+                last.end = last.end.max(r.end);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 struct ProtectHandle {
+    /// Sorted, not overlapping, not adjacent.
     ranges: Arc<Vec<Range>>,
+    /// `-D protect.write=1`: say which regions a write checks.
+    debug: bool,
 }
 
 impl ProtectHandle {
@@ -124,22 +148,32 @@ impl ProtectHandle {
             return Ok(());
         }
         let last = offset + count - 1;
-        for r in self.ranges.iter() {
-            if r.end < offset || r.start > last {
-                continue;
+        // Walk the write region by region (protected ranges and the gaps
+        // between them), as nbdkit does.
+        // The first byte not yet walked (none past the end of the space).
+        let mut at = Some(offset);
+        let first = self.ranges.partition_point(|r| r.end < offset);
+        for r in self.ranges[first..].iter() {
+            if r.start > last {
+                break;
             }
             let from = r.start.max(offset);
+            if let Some(a) = at.filter(|&a| a < from) {
+                self.say("skipping unprotected region", a, from - a);
+            }
             let to = r.end.min(last);
+            self.say("checking protected region", from, to - from + 1);
+            at = to.checked_add(1);
             // Compare in pieces, so that a large zero request does not
             // allocate a large buffer.
-            let mut at = from;
+            let mut pos = from;
             let mut buf = vec![0u8; ((to - from + 1).min(1 << 20)) as usize];
-            while at <= to {
-                let n = ((to - at + 1) as usize).min(buf.len());
-                next.pread(&mut buf[..n], at, Flags::NONE)?;
+            while pos <= to {
+                let n = ((to - pos + 1) as usize).min(buf.len());
+                next.pread(&mut buf[..n], pos, Flags::NONE)?;
                 let same = match data {
                     Some(d) => {
-                        let i = (at - offset) as usize;
+                        let i = (pos - offset) as usize;
                         buf[..n] == d[i..i + n]
                     }
                     None => buf[..n].iter().all(|&b| b == 0),
@@ -153,10 +187,19 @@ impl ProtectHandle {
                         ),
                     ));
                 }
-                at += n as u64;
+                pos += n as u64;
             }
         }
+        if let Some(a) = at.filter(|&a| a <= last) {
+            self.say("skipping unprotected region", a, last - a + 1);
+        }
         Ok(())
+    }
+
+    fn say(&self, what: &str, offset: u64, len: u64) {
+        if self.debug {
+            crate::debug::debug(format_args!("protect: {what} offset {offset} length {len}"));
+        }
     }
 }
 

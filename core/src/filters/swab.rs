@@ -91,7 +91,7 @@ impl FilterHandle for SwabHandle {
     }
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let w = self.word as u32;
-        Ok(Some(match next.caps().block_size {
+        Ok(Some(match next.block_size()? {
             None => BlockSize {
                 minimum: w,
                 preferred: 512,

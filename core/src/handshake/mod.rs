@@ -7,14 +7,98 @@
 //! panics on peer input: every length is checked before it is used.
 
 use crate::wire::consts::*;
+
+/// A debug line with `-v`, in nbdkit's words (`newstyle negotiation: ...`).
+/// Without `alloc` there is nowhere to print it.
+macro_rules! say {
+    ($($t:tt)*) => {
+        #[cfg(feature = "alloc")]
+        {
+            if crate::debug::verbose() {
+                crate::debug::debug(format_args!($($t)*));
+            }
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            let _ = format_args!($($t)*);
+        }
+    };
+}
+
+/// nbdkit's name of an option or reply, for `-v` (`unknown (0xb)` when
+/// it has none).
+struct Named(u32, &'static str);
+
+impl core::fmt::Display for Named {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.1 {
+            "" => write!(f, "unknown ({:#x})", self.0),
+            name => f.write_str(name),
+        }
+    }
+}
+
+/// nbdkit's name of an option, for `-v`.
+fn opt_name(option: u32) -> Named {
+    Named(
+        option,
+        match option {
+            OPT_EXPORT_NAME => "NBD_OPT_EXPORT_NAME",
+            OPT_ABORT => "NBD_OPT_ABORT",
+            OPT_LIST => "NBD_OPT_LIST",
+            OPT_PEEK_EXPORT => "NBD_OPT_PEEK_EXPORT",
+            OPT_STARTTLS => "NBD_OPT_STARTTLS",
+            OPT_INFO => "NBD_OPT_INFO",
+            OPT_GO => "NBD_OPT_GO",
+            OPT_STRUCTURED_REPLY => "NBD_OPT_STRUCTURED_REPLY",
+            OPT_LIST_META_CONTEXT => "NBD_OPT_LIST_META_CONTEXT",
+            OPT_SET_META_CONTEXT => "NBD_OPT_SET_META_CONTEXT",
+            OPT_EXTENDED_HEADERS => "NBD_OPT_EXTENDED_HEADERS",
+            _ => "",
+        },
+    )
+}
+
+/// nbdkit's name of an option reply, for `-v`.
+fn rep_name(reply: u32) -> Named {
+    Named(
+        reply,
+        match reply {
+            REP_ACK => "NBD_REP_ACK",
+            REP_SERVER => "NBD_REP_SERVER",
+            REP_INFO => "NBD_REP_INFO",
+            REP_META_CONTEXT => "NBD_REP_META_CONTEXT",
+            REP_ERR_UNSUP => "NBD_REP_ERR_UNSUP",
+            REP_ERR_POLICY => "NBD_REP_ERR_POLICY",
+            REP_ERR_INVALID => "NBD_REP_ERR_INVALID",
+            REP_ERR_PLATFORM => "NBD_REP_ERR_PLATFORM",
+            REP_ERR_TLS_REQD => "NBD_REP_ERR_TLS_REQD",
+            REP_ERR_UNKNOWN => "NBD_REP_ERR_UNKNOWN",
+            REP_ERR_SHUTDOWN => "NBD_REP_ERR_SHUTDOWN",
+            REP_ERR_BLOCK_SIZE_REQD => "NBD_REP_ERR_BLOCK_SIZE_REQD",
+            REP_ERR_TOO_BIG => "NBD_REP_ERR_TOO_BIG",
+            REP_ERR_EXT_HEADER_REQD => "NBD_REP_ERR_EXT_HEADER_REQD",
+            _ => "",
+        },
+    )
+}
+
+/// A client-supplied name for a debug line (invalid UTF-8 shown lossily
+/// would need allocation: it is shown as `?`).
+fn shown(b: &[u8]) -> &str {
+    core::str::from_utf8(b).unwrap_or("?")
+}
 use crate::wire::handshake::{
     ExportNameReply, InfoRequest, MetaContextRequest, NewstyleGreeting, OldstyleGreeting,
     OptionHeader, OptionReplyHeader,
 };
 use crate::wire::WireError;
 
+mod outbox;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use outbox::Outbox;
 
 /// The TLS policy of the server (`--tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,16 +308,14 @@ pub struct Server {
     meta_base_allocation: bool,
     meta_export: Name,
     negotiated: Negotiated,
-    out: [u8; OUT_CAP],
-    out_start: usize,
-    out_end: usize,
+    out: Outbox<OUT_CAP>,
 }
 
 impl core::fmt::Debug for Server {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Server")
             .field("state", &self.state)
-            .field("pending_output", &(self.out_end - self.out_start))
+            .field("pending_output", &self.out.pending().len())
             .finish()
     }
 }
@@ -284,11 +366,10 @@ impl Server {
                 bytes: [0; MAX_STRING],
             },
             negotiated: Negotiated::default(),
-            out: [0; OUT_CAP],
-            out_start: 0,
-            out_end: 0,
+            out: Outbox::new(),
         };
         if !config.oldstyle {
+            say!("newstyle negotiation: flags: global {gflags:#x}");
             let mut b = [0u8; NewstyleGreeting::LEN];
             NewstyleGreeting { flags: gflags }.emit(&mut b);
             s.push(&b);
@@ -298,28 +379,17 @@ impl Server {
 
     /// Copy pending output into `buf`; returns the number of bytes copied.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> usize {
-        let n = (self.out_end - self.out_start).min(buf.len());
-        buf[..n].copy_from_slice(&self.out[self.out_start..self.out_start + n]);
-        self.out_start += n;
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-        }
-        n
+        self.out.take_into(buf)
     }
 
     /// The output not yet taken.
     pub fn pending_output(&self) -> &[u8] {
-        &self.out[self.out_start..self.out_end]
+        self.out.pending()
     }
 
     /// Mark `n` bytes of [`pending_output`](Self::pending_output) as sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.out_start = (self.out_start + n).min(self.out_end);
-        if self.out_start == self.out_end {
-            self.out_start = 0;
-            self.out_end = 0;
-        }
+        self.out.consume(n);
     }
 
     /// True once negotiation is over and transmission starts.
@@ -367,27 +437,25 @@ impl Server {
     }
 
     fn push(&mut self, b: &[u8]) -> bool {
-        if self.out_start > 0 && self.out_end + b.len() > OUT_CAP {
-            self.out.copy_within(self.out_start..self.out_end, 0);
-            self.out_end -= self.out_start;
-            self.out_start = 0;
-        }
-        if self.out_end + b.len() > OUT_CAP {
-            return false;
-        }
-        self.out[self.out_end..self.out_end + b.len()].copy_from_slice(b);
-        self.out_end += b.len();
-        true
+        self.out.push(b)
     }
 
     fn space(&self) -> usize {
-        OUT_CAP - (self.out_end - self.out_start)
+        self.out.space()
     }
 
     fn reply(&mut self, option: u32, reply_type: u32, payload: &[&[u8]]) -> bool {
         let len: usize = payload.iter().map(|p| p.len()).sum();
         if self.space() < OptionReplyHeader::LEN + len {
             return false;
+        }
+        // nbdkit names the replies without a payload (ACK and errors).
+        if len == 0 {
+            say!(
+                "replying to {} with {}",
+                opt_name(option),
+                rep_name(reply_type)
+            );
         }
         let mut h = [0u8; OptionReplyHeader::LEN];
         OptionReplyHeader {
@@ -444,6 +512,7 @@ impl Server {
                     return Err(self.close(Disconnect::BadClientFlags));
                 }
                 self.cflags = cflags;
+                say!("newstyle negotiation: client flags: {cflags:#x}");
                 self.state = State::Options;
                 none(4)
             }
@@ -587,6 +656,7 @@ impl Server {
                 Err(self.close(Disconnect::Abort))
             }
             OPT_LIST => {
+                say!("newstyle negotiation: NBD_OPT_LIST: advertising exports");
                 if !payload.is_empty() || self.list_done {
                     self.reply(option, REP_ERR_INVALID, &[]);
                     return Ok(None);
@@ -619,6 +689,10 @@ impl Server {
                         return Ok(None);
                     }
                 };
+                say!(
+                    "newstyle negotiation: {}: client requested export '{name}'",
+                    opt_name(option)
+                );
                 let mut wants = Wants::default();
                 for t in req.info_types() {
                     match t {
@@ -640,6 +714,10 @@ impl Server {
                 }))
             }
             OPT_STRUCTURED_REPLY => {
+                say!(
+                    "newstyle negotiation: NBD_OPT_STRUCTURED_REPLY: \
+                     client requested structured replies"
+                );
                 let ty = if !payload.is_empty() {
                     REP_ERR_INVALID
                 } else if !self.config.structured_replies {
@@ -656,6 +734,10 @@ impl Server {
                 Ok(None)
             }
             OPT_EXTENDED_HEADERS => {
+                say!(
+                    "newstyle negotiation: NBD_OPT_EXTENDED_HEADERS: \
+                     client requested extended headers"
+                );
                 let ty = if !payload.is_empty() {
                     REP_ERR_INVALID
                 } else if !self.config.extended_headers || !self.config.structured_replies {
@@ -700,6 +782,16 @@ impl Server {
             self.reply(option, REP_ERR_INVALID, &[]);
             return;
         }
+        let what = opt_name(option);
+        say!(
+            "newstyle negotiation: {what}: client requested export '{}'",
+            shown(req.export)
+        );
+        say!(
+            "newstyle negotiation: {what}: {} count: {}",
+            if set { "set" } else { "query" },
+            req.count
+        );
         const NAME: &[u8] = b"base:allocation";
         let mut matched = if req.count == 0 {
             // LIST with no queries lists everything; SET selects nothing.
@@ -712,9 +804,23 @@ impl Server {
                 self.reply(option, REP_ERR_INVALID, &[]);
                 return;
             }
+            say!(
+                "newstyle negotiation: {what}: {} {}",
+                if set { "set" } else { "query" },
+                shown(q)
+            );
             if q == NAME || (!set && q == b"base:") {
+                if !matched {
+                    say!(
+                        "newstyle negotiation: {what}: replying with base:allocation id {}",
+                        if set { BASE_ALLOCATION_ID } else { 0 }
+                    );
+                }
                 matched = true;
             }
+        }
+        if matched && req.count == 0 {
+            say!("newstyle negotiation: {what}: replying with base:allocation id 0");
         }
         if matched {
             let id = if set { BASE_ALLOCATION_ID } else { 0 };
@@ -725,6 +831,7 @@ impl Server {
             }
         }
         self.reply(option, REP_ACK, &[]);
+        say!("newstyle negotiation: {what}: reply complete");
     }
 
     /// Add one export to the answer to NBD_OPT_LIST. Long names and
@@ -812,6 +919,9 @@ impl Server {
         if eflags & FLAG_SEND_WRITE_ZEROES == 0 {
             eflags &= !FLAG_SEND_FAST_ZERO;
         }
+        if !self.config.oldstyle {
+            say!("newstyle negotiation: flags: export {eflags:#x}");
+        }
         self.negotiated = Negotiated {
             structured_replies: self.structured,
             extended_headers: self.extended,
@@ -854,6 +964,19 @@ impl Server {
                 option,
                 REP_INFO,
                 &[&INFO_NAME.to_be_bytes(), name.as_bytes()],
+            );
+        }
+        if wants.block_size && info.block_size.is_none() {
+            say!(
+                "newstyle negotiation: {}: NBD_INFO_BLOCK_SIZE: client requested but no \
+                 plugin or filter provided block size information, ignoring client request",
+                opt_name(option)
+            );
+        }
+        if wants.description && info.description.is_none() {
+            say!(
+                "newstyle negotiation: {}: NBD_INFO_DESCRIPTION: no description to send",
+                opt_name(option)
             );
         }
         if wants.description {

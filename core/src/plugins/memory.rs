@@ -36,6 +36,62 @@ pub const PAGE_SIZE: u64 = 32 * 1024;
 #[derive(Debug, Default)]
 pub struct SparseArray {
     pages: RwLock<BTreeMap<u64, Page>>,
+    /// With `-D memory.dir=1` (or `data.dir`): nbdkit's directory, kept to
+    /// print its messages.
+    dir: Option<crate::sync::Mutex<DirTrace>>,
+}
+
+/// Pages addressed by one entry of nbdkit's L1 directory (128 MiB).
+const L1_SPAN: u64 = PAGE_SIZE * 4096;
+
+/// The L1 directory of nbdkit's sparse array: the 128 MiB regions that a
+/// write has touched (entries are never removed). Our array keeps its
+/// pages differently; this shadow lets `-D memory.dir=1` print the same
+/// lookups as nbdkit (`lookup: search L1 dir: entry found: offset 0`).
+#[derive(Debug, Default)]
+struct DirTrace {
+    l1: Vec<u64>,
+}
+
+impl DirTrace {
+    /// nbdkit's `lookup` of `offset`, creating the L1 entry if `create`.
+    fn lookup(&mut self, offset: u64, create: bool) {
+        let base = offset & !(L1_SPAN - 1);
+        if self.l1.contains(&base) {
+            crate::debug::debug(format_args!(
+                "lookup: search L1 dir: entry found: offset {base}"
+            ));
+            return;
+        }
+        crate::debug::debug(format_args!("lookup: search L1 dir: no entry found"));
+        if !create {
+            return;
+        }
+        match self.l1.iter().position(|&o| base < o) {
+            Some(i) => {
+                self.l1.insert(i, base);
+                crate::debug::debug(format_args!(
+                    "insert_l1_entry: inserted new L1 entry for {base} at l1_dir.ptr[{i}]"
+                ));
+            }
+            None => {
+                self.l1.push(base);
+                crate::debug::debug(format_args!(
+                    "insert_l1_entry: inserted new L1 entry for {base} at end of l1_dir"
+                ));
+            }
+        }
+        crate::debug::debug(format_args!(
+            "lookup: search L1 dir: entry found: offset {base}"
+        ));
+    }
+
+    /// A lookup for each page that `offset..offset+count` touches.
+    fn lookups(&mut self, offset: u64, count: u64, create: bool) {
+        for (page, in_page, _) in page_runs(offset, count) {
+            self.lookup(page * PAGE_SIZE + in_page as u64, create);
+        }
+    }
 }
 
 type Page = Box<RwLock<[u8; PAGE_SIZE as usize]>>;
@@ -73,8 +129,24 @@ impl SparseArray {
         Self::default()
     }
 
+    /// An empty array that prints nbdkit's directory messages (`-D
+    /// memory.dir=1`).
+    pub fn with_dir_debug() -> Self {
+        SparseArray {
+            dir: Some(crate::sync::Mutex::new(DirTrace::default())),
+            ..Self::default()
+        }
+    }
+
+    fn trace(&self, offset: u64, count: u64, create: bool) {
+        if let Some(d) = &self.dir {
+            crate::sync::lock(d).lookups(offset, count, create);
+        }
+    }
+
     /// Copy `buf.len()` bytes at `offset` out of the array.
     pub fn read(&self, buf: &mut [u8], offset: u64) {
+        self.trace(offset, buf.len() as u64, false);
         let pages = read(&self.pages);
         let mut done = 0;
         for (page, in_page, n) in page_runs(offset, buf.len() as u64) {
@@ -89,6 +161,7 @@ impl SparseArray {
 
     /// Copy `buf` into the array at `offset`, allocating pages as needed.
     pub fn write(&self, buf: &[u8], offset: u64) {
+        self.trace(offset, buf.len() as u64, true);
         let mut done = 0;
         let mut missing = false;
         {
@@ -128,10 +201,15 @@ impl SparseArray {
 
     /// Zero a range, freeing every page that becomes all zeroes.
     pub fn zero(&self, count: u64, offset: u64) {
+        let mut dir = self.dir.as_ref().map(crate::sync::lock);
         let mut pages = write(&self.pages);
         for (page, in_page, n) in page_runs(offset, count) {
-            if n as u64 == PAGE_SIZE {
-                pages.remove(&page);
+            let at = page * PAGE_SIZE + in_page as u64;
+            if let Some(d) = dir.as_deref_mut() {
+                d.lookup(at, false);
+            }
+            let freed = if n as u64 == PAGE_SIZE {
+                pages.remove(&page).is_some()
             } else if let Some(p) = pages.get(&page) {
                 let empty = {
                     let mut d = write(p);
@@ -141,6 +219,14 @@ impl SparseArray {
                 if empty {
                     pages.remove(&page);
                 }
+                empty
+            } else {
+                false
+            };
+            if freed && dir.is_some() {
+                crate::debug::debug(format_args!(
+                    "sparse_array_zero: freeing zero page at offset {at}"
+                ));
             }
         }
     }
@@ -150,6 +236,7 @@ impl SparseArray {
     /// the offset asked for to its end (nbdkit's sparse array does the
     /// same).
     pub fn extents(&self, count: u64, offset: u64, extents: &mut Extents) -> Result<()> {
+        self.trace(offset, count, false);
         let pages = read(&self.pages);
         let end = offset.saturating_add(count);
         let mut pos = offset;
@@ -219,6 +306,12 @@ impl Store {
     /// An empty sparse store.
     pub fn sparse() -> Self {
         Store::Sparse(SparseArray::new())
+    }
+
+    /// An empty sparse store that prints nbdkit's directory messages
+    /// (`-D memory.dir=1`, `-D data.dir=1`).
+    pub fn sparse_with_dir_debug() -> Self {
+        Store::Sparse(SparseArray::with_dir_debug())
     }
 
     /// A zeroed flat store of `size` bytes, refused cleanly when it cannot
@@ -292,6 +385,9 @@ impl core::fmt::Debug for Memory {
 }
 
 impl Plugin for Memory {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["dir"]
+    }
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -359,9 +455,17 @@ impl Plugin for Memory {
                 "you must specify size=<SIZE> on the command line",
             ));
         };
-        let store = match self.allocator.as_deref() {
-            Some("malloc") => Store::flat(size)?,
-            _ => Store::sparse(),
+        let malloc = self.allocator.as_deref() == Some("malloc");
+        crate::debug::debug(format_args!(
+            "allocator: {}",
+            if malloc { "malloc" } else { "sparse" }
+        ));
+        let store = if malloc {
+            Store::flat(size)?
+        } else if crate::debug::enabled("memory", "dir") {
+            Store::sparse_with_dir_debug()
+        } else {
+            Store::sparse()
         };
         self.store = Some(Arc::new(store));
         Ok(())

@@ -6,7 +6,7 @@ use pyo3::exceptions::PySyntaxError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
-use crate::abi;
+use nbdkit_plugin_abi as abi;
 
 /// One frame of a traceback: file, line, function.
 struct Frame {

@@ -21,7 +21,7 @@
 //! gave `nbdkit.set_error`, else EIO. The full traceback is a debug
 //! message (`-v`).
 
-mod abi;
+use nbdkit_plugin_abi as abi;
 mod errors;
 mod module;
 

@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::abi;
+use nbdkit_plugin_abi as abi;
 
 thread_local! {
     /// The last errno a script gave `nbdkit.set_error` on this thread,

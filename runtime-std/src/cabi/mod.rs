@@ -338,19 +338,12 @@ pub fn path_of(name: &str) -> Option<String> {
         .map(|(_, p)| p.clone())
 }
 
-/// Every `-D` flag given, for objects loaded after the flags were applied
-/// (the plugins the `cc` plugin compiles during configuration).
-static DEBUG_FLAGS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-
 /// Apply `-D NAME.FLAG=VALUE` to a loaded plugin or filter called NAME:
 /// set its `int NAME_debug_FLAG` variable (dots and dashes in NAME and FLAG
-/// become underscores). Returns whether such a variable was found. The
-/// flag is also kept for a plugin of that name compiled later.
+/// become underscores). Returns whether such a variable was found. (A
+/// plugin compiled later by `cc` gets its flags from the list of `-D`
+/// flags, [`nbdkit_core::debug::flags`].)
 pub fn apply_debug_flag(key: &str, value: &str) -> bool {
-    DEBUG_FLAGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((key.to_string(), value.to_string()));
     set_debug_flag(key, value)
 }
 
@@ -411,14 +404,13 @@ pub fn load_compiled_plugin(path: &Path) -> core::result::Result<Box<dyn Plugin>
     };
     let p = plugin::CPlugin::load(lib, path, plugin::Origin::Compiled)?;
     register(p.name(), path, lib);
-    // The -D flags were applied before this plugin existed.
-    let flags = DEBUG_FLAGS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let prefix = format!("{}.", p.name());
-    for (k, v) in flags.iter().filter(|(k, _)| k.starts_with(&prefix)) {
-        set_debug_flag(k, v);
+    // The -D flags were applied before this plugin existed: those named
+    // after it are set now (and count as used).
+    let warnings = nbdkit_core::debug::load(p.name(), |f| {
+        set_debug_flag(&format!("{}.{}", f.name, f.flag), &f.value.to_string())
+    });
+    for w in warnings {
+        eprintln!("nbdkit: {w}");
     }
     Ok(Box::new(p))
 }

@@ -83,6 +83,17 @@ struct Shared {
     /// (max size, high, low) when the size is limited.
     limit: Option<(u64, u64, u64)>,
     inner: Mutex<Inner>,
+    /// `-D cache.verbose=1`.
+    verbose: bool,
+}
+
+/// nbdkit's name of a block state, for `-D cache.verbose=1`.
+fn state_name(s: u8) -> &'static str {
+    match s {
+        CLEAN => "clean",
+        DIRTY => "dirty",
+        _ => "not cached",
+    }
 }
 
 /// The cache proper, under one lock: block operations are serialized.
@@ -99,6 +110,9 @@ struct Inner {
 }
 
 impl Filter for Cache {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["verbose"]
+    }
     fn name(&self) -> &'static str {
         "cache"
     }
@@ -217,11 +231,13 @@ impl Cache {
             .unwrap_or(65536)
             .max(fs_block.next_power_of_two());
         let file = unlinked_tmpfile("/var/tmp", "cache")?;
+        crate::log::debug(None, format_args!("cache: block size: {block_size}"));
         let s = Arc::new(Shared {
             block_size,
             mode: self.mode,
             on_read: self.on_read.clone(),
             limit: self.max_size.map(|m| (m, self.high, self.low)),
+            verbose: nbdkit_core::debug::enabled("cache", "verbose"),
             inner: Mutex::new(Inner {
                 file,
                 map: BlockMap::default(),
@@ -270,6 +286,13 @@ impl Shared {
         (first, run_end.min(limit))
     }
 
+    /// A `-D cache.verbose=1` message.
+    fn say(&self, args: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            crate::log::debug(None, format_args!("cache: {args}"));
+        }
+    }
+
     fn cache_on_read(&self) -> bool {
         match &self.on_read {
             OnRead::Never => false,
@@ -288,7 +311,13 @@ impl Shared {
 
     /// Read block `b` as the client sees it into `buf` (one block long).
     fn read_block(&self, inner: &mut Inner, next: &Context, b: u64, buf: &mut [u8]) -> Result<()> {
-        if inner.map.get(b) != NOT_CACHED {
+        let cached = inner.map.get(b) != NOT_CACHED;
+        self.say(format_args!(
+            "blk_read_multiple block {b} (offset {}) is {}",
+            b * self.block_size,
+            if cached { "cached" } else { "not cached" }
+        ));
+        if cached {
             inner
                 .file
                 .read_exact_at(buf, b * self.block_size)
@@ -302,6 +331,7 @@ impl Shared {
             next.pread(&mut buf[..n], start, Flags::NONE)?;
         }
         if self.cache_on_read() {
+            self.say(format_args!("cache-on-read block {b} (offset {start})"));
             self.store(inner, next, b, buf, CLEAN)?;
         }
         Ok(())
@@ -342,6 +372,11 @@ impl Shared {
             Mode::Writeback => flags.contains(Flags::FUA),
             Mode::Unsafe => false,
         };
+        self.say(format_args!(
+            "{} block {b} (offset {})",
+            if through { "writethrough" } else { "writeback" },
+            b * self.block_size
+        ));
         if through {
             let (start, n) = self.span(next, b);
             if n > 0 {
@@ -355,6 +390,14 @@ impl Shared {
 
     /// Write dirty block `b` back to the plugin.
     fn write_back(&self, inner: &mut Inner, next: &Context, b: u64, tmp: &mut [u8]) -> Result<()> {
+        self.say(format_args!(
+            "blk_read_multiple block {b} (offset {}) is cached",
+            b * self.block_size
+        ));
+        self.say(format_args!(
+            "writethrough block {b} (offset {})",
+            b * self.block_size
+        ));
         inner
             .file
             .read_exact_at(tmp, b * self.block_size)
@@ -467,13 +510,15 @@ impl CacheHandle {
 
 impl FilterHandle for CacheHandle {
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
-        let blocks = next.get_size().div_ceil(self.0.block_size);
+        let size = next.size()?;
+        crate::log::debug(None, format_args!("cache: underlying file size: {size}"));
+        let blocks = size.div_ceil(self.0.block_size);
         self.0.lock().map.grow(blocks)
     }
 
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let bs = self.0.block_size.min(32 * 1024 * 1024) as u32;
-        Ok(Some(match next.caps().block_size {
+        Ok(Some(match next.block_size()? {
             Some(b) => BlockSize {
                 minimum: b.minimum.max(1),
                 preferred: b.preferred.max(bs),
@@ -490,13 +535,11 @@ impl FilterHandle for CacheHandle {
     fn can_fua(&self, next: &Context) -> Result<Support> {
         // FUA writes go through to the plugin, which gets the flag (or a
         // flush in its place).
-        Ok(
-            if next.caps().can_fua == Support::None && !next.caps().can_flush {
-                Support::None
-            } else {
-                Support::Native
-            },
-        )
+        Ok(if next.can_fua()? == Support::None && !next.can_flush()? {
+            Support::None
+        } else {
+            Support::Native
+        })
     }
 
     fn can_fast_zero(&self, _next: &Context) -> Result<bool> {
@@ -575,7 +618,13 @@ impl FilterHandle for CacheHandle {
         let mut tmp = vec![0u8; bs as usize];
         for (b, _, _, _) in pieces(offset - offset % bs, count + offset % bs, bs) {
             let mut inner = s.lock();
-            if inner.map.get(b) != NOT_CACHED {
+            let state = inner.map.get(b);
+            s.say(format_args!(
+                "blk_cache block {b} (offset {}) is {}",
+                b * bs,
+                state_name(state)
+            ));
+            if state != NOT_CACHED {
                 s.touch(&mut inner, b);
                 continue;
             }
@@ -584,6 +633,7 @@ impl FilterHandle for CacheHandle {
             if n > 0 {
                 next.pread(&mut tmp[..n], start, Flags::NONE)?;
             }
+            s.say(format_args!("cache block {b} (offset {start})"));
             s.store(&mut inner, next, b, &tmp, CLEAN)?;
         }
         Ok(())

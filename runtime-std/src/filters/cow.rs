@@ -65,9 +65,23 @@ struct Overlay {
     rmw: Mutex<()>,
     on_read: OnRead,
     on_cache: bool,
+    /// `-D cow.verbose=1`.
+    verbose: bool,
+}
+
+/// nbdkit's name of a block state, for `-D cow.verbose=1`.
+fn state_name(s: u8) -> &'static str {
+    match s {
+        ALLOCATED => "allocated",
+        TRIMMED => "trimmed",
+        _ => "not allocated",
+    }
 }
 
 impl Filter for Cow {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["verbose"]
+    }
     fn name(&self) -> &'static str {
         "cow"
     }
@@ -141,6 +155,7 @@ impl Cow {
             rmw: Mutex::new(()),
             on_read: self.on_read.clone(),
             on_cache: self.on_cache,
+            verbose: nbdkit_core::debug::enabled("cow", "verbose"),
         });
         Ok(self.overlay.get_or_init(|| o).clone())
     }
@@ -157,6 +172,13 @@ impl Overlay {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).set(b, v)
     }
 
+    /// A `-D cow.verbose=1` message.
+    fn say(&self, args: std::fmt::Arguments<'_>) {
+        if self.verbose {
+            crate::log::debug(None, format_args!("cow: {args}"));
+        }
+    }
+
     fn copy_on_read(&self) -> bool {
         match &self.on_read {
             OnRead::Never => false,
@@ -169,7 +191,13 @@ impl Overlay {
     /// is one block long); bytes past the end of the plugin read as zero.
     fn read_block(&self, next: &Context, b: u64, buf: &mut [u8]) -> Result<()> {
         let start = b * self.block_size;
-        match self.state(b) {
+        let state = self.state(b);
+        // Blocks are read one at a time: each is a run of one.
+        self.say(format_args!(
+            "blk_read_multiple block {b} (offset {start}) run of length 1 is {}",
+            state_name(state)
+        ));
+        match state {
             ALLOCATED => self
                 .file
                 .read_exact_at(buf, start)
@@ -192,6 +220,10 @@ impl Overlay {
 
     /// Store a whole block in the overlay.
     fn write_block(&self, b: u64, buf: &[u8]) -> Result<()> {
+        self.say(format_args!(
+            "blk_write block {b} (offset {})",
+            b * self.block_size
+        ));
         self.file
             .write_all_at(buf, b * self.block_size)
             .map_err(|e| io_error("pwrite", e))?;
@@ -235,7 +267,9 @@ impl Overlay {
 
 impl FilterHandle for CowHandle {
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
-        let blocks = next.get_size().div_ceil(self.0.block_size);
+        let size = next.size()?;
+        crate::log::debug(None, format_args!("cow: underlying file size: {size}"));
+        let blocks = size.div_ceil(self.0.block_size);
         self.0
             .map
             .lock()
@@ -245,7 +279,7 @@ impl FilterHandle for CowHandle {
 
     fn block_size(&self, next: &Context) -> Result<Option<BlockSize>> {
         let bs = self.0.block_size.min(32 * 1024 * 1024) as u32;
-        Ok(Some(match next.caps().block_size {
+        Ok(Some(match next.block_size()? {
             Some(b) => BlockSize {
                 minimum: b.minimum.max(1),
                 preferred: b.preferred.max(bs),
@@ -292,6 +326,10 @@ impl FilterHandle for CowHandle {
         for (b, off, len, at) in pieces(offset, buf.len() as u64, o.block_size) {
             let dst = &mut buf[at..at + len];
             if copy && o.state(b) == NOT_ALLOCATED {
+                o.say(format_args!(
+                    "cow-on-read saving 1 blocks at offset {} into the cache",
+                    b * o.block_size
+                ));
                 tmp.resize(bs, 0);
                 o.copy_up(next, b, &mut tmp)?;
             }
@@ -384,7 +422,13 @@ impl FilterHandle for CowHandle {
             count + offset % o.block_size,
             o.block_size,
         ) {
-            if o.state(b) != NOT_ALLOCATED {
+            let state = o.state(b);
+            o.say(format_args!(
+                "blk_cache block {b} (offset {}) is {}",
+                b * o.block_size,
+                state_name(state)
+            ));
+            if state != NOT_ALLOCATED {
                 continue;
             }
             if o.on_cache {
@@ -409,6 +453,10 @@ impl CowHandle {
         for (b, off, len, _at) in pieces(offset, count, o.block_size) {
             if off == 0 && len == o.block_size as usize {
                 let _g = o.rmw.lock().unwrap_or_else(|p| p.into_inner());
+                o.say(format_args!(
+                    "blk_trim block {b} (offset {})",
+                    b * o.block_size
+                ));
                 o.set_state(b, TRIMMED);
                 punch_hole(&o.file, b * o.block_size, o.block_size);
             } else {

@@ -151,7 +151,7 @@ impl Drop for DelayHandle {
 impl FilterHandle for DelayHandle {
     fn can_fast_zero(&self, next: &Context) -> Result<bool> {
         // Failing fast zero at once is always possible.
-        Ok((self.0.no_fast_zero && !self.0.zero.is_zero()) || next.caps().can_fast_zero)
+        Ok((self.0.no_fast_zero && !self.0.zero.is_zero()) || next.can_fast_zero()?)
     }
 
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {

@@ -210,7 +210,7 @@ impl Ext2Handle {
 }
 
 fn read_below(next: &Context, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let size = next.caps().size;
+    let size = next.size()?;
     if len > MAX_BELOW_READ || offset.checked_add(len as u64).map_or(true, |e| e > size) {
         return Err(Error::msg(
             Errno::EIO,
@@ -356,7 +356,7 @@ impl FilterHandle for Ext2Handle {
             Event::Loaded(r) => {
                 let (size, canon) = r?;
                 let _ = self.size.set(size);
-                if !readonly && next.caps().can_write {
+                if !readonly && next.can_write()? {
                     match Layout::build(&NextImage(next), &canon, size) {
                         Ok(l) => {
                             let _ = self.layout.set(l);
@@ -381,7 +381,7 @@ impl FilterHandle for Ext2Handle {
     }
 
     fn can_write(&self, next: &Context) -> Result<bool> {
-        Ok(self.layout.get().is_some() && next.caps().can_write)
+        Ok(self.layout.get().is_some() && next.can_write()?)
     }
 
     fn can_trim(&self, _next: &Context) -> Result<bool> {

@@ -147,12 +147,34 @@ impl Filter for ExtentList {
             ))
         })?;
         let text = String::from_utf8_lossy(&text);
-        self.list = std::sync::Arc::new(parse_list(&file.display().to_string(), &text)?);
+        let list = parse_list(&file.display().to_string(), &text)?;
+        self.list = std::sync::Arc::new(list);
         Ok(())
     }
 
     fn blocks(&self) -> bool {
         false
+    }
+
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["lookup"]
+    }
+
+    fn get_ready(&self, _thread_model: nbdkit_core::backend::ThreadModel) -> Result<()> {
+        // nbdkit reads the list here, and shows it.
+        for (i, e) in self.list.iter().enumerate() {
+            crate::log::debug(
+                None,
+                format_args!(
+                    "extentlist: extent[{i}] = {}-{} (length {}) type {}",
+                    e.offset,
+                    e.offset + (e.length - 1),
+                    e.length,
+                    e.kind
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn open(
@@ -161,11 +183,15 @@ impl Filter for ExtentList {
         args: &OpenArgs<'_>,
     ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
-        Ok(Box::new(Handle(std::sync::Arc::clone(&self.list))))
+        Ok(Box::new(Handle(
+            std::sync::Arc::clone(&self.list),
+            nbdkit_core::debug::enabled("extentlist", "lookup"),
+        )))
     }
 }
 
-struct Handle(std::sync::Arc<Vec<Entry>>);
+/// The list, and whether `-D extentlist.lookup=1` was given.
+struct Handle(std::sync::Arc<Vec<Entry>>, bool);
 
 impl FilterHandle for Handle {
     fn can_extents(&self, _next: &Context) -> Result<bool> {
@@ -186,9 +212,22 @@ impl FilterHandle for Handle {
             .0
             .partition_point(|e| e.offset <= offset)
             .saturating_sub(1);
-        for e in &self.0[first..] {
+        let (mut left, mut at) = (count, offset);
+        for (i, e) in self.0[first..].iter().enumerate() {
             if e.offset >= end || extents.is_full() {
                 break;
+            }
+            if self.1 {
+                crate::log::debug(
+                    None,
+                    format_args!(
+                        "extentlist lookup: loop i={} count={left} offset={at}",
+                        first + i
+                    ),
+                );
+                let e_end = e.offset.saturating_add(e.length);
+                left -= left.min(e_end - at);
+                at = e_end;
             }
             extents
                 .add(e.offset, e.length, e.kind)

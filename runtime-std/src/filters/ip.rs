@@ -111,12 +111,52 @@ impl Rule {
     }
 }
 
+/// A rule as nbdkit prints it with `-D ip.rules=1` (`ipv4:10.0.0.0/8`).
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Any => write!(f, "any"),
+            Rule::AnyV4 => write!(f, "anyipv4"),
+            Rule::AnyV6 => write!(f, "anyipv6"),
+            Rule::AnyUnix => write!(f, "anyunix"),
+            Rule::AnyVsock => write!(f, "anyvsock"),
+            Rule::Net(IpAddr::V4(a), bits) => write!(f, "ipv4:{a}/{bits}"),
+            Rule::Net(IpAddr::V6(a), bits) => write!(f, "ipv6:[{a}]/{bits}"),
+            Rule::Pid(n) => write!(f, "pid:{n}"),
+            Rule::Uid(n) => write!(f, "uid:{n}"),
+            Rule::Gid(n) => write!(f, "gid:{n}"),
+            Rule::VsockCid(n) => write!(f, "vsock-cid:{n}"),
+            Rule::VsockPort(n) => write!(f, "vsock-port:{n}"),
+        }
+    }
+}
+
 impl Ip {
     fn permitted(&self, peer: &Peer) -> bool {
-        if self.allow.iter().any(|r| r.matches(peer)) {
+        // Other kinds of sockets are always allowed, as in nbdkit.
+        if matches!(peer, Peer::Unknown) {
             return true;
         }
-        !self.deny.iter().any(|r| r.matches(peer))
+        let debug = nbdkit_core::debug::enabled("ip", "rules");
+        let matches = |list: &[Rule], name: &str| {
+            list.iter().any(|r| {
+                let m = r.matches(peer);
+                if debug {
+                    crate::log::debug(
+                        None,
+                        format_args!(
+                            "ip: match source with {name}={r} => {}",
+                            if m { "yes" } else { "no" }
+                        ),
+                    );
+                }
+                m
+            })
+        };
+        if matches(&self.allow, "allow") {
+            return true;
+        }
+        !matches(&self.deny, "deny")
     }
 }
 
@@ -148,6 +188,21 @@ impl Filter for Ip {
 
     fn blocks(&self) -> bool {
         false
+    }
+
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["rules"]
+    }
+
+    fn config_complete(&mut self) -> Result<()> {
+        if nbdkit_core::debug::enabled("ip", "rules") {
+            for (name, list) in [("allow", &self.allow), ("deny", &self.deny)] {
+                for r in list {
+                    crate::log::debug(None, format_args!("ip: parsed {name}={r}"));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn preconnect(&self, _readonly: bool, peer: &Peer) -> Result<()> {

@@ -40,6 +40,9 @@ struct Bucket {
     burstiness: f64,
     tokens: f64,
     last: Instant,
+    /// For `-D rate.bucket=1`: nbdkit's name of the bucket, if the flag
+    /// is on.
+    debug: Option<&'static str>,
 }
 
 impl Bucket {
@@ -49,6 +52,7 @@ impl Bucket {
             burstiness,
             tokens: 0.0,
             last: Instant::now(),
+            debug: None,
         };
         b.set_rate(rate);
         // Start full, as nbdkit does: a new client may burst at once.
@@ -74,26 +78,53 @@ impl Bucket {
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
+        let before = self.tokens;
         self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.capacity());
+        self.say(format_args!(
+            "adding {} tokens, new level {}",
+            (self.tokens - before).max(0.0) as u64,
+            self.tokens as u64
+        ));
         let want = bits as f64;
         if self.tokens >= want {
+            self.say(format_args!("deducting {bits} tokens"));
             self.tokens -= want;
             return (0, Duration::ZERO);
         }
         let owed = want - self.tokens;
+        self.say(format_args!(
+            "deducting {} tokens, bucket empty, need another {} tokens",
+            self.tokens as u64,
+            owed.ceil() as u64
+        ));
         self.tokens = 0.0;
         let wait = Duration::from_secs_f64(owed / self.rate as f64);
         (owed.ceil() as u64, wait)
+    }
+
+    /// Name this bucket in `-D rate.bucket=1` messages, if that flag is on.
+    fn named(mut self, name: &'static str) -> Bucket {
+        if nbdkit_core::debug::enabled("rate", "bucket") {
+            self.debug = Some(name);
+        }
+        self
+    }
+
+    fn say(&self, args: std::fmt::Arguments<'_>) {
+        if let Some(name) = self.debug {
+            crate::log::debug(None, format_args!("bucket {name}: {args}"));
+        }
     }
 }
 
 /// Wait until `bucket` has let `bits` through, sleeping in short slices.
 fn wait_for(bucket: &Mutex<Bucket>, mut bits: u64) -> Result<()> {
     loop {
-        let (owed, wait) = bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(bits, Instant::now());
+        let (owed, wait, debug) = {
+            let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let (owed, wait) = b.take(bits, Instant::now());
+            (owed, wait, b.debug.is_some())
+        };
         if owed == 0 {
             return Ok(());
         }
@@ -102,6 +133,16 @@ fn wait_for(bucket: &Mutex<Bucket>, mut bits: u64) -> Result<()> {
                 Errno::ESHUTDOWN,
                 "rate: server is shutting down",
             ));
+        }
+        if debug {
+            crate::log::debug(
+                None,
+                format_args!(
+                    "bucket {:p}: sleeping for {:.1} seconds",
+                    bucket,
+                    wait.min(SLICE).as_secs_f64()
+                ),
+            );
         }
         std::thread::sleep(wait.min(SLICE));
         bits = owed;
@@ -206,6 +247,9 @@ fn parse_rate(value: &str) -> Result<u64> {
 }
 
 impl Filter for Rate {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["bucket"]
+    }
     fn name(&self) -> &'static str {
         "rate"
     }
@@ -249,8 +293,10 @@ impl Filter for Rate {
             })
         };
         self.shared = Some(Arc::new(Shared {
-            read: Mutex::new(Bucket::new(self.rate, self.burstiness)),
-            write: Mutex::new(Bucket::new(self.rate, self.burstiness)),
+            read: Mutex::new(Bucket::new(self.rate, self.burstiness).named("read (global limit)")),
+            write: Mutex::new(
+                Bucket::new(self.rate, self.burstiness).named("write (global limit)"),
+            ),
             rate_file: file(&self.rate_file),
             connection_rate: self.connection_rate,
             connection_file: file(&self.connection_rate_file),
@@ -280,8 +326,8 @@ impl Filter for Rate {
         let r = shared.connection_rate();
         let b = shared.burstiness;
         Ok(Box::new(RateHandle {
-            read: Mutex::new(Bucket::new(r, b)),
-            write: Mutex::new(Bucket::new(r, b)),
+            read: Mutex::new(Bucket::new(r, b).named("read (connection limit)")),
+            write: Mutex::new(Bucket::new(r, b).named("write (connection limit)")),
             shared,
         }))
     }
@@ -306,13 +352,14 @@ impl RateHandle {
                 b.set_rate(r);
             }
         }
-        wait_for(mine, bits)?;
+        // The server's limit first, then the connection's, as nbdkit.
         let global = if write {
             &self.shared.write
         } else {
             &self.shared.read
         };
-        wait_for(global, bits)
+        wait_for(global, bits)?;
+        wait_for(mine, bits)
     }
 }
 

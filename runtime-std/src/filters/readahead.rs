@@ -186,7 +186,7 @@ impl FilterHandle for ReadaheadHandle {
 
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
         let below = guard(&self.below).take();
-        let native = next.caps().can_cache == Support::Native;
+        let native = next.can_cache()? == Support::Native;
         if !(native && self.parallel) {
             crate::log::error(
                 None,

@@ -182,7 +182,7 @@ impl FilterHandle for ScanHandle {
         let Some(r) = &self.reopener else {
             return Ok(());
         };
-        if next.caps().can_cache == Support::None {
+        if next.can_cache()? == Support::None {
             warning("underlying plugin does not support NBD_CMD_CACHE (prefetch), not scanning");
             return Ok(());
         }

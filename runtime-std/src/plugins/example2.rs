@@ -26,6 +26,9 @@ pub(crate) fn io_error(what: &str, e: &std::io::Error) -> Error {
 }
 
 impl Plugin for Example2 {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["extra"]
+    }
     fn name(&self) -> &'static str {
         "example2"
     }
@@ -83,10 +86,19 @@ struct Example2Handle {
 
 impl Handle for Example2Handle {
     fn get_size(&self) -> Result<u64> {
-        self.file
+        let size = self
+            .file
             .metadata()
             .map(|m| m.len())
-            .map_err(|e| io_error("stat", &e))
+            .map_err(|e| io_error("stat", &e))?;
+        // -D example2.extra=1: the developers' extra debugging.
+        if nbdkit_core::debug::enabled("example2", "extra") {
+            crate::log::debug(
+                None,
+                format_args!("extra debugging: statbuf.st_size = {size}"),
+            );
+        }
+        Ok(size)
     }
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
         self.file

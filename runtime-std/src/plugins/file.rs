@@ -347,6 +347,9 @@ fn block_device_sector_size(file: &StdFile) -> u64 {
 }
 
 impl Plugin for File {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["zero"]
+    }
     fn name(&self) -> &'static str {
         "file"
     }
@@ -550,6 +553,7 @@ impl Plugin for File {
             can_fallocate: AtomicBool::new(true),
             can_zeroout: AtomicBool::new(is_block),
             recent_writes: Mutex::new(VecDeque::new()),
+            debug_zero: nbdkit_core::debug::enabled("file", "zero"),
         }))
     }
 }
@@ -571,6 +575,8 @@ struct FileHandle {
     can_zeroout: AtomicBool,
     /// cache=none: recent writes still to be written back and dropped.
     recent_writes: Mutex<VecDeque<(i64, i64)>>,
+    /// `-D file.zero=1`: say which method zeroed.
+    debug_zero: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -642,14 +648,35 @@ impl FileHandle {
         )
     }
 
-    /// Zero natively if any method works.
+    /// Zero natively if any method works (saying which with `-D
+    /// file.zero=1`, in nbdkit's words).
     fn zero_range(&self, offset: i64, count: i64, flags: Flags) -> Result<Tried> {
+        let r = self.zero_range_by(offset, count, flags)?;
+        if self.debug_zero {
+            let how = match r {
+                (Tried::Done, Some(how)) => how,
+                _ => "zero falling back to writing",
+            };
+            crate::log::debug(None, format_args!("{how}"));
+        }
+        Ok(r.0)
+    }
+
+    fn zero_range_by(
+        &self,
+        offset: i64,
+        count: i64,
+        flags: Flags,
+    ) -> Result<(Tried, Option<&'static str>)> {
         // Fallocate on a block device needs whole sectors.
         let fallocate_ok = !self.is_block || self.aligned(offset as u64, count as u64);
         if fallocate_ok {
             if flags.contains(Flags::MAY_TRIM) && self.can_punch_hole.load(Ordering::Relaxed) {
                 if let Tried::Done = self.punch_hole(offset, count, "zero: punch hole")? {
-                    return Ok(Tried::Done);
+                    return Ok((
+                        Tried::Done,
+                        Some("h->can_punch_hole && may_trim: zero succeeded using fallocate"),
+                    ));
                 }
             }
             if self.can_zero_range.load(Ordering::Relaxed) {
@@ -661,7 +688,10 @@ impl FileHandle {
                     "zero: zero range",
                 )?;
                 if let Tried::Done = r {
-                    return Ok(Tried::Done);
+                    return Ok((
+                        Tried::Done,
+                        Some("h->can_zero-range: zero succeeded using fallocate"),
+                    ));
                 }
             }
             // A hole reads as zeroes; allocating it again honours NO_HOLE.
@@ -677,7 +707,13 @@ impl FileHandle {
                         "zero: fallocate",
                     )?;
                     if let Tried::Done = r {
-                        return Ok(Tried::Done);
+                        return Ok((
+                            Tried::Done,
+                            Some(
+                                "h->can_punch_hole && h->can_fallocate: \
+                                 zero succeeded using fallocate",
+                            ),
+                        ));
                     }
                 }
             }
@@ -689,14 +725,19 @@ impl FileHandle {
             && self.aligned(offset as u64, count as u64)
         {
             match blockdev::zero_out(self.file.as_fd(), offset as u64, count as u64) {
-                Ok(()) => return Ok(Tried::Done),
+                Ok(()) => {
+                    return Ok((
+                        Tried::Done,
+                        Some("h->can_zeroout && IS_ALIGNED: zero succeeded using BLKZEROOUT"),
+                    ))
+                }
                 Err(NixErrno::ENOTTY | NixErrno::EOPNOTSUPP) => {
                     self.can_zeroout.store(false, Ordering::Relaxed);
                 }
                 Err(e) => return Err(nix_error("zero: BLKZEROOUT", e)),
             }
         }
-        Ok(Tried::Unsupported)
+        Ok((Tried::Unsupported, None))
     }
 
     /// cache=none after a write: start writing this range back, and wait

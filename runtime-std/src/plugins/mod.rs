@@ -10,6 +10,7 @@ pub mod info;
 pub mod iso;
 pub mod linuxdisk;
 mod mkfs;
+pub mod nbd;
 pub mod ondemand;
 pub mod partitioning;
 pub mod sh;
@@ -31,6 +32,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "info" => Box::new(info::Info::default()),
         "linuxdisk" => Box::new(linuxdisk::LinuxDisk::default()),
         "iso" => Box::new(iso::Iso::default()),
+        "nbd" => Box::new(nbd::Nbd::default()),
         "tmpdisk" => Box::new(tmpdisk::TmpDisk::default()),
         "ondemand" => Box::new(ondemand::OnDemand::default()),
         "data" => Box::new(data::Data::default()),

@@ -452,6 +452,9 @@ impl Partitioning {
 }
 
 impl Plugin for Partitioning {
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["regions"]
+    }
     fn name(&self) -> &'static str {
         "partitioning"
     }
@@ -568,8 +571,21 @@ impl Plugin for Partitioning {
             .fold(0u64, |t, f| t.saturating_add(f.size));
         let needs_gpt = total > MAX_MBR_DISK_SIZE;
         let parttype = match self.parttype {
-            None if needs_gpt || self.files.len() > 4 => PartType::Gpt,
-            None => PartType::Mbr,
+            None => {
+                let t = if needs_gpt || self.files.len() > 4 {
+                    PartType::Gpt
+                } else {
+                    PartType::Mbr
+                };
+                crate::log::debug(
+                    None,
+                    format_args!(
+                        "picking partition type {}",
+                        if t == PartType::Gpt { "GPT" } else { "MBR" }
+                    ),
+                );
+                t
+            }
             Some(PartType::Mbr) if needs_gpt => {
                 return Err(Error::config(format!(
                     "MBR partition table type supports a maximum virtual disk size of \
@@ -583,7 +599,22 @@ impl Plugin for Partitioning {
         if total > u64::MAX / 2 {
             return Err(Error::config("partitioning: the files are too large"));
         }
-        self.disk = Some(Arc::new(self.build(parttype)));
+        let disk = self.build(parttype);
+        // -D partitioning.regions=1: the region table, as nbdkit prints it.
+        if nbdkit_core::debug::enabled("partitioning", "regions") {
+            for (i, r) in disk.regions.iter().enumerate() {
+                let kind = match &r.content {
+                    Content::Data(_) => "data",
+                    Content::Zero => "zero",
+                    Content::File(f) => &disk.files[*f].name,
+                };
+                crate::log::debug(
+                    None,
+                    format_args!("region[{i}]: {:x}-{:x} type={kind}", r.start, r.end() - 1),
+                );
+            }
+        }
+        self.disk = Some(Arc::new(disk));
         Ok(())
     }
 

@@ -214,7 +214,7 @@ impl LuksHandle {
 
 impl FilterHandle for LuksHandle {
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
-        let disk = next.caps().size;
+        let disk = next.size()?;
         let read = |buf: &mut [u8], off: u64| next.pread(buf, off, Flags::NONE);
         let header = Header::read(&read, disk)?;
         let vol = header.unlock(&self.pass, &read, disk)?;
@@ -239,7 +239,7 @@ impl FilterHandle for LuksHandle {
         // Whole sectors, as nbdkit advertises; unaligned requests from
         // clients that ignore this still work (read-modify-write).
         let ss = self.open()?.vol.sector_size as u32;
-        let below = next.caps().block_size;
+        let below = next.block_size()?;
         Ok(Some(BlockSize {
             minimum: ss,
             preferred: below.map_or(ss, |b| b.preferred.max(ss)),

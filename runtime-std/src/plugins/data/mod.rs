@@ -508,6 +508,50 @@ fn optimize(e: Expr) -> Expr {
     }
 }
 
+/// Print the tree as nbdkit's `-D data.AST=1` does, one debug line per
+/// node, indented four spaces a level (at most forty).
+fn print_ast(e: &Expr, level: usize) {
+    let ind = " ".repeat(4 * level.min(10));
+    let line = |args: std::fmt::Arguments<'_>| crate::log::debug(None, args);
+    let nested = |inner: &Expr, close: std::fmt::Arguments<'_>| {
+        line(format_args!("{ind}("));
+        print_ast(inner, level + 1);
+        line(format_args!("{ind}{close}"));
+    };
+    match e {
+        Expr::Null => line(format_args!("{ind}null")),
+        Expr::List(l) => {
+            line(format_args!("{ind}("));
+            for x in l {
+                print_ast(x, level + 1);
+            }
+            line(format_args!("{ind})"));
+        }
+        Expr::Byte(b) => line(format_args!("{ind}{b}")),
+        Expr::AbsOffset(o) => line(format_args!("{ind}@{o}")),
+        Expr::RelOffset(o) => line(format_args!("{ind}@{o}")),
+        Expr::Align(a) => line(format_args!("{ind}@^{a}")),
+        Expr::File(f) => line(format_args!("{ind}<{f}")),
+        Expr::Script(s) => line(format_args!("{ind}<({s})")),
+        Expr::Str(s) => {
+            let mut text = String::with_capacity(s.len());
+            for &c in s {
+                if (0x20..0x7f).contains(&c) {
+                    text.push(c as char);
+                } else {
+                    text.push_str(&format!("\\x{c:02x}"));
+                }
+            }
+            line(format_args!("{ind}\"{text}\""))
+        }
+        Expr::Fill(b, n) => line(format_args!("{ind}fill({b}*{n})")),
+        Expr::Name(n) => line(format_args!("{ind}\\{n}")),
+        Expr::Assign(name, e) => nested(e, format_args!(") -> \\{name}")),
+        Expr::Repeat(e, n) => nested(e, format_args!(") *{n}")),
+        Expr::Slice(e, n, m) => nested(e, format_args!(")[{n}:{m}]")),
+    }
+}
+
 /// Append `e` to an optimized list, merging it with the last element when
 /// they combine.
 fn push_combined(list: &mut Vec<Expr>, e: Expr) {
@@ -1000,6 +1044,11 @@ fn evaluate(expr: &str, vars: &dyn Vars, limit: u64) -> Result<(Image, u64)> {
     let mut pos = 0;
     let list = parser.list(expr.as_bytes(), &mut pos, 0, false)?;
     let root = optimize(Expr::List(list));
+    if nbdkit_core::debug::enabled("data", "AST") {
+        crate::log::debug(None, format_args!("BEGIN AST (-D data.AST=1)"));
+        print_ast(&root, 0);
+        crate::log::debug(None, format_args!("END AST"));
+    }
     let mut ev = Evaluator {
         budget: Budget::default(),
     };
@@ -1079,6 +1128,11 @@ impl Vars for ParamsAndEnv<'_> {
 }
 
 impl Plugin for Data {
+    // data.dir (nbdkit's sparse array directory) has no counterpart: this
+    // plugin keeps its own image, and -D data.dir=1 gets nbdkit's warning.
+    fn debug_flags(&self) -> &'static [&'static str] {
+        &["AST"]
+    }
     fn name(&self) -> &'static str {
         "data"
     }
@@ -1172,6 +1226,13 @@ impl Plugin for Data {
         // result can be kept, at the same point of start-up. Pages are
         // kept whole, so that block status sees the last one as nbdkit
         // does.
+        crate::log::debug(
+            None,
+            format_args!(
+                "allocator: {}",
+                if self.malloc { "malloc" } else { "sparse" }
+            ),
+        );
         let limit = match self.size {
             Some(s) => s.div_ceil(image::PAGE).saturating_mul(image::PAGE),
             None => MAX_SIZE,
@@ -1191,7 +1252,9 @@ impl Plugin for Data {
             }
             Source::Data(d) => evaluate(d, &ParamsAndEnv(&self.params), limit)?,
         };
+        crate::log::debug(None, format_args!("implicit data size: {data_size}"));
         let size = self.size.unwrap_or(data_size);
+        crate::log::debug(None, format_args!("final size: {size}"));
         let store = if self.malloc {
             let store = Store::flat(size)?;
             let mut buf = vec![0u8; (1 << 20).min(size) as usize];
