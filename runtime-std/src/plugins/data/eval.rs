@@ -2,6 +2,7 @@
 //! of work; files and scripts it reads.
 
 use super::*;
+use crate::os::errno::io_error;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
@@ -268,13 +269,13 @@ pub(super) fn read_file(
     budget: &mut Budget,
 ) -> Result<Vec<u8>> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(name).map_err(|e| io_err(name, &e))?;
+    let mut f = std::fs::File::open(name).map_err(|e| io_error(name, &e))?;
     if skip > 0 {
         f.seek(SeekFrom::Start(skip))
-            .map_err(|e| io_err(&format!("{name}: fseek"), &e))?;
+            .map_err(|e| io_error(&format!("{name}: fseek"), &e))?;
     }
     read_bounded(&mut f, len, budget).map_err(|e| match e {
-        Bounded::Io(e) => io_err(&format!("fread: {name}"), &e),
+        Bounded::Io(e) => io_error(&format!("fread: {name}"), &e),
         Bounded::Budget(e) => e,
     })
 }
@@ -312,13 +313,6 @@ pub(super) fn read_bounded(
     Ok(out)
 }
 
-pub(super) fn io_err(what: &str, e: &std::io::Error) -> Error {
-    let errno = crate::os::errno::from_os(e.raw_os_error().unwrap_or(libc::EIO));
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-    Error::msg(errno, format!("{what}: {text}"))
-}
-
 /// Run `/bin/sh -c script` and take its output (the first `len` bytes,
 /// if given; then the script's exit status does not matter).
 pub(super) fn run_script(script: &str, len: Option<u64>, budget: &mut Budget) -> Result<Vec<u8>> {
@@ -328,16 +322,16 @@ pub(super) fn run_script(script: &str, len: Option<u64>, budget: &mut Budget) ->
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .map_err(|e| io_err("popen", &e))?;
+        .map_err(|e| io_error("popen", &e))?;
     let mut out = child.stdout.take().expect("stdout is piped");
     let got = read_bounded(&mut out, len, budget);
     drop(out);
     if got.is_err() {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| io_err("pclose", &e))?;
+    let status = child.wait().map_err(|e| io_error("pclose", &e))?;
     let data = got.map_err(|e| match e {
-        Bounded::Io(e) => io_err("fread", &e),
+        Bounded::Io(e) => io_error("fread", &e),
         Bounded::Budget(e) => e,
     })?;
     if len.is_none() && !status.success() {

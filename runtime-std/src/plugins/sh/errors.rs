@@ -7,10 +7,7 @@ use std::path::Path;
 use nbdkit_core::backend::Error;
 use nbdkit_core::errno::Errno;
 
-/// The C library's text for an errno.
-pub(super) fn strerror(code: i32) -> String {
-    nix::errno::Errno::from_raw(code).desc().to_string()
-}
+pub(super) use crate::os::errno::strerror;
 
 /// The errno names a script may print first on stderr: those the NBD
 /// protocol has errors for, and those nbdkit's server maps specially.
