@@ -20,10 +20,10 @@ mod watchdog;
 use core::ffi::{c_char, c_int, c_void};
 use core::panic::AssertUnwindSafe;
 use core::sync::atomic::{AtomicI32, Ordering};
+use core::time::Duration;
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use nbdkit_plugin_abi as abi;
 

@@ -11,9 +11,10 @@
 //! descriptor reused by someone else; the thread is stopped before the
 //! session (and its descriptor) is freed.
 
+use core::time::Duration;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Default)]
 struct State {
