@@ -21,7 +21,6 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use nbdkit_tests::*;
@@ -29,43 +28,9 @@ use nbdkit_tests::*;
 const SSHD: &str = "/usr/sbin/sshd";
 const IMAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// Check once that `nbdkit ssh` is this project's plugin, built beside the
-/// binary under test. Panics with the way to build it otherwise.
+/// `nbdkit ssh` is this project's plugin, built beside the binary.
 fn ssh_plugin() {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let o = run(nbdkit_cmd().args(["ssh", "--dump-plugin"]), CMD_TIMEOUT);
-        if !o.success() {
-            return Err(format!("nbdkit ssh --dump-plugin failed: {}", o.describe()));
-        }
-        if is_reference() {
-            return Ok(());
-        }
-        let bin = fs::canonicalize(nbdkit_bin()).unwrap();
-        let dir = bin.parent().unwrap();
-        let path = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("path="))
-            .unwrap_or_default()
-            .to_string();
-        let beside = [
-            dir.join("libnbdkit_ssh_plugin.so"),
-            dir.join("nbdkit-ssh-plugin.so"),
-        ];
-        if beside.iter().any(|p| Path::new(&path) == p) {
-            Ok(())
-        } else {
-            Err(format!(
-                "`nbdkit ssh` loaded {path:?}, not the plugin built beside {}: build it with \
-                 `cargo build -p nbdkit-ssh-plugin` (add --release for a release nbdkit)",
-                bin.display()
-            ))
-        }
-    });
-    if let Err(e) = r {
-        panic!("{e}");
-    }
+    assert_plugin_built_beside("ssh");
 }
 
 /// The tools a test needs, else a SKIP line and false.
