@@ -622,6 +622,89 @@ fn config_file_compression_and_libssh_log() {
     );
 }
 
+/// `nbdkit -U - ssh ARGS --run 'nbdinfo --size $uri'` with `env`; the
+/// size it printed, or the failure.
+fn size_with_env(args: &[String], env: &[(&str, &str)]) -> Result<String, String> {
+    let mut cmd = nbdkit_cmd();
+    cmd.args(["-U", "-", "ssh"])
+        .args(args)
+        .args(["--run", "nbdinfo --size \"$uri\""])
+        .env_remove("SSH_AUTH_SOCK");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = run(&mut cmd, CMD_TIMEOUT);
+    if o.success() {
+        Ok(o.stdout.trim().to_string())
+    } else {
+        Err(o.describe())
+    }
+}
+
+/// libssh finds `~` through the password database, not `$HOME`, so the
+/// default files (~/.ssh/known_hosts, ~/.ssh/id_*) and `%d` are left out:
+/// the test would have to write into the real home directory.
+#[test]
+fn path_expansions_and_agent() {
+    if !have_tools() || !skip_unless("nbdinfo") || !skip_unless("/usr/bin/ssh-agent") {
+        return;
+    }
+    let sshd = Sshd::start();
+    let remote = sshd.path("disk.img");
+    write_random_file(&remote, 1024 * 1024, 9);
+    let dir = TempDir::new();
+    // %p (the port), %h (the remote host), %u (the local user), %r (the
+    // remote user) in identity= and known-hosts=.
+    fs::copy(
+        sshd.path("known_hosts"),
+        dir.join(format!("kh-127.0.0.1-{}", sshd.port)),
+    )
+    .unwrap();
+    let id = dir.join(format!("id-{}-{}", user_name(), sshd.user));
+    fs::copy(sshd.path("userkey"), &id).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o600)).unwrap();
+    let d = path_str(dir.path());
+    let common = vec![
+        "host=127.0.0.1".to_string(),
+        format!("port={}", sshd.port),
+        format!("user={}", sshd.user),
+        "config=".into(),
+        path_str(&remote).to_string(),
+    ];
+    let kh = format!("known-hosts={d}/kh-%h-%p");
+    let expanded = with(common.clone(), &[&kh, &format!("identity={d}/id-%u-%r")]);
+    assert_eq!(size_with_env(&expanded, &[]).as_deref(), Ok("1048576"));
+    // The key held by an SSH agent, no key file given.
+    let with_kh = with(common.clone(), &[&kh]);
+    let e = size_with_env(&with_kh, &[]).unwrap_err();
+    assert!(
+        e.contains("all possible authentication methods failed"),
+        "{e}"
+    );
+    let sock = dir.join("agent.sock");
+    let mut agent = Command::new("/usr/bin/ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start ssh-agent");
+    let up = wait_until(Duration::from_secs(20), || sock.exists());
+    let added = run(
+        Command::new("/usr/bin/ssh-add")
+            .arg(&id)
+            .env("SSH_AUTH_SOCK", &sock),
+        CMD_TIMEOUT,
+    );
+    let r = size_with_env(&with_kh, &[("SSH_AUTH_SOCK", path_str(&sock))]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(up, "ssh-agent did not create its socket");
+    assert!(added.success(), "ssh-add: {}", added.describe());
+    assert_eq!(r.as_deref(), Ok("1048576"));
+}
+
 #[test]
 fn known_hosts_verification() {
     if !have_tools() || !skip_unless("nbdinfo") {
