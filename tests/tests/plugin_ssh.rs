@@ -330,6 +330,17 @@ fn same(what: &str, got: &[u8], want: &[u8]) {
     }
 }
 
+/// `qemu-img convert` of raw `from` to raw `to` (`-n`: into an existing
+/// target, such as an NBD URI).
+fn qemu_img_convert(from: &str, to: &str, existing: bool) {
+    let mut args = vec!["convert"];
+    if existing {
+        args.push("-n");
+    }
+    args.extend(["-f", "raw", "-O", "raw", from, to]);
+    run_tool("qemu-img", args).assert_success();
+}
+
 /// `data` rotated by `n` bytes: another image without another PRNG run.
 fn variant(data: &[u8], n: usize, path: &Path) -> Vec<u8> {
     let mut v = data.to_vec();
@@ -362,19 +373,7 @@ fn image_round_trips_through_qemu_img_and_nbdcopy() {
             &data,
         );
         let _ = fs::remove_file(&out);
-        run_tool(
-            "qemu-img",
-            [
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &srv.uri(),
-                path_str(&out),
-            ],
-        )
-        .assert_success();
+        qemu_img_convert(&srv.uri(), path_str(&out), false);
         same(
             &format!("qemu-img read ({what})"),
             &fs::read(&out).unwrap(),
@@ -411,20 +410,7 @@ fn image_round_trips_through_qemu_img_and_nbdcopy() {
             &want,
         );
         let want = variant(&data, 65536 * (i + 3) + 11, &src);
-        run_tool(
-            "qemu-img",
-            [
-                "convert",
-                "-n",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                path_str(&src),
-                &srv.uri(),
-            ],
-        )
-        .assert_success();
+        qemu_img_convert(path_str(&src), &srv.uri(), true);
         drop(srv);
         same(
             &format!("qemu-img write ({what})"),
