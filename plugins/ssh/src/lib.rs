@@ -595,7 +595,7 @@ impl Handle {
             flags |= libc::O_CREAT | libc::O_TRUNC;
         }
         // SAFETY: a live SFTP session and a NUL-terminated path.
-        let file = unsafe { ffi::sftp_open(self.sftp, path.as_ptr(), flags, mode) };
+        let file = unsafe { ffi::sftp_open(self.sftp, path.as_ptr(), flags, mode as libc::mode_t) };
         if file.is_null() {
             return Err(format!(
                 "cannot {} file for {}: {}",
