@@ -1164,3 +1164,70 @@ fn dump_plugin_and_help() {
         assert!(o.stdout.contains(p), "no {p}: {}", o.stdout);
     }
 }
+
+/// The error lines of `BIN -U - ssh ARGS --run 'nbdinfo --size $uri'`,
+/// without the `nbdkit: ssh[N]: ` prefix.
+fn error_texts(bin: &Path, args: &[String]) -> Vec<String> {
+    let o = run(
+        Command::new(bin)
+            .args(["-U", "-", "ssh"])
+            .args(args)
+            .args(["--run", "nbdinfo --size \"$uri\""])
+            .env_remove("SSH_AUTH_SOCK"),
+        CMD_TIMEOUT,
+    );
+    error_lines(&o.stderr)
+        .iter()
+        .map(|l| {
+            l.split_once("error: ")
+                .map_or(l.as_str(), |x| x.1)
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn errors_match_the_reference() {
+    if !have_tools() || !skip_unless("nbdinfo") || !have_reference() {
+        return;
+    }
+    let plugin = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-ssh-plugin.so";
+    if !Path::new(plugin).exists() {
+        println!("SKIP: the reference has no ssh plugin ({plugin})");
+        return;
+    }
+    let sshd = Sshd::start();
+    let remote = sshd.path("disk.img");
+    write_random_file(&remote, 1024 * 1024, 10);
+    let empty = sshd.path("empty");
+    fs::write(&empty, "").unwrap();
+    let swap = |key: &str, value: String| -> Vec<String> {
+        let mut v: Vec<String> = sshd
+            .params()
+            .into_iter()
+            .map(|p| if p.starts_with(key) { value.clone() } else { p })
+            .collect();
+        v.push(path_str(&remote).into());
+        v
+    };
+    let cases = [
+        swap("identity=", format!("identity={}", sshd.p("wrongkey"))),
+        swap("known-hosts=", format!("known-hosts={}", path_str(&empty))),
+        swap("port=", format!("port={}", free_port())),
+        with(sshd.params(), &[path_str(&sshd.path("missing"))]),
+        with(sshd.params(), &[path_str(&remote), "bogus=1"]),
+        vec!["host=127.0.0.1".into()],
+        with(sshd.params(), &[path_str(&remote), "create=true"]),
+        with(sshd.params(), &[path_str(&remote), "create-mode=01000"]),
+        with(
+            sshd.params(),
+            &[path_str(&remote), "verify-remote-host=maybe"],
+        ),
+    ];
+    for args in &cases {
+        let ours = error_texts(&nbdkit_bin(), args);
+        let theirs = error_texts(Path::new(REFERENCE), args);
+        assert!(!ours.is_empty(), "no error for {args:?}");
+        assert_eq!(ours, theirs, "error lines for {args:?}");
+    }
+}
