@@ -5,7 +5,8 @@
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
-#      and -p nbdkit-python-plugin (its python plugin, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-ssh-plugin (its python and ssh
+#      plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -51,6 +52,9 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    libssh-dev       # libssh for plugins/ssh (linked by the plugin's shared object only)
+    openssh-server   # sshd, the real server of the ssh plugin tests (run by the tests, no service)
+    openssh-client   # ssh-keygen (ssh plugin tests' host and user keys)
 )
 
 missing=()
@@ -73,6 +77,8 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The ssh plugin (likewise a shared object beside nbdkit; needs libssh-dev).
+cargo build --release -p nbdkit-ssh-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
