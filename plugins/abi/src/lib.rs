@@ -124,6 +124,10 @@ extern "C" {
         description: *const c_char,
     ) -> c_int;
     pub fn nbdkit_use_default_export(e: *mut Exports) -> c_int;
+    pub fn nbdkit_read_password(value: *const c_char, password: *mut *mut c_char) -> c_int;
+    pub fn nbdkit_parse_bool(s: *const c_char) -> c_int;
+    pub fn nbdkit_parse_unsigned(what: *const c_char, s: *const c_char, r: *mut u32) -> c_int;
+    pub fn nbdkit_parse_uint32_t(what: *const c_char, s: *const c_char, r: *mut u32) -> c_int;
 }
 
 /// A Rust string as a C string, cut at the first NUL.
