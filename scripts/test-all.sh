@@ -51,6 +51,8 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    libcurl4-openssl-dev # the system libcurl that plugins/curl links (curl-sys via pkg-config)
+    nginx            # the HTTP(S) server the curl plugin tests start on loopback
 )
 
 missing=()
@@ -73,6 +75,8 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The curl plugin (a shared object beside nbdkit; links the system libcurl).
+cargo build --release -p nbdkit-curl-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

@@ -32,7 +32,10 @@ fn curl_plugin() {
     let r = CHECKED.get_or_init(|| {
         let o = run(nbdkit_cmd().args(["curl", "--dump-plugin"]), CMD_TIMEOUT);
         if !o.success() {
-            return Err(format!("nbdkit curl --dump-plugin failed: {}", o.describe()));
+            return Err(format!(
+                "nbdkit curl --dump-plugin failed: {}",
+                o.describe()
+            ));
         }
         if is_reference() {
             return Ok(());
@@ -344,7 +347,9 @@ fn assert_copies(uri: &str, want: &[u8], what: &str) {
 /// `nbdkit -U - ARGS --run 'nbdinfo --size $uri'`: the output.
 fn size_run(args: &[&str]) -> Output {
     let mut c = nbdkit_cmd();
-    c.args(["-U", "-"]).args(args).args(["--run", "nbdinfo --size \"$uri\""]);
+    c.args(["-U", "-"])
+        .args(args)
+        .args(["--run", "nbdinfo --size \"$uri\""]);
     run(&mut c, CMD_TIMEOUT)
 }
 
@@ -427,7 +432,11 @@ fn file_urls_are_read_and_served_read_only() {
     // libcurl cannot write a file: URL in place, so the export is read-only
     // even without -r.
     let info = run_tool("nbdinfo", [&s.uri()]).assert_success();
-    assert!(info.stdout.contains("is_read_only: true"), "{}", info.stdout);
+    assert!(
+        info.stdout.contains("is_read_only: true"),
+        "{}",
+        info.stdout
+    );
     if have_tool("nbdcopy") {
         let out = dir.join("out.img");
         run_tool("nbdcopy", [s.uri().as_str(), path_str(&out)]).assert_success();
@@ -444,7 +453,12 @@ fn unix_socket_path_redirects_and_followlocation() {
     let want = serve(&ng, "disk.img", MIB, 4);
     // The URL's host is not used: the connection goes to the socket.
     let sock = format!("unix-socket-path={}", ng.socket().display());
-    let s = Server::start(["-r", "curl", "http://nowhere.invalid/disk.img", sock.as_str()]);
+    let s = Server::start([
+        "-r",
+        "curl",
+        "http://nowhere.invalid/disk.img",
+        sock.as_str(),
+    ]);
     assert_pieces(&s.uri(), &want, &[(100, 1000)], "unix-socket-path");
     drop(s);
     // A redirect is followed by default ...
@@ -452,11 +466,17 @@ fn unix_socket_path_redirects_and_followlocation() {
     assert_pieces(&s.uri(), &want, &[(5000, 3000)], "redirect");
     drop(s);
     // ... and not with followlocation=false.
-    let o = size_run(&["-r", "curl", &ng.url("redirect.img"), "followlocation=false"]);
+    let o = size_run(&[
+        "-r",
+        "curl",
+        &ng.url("redirect.img"),
+        "followlocation=false",
+    ]);
     assert!(!o.success(), "{}", o.describe());
     let errs = error_lines(&o.stderr);
     assert!(
-        errs.iter().any(|l| l.contains("302, a redirect that is not followed")),
+        errs.iter()
+            .any(|l| l.contains("302, a redirect that is not followed")),
         "{}",
         o.stderr
     );
@@ -520,7 +540,12 @@ fn https_with_a_test_ca_resolve_and_sslverify() {
     let url = format!("https://localhost:{}/disk.img", ng.tls_port);
     let ca = format!("cainfo={}", ng.ca().display());
     let s = Server::start(["-r", "curl", url.as_str(), ca.as_str()]);
-    assert_pieces(&s.uri(), &want, &[(1, 4096), (MIB as u64 - 10, 10)], "https");
+    assert_pieces(
+        &s.uri(),
+        &want,
+        &[(1, 4096), (MIB as u64 - 10, 10)],
+        "https",
+    );
     drop(s);
     // Without the CA: the certificate is refused.
     let o = size_run(&["-r", "curl", &url, "cainfo=/dev/null"]);
@@ -533,7 +558,13 @@ fn https_with_a_test_ca_resolve_and_sslverify() {
         o.stderr
     );
     // sslverify=false accepts it.
-    let s = Server::start(["-r", "curl", url.as_str(), "sslverify=false", "cainfo=/dev/null"]);
+    let s = Server::start([
+        "-r",
+        "curl",
+        url.as_str(),
+        "sslverify=false",
+        "cainfo=/dev/null",
+    ]);
     assert_pieces(&s.uri(), &want, &[(3, 300)], "sslverify=false");
     drop(s);
     // resolve= maps a name that has no DNS entry; the certificate names it.
@@ -551,6 +582,35 @@ fn https_with_a_test_ca_resolve_and_sslverify() {
     ]);
     assert_pieces(&s.uri(), &want, &[(11, 1111)], "resolve=");
     drop(s);
+    // capath= (a hashed directory) instead of a bundle; cainfo= (empty)
+    // drops libcurl's default bundle.
+    let capath = ng.dir.join("capath");
+    fs::create_dir_all(&capath).unwrap();
+    fs::copy(ng.ca(), capath.join("ca.pem")).unwrap();
+    let o = sh(&format!("openssl rehash '{}'", capath.display()));
+    assert!(o.success(), "openssl rehash: {}", o.describe());
+    let cp = format!("capath={}", capath.display());
+    let s = Server::start(["-r", "curl", url.as_str(), "cainfo=", cp.as_str()]);
+    assert_pieces(&s.uri(), &want, &[(5, 55)], "capath=");
+    drop(s);
+    // TLS 1.2 cipher list: one nginx has works, an unknown one fails.
+    let s = Server::start([
+        "-r",
+        "curl",
+        url.as_str(),
+        ca.as_str(),
+        "ssl-version=tlsv1.2",
+        "ssl-cipher-list=ECDHE-RSA-AES128-GCM-SHA256",
+    ]);
+    assert_pieces(&s.uri(), &want, &[(6, 66)], "ssl-cipher-list=");
+    drop(s);
+    let o = size_run(&["-r", "curl", &url, &ca, "ssl-cipher-list=NO-SUCH-CIPHER"]);
+    assert!(!o.success(), "{}", o.describe());
+    assert!(
+        error_lines(&o.stderr).iter().any(|l| l.contains("cipher")),
+        "{}",
+        o.stderr
+    );
     // TLS 1.3 ciphers: an unknown one is libcurl's error.
     let o = size_run(&[
         "-r",
@@ -594,7 +654,10 @@ fn proxy_with_proxy_user_and_password() {
     let log = ng.proxy_log();
     // "pu:pp" in base64.
     assert!(log.contains("pauth=[Basic cHU6cHA=]"), "{log}");
-    assert!(log.contains("GET host=[behind.proxy.invalid] /disk.img"), "{log}");
+    assert!(
+        log.contains("GET host=[behind.proxy.invalid] /disk.img"),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -618,7 +681,10 @@ fn header_cookie_and_user_agent_are_sent() {
     ]);
     assert_pieces(&s.uri(), &want, &[(0, 10)], "headers");
     let log = ng.access_log();
-    let get = log.lines().find(|l| l.starts_with("GET /disk.img")).unwrap();
+    let get = log
+        .lines()
+        .find(|l| l.starts_with("GET /disk.img"))
+        .unwrap();
     assert!(get.contains("token=[static]"), "{log}");
     assert!(get.contains("cookie=[fixed]"), "{log}");
     assert!(get.contains("ua=[nbdkit-test-agent]"), "{log}");
@@ -660,23 +726,39 @@ fn header_and_cookie_scripts_run_and_renew() {
     assert!(!gets.is_empty(), "{log}");
     // The first requests carry iteration 0, the last one iteration 1 (or
     // later), and every request carries $url.
-    assert!(gets[0].contains("token=[tok0]") && gets[0].contains("cookie=[c0]"), "{log}");
+    assert!(
+        gets[0].contains("token=[tok0]") && gets[0].contains("cookie=[c0]"),
+        "{log}"
+    );
     let last = gets.last().unwrap();
     assert!(!last.contains("token=[tok0]"), "{log}");
-    assert!(last.contains("token=[tok") && !last.contains("cookie=[c0]"), "{log}");
+    assert!(
+        last.contains("token=[tok") && !last.contains("cookie=[c0]"),
+        "{log}"
+    );
     let url = ng.url("disk.img");
-    assert!(gets.iter().all(|g| g.contains(&format!("xurl=[{url}]"))), "{log}");
+    assert!(
+        gets.iter().all(|g| g.contains(&format!("xurl=[{url}]"))),
+        "{log}"
+    );
     let runs = fs::read_to_string(&count).unwrap().lines().count();
     assert!(runs >= 2, "header-script ran {runs} time(s)");
     // HEAD requests carry the script's headers too.
     assert!(
-        log.lines().any(|l| l.starts_with("HEAD ") && l.contains("token=[tok")),
+        log.lines()
+            .any(|l| l.starts_with("HEAD ") && l.contains("token=[tok")),
         "{log}"
     );
     s.stop();
     let err = s.stderr();
-    assert!(err.contains("header-script: setting header X-Token: tok0"), "{err}");
-    assert!(err.contains("cookie-script: setting cookie session=c0"), "{err}");
+    assert!(
+        err.contains("header-script: setting header X-Token: tok0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cookie-script: setting cookie session=c0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -713,7 +795,13 @@ fn parallel_read_secs(uri: &str) -> f64 {
     let t = Instant::now();
     run_tool(
         "nbdcopy",
-        ["--requests=8", "--connections=1", "--request-size=262144", uri, path_str(&out)],
+        [
+            "--requests=8",
+            "--connections=1",
+            "--request-size=262144",
+            uri,
+            path_str(&out),
+        ],
     )
     .assert_success();
     t.elapsed().as_secs_f64()
@@ -748,7 +836,12 @@ fn connections_4_and_1_read_in_parallel_correctly() {
     }
     // At most 4 and at most 1 connection reached nginx from each.
     let log = ng.access_log();
-    assert!(log.lines().filter(|l| l.contains("/slow/disk.img 206")).count() >= 32);
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("/slow/disk.img 206"))
+            .count()
+            >= 32
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -788,7 +881,15 @@ fn refused_404_and_no_range_are_one_clear_error() {
         // The reference says the same.
         if have_reference() && Path::new(REFERENCE_CURL).exists() {
             let mut c = Command::new(REFERENCE);
-            c.args(["-U", "-", "-r", "curl", url.as_str(), "--run", "nbdinfo --size \"$uri\""]);
+            c.args([
+                "-U",
+                "-",
+                "-r",
+                "curl",
+                url.as_str(),
+                "--run",
+                "nbdinfo --size \"$uri\"",
+            ]);
             let r = run(&mut c, CMD_TIMEOUT);
             assert!(!r.success());
             assert!(
@@ -823,11 +924,7 @@ fn a_server_that_dies_mid_request_gives_eio_not_a_hang() {
     assert_eq!(r[0].as_ref().err().map(String::as_str), Some("EIO"));
     assert!(took < Duration::from_secs(60), "took {took:?}");
     let err = s.stderr();
-    assert_eq!(
-        error_lines(&err).len(),
-        1,
-        "not one error line: {err}"
-    );
+    assert_eq!(error_lines(&err).len(), 1, "not one error line: {err}");
 }
 
 /// How a [`BadServer`] answers a GET.
@@ -909,8 +1006,9 @@ fn serve_bad(mut c: TcpStream, how: Bad, stop: &AtomicBool, deadline: Instant) {
             match c.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => req.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => return,
             }
         }
@@ -946,7 +1044,9 @@ fn serve_bad(mut c: TcpStream, how: Bad, stop: &AtomicBool, deadline: Instant) {
                 )
                 .and_then(|()| c.write_all(&body[..len / 2])),
             Bad::IgnoresRange => c
-                .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {BAD_SIZE}\r\n\r\n").as_bytes())
+                .write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {BAD_SIZE}\r\n\r\n").as_bytes(),
+                )
                 .and_then(|()| c.write_all(&body[..BAD_SIZE])),
             Bad::Oversized => c
                 .write_all(
@@ -983,7 +1083,11 @@ fn short_stalled_ignored_and_oversized_responses_give_eio() {
             "timeout=30",
             "server does not support 'range' (byte range) requests",
         ),
-        (Bad::Oversized, "timeout=30", "more data than the 4096 bytes"),
+        (
+            Bad::Oversized,
+            "timeout=30",
+            "more data than the 4096 bytes",
+        ),
     ];
     for (how, timeout, want) in cases {
         let bad = BadServer::start(how);
@@ -991,7 +1095,11 @@ fn short_stalled_ignored_and_oversized_responses_give_eio() {
         let t = Instant::now();
         let r = read_pieces(&s.uri(), &[(8192, 4096)]);
         let took = t.elapsed();
-        assert_eq!(r[0].as_ref().err().map(String::as_str), Some("EIO"), "{want}");
+        assert_eq!(
+            r[0].as_ref().err().map(String::as_str),
+            Some("EIO"),
+            "{want}"
+        );
         println!("{want}: EIO after {:.2} s", took.as_secs_f64());
         assert!(s.is_alive());
         s.stop();
@@ -1024,7 +1132,8 @@ fn writes_are_put_requests_of_the_range() {
          \x20   h.pwrite(b'x' * 4096, 8192)\n\
          \x20   print('ok')\n\
          except nbd.Error as e:\n\
-         \x20   print('ERR', e.errno)\n",
+         \x20   print('ERR', e.errno)\n\
+         print('read', len(h.pread(10, 0)))\n",
         [s.uri()],
     );
     assert!(o.success(), "{}", o.describe());
@@ -1037,6 +1146,10 @@ fn writes_are_put_requests_of_the_range() {
         log.contains("PUT /dav/disk.img 501") && log.contains("crange=[bytes 8192-12287/1048576]"),
         "{log}"
     );
+    // The next read goes without the write's Content-Range.
+    assert!(o.stdout.contains("read 10"), "{}", o.stdout);
+    let last_get = log.lines().rfind(|l| l.starts_with("GET ")).unwrap();
+    assert!(last_get.contains("crange=[-]"), "{log}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1048,10 +1161,19 @@ fn bad_parameters_are_one_error_line() {
     curl_plugin();
     let cases: &[(&[&str], &str)] = &[
         (&[], "you must supply the url=<URL> parameter"),
-        (&["file:///x", "connections=0"], "connections parameter must not be 0"),
+        (
+            &["file:///x", "connections=0"],
+            "connections parameter must not be 0",
+        ),
         (&["file:///x", "http-version=9"], "unknown http-version: 9"),
-        (&["file:///x", "ssl-version=tlsv9"], "unknown ssl-version: tlsv9"),
-        (&["file:///x", "protocols=http,bogus"], "protocols: protocol name not found: bogus"),
+        (
+            &["file:///x", "ssl-version=tlsv9"],
+            "unknown ssl-version: tlsv9",
+        ),
+        (
+            &["file:///x", "protocols=http,bogus"],
+            "protocols: protocol name not found: bogus",
+        ),
         (
             &["file:///x", "header=A: b", "header-script=true"],
             "header and header-script cannot be used at the same time",
@@ -1064,13 +1186,21 @@ fn bad_parameters_are_one_error_line() {
             &["file:///x", "header-script-renew=5"],
             "header-script-renew cannot be used without header-script",
         ),
-        (&["file:///x", "cookiejar=-"], "cookiejar parameter cannot be \"-\""),
-        (&["file:///x", "sslverify=maybe"], "could not decipher boolean (maybe)"),
+        (
+            &["file:///x", "cookiejar=-"],
+            "cookiejar parameter cannot be \"-\"",
+        ),
+        (
+            &["file:///x", "sslverify=maybe"],
+            "could not decipher boolean (maybe)",
+        ),
         (&["file:///x", "nosuch=1"], "unknown parameter 'nosuch'"),
     ];
     for (args, want) in cases {
         let mut c = nbdkit_cmd();
-        c.args(["-U", "-", "curl"]).args(*args).args(["--run", "true"]);
+        c.args(["-U", "-", "curl"])
+            .args(*args)
+            .args(["--run", "true"]);
         let o = run(&mut c, CMD_TIMEOUT);
         assert_eq!(o.code(), Some(1), "{args:?}: {}", o.describe());
         let errs = error_lines(&o.stderr);
@@ -1083,7 +1213,11 @@ fn bad_parameters_are_one_error_line() {
     let url = format!("file://{}", dir.join("d").display());
     let o = size_run(&["curl", &url, "protocols=http,https"]);
     assert!(!o.success(), "{}", o.describe());
-    assert!(o.stderr.contains("not supported or disabled"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("not supported or disabled"),
+        "{}",
+        o.stderr
+    );
     let o = size_run(&["curl", &url, "protocols=file"]);
     assert!(o.success(), "{}", o.describe());
 }
@@ -1093,18 +1227,46 @@ fn help_lists_every_parameter_of_the_manual() {
     curl_plugin();
     let o = run(nbdkit_cmd().args(["curl", "--help"]), CMD_TIMEOUT).assert_success();
     for p in [
-        "cainfo=", "capath=", "connections=", "cookie=", "cookiefile=", "cookiejar=",
-        "cookie-script=", "cookie-script-renew=", "followlocation=", "header=",
-        "header-script=", "header-script-renew=", "http-version=", "ipresolve=", "password=",
-        "protocols=", "proxy=", "proxy-password=", "proxy-user=", "resolve=", "sslverify=",
-        "ssl-cipher-list=", "ssl-version=", "tcp-keepalive=", "tcp-nodelay=", "timeout=",
-        "tls13-ciphers=", "unix-socket-path=", "url=", "user=", "user-agent=",
+        "cainfo=",
+        "capath=",
+        "connections=",
+        "cookie=",
+        "cookiefile=",
+        "cookiejar=",
+        "cookie-script=",
+        "cookie-script-renew=",
+        "followlocation=",
+        "header=",
+        "header-script=",
+        "header-script-renew=",
+        "http-version=",
+        "ipresolve=",
+        "password=",
+        "protocols=",
+        "proxy=",
+        "proxy-password=",
+        "proxy-user=",
+        "resolve=",
+        "sslverify=",
+        "ssl-cipher-list=",
+        "ssl-version=",
+        "tcp-keepalive=",
+        "tcp-nodelay=",
+        "timeout=",
+        "tls13-ciphers=",
+        "unix-socket-path=",
+        "url=",
+        "user=",
+        "user-agent=",
     ] {
         assert!(o.stdout.contains(p), "--help lacks {p}: {}", o.stdout);
     }
     // The reference's help lines are all there.
     if have_reference() && Path::new(REFERENCE_CURL).exists() {
-        let r = run(Command::new(REFERENCE).args(["curl", "--help"]), CMD_TIMEOUT);
+        let r = run(
+            Command::new(REFERENCE).args(["curl", "--help"]),
+            CMD_TIMEOUT,
+        );
         let after = |s: &str| -> Vec<String> {
             s.lines()
                 .skip_while(|l| !l.starts_with("cainfo="))
@@ -1130,19 +1292,44 @@ fn debug_verbose_and_times() {
     let ng = Nginx::start();
     serve(&ng, "disk.img", MIB, 16);
     let mut c = nbdkit_cmd();
-    c.args(["-U", "-", "-r", "-v", "-D", "curl.verbose=1", "-D", "curl.times=1", "curl"])
-        .arg(ng.url("disk.img"))
-        .args(["--run", "nbdinfo --size \"$uri\""]);
+    c.args([
+        "-U",
+        "-",
+        "-r",
+        "-v",
+        "-D",
+        "curl.verbose=1",
+        "-D",
+        "curl.times=1",
+        "curl",
+    ])
+    .arg(ng.url("disk.img"))
+    .args(["--run", "nbdinfo --size \"$uri\""]);
     let o = run(&mut c, CMD_TIMEOUT);
     assert!(o.success(), "{}", o.describe());
     // libcurl's trace: the request line sent, the status line received.
-    assert!(o.stderr.contains("C: HEAD /disk.img HTTP/1.1"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("C: HEAD /disk.img HTTP/1.1"),
+        "{}",
+        o.stderr
+    );
     assert!(o.stderr.contains("S: HTTP/1.1 200 OK"), "{}", o.stderr);
     // The times, at exit.
-    assert!(o.stderr.contains("times (-D curl.times=1):"), "{}", o.stderr);
-    for name in ["name resolution", "connection", "first byte received", "data transfer"] {
+    assert!(
+        o.stderr.contains("times (-D curl.times=1):"),
+        "{}",
+        o.stderr
+    );
+    for name in [
+        "name resolution",
+        "connection",
+        "first byte received",
+        "data transfer",
+    ] {
         assert!(
-            o.stderr.lines().any(|l| l.contains(name) && l.trim_end().ends_with(" s")),
+            o.stderr
+                .lines()
+                .any(|l| l.contains(name) && l.trim_end().ends_with(" s")),
             "{name}: {}",
             o.stderr
         );
@@ -1178,7 +1365,11 @@ fn cookiejar_is_written_when_the_handles_close() {
     let cj = format!("cookiejar={}", jar.display());
     let o = size_run(&["-r", "curl", &ng.url("disk.img"), &cf, &cj]);
     assert!(o.success(), "{}", o.describe());
-    assert!(ng.access_log().contains("cookie=[fromfile]"), "{}", ng.access_log());
+    assert!(
+        ng.access_log().contains("cookie=[fromfile]"),
+        "{}",
+        ng.access_log()
+    );
     let j = fs::read_to_string(&jar).unwrap_or_default();
     assert!(j.contains("fromfile"), "cookie jar: {j:?}");
 }

@@ -15,8 +15,8 @@
 
 use core::ffi::{c_char, c_int, c_void};
 use core::panic::AssertUnwindSafe;
+use core::sync::atomic::{AtomicI32, Ordering};
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use nbdkit_plugin_abi as abi;
@@ -194,7 +194,13 @@ unsafe extern "C" fn curl_can_multi_conn(h: H) -> c_int {
     c_int::from(h.readonly)
 }
 
-unsafe extern "C" fn curl_pread(_h: H, buf: *mut c_void, count: u32, offset: u64, _f: u32) -> c_int {
+unsafe extern "C" fn curl_pread(
+    _h: H,
+    buf: *mut c_void,
+    count: u32,
+    offset: u64,
+    _f: u32,
+) -> c_int {
     if count == 0 {
         return 0;
     }

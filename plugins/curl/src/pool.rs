@@ -5,9 +5,9 @@
 //! (a HEAD request for HTTP) and checks that it serves byte ranges.
 
 use core::ffi::c_long;
-use std::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 use curl::easy::{Easy2, Handler, InfoType, List, ReadError, WriteError};
 use nbdkit_plugin_abi as abi;
@@ -17,8 +17,7 @@ use crate::scripts;
 
 const CURLOPT_TLS13_CIPHERS: curl_sys::CURLoption = curl_sys::CURLOPTTYPE_OBJECTPOINT + 276;
 const CURLOPT_PROTOCOLS_STR: curl_sys::CURLoption = curl_sys::CURLOPTTYPE_OBJECTPOINT + 318;
-const CURLOPT_REDIR_PROTOCOLS_STR: curl_sys::CURLoption =
-    curl_sys::CURLOPTTYPE_OBJECTPOINT + 319;
+const CURLOPT_REDIR_PROTOCOLS_STR: curl_sys::CURLoption = curl_sys::CURLOPTTYPE_OBJECTPOINT + 319;
 
 /// Without `timeout=`, a transfer slower than 1 byte/s for this long, or
 /// a connection not made in this long, fails rather than waiting forever
@@ -86,7 +85,11 @@ impl Handler for Transfer {
             // SAFETY: dst..dst+dst_len is the caller's buffer for this
             // transfer, and got + n <= dst_len.
             unsafe {
-                core::ptr::copy_nonoverlapping(data.as_ptr(), (self.dst as *mut u8).add(self.got), n)
+                core::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    (self.dst as *mut u8).add(self.got),
+                    n,
+                )
             };
             self.got += n;
         }
@@ -106,7 +109,11 @@ impl Handler for Transfer {
             // SAFETY: src..src+src_len is the caller's data for this
             // transfer, and sent + n <= src_len.
             unsafe {
-                core::ptr::copy_nonoverlapping((self.src as *const u8).add(self.sent), buf.as_mut_ptr(), n)
+                core::ptr::copy_nonoverlapping(
+                    (self.src as *const u8).add(self.sent),
+                    buf.as_mut_ptr(),
+                    n,
+                )
             };
             self.sent += n;
         }
@@ -176,21 +183,37 @@ fn curl_msg(e: &curl::Error) -> String {
     }
 }
 
-fn setopt_str(easy: &Easy2<Transfer>, opt: curl_sys::CURLoption, v: &str, what: &str) -> Result<(), String> {
+fn setopt_str(
+    easy: &Easy2<Transfer>,
+    opt: curl_sys::CURLoption,
+    v: &str,
+    what: &str,
+) -> Result<(), String> {
     let c = abi::cstring(v);
     // SAFETY: a string option of this libcurl; libcurl copies the string.
     let rc = unsafe { curl_sys::curl_easy_setopt(easy.raw(), opt, c.as_ptr()) };
     if rc != curl_sys::CURLE_OK {
-        return Err(format!("curl_easy_setopt: {what}: {}", curl::Error::new(rc).description()));
+        return Err(format!(
+            "curl_easy_setopt: {what}: {}",
+            curl::Error::new(rc).description()
+        ));
     }
     Ok(())
 }
 
-fn setopt_long(easy: &Easy2<Transfer>, opt: curl_sys::CURLoption, v: c_long, what: &str) -> Result<(), String> {
+fn setopt_long(
+    easy: &Easy2<Transfer>,
+    opt: curl_sys::CURLoption,
+    v: c_long,
+    what: &str,
+) -> Result<(), String> {
     // SAFETY: a long option of this libcurl.
     let rc = unsafe { curl_sys::curl_easy_setopt(easy.raw(), opt, v) };
     if rc != curl_sys::CURLE_OK {
-        return Err(format!("curl_easy_setopt: {what}: {}", curl::Error::new(rc).description()));
+        return Err(format!(
+            "curl_easy_setopt: {what}: {}",
+            curl::Error::new(rc).description()
+        ));
     }
     Ok(())
 }
@@ -198,33 +221,47 @@ fn setopt_long(easy: &Easy2<Transfer>, opt: curl_sys::CURLoption, v: c_long, wha
 fn list(items: &[String]) -> Result<List, String> {
     let mut l = List::new();
     for i in items {
-        l.append(i).map_err(|e| format!("curl_slist_append: {}", curl_msg(&e)))?;
+        l.append(i)
+            .map_err(|e| format!("curl_slist_append: {}", curl_msg(&e)))?;
     }
     Ok(l)
 }
 
 /// The options every request of a handle uses.
 fn configure(easy: &mut Easy2<Transfer>, cfg: &Config) -> Result<(), String> {
-    let ctx = |what: &'static str| move |e: curl::Error| format!("curl_easy_setopt: {what}: {}", curl_msg(&e));
+    let ctx = |what: &'static str| {
+        move |e: curl::Error| format!("curl_easy_setopt: {what}: {}", curl_msg(&e))
+    };
     if crate::DEBUG_VERBOSE.load(Ordering::Relaxed) != 0 {
         easy.verbose(true).map_err(ctx("CURLOPT_VERBOSE"))?;
     }
     if let Some(p) = &cfg.unix_socket_path {
-        easy.unix_socket(p).map_err(ctx("CURLOPT_UNIX_SOCKET_PATH"))?;
+        easy.unix_socket(p)
+            .map_err(ctx("CURLOPT_UNIX_SOCKET_PATH"))?;
     }
-    easy.url(cfg.url())
-        .map_err(|e| format!("curl_easy_setopt: CURLOPT_URL [{}]: {}", cfg.url(), curl_msg(&e)))?;
+    easy.url(cfg.url()).map_err(|e| {
+        format!(
+            "curl_easy_setopt: CURLOPT_URL [{}]: {}",
+            cfg.url(),
+            curl_msg(&e)
+        )
+    })?;
     easy.signal(false).map_err(ctx("CURLOPT_NOSIGNAL"))?;
     easy.autoreferer(true).map_err(ctx("CURLOPT_AUTOREFERER"))?;
     easy.follow_location(cfg.followlocation)
         .map_err(ctx("CURLOPT_FOLLOWLOCATION"))?;
-    easy.fail_on_error(true).map_err(ctx("CURLOPT_FAILONERROR"))?;
+    easy.fail_on_error(true)
+        .map_err(ctx("CURLOPT_FAILONERROR"))?;
     if let Some(c) = &cfg.cainfo {
         if c.is_empty() {
             // No CA bundle at all (not even libcurl's default).
             // SAFETY: CURLOPT_CAINFO takes a string or NULL.
             unsafe {
-                curl_sys::curl_easy_setopt(easy.raw(), curl_sys::CURLOPT_CAINFO, core::ptr::null::<u8>())
+                curl_sys::curl_easy_setopt(
+                    easy.raw(),
+                    curl_sys::CURLOPT_CAINFO,
+                    core::ptr::null::<u8>(),
+                )
             };
         } else {
             easy.cainfo(c).map_err(ctx("CURLOPT_CAINFO"))?;
@@ -247,59 +284,91 @@ fn configure(easy: &mut Easy2<Transfer>, cfg: &Config) -> Result<(), String> {
             .map_err(ctx("CURLOPT_HTTPHEADER"))?;
     }
     if cfg.http_version != 0 {
-        setopt_long(easy, curl_sys::CURLOPT_HTTP_VERSION, cfg.http_version, "CURLOPT_HTTP_VERSION")?;
+        setopt_long(
+            easy,
+            curl_sys::CURLOPT_HTTP_VERSION,
+            cfg.http_version,
+            "CURLOPT_HTTP_VERSION",
+        )?;
     }
     if cfg.ipresolve != 0 {
-        setopt_long(easy, curl_sys::CURLOPT_IPRESOLVE, cfg.ipresolve, "CURLOPT_IPRESOLVE")?;
+        setopt_long(
+            easy,
+            curl_sys::CURLOPT_IPRESOLVE,
+            cfg.ipresolve,
+            "CURLOPT_IPRESOLVE",
+        )?;
     }
     if let Some(p) = &cfg.password {
         easy.password(p).map_err(ctx("CURLOPT_PASSWORD"))?;
     }
     if let Some(p) = &cfg.protocols {
         setopt_str(easy, CURLOPT_PROTOCOLS_STR, p, "CURLOPT_PROTOCOLS_STR")?;
-        setopt_str(easy, CURLOPT_REDIR_PROTOCOLS_STR, p, "CURLOPT_REDIR_PROTOCOLS_STR")?;
+        setopt_str(
+            easy,
+            CURLOPT_REDIR_PROTOCOLS_STR,
+            p,
+            "CURLOPT_REDIR_PROTOCOLS_STR",
+        )?;
     }
     if let Some(p) = &cfg.proxy {
         easy.proxy(p).map_err(ctx("CURLOPT_PROXY"))?;
     }
     if let Some(p) = &cfg.proxy_password {
-        easy.proxy_password(p).map_err(ctx("CURLOPT_PROXYPASSWORD"))?;
+        easy.proxy_password(p)
+            .map_err(ctx("CURLOPT_PROXYPASSWORD"))?;
     }
     if let Some(p) = &cfg.proxy_user {
-        easy.proxy_username(p).map_err(ctx("CURLOPT_PROXYUSERNAME"))?;
+        easy.proxy_username(p)
+            .map_err(ctx("CURLOPT_PROXYUSERNAME"))?;
     }
     if !cfg.resolve.is_empty() {
-        easy.resolve(list(&cfg.resolve)?).map_err(ctx("CURLOPT_RESOLVE"))?;
+        easy.resolve(list(&cfg.resolve)?)
+            .map_err(ctx("CURLOPT_RESOLVE"))?;
     }
     if !cfg.sslverify {
-        easy.ssl_verify_peer(false).map_err(ctx("CURLOPT_SSL_VERIFYPEER"))?;
-        easy.ssl_verify_host(false).map_err(ctx("CURLOPT_SSL_VERIFYHOST"))?;
+        easy.ssl_verify_peer(false)
+            .map_err(ctx("CURLOPT_SSL_VERIFYPEER"))?;
+        easy.ssl_verify_host(false)
+            .map_err(ctx("CURLOPT_SSL_VERIFYHOST"))?;
     }
     if cfg.ssl_version != 0 {
-        setopt_long(easy, curl_sys::CURLOPT_SSLVERSION, cfg.ssl_version, "CURLOPT_SSLVERSION")?;
+        setopt_long(
+            easy,
+            curl_sys::CURLOPT_SSLVERSION,
+            cfg.ssl_version,
+            "CURLOPT_SSLVERSION",
+        )?;
     }
     if let Some(c) = &cfg.ssl_cipher_list {
-        easy.ssl_cipher_list(c).map_err(ctx("CURLOPT_SSL_CIPHER_LIST"))?;
+        easy.ssl_cipher_list(c)
+            .map_err(ctx("CURLOPT_SSL_CIPHER_LIST"))?;
     }
     if let Some(c) = &cfg.tls13_ciphers {
         setopt_str(easy, CURLOPT_TLS13_CIPHERS, c, "CURLOPT_TLS13_CIPHERS")?;
     }
     if cfg.tcp_keepalive {
-        easy.tcp_keepalive(true).map_err(ctx("CURLOPT_TCP_KEEPALIVE"))?;
+        easy.tcp_keepalive(true)
+            .map_err(ctx("CURLOPT_TCP_KEEPALIVE"))?;
     }
     if !cfg.tcp_nodelay {
-        easy.tcp_nodelay(false).map_err(ctx("CURLOPT_TCP_NODELAY"))?;
+        easy.tcp_nodelay(false)
+            .map_err(ctx("CURLOPT_TCP_NODELAY"))?;
     }
     if cfg.timeout > 0 {
         let t = Duration::from_secs(u64::from(cfg.timeout));
         easy.timeout(t).map_err(ctx("CURLOPT_TIMEOUT"))?;
-        easy.connect_timeout(t).map_err(ctx("CURLOPT_CONNECTTIMEOUT"))?;
+        easy.connect_timeout(t)
+            .map_err(ctx("CURLOPT_CONNECTTIMEOUT"))?;
     } else {
-        easy.connect_timeout(STALL).map_err(ctx("CURLOPT_CONNECTTIMEOUT"))?;
+        easy.connect_timeout(STALL)
+            .map_err(ctx("CURLOPT_CONNECTTIMEOUT"))?;
     }
     // Never wait forever on a server that stopped sending.
-    easy.low_speed_limit(1).map_err(ctx("CURLOPT_LOW_SPEED_LIMIT"))?;
-    easy.low_speed_time(STALL).map_err(ctx("CURLOPT_LOW_SPEED_TIME"))?;
+    easy.low_speed_limit(1)
+        .map_err(ctx("CURLOPT_LOW_SPEED_LIMIT"))?;
+    easy.low_speed_time(STALL)
+        .map_err(ctx("CURLOPT_LOW_SPEED_TIME"))?;
     if let Some(u) = &cfg.user {
         easy.username(u).map_err(ctx("CURLOPT_USERNAME"))?;
     }
@@ -397,9 +466,19 @@ impl Conn {
             headers.extend(out.headers.iter().cloned());
             easy.http_headers(list(&headers)?)
                 .map_err(|e| format!("CURLOPT_HTTPHEADER: {}", curl_msg(&e)))?;
-            if let Some(c) = out.cookie.as_ref().or(cfg.cookie.as_ref()) {
-                easy.cookie(c)
-                    .map_err(|e| format!("CURLOPT_COOKIE: {}", curl_msg(&e)))?;
+            match out.cookie.as_ref().or(cfg.cookie.as_ref()) {
+                Some(c) => easy
+                    .cookie(c)
+                    .map_err(|e| format!("CURLOPT_COOKIE: {}", curl_msg(&e)))?,
+                // The script printed no cookie this time: send none.
+                // SAFETY: CURLOPT_COOKIE takes a string or NULL.
+                None => unsafe {
+                    curl_sys::curl_easy_setopt(
+                        easy.raw(),
+                        curl_sys::CURLOPT_COOKIE,
+                        core::ptr::null::<u8>(),
+                    );
+                },
             }
             Ok(())
         })?;
@@ -407,7 +486,12 @@ impl Conn {
     }
 
     /// Read `buf.len()` bytes at `offset` (a range request).
-    pub(crate) fn pread(&mut self, cfg: &Config, buf: &mut [u8], offset: u64) -> Result<(), String> {
+    pub(crate) fn pread(
+        &mut self,
+        cfg: &Config,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), String> {
         self.scripts(cfg)?;
         let count = buf.len();
         *self.easy.get_mut() = Transfer {
@@ -458,7 +542,10 @@ impl Conn {
             let st = scripts::current_headers();
             headers.extend(st);
         }
-        headers.push(format!("Content-Range: bytes {offset}-{last}/{}", self.size));
+        headers.push(format!(
+            "Content-Range: bytes {offset}-{last}/{}",
+            self.size
+        ));
         self.easy.http_headers(list(&headers)?).map_err(e)?;
         // The next request puts the usual headers back.
         self.generation = u64::MAX;
@@ -466,11 +553,9 @@ impl Conn {
         self.easy.in_filesize(count as u64).map_err(e)?;
         let r = self.easy.perform();
         add_times(&self.easy);
-        let restore = if cfg.headers.is_empty() {
-            Ok(())
-        } else {
-            self.easy.http_headers(list(&cfg.headers)?)
-        };
+        // The next requests go without this one's Content-Range (with
+        // scripts, their headers come back with the next request).
+        let restore = self.easy.http_headers(list(&cfg.headers)?);
         let t = self.easy.get_mut();
         t.src = 0;
         t.src_len = 0;

@@ -4,9 +4,9 @@
 //! shared by every handle of the pool; a handle picks it up when the
 //! generation it last applied is older.
 
+use core::sync::atomic::Ordering;
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -159,5 +159,8 @@ pub(crate) fn update(
 /// header list).
 pub(crate) fn current_headers() -> Vec<String> {
     let guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    guard.as_ref().map(|s| s.out.headers.clone()).unwrap_or_default()
+    guard
+        .as_ref()
+        .map(|s| s.out.headers.clone())
+        .unwrap_or_default()
 }
