@@ -236,12 +236,7 @@ unsafe extern "C" fn curl_dump_plugin() {
 
 const VERSION: &CStr = c"1.36.2";
 
-struct Registration(abi::Plugin);
-
-// SAFETY: function pointers and pointers to static strings, read only.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     struct_size: core::mem::size_of::<abi::Plugin>() as u64,
     api_version: 2,
     thread_model: abi::THREAD_MODEL_PARALLEL,

@@ -25,13 +25,46 @@ pub(crate) struct Output {
     pub(crate) generation: u64,
 }
 
+/// When one script last ran, and how often.
+#[derive(Default)]
+struct Runs {
+    last: Option<Instant>,
+    iteration: u32,
+}
+
+impl Runs {
+    /// Run the script `what` (header-script or cookie-script) when it is
+    /// configured and due: its output.
+    fn run_if_due(
+        &mut self,
+        cfg: &Config,
+        what: &str,
+        now: Instant,
+    ) -> Result<Option<String>, String> {
+        let (script, renew) = if what == "header-script" {
+            (&cfg.header_script, cfg.header_script_renew)
+        } else {
+            (&cfg.cookie_script, cfg.cookie_script_renew)
+        };
+        let Some(script) = script else {
+            return Ok(None);
+        };
+        if !due(self.last, renew, now) {
+            return Ok(None);
+        }
+        let it = self.iteration;
+        self.iteration += 1;
+        let out = run(what, script, cfg.url(), it)?;
+        self.last = Some(now);
+        Ok(Some(out))
+    }
+}
+
 #[derive(Default)]
 struct State {
     out: Output,
-    header_last: Option<Instant>,
-    cookie_last: Option<Instant>,
-    header_iteration: u32,
-    cookie_iteration: u32,
+    header: Runs,
+    cookie: Runs,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -103,43 +136,31 @@ pub(crate) fn update(
     let st = guard.get_or_insert_with(State::default);
     let now = Instant::now();
     let verbose = crate::DEBUG_SCRIPTS.load(Ordering::Relaxed) != 0;
-    if let Some(script) = &cfg.header_script {
-        if due(st.header_last, cfg.header_script_renew, now) {
-            let it = st.header_iteration;
-            st.header_iteration += 1;
-            let out = run("header-script", script, cfg.url(), it)?;
-            st.out.headers = out
-                .lines()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect();
-            abi::debug(&format!(
-                "header-script returned {} header(s)",
-                st.out.headers.len()
-            ));
-            st.header_last = Some(now);
-            st.out.generation += 1;
-        }
+    if let Some(out) = st.header.run_if_due(cfg, "header-script", now)? {
+        st.out.headers = out
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        abi::debug(&format!(
+            "header-script returned {} header(s)",
+            st.out.headers.len()
+        ));
+        st.out.generation += 1;
     }
-    if let Some(script) = &cfg.cookie_script {
-        if due(st.cookie_last, cfg.cookie_script_renew, now) {
-            let it = st.cookie_iteration;
-            st.cookie_iteration += 1;
-            let out = run("cookie-script", script, cfg.url(), it)?;
-            st.out.cookie = out
-                .lines()
-                .next()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string);
-            abi::debug(&format!(
-                "cookie-script returned {}cookies",
-                if st.out.cookie.is_some() { "" } else { "no " }
-            ));
-            st.cookie_last = Some(now);
-            st.out.generation += 1;
-        }
+    if let Some(out) = st.cookie.run_if_due(cfg, "cookie-script", now)? {
+        st.out.cookie = out
+            .lines()
+            .next()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string);
+        abi::debug(&format!(
+            "cookie-script returned {}cookies",
+            if st.out.cookie.is_some() { "" } else { "no " }
+        ));
+        st.out.generation += 1;
     }
     if st.out.generation != have {
         if verbose {
