@@ -526,6 +526,45 @@ fn basic_auth_with_password_forms() {
     let o = sh(&cmd);
     assert!(o.success(), "password=-FD: {}", o.describe());
     assert_eq!(o.stdout.trim(), MIB.to_string());
+    // password=- (typed at the terminal: on a pty, once echo is off).
+    let o = run_python_code(
+        "import os, pty, sys, termios, time\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.execv(sys.argv[1], sys.argv[1:])\n\
+         out = b''\n\
+         end = time.time() + 60\n\
+         while b'password:' not in out and time.time() < end:\n\
+         \x20   out += os.read(fd, 1024)\n\
+         while termios.tcgetattr(fd)[3] & termios.ECHO and time.time() < end:\n\
+         \x20   time.sleep(0.01)\n\
+         os.write(fd, b'secret\\n')\n\
+         while time.time() < end:\n\
+         \x20   try:\n\
+         \x20       b = os.read(fd, 1024)\n\
+         \x20   except OSError:\n\
+         \x20       break\n\
+         \x20   if not b:\n\
+         \x20       break\n\
+         \x20   out += b\n\
+         _, st = os.waitpid(pid, 0)\n\
+         sys.stdout.write(out.decode(errors='replace'))\n\
+         sys.exit(os.waitstatus_to_exitcode(st))\n",
+        [
+            path_str(&nbdkit_bin()),
+            "-U",
+            "-",
+            "-r",
+            "curl",
+            &url,
+            "user=u",
+            "password=-",
+            "--run",
+            "nbdinfo --size \"$uri\"",
+        ],
+    );
+    assert!(o.success(), "password=-: {}", o.describe());
+    assert!(o.stdout.contains(&MIB.to_string()), "{}", o.stdout);
     // The user reached nginx.
     assert!(ng.access_log().contains("user=[u]"), "{}", ng.access_log());
 }
