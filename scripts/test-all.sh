@@ -53,6 +53,7 @@ packages=(
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
     libcurl4-openssl-dev # the system libcurl that plugins/curl links (curl-sys via pkg-config)
     nginx            # the HTTP(S) server the curl plugin tests start on loopback
+    python3-pyftpdlib # the FTP server the curl plugin tests start on loopback
 )
 
 missing=()

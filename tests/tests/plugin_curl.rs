@@ -149,7 +149,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 256; }}
 http {{
-  log_format t '$request_method $uri $status range=[$http_range] crange=[$http_content_range] token=[$http_x_token] cookie=[$cookie_session] xurl=[$http_x_url] ua=[$http_user_agent] user=[$remote_user]';
+  log_format t '$server_protocol $request_method $uri $status range=[$http_range] crange=[$http_content_range] token=[$http_x_token] cookie=[$cookie_session] xurl=[$http_x_url] ua=[$http_user_agent] user=[$remote_user]';
   log_format p '$request_method host=[$host] $request_uri pauth=[$http_proxy_authorization]';
   access_log {d}/access.log t;
   client_body_temp_path {d}/tmp/body;
@@ -169,7 +169,7 @@ http {{
     location = /redirect.img {{ return 302 /disk.img; }}
   }}
   server {{
-    listen 127.0.0.1:{tls_port} ssl;
+    listen 127.0.0.1:{tls_port} ssl http2;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate {d}/server.pem;
     ssl_certificate_key {d}/server.key;
@@ -445,6 +445,67 @@ fn file_urls_are_read_and_served_read_only() {
 }
 
 #[test]
+fn ftp_urls_with_user_and_password() {
+    curl_plugin();
+    let o = run_python_code("import pyftpdlib", Vec::<String>::new());
+    if !o.success() {
+        println!("SKIP: pyftpdlib is not installed (Debian package python3-pyftpdlib)");
+        return;
+    }
+    let dir = TempDir::new();
+    fs::create_dir(dir.join("pub")).unwrap();
+    let want = write_random_file(&dir.join("pub/disk.img"), 2 * MIB + 9, 18);
+    let port = free_port();
+    let log = fs::File::create(dir.join("ftp.log")).unwrap();
+    let mut ftp = Command::new(PYTHON)
+        .args([
+            "-m",
+            "pyftpdlib",
+            "-i",
+            "127.0.0.1",
+            "-u",
+            "u",
+            "-P",
+            "secret",
+            "-d",
+        ])
+        .arg(dir.join("pub"))
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start pyftpdlib");
+    let up = wait_until(START_TIMEOUT, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let result = std::panic::catch_unwind(|| {
+        assert!(up, "pyftpdlib did not listen");
+        let url = format!("ftp://127.0.0.1:{port}/disk.img");
+        let s = Server::start(["-r", "curl", url.as_str(), "user=u", "password=secret"]);
+        let size = run_tool("nbdinfo", ["--size", &s.uri()]).assert_success();
+        assert_eq!(size.stdout.trim(), (2 * MIB + 9).to_string());
+        assert_pieces(
+            &s.uri(),
+            &want,
+            &[(0, 512), (MIB as u64 + 3, 100_000), (2 * MIB as u64, 9)],
+            "ftp://",
+        );
+        drop(s);
+        // A wrong password is one error line.
+        let o = size_run(&["-r", "curl", &url, "user=u", "password=wrong"]);
+        assert!(!o.success(), "{}", o.describe());
+        assert_eq!(error_lines(&o.stderr).len(), 1, "{}", o.stderr);
+        assert!(o.stderr.contains("Login denied"), "{}", o.stderr);
+    });
+    let _ = ftp.kill();
+    let _ = ftp.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
 fn unix_socket_path_redirects_and_followlocation() {
     if !have_nginx() {
         return;
@@ -621,6 +682,23 @@ fn https_with_a_test_ca_resolve_and_sslverify() {
     ]);
     assert_pieces(&s.uri(), &want, &[(11, 1111)], "resolve=");
     drop(s);
+    // http-version=: HTTP/2 over TLS, or HTTP/1.1 only.
+    for (v, proto) in [("2TLS", "HTTP/2.0"), ("1.1", "HTTP/1.1")] {
+        let hv = format!("http-version={v}");
+        let s = Server::start(["-r", "curl", url.as_str(), ca.as_str(), hv.as_str()]);
+        let before = ng.access_log().lines().count();
+        assert_pieces(&s.uri(), &want, &[(77, 777)], &hv);
+        let log = ng.access_log();
+        let line = log
+            .lines()
+            .skip(before)
+            .find(|l| l.contains(" GET "))
+            .unwrap();
+        assert!(
+            line.starts_with(&format!("{proto} GET /disk.img 206")),
+            "{hv}: {log}"
+        );
+    }
     // capath= (a hashed directory) instead of a bundle; cainfo= (empty)
     // drops libcurl's default bundle.
     let capath = ng.dir.join("capath");
@@ -720,10 +798,7 @@ fn header_cookie_and_user_agent_are_sent() {
     ]);
     assert_pieces(&s.uri(), &want, &[(0, 10)], "headers");
     let log = ng.access_log();
-    let get = log
-        .lines()
-        .find(|l| l.starts_with("GET /disk.img"))
-        .unwrap();
+    let get = log.lines().find(|l| l.contains(" GET /disk.img")).unwrap();
     assert!(get.contains("token=[static]"), "{log}");
     assert!(get.contains("cookie=[fixed]"), "{log}");
     assert!(get.contains("ua=[nbdkit-test-agent]"), "{log}");
@@ -761,12 +836,12 @@ fn header_and_cookie_scripts_run_and_renew() {
     thread::sleep(Duration::from_millis(2200));
     assert_pieces(&s.uri(), &want, &[(300, 100)], "renewed");
     let log = ng.access_log();
-    let gets: Vec<&str> = log.lines().filter(|l| l.starts_with("GET ")).collect();
+    let gets: Vec<&str> = log.lines().filter(|l| l.contains(" GET ")).collect();
     assert!(!gets.is_empty(), "{log}");
     // The first request (the HEAD for the size) carries iteration 0; the
     // one after the pause a later one. Every request carries $url.
     let first = log.lines().next().unwrap();
-    assert!(first.starts_with("HEAD "), "{log}");
+    assert!(first.contains(" HEAD "), "{log}");
     assert!(
         first.contains("token=[tok0]") && first.contains("cookie=[c0]"),
         "{log}"
@@ -1186,7 +1261,7 @@ fn writes_are_put_requests_of_the_range() {
     );
     // The next read goes without the write's Content-Range.
     assert!(o.stdout.contains("read 10"), "{}", o.stdout);
-    let last_get = log.lines().rfind(|l| l.starts_with("GET ")).unwrap();
+    let last_get = log.lines().rfind(|l| l.contains(" GET ")).unwrap();
     assert!(last_get.contains("crange=[-]"), "{log}");
 }
 

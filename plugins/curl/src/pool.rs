@@ -60,6 +60,11 @@ fn strip_eol(b: &[u8]) -> String {
 
 impl Handler for Transfer {
     fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        if self.dst == 0 {
+            // No read in progress: the size request, for which libcurl
+            // hands FTP and file: "headers" (Content-Length: ...) here too.
+            return Ok(data.len());
+        }
         if self.status != 0 {
             if self.status != 206 {
                 self.abort = Some(if self.status == 200 {
