@@ -29,41 +29,7 @@ const MIB: usize = 1 << 20;
 /// the binary under test. Panics with the way to build it otherwise.
 fn curl_plugin() {
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let o = run(nbdkit_cmd().args(["curl", "--dump-plugin"]), CMD_TIMEOUT);
-        if !o.success() {
-            return Err(format!(
-                "nbdkit curl --dump-plugin failed: {}",
-                o.describe()
-            ));
-        }
-        if is_reference() {
-            return Ok(());
-        }
-        let bin = fs::canonicalize(nbdkit_bin()).unwrap();
-        let dir = bin.parent().unwrap();
-        let path = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("path="))
-            .unwrap_or_default()
-            .to_string();
-        let beside = [
-            dir.join("libnbdkit_curl_plugin.so"),
-            dir.join("nbdkit-curl-plugin.so"),
-        ];
-        if beside.iter().any(|p| Path::new(&path) == p) {
-            Ok(())
-        } else {
-            Err(format!(
-                "`nbdkit curl` loaded {path:?}, not the plugin built beside {}: build it \
-                 with `cargo build -p nbdkit-curl-plugin` (add --release for a release \
-                 nbdkit)",
-                bin.display()
-            ))
-        }
-    });
-    if let Err(e) = r {
+    if let Err(e) = CHECKED.get_or_init(|| plugin_built_beside("curl")) {
         panic!("{e}");
     }
 }
@@ -325,25 +291,6 @@ fn assert_pieces(uri: &str, want: &[u8], pieces: &[(u64, u32)], what: &str) {
     }
 }
 
-/// `qemu-img convert` and `nbdcopy` of the export at `uri` equal `want`.
-fn assert_copies(uri: &str, want: &[u8], what: &str) {
-    let dir = TempDir::new();
-    let out = dir.join("out.img");
-    run_tool(
-        "qemu-img",
-        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&out)],
-    )
-    .assert_success();
-    assert_bytes_eq(
-        &format!("{what}: qemu-img convert"),
-        &fs::read(&out).unwrap(),
-        want,
-    );
-    fs::remove_file(&out).ok();
-    run_tool("nbdcopy", [uri, path_str(&out)]).assert_success();
-    assert_bytes_eq(&format!("{what}: nbdcopy"), &fs::read(&out).unwrap(), want);
-}
-
 /// `nbdkit -U - ARGS --run 'nbdinfo --size $uri'`: the output.
 fn size_run(args: &[&str]) -> Output {
     let mut c = nbdkit_cmd();
@@ -411,7 +358,7 @@ fn copies_of_64m_through_the_plugin_cow_and_cache_equal_the_image() {
         let url = ng.url("disk.img");
         args.extend(["curl", url.as_str()]);
         let s = Server::start(&args);
-        assert_copies(&s.uri(), &want, &format!("curl {filters:?}"));
+        assert_copies_equal(&s.uri(), &want, &format!("curl {filters:?}"));
     }
 }
 

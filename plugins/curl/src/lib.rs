@@ -194,6 +194,14 @@ unsafe extern "C" fn curl_can_multi_conn(h: H) -> c_int {
     c_int::from(h.readonly)
 }
 
+/// A read or write of `count` bytes (nothing to do for none).
+fn data_request(count: u32, f: impl FnOnce(&mut pool::Conn) -> Result<(), String>) -> c_int {
+    if count == 0 {
+        return 0;
+    }
+    with_conn(|c| f(c).map(|()| 0)) as c_int
+}
+
 unsafe extern "C" fn curl_pread(
     _h: H,
     buf: *mut c_void,
@@ -201,12 +209,11 @@ unsafe extern "C" fn curl_pread(
     offset: u64,
     _f: u32,
 ) -> c_int {
-    if count == 0 {
-        return 0;
-    }
-    // SAFETY: the server's buffer of `count` bytes for this call.
-    let buf = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), count as usize) };
-    with_conn(|c| c.pread(config(), buf, offset).map(|()| 0)) as c_int
+    data_request(count, |c| {
+        // SAFETY: the server's buffer of `count` bytes for this call.
+        let buf = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), count as usize) };
+        c.pread(config(), buf, offset)
+    })
 }
 
 unsafe extern "C" fn curl_pwrite(
@@ -216,12 +223,11 @@ unsafe extern "C" fn curl_pwrite(
     offset: u64,
     _f: u32,
 ) -> c_int {
-    if count == 0 {
-        return 0;
-    }
-    // SAFETY: the server's `count` bytes for this call.
-    let buf = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
-    with_conn(|c| c.pwrite(config(), buf, offset).map(|()| 0)) as c_int
+    data_request(count, |c| {
+        // SAFETY: the server's `count` bytes for this call.
+        let buf = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
+        c.pwrite(config(), buf, offset)
+    })
 }
 
 unsafe extern "C" fn curl_dump_plugin() {
