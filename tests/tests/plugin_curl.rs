@@ -742,6 +742,8 @@ fn header_cookie_and_user_agent_are_sent() {
         "header=X-Token: static",
         "cookie=session=fixed",
         "user-agent=nbdkit-test-agent",
+        "tcp-keepalive=true",
+        "tcp-nodelay=false",
     ]);
     assert_pieces(&s.uri(), &want, &[(0, 10)], "headers");
     let log = ng.access_log();
