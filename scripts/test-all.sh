@@ -55,6 +55,9 @@ packages=(
     libssh-dev       # libssh for plugins/ssh (linked by the plugin's shared object only)
     openssh-server   # sshd, the real server of the ssh plugin tests (run by the tests, no service)
     openssh-client   # ssh-keygen (ssh plugin tests' host and user keys)
+    libcurl4-openssl-dev # the system libcurl that plugins/curl links (curl-sys via pkg-config)
+    nginx            # the HTTP(S) server the curl plugin tests start on loopback
+    python3-pyftpdlib # the FTP server the curl plugin tests start on loopback
 )
 
 missing=()
@@ -79,6 +82,8 @@ cargo build --release -p nbdkit-cli
 cargo build --release -p nbdkit-python-plugin
 # The ssh plugin (likewise a shared object beside nbdkit; needs libssh-dev).
 cargo build --release -p nbdkit-ssh-plugin
+# The curl plugin (a shared object beside nbdkit; links the system libcurl).
+cargo build --release -p nbdkit-curl-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

@@ -1369,6 +1369,73 @@ impl JsonParser<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Plugins built as shared objects beside the binary
+// ---------------------------------------------------------------------------
+
+/// Whether `nbdkit NAME` loads this workspace's plugin built beside the
+/// binary under test (`libnbdkit_NAME_plugin.so`), not another object of
+/// that name (Debian's C plugin): the failure names the cargo package to
+/// build. Always true for the reference.
+pub fn plugin_built_beside(name: &str) -> Result<(), String> {
+    let o = run(nbdkit_cmd().args([name, "--dump-plugin"]), CMD_TIMEOUT);
+    if !o.success() {
+        return Err(format!(
+            "nbdkit {name} --dump-plugin failed: {}",
+            o.describe()
+        ));
+    }
+    if is_reference() {
+        return Ok(());
+    }
+    let bin = fs::canonicalize(nbdkit_bin()).map_err(|e| e.to_string())?;
+    let dir = bin.parent().unwrap_or(Path::new("/"));
+    let path = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .unwrap_or_default()
+        .to_string();
+    let beside = [
+        dir.join(format!("libnbdkit_{name}_plugin.so")),
+        dir.join(format!("nbdkit-{name}-plugin.so")),
+    ];
+    if beside.iter().any(|p| Path::new(&path) == p) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`nbdkit {name}` loaded {path:?}, not the plugin built beside {}: build it \
+             with `cargo build -p nbdkit-{name}-plugin` (add --release for a release \
+             nbdkit)",
+            bin.display()
+        ))
+    }
+}
+
+/// `qemu-img convert` and `nbdcopy` of the export at `uri` both equal
+/// `want`.
+pub fn assert_copies_equal(uri: &str, want: &[u8], what: &str) {
+    let dir = TempDir::new();
+    let out = dir.join("out.img");
+    run_tool(
+        "qemu-img",
+        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&out)],
+    )
+    .assert_success();
+    assert_bytes_eq(
+        &format!("{what}: qemu-img convert"),
+        &fs::read(&out).expect("read out.img"),
+        want,
+    );
+    fs::remove_file(&out).ok();
+    run_tool("nbdcopy", [uri, path_str(&out)]).assert_success();
+    assert_bytes_eq(
+        &format!("{what}: nbdcopy"),
+        &fs::read(&out).expect("read out.img"),
+        want,
+    );
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -155,3 +155,10 @@ pub fn set_error(err: c_int) {
     // SAFETY: takes a plain int.
     unsafe { nbdkit_set_error(err) };
 }
+
+/// A [`Plugin`] in a `static`, as `plugin_init` hands it out.
+pub struct Registration(pub Plugin);
+
+// SAFETY: the struct holds function pointers and pointers to static
+// strings; the server only reads it.
+unsafe impl Sync for Registration {}
