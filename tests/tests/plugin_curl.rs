@@ -28,10 +28,7 @@ const MIB: usize = 1 << 20;
 /// Check once that `nbdkit curl` is this project's plugin, built beside
 /// the binary under test. Panics with the way to build it otherwise.
 fn curl_plugin() {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(e) = CHECKED.get_or_init(|| plugin_built_beside("curl")) {
-        panic!("{e}");
-    }
+    assert_plugin_built_beside("curl");
 }
 
 /// Whether nginx is installed (else the test prints SKIP and returns).
@@ -941,7 +938,7 @@ fn refused_404_and_no_range_are_one_clear_error() {
         );
         println!("{url}: failed in {:.2} s", t.elapsed().as_secs_f64());
         // The reference says the same.
-        if have_reference() && Path::new(REFERENCE_CURL).exists() {
+        if reference_installed() && Path::new(REFERENCE_CURL).exists() {
             let mut c = Command::new(REFERENCE);
             c.args([
                 "-U",
@@ -1324,7 +1321,7 @@ fn help_lists_every_parameter_of_the_manual() {
         assert!(o.stdout.contains(p), "--help lacks {p}: {}", o.stdout);
     }
     // The reference's help lines are all there.
-    if have_reference() && Path::new(REFERENCE_CURL).exists() {
+    if reference_installed() && Path::new(REFERENCE_CURL).exists() {
         let r = run(
             Command::new(REFERENCE).args(["curl", "--help"]),
             CMD_TIMEOUT,

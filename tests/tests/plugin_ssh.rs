@@ -1188,7 +1188,7 @@ fn error_texts(bin: &Path, args: &[String]) -> Vec<String> {
 
 #[test]
 fn errors_match_the_reference() {
-    if !have_tools() || !skip_unless("nbdinfo") || !have_reference() {
+    if !have_tools() || !skip_unless("nbdinfo") || !reference_installed() {
         return;
     }
     let plugin = "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-ssh-plugin.so";
