@@ -51,6 +51,8 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    libvirt0         # libvirt.so.0, dlopened by plugins/libvirt (plugin_libvirt: test:///default)
+    nbdkit-plugin-libvirt # the reference's libvirt plugin (plugin_libvirt differential tests)
 )
 
 missing=()
@@ -73,6 +75,8 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The libvirt plugin (loads libvirt.so.0 with dlopen: builds without libvirt).
+cargo build --release -p nbdkit-libvirt-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
