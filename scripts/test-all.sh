@@ -77,6 +77,9 @@ cargo build --release -p nbdkit-cli
 cargo build --release -p nbdkit-python-plugin
 # The libvirt plugin (loads libvirt.so.0 with dlopen: builds without libvirt).
 cargo build --release -p nbdkit-libvirt-plugin
+# The guestfs plugin (loads libguestfs.so.0 with dlopen: builds without it;
+# its tests use a stand-in library built with gcc where libguestfs0 is absent).
+cargo build --release -p nbdkit-guestfs-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

@@ -151,3 +151,18 @@ pub fn set_error(err: c_int) {
     // SAFETY: takes a plain int.
     unsafe { nbdkit_set_error(err) };
 }
+
+/// A NUL-terminated string from the server (a `config` key or value) as
+/// a Rust string; NULL gives the empty string.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string.
+pub unsafe fn str_arg(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's guarantee.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}

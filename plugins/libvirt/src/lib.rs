@@ -123,21 +123,9 @@ fn config() -> std::sync::MutexGuard<'static, Config> {
     CONFIG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A NUL-terminated string from the server.
-///
-/// # Safety
-/// `p` is NULL or a valid NUL-terminated string.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller's guarantee.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
 unsafe extern "C" fn virt_config(key: *const c_char, value: *const c_char) -> c_int {
     // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
+    let (key, value) = unsafe { (abi::str_arg(key), abi::str_arg(value)) };
     let mut c = config();
     let slot = match key.as_str() {
         "connect" => &mut c.connect,
