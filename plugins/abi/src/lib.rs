@@ -124,6 +124,7 @@ extern "C" {
         description: *const c_char,
     ) -> c_int;
     pub fn nbdkit_use_default_export(e: *mut Exports) -> c_int;
+    pub fn nbdkit_parse_bool(s: *const c_char) -> c_int;
 }
 
 /// A Rust string as a C string, cut at the first NUL.

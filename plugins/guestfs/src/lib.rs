@@ -168,24 +168,6 @@ fn config() -> MutexGuard<'static, Option<Config>> {
     CONFIG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An integer as C's `sscanf("%d")` reads it: optional space and sign,
-/// then at least one digit; the rest of the string is ignored.
-fn scan_int(s: &str) -> Option<c_int> {
-    let t = s.trim_start();
-    let (neg, t) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let digits = t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-    if digits == 0 {
-        return None;
-    }
-    let v: i64 = t[..digits].parse().unwrap_or(i64::MAX);
-    let v = if neg { -v } else { v };
-    Some(v.clamp(c_int::MIN.into(), c_int::MAX.into()) as c_int)
-}
-
 unsafe extern "C" fn gfs_config(key: *const c_char, value: *const c_char) -> c_int {
     // SAFETY: the server passes two NUL-terminated strings.
     let (key, value) = unsafe { (abi::str_arg(key), abi::str_arg(value)) };
@@ -193,12 +175,17 @@ unsafe extern "C" fn gfs_config(key: *const c_char, value: *const c_char) -> c_i
     let c = guard.get_or_insert_with(Config::default);
     match key.as_str() {
         "debug" | "trace" => {
-            let Some(n) = scan_int(&value) else {
+            let v = abi::cstring(&value);
+            // SAFETY: a NUL-terminated string; nbdkit_parse_bool reports
+            // its own error first, as with nbdkit.
+            let n = unsafe { abi::nbdkit_parse_bool(v.as_ptr()) };
+            if n == -1 {
+                // nbdkit's message (from when these were integers).
                 abi::error(&format!(
                     "could not parse '{key}' option, expecting an integer"
                 ));
                 return -1;
-            };
+            }
             if key == "debug" {
                 c.debug = n;
             } else {
@@ -715,10 +702,13 @@ const FLUSH_V1: unsafe extern "C" fn() =
     unsafe { core::mem::transmute::<FlushV1, unsafe extern "C" fn()>(gfs_flush) };
 
 const CONFIG_HELP: &CStr = c"connect=<URI>       (optional) libvirt connection URI\n\
+debug=on                       enable libguestfs debugging\n\
 domain=<DOMAIN>                libvirt domain name\n\
 disk=<DISK>                    disk name\n\
+export=DEVICE|FILE  (required) export device or file\n\
+format=<FORMAT>                specify the format of next disk\n\
 mount=inspect|MOUNT            mount filesystems\n\
-export=DEVICE|FILE  (required) export device or file";
+trace=on                       enable libguestfs call tracing";
 
 /// The version of the nbdkit this plugin belongs to.
 const VERSION: &CStr = c"1.36.2";
