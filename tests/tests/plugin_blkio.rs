@@ -5,15 +5,15 @@
 //! `virtio-blk-vhost-user` driver against Debian's qemu-storage-daemon
 //! serving a file; `--dump-plugin`, `--help` and the error paths.
 
+use core::time::Duration;
 use nbdkit_tests::{
-    assert_bytes_eq, find_tool, nbdkit_cmd, path_str, run, run_python_code, run_tool,
-    skip_unless, wait_until, write_random_file, Server, TempDir, CMD_TIMEOUT,
+    assert_bytes_eq, find_tool, nbdkit_cmd, path_str, run, run_python_code, run_tool, skip_unless,
+    wait_until, write_random_file, Server, TempDir, CMD_TIMEOUT,
 };
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 const SIZE: usize = 8 << 20;
 
@@ -87,7 +87,12 @@ fn fails_with(args: &[&str], message: &str) {
     let o = run(nbdkit_cmd().arg("blkio").args(args), CMD_TIMEOUT);
     assert_eq!(o.code(), Some(1), "{}", o.describe());
     let err = &o.stderr;
-    assert_eq!(err.trim_end(), format!("nbdkit: error: {message}"), "{}", o.describe());
+    assert_eq!(
+        err.trim_end(),
+        format!("nbdkit: error: {message}"),
+        "{}",
+        o.describe()
+    );
 }
 
 #[test]
@@ -114,7 +119,10 @@ fn open_fails(args: &[&str], log_has: &str) {
     assert!(!o.success(), "nbdinfo succeeded: {}", o.describe());
     srv.stop();
     let log = srv.stderr();
-    assert!(log.contains(log_has), "no `{log_has}` in the server's log:\n{log}");
+    assert!(
+        log.contains(log_has),
+        "no `{log_has}` in the server's log:\n{log}"
+    );
 }
 
 #[test]
@@ -175,7 +183,16 @@ fn write_both(uri: &str, d: &TempDir, backing: &Path) {
     let want = write_random_file(&src, SIZE, 8);
     run_tool(
         "qemu-img",
-        ["convert", "-n", "-f", "raw", "-O", "raw", path_str(&src), uri],
+        [
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path_str(&src),
+            uri,
+        ],
     )
     .assert_success();
     assert_bytes_eq("after qemu-img write", &fs::read(backing).unwrap(), &want);
@@ -290,13 +307,22 @@ fn io_uring_readonly_flag() {
     let mut perms = fs::metadata(&img).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o444);
     fs::set_permissions(&img, perms).unwrap();
-    let srv = Server::start(["-r", "blkio", "io_uring", &format!("path={}", path_str(&img))]);
+    let srv = Server::start([
+        "-r",
+        "blkio",
+        "io_uring",
+        &format!("path={}", path_str(&img)),
+    ]);
     let o = run_tool("nbdinfo", [srv.uri()]).assert_success();
     assert!(o.stdout.contains("is_read_only: true"), "{}", o.describe());
     let src = d.join("src");
     write_random_file(&src, 1 << 20, 10);
     let o = run_tool("nbdcopy", [path_str(&src), &srv.uri()]);
-    assert!(!o.success(), "write to a read-only export: {}", o.describe());
+    assert!(
+        !o.success(),
+        "write to a read-only export: {}",
+        o.describe()
+    );
     assert_bytes_eq("read-only file", &fs::read(&img).unwrap(), &want);
 }
 
@@ -322,7 +348,10 @@ fn vhost_user_against_qemu_storage_daemon() {
     let qsd = find_tool("qemu-storage-daemon").unwrap();
     let child = Command::new(qsd)
         .arg("--blockdev")
-        .arg(format!("driver=file,node-name=file,filename={}", path_str(&img)))
+        .arg(format!(
+            "driver=file,node-name=file,filename={}",
+            path_str(&img)
+        ))
         .arg("--export")
         .arg(format!(
             "type=vhost-user-blk,id=export,addr.type=unix,addr.path={},node-name=file,writable=on",

@@ -12,11 +12,11 @@
 //! NOT libguestfs): the drives and flags it adds, the mounts, byte-for-byte
 //! reads and writes of a device and of a file, flush, and the errors.
 
+use core::time::Duration;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use nbdkit_tests::{
     assert_bytes_eq, find_tool, have_tool, is_reference, nbdkit_bin, nbdkit_cmd, path_str, run,
@@ -30,7 +30,10 @@ fn our_plugin() {
     let r = CHECKED.get_or_init(|| {
         let o = run(nbdkit_cmd().args(["guestfs", "--dump-plugin"]), CMD_TIMEOUT);
         if !o.success() {
-            return Err(format!("nbdkit guestfs --dump-plugin failed: {}", o.describe()));
+            return Err(format!(
+                "nbdkit guestfs --dump-plugin failed: {}",
+                o.describe()
+            ));
         }
         if is_reference() {
             return Ok(());
@@ -97,7 +100,10 @@ fn dump_plugin_and_help_are_nbdkits() {
         "{}",
         o.describe()
     );
-    let r = run(Command::new(REFERENCE).args(["guestfs", "--dump-plugin"]), CMD_TIMEOUT);
+    let r = run(
+        Command::new(REFERENCE).args(["guestfs", "--dump-plugin"]),
+        CMD_TIMEOUT,
+    );
     if r.success() {
         let want: Vec<&str> = r
             .stdout
@@ -120,7 +126,11 @@ fn dump_plugin_and_help_are_nbdkits() {
         "format=<FORMAT>                specify the format of next disk",
         "export=DEVICE|FILE  (required) export device or file",
     ] {
-        assert!(o.stdout.lines().any(|l| l == want), "no `{want}`: {}", o.describe());
+        assert!(
+            o.stdout.lines().any(|l| l == want),
+            "no `{want}`: {}",
+            o.describe()
+        );
     }
 }
 
@@ -186,7 +196,13 @@ impl Standin {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/guestfs-standin.c");
         let o = run(
             Command::new("gcc")
-                .args(["-Wall", "-Werror", "-Wno-unused-parameter", "-shared", "-fPIC"])
+                .args([
+                    "-Wall",
+                    "-Werror",
+                    "-Wno-unused-parameter",
+                    "-shared",
+                    "-fPIC",
+                ])
                 .arg(&src)
                 .arg("-o")
                 .arg(dir.join("libguestfs.so.0")),
@@ -265,8 +281,16 @@ fn standin_device_read_write_flush_byte_for_byte() {
     );
     assert!(o.success(), "{}", o.describe());
     assert_bytes_eq("nbdcopy read of /dev/sda", &fs::read(&out).unwrap(), &want);
-    assert_bytes_eq("qemu-img read of /dev/sda", &fs::read(&out2).unwrap(), &want);
-    assert_bytes_eq("the disk after nbdcopy wrote it", &fs::read(&disk).unwrap(), &new);
+    assert_bytes_eq(
+        "qemu-img read of /dev/sda",
+        &fs::read(&out2).unwrap(),
+        &want,
+    );
+    assert_bytes_eq(
+        "the disk after nbdcopy wrote it",
+        &fs::read(&disk).unwrap(),
+        &new,
+    );
     let log = s.log();
     // Each connection adds the drives in order, `format=` applying to the
     // disk after it only.
@@ -288,13 +312,22 @@ fn standin_device_read_write_flush_byte_for_byte() {
         "shutdown",
         "close",
     ] {
-        assert!(log.lines().any(|l| l == want), "no `{want}` in the log:\n{log}");
+        assert!(
+            log.lines().any(|l| l == want),
+            "no `{want}` in the log:\n{log}"
+        );
     }
     // libguestfs's event messages are nbdkit debug messages.
-    assert!(o.stderr.contains("debug: stand-in appliance is up"), "{}", o.describe());
     assert!(
-        o.stderr
-            .contains(&format!("guestfs: export /dev/sda, size = {} bytes", 3 << 20)),
+        o.stderr.contains("debug: stand-in appliance is up"),
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.stderr.contains(&format!(
+            "guestfs: export /dev/sda, size = {} bytes",
+            3 << 20
+        )),
         "{}",
         o.describe()
     );
@@ -332,14 +365,24 @@ fn standin_readonly_and_mounts_and_file_export() {
     );
     assert!(o.success(), "{}", o.describe());
     assert_bytes_eq("file export", &fs::read(&out).unwrap(), &want);
-    assert_bytes_eq("the file after a refused write", &fs::read(&file).unwrap(), &want);
+    assert_bytes_eq(
+        "the file after a refused write",
+        &fs::read(&file).unwrap(),
+        &want,
+    );
     let log = s.log();
     assert!(
-        log.contains(&format!("add_drive {} readonly=1 format=(auto)", path_str(&disk))),
+        log.contains(&format!(
+            "add_drive {} readonly=1 format=(auto)",
+            path_str(&disk)
+        )),
         "{log}"
     );
     let first_mounts: Vec<&str> = calls(&log, "mount").into_iter().take(2).collect();
-    assert_eq!(first_mounts, ["mount [ro] /dev/sda1:/", "mount [ro] /dev/sda2:/boot"]);
+    assert_eq!(
+        first_mounts,
+        ["mount [ro] /dev/sda1:/", "mount [ro] /dev/sda2:/boot"]
+    );
 
     // mount=inspect: the one OS's file systems, "/" before "/boot"
     // whatever order libguestfs lists them in; a writable file export.
@@ -358,7 +401,11 @@ fn standin_readonly_and_mounts_and_file_export() {
     assert_bytes_eq("file after write", &fs::read(&file).unwrap(), &new);
     let log = s.log();
     let mounts: Vec<&str> = calls(&log, "mount").into_iter().take(2).collect();
-    assert_eq!(mounts, ["mount [] /dev/sda1:/", "mount [] /dev/sda2:/boot"], "{log}");
+    assert_eq!(
+        mounts,
+        ["mount [] /dev/sda1:/", "mount [] /dev/sda2:/boot"],
+        "{log}"
+    );
 }
 
 /// `nbdinfo` against a server whose open fails: the error line is
@@ -367,7 +414,9 @@ fn open_fails(s: &Standin, args: &[&str], env: &[(&str, &str)], want: &str) {
     let o = s.run(args, "nbdinfo \"$uri\"", env);
     assert!(!o.success(), "{}", o.describe());
     assert!(
-        o.stderr.lines().any(|l| l.contains("error: ") && l.ends_with(want)),
+        o.stderr
+            .lines()
+            .any(|l| l.contains("error: ") && l.ends_with(want)),
         "no error ending `{want}`: {}",
         o.describe()
     );
@@ -433,17 +482,19 @@ fn standin_errors_carry_libguestfs_messages() {
 fn real_appliance_exports_a_partition() {
     our_plugin();
     skip_unless!("nbdcopy", "sfdisk");
-    let (Some(test_tool), Some(make_fs)) = (
-        find_tool("libguestfs-test-tool"),
-        find_tool("virt-make-fs"),
-    ) else {
+    let (Some(test_tool), Some(make_fs)) =
+        (find_tool("libguestfs-test-tool"), find_tool("virt-make-fs"))
+    else {
         println!(
             "SKIP: libguestfs-tools is not installed (libguestfs0 cannot be installed beside \
              this machine's qemu-utils): the appliance cannot boot here"
         );
         return;
     };
-    let t = run(Command::new(test_tool).args(["-t", "300"]), Duration::from_secs(320));
+    let t = run(
+        Command::new(test_tool).args(["-t", "300"]),
+        Duration::from_secs(320),
+    );
     if !t.success() {
         println!("SKIP: libguestfs-test-tool fails here: the appliance does not boot");
         return;
@@ -486,6 +537,8 @@ fn real_appliance_exports_a_partition() {
 fn json_number(json: &str, key: &str) -> Option<u64> {
     let rest = &json[json.find(key)? + key.len()..];
     let rest = rest.trim_start();
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }

@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use nbdkit_tests::{
-    is_reference, nbdkit_bin, nbdkit_cmd, run, run_tool, skip_unless, Output, Server,
-    CMD_TIMEOUT, REFERENCE,
+    is_reference, nbdkit_bin, nbdkit_cmd, run, run_tool, skip_unless, Output, Server, CMD_TIMEOUT,
+    REFERENCE,
 };
 
 const TEST_URI: &str = "connect=test:///default";
@@ -31,7 +31,10 @@ fn our_plugin() {
     let r = CHECKED.get_or_init(|| {
         let o = run(nbdkit_cmd().args(["libvirt", "--dump-plugin"]), CMD_TIMEOUT);
         if !o.success() {
-            return Err(format!("nbdkit libvirt --dump-plugin failed: {}", o.describe()));
+            return Err(format!(
+                "nbdkit libvirt --dump-plugin failed: {}",
+                o.describe()
+            ));
         }
         if is_reference() {
             return Ok(());
@@ -65,7 +68,9 @@ fn have_libvirt() -> bool {
         .iter()
         .any(|d| Path::new(d).join("libvirt.so.0").exists());
     if !found {
-        println!("SKIP: libvirt.so.0 is not installed (Debian's libvirt0, see scripts/test-all.sh)");
+        println!(
+            "SKIP: libvirt.so.0 is not installed (Debian's libvirt0, see scripts/test-all.sh)"
+        );
     }
     found
 }
@@ -111,7 +116,9 @@ fn dump_plugin_is_nbdkits() {
     if reference.success() {
         assert_eq!(got, lines_without_path_and_version(&reference));
     } else {
-        println!("SKIP (differential part): {REFERENCE} has no libvirt plugin (nbdkit-plugin-libvirt)");
+        println!(
+            "SKIP (differential part): {REFERENCE} has no libvirt plugin (nbdkit-plugin-libvirt)"
+        );
     }
 
     let o = run(nbdkit_cmd().args(["libvirt", "--help"]), CMD_TIMEOUT).assert_success();
@@ -121,7 +128,11 @@ fn dump_plugin_is_nbdkits() {
         "domain=<DOMAIN> (required) libvirt domain name",
         "disk=<DISK>     (required) guest disk name",
     ] {
-        assert!(o.stdout.lines().any(|l| l == want), "no `{want}`: {}", o.describe());
+        assert!(
+            o.stdout.lines().any(|l| l == want),
+            "no `{want}`: {}",
+            o.describe()
+        );
     }
 }
 
@@ -131,9 +142,16 @@ fn fails_with(args: &[&str], message: &str) {
     let o = run(nbdkit_cmd().arg("libvirt").args(args), CMD_TIMEOUT);
     assert_eq!(o.code(), Some(1), "{}", o.describe());
     let first = o.stderr.lines().next().unwrap_or_default();
-    assert_eq!(first, format!("nbdkit: error: {message}"), "{}", o.describe());
+    assert_eq!(
+        first,
+        format!("nbdkit: error: {message}"),
+        "{}",
+        o.describe()
+    );
     let r = run(
-        std::process::Command::new(REFERENCE).arg("libvirt").args(args),
+        std::process::Command::new(REFERENCE)
+            .arg("libvirt")
+            .args(args),
         CMD_TIMEOUT,
     );
     if r.stderr.contains("cannot open plugin") || !Path::new(REFERENCE).exists() {
@@ -149,7 +167,10 @@ fn configuration_errors() {
     our_plugin();
     fails_with(&["disk=vda"], "the 'domain' parameter is required");
     fails_with(&["domain=test"], "the 'disk' parameter is required");
-    fails_with(&["domain=test", "disk=vda", "foo=bar"], "unknown parameter 'foo'");
+    fails_with(
+        &["domain=test", "disk=vda", "foo=bar"],
+        "unknown parameter 'foo'",
+    );
 }
 
 #[test]
@@ -221,7 +242,12 @@ fn open_errors_name_the_cause() {
          from domain 'test': invalid argument: invalid path sdz not assigned to domain",
     );
     open_fails(
-        &["libvirt", "connect=nosuchdriver:///x", "domain=test", "disk=vda"],
+        &[
+            "libvirt",
+            "connect=nosuchdriver:///x",
+            "domain=test",
+            "disk=vda",
+        ],
         "error: virConnectOpen failed (nosuchdriver:///x): ",
     );
 }
@@ -234,10 +260,13 @@ fn missing_libvirt_is_one_error_line_naming_the_package() {
     }
     // Hide the installed library in a private mount namespace (root
     // only): an empty file bound over it cannot be loaded.
-    let lib = ["/usr/lib/x86_64-linux-gnu/libvirt.so.0", "/usr/lib64/libvirt.so.0"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("/usr/lib/libvirt.so.0");
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/libvirt.so.0",
+        "/usr/lib64/libvirt.so.0",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .unwrap_or("/usr/lib/libvirt.so.0");
     let script = format!(
         "mount --bind /dev/null {lib} || exit 77; exec \"$0\" libvirt domain=test disk=vda --run true"
     );
@@ -248,7 +277,10 @@ fn missing_libvirt_is_one_error_line_naming_the_package() {
         CMD_TIMEOUT,
     );
     if o.code() == Some(77) || o.stderr.contains("unshare failed") {
-        println!("SKIP: cannot hide libvirt.so.0 here (needs root and unshare -m): {}", o.stderr);
+        println!(
+            "SKIP: cannot hide libvirt.so.0 here (needs root and unshare -m): {}",
+            o.stderr
+        );
         return;
     }
     assert_eq!(o.code(), Some(1), "{}", o.describe());

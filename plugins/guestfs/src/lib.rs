@@ -142,7 +142,10 @@ fn load() -> Result<Lib, String> {
 }
 
 enum Drive {
-    Disk { path: CString, format: Option<CString> },
+    Disk {
+        path: CString,
+        format: Option<CString>,
+    },
     Domain(CString),
 }
 
@@ -366,8 +369,7 @@ unsafe fn set_up(lib: &Lib, g: G, c: &Config, readonly: bool) -> Result<(), ()> 
             fail("guestfs_parse_environment");
             return Err(());
         }
-        if (lib.set_event_callback)(g, log_to_nbdkit, LOG_EVENTS, 0, core::ptr::null_mut()) == -1
-        {
+        if (lib.set_event_callback)(g, log_to_nbdkit, LOG_EVENTS, 0, core::ptr::null_mut()) == -1 {
             fail("guestfs_set_event_callback");
             return Err(());
         }
@@ -463,10 +465,8 @@ fn inspect_and_mount(lib: &Lib, g: G, options: &CStr) -> Result<(), ()> {
         return Err(());
     }
     let items = list.items();
-    let mut pairs: Vec<(&String, &String)> = items
-        .chunks_exact(2)
-        .map(|kv| (&kv[0], &kv[1]))
-        .collect();
+    let mut pairs: Vec<(&String, &String)> =
+        items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect();
     pairs.sort_by_key(|(mp, _)| mp.len());
     // Errors are ignored as long as one file system mounts.
     let mut mounted = 0;
@@ -582,7 +582,11 @@ unsafe extern "C" fn gfs_pread(h: abi::H, buf: *mut c_void, count: u32, offset: 
     };
     // SAFETY: a handle from gfs_open.
     let h = unsafe { &*h.cast::<Handle>() };
-    let f = if h.is_device { lib.pread_device } else { lib.pread };
+    let f = if h.is_device {
+        lib.pread_device
+    } else {
+        lib.pread
+    };
     let mut done = 0usize;
     let count = count as usize;
     while done < count {
@@ -605,11 +609,7 @@ unsafe extern "C" fn gfs_pread(h: abi::H, buf: *mut c_void, count: u32, offset: 
         // SAFETY: `data` holds `got` bytes and `buf` has room for them;
         // `data` is freed once.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                data.cast::<u8>(),
-                buf.cast::<u8>().add(done),
-                got,
-            );
+            core::ptr::copy_nonoverlapping(data.cast::<u8>(), buf.cast::<u8>().add(done), got);
             libc::free(data.cast());
         }
         if got == 0 {

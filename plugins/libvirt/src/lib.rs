@@ -58,9 +58,8 @@ unsafe extern "C" fn quiet(_data: *mut c_void, _err: *mut c_void) {}
 
 fn load() -> Result<Lib, String> {
     // SAFETY: loading libvirt runs its initialisers, as linking it would.
-    let lib = unsafe { libloading::Library::new(LIBVIRT) }.map_err(|e| {
-        format!("libvirt: cannot load {LIBVIRT}: {e} (install Debian's libvirt0)")
-    })?;
+    let lib = unsafe { libloading::Library::new(LIBVIRT) }
+        .map_err(|e| format!("libvirt: cannot load {LIBVIRT}: {e} (install Debian's libvirt0)"))?;
     macro_rules! sym {
         ($name:literal) => {
             // SAFETY: the symbol has the C type libvirt's header declares,
@@ -194,9 +193,9 @@ unsafe extern "C" fn virt_open(_readonly: c_int) -> abi::H {
     unsafe {
         let conn = (lib.connect_open)(uri_ptr);
         if conn.is_null() {
-            let what = uri
-                .as_ref()
-                .map_or("the default URI".into(), |u| u.to_string_lossy().into_owned());
+            let what = uri.as_ref().map_or("the default URI".into(), |u| {
+                u.to_string_lossy().into_owned()
+            });
             abi::error(&format!(
                 "virConnectOpen failed ({what}): {}",
                 lib.last_error()
@@ -368,4 +367,3 @@ static PLUGIN: Registration = Registration(abi::Plugin {
 pub extern "C" fn plugin_init() -> *const c_void {
     (&PLUGIN.0 as *const abi::Plugin).cast()
 }
-

@@ -177,12 +177,8 @@ mod linux {
         gets: &[String],
         readonly: bool,
     ) -> Result<BlkioHandle> {
-        let mut b = Blkio::new(driver).map_err(|e| {
-            err(
-                &format!("blkio_create: error opening driver: {driver}"),
-                &e,
-            )
-        })?;
+        let mut b = Blkio::new(driver)
+            .map_err(|e| err(&format!("blkio_create: error opening driver: {driver}"), &e))?;
         if readonly {
             b.set_bool("read-only", true)
                 .map_err(|e| err("error setting property: read-only=true", &e))?;
