@@ -1316,6 +1316,38 @@ impl JsonParser<'_> {
     }
 }
 
+/// Panics unless `nbdkit NAME` loads this project's plugin built beside
+/// the binary under test (`libnbdkit_NAME_plugin.so`, from the workspace
+/// crate `nbdkit-NAME-plugin`) rather than Debian's C plugin of that name
+/// in the plugin directory, which the server could load too. Nothing to
+/// check when the reference itself is under test.
+#[track_caller]
+pub fn assert_own_plugin(name: &str) {
+    let o = run(nbdkit_cmd().args([name, "--dump-plugin"]), CMD_TIMEOUT);
+    assert!(
+        o.success(),
+        "nbdkit {name} --dump-plugin failed: {}",
+        o.describe()
+    );
+    if is_reference() {
+        return;
+    }
+    let bin = fs::canonicalize(nbdkit_bin()).expect("the binary under test");
+    let dir = bin.parent().expect("its directory");
+    let path = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .unwrap_or_default();
+    let want = dir.join(format!("libnbdkit_{}_plugin.so", name.replace('-', "_")));
+    assert!(
+        Path::new(path) == want,
+        "`nbdkit {name}` loaded {path:?}, not the plugin built beside {}: build it with \
+         `cargo build -p nbdkit-{name}-plugin` (add --release for a release nbdkit)",
+        bin.display()
+    );
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

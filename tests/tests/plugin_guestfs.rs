@@ -16,49 +16,14 @@ use core::time::Duration;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use nbdkit_tests::{
-    assert_bytes_eq, find_tool, have_tool, is_reference, nbdkit_bin, nbdkit_cmd, path_str, run,
-    skip_unless, write_random_file, Output, TempDir, CMD_TIMEOUT, REFERENCE,
+    assert_bytes_eq, find_tool, have_tool, nbdkit_cmd, path_str, run, skip_unless,
+    write_random_file, Output, TempDir, CMD_TIMEOUT, REFERENCE,
 };
 
-/// Check once that `nbdkit guestfs` is this project's plugin built beside
-/// the binary under test. Panics with the way to build it otherwise.
 fn our_plugin() {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let o = run(nbdkit_cmd().args(["guestfs", "--dump-plugin"]), CMD_TIMEOUT);
-        if !o.success() {
-            return Err(format!(
-                "nbdkit guestfs --dump-plugin failed: {}",
-                o.describe()
-            ));
-        }
-        if is_reference() {
-            return Ok(());
-        }
-        let bin = fs::canonicalize(nbdkit_bin()).unwrap();
-        let dir = bin.parent().unwrap();
-        let path = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("path="))
-            .unwrap_or_default()
-            .to_string();
-        if Path::new(&path) == dir.join("libnbdkit_guestfs_plugin.so") {
-            Ok(())
-        } else {
-            Err(format!(
-                "`nbdkit guestfs` loaded {path:?}, not the plugin built beside {}: build it \
-                 with `cargo build -p nbdkit-guestfs-plugin` (add --release for a release nbdkit)",
-                bin.display()
-            ))
-        }
-    });
-    if let Err(e) = r {
-        panic!("{e}");
-    }
+    nbdkit_tests::assert_own_plugin("guestfs");
 }
 
 fn system_libguestfs() -> bool {

@@ -9,13 +9,10 @@
 //! qemu-utils) or Xen. `--dump-plugin`, `--help` and the configuration
 //! errors are compared with Debian's C plugin where it is installed.
 
-use std::fs;
 use std::path::Path;
-use std::sync::OnceLock;
 
 use nbdkit_tests::{
-    is_reference, nbdkit_bin, nbdkit_cmd, run, run_tool, skip_unless, Output, Server, CMD_TIMEOUT,
-    REFERENCE,
+    nbdkit_bin, nbdkit_cmd, run, run_tool, skip_unless, Output, Server, CMD_TIMEOUT, REFERENCE,
 };
 
 const TEST_URI: &str = "connect=test:///default";
@@ -23,43 +20,8 @@ const TEST_URI: &str = "connect=test:///default";
 /// (its `physical` field, which nbdkit serves).
 const TEST_DISK_SIZE: u64 = 1 << 40;
 
-/// Check once that `nbdkit libvirt` is this project's plugin built beside
-/// the binary under test (Debian's C plugin in the plugin directory could
-/// answer too). Panics with the way to build it otherwise.
 fn our_plugin() {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let o = run(nbdkit_cmd().args(["libvirt", "--dump-plugin"]), CMD_TIMEOUT);
-        if !o.success() {
-            return Err(format!(
-                "nbdkit libvirt --dump-plugin failed: {}",
-                o.describe()
-            ));
-        }
-        if is_reference() {
-            return Ok(());
-        }
-        let bin = fs::canonicalize(nbdkit_bin()).unwrap();
-        let dir = bin.parent().unwrap();
-        let path = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("path="))
-            .unwrap_or_default()
-            .to_string();
-        if Path::new(&path) == dir.join("libnbdkit_libvirt_plugin.so") {
-            Ok(())
-        } else {
-            Err(format!(
-                "`nbdkit libvirt` loaded {path:?}, not the plugin built beside {}: build it \
-                 with `cargo build -p nbdkit-libvirt-plugin` (add --release for a release nbdkit)",
-                bin.display()
-            ))
-        }
-    });
-    if let Err(e) = r {
-        panic!("{e}");
-    }
+    nbdkit_tests::assert_own_plugin("libvirt");
 }
 
 /// Whether libvirt.so.0 (Debian's libvirt0) is installed; SKIP if not.

@@ -710,24 +710,11 @@ format=<FORMAT>                specify the format of next disk\n\
 mount=inspect|MOUNT            mount filesystems\n\
 trace=on                       enable libguestfs call tracing";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     api_version: 1,
     thread_model: abi::THREAD_MODEL_SERIALIZE_CONNECTIONS,
     name: c"guestfs".as_ptr(),
     longname: c"nbdkit guestfs plugin".as_ptr(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
-    load: None,
     unload: Some(gfs_unload),
     config: Some(gfs_config),
     config_complete: Some(gfs_config_complete),
@@ -735,40 +722,12 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     open: Some(gfs_open),
     close: Some(gfs_close),
     get_size: Some(gfs_get_size),
-    can_write: None,
-    can_flush: None,
-    is_rotational: None,
-    can_trim: None,
     v1_slots: [Some(PREAD_V1), Some(PWRITE_V1), Some(FLUSH_V1), None, None],
-    errno_is_preserved: 0,
-    dump_plugin: None,
-    can_zero: None,
-    can_fua: None,
-    pread: None,
-    pwrite: None,
-    flush: None,
-    trim: None,
-    zero: None,
-    magic_config_key: core::ptr::null(),
-    can_multi_conn: None,
-    can_extents: None,
-    extents: None,
-    can_cache: None,
-    cache: None,
-    thread_model_cb: None,
-    can_fast_zero: None,
-    preconnect: None,
-    get_ready: None,
-    after_fork: None,
-    list_exports: None,
-    default_export: None,
-    export_description: None,
-    cleanup: None,
-    block_size: None,
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

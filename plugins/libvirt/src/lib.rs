@@ -305,65 +305,23 @@ const CONFIG_HELP: &CStr = c"connect=<URI>   (optional) libvirt connection URI\n
 domain=<DOMAIN> (required) libvirt domain name\n\
 disk=<DISK>     (required) guest disk name";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     api_version: 1,
     thread_model: abi::THREAD_MODEL_SERIALIZE_REQUESTS,
     name: c"libvirt".as_ptr(),
     longname: c"nbdkit libvirt plugin".as_ptr(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
-    load: None,
-    unload: None,
     config: Some(virt_config),
     config_complete: Some(virt_config_complete),
     config_help: CONFIG_HELP.as_ptr(),
     open: Some(virt_open),
     close: Some(virt_close),
     get_size: Some(virt_get_size),
-    can_write: None,
-    can_flush: None,
-    is_rotational: None,
-    can_trim: None,
     v1_slots: [Some(PREAD_V1), None, None, None, None],
-    errno_is_preserved: 0,
-    dump_plugin: None,
-    can_zero: None,
-    can_fua: None,
-    pread: None,
-    pwrite: None,
-    flush: None,
-    trim: None,
-    zero: None,
-    magic_config_key: core::ptr::null(),
-    can_multi_conn: None,
-    can_extents: None,
-    extents: None,
-    can_cache: None,
-    cache: None,
-    thread_model_cb: None,
-    can_fast_zero: None,
-    preconnect: None,
-    get_ready: None,
-    after_fork: None,
-    list_exports: None,
-    default_export: None,
-    export_description: None,
-    cleanup: None,
-    block_size: None,
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }
