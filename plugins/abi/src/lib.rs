@@ -237,3 +237,24 @@ impl Registration {
         (&self.0 as *const Plugin).cast()
     }
 }
+
+/// Load a plugin's C library into `cell` once (at `config_complete`):
+/// 0, or -1 after `nbdkit_error` with `load`'s message.
+pub fn load_once<T>(
+    cell: &std::sync::OnceLock<T>,
+    load: impl FnOnce() -> Result<T, String>,
+) -> c_int {
+    if cell.get().is_some() {
+        return 0;
+    }
+    match load() {
+        Ok(l) => {
+            let _ = cell.set(l);
+            0
+        }
+        Err(e) => {
+            error(&e);
+            -1
+        }
+    }
+}

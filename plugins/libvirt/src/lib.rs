@@ -151,18 +151,7 @@ unsafe extern "C" fn virt_config_complete() -> c_int {
             return -1;
         }
     }
-    if LIB.get().is_none() {
-        match load() {
-            Ok(l) => {
-                let _ = LIB.set(l);
-            }
-            Err(e) => {
-                abi::error(&e);
-                return -1;
-            }
-        }
-    }
-    0
+    abi::load_once(&LIB, load)
 }
 
 /// One connection: its own libvirt connection and domain.
