@@ -4,6 +4,8 @@
 //! (buffered and `direct=true`, with post-connect properties), and the
 //! `virtio-blk-vhost-user` driver against Debian's qemu-storage-daemon
 //! serving a file; `--dump-plugin`, `--help` and the error paths.
+//! libblkio is Linux-only (io_uring, vhost, VFIO), and so are these tests.
+#![cfg(target_os = "linux")]
 
 use core::time::Duration;
 use nbdkit_tests::{
@@ -151,6 +153,21 @@ fn open_errors_name_the_cause() {
     open_fails(
         &["blkio", "io_uring", &path, "num-entries=abc"],
         "error: error setting property: num-entries=abc: Value must be a signed 32-bit integer",
+    );
+    // The other drivers are libblkio's own: without their devices (an NVMe
+    // generic character device, a vDPA device, a VFIO PCI function) each
+    // says what is wrong with the path it was given.
+    open_fails(
+        &["blkio", "nvme-io_uring", &path],
+        "error: blkio_connect: failed to connect to device: The file must be a character device",
+    );
+    open_fails(
+        &["blkio", "virtio-blk-vhost-vdpa", &path],
+        "error: blkio_connect: failed to connect to device: Failed to connect to vDPA device path",
+    );
+    open_fails(
+        &["blkio", "virtio-blk-vfio-pci", &path],
+        "error: blkio_connect: failed to connect to device: Not a directory",
     );
     open_fails(
         &["blkio", "io_uring", &path, "no-such-property=1"],
