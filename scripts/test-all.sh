@@ -58,6 +58,8 @@ packages=(
     libcurl4-openssl-dev # the system libcurl that plugins/curl links (curl-sys via pkg-config)
     nginx            # the HTTP(S) server the curl plugin tests start on loopback
     python3-pyftpdlib # the FTP server the curl plugin tests start on loopback
+    libvirt0         # libvirt.so.0, dlopened by plugins/libvirt (plugin_libvirt: test:///default)
+    nbdkit-plugin-libvirt # the reference's libvirt plugin (plugin_libvirt differential tests)
 )
 
 missing=()
@@ -84,6 +86,11 @@ cargo build --release -p nbdkit-python-plugin
 cargo build --release -p nbdkit-ssh-plugin
 # The curl plugin (a shared object beside nbdkit; links the system libcurl).
 cargo build --release -p nbdkit-curl-plugin
+# The libvirt plugin (loads libvirt.so.0 with dlopen: builds without libvirt).
+cargo build --release -p nbdkit-libvirt-plugin
+# The guestfs plugin (loads libguestfs.so.0 with dlopen: builds without it;
+# its tests use a stand-in library built with gcc where libguestfs0 is absent).
+cargo build --release -p nbdkit-guestfs-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

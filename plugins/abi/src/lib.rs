@@ -156,9 +156,108 @@ pub fn set_error(err: c_int) {
     unsafe { nbdkit_set_error(err) };
 }
 
-/// A [`Plugin`] in a `static`, as `plugin_init` hands it out.
+/// A NUL-terminated string from the server (a `config` key or value) as
+/// a Rust string; NULL gives the empty string.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string.
+pub unsafe fn str_arg(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's guarantee.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The version of nbdkit these plugins belong to (their `version`).
+pub const NBDKIT_VERSION: &std::ffi::CStr = c"1.36.2";
+
+impl Plugin {
+    /// An API 2 plugin with every slot empty: the base that a plugin's
+    /// registration completes with `..Plugin::EMPTY`.
+    pub const EMPTY: Plugin = Plugin {
+        struct_size: core::mem::size_of::<Plugin>() as u64,
+        api_version: 2,
+        thread_model: THREAD_MODEL_PARALLEL,
+        name: core::ptr::null(),
+        longname: core::ptr::null(),
+        version: NBDKIT_VERSION.as_ptr(),
+        description: core::ptr::null(),
+        load: None,
+        unload: None,
+        config: None,
+        config_complete: None,
+        config_help: core::ptr::null(),
+        open: None,
+        close: None,
+        get_size: None,
+        can_write: None,
+        can_flush: None,
+        is_rotational: None,
+        can_trim: None,
+        v1_slots: [None; 5],
+        errno_is_preserved: 0,
+        dump_plugin: None,
+        can_zero: None,
+        can_fua: None,
+        pread: None,
+        pwrite: None,
+        flush: None,
+        trim: None,
+        zero: None,
+        magic_config_key: core::ptr::null(),
+        can_multi_conn: None,
+        can_extents: None,
+        extents: None,
+        can_cache: None,
+        cache: None,
+        thread_model_cb: None,
+        can_fast_zero: None,
+        preconnect: None,
+        get_ready: None,
+        after_fork: None,
+        list_exports: None,
+        default_export: None,
+        export_description: None,
+        cleanup: None,
+        block_size: None,
+    };
+}
+
+/// A plugin's registration in a `static`, for its `plugin_init` to hand
+/// to the server.
 pub struct Registration(pub Plugin);
 
 // SAFETY: the struct holds function pointers and pointers to static
 // strings; the server only reads it.
 unsafe impl Sync for Registration {}
+
+impl Registration {
+    /// What `plugin_init` returns.
+    pub fn as_ptr(&'static self) -> *const c_void {
+        (&self.0 as *const Plugin).cast()
+    }
+}
+
+/// Load a plugin's C library into `cell` once (at `config_complete`):
+/// 0, or -1 after `nbdkit_error` with `load`'s message.
+pub fn load_once<T>(
+    cell: &std::sync::OnceLock<T>,
+    load: impl FnOnce() -> Result<T, String>,
+) -> c_int {
+    if cell.get().is_some() {
+        return 0;
+    }
+    match load() {
+        Ok(l) => {
+            let _ = cell.set(l);
+            0
+        }
+        Err(e) => {
+            error(&e);
+            -1
+        }
+    }
+}

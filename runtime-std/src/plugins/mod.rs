@@ -1,5 +1,6 @@
 //! Plugins that need the operating system.
 
+pub mod blkio;
 pub mod cc;
 pub mod data;
 pub mod example2;
@@ -24,6 +25,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {
         "file" => Box::new(file::File::default()),
         "cc" => Box::new(cc::Cc::default()),
+        "blkio" => Box::new(blkio::Blkio::default()),
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),
