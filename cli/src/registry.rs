@@ -95,5 +95,6 @@ pub(crate) fn script_plugin(name: &str) -> Option<(String, String)> {
     let mut words = line.strip_prefix("#!")?.split_whitespace();
     let interpreter = words.next()?;
     let lang = words.next()?;
-    (Path::new(interpreter).file_name()? == "nbdkit").then(|| (lang.to_string(), path.display().to_string()))
+    (Path::new(interpreter).file_name()? == "nbdkit")
+        .then(|| (lang.to_string(), path.display().to_string()))
 }

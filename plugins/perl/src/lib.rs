@@ -364,7 +364,8 @@ fn load_script(path: &str) -> Res<()> {
     let mut err: *mut c_char = core::ptr::null_mut();
     // SAFETY: a NUL-terminated name, the source's bytes and an
     // out-parameter; the caller holds the lock.
-    if unsafe { nbdkit_perl_load(c.as_ptr(), source.as_ptr().cast(), source.len(), &mut err) } == -1 {
+    if unsafe { nbdkit_perl_load(c.as_ptr(), source.as_ptr().cast(), source.len(), &mut err) } == -1
+    {
         return Err(Fail::Died(one_line(&take_cstr(err))));
     }
     if ["open", "get_size", "pread"].iter().any(|n| !defined(n)) {
@@ -384,7 +385,11 @@ unsafe extern "C" fn pl_config(key: *const c_char, value: *const c_char) -> c_in
         abi::error("perl: the Perl interpreter did not start");
         return -1;
     }
-    let loaded = PERL.lock().unwrap_or_else(|e| e.into_inner()).script.is_some();
+    let loaded = PERL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .script
+        .is_some();
     if !loaded {
         if key != "script" {
             abi::error("the first parameter must be script=/path/to/perl/script.pl");
@@ -451,7 +456,12 @@ unsafe extern "C" fn pl_after_fork() -> c_int {
 }
 
 unsafe extern "C" fn pl_cleanup() {
-    if PERL.lock().unwrap_or_else(|e| e.into_inner()).script.is_some() {
+    if PERL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .script
+        .is_some()
+    {
         global0("cleanup");
     }
 }
@@ -576,16 +586,19 @@ fn call_h(h: H, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
 }
 
 unsafe extern "C" fn pl_export_description(h: H) -> *const c_char {
-    run("export_description", true, core::ptr::null(), |_| {
-        match call_h(h, "export_description", &[], false)? {
+    run(
+        "export_description",
+        true,
+        core::ptr::null(),
+        |_| match call_h(h, "export_description", &[], false)? {
             None => Ok(core::ptr::null()),
             Some(v) if v.kind() == 1 => Ok(intern_str(&v.text())),
             Some(v) => Err(Fail::Msg(format!(
                 "export_description returned a value that is not a string: {}",
                 v.describe()
             ))),
-        }
-    })
+        },
+    )
 }
 
 unsafe extern "C" fn pl_get_size(h: H) -> i64 {
@@ -609,7 +622,10 @@ unsafe extern "C" fn pl_block_size(h: H, min: *mut u32, pref: *mut u32, max: *mu
             return Ok(Some((0, 0, 0)));
         };
         let e = v.elements();
-        let n: Vec<Option<u32>> = e.iter().map(|x| x.int().and_then(|i| u32::try_from(i).ok())).collect();
+        let n: Vec<Option<u32>> = e
+            .iter()
+            .map(|x| x.int().and_then(|i| u32::try_from(i).ok()))
+            .collect();
         match n[..] {
             [Some(a), Some(b), Some(c)] => Ok(Some((a, b, c))),
             _ => Err(Fail::Msg(
@@ -721,9 +737,19 @@ unsafe extern "C" fn pl_can_cache(h: H) -> c_int {
 // ---------------------------------------------------------------------------
 // Data
 
-unsafe extern "C" fn pl_pread(h: H, buf: *mut c_void, count: u32, offset: u64, flags: u32) -> c_int {
+unsafe extern "C" fn pl_pread(
+    h: H,
+    buf: *mut c_void,
+    count: u32,
+    offset: u64,
+    flags: u32,
+) -> c_int {
     run("pread", true, -1, |_| {
-        let args = [Arg::Uint(count.into()), Arg::Uint(offset), Arg::Uint(flags.into())];
+        let args = [
+            Arg::Uint(count.into()),
+            Arg::Uint(offset),
+            Arg::Uint(flags.into()),
+        ];
         let v = call_h(h, "pread", &args, false)?
             .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
         if v.kind() != 1 {
@@ -732,9 +758,9 @@ unsafe extern "C" fn pl_pread(h: H, buf: *mut c_void, count: u32, offset: u64, f
                 v.describe()
             )));
         }
-        let b = v.bytes().ok_or_else(|| {
-            Fail::Msg("returned a string with wide characters, not bytes".into())
-        })?;
+        let b = v
+            .bytes()
+            .ok_or_else(|| Fail::Msg("returned a string with wide characters, not bytes".into()))?;
         if b.len() < count as usize {
             return Err(Fail::Msg(format!(
                 "the buffer returned is too small ({} < {count} bytes)",
@@ -756,10 +782,20 @@ fn data(h: H, name: &'static str, args: &[Arg<'_>]) -> c_int {
     })
 }
 
-unsafe extern "C" fn pl_pwrite(h: H, buf: *const c_void, count: u32, offset: u64, flags: u32) -> c_int {
+unsafe extern "C" fn pl_pwrite(
+    h: H,
+    buf: *const c_void,
+    count: u32,
+    offset: u64,
+    flags: u32,
+) -> c_int {
     // SAFETY: the server lends `count` bytes for the call.
     let b = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
-    data(h, "pwrite", &[Arg::Str(b), Arg::Uint(offset), Arg::Uint(flags.into())])
+    data(
+        h,
+        "pwrite",
+        &[Arg::Str(b), Arg::Uint(offset), Arg::Uint(flags.into())],
+    )
 }
 
 unsafe extern "C" fn pl_flush(h: H, flags: u32) -> c_int {
@@ -767,16 +803,36 @@ unsafe extern "C" fn pl_flush(h: H, flags: u32) -> c_int {
 }
 
 unsafe extern "C" fn pl_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "trim", &[Arg::Uint(count.into()), Arg::Uint(offset), Arg::Uint(flags.into())])
+    data(
+        h,
+        "trim",
+        &[
+            Arg::Uint(count.into()),
+            Arg::Uint(offset),
+            Arg::Uint(flags.into()),
+        ],
+    )
 }
 
 unsafe extern "C" fn pl_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "cache", &[Arg::Uint(count.into()), Arg::Uint(offset), Arg::Uint(flags.into())])
+    data(
+        h,
+        "cache",
+        &[
+            Arg::Uint(count.into()),
+            Arg::Uint(offset),
+            Arg::Uint(flags.into()),
+        ],
+    )
 }
 
 unsafe extern "C" fn pl_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
     run("zero", true, -1, |_| {
-        let args = [Arg::Uint(count.into()), Arg::Uint(offset), Arg::Uint(flags.into())];
+        let args = [
+            Arg::Uint(count.into()),
+            Arg::Uint(offset),
+            Arg::Uint(flags.into()),
+        ];
         let r = call_h(h, "zero", &args, false);
         // Nbdkit::set_error(POSIX::EOPNOTSUPP) asks the server to write
         // zeroes instead, whether the script then dies or returns.
@@ -806,7 +862,11 @@ unsafe extern "C" fn pl_extents(
     extents: *mut abi::Extents,
 ) -> c_int {
     run("extents", true, -1, |_| {
-        let args = [Arg::Uint(count.into()), Arg::Uint(offset), Arg::Uint(flags.into())];
+        let args = [
+            Arg::Uint(count.into()),
+            Arg::Uint(offset),
+            Arg::Uint(flags.into()),
+        ];
         let Some(r) = call_h(h, "extents", &args, true)? else {
             // Like the server without the callback: all data.
             // SAFETY: the server's list for this call.
@@ -827,7 +887,11 @@ unsafe extern "C" fn pl_extents(
             return Err(Fail::Msg("cannot return an empty list of extents".into()));
         }
         for item in items {
-            let e = if item.kind() == ARRAY { item.elements() } else { Vec::new() };
+            let e = if item.kind() == ARRAY {
+                item.elements()
+            } else {
+                Vec::new()
+            };
             let n: Vec<Option<i64>> = e.iter().map(Val::int).collect();
             let (o, l, t) = match n[..] {
                 [Some(o), Some(l), Some(t)] if o >= 0 && l >= 0 && t >= 0 => (o, l, t),
