@@ -5,7 +5,8 @@
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
-#      and -p nbdkit-python-plugin (its python plugin, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-perl-plugin, -p nbdkit-tcl-plugin
+#      (its language plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -51,6 +52,10 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    libperl-dev      # libperl and its embedding headers for plugins/perl
+    tcl-dev          # libtcl8.6 for plugins/tcl
+    nbdkit-plugin-perl # the reference's perl plugin (plugin_perl differential tests)
+    nbdkit-plugin-tcl # the reference's tcl plugin (plugin_tcl differential tests)
 )
 
 missing=()
@@ -73,6 +78,10 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The perl plugin (libperl-dev; also puts example4 beside the binary) and the
+# tcl plugin (tcl-dev), shared objects found beside target/release/nbdkit.
+cargo build --release -p nbdkit-perl-plugin
+cargo build --release -p nbdkit-tcl-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
