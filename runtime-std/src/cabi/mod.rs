@@ -308,7 +308,8 @@ fn dl_message(e: &libloading::Error) -> String {
         if lib.starts_with("libpython3.") || lib.starts_with("libtcl8.") {
             lib.split(".so").next().map(str::to_string)
         } else {
-            lib.strip_prefix("libperl.so.").map(|v| format!("libperl{v}"))
+            lib.strip_prefix("libperl.so.")
+                .map(|v| format!("libperl{v}"))
         }
     });
     match package {
