@@ -1316,6 +1316,39 @@ impl JsonParser<'_> {
     }
 }
 
+/// A C plugin `dir/nbdkit-fake-plugin.so` linked against a library with
+/// the soname `soname` that is then removed, so that loading the plugin
+/// fails as when an interpreter library (libpython, libperl, libtcl) is
+/// not installed. Needs gcc.
+pub fn plugin_needing_missing_library(dir: &TempDir, soname: &str) -> PathBuf {
+    let c = dir.join("fake-empty.c");
+    std::fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
+    let lib = dir.join(soname);
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC"])
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-o")
+            .arg(&lib)
+            .arg(&c),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    let plugin = dir.join("nbdkit-fake-plugin.so");
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&plugin)
+            .arg(&c)
+            .arg("-Wl,--no-as-needed")
+            .arg(&lib),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    std::fs::remove_file(&lib).unwrap();
+    plugin
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -797,30 +797,7 @@ fn missing_libperl_names_the_debian_package() {
     }
     skip_unless!("gcc");
     let dir = TempDir::new();
-    // A stand-in libperl 5.99 to link against, removed before loading.
-    let c = dir.join("empty.c");
-    fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
-    let lib = dir.join("libperl.so.5.99");
-    let o = run(
-        Command::new("gcc")
-            .args(["-shared", "-fPIC", "-Wl,-soname,libperl.so.5.99", "-o"])
-            .arg(&lib)
-            .arg(&c),
-        CMD_TIMEOUT,
-    );
-    assert!(o.success(), "{}", o.describe());
-    let plugin = dir.join("nbdkit-fakeperl-plugin.so");
-    let o = run(
-        Command::new("gcc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&plugin)
-            .arg(&c)
-            .args(["-Wl,--no-as-needed"])
-            .arg(&lib),
-        CMD_TIMEOUT,
-    );
-    assert!(o.success(), "{}", o.describe());
-    fs::remove_file(&lib).unwrap();
+    let plugin = plugin_needing_missing_library(&dir, "libperl.so.5.99");
     let o = run(
         nbdkit_cmd().args(["-U", "-", path_str(&plugin), "--run", "exit 0"]),
         CMD_TIMEOUT,

@@ -688,29 +688,7 @@ fn missing_libtcl_names_the_debian_package() {
     }
     skip_unless!("gcc");
     let dir = TempDir::new();
-    let c = dir.join("empty.c");
-    fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
-    let lib = dir.join("libtcl8.99.so");
-    let o = run(
-        Command::new("gcc")
-            .args(["-shared", "-fPIC", "-Wl,-soname,libtcl8.99.so", "-o"])
-            .arg(&lib)
-            .arg(&c),
-        CMD_TIMEOUT,
-    );
-    assert!(o.success(), "{}", o.describe());
-    let plugin = dir.join("nbdkit-faketcl-plugin.so");
-    let o = run(
-        Command::new("gcc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&plugin)
-            .arg(&c)
-            .args(["-Wl,--no-as-needed"])
-            .arg(&lib),
-        CMD_TIMEOUT,
-    );
-    assert!(o.success(), "{}", o.describe());
-    fs::remove_file(&lib).unwrap();
+    let plugin = plugin_needing_missing_library(&dir, "libtcl8.99.so");
     let o = run(
         nbdkit_cmd().args(["-U", "-", path_str(&plugin), "--run", "exit 0"]),
         CMD_TIMEOUT,

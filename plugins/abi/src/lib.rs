@@ -151,3 +151,34 @@ pub fn set_error(err: c_int) {
     // SAFETY: takes a plain int.
     unsafe { nbdkit_set_error(err) };
 }
+
+/// A C string argument from the server as Rust text (empty for NULL).
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the call.
+pub unsafe fn arg(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The text of an errno value.
+pub fn strerror(errno: c_int) -> String {
+    // SAFETY: strerror returns a valid string for any errno value.
+    unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Hand a string to the server, which keeps it for the connection
+/// (`nbdkit_strdup_intern`).
+pub fn intern_str(s: &str) -> *const c_char {
+    let c = cstring(s);
+    // SAFETY: a NUL-terminated string, copied by the server.
+    unsafe { nbdkit_strdup_intern(c.as_ptr()) }
+}

@@ -292,26 +292,6 @@ unsafe fn handle<'a>(h: H) -> &'a Handle {
     unsafe { &*(h as *const Handle) }
 }
 
-/// A C string argument as Rust text.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-fn strerror(errno: i32) -> String {
-    // SAFETY: strerror returns a valid string for any errno value.
-    unsafe { CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 // ---------------------------------------------------------------------------
 // Loading and configuration
 
@@ -350,7 +330,8 @@ fn load_script(path: &str) -> Res<()> {
     let source = std::fs::read(path).map_err(|e| {
         Fail::Msg(format!(
             "cannot open file: {}",
-            e.raw_os_error().map_or_else(|| e.to_string(), strerror)
+            e.raw_os_error()
+                .map_or_else(|| e.to_string(), abi::strerror)
         ))
     })?;
     // Perl's `#line` directive names the file: a name it cannot quote
@@ -380,7 +361,7 @@ fn load_script(path: &str) -> Res<()> {
 
 unsafe extern "C" fn pl_config(key: *const c_char, value: *const c_char) -> c_int {
     // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
+    let (key, value) = unsafe { (abi::arg(key), abi::arg(value)) };
     if STARTED.get() != Some(&true) {
         abi::error("perl: the Perl interpreter did not start");
         return -1;
@@ -527,19 +508,12 @@ unsafe extern "C" fn pl_list_exports(
     })
 }
 
-/// Hand a string to the server, which keeps it for the connection.
-fn intern_str(s: &str) -> *const c_char {
-    let c = abi::cstring(s);
-    // SAFETY: a NUL-terminated string, copied by the server.
-    unsafe { abi::nbdkit_strdup_intern(c.as_ptr()) }
-}
-
 unsafe extern "C" fn pl_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
     run("default_export", true, core::ptr::null(), |_| {
         let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
         match call_opt("default_export", &args, false)? {
             None => Ok(c"".as_ptr()),
-            Some(v) if v.kind() == 1 => Ok(intern_str(&v.text())),
+            Some(v) if v.kind() == 1 => Ok(abi::intern_str(&v.text())),
             Some(v) => Err(Fail::Msg(format!(
                 "default_export returned a value that is not a string: {}",
                 v.describe()
@@ -592,7 +566,7 @@ unsafe extern "C" fn pl_export_description(h: H) -> *const c_char {
         core::ptr::null(),
         |_| match call_h(h, "export_description", &[], false)? {
             None => Ok(core::ptr::null()),
-            Some(v) if v.kind() == 1 => Ok(intern_str(&v.text())),
+            Some(v) if v.kind() == 1 => Ok(abi::intern_str(&v.text())),
             Some(v) => Err(Fail::Msg(format!(
                 "export_description returned a value that is not a string: {}",
                 v.describe()
@@ -745,11 +719,7 @@ unsafe extern "C" fn pl_pread(
     flags: u32,
 ) -> c_int {
     run("pread", true, -1, |_| {
-        let args = [
-            Arg::Uint(count.into()),
-            Arg::Uint(offset),
-            Arg::Uint(flags.into()),
-        ];
+        let args = range(count, offset, flags);
         let v = call_h(h, "pread", &args, false)?
             .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
         if v.kind() != 1 {
@@ -772,6 +742,15 @@ unsafe extern "C" fn pl_pread(
         unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), count as usize) };
         Ok(0)
     })
+}
+
+/// The arguments `count, offset, flags` of a data callback.
+fn range(count: u32, offset: u64, flags: u32) -> [Arg<'static>; 3] {
+    [
+        Arg::Uint(count.into()),
+        Arg::Uint(offset),
+        Arg::Uint(flags.into()),
+    ]
 }
 
 /// A data callback; a missing one is "not implemented".
@@ -803,36 +782,16 @@ unsafe extern "C" fn pl_flush(h: H, flags: u32) -> c_int {
 }
 
 unsafe extern "C" fn pl_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(
-        h,
-        "trim",
-        &[
-            Arg::Uint(count.into()),
-            Arg::Uint(offset),
-            Arg::Uint(flags.into()),
-        ],
-    )
+    data(h, "trim", &range(count, offset, flags))
 }
 
 unsafe extern "C" fn pl_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(
-        h,
-        "cache",
-        &[
-            Arg::Uint(count.into()),
-            Arg::Uint(offset),
-            Arg::Uint(flags.into()),
-        ],
-    )
+    data(h, "cache", &range(count, offset, flags))
 }
 
 unsafe extern "C" fn pl_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
     run("zero", true, -1, |_| {
-        let args = [
-            Arg::Uint(count.into()),
-            Arg::Uint(offset),
-            Arg::Uint(flags.into()),
-        ];
+        let args = range(count, offset, flags);
         let r = call_h(h, "zero", &args, false);
         // Nbdkit::set_error(POSIX::EOPNOTSUPP) asks the server to write
         // zeroes instead, whether the script then dies or returns.
@@ -862,11 +821,7 @@ unsafe extern "C" fn pl_extents(
     extents: *mut abi::Extents,
 ) -> c_int {
     run("extents", true, -1, |_| {
-        let args = [
-            Arg::Uint(count.into()),
-            Arg::Uint(offset),
-            Arg::Uint(flags.into()),
-        ];
+        let args = range(count, offset, flags);
         let Some(r) = call_h(h, "extents", &args, true)? else {
             // Like the server without the callback: all data.
             // SAFETY: the server's list for this call.

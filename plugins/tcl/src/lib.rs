@@ -358,24 +358,6 @@ unsafe fn handle<'a>(h: H) -> &'a Handle {
     unsafe { &*(h as *const Handle) }
 }
 
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-fn strerror(errno: i32) -> String {
-    // SAFETY: strerror returns a valid string for any errno value.
-    unsafe { CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 // ---------------------------------------------------------------------------
 // The nbdkit:: commands
 
@@ -525,7 +507,8 @@ fn load_script(tcl: &Tcl, path: &str) -> Result<(), String> {
     if let Err(e) = std::fs::File::open(path) {
         return Err(format!(
             "cannot open file: {}",
-            e.raw_os_error().map_or_else(|| e.to_string(), strerror)
+            e.raw_os_error()
+                .map_or_else(|| e.to_string(), abi::strerror)
         ));
     }
     let c = abi::cstring(path);
@@ -550,7 +533,7 @@ fn load_script(tcl: &Tcl, path: &str) -> Result<(), String> {
 
 unsafe extern "C" fn tcl_config(key: *const c_char, value: *const c_char) -> c_int {
     // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
+    let (key, value) = unsafe { (abi::arg(key), abi::arg(value)) };
     if STARTED.get() != Some(&true) {
         abi::error("tcl: the Tcl interpreter did not start");
         return -1;
@@ -672,19 +655,12 @@ unsafe extern "C" fn tcl_list_exports(
     })
 }
 
-/// Hand a string to the server, which keeps it for the connection.
-fn intern_str(s: &str) -> *const c_char {
-    let c = abi::cstring(s);
-    // SAFETY: a NUL-terminated string, copied by the server.
-    unsafe { abi::nbdkit_strdup_intern(c.as_ptr()) }
-}
-
 unsafe extern "C" fn tcl_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
     run("default_export", core::ptr::null(), |t| {
         let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
         Ok(match t.call_opt("default_export", &args)? {
             None => c"".as_ptr(),
-            Some(v) => intern_str(&v.text()),
+            Some(v) => abi::intern_str(&v.text()),
         })
     })
 }
@@ -729,7 +705,7 @@ unsafe extern "C" fn tcl_export_description(h: H) -> *const c_char {
     run("export_description", core::ptr::null(), |t| {
         Ok(match call_h(t, h, "export_description", &[])? {
             None => core::ptr::null(),
-            Some(v) => intern_str(&v.text()),
+            Some(v) => abi::intern_str(&v.text()),
         })
     })
 }
