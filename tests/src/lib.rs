@@ -1349,6 +1349,43 @@ pub fn plugin_needing_missing_library(dir: &TempDir, soname: &str) -> PathBuf {
     plugin
 }
 
+/// qemu-img then nbdcopy write `len` bytes of random data (seeds `seed`
+/// and `seed + 1`) to the export at `uri` and read them back byte for byte.
+pub fn round_trip_qemu_img_and_nbdcopy(dir: &TempDir, uri: &str, len: usize, seed: u64) {
+    let input = dir.join("in.img");
+    let want = write_random_file(&input, len, seed);
+    let o = run_tool(
+        "qemu-img",
+        [
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path_str(&input),
+            uri,
+        ],
+    );
+    assert!(o.success(), "qemu-img convert to nbd: {}", o.describe());
+    let back = dir.join("back-qemu.img");
+    let o = run_tool(
+        "qemu-img",
+        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&back)],
+    );
+    assert!(o.success(), "qemu-img convert from nbd: {}", o.describe());
+    assert_bytes_eq("qemu-img round trip", &fs::read(&back).unwrap(), &want);
+
+    let input2 = dir.join("in2.img");
+    let want2 = write_random_file(&input2, len, seed + 1);
+    let o = run_tool("nbdcopy", [path_str(&input2), uri]);
+    assert!(o.success(), "nbdcopy to nbd: {}", o.describe());
+    let back2 = dir.join("back-nbdcopy.img");
+    let o = run_tool("nbdcopy", [uri, path_str(&back2)]);
+    assert!(o.success(), "nbdcopy from nbd: {}", o.describe());
+    assert_bytes_eq("nbdcopy round trip", &fs::read(&back2).unwrap(), &want2);
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -124,46 +124,7 @@ fn ramdisk_round_trips_through_qemu_img_and_nbdcopy() {
     let dir = TempDir::new();
     let s = script(&dir, "ramdisk.tcl", RAMDISK);
     let srv = Server::start(["tcl", path_str(&s), "size=8388608"]);
-    let input = dir.join("in.img");
-    let want = write_random_file(&input, 8 << 20, 31);
-    let o = run_tool(
-        "qemu-img",
-        [
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            path_str(&input),
-            &srv.uri(),
-        ],
-    );
-    assert!(o.success(), "qemu-img convert to nbd: {}", o.describe());
-    let back = dir.join("back-qemu.img");
-    let o = run_tool(
-        "qemu-img",
-        [
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &srv.uri(),
-            path_str(&back),
-        ],
-    );
-    assert!(o.success(), "qemu-img convert from nbd: {}", o.describe());
-    assert_bytes_eq("qemu-img round trip", &fs::read(&back).unwrap(), &want);
-
-    let input2 = dir.join("in2.img");
-    let want2 = write_random_file(&input2, 8 << 20, 32);
-    let o = run_tool("nbdcopy", [path_str(&input2), &srv.uri()]);
-    assert!(o.success(), "nbdcopy to nbd: {}", o.describe());
-    let back2 = dir.join("back-nbdcopy.img");
-    let o = run_tool("nbdcopy", [&srv.uri(), path_str(&back2)]);
-    assert!(o.success(), "nbdcopy from nbd: {}", o.describe());
-    assert_bytes_eq("nbdcopy round trip", &fs::read(&back2).unwrap(), &want2);
+    round_trip_qemu_img_and_nbdcopy(&dir, &srv.uri(), 8 << 20, 31);
     assert!(
         error_lines(&srv.stderr()).is_empty(),
         "errors: {}",
