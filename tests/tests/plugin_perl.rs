@@ -772,3 +772,23 @@ fn missing_libperl_names_the_debian_package() {
         errors[0]
     );
 }
+
+/// `Nbdkit::debug` messages are the server's debug messages (`-v`).
+#[test]
+fn nbdkit_debug_is_a_debug_message() {
+    skip_unless!("nbdinfo");
+    perl_plugin();
+    let dir = TempDir::new();
+    let s = script(&dir, "ramdisk.pl", RAMDISK);
+    let mut srv = Server::start(["-v", "perl", path_str(&s)]);
+    let o = run_tool("nbdinfo", ["--size", &srv.uri()]);
+    assert!(o.success(), "{}", o.describe());
+    srv.stop();
+    let stderr = srv.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("nbdkit: ") && l.ends_with("debug: open: readonly=0")),
+        "{stderr}"
+    );
+}

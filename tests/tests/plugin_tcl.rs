@@ -664,3 +664,28 @@ fn missing_libtcl_names_the_debian_package() {
         errors[0]
     );
 }
+
+/// `nbdkit::debug` messages are the server's debug messages (`-v`).
+#[test]
+fn nbdkit_debug_is_a_debug_message() {
+    skip_unless!("nbdinfo");
+    tcl_plugin();
+    let dir = TempDir::new();
+    let text = RAMDISK.replace(
+        "proc plugin_open {readonly} {\n",
+        "proc plugin_open {readonly} {\n    nbdkit::debug \"open: readonly=$readonly\"\n",
+    );
+    assert_ne!(text, RAMDISK);
+    let s = script(&dir, "ramdisk.tcl", &text);
+    let mut srv = Server::start(["-v", "tcl", path_str(&s)]);
+    let o = run_tool("nbdinfo", ["--size", &srv.uri()]);
+    assert!(o.success(), "{}", o.describe());
+    srv.stop();
+    let stderr = srv.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("nbdkit: ") && l.ends_with("debug: open: readonly=0")),
+        "{stderr}"
+    );
+}
