@@ -7,6 +7,8 @@
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
 #      and -p nbdkit-python-plugin, -p nbdkit-ssh-plugin (its python and ssh
 #      plugins, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-perl-plugin, -p nbdkit-tcl-plugin
+#      (its language plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -60,6 +62,10 @@ packages=(
     python3-pyftpdlib # the FTP server the curl plugin tests start on loopback
     libvirt0         # libvirt.so.0, dlopened by plugins/libvirt (plugin_libvirt: test:///default)
     nbdkit-plugin-libvirt # the reference's libvirt plugin (plugin_libvirt differential tests)
+    libperl-dev      # libperl and its embedding headers for plugins/perl
+    tcl-dev          # libtcl8.6 for plugins/tcl
+    nbdkit-plugin-perl # the reference's perl plugin (plugin_perl differential tests)
+    nbdkit-plugin-tcl # the reference's tcl plugin (plugin_tcl differential tests)
 )
 
 missing=()
@@ -91,6 +97,10 @@ cargo build --release -p nbdkit-libvirt-plugin
 # The guestfs plugin (loads libguestfs.so.0 with dlopen: builds without it;
 # its tests use a stand-in library built with gcc where libguestfs0 is absent).
 cargo build --release -p nbdkit-guestfs-plugin
+# The perl plugin (libperl-dev; also puts example4 beside the binary) and the
+# tcl plugin (tcl-dev), shared objects found beside target/release/nbdkit.
+cargo build --release -p nbdkit-perl-plugin
+cargo build --release -p nbdkit-tcl-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

@@ -523,7 +523,7 @@ fn run() -> ExitCode {
         None => None,
     };
 
-    let positional: Vec<String> = m
+    let mut positional: Vec<String> = m
         .get_many::<String>("args")
         .map(|v| v.cloned().collect())
         .unwrap_or_default();
@@ -616,6 +616,13 @@ fn run() -> ExitCode {
         return fail(
             "--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination",
         );
+    }
+
+    // A plugin script installed as `nbdkit-NAME-plugin` (nbdkit-plugin(3)):
+    // `nbdkit NAME ARGS` runs `nbdkit LANG SCRIPT ARGS`, LANG from its shebang.
+    if let Some((lang, script)) = registry::script_plugin(&positional[0]) {
+        positional[0] = lang;
+        positional.insert(1, script);
     }
 
     // Load the plugin and filters.

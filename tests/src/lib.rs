@@ -1399,6 +1399,74 @@ pub fn assert_copies_equal(uri: &str, want: &[u8], what: &str) {
         &fs::read(&out).expect("read out.img"),
         want,
     );
+/// A C plugin `dir/nbdkit-fake-plugin.so` linked against a library with
+/// the soname `soname` that is then removed, so that loading the plugin
+/// fails as when an interpreter library (libpython, libperl, libtcl) is
+/// not installed. Needs gcc.
+pub fn plugin_needing_missing_library(dir: &TempDir, soname: &str) -> PathBuf {
+    let c = dir.join("fake-empty.c");
+    std::fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
+    let lib = dir.join(soname);
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC"])
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-o")
+            .arg(&lib)
+            .arg(&c),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    let plugin = dir.join("nbdkit-fake-plugin.so");
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&plugin)
+            .arg(&c)
+            .arg("-Wl,--no-as-needed")
+            .arg(&lib),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    std::fs::remove_file(&lib).unwrap();
+    plugin
+}
+
+/// qemu-img then nbdcopy write `len` bytes of random data (seeds `seed`
+/// and `seed + 1`) to the export at `uri` and read them back byte for byte.
+pub fn round_trip_qemu_img_and_nbdcopy(dir: &TempDir, uri: &str, len: usize, seed: u64) {
+    let input = dir.join("in.img");
+    let want = write_random_file(&input, len, seed);
+    let o = run_tool(
+        "qemu-img",
+        [
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path_str(&input),
+            uri,
+        ],
+    );
+    assert!(o.success(), "qemu-img convert to nbd: {}", o.describe());
+    let back = dir.join("back-qemu.img");
+    let o = run_tool(
+        "qemu-img",
+        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&back)],
+    );
+    assert!(o.success(), "qemu-img convert from nbd: {}", o.describe());
+    assert_bytes_eq("qemu-img round trip", &fs::read(&back).unwrap(), &want);
+
+    let input2 = dir.join("in2.img");
+    let want2 = write_random_file(&input2, len, seed + 1);
+    let o = run_tool("nbdcopy", [path_str(&input2), uri]);
+    assert!(o.success(), "nbdcopy to nbd: {}", o.describe());
+    let back2 = dir.join("back-nbdcopy.img");
+    let o = run_tool("nbdcopy", [uri, path_str(&back2)]);
+    assert!(o.success(), "nbdcopy from nbd: {}", o.describe());
+    assert_bytes_eq("nbdcopy round trip", &fs::read(&back2).unwrap(), &want2);
 }
 
 #[cfg(test)]

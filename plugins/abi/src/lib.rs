@@ -156,17 +156,25 @@ pub fn set_error(err: c_int) {
     unsafe { nbdkit_set_error(err) };
 }
 
-/// A NUL-terminated string from the server (a `config` key or value) as
-/// a Rust string; NULL gives the empty string.
+/// A C string argument from the server as Rust text (empty for NULL).
 ///
 /// # Safety
-/// `p` is NULL or points to a NUL-terminated string.
+/// `p` is NULL or a NUL-terminated string valid for the call.
 pub unsafe fn str_arg(p: *const c_char) -> String {
     if p.is_null() {
-        return String::new();
+        String::new()
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
     }
-    // SAFETY: the caller's guarantee.
-    unsafe { std::ffi::CStr::from_ptr(p) }
+}
+
+/// The text of an errno value.
+pub fn strerror(errno: c_int) -> String {
+    // SAFETY: strerror returns a valid string for any errno value.
+    unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
         .to_string_lossy()
         .into_owned()
 }
@@ -260,4 +268,10 @@ pub fn load_once<T>(
             -1
         }
     }
+/// Hand a string to the server, which keeps it for the connection
+/// (`nbdkit_strdup_intern`).
+pub fn intern_str(s: &str) -> *const c_char {
+    let c = cstring(s);
+    // SAFETY: a NUL-terminated string, copied by the server.
+    unsafe { nbdkit_strdup_intern(c.as_ptr()) }
 }

@@ -298,13 +298,21 @@ fn open_library(
 
 fn dl_message(e: &libloading::Error) -> String {
     let m = e.to_string();
-    // An interpreter library that is not installed (the python plugin's
-    // libpython3.N.so.1.0): name the Debian package that has it.
-    let missing = m
-        .split(": ")
-        .find(|p| p.starts_with("libpython3.") && p.contains(".so"))
-        .filter(|_| m.contains("cannot open shared object file"));
-    match missing.and_then(|l| l.split(".so").next()) {
+    if !m.contains("cannot open shared object file") {
+        return m;
+    }
+    // An interpreter library that is not installed (the language plugins'
+    // libpython3.N.so.1.0, libperl.so.5.N, libtcl8.N.so): name the Debian
+    // package that has it (libpython3.N, libperl5.N, libtcl8.N).
+    let package = m.split(": ").find_map(|lib| {
+        if lib.starts_with("libpython3.") || lib.starts_with("libtcl8.") {
+            lib.split(".so").next().map(str::to_string)
+        } else {
+            lib.strip_prefix("libperl.so.")
+                .map(|v| format!("libperl{v}"))
+        }
+    });
+    match package {
         Some(pkg) => format!("{m} (install Debian's {pkg})"),
         None => m,
     }
