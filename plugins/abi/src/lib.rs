@@ -268,6 +268,8 @@ pub fn load_once<T>(
             -1
         }
     }
+}
+
 /// Hand a string to the server, which keeps it for the connection
 /// (`nbdkit_strdup_intern`).
 pub fn intern_str(s: &str) -> *const c_char {
