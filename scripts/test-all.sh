@@ -5,7 +5,8 @@
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
-#      and -p nbdkit-python-plugin (its python plugin, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-lua-plugin, -p
+#      nbdkit-ruby-plugin (its language plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -51,6 +52,10 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    liblua5.4-dev    # Lua 5.4 for plugins/lua (mlua links it through pkg-config)
+    ruby-dev         # libruby and its pkg-config file for plugins/ruby
+    nbdkit-plugin-lua # the reference's lua plugin (plugin_lua differential tests)
+    nbdkit-plugin-ruby # the reference's ruby plugin (plugin_ruby differential tests)
 )
 
 missing=()
@@ -73,6 +78,10 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The lua and ruby plugins (shared objects likewise; need liblua5.4-dev,
+# ruby-dev).
+cargo build --release -p nbdkit-lua-plugin
+cargo build --release -p nbdkit-ruby-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
