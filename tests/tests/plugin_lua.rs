@@ -196,7 +196,7 @@ function default_export (readonly, is_tls) return "a" end
 function open (readonly)
    local name = nbdkit.export_name ()
    if name ~= "a" and name ~= "b" then
-      nbdkit.set_error (nbdkit.ENOENT or 2)
+      nbdkit.set_error (nbdkit.ENOENT)
       error ("no export " .. name)
    end
    disks[name] = disks[name] or string.rep ("\0", SIZE)
@@ -341,8 +341,7 @@ fn script_load_errors_are_one_line_with_the_place() {
     let dir = TempDir::new();
     const REST: &str =
         "function get_size (h) return 1 end\nfunction pread (h, c, o) return '' end\n";
-    type Case<'a> = (&'a str, Option<String>, &'a [&'a str], &'a [&'a str]);
-    let cases: [Case<'_>; 6] = [
+    let cases: [LoadCase<'_>; 6] = [
         (
             "syntax.lua",
             Some("function open (r)\n  return 1\nend\nx = = 1\n".into()),
@@ -377,22 +376,7 @@ fn script_load_errors_are_one_line_with_the_place() {
             &["config: ", "cfg.lua:2: bad key foo"],
         ),
     ];
-    for (name, text, params, want) in cases {
-        let p = match text {
-            Some(t) => script(&dir, name, &t),
-            None => dir.join(name),
-        };
-        let mut args = vec![path_str(&p)];
-        args.extend_from_slice(params);
-        let e = start_fails("lua", &args);
-        assert!(
-            e.contains(path_str(&p)),
-            "{name}: the script is not named: {e}"
-        );
-        for w in want {
-            assert!(e.contains(w), "{name}: no {w:?} in {e}");
-        }
-    }
+    check_load_errors("lua", &dir, &cases);
     let e = start_fails("lua", &["foo=bar"]);
     assert!(e.contains("script=/path/to/script.lua"), "{e}");
 }

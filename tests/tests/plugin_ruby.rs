@@ -300,8 +300,7 @@ fn script_load_errors_are_one_line_with_the_place() {
     check_plugin("ruby");
     let dir = TempDir::new();
     const REST: &str = "def get_size(h)\n  1\nend\ndef pread(h, c, o)\n  ''\nend\n";
-    type Case<'a> = (&'a str, Option<String>, &'a [&'a str], &'a [&'a str]);
-    let cases: [Case<'_>; 6] = [
+    let cases: [LoadCase<'_>; 6] = [
         (
             "syntax.rb",
             Some("def open(r)\n  1\nend\nx = = 1\n".into()),
@@ -336,22 +335,7 @@ fn script_load_errors_are_one_line_with_the_place() {
             &["config: ", "cfg.rb:2:in `config': bad key foo (ArgumentError)"],
         ),
     ];
-    for (name, text, params, want) in cases {
-        let p = match text {
-            Some(t) => script(&dir, name, &t),
-            None => dir.join(name),
-        };
-        let mut args = vec![path_str(&p)];
-        args.extend_from_slice(params);
-        let e = start_fails("ruby", &args);
-        assert!(
-            e.contains(path_str(&p)),
-            "{name}: the script is not named: {e}"
-        );
-        for w in want {
-            assert!(e.contains(w), "{name}: no {w:?} in {e}");
-        }
-    }
+    check_load_errors("ruby", &dir, &cases);
     let e = start_fails("ruby", &["foo=bar"]);
     assert!(e.contains("script=/path/to/ruby/script.rb"), "{e}");
 }

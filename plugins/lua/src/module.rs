@@ -74,8 +74,14 @@ fn errno_of(v: &Value) -> mlua::Result<c_int> {
 }
 
 /// Errno constants the table carries (`nbdkit.EIO`, ...).
-const ERRNOS: [(&str, c_int); 12] = [
+const ERRNOS: [(&str, c_int); 18] = [
     ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("EBADF", libc::EBADF),
+    ("EAGAIN", libc::EAGAIN),
+    ("EBUSY", libc::EBUSY),
+    ("EFBIG", libc::EFBIG),
+    ("ENOTCONN", libc::ENOTCONN),
     ("EIO", libc::EIO),
     ("ENOMEM", libc::ENOMEM),
     ("EACCES", libc::EACCES),
@@ -184,26 +190,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
             }
         })?,
     )?;
-    let consts: [(&str, i64); 17] = [
-        ("THREAD_MODEL_SERIALIZE_CONNECTIONS", 0),
-        ("THREAD_MODEL_SERIALIZE_ALL_REQUESTS", 1),
-        ("THREAD_MODEL_SERIALIZE_REQUESTS", 2),
-        ("THREAD_MODEL_PARALLEL", 3),
-        ("FLAG_MAY_TRIM", abi::FLAG_MAY_TRIM.into()),
-        ("FLAG_FUA", abi::FLAG_FUA.into()),
-        ("FLAG_REQ_ONE", abi::FLAG_REQ_ONE.into()),
-        ("FLAG_FAST_ZERO", abi::FLAG_FAST_ZERO.into()),
-        ("FUA_NONE", abi::FUA_NONE.into()),
-        ("FUA_EMULATE", abi::FUA_EMULATE.into()),
-        ("FUA_NATIVE", abi::FUA_NATIVE.into()),
-        ("CACHE_NONE", abi::CACHE_NONE.into()),
-        ("CACHE_EMULATE", abi::CACHE_EMULATE.into()),
-        ("CACHE_NATIVE", abi::CACHE_NATIVE.into()),
-        ("EXTENT_HOLE", abi::EXTENT_HOLE.into()),
-        ("EXTENT_ZERO", abi::EXTENT_ZERO.into()),
-        ("API_VERSION", 1),
-    ];
-    for (n, v) in consts {
+    for (n, v) in abi::SCRIPT_CONSTANTS {
         t.set(n, v)?;
     }
     for (n, e) in ERRNOS {

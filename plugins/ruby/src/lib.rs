@@ -369,26 +369,7 @@ fn install() -> Result<(), Fail> {
     }
     let mut src = String::from(PRELUDE);
     src.push_str("module Nbdkit\n");
-    let consts: [(&str, i64); 17] = [
-        ("THREAD_MODEL_SERIALIZE_CONNECTIONS", 0),
-        ("THREAD_MODEL_SERIALIZE_ALL_REQUESTS", 1),
-        ("THREAD_MODEL_SERIALIZE_REQUESTS", 2),
-        ("THREAD_MODEL_PARALLEL", 3),
-        ("FLAG_MAY_TRIM", abi::FLAG_MAY_TRIM.into()),
-        ("FLAG_FUA", abi::FLAG_FUA.into()),
-        ("FLAG_REQ_ONE", abi::FLAG_REQ_ONE.into()),
-        ("FLAG_FAST_ZERO", abi::FLAG_FAST_ZERO.into()),
-        ("FUA_NONE", abi::FUA_NONE.into()),
-        ("FUA_EMULATE", abi::FUA_EMULATE.into()),
-        ("FUA_NATIVE", abi::FUA_NATIVE.into()),
-        ("CACHE_NONE", abi::CACHE_NONE.into()),
-        ("CACHE_EMULATE", abi::CACHE_EMULATE.into()),
-        ("CACHE_NATIVE", abi::CACHE_NATIVE.into()),
-        ("EXTENT_HOLE", abi::EXTENT_HOLE.into()),
-        ("EXTENT_ZERO", abi::EXTENT_ZERO.into()),
-        ("API_VERSION", 1),
-    ];
-    for (n, v) in consts {
+    for (n, v) in abi::SCRIPT_CONSTANTS {
         src.push_str(&format!("  {n} = {v}\n"));
     }
     src.push_str("end\n");
@@ -519,6 +500,11 @@ fn named(callback: &str, f: Fail) -> Fail {
 /// Start Ruby and run the script, once; reports a failure. Whether the
 /// script runs.
 fn ensure_started() -> bool {
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = STARTED
+        .get()
+        .is_none()
+        .then(|| ONE.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(r) = STARTED.get() {
         if r.is_ok() && !thread::running() {
             abi::error(

@@ -382,3 +382,28 @@ pub fn dump_own_lines(bin: &Path, script: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A script that fails to start: (file name, its text or `None` for a
+/// missing file, more parameters, what the one error line says).
+pub type LoadCase<'a> = (&'a str, Option<String>, &'a [&'a str], &'a [&'a str]);
+
+/// Each case fails start-up with one error line naming the script and
+/// saying what the case wants.
+pub fn check_load_errors(lang: &str, dir: &TempDir, cases: &[LoadCase<'_>]) {
+    for (name, text, params, want) in cases {
+        let p = match text {
+            Some(t) => script(dir, name, t),
+            None => dir.join(name),
+        };
+        let mut args = vec![path_str(&p)];
+        args.extend_from_slice(params);
+        let e = start_fails(lang, &args);
+        assert!(
+            e.contains(path_str(&p)),
+            "{name}: the script is not named: {e}"
+        );
+        for w in *want {
+            assert!(e.contains(w), "{name}: no {w:?} in {e}");
+        }
+    }
+}
