@@ -458,27 +458,6 @@ fn backtrace_is_in_the_debug_output() {
     assert!(o.stderr.contains("tb.rb:11:in `pread'"), "{}", o.stderr);
 }
 
-/// Ruby keeps the server's signal handlers: SIGINT and SIGTERM still stop
-/// a server running a script.
-#[test]
-fn signals_still_stop_the_server() {
-    check_plugin("ruby");
-    let dir = TempDir::new();
-    let s = script(&dir, "example.rb", EXAMPLE);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        let mut srv = Server::start(["ruby", path_str(&s)]);
-        // The script runs when the server is ready (after_fork).
-        let o = run_tool("nbdinfo", ["--size", &srv.uri()]);
-        assert!(o.success(), "{}", o.describe());
-        // SAFETY: a server this test started, by its pid.
-        unsafe { libc::kill(srv.pid() as i32, sig) };
-        assert!(
-            wait_until(Duration::from_secs(10), || !srv.is_alive()),
-            "signal {sig} did not stop the server"
-        );
-    }
-}
-
 #[test]
 fn missing_libruby_names_the_debian_package() {
     missing_library_names_the_package("libruby-3.9.so.3.9", "libruby3.9");

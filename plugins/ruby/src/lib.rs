@@ -386,7 +386,11 @@ fn install() -> Result<(), Fail> {
     Ok(())
 }
 
-/// The signals Ruby would take over from the server at start-up.
+/// The signals whose handlers Ruby may set at start-up. Ruby leaves a
+/// handler the server installed in place for most (it only takes over
+/// signals left at their default), but its own SIGSEGV/SIGBUS reporting,
+/// SIGPIPE and SIGCHLD dispositions are not the server's business: every
+/// one of these is put back as it was.
 const SIGNALS: [c_int; 11] = [
     libc::SIGHUP,
     libc::SIGINT,
