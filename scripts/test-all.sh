@@ -9,6 +9,8 @@
 #      plugins, beside it);
 #      and -p nbdkit-python-plugin, -p nbdkit-perl-plugin, -p nbdkit-tcl-plugin
 #      (its language plugins, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-lua-plugin, -p
+#      nbdkit-ruby-plugin (its language plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -66,6 +68,10 @@ packages=(
     tcl-dev          # libtcl8.6 for plugins/tcl
     nbdkit-plugin-perl # the reference's perl plugin (plugin_perl differential tests)
     nbdkit-plugin-tcl # the reference's tcl plugin (plugin_tcl differential tests)
+    liblua5.4-dev    # Lua 5.4 for plugins/lua (mlua links it through pkg-config)
+    ruby-dev         # libruby and its pkg-config file for plugins/ruby
+    nbdkit-plugin-lua # the reference's lua plugin (plugin_lua differential tests)
+    nbdkit-plugin-ruby # the reference's ruby plugin (plugin_ruby differential tests)
 )
 
 missing=()
@@ -84,23 +90,19 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
-cargo build --release -p nbdkit-cli
-# The python plugin (a shared object that target/release/nbdkit finds beside
-# itself; not built by a plain `cargo build`: it needs python3-dev).
-cargo build --release -p nbdkit-python-plugin
-# The ssh plugin (likewise a shared object beside nbdkit; needs libssh-dev).
-cargo build --release -p nbdkit-ssh-plugin
-# The curl plugin (a shared object beside nbdkit; links the system libcurl).
-cargo build --release -p nbdkit-curl-plugin
-# The libvirt plugin (loads libvirt.so.0 with dlopen: builds without libvirt).
-cargo build --release -p nbdkit-libvirt-plugin
-# The guestfs plugin (loads libguestfs.so.0 with dlopen: builds without it;
-# its tests use a stand-in library built with gcc where libguestfs0 is absent).
-cargo build --release -p nbdkit-guestfs-plugin
-# The perl plugin (libperl-dev; also puts example4 beside the binary) and the
-# tcl plugin (tcl-dev), shared objects found beside target/release/nbdkit.
-cargo build --release -p nbdkit-perl-plugin
-cargo build --release -p nbdkit-tcl-plugin
+# The nbdkit binary under test, and the plugins built as shared objects that
+# it finds beside itself (not built by a plain `cargo build`; each needs its
+# library's -dev package, installed above): python (python3-dev), perl
+# (libperl-dev; also puts example4 beside the binary), tcl (tcl-dev), lua
+# (liblua5.4-dev), ruby (ruby-dev), ssh (libssh-dev), curl (libcurl's -dev),
+# libvirt and guestfs (dlopen their libraries when run: they build without
+# them; guestfs's tests use a stand-in library built with gcc where
+# libguestfs0 is absent).
+cargo build --release -p nbdkit-cli \
+    -p nbdkit-python-plugin -p nbdkit-perl-plugin -p nbdkit-tcl-plugin \
+    -p nbdkit-lua-plugin -p nbdkit-ruby-plugin \
+    -p nbdkit-ssh-plugin -p nbdkit-curl-plugin \
+    -p nbdkit-libvirt-plugin -p nbdkit-guestfs-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

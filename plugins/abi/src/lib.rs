@@ -277,3 +277,34 @@ pub fn intern_str(s: &str) -> *const c_char {
     // SAFETY: a NUL-terminated string, copied by the server.
     unsafe { nbdkit_strdup_intern(c.as_ptr()) }
 }
+/// The constants language plugins give scripts by name (`FLAG_FUA`, ...),
+/// with their values; `API_VERSION` is 1, the callbacks' shape of the
+/// lua and ruby plugins (nbdkit's).
+pub const SCRIPT_CONSTANTS: [(&str, i64); 17] = [
+    (
+        "THREAD_MODEL_SERIALIZE_CONNECTIONS",
+        THREAD_MODEL_SERIALIZE_CONNECTIONS as i64,
+    ),
+    (
+        "THREAD_MODEL_SERIALIZE_ALL_REQUESTS",
+        THREAD_MODEL_SERIALIZE_ALL_REQUESTS as i64,
+    ),
+    (
+        "THREAD_MODEL_SERIALIZE_REQUESTS",
+        THREAD_MODEL_SERIALIZE_REQUESTS as i64,
+    ),
+    ("THREAD_MODEL_PARALLEL", THREAD_MODEL_PARALLEL as i64),
+    ("FLAG_MAY_TRIM", FLAG_MAY_TRIM as i64),
+    ("FLAG_FUA", FLAG_FUA as i64),
+    ("FLAG_REQ_ONE", FLAG_REQ_ONE as i64),
+    ("FLAG_FAST_ZERO", FLAG_FAST_ZERO as i64),
+    ("FUA_NONE", FUA_NONE as i64),
+    ("FUA_EMULATE", FUA_EMULATE as i64),
+    ("FUA_NATIVE", FUA_NATIVE as i64),
+    ("CACHE_NONE", CACHE_NONE as i64),
+    ("CACHE_EMULATE", CACHE_EMULATE as i64),
+    ("CACHE_NATIVE", CACHE_NATIVE as i64),
+    ("EXTENT_HOLE", EXTENT_HOLE as i64),
+    ("EXTENT_ZERO", EXTENT_ZERO as i64),
+    ("API_VERSION", 1),
+];
