@@ -5,7 +5,12 @@
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
-#      and -p nbdkit-python-plugin (its python plugin, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-ssh-plugin (its python and ssh
+#      plugins, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-perl-plugin, -p nbdkit-tcl-plugin
+#      (its language plugins, beside it);
+#      and -p nbdkit-python-plugin, -p nbdkit-lua-plugin, -p
+#      nbdkit-ruby-plugin (its language plugins, beside it);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).
@@ -51,6 +56,22 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    libssh-dev       # libssh for plugins/ssh (linked by the plugin's shared object only)
+    openssh-server   # sshd, the real server of the ssh plugin tests (run by the tests, no service)
+    openssh-client   # ssh-keygen (ssh plugin tests' host and user keys)
+    libcurl4-openssl-dev # the system libcurl that plugins/curl links (curl-sys via pkg-config)
+    nginx            # the HTTP(S) server the curl plugin tests start on loopback
+    python3-pyftpdlib # the FTP server the curl plugin tests start on loopback
+    libvirt0         # libvirt.so.0, dlopened by plugins/libvirt (plugin_libvirt: test:///default)
+    nbdkit-plugin-libvirt # the reference's libvirt plugin (plugin_libvirt differential tests)
+    libperl-dev      # libperl and its embedding headers for plugins/perl
+    tcl-dev          # libtcl8.6 for plugins/tcl
+    nbdkit-plugin-perl # the reference's perl plugin (plugin_perl differential tests)
+    nbdkit-plugin-tcl # the reference's tcl plugin (plugin_tcl differential tests)
+    liblua5.4-dev    # Lua 5.4 for plugins/lua (mlua links it through pkg-config)
+    ruby-dev         # libruby and its pkg-config file for plugins/ruby
+    nbdkit-plugin-lua # the reference's lua plugin (plugin_lua differential tests)
+    nbdkit-plugin-ruby # the reference's ruby plugin (plugin_ruby differential tests)
     podman           # podman pull/save of the cdi plugin (plugin_cdi, local oci: images only)
     skopeo           # the cdi plugin's fallback without podman (plugin_cdi)
     jq               # picks the cdi plugin's layer from the manifest (plugin_cdi)
@@ -74,13 +95,21 @@ if ((${#missing[@]})); then
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
-cargo build --release -p nbdkit-cli
-# The python plugin (a shared object that target/release/nbdkit finds beside
-# itself; not built by a plain `cargo build`: it needs python3-dev).
-cargo build --release -p nbdkit-python-plugin
-# The torrent plugin (libtorrent-rasterbar through a C++ shim; built without
+# The nbdkit binary under test, and the plugins built as shared objects that
+# it finds beside itself (not built by a plain `cargo build`; each needs its
+# library's -dev package, installed above): python (python3-dev), perl
+# (libperl-dev; also puts example4 beside the binary), tcl (tcl-dev), lua
+# (liblua5.4-dev), ruby (ruby-dev), ssh (libssh-dev), curl (libcurl's -dev),
+# libvirt and guestfs (dlopen their libraries when run: they build without
+# them; guestfs's tests use a stand-in library built with gcc where
+# libguestfs0 is absent), torrent (libtorrent-rasterbar-dev; built without
 # it, it only refuses to start, naming the package).
-cargo build --release -p nbdkit-torrent-plugin
+cargo build --release -p nbdkit-cli \
+    -p nbdkit-python-plugin -p nbdkit-perl-plugin -p nbdkit-tcl-plugin \
+    -p nbdkit-lua-plugin -p nbdkit-ruby-plugin \
+    -p nbdkit-ssh-plugin -p nbdkit-curl-plugin \
+    -p nbdkit-libvirt-plugin -p nbdkit-guestfs-plugin \
+    -p nbdkit-torrent-plugin
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

@@ -402,7 +402,27 @@ fn parse_unsigned(what: &str, v: &str) -> Result<u32, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The options that only print something and exit.
+const PRINTING_OPTIONS: &[&str] = &[
+    "--help",
+    "--version",
+    "-V",
+    "--dump-plugin",
+    "--dump-config",
+    "--short-options",
+    "--long-options",
+];
+
 fn main() -> ExitCode {
+    // Printing only (`nbdkit --help | head`), a closed pipe ends the
+    // program quietly through SIGPIPE, as it ends nbdkit; the Rust runtime
+    // ignores SIGPIPE, which the server keeps.
+    if std::env::args().any(|a| PRINTING_OPTIONS.contains(&a.as_str())) {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: no other thread runs yet, and the default action needs
+        // no handler code.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
     let code = run();
     // As nbdkit at exit (not after a command-line error).
     if !FAILED.load(std::sync::atomic::Ordering::Relaxed) {
@@ -523,7 +543,7 @@ fn run() -> ExitCode {
         None => None,
     };
 
-    let positional: Vec<String> = m
+    let mut positional: Vec<String> = m
         .get_many::<String>("args")
         .map(|v| v.cloned().collect())
         .unwrap_or_default();
@@ -616,6 +636,13 @@ fn run() -> ExitCode {
         return fail(
             "--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination",
         );
+    }
+
+    // A plugin script installed as `nbdkit-NAME-plugin` (nbdkit-plugin(3)):
+    // `nbdkit NAME ARGS` runs `nbdkit LANG SCRIPT ARGS`, LANG from its shebang.
+    if let Some((lang, script)) = registry::script_plugin(&positional[0]) {
+        positional[0] = lang;
+        positional.insert(1, script);
     }
 
     // Load the plugin and filters.

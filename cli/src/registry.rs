@@ -68,3 +68,33 @@ pub(crate) fn plugin(arg: &str) -> Result<Box<dyn Plugin>, LoadError> {
 pub(crate) fn filter(arg: &str) -> Result<Box<dyn Filter>, LoadError> {
     load(arg, "filter", builtin_filter, cabi::load_filter)
 }
+
+/// A plugin written in a scripting language and installed, executable,
+/// as `nbdkit-NAME-plugin` beside this executable or in the plugin
+/// directory, with a shebang `#!/path/to/nbdkit LANG`: `(LANG, its path)`.
+/// `None` when NAME is a path, a built-in or a shared object.
+pub(crate) fn script_plugin(name: &str) -> Option<(String, String)> {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    if cabi::is_path(name) || builtin_plugin(name).is_some() || cabi::find(name, "plugin").exists()
+    {
+        return None;
+    }
+    let file = format!("nbdkit-{name}-plugin");
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(&file)));
+    let system = Path::new(cabi::SYSTEM_PLUGINDIR).join(&file);
+    let path = beside.into_iter().chain([system]).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })?;
+    let mut line = String::new();
+    std::io::BufReader::new(std::fs::File::open(&path).ok()?)
+        .read_line(&mut line)
+        .ok()?;
+    let mut words = line.strip_prefix("#!")?.split_whitespace();
+    let interpreter = words.next()?;
+    let lang = words.next()?;
+    (Path::new(interpreter).file_name()? == "nbdkit")
+        .then(|| (lang.to_string(), path.display().to_string()))
+}

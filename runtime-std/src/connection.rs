@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel};
+use nbdkit_core::backend::{
+    Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
+};
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
 use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
 use nbdkit_core::wire::consts::*;
@@ -636,7 +638,10 @@ async fn handshake<S: Transport>(
     let mut hs = log::with_context(&cname, || handshake::Server::new(shared.handshake));
     let mut input: Vec<u8> = Vec::new();
     let mut ctx: Option<Context> = None;
-    let mut default_export: Option<String> = None;
+    // What each layer answered to default_export: nbdkit asks each at
+    // most once per connection (LIST, INFO and GO ask the plugin only
+    // once), and forgets the answers at STARTTLS.
+    let mut defaults = Arc::new(DefaultExports::default());
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let out = hs.pending_output();
@@ -685,21 +690,21 @@ async fn handshake<S: Transport>(
             Some(Event::ListExports) => {
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
+                let d = defaults.clone();
                 let cn = cname.clone();
-                let mut cache = default_export.take();
                 let conn_name = name.to_string();
-                let (list, cache) = shared
+                let list = shared
                     .call(move |s| {
                         let _ctx = log::ContextGuard::set(&cn);
-                        let list =
-                            s.stack
-                                .list_exports_cached(readonly, is_tls, &mut cache, &mut |e| {
-                                    log::error(Some(&conn_name), &e.to_string())
-                                });
-                        (list, cache)
+                        let list = s.stack.list_exports_in(readonly, is_tls, &d);
+                        // A default export that cannot be resolved is left
+                        // out of the list, and nbdkit says why.
+                        for e in d.take_errors() {
+                            log::error(Some(&conn_name), &e.to_string());
+                        }
+                        list
                     })
                     .await;
-                default_export = cache;
                 let ok = match list {
                     Ok(exports) => {
                         for e in &exports.list {
@@ -733,9 +738,6 @@ async fn handshake<S: Transport>(
                 name: export,
                 info_only,
             }) => {
-                // The default export is resolved once per connection, as
-                // nbdkit does (LIST, INFO and GO ask the plugin only once).
-                let mut cache = default_export.take();
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
@@ -743,54 +745,61 @@ async fn handshake<S: Transport>(
                 let peer = peer.clone();
                 let cn = cname.clone();
                 let conn_name = name.to_string();
+                let d = defaults.clone();
                 type Opened = (Context, String, Option<String>);
-                let (opened, cache) = shared
-                    .call(move |s| {
+                let opened = shared
+                    .call(move |s| -> Result<Opened, nbdkit_core::backend::Error> {
                         let _ctx = log::ContextGuard::set(&cn);
-                        let opened = (|| -> Result<Opened, nbdkit_core::backend::Error> {
-                            let canonical = if export.is_empty() {
-                                let not_permitted = || {
-                                    nbdkit_core::backend::Error::msg(
-                                        nbdkit_core::errno::Errno::ENOENT,
-                                        "default export (\"\") not permitted",
-                                    )
-                                };
-                                match s.stack.default_export_cached(readonly, is_tls, &mut cache) {
-                                    Ok(Some(n)) => n,
-                                    Ok(None) => return Err(not_permitted()),
-                                    Err(e) => {
-                                        // nbdkit says why, then that the
-                                        // default export is refused.
-                                        log::error(Some(&conn_name), &e.to_string());
-                                        return Err(not_permitted());
-                                    }
-                                }
-                            } else {
-                                export.clone()
+                        let log_errors = || {
+                            // nbdkit says why a default export could not be
+                            // resolved, then that "" is refused.
+                            for e in d.take_errors() {
+                                log::error(Some(&conn_name), &e.to_string());
+                            }
+                        };
+                        let canonical = if export.is_empty() {
+                            let not_permitted = || {
+                                nbdkit_core::backend::Error::msg(
+                                    nbdkit_core::errno::Errno::ENOENT,
+                                    "default export (\"\") not permitted",
+                                )
                             };
-                            let ctx = s.stack.open(&OpenArgs {
+                            match s.stack.default_export_in(readonly, is_tls, &d) {
+                                Ok(Some(n)) => n,
+                                Ok(None) => return Err(not_permitted()),
+                                Err(e) => {
+                                    log::error(Some(&conn_name), &e.to_string());
+                                    return Err(not_permitted());
+                                }
+                            }
+                        } else {
+                            export
+                        };
+                        let ctx = s.stack.open_in(
+                            &OpenArgs {
                                 readonly,
                                 export_name: &canonical,
                                 is_tls,
                                 peer: &peer,
-                            })?;
-                            // Asked only when the client wants it, after
-                            // the capabilities, as nbdkit does; a failure
-                            // is logged and leaves the export undescribed.
-                            let description = if wants_description {
-                                ctx.export_description().unwrap_or_else(|e| {
-                                    log::error(Some(&conn_name), &e.to_string());
-                                    None
-                                })
-                            } else {
+                            },
+                            &d,
+                        );
+                        log_errors();
+                        let ctx = ctx?;
+                        // Asked only when the client wants it, after the
+                        // capabilities, as nbdkit does; a failure is logged
+                        // and leaves the export undescribed.
+                        let description = if wants_description {
+                            ctx.export_description().unwrap_or_else(|e| {
+                                log::error(Some(&conn_name), &e.to_string());
                                 None
-                            };
-                            Ok((ctx, canonical, description))
-                        })();
-                        (opened, cache)
+                            })
+                        } else {
+                            None
+                        };
+                        Ok((ctx, canonical, description))
                     })
                     .await;
-                default_export = cache;
                 match opened {
                     Ok((c, canonical, description)) => {
                         let caps = c.caps();
@@ -867,7 +876,7 @@ async fn handshake<S: Transport>(
                 }
                 // nbdkit forgets the default export's name with the rest
                 // of the plaintext state.
-                default_export = None;
+                defaults = Arc::new(DefaultExports::default());
             }
         }
         input.drain(..consumed);

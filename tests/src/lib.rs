@@ -80,6 +80,21 @@ pub fn nbdkit_bin() -> PathBuf {
     .clone()
 }
 
+/// Debian's C nbdkit: the reference that differential tests compare with
+/// (never the binary under test).
+pub const REFERENCE: &str = "/usr/bin/nbdkit";
+
+/// True if the reference nbdkit is installed; otherwise prints a skip
+/// message, and the caller returns from its test.
+pub fn reference_installed() -> bool {
+    if Path::new(REFERENCE).exists() {
+        true
+    } else {
+        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
+        false
+    }
+}
+
 /// True when the binary under test is Debian's C nbdkit (`/usr/bin/nbdkit`),
 /// the reference the tests are validated against.  Only tests about our own
 /// version string look at this.
@@ -102,20 +117,6 @@ pub fn expected_version() -> String {
             .to_string()
     } else {
         OUR_VERSION.to_string()
-    }
-}
-
-/// Debian's C nbdkit, the reference of the differential tests.
-pub const REFERENCE: &str = "/usr/bin/nbdkit";
-
-/// True if the reference nbdkit is installed; otherwise prints a skip
-/// message and returns false (the caller then returns from the test).
-pub fn have_reference() -> bool {
-    if Path::new(REFERENCE).exists() {
-        true
-    } else {
-        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
-        false
     }
 }
 
@@ -154,6 +155,23 @@ pub fn have_tool(tool: &str) -> bool {
     }
     eprintln!("SKIP: `{tool}` is not installed; this test needs it (see scripts/test-all.sh)");
     false
+}
+
+/// Check (once per plugin) that `nbdkit NAME` loads this project's plugin
+/// shared object built beside the binary under test (crate
+/// `nbdkit-NAME-plugin`), not the reference's C plugin of the same name
+/// in the plugin directory. Panics with the way to build it otherwise.
+pub fn assert_plugin_built_beside(name: &str) {
+    static CHECKED: std::sync::Mutex<Vec<(String, Result<(), String>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked.iter().any(|(n, _)| n == name) {
+        let r = plugin_built_beside(name);
+        checked.push((name.to_string(), r));
+    }
+    if let Some((_, Err(e))) = checked.iter().find(|(n, _)| n == name) {
+        panic!("{e}");
+    }
 }
 
 /// True if `/usr/bin/python3` can `import nbd` (Debian's python3-libnbd).
@@ -1326,6 +1344,141 @@ impl JsonParser<'_> {
         }
         String::from_utf8(out).map_err(|e| e.to_string())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Plugins built as shared objects beside the binary
+// ---------------------------------------------------------------------------
+
+/// Whether `nbdkit NAME` loads this workspace's plugin built beside the
+/// binary under test (`libnbdkit_NAME_plugin.so`), not another object of
+/// that name (Debian's C plugin): the failure names the cargo package to
+/// build. Always true for the reference.
+pub fn plugin_built_beside(name: &str) -> Result<(), String> {
+    let o = run(nbdkit_cmd().args([name, "--dump-plugin"]), CMD_TIMEOUT);
+    if !o.success() {
+        return Err(format!(
+            "nbdkit {name} --dump-plugin failed: {}",
+            o.describe()
+        ));
+    }
+    if is_reference() {
+        return Ok(());
+    }
+    let bin = fs::canonicalize(nbdkit_bin()).map_err(|e| e.to_string())?;
+    let dir = bin.parent().unwrap_or(Path::new("/"));
+    let path = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("path="))
+        .unwrap_or_default()
+        .to_string();
+    let beside = [
+        dir.join(format!("libnbdkit_{name}_plugin.so")),
+        dir.join(format!("nbdkit-{name}-plugin.so")),
+    ];
+    if beside.iter().any(|p| Path::new(&path) == p) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`nbdkit {name}` loaded {path:?}, not the plugin built beside {}: build it \
+             with `cargo build -p nbdkit-{name}-plugin` (add --release for a release \
+             nbdkit)",
+            bin.display()
+        ))
+    }
+}
+
+/// `qemu-img convert` and `nbdcopy` of the export at `uri` both equal
+/// `want`.
+pub fn assert_copies_equal(uri: &str, want: &[u8], what: &str) {
+    let dir = TempDir::new();
+    let out = dir.join("out.img");
+    run_tool(
+        "qemu-img",
+        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&out)],
+    )
+    .assert_success();
+    assert_bytes_eq(
+        &format!("{what}: qemu-img convert"),
+        &fs::read(&out).expect("read out.img"),
+        want,
+    );
+    fs::remove_file(&out).ok();
+    run_tool("nbdcopy", [uri, path_str(&out)]).assert_success();
+    assert_bytes_eq(
+        &format!("{what}: nbdcopy"),
+        &fs::read(&out).expect("read out.img"),
+        want,
+    );
+/// A C plugin `dir/nbdkit-fake-plugin.so` linked against a library with
+/// the soname `soname` that is then removed, so that loading the plugin
+/// fails as when an interpreter library (libpython, libperl, libtcl) is
+/// not installed. Needs gcc.
+pub fn plugin_needing_missing_library(dir: &TempDir, soname: &str) -> PathBuf {
+    let c = dir.join("fake-empty.c");
+    std::fs::write(&c, "int nbdkit_test_fake (void) { return 0; }\n").unwrap();
+    let lib = dir.join(soname);
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC"])
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-o")
+            .arg(&lib)
+            .arg(&c),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    let plugin = dir.join("nbdkit-fake-plugin.so");
+    let o = run(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&plugin)
+            .arg(&c)
+            .arg("-Wl,--no-as-needed")
+            .arg(&lib),
+        CMD_TIMEOUT,
+    );
+    assert!(o.success(), "{}", o.describe());
+    std::fs::remove_file(&lib).unwrap();
+    plugin
+}
+
+/// qemu-img then nbdcopy write `len` bytes of random data (seeds `seed`
+/// and `seed + 1`) to the export at `uri` and read them back byte for byte.
+pub fn round_trip_qemu_img_and_nbdcopy(dir: &TempDir, uri: &str, len: usize, seed: u64) {
+    let input = dir.join("in.img");
+    let want = write_random_file(&input, len, seed);
+    let o = run_tool(
+        "qemu-img",
+        [
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path_str(&input),
+            uri,
+        ],
+    );
+    assert!(o.success(), "qemu-img convert to nbd: {}", o.describe());
+    let back = dir.join("back-qemu.img");
+    let o = run_tool(
+        "qemu-img",
+        ["convert", "-f", "raw", "-O", "raw", uri, path_str(&back)],
+    );
+    assert!(o.success(), "qemu-img convert from nbd: {}", o.describe());
+    assert_bytes_eq("qemu-img round trip", &fs::read(&back).unwrap(), &want);
+
+    let input2 = dir.join("in2.img");
+    let want2 = write_random_file(&input2, len, seed + 1);
+    let o = run_tool("nbdcopy", [path_str(&input2), uri]);
+    assert!(o.success(), "nbdcopy to nbd: {}", o.describe());
+    let back2 = dir.join("back-nbdcopy.img");
+    let o = run_tool("nbdcopy", [uri, path_str(&back2)]);
+    assert!(o.success(), "nbdcopy from nbd: {}", o.describe());
+    assert_bytes_eq("nbdcopy round trip", &fs::read(&back2).unwrap(), &want2);
 }
 
 #[cfg(test)]

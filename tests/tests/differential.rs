@@ -35,7 +35,7 @@ fn call_sequence(nbdkit: &Path, dir: &TempDir) -> String {
 
 #[test]
 fn script_plugins_see_the_same_calls_in_the_same_order() {
-    if !have_reference() || !skip_unless("nbdinfo") {
+    if !reference_installed() || !skip_unless("nbdinfo") {
         return;
     }
     let dir = TempDir::new();
@@ -58,7 +58,7 @@ fn script_plugins_see_the_same_calls_in_the_same_order() {
 
 #[test]
 fn data_plugin_serves_the_same_bytes() {
-    if !have_reference() || !skip_unless("nbdcopy") {
+    if !reference_installed() || !skip_unless("nbdcopy") {
         return;
     }
     let dir = TempDir::new();
@@ -104,7 +104,7 @@ fn nbdinfo_json(nbdkit: &Path, args: &[&str]) -> Result<String, String> {
 
 #[test]
 fn nbdinfo_sees_the_same_exports() {
-    if !have_reference() || !skip_unless("nbdinfo") {
+    if !reference_installed() || !skip_unless("nbdinfo") {
         return;
     }
     let cases: &[&[&str]] = &[
@@ -168,7 +168,7 @@ fn nbdinfo_sees_the_same_exports() {
 
 #[test]
 fn dump_plugin_matches_for_plugins_of_the_same_api() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     // split, partitioning, floppy and iso are old-API (v1) plugins in 1.32.5

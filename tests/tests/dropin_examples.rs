@@ -14,17 +14,7 @@ use std::time::Duration;
 
 use nbdkit_tests::*;
 
-const REFERENCE: &str = "/usr/bin/nbdkit";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn reference() -> bool {
-    if Path::new(REFERENCE).exists() {
-        true
-    } else {
-        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
-        false
-    }
-}
 
 /// `nbdkit ARGS` run by `bin` in `dir` (under `sh -c`, so that ARGS may
 /// quote a --run script).
@@ -70,7 +60,7 @@ fn first_error(o: &Output) -> String {
 /// the reference can load what it needs: `(ours, reference)`.
 fn differential(dir: &TempDir, args: &str) -> (Output, Option<Output>) {
     let ours = nbdkit_sh(&nbdkit_bin(), dir, args);
-    if !reference() {
+    if !reference_installed() {
         return (ours, None);
     }
     let theirs = nbdkit_sh(Path::new(REFERENCE), dir, args);
@@ -284,7 +274,7 @@ fn filter_help_matches_nbdkit() {
         let ours = filter_help(&nbdkit_bin(), filter);
         assert!(!ours.is_empty(), "{filter}: no help");
         assert!(ours.iter().all(|l| l.len() < 80), "{filter}: {ours:#?}");
-        if reference() {
+        if reference_installed() {
             // The manual documents cache-min-block-size=, which 1.32.5's
             // help text forgets: ours lists it (dropin_cli checks every
             // manual parameter), so it is left out of the comparison.

@@ -10,18 +10,6 @@ use std::time::Duration;
 
 use nbdkit_tests::*;
 
-const REFERENCE: &str = "/usr/bin/nbdkit";
-
-/// True if the reference nbdkit is installed, else prints a skip message.
-fn reference() -> bool {
-    if Path::new(REFERENCE).exists() {
-        true
-    } else {
-        println!("SKIP: the reference nbdkit ({REFERENCE}) is not installed");
-        false
-    }
-}
-
 /// Writes an executable script through a child process (no ETXTBSY race
 /// with other test threads forking).
 fn write_script(path: &Path, text: &str) {
@@ -127,7 +115,7 @@ fn per_connection_callbacks_are_called_once_as_nbdkit_does() {
                 "{what}: {ours:#?}"
             );
         }
-        if !reference() {
+        if !reference_installed() {
             continue;
         }
         let theirs = connection_calls(Path::new(REFERENCE), &dir, &script, cmd, &format!("ref{i}"));
@@ -201,7 +189,7 @@ fn data_block_status_shows_allocated_zero_pages_as_nbdkit_does() {
     };
     assert_eq!(map("\"0\""), "0 32768 0 data\n32768 1015808 3 hole,zero");
     assert_eq!(map("0"), "0 32768 2 zero\n32768 1015808 3 hole,zero");
-    if !reference() {
+    if !reference_installed() {
         return;
     }
     for sized in [true, false] {
@@ -240,7 +228,7 @@ fn memory_block_status_shows_written_zeroes_as_nbdkit_does() {
         .collect();
     // Written zeroes are allocated zeroes; a page zeroed back is a hole.
     assert_eq!(flags, ["3", "2", "3", "2", "3"], "{ours}");
-    if reference() {
+    if reference_installed() {
         assert_eq!(ours, map(Path::new(REFERENCE)));
     }
 }
@@ -378,7 +366,7 @@ fn eval_export_methods_missing_or_failing_behave_as_in_nbdkit() {
         "{}",
         out.describe()
     );
-    if !reference() {
+    if !reference_installed() {
         return;
     }
     let cases: &[&[&str]] = &[
@@ -433,7 +421,7 @@ fn eval_cache_seen(bin: &Path, dir: &TempDir, methods: &[&str]) -> String {
 
 #[test]
 fn eval_cache_without_a_method_behaves_as_in_nbdkit() {
-    if !skip_unless("nbdsh") || !reference() {
+    if !skip_unless("nbdsh") || !reference_installed() {
         return;
     }
     let dir = TempDir::new();
@@ -604,7 +592,7 @@ fn partition_errors_are_nbdkits() {
         seen("back", 6),
         "invalid EBR chain: next EBR 2097152 <= current EBR 2097152"
     );
-    if !reference() {
+    if !reference_installed() {
         return;
     }
     for (name, _) in &disks {

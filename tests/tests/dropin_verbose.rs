@@ -195,7 +195,7 @@ fn every_layer_logs_its_calls_as_nbdkit_does() {
 
 #[test]
 fn backend_lines_are_the_references() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     skip_unless!("nbdsh", "python3-nbd");
@@ -220,7 +220,7 @@ fn backend_lines_are_the_references() {
 
 #[test]
 fn list_and_info_lines_are_the_references() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     skip_unless!("nbdinfo");
@@ -497,7 +497,7 @@ fn debug_flag_syntax_and_warnings_are_nbdkits() {
 
 #[test]
 fn debug_flag_syntax_and_warnings_are_the_references() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     for (flag, _, _) in BAD_FLAGS {
@@ -836,7 +836,7 @@ fn documented_debug_flags_print_what_nbdkit_prints() {
 
 #[test]
 fn documented_debug_flags_print_what_the_reference_prints() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     skip_unless!("nbdsh", "python3-nbd");
@@ -948,7 +948,7 @@ fn negotiation_is_logged_as_nbdkit_does() {
 
 #[test]
 fn negotiation_lines_are_the_references() {
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     skip_unless!("nbdinfo", "nbdsh", "python3-nbd");

@@ -11,7 +11,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use nbdkit_tests::*;
@@ -20,47 +19,9 @@ const REFERENCE: &str = "/usr/bin/nbdkit";
 const NBD_EIO: u32 = 5;
 const NBD_ENOSPC: u32 = 28;
 
-/// Check once that `nbdkit python` is this project's plugin, built beside
-/// the binary under test. Panics with the way to build it otherwise.
+/// `nbdkit python` is this project's plugin, built beside the binary.
 fn python_plugin() {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = CHECKED.get_or_init(|| {
-        let o = run(nbdkit_cmd().args(["python", "--dump-plugin"]), CMD_TIMEOUT);
-        if !o.success() {
-            return Err(format!(
-                "nbdkit python --dump-plugin failed: {}",
-                o.describe()
-            ));
-        }
-        if is_reference() {
-            return Ok(());
-        }
-        let bin = fs::canonicalize(nbdkit_bin()).unwrap();
-        let dir = bin.parent().unwrap();
-        let path = o
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("path="))
-            .unwrap_or_default()
-            .to_string();
-        let beside = [
-            dir.join("libnbdkit_python_plugin.so"),
-            dir.join("nbdkit-python-plugin.so"),
-        ];
-        if beside.iter().any(|p| Path::new(&path) == p) {
-            Ok(())
-        } else {
-            Err(format!(
-                "`nbdkit python` loaded {path:?}, not the plugin built beside {}: build it \
-                 with `cargo build -p nbdkit-python-plugin` (add --release for a release \
-                 nbdkit)",
-                bin.display()
-            ))
-        }
-    });
-    if let Err(e) = r {
-        panic!("{e}");
-    }
+    assert_plugin_built_beside("python");
 }
 
 /// Write the Python script `text` as `dir/name`.

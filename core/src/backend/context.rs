@@ -13,6 +13,7 @@ use super::{
 };
 use crate::debug;
 use crate::errno::Errno;
+use crate::sync::{lock, Mutex};
 
 /// The largest buffer the server allocates to emulate zero or cache.
 const EMULATION_CHUNK: u64 = 1 << 20;
@@ -114,10 +115,12 @@ struct Lazy {
 enum Layer {
     Plugin(Box<dyn Handle>),
     // Field order matters: the filter's handle is dropped (closed) before
-    // the layer below, as nbdkit closes outer layers first.
+    // the layer below, as nbdkit closes outer layers first. The layer
+    // below is shared with the handle (see `FilterHandle::keep_next`),
+    // which lets go of it when it is finalized or dropped.
     Filter {
         handle: Box<dyn FilterHandle>,
-        next: Box<Context>,
+        next: Arc<Context>,
     },
 }
 
@@ -132,6 +135,8 @@ pub struct Context {
     name: &'static str,
     readonly: bool,
     lazy: Lazy,
+    /// `finalize` ran (nbdkit finalizes a context at most once).
+    finalized: Mutex<bool>,
 }
 
 impl core::fmt::Debug for Context {
@@ -196,6 +201,7 @@ impl Context {
             name,
             readonly,
             lazy: Lazy::default(),
+            finalized: Mutex::new(false),
         }
     }
 
@@ -213,6 +219,7 @@ impl Context {
                 h.prepare()
             }
             Layer::Filter { handle, next } => {
+                handle.keep_next(next);
                 next.prepare()?;
                 control!("{}: prepare readonly={}", self.name, self.readonly as u8);
                 handle.prepare(next, self.readonly)
@@ -407,8 +414,12 @@ impl Context {
         }
     }
 
-    /// Call `finalize` on this layer and every layer below (outer first).
+    /// Call `finalize` on this layer and every layer below (outer first),
+    /// once: later calls do nothing.
     pub fn finalize(&self) -> Result<()> {
+        if core::mem::replace(&mut *lock(&self.finalized), true) {
+            return Ok(());
+        }
         control!("{}: finalize", self.name);
         match &self.layer {
             Layer::Plugin(h) => h.finalize(),
@@ -650,6 +661,7 @@ struct Opener<'a> {
     index: usize,
     is_tls: bool,
     peer: &'a super::Peer,
+    defaults: &'a Arc<DefaultExports>,
     slot: Option<Context>,
 }
 
@@ -670,6 +682,7 @@ impl NextOpener for Opener<'_> {
                 is_tls: self.is_tls,
                 peer: self.peer,
             },
+            self.defaults,
         )?);
         Ok(())
     }
@@ -684,6 +697,7 @@ impl NextOpener for Opener<'_> {
             index: self.index,
             is_tls: self.is_tls,
             peer: self.peer.clone(),
+            defaults: Arc::clone(self.defaults),
         }))
     }
 }
@@ -694,6 +708,7 @@ struct StackReopener {
     index: usize,
     is_tls: bool,
     peer: super::Peer,
+    defaults: Arc<DefaultExports>,
 }
 
 impl Reopener for StackReopener {
@@ -712,6 +727,7 @@ impl Reopener for StackReopener {
                 is_tls: self.is_tls,
                 peer: &self.peer,
             },
+            &self.defaults,
         )?;
         ctx.prepare()?;
         Ok(ctx)
@@ -721,15 +737,40 @@ impl Reopener for StackReopener {
 struct ExportsBelow<'a> {
     stack: &'a Layers,
     index: usize,
+    defaults: &'a DefaultExports,
 }
 
 impl NextExports for ExportsBelow<'_> {
     fn list_exports(&self, readonly: bool, is_tls: bool, exports: &mut Exports) -> Result<()> {
         self.stack
-            .list_exports_from(self.index, readonly, is_tls, exports)
+            .list_exports_from(self.index, readonly, is_tls, exports, self.defaults)
     }
     fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.stack.default_export_from(self.index, readonly, is_tls)
+        self.stack
+            .default_export_from(self.index, readonly, is_tls, self.defaults)
+    }
+}
+
+/// The default export names that the layers of a stack gave during one
+/// connection. As nbdkit does, each layer is asked at most once per
+/// connection (until STARTTLS starts a fresh cache), and its answer both
+/// resolves `nbdkit_use_default_export` in that layer's export list (left
+/// out when there is none or asking failed) and replaces the name `""`
+/// when that layer is opened (refused when there is none).
+#[derive(Debug, Default)]
+pub struct DefaultExports {
+    // (layer index, name); a stack has few layers. As nbdkit, only names
+    // are remembered: "no default export" and failures are asked again.
+    answers: Mutex<Vec<(usize, String)>>,
+    // Why a layer's default export could not be resolved, for the
+    // runtime to log (nbdkit leaves it out of the list, or refuses "").
+    errors: Mutex<Vec<Error>>,
+}
+
+impl DefaultExports {
+    /// The failures to resolve a default export since the last call.
+    pub fn take_errors(&self) -> Vec<Error> {
+        core::mem::take(&mut *lock(&self.errors))
     }
 }
 
@@ -850,66 +891,40 @@ impl Stack {
     }
 
     /// The export list as the client sees it, with the default export
-    /// resolved to its canonical name.
+    /// resolved to its canonical name (at every layer, as nbdkit does).
     pub fn list_exports(&self, readonly: bool, is_tls: bool) -> Result<Exports> {
-        self.list_exports_cached(readonly, is_tls, &mut None, &mut |_| {})
+        self.list_exports_in(readonly, is_tls, &DefaultExports::default())
     }
 
-    /// [`list_exports`](Self::list_exports) with a connection's cache of
-    /// the default export's name (see
-    /// [`default_export_cached`](Self::default_export_cached)). When the
-    /// default export cannot be resolved the list leaves it out, as
-    /// nbdkit's does, and `failed` gets the error.
-    pub fn list_exports_cached(
+    /// [`list_exports`](Self::list_exports) with the connection's answers
+    /// to `default_export`.
+    pub fn list_exports_in(
         &self,
         readonly: bool,
         is_tls: bool,
-        default: &mut Option<String>,
-        failed: &mut dyn FnMut(Error),
+        defaults: &DefaultExports,
     ) -> Result<Exports> {
         let mut exports = Exports::default();
         self.inner
-            .list_exports_from(0, readonly, is_tls, &mut exports)?;
-        if exports.use_default {
-            exports.use_default = false;
-            let name = self
-                .default_export_cached(readonly, is_tls, default)
-                .unwrap_or_else(|e| {
-                    failed(e);
-                    None
-                });
-            if let Some(name) = name {
-                exports.list.insert(
-                    0,
-                    super::Export {
-                        name,
-                        description: None,
-                    },
-                );
-            }
-        }
+            .list_exports_from(0, readonly, is_tls, &mut exports, defaults)?;
         Ok(exports)
     }
 
     /// The canonical name of the default export, `None` if there is none.
     pub fn default_export(&self, readonly: bool, is_tls: bool) -> Result<Option<String>> {
-        self.inner.default_export_from(0, readonly, is_tls)
+        self.default_export_in(readonly, is_tls, &DefaultExports::default())
     }
 
-    /// [`default_export`](Self::default_export) asked at most once per
-    /// connection, as nbdkit does: `cache` (the connection's, emptied when
-    /// TLS starts) holds the name once one was given. A failure or "no
-    /// default export" is not cached.
-    pub fn default_export_cached(
+    /// [`default_export`](Self::default_export), asking each layer at most
+    /// once per connection.
+    pub fn default_export_in(
         &self,
         readonly: bool,
         is_tls: bool,
-        cache: &mut Option<String>,
+        defaults: &DefaultExports,
     ) -> Result<Option<String>> {
-        if cache.is_none() {
-            *cache = self.default_export(readonly, is_tls)?;
-        }
-        Ok(cache.clone())
+        self.inner
+            .default_export_from(0, readonly, is_tls, defaults)
     }
 
     /// Open the whole stack for a connection, as nbdkit does: open runs
@@ -917,7 +932,13 @@ impl Stack {
     /// innermost first, then the server asks the outermost layer for its
     /// capabilities (each filter asking the layer below as it needs).
     pub fn open(&self, args: &OpenArgs<'_>) -> Result<Context> {
-        let ctx = open_layer(&self.inner, 0, args)?;
+        self.open_in(args, &Arc::new(DefaultExports::default()))
+    }
+
+    /// [`open`](Self::open) with the connection's answers to
+    /// `default_export`, which replace the name `""` at each layer.
+    pub fn open_in(&self, args: &OpenArgs<'_>, defaults: &Arc<DefaultExports>) -> Result<Context> {
+        let ctx = open_layer(&self.inner, 0, args, defaults)?;
         ctx.prepare()?;
         ctx.force_caps()?;
         Ok(ctx)
@@ -948,6 +969,7 @@ impl Layers {
         readonly: bool,
         is_tls: bool,
         exports: &mut Exports,
+        defaults: &DefaultExports,
     ) -> Result<()> {
         let name = self.name(index);
         control!(
@@ -955,7 +977,7 @@ impl Layers {
             readonly as u8,
             is_tls as u8
         );
-        let r = self.list_exports_at(index, readonly, is_tls, exports);
+        let r = self.list_exports_at(index, readonly, is_tls, exports, defaults);
         match &r {
             Ok(()) => control!(
                 "{name}: list_exports returned {} names",
@@ -963,7 +985,19 @@ impl Layers {
             ),
             Err(_) => control!("{name}: list_exports failed"),
         }
-        r
+        r?;
+        // nbdkit resolves `nbdkit_use_default_export` as each layer
+        // returns, so the layer above sees the name (appended last); when
+        // it cannot, the default export is left out.
+        if exports.use_default {
+            exports.use_default = false;
+            match self.default_export_from(index, readonly, is_tls, defaults) {
+                Ok(Some(name)) => exports.add(&name, None)?,
+                Ok(None) => {}
+                Err(e) => lock(&defaults.errors).push(e),
+            }
+        }
+        Ok(())
     }
 
     fn list_exports_at(
@@ -972,19 +1006,22 @@ impl Layers {
         readonly: bool,
         is_tls: bool,
         exports: &mut Exports,
+        defaults: &DefaultExports,
     ) -> Result<()> {
         match self.filters.get(index) {
             Some(f) => f.list_exports(
                 &ExportsBelow {
                     stack: self,
                     index: index + 1,
+                    defaults,
                 },
                 readonly,
                 is_tls,
                 exports,
-            ),
-            None => self.plugin.list_exports(readonly, is_tls, exports),
+            )?,
+            None => self.plugin.list_exports(readonly, is_tls, exports)?,
         }
+        Ok(())
     }
 
     fn default_export_from(
@@ -992,30 +1029,64 @@ impl Layers {
         index: usize,
         readonly: bool,
         is_tls: bool,
+        defaults: &DefaultExports,
     ) -> Result<Option<String>> {
+        if let Some((_, known)) = lock(&defaults.answers).iter().find(|(i, _)| *i == index) {
+            return Ok(Some(known.clone()));
+        }
         control!(
             "{}: default_export readonly={} tls={}",
             self.name(index),
             readonly as u8,
             is_tls as u8
         );
-        match self.filters.get(index) {
+        let name = match self.filters.get(index) {
             Some(f) => f.default_export(
                 &ExportsBelow {
                     stack: self,
                     index: index + 1,
+                    defaults,
                 },
                 readonly,
                 is_tls,
-            ),
-            None => self.plugin.default_export(readonly, is_tls),
+            )?,
+            None => self.plugin.default_export(readonly, is_tls)?,
+        };
+        // nbdkit ignores names longer than the protocol allows.
+        let name = name.filter(|n| n.len() <= crate::wire::consts::MAX_STRING);
+        if let Some(n) = &name {
+            lock(&defaults.answers).push((index, n.clone()));
         }
+        Ok(name)
     }
+}
+
+/// The layer below a filter that did not open it (nbdkit lets a filter
+/// skip `next_open`, as tls-fallback does for plaintext clients): it
+/// reports nothing and every data call fails.
+struct Unopened;
+
+impl Handle for Unopened {
+    fn get_size(&self) -> Result<u64> {
+        Err(unopened())
+    }
+    fn pread(&self, _buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+        Err(unopened())
+    }
+}
+
+fn unopened() -> Error {
+    Error::msg(Errno::EIO, "the layer below this filter was not opened")
 }
 
 /// Open the layer at `index` and, through its filter, those below it (not
 /// yet prepared).
-fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<Context> {
+fn open_layer(
+    stack: &Arc<Layers>,
+    index: usize,
+    args: &OpenArgs<'_>,
+    defaults: &Arc<DefaultExports>,
+) -> Result<Context> {
     let name = stack.name(index);
     control!(
         "{name}: open readonly={} exportname=\"{}\" tls={}",
@@ -1023,6 +1094,27 @@ fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<
         args.export_name,
         args.is_tls as u8
     );
+    // As nbdkit's backend_open: every layer asked for "" gets the name
+    // its own default_export gives (once per connection).
+    let resolved;
+    let args = if args.export_name.is_empty() {
+        let not_permitted = || Error::msg(Errno::ENOENT, "default export (\"\") not permitted");
+        resolved = match stack.default_export_from(index, args.readonly, args.is_tls, defaults) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Err(not_permitted()),
+            Err(e) => {
+                // nbdkit says why, then that "" is refused.
+                lock(&defaults.errors).push(e);
+                return Err(not_permitted());
+            }
+        };
+        &OpenArgs {
+            export_name: &resolved,
+            ..*args
+        }
+    } else {
+        args
+    };
     let layer = match stack.filters.get(index) {
         None => stack.plugin.open(args).map(Layer::Plugin),
         Some(f) => {
@@ -1031,19 +1123,21 @@ fn open_layer(stack: &Arc<Layers>, index: usize, args: &OpenArgs<'_>) -> Result<
                 index: index + 1,
                 is_tls: args.is_tls,
                 peer: args.peer,
+                defaults,
                 slot: None,
             };
-            f.open(&mut opener, args).and_then(|handle| {
-                let next = opener.slot.ok_or_else(|| {
-                    Error::msg(
-                        Errno::EINVAL,
-                        alloc::format!("filter {} did not open the next layer", f.name()),
+            f.open(&mut opener, args).map(|handle| {
+                let next = opener.slot.unwrap_or_else(|| {
+                    Context::new(
+                        Layer::Plugin(Box::new(Unopened)),
+                        stack.name(index + 1),
+                        args.readonly,
                     )
-                })?;
-                Ok(Layer::Filter {
+                });
+                Layer::Filter {
                     handle,
-                    next: Box::new(next),
-                })
+                    next: Arc::new(next),
+                }
             })
         }
     };

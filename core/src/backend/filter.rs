@@ -1,5 +1,6 @@
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 
 use super::{BlockSize, Context, Exports, Extents, Flags, OpenArgs, Result, Support, ThreadModel};
 
@@ -158,6 +159,12 @@ impl FilterHandle for PassThrough {}
 /// as nbdkit does.
 #[allow(unused_variables)]
 pub trait FilterHandle: Send + Sync {
+    /// Before `prepare`: the layer below, for a handle that calls it
+    /// outside its own calls (from a thread of its own, or for another
+    /// connection), as nbdkit's filters may keep `next`. A handle that
+    /// keeps it must let go of it when it is finalized (and at the latest
+    /// when it is dropped), so that the layer below is closed after it.
+    fn keep_next(&self, next: &Arc<Context>) {}
     /// After the layer below was prepared.
     fn prepare(&self, next: &Context, readonly: bool) -> Result<()> {
         Ok(())

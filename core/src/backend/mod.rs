@@ -14,7 +14,7 @@ mod filter;
 mod plugin;
 mod types;
 
-pub use context::{Caps, Context, Stack};
+pub use context::{Caps, Context, DefaultExports, Stack};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};

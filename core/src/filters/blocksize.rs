@@ -346,11 +346,14 @@ impl FilterHandle for BlocksizeHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
+        // As nbdkit: ask the layer below for whole blocks (at most maxlen
+        // bytes) and report them in whole blocks; extents may run past
+        // the request, up to its end rounded up to a block.
         let l = self.limits();
         let _guard = read(&self.lock);
         let start = round_down(offset, l.min);
         let end = (offset + count).div_ceil(l.min) * l.min;
-        let n = (end - start).min(l.maxlen);
+        let n = (count.div_ceil(l.min) * l.min).min(l.maxlen);
         for e in aligned_extents(next, n, start, end, flags, l.min)? {
             extents.add(e.offset, e.length, e.flags)?;
         }

@@ -142,31 +142,29 @@ impl PolicyHandle {
         Ok(b)
     }
 
-    /// Refuse a request that breaks the constraints, if asked to.
-    fn check(&self, next: &Context, count: u64, offset: u64, data: bool) -> Result<()> {
+    /// Refuse a `kind` request that breaks the constraints, if asked to,
+    /// with nbdkit's checks in nbdkit's order (the maximum only for data).
+    fn check(&self, next: &Context, kind: &str, count: u64, offset: u64, data: bool) -> Result<()> {
         if !self.error {
             return Ok(());
         }
         let b = self.sizes(next)?;
-        let min = u64::from(b.minimum);
-        if count % min != 0 || offset % min != 0 {
-            return Err(Error::msg(
-                Errno::EINVAL,
-                format!(
-                    "client request is not aligned to the minimum block size: offset={offset} count={count} minimum={min}"
-                ),
-            ));
-        }
-        if data && count > u64::from(b.maximum) {
-            return Err(Error::msg(
-                Errno::EINVAL,
-                format!(
-                    "client request is larger than the maximum block size: count={count} maximum={}",
-                    b.maximum
-                ),
-            ));
-        }
-        Ok(())
+        let (min, max) = (u64::from(b.minimum), u64::from(b.maximum));
+        let why = if count < min {
+            format!("count {count} is smaller than minimum size {min}")
+        } else if data && count > max {
+            format!("count {count} is larger than maximum size {max}")
+        } else if count % min != 0 {
+            format!("count {count} is not a multiple of minimum size {min}")
+        } else if offset % min != 0 {
+            format!("offset {offset} is not aligned to a multiple of minimum size {min}")
+        } else {
+            return Ok(());
+        };
+        Err(Error::msg(
+            Errno::EINVAL,
+            format!("client {kind} request rejected: {why}"),
+        ))
     }
 }
 
@@ -178,23 +176,23 @@ impl FilterHandle for PolicyHandle {
         self.sizes(next).map(Some)
     }
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
-        self.check(next, buf.len() as u64, offset, true)?;
+        self.check(next, "pread", buf.len() as u64, offset, true)?;
         next.pread(buf, offset, flags)
     }
     fn pwrite(&self, next: &Context, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        self.check(next, buf.len() as u64, offset, true)?;
+        self.check(next, "pwrite", buf.len() as u64, offset, true)?;
         next.pwrite(buf, offset, flags)
     }
     fn trim(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.check(next, count, offset, false)?;
+        self.check(next, "trim", count, offset, false)?;
         next.trim(count, offset, flags)
     }
     fn zero(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.check(next, count, offset, false)?;
+        self.check(next, "zero", count, offset, false)?;
         next.zero(count, offset, flags)
     }
     fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.check(next, count, offset, false)?;
+        self.check(next, "cache", count, offset, false)?;
         next.cache(count, offset, flags)
     }
     fn extents(
@@ -205,7 +203,7 @@ impl FilterHandle for PolicyHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        self.check(next, count, offset, false)?;
+        self.check(next, "extents", count, offset, false)?;
         next.extents(count, offset, flags, extents)
     }
 }

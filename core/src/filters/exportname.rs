@@ -14,7 +14,6 @@
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use super::params::bool_param;
 use crate::backend::{
@@ -52,7 +51,8 @@ pub struct ExportName {
     default_export: Option<String>,
     list: ListMode,
     strict: bool,
-    names: Vec<String>,
+    /// The explicit `exportname=` list.
+    names: Exports,
     desc: DescMode,
     run_script: Option<RunScript>,
 }
@@ -126,12 +126,7 @@ impl Filter for ExportName {
                 }
             }
             "exportname-strict" => self.strict = bool_param(value)?,
-            "exportname" => {
-                if self.names.len() >= Exports::MAX {
-                    return Err(Error::config("too many exportname parameters"));
-                }
-                self.names.push(value.into())
-            }
+            "exportname" => self.names.add(value, None)?,
             "exportdesc" => {
                 self.desc = match value {
                     "keep" => DescMode::Keep,
@@ -161,31 +156,27 @@ impl Filter for ExportName {
         is_tls: bool,
         exports: &mut Exports,
     ) -> Result<()> {
-        let mut list = Exports::default();
-        match self.list {
-            ListMode::Keep => next.list_exports(readonly, is_tls, &mut list)?,
+        let mut below = Exports::default();
+        let source = match self.list {
+            ListMode::Keep => {
+                // The layer below's list arrives with its default export
+                // already resolved, so the description applies to it too.
+                next.list_exports(readonly, is_tls, &mut below)?;
+                &below.list
+            }
             ListMode::Error => {
                 return Err(Error::msg(Errno::EPERM, "export list restricted by policy"))
             }
-            ListMode::Empty => {}
+            ListMode::Empty => return Ok(()),
+            // The server resolves it with this filter's default_export.
             ListMode::DefaultOnly => {
-                let name = match &self.default_export {
-                    Some(n) => Some(n.clone()),
-                    None => next.default_export(readonly, is_tls)?,
-                };
-                if let Some(n) = name {
-                    list.add(&n, None)?;
-                }
+                exports.use_default = true;
+                return Ok(());
             }
-            ListMode::Explicit => {
-                for n in &self.names {
-                    list.add(n, None)?;
-                }
-            }
-        }
-        exports.use_default |= list.use_default;
-        for e in list.list {
-            let desc = self.describe(&e.name, e.description);
+            ListMode::Explicit => &self.names.list,
+        };
+        for e in source {
+            let desc = self.describe(&e.name, e.description.clone());
             exports.add(&e.name, desc.as_deref())?;
         }
         Ok(())
@@ -196,6 +187,16 @@ impl Filter for ExportName {
         readonly: bool,
         is_tls: bool,
     ) -> Result<Option<String>> {
+        // When strict, "" is allowed only if it was listed explicitly, and
+        // then stands for default-export= (or for "" itself).
+        if self.strict {
+            return Ok(self
+                .names
+                .list
+                .iter()
+                .any(|e| e.name.is_empty())
+                .then(|| self.default_export.clone().unwrap_or_default()));
+        }
         match &self.default_export {
             Some(n) => Ok(Some(n.clone())),
             None => next.default_export(readonly, is_tls),
@@ -206,28 +207,21 @@ impl Filter for ExportName {
         next: &mut dyn NextOpener,
         args: &OpenArgs<'_>,
     ) -> Result<Box<dyn FilterHandle>> {
+        // The server already replaced "" by default_export's answer.
         let name = args.export_name;
-        if self.strict && !self.names.iter().any(|n| n == name) {
+        if self.strict && !self.names.list.iter().any(|e| e.name == name) {
             return Err(Error::msg(
                 Errno::ENOENT,
-                if name.is_empty() {
-                    String::from("default export (\"\") not permitted")
-                } else {
-                    format!("export '{name}' not found")
-                },
+                format!("export '{name}' not found"),
             ));
         }
-        let below = match (&self.default_export, name) {
-            (Some(d), "") => d.as_str(),
-            _ => name,
-        };
-        next.open(args.readonly, below)?;
+        next.open(args.readonly, name)?;
         Ok(match &self.desc {
             DescMode::Keep => Box::new(PassThrough),
             d => Box::new(Described {
                 desc: d.clone(),
                 run: self.run_script,
-                name: below.into(),
+                name: name.into(),
             }),
         })
     }

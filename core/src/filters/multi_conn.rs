@@ -8,19 +8,16 @@
 //! layer below advertises multi-conn, and `emulate` otherwise. `emulate`
 //! needs a working flush below (a client cannot connect without one).
 //!
-//! How `emulate` reaches another connection's layers below: a handle only
-//! borrows `next` for the length of one of its own calls, so it cannot be
-//! kept for another connection to flush. Instead, in `prepare`, an
-//! emulating handle opens its own context of the layers below through the
-//! reopener ([`NextOpener::reopener`]) and sends every request of its
-//! connection through that context rather than through `next` (which stays
-//! open but idle). The context lives in a reference-counted [`Member`] that
-//! is put in a registry shared by every connection: one group per export
-//! name with `multi-conn-exportname=true`, a single group otherwise. A
-//! flush (or a FUA write, trim or zero, which is done without FUA and then
-//! flushed) on one connection walks its group under the registry lock and
-//! flushes each member's context, skipping clean ones as
-//! `multi-conn-track-dirty` allows, before replying.
+//! How `emulate` reaches another connection's layers below: as nbdkit's
+//! filter keeps each connection's `next`, an emulating handle keeps its
+//! connection's context of the layers below
+//! ([`FilterHandle::keep_next`]) in a reference-counted [`Member`] that is
+//! put in a registry shared by every connection: one group per export name
+//! with `multi-conn-exportname=true`, a single group otherwise. A flush (or
+//! a FUA write, trim or zero, which is done without FUA and then flushed)
+//! on one connection walks its group under the registry lock and flushes
+//! each member's context, skipping clean ones as `multi-conn-track-dirty`
+//! allows, before replying. Dirtiness is tracked as nbdkit does.
 //!
 //! Safety of the cross-connection calls: a member leaves the registry (under
 //! the same lock) in `finalize` or when its handle is dropped, before its
@@ -41,7 +38,7 @@ use alloc::vec::Vec;
 
 use super::params::bool_param;
 use crate::backend::{
-    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Reopener, Result,
+    Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, Support,
     ThreadModel,
 };
 use crate::sync::{lock, Arc, Mutex};
@@ -70,8 +67,8 @@ const DIRTY_READ: u8 = 2;
 
 /// One open connection, as seen by the other connections of its group.
 struct Member {
-    /// The connection's own context of the layers below (emulate only).
-    ctx: Option<Context>,
+    /// The connection's context of the layers below (emulate only).
+    ctx: Option<alloc::sync::Arc<Context>>,
     /// Serializes calls on `ctx` when the thread model is not parallel.
     io: Option<Mutex<()>>,
     /// [`DIRTY_WRITE`] and [`DIRTY_READ`] since the last flush.
@@ -80,7 +77,7 @@ struct Member {
 
 impl Member {
     fn call<T>(&self, next: &Context, op: impl FnOnce(&Context) -> Result<T>) -> Result<T> {
-        let ctx = self.ctx.as_ref().unwrap_or(next);
+        let ctx = self.ctx.as_deref().unwrap_or(next);
         match &self.io {
             Some(m) => {
                 let _g = lock(m);
@@ -184,22 +181,16 @@ impl Filter for MultiConn {
             Mode::Auto if thread_model == ThreadModel::SerializeConnections => Mode::Disable,
             m => m,
         };
-        let reopener = match mode {
-            Mode::Auto | Mode::Emulate => next.reopener(),
-            _ => None,
-        };
         Ok(Box::new(MultiConnHandle {
             mode,
             track: self.track,
             serialize: thread_model != ThreadModel::Parallel,
-            readonly: args.readonly,
-            export_name: args.export_name.into(),
             key: if self.by_export {
                 args.export_name.into()
             } else {
                 String::new()
             },
-            reopener,
+            below: Mutex::new(None),
             registry: Arc::clone(&self.registry),
             joined: Mutex::new(None),
         }))
@@ -219,11 +210,10 @@ struct MultiConnHandle {
     mode: Mode,
     track: Track,
     serialize: bool,
-    readonly: bool,
-    export_name: String,
     /// The registry group this connection belongs to.
     key: String,
-    reopener: Option<Box<dyn Reopener>>,
+    /// The connection's layers below, until `prepare` decides.
+    below: Mutex<Option<alloc::sync::Arc<Context>>>,
     registry: Arc<Registry>,
     joined: Mutex<Option<Joined>>,
 }
@@ -248,16 +238,19 @@ impl MultiConnHandle {
         Some(joined)
     }
 
-    fn mark_dirty(&self, j: &Joined, is_read: bool) {
+    /// Note what a request may have left in a cache (nbdkit's rules:
+    /// with `conn` tracking the connection remembers reads and writes,
+    /// and any write makes the group dirty).
+    fn mark_dirty(&self, j: &Joined, is_write: bool) {
         match self.track {
             Track::Conn => {
-                *lock(&j.member.dirty) |= if is_read { DIRTY_READ } else { DIRTY_WRITE };
-                if !is_read {
+                *lock(&j.member.dirty) |= if is_write { DIRTY_WRITE } else { DIRTY_READ };
+                if is_write {
                     self.group_dirty();
                 }
             }
             Track::Fast => {
-                if !is_read {
+                if is_write {
                     self.group_dirty();
                 }
             }
@@ -273,16 +266,18 @@ impl MultiConnHandle {
 
     /// A flush from the client, or the flush completing a FUA request.
     fn do_flush(&self, j: &Joined, next: &Context, flags: Flags) -> Result<()> {
+        let mut reg = lock(&self.registry);
+        let Some(g) = reg.get_mut(&self.key) else {
+            return j.member.call(next, |c| c.flush(flags));
+        };
         if j.mode == Mode::Emulate {
-            let mut reg = lock(&self.registry);
-            let Some(g) = reg.get_mut(&self.key) else {
-                return j.member.call(next, |c| c.flush(flags));
-            };
+            // Flush every connection of the group that may hold data the
+            // others cannot see yet.
             for m in &g.members {
                 let mut d = lock(&m.dirty);
                 let needed = self.track == Track::Off
-                    || *d & DIRTY_WRITE != 0
-                    || (g.dirty && (self.track == Track::Fast || *d & DIRTY_READ != 0));
+                    || (g.dirty && (self.track == Track::Fast || *d & DIRTY_READ != 0))
+                    || *d & DIRTY_WRITE != 0;
                 if needed {
                     m.call(next, |c| c.flush(flags))?;
                     *d = 0;
@@ -291,32 +286,29 @@ impl MultiConnHandle {
             g.dirty = false;
             return Ok(());
         }
-        match self.track {
-            Track::Off => next.flush(flags),
-            Track::Fast => {
-                let mut reg = lock(&self.registry);
-                let dirty = reg.get(&self.key).map_or(true, |g| g.dirty);
-                if dirty {
-                    next.flush(flags)?;
-                    if let Some(g) = reg.get_mut(&self.key) {
-                        g.dirty = false;
-                    }
-                }
-                Ok(())
-            }
-            Track::Conn => {
-                let mut d = lock(&j.member.dirty);
-                if *d != 0 {
-                    next.flush(flags)?;
-                    *d = 0;
-                }
-                Ok(())
-            }
+        // Not emulating: nothing written anywhere in the group since the
+        // last flush means there is nothing to flush.
+        if self.track != Track::Off && !g.dirty {
+            return Ok(());
         }
+        next.flush(flags)?;
+        match self.track {
+            Track::Conn if next.caps().can_multi_conn => {
+                for m in &g.members {
+                    *lock(&m.dirty) = 0;
+                }
+                g.dirty = false;
+            }
+            Track::Conn => *lock(&j.member.dirty) = 0,
+            Track::Fast => g.dirty = false,
+            Track::Off => {}
+        }
+        Ok(())
     }
 
-    /// A write-like request: done without FUA when emulating, then
-    /// flushed across the group.
+    /// A write-like request: when emulating, a FUA request is done
+    /// without FUA and then flushed across the group; otherwise FUA is
+    /// passed down (and, as nbdkit, such a request leaves nothing dirty).
     fn write_like(
         &self,
         next: &Context,
@@ -324,8 +316,11 @@ impl MultiConnHandle {
         op: impl FnOnce(&Context, Flags) -> Result<()>,
     ) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, false);
-        if j.mode == Mode::Emulate && flags.contains(Flags::FUA) {
+        let fua = flags.contains(Flags::FUA);
+        if !fua || j.mode == Mode::Emulate {
+            self.mark_dirty(&j, true);
+        }
+        if j.mode == Mode::Emulate && fua {
             j.member.call(next, |c| op(c, flags.without(Flags::FUA)))?;
             self.do_flush(&j, next, Flags::NONE)
         } else {
@@ -335,7 +330,12 @@ impl MultiConnHandle {
 }
 
 impl FilterHandle for MultiConnHandle {
+    fn keep_next(&self, next: &alloc::sync::Arc<Context>) {
+        *lock(&self.below) = Some(alloc::sync::Arc::clone(next));
+    }
+
     fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let below = lock(&self.below).take();
         let mode = match self.mode {
             Mode::Auto if next.can_multi_conn()? => Mode::Plugin,
             Mode::Auto => Mode::Emulate,
@@ -348,14 +348,7 @@ impl FilterHandle for MultiConnHandle {
                     "emulating multi-conn requires working flush",
                 ));
             }
-            let Some(r) = &self.reopener else {
-                return Err(Error::msg(
-                    crate::errno::Errno::ENOTSUP,
-                    "multi-conn-mode=emulate is not supported yet on this stack \
-                     (the layers below cannot be reopened)",
-                ));
-            };
-            Some(r.open(self.readonly, &self.export_name)?)
+            below
         } else {
             None
         };
@@ -379,14 +372,24 @@ impl FilterHandle for MultiConnHandle {
         Ok(())
     }
 
-    fn finalize(&self, next: &Context) -> Result<()> {
-        let Some(j) = self.leave() else {
-            return Ok(());
-        };
-        match &j.member.ctx {
-            Some(c) => j.member.call(next, |_| c.finalize()),
-            None => Ok(()),
-        }
+    fn finalize(&self, _next: &Context) -> Result<()> {
+        // Leave the group (letting go of the layers below) before they
+        // are finalized.
+        drop(self.leave());
+        Ok(())
+    }
+
+    fn can_fua(&self, next: &Context) -> Result<Support> {
+        // Emulating, a FUA request is flushed across every connection:
+        // say so, as nbdkit does. Otherwise FUA goes down as it came.
+        let emulate = lock(&self.joined)
+            .as_ref()
+            .is_some_and(|j| j.mode == Mode::Emulate);
+        Ok(match next.caps().can_fua {
+            Support::None => Support::None,
+            _ if emulate => Support::Emulate,
+            _ => Support::Native,
+        })
     }
 
     fn can_multi_conn(&self, next: &Context) -> Result<bool> {
@@ -400,7 +403,7 @@ impl FilterHandle for MultiConnHandle {
 
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
+        self.mark_dirty(&j, false);
         j.member.call(next, |c| c.pread(buf, offset, flags))
     }
 
@@ -429,15 +432,15 @@ impl FilterHandle for MultiConnHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
+        // Block status leaves nothing in a cache (nbdkit does not look).
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
         j.member
             .call(next, |c| c.extents(count, offset, flags, extents))
     }
 
     fn cache(&self, next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
         let j = self.joined()?;
-        self.mark_dirty(&j, true);
+        self.mark_dirty(&j, false);
         j.member.call(next, |c| c.cache(count, offset, flags))
     }
 }

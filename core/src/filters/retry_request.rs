@@ -1,15 +1,18 @@
 //! `retry-request`: retry a single failing request (and, by default, a
 //! failing open) after a delay, without reopening anything.
 //!
-//! Parameters: `retry-request-retries=N` (default 2),
+//! Parameters: `retry-request-retries=N` (default 2, at most 1000),
 //! `retry-request-delay=N` seconds (default 2), `retry-request-open=BOOL`
-//! (default true). The runtime supplies the clock ([`RetryRequest::new`]).
+//! (default true). Every failure is retried, after the same delay each
+//! time, whatever the request and its flags. The runtime supplies the
+//! clock ([`RetryRequest::new`]) and a debug log
+//! ([`RetryRequest::with_debug`]).
 
 use alloc::boxed::Box;
 use core::time::Duration;
 
 use super::params::{bool_param, parse_unsigned};
-use super::retry::{delay_param, Sleep};
+use super::retry::{delay_param, Debug, Sleep};
 use crate::backend::{
     Context, Error, Extents, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result,
 };
@@ -22,7 +25,10 @@ pub struct RetryRequest {
     delay: u32,
     retry_open: bool,
     sleep: Sleep,
+    debug: Debug,
 }
+
+fn no_debug(_: core::fmt::Arguments<'_>) {}
 
 impl RetryRequest {
     /// A retry-request filter that waits with `sleep`.
@@ -32,13 +38,23 @@ impl RetryRequest {
             delay: 2,
             retry_open: true,
             sleep,
+            debug: no_debug,
         }
+    }
+
+    /// The same, writing nbdkit's debug messages with `debug`.
+    pub fn with_debug(self, debug: Debug) -> Self {
+        RetryRequest { debug, ..self }
     }
 
     fn run<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         let mut last = Error::new(Errno::EIO);
         for attempt in 0..=self.retries {
             if attempt > 0 {
+                (self.debug)(format_args!(
+                    "retry {attempt}: waiting {} seconds before retrying",
+                    self.delay
+                ));
                 (self.sleep)(Duration::from_secs(u64::from(self.delay)));
             }
             match op() {
@@ -65,7 +81,10 @@ impl Filter for RetryRequest {
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "retry-request-retries" => {
-                self.retries = parse_unsigned(key, value, u64::from(u32::MAX))? as u32
+                self.retries = parse_unsigned(key, value, u64::from(u32::MAX))? as u32;
+                if self.retries > 1000 {
+                    return Err(Error::config("retry-request-retries: value too large"));
+                }
             }
             "retry-request-delay" => self.delay = delay_param(key, value)?,
             "retry-request-open" => self.retry_open = bool_param(value)?,
@@ -87,6 +106,7 @@ impl Filter for RetryRequest {
             retries: self.retries,
             delay: self.delay,
             sleep: self.sleep,
+            debug: self.debug,
         }))
     }
 }
@@ -95,6 +115,7 @@ struct RetryRequestHandle {
     retries: u32,
     delay: u32,
     sleep: Sleep,
+    debug: Debug,
 }
 
 impl RetryRequestHandle {
@@ -104,6 +125,7 @@ impl RetryRequestHandle {
             delay: self.delay,
             retry_open: false,
             sleep: self.sleep,
+            debug: self.debug,
         }
         .run(&mut op)
     }
@@ -133,9 +155,9 @@ impl FilterHandle for RetryRequestHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        let (start, end) = (extents.start(), extents.end());
         self.run(|| {
-            let mut fresh = Extents::new(start, end);
+            // Each try starts from an empty list, up to the size below.
+            let mut fresh = Extents::new(offset, next.get_size());
             next.extents(count, offset, flags, &mut fresh)?;
             for e in fresh.as_slice() {
                 extents.add(e.offset, e.length, e.flags)?;

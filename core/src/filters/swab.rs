@@ -68,7 +68,10 @@ impl SwabHandle {
     fn check(&self, count: u64, offset: u64) -> Result<()> {
         let w = self.word as u64;
         if count % w != 0 || offset % w != 0 {
-            return Err(Error::new(Errno::EINVAL));
+            return Err(Error::msg(
+                Errno::EINVAL,
+                "swab: requests to this filter must be aligned",
+            ));
         }
         Ok(())
     }

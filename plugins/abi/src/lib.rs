@@ -124,6 +124,10 @@ extern "C" {
         description: *const c_char,
     ) -> c_int;
     pub fn nbdkit_use_default_export(e: *mut Exports) -> c_int;
+    pub fn nbdkit_read_password(value: *const c_char, password: *mut *mut c_char) -> c_int;
+    pub fn nbdkit_parse_bool(s: *const c_char) -> c_int;
+    pub fn nbdkit_parse_unsigned(what: *const c_char, s: *const c_char, r: *mut u32) -> c_int;
+    pub fn nbdkit_parse_uint32_t(what: *const c_char, s: *const c_char, r: *mut u32) -> c_int;
 }
 
 /// A Rust string as a C string, cut at the first NUL.
@@ -151,3 +155,156 @@ pub fn set_error(err: c_int) {
     // SAFETY: takes a plain int.
     unsafe { nbdkit_set_error(err) };
 }
+
+/// A C string argument from the server as Rust text (empty for NULL).
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string valid for the call.
+pub unsafe fn str_arg(p: *const c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The text of an errno value.
+pub fn strerror(errno: c_int) -> String {
+    // SAFETY: strerror returns a valid string for any errno value.
+    unsafe { std::ffi::CStr::from_ptr(libc::strerror(errno)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The version of nbdkit these plugins belong to (their `version`).
+pub const NBDKIT_VERSION: &std::ffi::CStr = c"1.36.2";
+
+impl Plugin {
+    /// An API 2 plugin with every slot empty: the base that a plugin's
+    /// registration completes with `..Plugin::EMPTY`.
+    pub const EMPTY: Plugin = Plugin {
+        struct_size: core::mem::size_of::<Plugin>() as u64,
+        api_version: 2,
+        thread_model: THREAD_MODEL_PARALLEL,
+        name: core::ptr::null(),
+        longname: core::ptr::null(),
+        version: NBDKIT_VERSION.as_ptr(),
+        description: core::ptr::null(),
+        load: None,
+        unload: None,
+        config: None,
+        config_complete: None,
+        config_help: core::ptr::null(),
+        open: None,
+        close: None,
+        get_size: None,
+        can_write: None,
+        can_flush: None,
+        is_rotational: None,
+        can_trim: None,
+        v1_slots: [None; 5],
+        errno_is_preserved: 0,
+        dump_plugin: None,
+        can_zero: None,
+        can_fua: None,
+        pread: None,
+        pwrite: None,
+        flush: None,
+        trim: None,
+        zero: None,
+        magic_config_key: core::ptr::null(),
+        can_multi_conn: None,
+        can_extents: None,
+        extents: None,
+        can_cache: None,
+        cache: None,
+        thread_model_cb: None,
+        can_fast_zero: None,
+        preconnect: None,
+        get_ready: None,
+        after_fork: None,
+        list_exports: None,
+        default_export: None,
+        export_description: None,
+        cleanup: None,
+        block_size: None,
+    };
+}
+
+/// A plugin's registration in a `static`, for its `plugin_init` to hand
+/// to the server.
+pub struct Registration(pub Plugin);
+
+// SAFETY: the struct holds function pointers and pointers to static
+// strings; the server only reads it.
+unsafe impl Sync for Registration {}
+
+impl Registration {
+    /// What `plugin_init` returns.
+    pub fn as_ptr(&'static self) -> *const c_void {
+        (&self.0 as *const Plugin).cast()
+    }
+}
+
+/// Load a plugin's C library into `cell` once (at `config_complete`):
+/// 0, or -1 after `nbdkit_error` with `load`'s message.
+pub fn load_once<T>(
+    cell: &std::sync::OnceLock<T>,
+    load: impl FnOnce() -> Result<T, String>,
+) -> c_int {
+    if cell.get().is_some() {
+        return 0;
+    }
+    match load() {
+        Ok(l) => {
+            let _ = cell.set(l);
+            0
+        }
+        Err(e) => {
+            error(&e);
+            -1
+        }
+    }
+}
+
+/// Hand a string to the server, which keeps it for the connection
+/// (`nbdkit_strdup_intern`).
+pub fn intern_str(s: &str) -> *const c_char {
+    let c = cstring(s);
+    // SAFETY: a NUL-terminated string, copied by the server.
+    unsafe { nbdkit_strdup_intern(c.as_ptr()) }
+}
+/// The constants language plugins give scripts by name (`FLAG_FUA`, ...),
+/// with their values; `API_VERSION` is 1, the callbacks' shape of the
+/// lua and ruby plugins (nbdkit's).
+pub const SCRIPT_CONSTANTS: [(&str, i64); 17] = [
+    (
+        "THREAD_MODEL_SERIALIZE_CONNECTIONS",
+        THREAD_MODEL_SERIALIZE_CONNECTIONS as i64,
+    ),
+    (
+        "THREAD_MODEL_SERIALIZE_ALL_REQUESTS",
+        THREAD_MODEL_SERIALIZE_ALL_REQUESTS as i64,
+    ),
+    (
+        "THREAD_MODEL_SERIALIZE_REQUESTS",
+        THREAD_MODEL_SERIALIZE_REQUESTS as i64,
+    ),
+    ("THREAD_MODEL_PARALLEL", THREAD_MODEL_PARALLEL as i64),
+    ("FLAG_MAY_TRIM", FLAG_MAY_TRIM as i64),
+    ("FLAG_FUA", FLAG_FUA as i64),
+    ("FLAG_REQ_ONE", FLAG_REQ_ONE as i64),
+    ("FLAG_FAST_ZERO", FLAG_FAST_ZERO as i64),
+    ("FUA_NONE", FUA_NONE as i64),
+    ("FUA_EMULATE", FUA_EMULATE as i64),
+    ("FUA_NATIVE", FUA_NATIVE as i64),
+    ("CACHE_NONE", CACHE_NONE as i64),
+    ("CACHE_EMULATE", CACHE_EMULATE as i64),
+    ("CACHE_NATIVE", CACHE_NATIVE as i64),
+    ("EXTENT_HOLE", EXTENT_HOLE as i64),
+    ("EXTENT_ZERO", EXTENT_ZERO as i64),
+    ("API_VERSION", 1),
+];

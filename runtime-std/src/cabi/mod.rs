@@ -298,15 +298,36 @@ fn open_library(
 
 fn dl_message(e: &libloading::Error) -> String {
     let m = e.to_string();
-    // An interpreter library that is not installed (the python plugin's
-    // libpython3.N.so.1.0): name the Debian package that has it.
+    // An interpreter library that is not installed (libpython3.N.so.1.0,
+    // libperl.so.5.N, libtcl8.N.so, liblua5.N.so.0, libruby-3.N.so.3.N of
+    // the language plugins): name
+    // the Debian package that has it.
     let missing = m
         .split(": ")
-        .find(|p| p.starts_with("libpython3.") && p.contains(".so"))
+        .find(|p| p.starts_with("lib") && p.contains(".so"))
         .filter(|_| m.contains("cannot open shared object file"));
-    match missing.and_then(|l| l.split(".so").next()) {
+    match missing.and_then(debian_package) {
         Some(pkg) => format!("{m} (install Debian's {pkg})"),
         None => m,
+    }
+}
+
+/// The Debian package of an interpreter library by its file name:
+/// libpython3.11.so.1.0 is in libpython3.11, liblua5.4.so.0 in
+/// liblua5.4-0, libruby-3.1.so.3.1 in libruby3.1.
+fn debian_package(lib: &str) -> Option<String> {
+    let (stem, version) = lib.split_once(".so")?;
+    if stem.starts_with("libpython3.") || stem.starts_with("libtcl8.") {
+        Some(stem.to_string())
+    } else if stem == "libperl" {
+        // libperl.so.5.36 is in libperl5.36.
+        let v: Vec<&str> = version.trim_start_matches('.').split('.').collect();
+        (v.len() >= 2).then(|| format!("libperl{}.{}", v[0], v[1]))
+    } else if stem.starts_with("liblua5.") {
+        Some(format!("{stem}-0"))
+    } else {
+        stem.strip_prefix("libruby-3.")
+            .map(|v| format!("libruby3.{v}"))
     }
 }
 

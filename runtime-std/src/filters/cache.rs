@@ -26,8 +26,8 @@ use nbdkit_core::backend::{
 use nbdkit_core::errno::Errno;
 
 use super::util::{
-    extents_from_below, io_error, parse_bool, parse_size, parse_unsigned, pieces, punch_hole,
-    tmpdir, unlinked_tmpfile, BlockMap,
+    io_error, parse_bool, parse_size, parse_unsigned, pieces, punch_hole, tmpdir, unlinked_tmpfile,
+    BlockMap,
 };
 
 const NOT_CACHED: u8 = 0;
@@ -257,6 +257,33 @@ struct CacheHandle(Arc<Shared>);
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The run of blocks at `pos` that are all dirty or all not dirty:
+    /// whether they are dirty, and where the run ends. A dirty run stops
+    /// at `end` (rounded up to a block); a clean one may go on past it
+    /// (a little: block status may report past the request) up to
+    /// `limit` (which is past `pos`).
+    fn run_at(&self, pos: u64, end: u64, limit: u64) -> (bool, u64) {
+        /// How many blocks past the request a clean run may look.
+        const LOOKAHEAD: u64 = 1024;
+        let bs = self.block_size;
+        let inner = self.lock();
+        let dirty = |b: u64| inner.map.get(b) == DIRTY;
+        let first = dirty(pos / bs);
+        let stop = if first {
+            end
+        } else {
+            end.div_ceil(bs)
+                .saturating_add(LOOKAHEAD)
+                .saturating_mul(bs)
+        }
+        .min(limit);
+        let mut run_end = (pos / bs + 1) * bs;
+        while run_end < stop && dirty(run_end / bs) == first {
+            run_end += bs;
+        }
+        (first, run_end.min(limit))
     }
 
     /// A `-D cache.verbose=1` message.
@@ -620,27 +647,36 @@ impl FilterHandle for CacheHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        // Dirty blocks are not in the plugin yet: they are data.
+        // As nbdkit, what the layer below reports may run past the
+        // request. Unlike nbdkit (which passes block status straight to
+        // the plugin, so that data written in writeback mode and not yet
+        // flushed can be reported as a hole), dirty blocks are data.
         let s = &self.0;
-        let bs = s.block_size;
-        let end = offset.saturating_add(count);
+        let end = offset + count;
         let mut pos = offset;
         while pos < end && !extents.is_full() {
-            let dirty = s.lock().map.get(pos / bs) == DIRTY;
-            let mut run_end = (pos / bs + 1) * bs;
-            while run_end < end && (s.lock().map.get(run_end / bs) == DIRTY) == dirty {
-                run_end += bs;
-            }
-            let run_end = run_end.min(end);
+            let (dirty, run_end) = s.run_at(pos, end, extents.end());
             if dirty {
                 extents.add(pos, run_end - pos, 0)?;
             } else {
-                extents_from_below(next, pos, run_end, flags, extents)?;
+                let mut sub = Extents::new(pos, run_end);
+                let asked = run_end.min(end);
+                next.extents(asked - pos, pos, flags, &mut sub)?;
+                for e in sub.as_slice() {
+                    extents.add(e.offset, e.length, e.flags)?;
+                }
+                if sub.next_offset() < asked {
+                    // The layer below said less than asked: enough.
+                    break;
+                }
             }
             if flags.contains(Flags::REQ_ONE) {
                 break;
             }
-            pos = run_end;
+            if extents.next_offset() <= pos {
+                break;
+            }
+            pos = extents.next_offset();
         }
         Ok(())
     }

@@ -21,6 +21,10 @@ fn sleep(d: Duration) {
     std::thread::sleep(d);
 }
 
+fn debug(msg: std::fmt::Arguments<'_>) {
+    crate::log::debug(None, msg);
+}
+
 /// A seed that differs between runs (nbdkit seeds from the time).
 fn seed() -> u64 {
     let t = SystemTime::now()
@@ -36,12 +40,12 @@ pub(crate) fn error() -> Box<dyn Filter> {
 
 /// `retry`, sleeping on the system clock.
 pub(crate) fn retry() -> Box<dyn Filter> {
-    Box::new(Retry::new(sleep))
+    Box::new(Retry::new(sleep).with_debug(debug))
 }
 
 /// `retry-request`, sleeping on the system clock.
 pub(crate) fn retry_request() -> Box<dyn Filter> {
-    Box::new(RetryRequest::new(sleep))
+    Box::new(RetryRequest::new(sleep).with_debug(debug))
 }
 
 /// `evil`, seeded from the time unless `evil-seed` is given.
@@ -55,8 +59,9 @@ const MAX_DESCRIPTION: u64 = 4096;
 
 /// Run an `exportdesc=script:` script with `sh -c`, `$name` set to the
 /// export name in its environment. Its output, less one trailing newline,
-/// is the description; no output gives none. The exit status is not looked
-/// at, and the script's standard error goes to ours (as nbdkit does).
+/// is the description (empty when it printed nothing); a script that cannot
+/// be started gives none. The exit status is not looked at, and the
+/// script's standard error goes to ours (as nbdkit does).
 fn run_desc_script(script: &str, name: &str) -> Option<String> {
     use std::io::Read;
     use std::process::{Command, Stdio};
@@ -82,9 +87,6 @@ fn run_desc_script(script: &str, name: &str) -> Option<String> {
     let _ = child.wait();
     if out.last() == Some(&b'\n') {
         out.pop();
-    }
-    if out.is_empty() {
-        return None;
     }
     Some(String::from_utf8_lossy(&out).into_owned())
 }

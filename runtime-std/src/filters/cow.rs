@@ -381,14 +381,22 @@ impl FilterHandle for CowHandle {
     ) -> Result<()> {
         let o = &self.0;
         let bs = o.block_size;
-        let end = offset.saturating_add(count);
+        // As nbdkit: the request is taken in whole blocks, so what is
+        // reported may run past it to the end of its last block.
+        let end = offset
+            .saturating_add(count)
+            .div_ceil(bs)
+            .saturating_mul(bs)
+            .min(next.get_size());
         let mut pos = offset;
         while pos < end && !extents.is_full() {
             let b = pos / bs;
             let state = o.state(b);
-            // The run of blocks with the same state.
+            // The run of blocks with the same state (as nbdkit, one
+            // overlay block when one extent is enough).
+            let one = flags.contains(Flags::REQ_ONE) && state != NOT_ALLOCATED;
             let mut run_end = (b + 1) * bs;
-            while run_end < end && o.state(run_end / bs) == state {
+            while !one && run_end < end && o.state(run_end / bs) == state {
                 run_end += bs;
             }
             let run_end = run_end.min(end);

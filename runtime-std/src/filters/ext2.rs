@@ -4,20 +4,21 @@
 //! Parameters:
 //! - `ext2file=PATH` (required): the absolute path of the file inside the
 //!   filesystem, or `exportname` to take the path from the export name the
-//!   client asks for.
+//!   client asks for (a relative name is taken from the root; no export is
+//!   listed and there is no default export, so "" is refused).
 //!
 //! The filesystem is read with the `ext4-view` crate, which cannot write.
 //! Writing is supported in place only, unlike nbdkit's filter (which
 //! writes through libext2fs): on a writable connection the filter maps the
 //! file's blocks itself (superblock, group descriptors, the inodes on the
-//! path, the extent tree or the ext2/ext3 indirect block map), and writes,
-//! zeroes (as written zeroes) and trims (a no-op) that fall in blocks the
-//! file already has are done in place in the image. Writing to holes,
+//! path, the extent tree or the ext2/ext3 indirect block map), and writes
+//! and zeroes (as written zeroes) that fall in blocks the file already has
+//! are done in place in the image. Writing to holes,
 //! unwritten extents or past the end of the file fails with EIO ("writing
 //! to unallocated blocks is not supported"): nothing is ever allocated.
 //! The filesystem metadata is never changed, so the file's mtime/ctime are
-//! not updated (nbdkit's filter updates them). Trim is accepted as a no-op
-//! (nbdkit's filter does not offer trim). Files the mapper cannot
+//! not updated (nbdkit's filter updates them). As in nbdkit, trim is not
+//! offered and cache is emulated by reading. Files the mapper cannot
 //! handle (inline data, encrypted, fs-verity, `meta_bg` filesystems, a
 //! journal needing recovery, ...) are served read-only with a debug
 //! message. On a writable connection reads go through the same block map,
@@ -37,7 +38,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 
 use nbdkit_core::backend::{
-    Context, Error, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, Support, ThreadModel,
+    Context, Error, Exports, Filter, FilterHandle, Flags, NextExports, NextOpener, OpenArgs,
+    Result, Support, ThreadModel,
 };
 use nbdkit_core::errno::Errno;
 
@@ -48,6 +50,13 @@ const MAX_BELOW_READ: usize = 32 << 20;
 #[derive(Debug, Default)]
 pub struct Ext2 {
     file: Option<String>,
+}
+
+impl Ext2 {
+    /// `ext2file=exportname`: the client's export name says which file.
+    fn by_export_name(&self) -> bool {
+        self.file.as_deref() == Some("exportname")
+    }
 }
 
 impl Filter for Ext2 {
@@ -90,6 +99,34 @@ impl Filter for Ext2 {
         ThreadModel::SerializeConnections
     }
 
+    fn list_exports(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut Exports,
+    ) -> Result<()> {
+        // When the client names the file, list nothing: the names below
+        // are not file names, and "" is not a file.
+        if self.by_export_name() {
+            return Ok(());
+        }
+        next.list_exports(readonly, is_tls, exports)
+    }
+
+    fn default_export(
+        &self,
+        next: &dyn NextExports,
+        readonly: bool,
+        is_tls: bool,
+    ) -> Result<Option<String>> {
+        // There is no sensible default file, so "" is refused.
+        if self.by_export_name() {
+            return Ok(None);
+        }
+        next.default_export(readonly, is_tls)
+    }
+
     fn open(
         &self,
         next: &mut dyn NextOpener,
@@ -97,19 +134,15 @@ impl Filter for Ext2 {
     ) -> Result<Box<dyn FilterHandle>> {
         let file = self.file.as_deref().unwrap_or("/");
         let (path, below) = if file == "exportname" {
-            if args.export_name.is_empty() {
-                return Err(Error::msg(
-                    Errno::EINVAL,
-                    "default export (\"\") not permitted",
-                ));
-            }
-            if !args.export_name.starts_with('/') {
-                return Err(Error::msg(
-                    Errno::EINVAL,
-                    "exportname: the file parameter must refer to an absolute path",
-                ));
-            }
-            (args.export_name.to_string(), "")
+            // The export name is the file's path, taken from the root when
+            // it is relative; the layer below gets its default export.
+            let name = args.export_name;
+            let path = if name.starts_with('/') {
+                name.to_string()
+            } else {
+                format!("/{name}")
+            };
+            (path, "")
         } else {
             (file.to_string(), args.export_name)
         };
@@ -351,8 +384,8 @@ impl FilterHandle for Ext2Handle {
         Ok(self.layout.get().is_some() && next.can_write()?)
     }
 
-    fn can_trim(&self, next: &Context) -> Result<bool> {
-        self.can_write(next)
+    fn can_trim(&self, _next: &Context) -> Result<bool> {
+        Ok(false)
     }
 
     fn can_zero(&self, next: &Context) -> Result<Support> {
@@ -376,7 +409,7 @@ impl FilterHandle for Ext2Handle {
     }
 
     fn can_cache(&self, _next: &Context) -> Result<Support> {
-        Ok(Support::None)
+        Ok(Support::Emulate)
     }
 
     fn block_size(&self, _next: &Context) -> Result<Option<nbdkit_core::backend::BlockSize>> {
@@ -442,12 +475,6 @@ impl FilterHandle for Ext2Handle {
             }
         }
         Ok(())
-    }
-
-    fn trim(&self, _next: &Context, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        // Trimming is advisory: the blocks stay allocated and keep their
-        // data.
-        self.writable().map(|_| ())
     }
 }
 

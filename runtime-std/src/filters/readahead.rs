@@ -1,57 +1,86 @@
-//! `readahead`: when the client reads sequentially, prefetch (`cache`) the
-//! data that follows in the background. No parameters.
+//! `readahead`: when the client reads, prefetch (`cache`) the data that
+//! follows, in the background. No parameters.
 //!
-//! The window of data to prefetch doubles on each sequential read (up to
-//! [`MAX_WINDOW`]) and shrinks back to [`MIN_WINDOW`] when the client
-//! jumps elsewhere.
+//! As nbdkit's filter: every read asks for the window of data after it
+//! (never past the end of the export) to be cached, by a background thread
+//! of the connection, in the order the reads came. The window, shared by
+//! every connection, starts at 32K; it doubles (up to 4M) when a read
+//! starts past the end of the last prefetch, stays when the reads still
+//! move forward, and falls back to 32K otherwise.
 //!
-//! Approach: like nbdkit, each connection has a background thread that
-//! issues the prefetches, so they run in parallel with the client's reads.
-//! The thread must use the layers below after the read that asked for the
-//! prefetch has returned, but a filter only borrows `next` for the length of
-//! one call; so in `prepare` the handle opens its own context of the layers
-//! below with the reopener ([`NextOpener::reopener`]) and gives it to the
-//! thread. Prefetches through that context land in whatever cache the
-//! layers below keep (cache or cow filter, page cache of the file plugin),
-//! where the client's reads through `next` find them. The client's data
-//! always comes from `next` and this filter keeps none, so what the client
-//! sees is exactly what it would see without the filter.
+//! The filter does nothing (with a warning at each connection) unless the
+//! thread model is parallel and the layer below caches natively: an
+//! emulated cache would only read the data twice. When the thread model is
+//! parallel but the layer below cannot cache natively, the warning
+//! suggests adding the cache filter after this one.
 //!
-//! Memory is bounded: a read only records the range to prefetch in a
-//! single pending slot (a newer range replaces an older one the thread has
-//! not started), and the thread prefetches at most [`MAX_WINDOW`] bytes per
-//! call (an emulated cache reads into a bounded buffer below).
-//!
-//! As in nbdkit, the filter does nothing (with a warning) unless the thread
-//! model is parallel and the layers below can cache (natively or by
-//! reading). Closing the connection stops the thread, waits for it, and
-//! closes its context.
+//! The background thread issues its `cache` calls on the connection's own
+//! context of the layers below (nbdkit's `next`, kept with
+//! [`FilterHandle::keep_next`]), as nbdkit does, so the layers below are
+//! opened once per connection. It is started in `prepare` and stopped (and
+//! waited for) in `finalize`, or when the handle is dropped, which happens
+//! before the layers below are closed; it does what is queued before it
+//! stops. Its queue holds at most [`MAX_QUEUED`]
+//! ranges: reads that come while it is full ask for nothing.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use nbdkit_core::backend::{
-    Context, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Reopener, Result, Support,
-    ThreadModel,
+    Context, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, Support, ThreadModel,
 };
 
 /// Smallest and largest prefetch window.
-const MIN_WINDOW: u64 = 64 * 1024;
+const MIN_WINDOW: u64 = 32 * 1024;
 const MAX_WINDOW: u64 = 4 * 1024 * 1024;
+
+/// Most prefetches waiting for the background thread of a connection.
+const MAX_QUEUED: usize = 4096;
 
 /// The readahead filter.
 #[derive(Debug, Default)]
 pub struct Readahead {
     parallel: AtomicBool,
+    window: Arc<Mutex<Window>>,
 }
 
-fn warn_inactive() {
-    crate::log::error(
-        None,
-        "readahead: warning: underlying plugin does not support NBD_CMD_CACHE or PARALLEL \
-         thread model, so the filter won't do anything",
-    );
+/// The reading pattern, shared by every connection (as nbdkit's).
+#[derive(Debug)]
+struct Window {
+    window: u64,
+    /// Offset of the last read.
+    last_offset: u64,
+    /// End of the last prefetch asked for.
+    last_readahead: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            window: MIN_WINDOW,
+            last_offset: 0,
+            last_readahead: 0,
+        }
+    }
+}
+
+impl Window {
+    /// A read of `count` bytes at `offset` of an export of `size` bytes:
+    /// the range to prefetch after it, if any; then adapt the window.
+    fn read(&mut self, offset: u64, count: u64, size: u64) -> Option<(u64, u64)> {
+        let from = offset.saturating_add(count);
+        let ask = (from < size).then(|| (from, self.window.min(size - from)));
+        if self.last_readahead < offset {
+            self.window = (self.window * 2).min(MAX_WINDOW);
+        } else if self.last_offset >= offset {
+            self.window = MIN_WINDOW;
+        }
+        self.last_offset = offset;
+        self.last_readahead = from + ask.map_or(0, |(_, n)| n);
+        ask
+    }
 }
 
 impl Filter for Readahead {
@@ -75,29 +104,14 @@ impl Filter for Readahead {
         args: &OpenArgs<'_>,
     ) -> Result<Box<dyn FilterHandle>> {
         next.open(args.readonly, args.export_name)?;
-        let parallel = self.parallel.load(Ordering::Relaxed);
         Ok(Box::new(ReadaheadHandle {
-            reopener: if parallel { next.reopener() } else { None },
-            readonly: args.readonly,
-            export_name: args.export_name.into(),
+            below: Mutex::new(None),
+            parallel: self.parallel.load(Ordering::Relaxed),
+            window: Arc::clone(&self.window),
             shared: Arc::new(Shared::default()),
-            state: Mutex::new(Window {
-                last_end: u64::MAX,
-                window: MIN_WINDOW,
-                prefetched_to: 0,
-            }),
             thread: Mutex::new(None),
         }))
     }
-}
-
-/// The client's reading pattern.
-struct Window {
-    /// Where the last read ended.
-    last_end: u64,
-    window: u64,
-    /// How far prefetches were already asked for.
-    prefetched_to: u64,
 }
 
 /// What a connection shares with its prefetching thread.
@@ -109,8 +123,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// The next range to prefetch: (offset, count).
-    pending: Option<(u64, u64)>,
+    /// Ranges to prefetch, (offset, count), oldest first.
+    pending: VecDeque<(u64, u64)>,
     stop: bool,
 }
 
@@ -119,29 +133,28 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct ReadaheadHandle {
-    reopener: Option<Box<dyn Reopener>>,
-    readonly: bool,
-    export_name: String,
+    /// The connection's layers below, until the thread starts.
+    below: Mutex<Option<Arc<Context>>>,
+    parallel: bool,
+    window: Arc<Mutex<Window>>,
     shared: Arc<Shared>,
-    state: Mutex<Window>,
     /// The prefetching thread; `None` when the filter is inactive.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The prefetching thread: wait for a range, prefetch it, repeat until
-/// told to stop.
-fn prefetch_loop(ctx: Context, shared: Arc<Shared>) {
+/// The prefetching thread: take the oldest range, prefetch it, repeat;
+/// when told to stop, finish what is queued first (as nbdkit, whose quit
+/// command queues behind the prefetches).
+fn prefetch_loop(ctx: Arc<Context>, shared: Arc<Shared>) {
     loop {
         let (offset, count) = {
             let mut q = guard(&shared.queue);
             loop {
-                if q.stop {
-                    drop(q);
-                    let _ = ctx.finalize();
-                    return;
-                }
-                if let Some(r) = q.pending.take() {
+                if let Some(r) = q.pending.pop_front() {
                     break r;
+                }
+                if q.stop {
+                    return;
                 }
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
@@ -153,32 +166,48 @@ fn prefetch_loop(ctx: Context, shared: Arc<Shared>) {
     }
 }
 
-impl FilterHandle for ReadaheadHandle {
-    fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
-        let Some(r) = &self.reopener else {
-            warn_inactive();
-            return Ok(());
+impl ReadaheadHandle {
+    /// Stop the prefetching thread once it has done what is queued, and
+    /// wait for it.
+    fn stop(&self) {
+        let Some(t) = guard(&self.thread).take() else {
+            return;
         };
-        if next.can_cache()? == Support::None {
-            warn_inactive();
-            return Ok(());
-        }
-        let ctx = match r.open(self.readonly, &self.export_name) {
-            Ok(c) => c,
-            Err(e) => {
+        guard(&self.shared.queue).stop = true;
+        self.shared.wake.notify_one();
+        let _ = t.join();
+    }
+}
+
+impl FilterHandle for ReadaheadHandle {
+    fn keep_next(&self, next: &Arc<Context>) {
+        *guard(&self.below) = Some(Arc::clone(next));
+    }
+
+    fn prepare(&self, next: &Context, _readonly: bool) -> Result<()> {
+        let below = guard(&self.below).take();
+        let native = next.can_cache()? == Support::Native;
+        if !(native && self.parallel) {
+            crate::log::error(
+                None,
+                "readahead: warning: underlying plugin does not support NBD_CMD_CACHE or \
+                 PARALLEL thread model, so the filter won't do anything",
+            );
+            if self.parallel {
                 crate::log::error(
                     None,
-                    &format!(
-                        "readahead: warning: cannot open the layer below for prefetching: {e}"
-                    ),
+                    "readahead: try adding --filter=cache after this filter",
                 );
-                return Ok(());
             }
+            return Ok(());
+        }
+        let Some(below) = below else {
+            return Ok(());
         };
         let shared = Arc::clone(&self.shared);
         match std::thread::Builder::new()
             .name("readahead".into())
-            .spawn(move || prefetch_loop(ctx, shared))
+            .spawn(move || prefetch_loop(below, shared))
         {
             Ok(t) => *guard(&self.thread) = Some(t),
             Err(e) => crate::log::error(
@@ -189,60 +218,30 @@ impl FilterHandle for ReadaheadHandle {
         Ok(())
     }
 
+    fn finalize(&self, _next: &Context) -> Result<()> {
+        self.stop();
+        Ok(())
+    }
+
     fn pread(&self, next: &Context, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
         if guard(&self.thread).is_some() {
-            self.ask_prefetch(offset, buf.len() as u64, next.get_size());
+            let ask = guard(&self.window).read(offset, buf.len() as u64, next.get_size());
+            if let Some(range) = ask {
+                let mut q = guard(&self.shared.queue);
+                if q.pending.len() < MAX_QUEUED {
+                    q.pending.push_back(range);
+                    drop(q);
+                    self.shared.wake.notify_one();
+                }
+            }
         }
         next.pread(buf, offset, flags)
     }
 }
 
-impl ReadaheadHandle {
-    /// Record the read of `len` bytes at `offset` and hand the range that
-    /// should follow it to the thread.
-    fn ask_prefetch(&self, offset: u64, len: u64, size: u64) {
-        let end = offset.saturating_add(len);
-        let range = {
-            let mut st = guard(&self.state);
-            if offset == st.last_end {
-                st.window = (st.window * 2).min(MAX_WINDOW);
-            } else {
-                st.window = MIN_WINDOW;
-                st.prefetched_to = 0;
-            }
-            st.last_end = end;
-            let from = end.max(st.prefetched_to);
-            let to = end.saturating_add(st.window).min(size);
-            if from >= to {
-                return;
-            }
-            st.prefetched_to = to;
-            (from, to - from)
-        };
-        let mut q = guard(&self.shared.queue);
-        // Extend a pending contiguous range rather than lose it, staying
-        // within one window.
-        q.pending = match q.pending {
-            Some((o, c)) if o + c == range.0 && c + range.1 <= MAX_WINDOW => Some((o, c + range.1)),
-            _ => Some(range),
-        };
-        drop(q);
-        self.shared.wake.notify_one();
-    }
-}
-
 impl Drop for ReadaheadHandle {
     fn drop(&mut self) {
-        guard(&self.shared.queue).stop = true;
-        self.shared.wake.notify_one();
-        let t = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(t) = t {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -250,46 +249,28 @@ impl Drop for ReadaheadHandle {
 mod test {
     use super::*;
 
-    fn handle() -> ReadaheadHandle {
-        ReadaheadHandle {
-            reopener: None,
-            readonly: true,
-            export_name: String::new(),
-            shared: Arc::new(Shared::default()),
-            state: Mutex::new(Window {
-                last_end: u64::MAX,
-                window: MIN_WINDOW,
-                prefetched_to: 0,
-            }),
-            thread: Mutex::new(None),
-        }
-    }
-
     #[test]
-    fn window_grows_on_sequential_reads_and_resets_on_jumps() {
-        let h = handle();
-        h.ask_prefetch(0, 4096, 1 << 30);
-        assert_eq!(guard(&h.shared.queue).pending, Some((4096, MIN_WINDOW)));
-        guard(&h.shared.queue).pending = None;
-        // Sequential: the window doubles, and only new data is asked for.
-        h.ask_prefetch(4096, 4096, 1 << 30);
-        let end = 8192 + 2 * MIN_WINDOW;
+    fn window_doubles_past_the_last_prefetch_and_resets_going_back() {
+        let mut w = Window::default();
+        assert_eq!(w.read(0, 4096, 1 << 30), Some((4096, MIN_WINDOW)));
+        // The next read starts inside the prefetched range: same window.
+        assert_eq!(w.read(4096, 4096, 1 << 30), Some((8192, MIN_WINDOW)));
+        // Past the last prefetch: the window doubles (for the next one).
         assert_eq!(
-            guard(&h.shared.queue).pending,
-            Some((4096 + MIN_WINDOW, end - 4096 - MIN_WINDOW))
-        );
-        guard(&h.shared.queue).pending = None;
-        // A jump resets the window.
-        h.ask_prefetch(1 << 20, 4096, 1 << 30);
-        assert_eq!(
-            guard(&h.shared.queue).pending,
+            w.read(1 << 20, 4096, 1 << 30),
             Some(((1 << 20) + 4096, MIN_WINDOW))
         );
-        // Never past the end of the disk, never more than a window pending.
-        for i in 0..200u64 {
-            h.ask_prefetch((1 << 20) + 4096 * (i + 1), 4096, 2 << 20);
-            let (o, c) = guard(&h.shared.queue).pending.unwrap();
-            assert!(o + c <= 2 << 20 && c <= MAX_WINDOW);
+        assert_eq!(w.window, 2 * MIN_WINDOW);
+        // Going back resets it.
+        w.read(0, 4096, 1 << 30);
+        assert_eq!(w.window, MIN_WINDOW);
+        // Never past the end of the export, nothing at the end.
+        assert_eq!(w.read(4096, 4096, 10000), Some((8192, 10000 - 8192)));
+        assert_eq!(w.read(8192, 1808, 10000), None);
+        for _ in 0..20 {
+            w.last_readahead = 0;
+            w.read(1, 1, 1 << 30);
         }
+        assert_eq!(w.window, MAX_WINDOW);
     }
 }

@@ -208,8 +208,10 @@ impl FilterHandle for TarHandle {
         flags: Flags,
         extents: &mut Extents,
     ) -> Result<()> {
-        let base = self.offset();
-        let mut sub = Extents::new(base + offset, base + offset + count);
+        // As nbdkit: what the layer below says may run past the request,
+        // up to the end of the entry.
+        let (base, size) = *self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sub = Extents::new(base + offset, base + size);
         next.extents(count, base + offset, flags, &mut sub)?;
         for e in sub.as_slice() {
             extents.add(e.offset - base, e.length, e.flags)?;

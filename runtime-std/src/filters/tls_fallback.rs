@@ -4,10 +4,9 @@
 //! Parameter: `tlsreadme=MESSAGE` (default "This NBD server requires TLS
 //! authentication before it will serve useful data.").
 //!
-//! Difference from nbdkit: the layer below is still opened (read-only,
-//! with the default export name) for plaintext clients, because this
-//! server's filter API always opens the next layer; no data of it is
-//! served to them.
+//! For plaintext clients the layer below is not opened at all (as
+//! nbdkit), so nothing a plaintext client asks for reaches the plugin,
+//! and an `NBD_OPT_INFO` or `NBD_OPT_GO` for any name succeeds.
 
 use nbdkit_core::backend::{
     BlockSize, Context, Error, Exports, Extents, Filter, FilterHandle, Flags, NextExports,
@@ -102,7 +101,6 @@ impl Filter for TlsFallback {
             next.open(args.readonly, args.export_name)?;
             return Ok(Box::new(PassThrough));
         }
-        next.open(true, "")?;
         let mut data = self.readme.clone();
         data.truncate(512);
         data.resize(512, 0);

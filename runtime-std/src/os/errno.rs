@@ -69,6 +69,35 @@ by_name! {
     ENOTRECOVERABLE = 131, EOWNERDEAD = 130,
 }
 
+/// The C library's text for an error number, as `strerror`/`%m` give it.
+pub(crate) fn strerror(code: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(code).to_string();
+    match text.strip_suffix(&format!(" (os error {code})")) {
+        Some(t) => t.to_string(),
+        None => text,
+    }
+}
+
+/// An error from the operating system as nbdkit reports one: its errno,
+/// and `what: strerror`.
+pub(crate) fn os_error(what: &str, code: i32) -> nbdkit_core::backend::Error {
+    nbdkit_core::backend::Error::msg(from_os(code), format!("{what}: {}", strerror(code)))
+}
+
+/// [`os_error`] for a `nix` error.
+pub(crate) fn nix_error(what: &str, e: nix::errno::Errno) -> nbdkit_core::backend::Error {
+    os_error(what, e as i32)
+}
+
+/// [`os_error`] for a `std::io::Error` (EIO with its text when it carries
+/// no error number).
+pub(crate) fn io_error(what: &str, e: &std::io::Error) -> nbdkit_core::backend::Error {
+    match e.raw_os_error() {
+        Some(code) => os_error(what, code),
+        None => nbdkit_core::backend::Error::msg(Errno::EIO, format!("{what}: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -52,7 +52,7 @@ use nix::fcntl::{fcntl, openat, posix_fadvise, FcntlArg, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::unistd::{lseek, Whence};
 
-use crate::os::errno::from_os;
+use crate::os::errno::{io_error, nix_error};
 use crate::os::{blockdev, fspace, writeback};
 
 /// How many recent writes `cache=none` leaves in the page cache before it
@@ -115,30 +115,6 @@ pub struct File {
     cache: CacheMode,
     fadvise: Fadvise,
     source: Option<Arc<Source>>,
-}
-
-/// The C library's text for an errno, as `%m` prints it.
-fn strerror(code: i32) -> String {
-    let text = io::Error::from_raw_os_error(code).to_string();
-    let suffix = format!(" (os error {code})");
-    match text.strip_suffix(&suffix) {
-        Some(t) => t.to_string(),
-        None => text,
-    }
-}
-
-/// An error from the operating system: its errno and `what: strerror`.
-fn nix_error(what: &str, e: NixErrno) -> Error {
-    let code = e as i32;
-    Error::msg(from_os(code), format!("{what}: {}", strerror(code)))
-}
-
-/// The same for a `std::io::Error`.
-fn io_error(what: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(code) => Error::msg(from_os(code), format!("{what}: {}", strerror(code))),
-        None => Error::msg(Errno::EIO, format!("{what}: {e}")),
-    }
 }
 
 /// Take ownership of a descriptor a system call just returned.

@@ -1,5 +1,6 @@
 //! Plugins that need the operating system.
 
+pub mod blkio;
 pub mod cc;
 pub mod cdi;
 pub mod data;
@@ -27,6 +28,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Plugin>> {
         "file" => Box::new(file::File::default()),
         "cc" => Box::new(cc::Cc::default()),
         "cdi" => Box::new(cdi::Cdi::default()),
+        "blkio" => Box::new(blkio::Blkio::default()),
         "sh" => Box::new(sh::sh::Sh::default()),
         "eval" => Box::new(sh::eval::Eval::default()),
         "split" => Box::new(split::Split::default()),

@@ -28,6 +28,7 @@
 //! connection shares those descriptors: with `-r` no file is ever opened
 //! for writing. (nbdkit opens every file read-write at start-up.)
 
+use crate::os::errno::io_error;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -52,21 +53,6 @@ const GPT_ENTRY_SIZE: usize = 128;
 const GPT_HEADER_SIZE: usize = 96;
 const DEFAULT_MBR_ID: u8 = 0x83;
 const DEFAULT_TYPE_GUID: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-
-/// The C library's text for an errno.
-fn strerror(code: i32) -> &'static str {
-    nix::errno::Errno::from_raw(code).desc()
-}
-
-fn io_error(what: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(code) => Error::msg(
-            crate::os::errno::from_os(code),
-            format!("{what}: {}", strerror(code)),
-        ),
-        None => Error::msg(Errno::EIO, format!("{what}: {e}")),
-    }
-}
 
 /// Table type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

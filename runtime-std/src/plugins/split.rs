@@ -11,6 +11,7 @@
 //! (WILLNEED)`. The thread model is `serialize_requests`: requests of one
 //! connection use the same descriptors' file offsets for `lseek`.
 
+use crate::os::errno::{io_error, nix_error};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -31,28 +32,6 @@ use nix::unistd::{lseek, Whence};
 #[derive(Debug, Default)]
 pub struct Split {
     files: Vec<PathBuf>,
-}
-
-/// The C library's text for an errno.
-fn strerror(code: i32) -> &'static str {
-    NixErrno::from_raw(code).desc()
-}
-
-fn io_error(what: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(code) => Error::msg(
-            crate::os::errno::from_os(code),
-            format!("{what}: {}", strerror(code)),
-        ),
-        None => Error::msg(Errno::EIO, format!("{what}: {e}")),
-    }
-}
-
-fn nix_error(what: &str, e: NixErrno) -> Error {
-    Error::msg(
-        crate::os::errno::from_os(e as i32),
-        format!("{what}: {}", e.desc()),
-    )
 }
 
 impl Plugin for Split {

@@ -27,6 +27,7 @@
 mod directory;
 mod layout;
 
+use crate::os::errno::io_error;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -39,21 +40,6 @@ use nbdkit_core::plugins::{size_param, unknown_param};
 
 use directory::Tree;
 use layout::{Content, Layout};
-
-/// The C library's text for an errno.
-fn strerror(code: i32) -> &'static str {
-    nix::errno::Errno::from_raw(code).desc()
-}
-
-fn io_error(what: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(code) => Error::msg(
-            crate::os::errno::from_os(code),
-            format!("{what}: {}", strerror(code)),
-        ),
-        None => Error::msg(Errno::EIO, format!("{what}: {e}")),
-    }
-}
 
 /// A file served from the host.
 #[derive(Debug)]
