@@ -6,8 +6,9 @@
 //! nothing leaves the machine.
 
 use nbdkit_tests::{
-    assert_bytes_eq, assert_one_error, find_tool, have_reference, nbdkit_bin, nbdkit_cmd, path_str,
-    run, run_with_input, skip_unless, write_random_file, Output, TempDir, CMD_TIMEOUT,
+    assert_bytes_eq, assert_one_error, find_tool, nbdkit_bin, nbdkit_cmd, path_str,
+    reference_installed, run, run_with_input, skip_unless, write_random_file, Output, TempDir,
+    CMD_TIMEOUT,
 };
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -254,7 +255,7 @@ fn torrent_dump_plugin_like_nbdkit() {
         .stdout
         .contains("torrent=<TORRENT>   (required) Torrent or magnet link."));
     let reference = Path::new("/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-torrent-plugin.so");
-    if !have_reference() || !reference.exists() {
+    if !reference_installed() || !reference.exists() {
         println!("SKIP: the reference nbdkit torrent plugin is not installed");
         return;
     }
