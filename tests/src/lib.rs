@@ -1399,6 +1399,8 @@ pub fn assert_copies_equal(uri: &str, want: &[u8], what: &str) {
         &fs::read(&out).expect("read out.img"),
         want,
     );
+}
+
 /// A C plugin `dir/nbdkit-fake-plugin.so` linked against a library with
 /// the soname `soname` that is then removed, so that loading the plugin
 /// fails as when an interpreter library (libpython, libperl, libtcl) is

@@ -47,7 +47,7 @@ pub fn check_plugin(lang: &str) {
 
 /// Whether the reference has the plugin `lang` (prints a SKIP line when not).
 pub fn reference_has(lang: &str) -> bool {
-    if !have_reference() {
+    if !reference_installed() {
         return false;
     }
     let o = run(
