@@ -124,6 +124,7 @@ extern "C" {
         description: *const c_char,
     ) -> c_int;
     pub fn nbdkit_use_default_export(e: *mut Exports) -> c_int;
+    pub fn nbdkit_read_password(value: *const c_char, password: *mut *mut c_char) -> c_int;
 }
 
 /// A Rust string as a C string, cut at the first NUL.
