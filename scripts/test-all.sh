@@ -51,6 +51,8 @@ packages=(
     binutils-arm-none-eabi # arm-none-eabi-size (firmware footprint, issue 6)
     python3-dev      # libpython3.x for plugins/python (pyo3 embeds /usr/bin/python3's)
     nbdkit-plugin-python # the reference's python plugin (plugin_python differential tests)
+    python3-venv     # target/moto-venv: moto[server], the S3 server of the S3 plugin tests
+    python3-boto3    # the reference's S3 plugin (plugin_s3 differential test)
 )
 
 missing=()
@@ -73,6 +75,17 @@ cargo build --release -p nbdkit-cli
 # The python plugin (a shared object that target/release/nbdkit finds beside
 # itself; not built by a plain `cargo build`: it needs python3-dev).
 cargo build --release -p nbdkit-python-plugin
+# The S3 plugin (a shared object too: its HTTP/TLS client stays out of nbdkit).
+cargo build --release -p nbdkit-S3-plugin
+
+# moto (PyPI), the S3-compatible server the S3 plugin tests start, in a
+# virtual environment of its own: a `pip install --user` would shadow
+# Debian's python3 packages (its cryptography breaks Debian's pyOpenSSL).
+if ! target/moto-venv/bin/python -c 'import moto.server, boto3, flask' 2>/dev/null; then
+    { /usr/bin/python3 -m venv target/moto-venv &&
+        target/moto-venv/bin/python -m pip install --quiet 'moto[server]'; } ||
+        echo "test-all: cannot install moto[server]: the S3 plugin tests will SKIP" >&2
+fi
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then

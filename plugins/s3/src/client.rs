@@ -7,8 +7,9 @@
 //! a body shorter or longer than asked for is an error: a request never
 //! waits forever on a dead server.
 
+use core::time::Duration;
 use std::io::Read;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{

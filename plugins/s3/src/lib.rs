@@ -18,12 +18,12 @@
 mod client;
 mod config;
 
+use core::ffi::CStr;
 use core::ffi::{c_char, c_int, c_void};
 use core::panic::AssertUnwindSafe;
+use core::time::Duration;
 use std::collections::HashSet;
-use std::ffi::CStr;
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
 
 use nbdkit_plugin_abi as abi;
 
@@ -234,7 +234,7 @@ fn complete() -> Result<State, String> {
     let split = match (p.size, p.object_size) {
         (None, None) => None,
         (Some(size), Some(obj)) => {
-            if size % obj != 0 {
+            if !size.is_multiple_of(obj) {
                 return Err("size must be a multiple of object-size".into());
             }
             Some((size, obj))
@@ -551,10 +551,10 @@ unsafe extern "C" fn s3_zero(_h: H, count: u32, offset: u64, _f: u32) -> c_int {
                 }
                 return Ok(());
             }
-            if offset % obj != 0 {
+            if !offset.is_multiple_of(obj) {
                 write_block(offset / obj, offset % obj, obj - offset % obj, None)?;
             }
-            if end % obj != 0 {
+            if !end.is_multiple_of(obj) {
                 write_block(end / obj, 0, end % obj, None)?;
             }
             delete_blocks(first_whole, last_whole)
