@@ -357,6 +357,21 @@ fn error_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// moto with bucket `bkt`, this plugin checked, a directory with a random
+/// `disk.img` of `len` bytes (uploaded as `upload` when given); its bytes.
+fn setup(len: usize, seed: u64, upload: Option<&str>) -> Option<(Moto, TempDir, Vec<u8>)> {
+    let moto = Moto::start(None)?;
+    s3_plugin();
+    let dir = TempDir::new();
+    let img = dir.join("disk.img");
+    let want = write_random_file(&img, len, seed);
+    moto.helper("mkbucket", &["bkt"]);
+    if let Some(key) = upload {
+        moto.helper("upload", &["bkt", key, path_str(&img)]);
+    }
+    Some((moto, dir, want))
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -365,15 +380,9 @@ fn error_lines(stderr: &str) -> Vec<&str> {
 #[test]
 fn s3_object_copied_by_qemu_img_and_nbdcopy() {
     skip_unless!("nbdcopy", "qemu-img", "python3-nbd");
-    let Some(moto) = Moto::start(None) else {
+    let Some((moto, dir, want)) = setup(64 * MIB, 0x53, Some("images/disk.img")) else {
         return;
     };
-    s3_plugin();
-    let dir = TempDir::new();
-    let img = dir.join("disk.img");
-    let want = write_random_file(&img, 64 * MIB, 0x53);
-    moto.helper("mkbucket", &["bkt"]);
-    moto.helper("upload", &["bkt", "images/disk.img", path_str(&img)]);
     let args = endpoint_args(&moto, "bkt", "images/disk.img");
     // The filters' blocks as large as nbdcopy's requests: moto reads the
     // whole object for each ranged GET, which makes 64K requests slow.
@@ -420,14 +429,9 @@ fn s3_object_copied_by_qemu_img_and_nbdcopy() {
 #[test]
 fn s3_many_objects_write_read_trim_zero() {
     skip_unless!("nbdcopy", "qemu-img", "python3-nbd");
-    let Some(moto) = Moto::start(None) else {
+    let Some((moto, dir, want)) = setup(64 * MIB, 0x54, None) else {
         return;
     };
-    s3_plugin();
-    let dir = TempDir::new();
-    let img = dir.join("disk.img");
-    let want = write_random_file(&img, 64 * MIB, 0x54);
-    moto.helper("mkbucket", &["bkt"]);
     let mut args = endpoint_args(&moto, "bkt", "disk");
     args.extend(["size=64M".into(), "object-size=1M".into()]);
 
@@ -695,15 +699,9 @@ fn s3_missing_bucket_key_and_bad_parameters() {
 #[test]
 fn s3_server_gone_gives_eio() {
     skip_unless!("python3-nbd");
-    let Some(mut moto) = Moto::start(None) else {
+    let Some((mut moto, dir, _)) = setup(4 * MIB, 0x56, Some("disk.img")) else {
         return;
     };
-    s3_plugin();
-    let dir = TempDir::new();
-    let img = dir.join("disk.img");
-    write_random_file(&img, 4 * MIB, 0x56);
-    moto.helper("mkbucket", &["bkt"]);
-    moto.helper("upload", &["bkt", "disk.img", path_str(&img)]);
     let mut ro = S3Server::start(&dir, "ro", &strs(&endpoint_args(&moto, "bkt", "disk.img")));
     let mut rw_args = endpoint_args(&moto, "bkt", "multi");
     rw_args.extend(["size=4M".into(), "object-size=64k".into()]);
@@ -906,14 +904,9 @@ fn s3_same_objects_as_the_reference() {
         println!("SKIP: the reference has no S3 plugin (nbdkit-plugin-python, python3-boto3)");
         return;
     }
-    let Some(moto) = Moto::start(None) else {
+    let Some((moto, dir, want)) = setup(4 * MIB, 0x57, None) else {
         return;
     };
-    s3_plugin();
-    let dir = TempDir::new();
-    let img = dir.join("disk.img");
-    let want = write_random_file(&img, 4 * MIB, 0x57);
-    moto.helper("mkbucket", &["bkt"]);
     let ours = |key: &str, run_cmd: &str| {
         let mut a = endpoint_args(&moto, "bkt", key);
         a.extend(["size=4M".into(), "object-size=64k".into()]);
