@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -783,7 +783,11 @@ enum Broken {
 
 /// An HTTP server on loopback that answers HEAD properly (1 MiB) and GET
 /// in the `Broken` way named by the object's key.
-fn broken_server(stop: Arc<AtomicBool>) -> (String, thread::JoinHandle<()>) {
+/// The header lines of every HEAD request go to `heads` (lower case).
+fn broken_server(
+    stop: Arc<AtomicBool>,
+    heads: Arc<Mutex<Vec<String>>>,
+) -> (String, thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
@@ -803,12 +807,14 @@ fn broken_server(stop: Arc<AtomicBool>) -> (String, thread::JoinHandle<()>) {
                 continue;
             }
             let mut range = (0u64, 0u64);
+            let mut headers = Vec::new();
             loop {
                 let mut line = String::new();
                 if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
                 let lower = line.to_ascii_lowercase();
+                headers.push(lower.trim_end().to_string());
                 if let Some(v) = lower.strip_prefix("range: bytes=") {
                     let (a, b) = v.trim().split_once('-').unwrap();
                     range = (a.parse().unwrap(), b.parse().unwrap());
@@ -823,6 +829,7 @@ fn broken_server(stop: Arc<AtomicBool>) -> (String, thread::JoinHandle<()>) {
                 Broken::Silent
             };
             if first.starts_with("HEAD") {
+                heads.lock().unwrap().extend(headers);
                 let _ = s.write_all(
                     format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n").as_bytes(),
                 );
@@ -864,7 +871,7 @@ fn s3_short_oversized_and_silent_answers_give_eio() {
     s3_plugin();
     let dir = TempDir::new();
     let stop = Arc::new(AtomicBool::new(false));
-    let (addr, h) = broken_server(stop.clone());
+    let (addr, h) = broken_server(stop.clone(), Arc::default());
     let ep = format!("endpoint-url={addr}");
     for key in ["short", "oversized", "silent"] {
         let k = format!("key={key}");
@@ -949,5 +956,55 @@ fn s3_same_objects_as_the_reference() {
             .iter()
             .map(|k| k.replace("theirs/", "mine/"))
             .collect::<Vec<_>>()
+    );
+}
+
+/// region= and session-token= reach the request: the signature's scope
+/// names the region, the token goes in x-amz-security-token (moto checks
+/// neither: the test's own server records the request).
+#[test]
+fn s3_region_and_session_token_are_sent() {
+    skip_unless!("nbdinfo");
+    s3_plugin();
+    let dir = TempDir::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (addr, h) = broken_server(stop.clone(), heads.clone());
+    let ep = format!("endpoint-url={addr}");
+    fs::write(dir.join("token"), "TOKEN+/=xyz\n").unwrap();
+    let o = run_s3(
+        &dir,
+        &[],
+        &[
+            &ep,
+            "bucket=b",
+            "key=short",
+            "access-key=AKIAREGION",
+            "secret-key=s",
+            "session-token=+token",
+            "region=eu-west-3",
+        ],
+        "nbdinfo --size \"$uri\"",
+    );
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    assert!(o.success(), "{}", o.describe());
+    assert_eq!(o.stdout.trim(), MIB.to_string());
+    let heads = heads.lock().unwrap();
+    let auth = heads
+        .iter()
+        .find(|l| l.starts_with("authorization:"))
+        .unwrap_or_else(|| panic!("no authorization header: {heads:?}"));
+    assert!(
+        auth.contains("aws4-hmac-sha256 credential=akiaregion/")
+            && auth.contains("/eu-west-3/s3/aws4_request")
+            && auth.contains("x-amz-security-token"),
+        "{auth}"
+    );
+    assert!(
+        heads
+            .iter()
+            .any(|l| l == "x-amz-security-token: token+/=xyz"),
+        "{heads:?}"
     );
 }
