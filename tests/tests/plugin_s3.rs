@@ -670,6 +670,28 @@ fn s3_missing_bucket_key_and_bad_parameters() {
         );
     }
 
+    // Nothing listens at the endpoint: one error line when a client
+    // connects, after the retries, and no hang.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ep = format!("endpoint-url=http://127.0.0.1:{port}");
+    let o = run_s3(
+        &dir,
+        &[],
+        &[&ep, "bucket=b", "key=k"],
+        "nbdinfo --size \"$uri\"",
+    );
+    assert!(!o.success(), "{}", o.describe());
+    let errors = error_lines(&o.stderr);
+    assert!(
+        errors.len() == 1 && errors[0].contains("s3://b/k") && errors[0].contains("refused"),
+        "{}",
+        o.stderr
+    );
+
     let Some(moto) = Moto::start(None) else {
         return;
     };
