@@ -920,7 +920,7 @@ fn s3_short_oversized_and_silent_answers_give_eio() {
 #[test]
 fn s3_same_objects_as_the_reference() {
     skip_unless!("nbdcopy");
-    if !have_reference() {
+    if !reference_installed() {
         return;
     }
     if !Path::new("/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-S3-plugin").exists()
