@@ -72,6 +72,8 @@ packages=(
     ruby-dev         # libruby and its pkg-config file for plugins/ruby
     nbdkit-plugin-lua # the reference's lua plugin (plugin_lua differential tests)
     nbdkit-plugin-ruby # the reference's ruby plugin (plugin_ruby differential tests)
+    python3-venv     # target/moto-venv: moto[server], the S3 server of the S3 plugin tests
+    python3-boto3    # the reference's S3 plugin (plugin_s3 differential test)
     podman           # podman pull/save of the cdi plugin (plugin_cdi, local oci: images only)
     skopeo           # the cdi plugin's fallback without podman (plugin_cdi)
     jq               # picks the cdi plugin's layer from the manifest (plugin_cdi)
@@ -102,14 +104,24 @@ fi
 # (liblua5.4-dev), ruby (ruby-dev), ssh (libssh-dev), curl (libcurl's -dev),
 # libvirt and guestfs (dlopen their libraries when run: they build without
 # them; guestfs's tests use a stand-in library built with gcc where
-# libguestfs0 is absent), torrent (libtorrent-rasterbar-dev; built without
-# it, it only refuses to start, naming the package).
+# libguestfs0 is absent), S3 (its HTTP/TLS client stays out of nbdkit),
+# torrent (libtorrent-rasterbar-dev; built without it, it only refuses to
+# start, naming the package).
 cargo build --release -p nbdkit-cli \
     -p nbdkit-python-plugin -p nbdkit-perl-plugin -p nbdkit-tcl-plugin \
     -p nbdkit-lua-plugin -p nbdkit-ruby-plugin \
     -p nbdkit-ssh-plugin -p nbdkit-curl-plugin \
-    -p nbdkit-libvirt-plugin -p nbdkit-guestfs-plugin \
+    -p nbdkit-libvirt-plugin -p nbdkit-guestfs-plugin -p nbdkit-S3-plugin \
     -p nbdkit-torrent-plugin
+
+# moto (PyPI), the S3-compatible server the S3 plugin tests start, in a
+# virtual environment of its own: a `pip install --user` would shadow
+# Debian's python3 packages (its cryptography breaks Debian's pyOpenSSL).
+if ! target/moto-venv/bin/python -c 'import moto.server, boto3, flask' 2>/dev/null; then
+    { /usr/bin/python3 -m venv target/moto-venv &&
+        target/moto-venv/bin/python -m pip install --quiet 'moto[server]'; } ||
+        echo "test-all: cannot install moto[server]: the S3 plugin tests will SKIP" >&2
+fi
 
 export NBDKIT_BIN="$PWD/target/release/nbdkit"
 if [[ ! -x $NBDKIT_BIN ]]; then
