@@ -5,12 +5,8 @@
 #   1. installs the NBD client tools the integration tests drive, when any
 #      is missing (apt is skipped when everything is already there);
 #   2. cargo build --release -p nbdkit-cli (the nbdkit binary under test)
-#      and -p nbdkit-python-plugin, -p nbdkit-ssh-plugin (its python and ssh
-#      plugins, beside it);
-#      and -p nbdkit-python-plugin, -p nbdkit-perl-plugin, -p nbdkit-tcl-plugin
-#      (its language plugins, beside it);
-#      and -p nbdkit-python-plugin, -p nbdkit-lua-plugin, -p
-#      nbdkit-ruby-plugin (its language plugins, beside it);
+#      and the plugins built as shared objects beside it (python, perl,
+#      tcl, lua, ruby, ssh, curl, S3, libvirt, guestfs, torrent);
 #   3. cargo test --workspace (test code in the dev profile: no LTO link
 #      per test binary), with NBDKIT_BIN pointing at the release
 #      target/release/nbdkit (the tests never fall back to nbdkit on PATH).

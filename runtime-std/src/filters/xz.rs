@@ -81,12 +81,6 @@ fn lzma_err(what: &str, code: u32) -> Error {
     Error::msg(Errno::EIO, format!("{what} (error {code})"))
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = flate2::Crc::new();
-    c.update(data);
-    c.sum()
-}
-
 fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
@@ -103,7 +97,7 @@ fn parse_footer(f: &[u8; 12]) -> Result<(u64, [u8; 2])> {
     if f[10..12] != FOOTER_MAGIC {
         return Err(lzma_err(WHAT, LZMA_FORMAT_ERROR));
     }
-    if crc32(&f[4..10]) != le32(&f[0..4]) {
+    if crc32fast::hash(&f[4..10]) != le32(&f[0..4]) {
         return Err(lzma_err(WHAT, LZMA_DATA_ERROR));
     }
     let flags = [f[8], f[9]];
@@ -119,7 +113,7 @@ fn parse_header(h: &[u8; 12]) -> Result<[u8; 2]> {
     if h[0..6] != HEADER_MAGIC {
         return Err(lzma_err(WHAT, LZMA_FORMAT_ERROR));
     }
-    if crc32(&h[6..8]) != le32(&h[8..12]) {
+    if crc32fast::hash(&h[6..8]) != le32(&h[8..12]) {
         return Err(lzma_err(WHAT, LZMA_DATA_ERROR));
     }
     let flags = [h[6], h[7]];
@@ -167,7 +161,7 @@ fn parse_index(buf: &[u8]) -> Result<Vec<(u64, u64)>> {
         return Err(bad());
     }
     let (body, crc) = buf.split_at(buf.len() - 4);
-    if crc32(body) != le32(crc) {
+    if crc32fast::hash(body) != le32(crc) {
         return Err(bad());
     }
     let mut r = IndexReader { buf: body, pos: 0 };
@@ -325,7 +319,7 @@ fn decode_block(
         .map_err(|_| Error::msg(Errno::ENOMEM, "xz: out of memory"))?;
     input.extend_from_slice(&HEADER_MAGIC);
     input.extend_from_slice(&stream_flags);
-    input.extend_from_slice(&crc32(&stream_flags).to_le_bytes());
+    input.extend_from_slice(&crc32fast::hash(&stream_flags).to_le_bytes());
     input.extend_from_slice(stored);
     // The index indicator: after it the decoder has checked the block.
     input.push(0);
@@ -679,7 +673,7 @@ mod test {
         let mut idx = vec![0u8];
         idx.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
         idx.extend([0, 0]);
-        let crc = crc32(&idx);
+        let crc = crc32fast::hash(&idx);
         idx.extend(crc.to_le_bytes());
         assert!(parse_index(&idx).is_err());
         // Non-minimal VLI.

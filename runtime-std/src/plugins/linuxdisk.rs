@@ -17,6 +17,7 @@
 //! journal of ext3/ext4. The disk is a protective MBR and primary GPT, the
 //! partition at 1MiB, and the backup GPT in the last 33 sectors.
 
+use super::gpt::{crc32, random_guid_v4 as random_guid};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -283,31 +284,6 @@ fn guid_bytes(text: &str) -> [u8; 16] {
     g[4..6].reverse();
     g[6..8].reverse();
     g
-}
-
-/// A random (version 4) GUID.
-fn random_guid() -> [u8; 16] {
-    let mut g = [0u8; 16];
-    // SAFETY: getrandom writes at most g.len() bytes into g.
-    let n = unsafe { libc::getrandom(g.as_mut_ptr().cast(), g.len(), 0) };
-    if n != g.len() as isize {
-        // Fall back on something unique enough for a served image.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            ^ u128::from(std::process::id());
-        g = t.to_le_bytes();
-    }
-    g[7] = (g[7] & 0x0f) | 0x40;
-    g[8] = (g[8] & 0x3f) | 0x80;
-    g
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = flate2::Crc::new();
-    c.update(data);
-    c.sum()
 }
 
 /// The first and last sectors of a disk holding a file system of

@@ -8,6 +8,7 @@ pub mod example2;
 pub mod example3;
 pub mod file;
 pub mod floppy;
+mod gpt;
 pub mod info;
 pub mod iso;
 pub mod linuxdisk;

@@ -28,6 +28,7 @@
 //! connection shares those descriptors: with `-r` no file is ever opened
 //! for writing. (nbdkit opens every file read-write at start-up.)
 
+use super::gpt::{crc32, parse_guid, random_bytes as random_guid};
 use crate::os::errno::io_error;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -137,88 +138,6 @@ impl Default for Partitioning {
             disk: None,
         }
     }
-}
-
-/// Parse a GUID as `XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX` (optionally in
-/// braces) into its on-disk form: the first three fields little endian,
-/// the last two as written.
-fn parse_guid(s: &str) -> Option<[u8; 16]> {
-    let s = match s.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
-        Some(t) => t,
-        None => s,
-    };
-    let b = s.as_bytes();
-    if b.len() != 36 {
-        return None;
-    }
-    for (i, c) in b.iter().enumerate() {
-        let ok = match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        };
-        if !ok {
-            return None;
-        }
-    }
-    let byte = |i: usize| u8::from_str_radix(&s[i..i + 2], 16).ok();
-    let order = [6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26, 28, 30, 32, 34];
-    let mut out = [0u8; 16];
-    for (o, i) in out.iter_mut().zip(order) {
-        *o = byte(i)?;
-    }
-    Some(out)
-}
-
-/// 16 random bytes for a partition's unique GUID.
-fn random_guid() -> [u8; 16] {
-    let mut g = [0u8; 16];
-    let mut done = 0;
-    // Bounded: getrandom returns at most what was asked for and fails
-    // rather than looping forever.
-    for _ in 0..16 {
-        if done == g.len() {
-            break;
-        }
-        // SAFETY: the pointer and length describe the unfilled tail of `g`.
-        let n = unsafe {
-            libc::getrandom(
-                g[done..].as_mut_ptr().cast(),
-                g.len() - done,
-                libc::GRND_NONBLOCK,
-            )
-        };
-        if n <= 0 {
-            break;
-        }
-        done += n as usize;
-    }
-    if done < g.len() {
-        // No kernel randomness: fall back to the clock and the address of
-        // a local, which is still unique enough for a partition GUID.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mix = t ^ ((&g as *const _ as usize as u128) << 64);
-        g = mix.to_le_bytes();
-    }
-    g
-}
-
-/// CRC-32 as UEFI uses it (the IEEE 802.3 polynomial, reflected).
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Write an MBR partition entry at `out[..16]`: `start` and `len` in bytes
@@ -853,25 +772,6 @@ mod test {
         }
         p.config_complete().unwrap();
         p
-    }
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-    }
-
-    #[test]
-    fn parse_guid_orders_bytes_as_on_disk() {
-        let g = parse_guid("{0FC63DAF-8483-4772-8E79-3D69D8477DE4}").unwrap();
-        assert_eq!(
-            g,
-            [
-                0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47,
-                0x7d, 0xe4
-            ]
-        );
-        assert!(parse_guid("0FC63DAF-8483-4772-8E79-3D69D8477DEX").is_none());
-        assert!(parse_guid("0FC63DAF-8483-4772-8E79").is_none());
     }
 
     #[test]
