@@ -806,23 +806,9 @@ unsafe extern "C" fn lua_extents(
 const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Lua script to run.\n\
 [other arguments may be used by the plugin that you load]";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
     name: c"lua".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
     load: Some(lua_load),
     unload: Some(lua_unload),
     config: Some(lua_config),
@@ -835,8 +821,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(lua_can_flush),
     is_rotational: Some(lua_is_rotational),
     can_trim: Some(lua_can_trim),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
     dump_plugin: Some(lua_dump_plugin),
     can_zero: Some(lua_can_zero),
     can_fua: Some(lua_can_fua),
@@ -851,7 +835,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     extents: Some(lua_extents),
     can_cache: Some(lua_can_cache),
     cache: Some(lua_cache),
-    thread_model_cb: None,
     can_fast_zero: Some(lua_can_fast_zero),
     preconnect: Some(lua_preconnect),
     get_ready: Some(lua_get_ready),
@@ -861,10 +844,11 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     export_description: Some(lua_export_description),
     cleanup: Some(lua_cleanup),
     block_size: Some(lua_block_size),
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

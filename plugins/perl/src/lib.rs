@@ -872,23 +872,9 @@ unsafe extern "C" fn pl_extents(
 const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Perl plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
     name: c"perl".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
     load: Some(pl_load),
     unload: Some(pl_unload),
     config: Some(pl_config),
@@ -901,8 +887,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(pl_can_flush),
     is_rotational: Some(pl_is_rotational),
     can_trim: Some(pl_can_trim),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
     dump_plugin: Some(pl_dump_plugin),
     can_zero: Some(pl_can_zero),
     can_fua: Some(pl_can_fua),
@@ -917,7 +901,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     extents: Some(pl_extents),
     can_cache: Some(pl_can_cache),
     cache: Some(pl_cache),
-    thread_model_cb: None,
     can_fast_zero: Some(pl_can_fast_zero),
     preconnect: Some(pl_preconnect),
     get_ready: Some(pl_get_ready),
@@ -927,10 +910,11 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     export_description: Some(pl_export_description),
     cleanup: Some(pl_cleanup),
     block_size: Some(pl_block_size),
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

@@ -997,23 +997,8 @@ unsafe extern "C" fn py_extents(
 const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Python plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
-    thread_model: abi::THREAD_MODEL_PARALLEL,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     name: c"python".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
     load: Some(py_load),
     unload: Some(py_unload),
     config: Some(py_config),
@@ -1026,8 +1011,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(py_can_flush),
     is_rotational: Some(py_is_rotational),
     can_trim: Some(py_can_trim),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
     dump_plugin: Some(py_dump_plugin),
     can_zero: Some(py_can_zero),
     can_fua: Some(py_can_fua),
@@ -1036,7 +1019,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     flush: Some(py_flush),
     trim: Some(py_trim),
     zero: Some(py_zero),
-    magic_config_key: core::ptr::null(),
     can_multi_conn: Some(py_can_multi_conn),
     can_extents: Some(py_can_extents),
     extents: Some(py_extents),
@@ -1052,10 +1034,11 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     export_description: Some(py_export_description),
     cleanup: Some(py_cleanup),
     block_size: Some(py_block_size),
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

@@ -1139,23 +1139,9 @@ unsafe extern "C" fn rb_extents(
 const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Ruby plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
     name: c"ruby".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
     load: Some(rb_load),
     unload: Some(rb_unload),
     config: Some(rb_config),
@@ -1168,8 +1154,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(rb_can_flush),
     is_rotational: Some(rb_is_rotational),
     can_trim: Some(rb_can_trim),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
     dump_plugin: Some(rb_dump_plugin),
     can_zero: Some(rb_can_zero),
     can_fua: Some(rb_can_fua),
@@ -1184,7 +1168,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     extents: Some(rb_extents),
     can_cache: Some(rb_can_cache),
     cache: Some(rb_cache),
-    thread_model_cb: None,
     can_fast_zero: Some(rb_can_fast_zero),
     preconnect: Some(rb_preconnect),
     get_ready: Some(rb_get_ready),
@@ -1194,10 +1177,11 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     export_description: Some(rb_export_description),
     cleanup: Some(rb_cleanup),
     block_size: Some(rb_block_size),
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

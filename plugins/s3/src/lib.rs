@@ -587,25 +587,10 @@ region=<REGION>          AWS region (else AWS_REGION, the profile's, us-east-1).
 profile=<PROFILE>        Profile of ~/.aws/credentials and ~/.aws/config.
 timeout=<SECS>           Network timeout (default 60).";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
-    thread_model: abi::THREAD_MODEL_PARALLEL,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     name: c"S3".as_ptr(),
     longname: c"nbdkit S3 plugin".as_ptr(),
-    version: VERSION.as_ptr(),
     description: c"expose data in Amazon S3 or Ceph buckets as block device".as_ptr(),
-    load: None,
-    unload: None,
     config: Some(s3_config),
     config_complete: Some(s3_config_complete),
     config_help: CONFIG_HELP.as_ptr(),
@@ -616,9 +601,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(s3_true),
     is_rotational: Some(s3_false),
     can_trim: Some(s3_true),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
-    dump_plugin: None,
     can_zero: Some(s3_true),
     can_fua: Some(s3_can_fua),
     pread: Some(s3_pread),
@@ -626,26 +608,17 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     flush: Some(s3_flush),
     trim: Some(s3_trim),
     zero: Some(s3_zero),
-    magic_config_key: core::ptr::null(),
     can_multi_conn: Some(s3_true),
     can_extents: Some(s3_false),
-    extents: None,
     can_cache: Some(s3_can_cache),
-    cache: None,
     thread_model_cb: Some(s3_thread_model),
     can_fast_zero: Some(s3_true),
-    preconnect: None,
-    get_ready: None,
-    after_fork: None,
-    list_exports: None,
-    default_export: None,
-    export_description: None,
-    cleanup: None,
     block_size: Some(s3_block_size),
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

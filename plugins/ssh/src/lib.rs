@@ -892,26 +892,11 @@ unsafe extern "C" fn ssh_flush(h: H, _flags: u32) -> c_int {
     })
 }
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     // An SFTP file handle has one position: one request at a time on each
     // connection.
     thread_model: abi::THREAD_MODEL_SERIALIZE_REQUESTS,
     name: c"ssh".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
-    load: None,
     unload: Some(ssh_unload),
     config: Some(ssh_config_cb),
     config_complete: Some(ssh_config_complete),
@@ -919,40 +904,17 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     open: Some(ssh_open),
     close: Some(ssh_close),
     get_size: Some(ssh_get_size),
-    can_write: None,
     can_flush: Some(ssh_can_flush),
-    is_rotational: None,
-    can_trim: None,
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
-    dump_plugin: None,
-    can_zero: None,
-    can_fua: None,
     pread: Some(ssh_pread),
     pwrite: Some(ssh_pwrite),
     flush: Some(ssh_flush),
-    trim: None,
-    zero: None,
     magic_config_key: c"path".as_ptr(),
     can_multi_conn: Some(ssh_can_multi_conn),
-    can_extents: None,
-    extents: None,
-    can_cache: None,
-    cache: None,
-    thread_model_cb: None,
-    can_fast_zero: None,
-    preconnect: None,
-    get_ready: None,
-    after_fork: None,
-    list_exports: None,
-    default_export: None,
-    export_description: None,
-    cleanup: None,
-    block_size: None,
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

@@ -923,25 +923,10 @@ unsafe extern "C" fn tcl_extents(
 const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Tcl plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: the struct holds function pointers and pointers to static
-// strings; the server only reads it.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
     name: c"tcl".as_ptr(),
-    longname: core::ptr::null(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
     load: Some(tcl_load),
-    unload: None,
     config: Some(tcl_config),
     config_complete: Some(tcl_config_complete),
     config_help: CONFIG_HELP.as_ptr(),
@@ -952,11 +937,7 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     can_flush: Some(tcl_can_flush),
     is_rotational: Some(tcl_is_rotational),
     can_trim: Some(tcl_can_trim),
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
     dump_plugin: Some(tcl_dump_plugin),
-    can_zero: None,
-    can_fua: None,
     pread: Some(tcl_pread),
     pwrite: Some(tcl_pwrite),
     flush: Some(tcl_flush),
@@ -968,7 +949,6 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     extents: Some(tcl_extents),
     can_cache: Some(tcl_can_cache),
     cache: Some(tcl_cache),
-    thread_model_cb: None,
     can_fast_zero: Some(tcl_can_fast_zero),
     preconnect: Some(tcl_preconnect),
     get_ready: Some(tcl_get_ready),
@@ -977,11 +957,11 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     default_export: Some(tcl_default_export),
     export_description: Some(tcl_export_description),
     cleanup: Some(tcl_cleanup),
-    block_size: None,
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }

@@ -663,23 +663,9 @@ unsafe extern "C" fn tr_unload() {
     }
 }
 
-/// The version of the nbdkit this plugin belongs to.
-const VERSION: &CStr = c"1.36.2";
-
-struct Registration(abi::Plugin);
-
-// SAFETY: function pointers and pointers to static strings, only read.
-unsafe impl Sync for Registration {}
-
-static PLUGIN: Registration = Registration(abi::Plugin {
-    struct_size: core::mem::size_of::<abi::Plugin>() as u64,
-    api_version: 2,
-    thread_model: abi::THREAD_MODEL_PARALLEL,
+static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
     name: c"torrent".as_ptr(),
     longname: c"nbdkit bittorrent plugin".as_ptr(),
-    version: VERSION.as_ptr(),
-    description: core::ptr::null(),
-    load: None,
     unload: Some(tr_unload),
     config: Some(tr_config),
     config_complete: Some(tr_config_complete),
@@ -687,40 +673,15 @@ static PLUGIN: Registration = Registration(abi::Plugin {
     open: Some(tr_open),
     close: Some(tr_close),
     get_size: Some(tr_get_size),
-    can_write: None,
-    can_flush: None,
-    is_rotational: None,
-    can_trim: None,
-    v1_slots: [None; 5],
-    errno_is_preserved: 0,
-    dump_plugin: None,
-    can_zero: None,
-    can_fua: None,
     pread: Some(tr_pread),
-    pwrite: None,
-    flush: None,
-    trim: None,
-    zero: None,
     magic_config_key: c"torrent".as_ptr(),
-    can_multi_conn: None,
-    can_extents: None,
-    extents: None,
-    can_cache: None,
-    cache: None,
-    thread_model_cb: None,
-    can_fast_zero: None,
     preconnect: Some(tr_preconnect),
-    get_ready: None,
     after_fork: Some(tr_after_fork),
-    list_exports: None,
-    default_export: None,
-    export_description: None,
-    cleanup: None,
-    block_size: None,
+    ..abi::Plugin::EMPTY
 });
 
 /// The registration function the server calls when it loads this object.
 #[no_mangle]
 pub extern "C" fn plugin_init() -> *const c_void {
-    (&PLUGIN.0 as *const abi::Plugin).cast()
+    PLUGIN.as_ptr()
 }
