@@ -2,19 +2,26 @@
 //!
 //! Negotiation runs on the caller's thread with a deadline on every read
 //! and write ([`HANDSHAKE_TIMEOUT`]). Then requests are pipelined: a caller
-//! registers its request, writes it (under a lock that only keeps requests
-//! whole on the wire) and sleeps; one reader thread per connection reads
-//! every reply, checks it with core's [`Reply`], puts READ data straight
-//! into the caller's buffer and wakes the caller. When the connection dies
-//! for any reason (the server closed it, a read failed, the server broke
-//! the protocol, a write failed) the reader fails every request in flight
-//! with `EIO` and every later one fails at once: no caller waits on a dead
-//! connection.
+//! registers its request and writes it (under a lock that only keeps
+//! requests whole on the wire). Replies are read by one reader at a time:
+//! a caller that finds nobody reading reads them itself (a lone request
+//! thus costs no thread switch in the proxy: nbdkit's worker reads the
+//! client's request, sends it on, reads the answer and replies, as a
+//! synchronous proxy would) until its own reply is in; if requests are
+//! still in flight then, it hands reading over to the connection's reader
+//! thread, which reads until none is left. A caller that finds someone
+//! reading sleeps until its reply is in. The reader of the moment checks
+//! each reply with core's [`Reply`], puts READ data straight into the
+//! caller's buffer and wakes the caller. When the connection dies for any
+//! reason (the server closed it, a read failed, the server broke the
+//! protocol, a write failed) the reader of the moment fails every request
+//! in flight with `EIO` and every later one fails at once: no caller waits
+//! on a dead connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -281,16 +288,18 @@ fn usable_block_size(b: Option<(u32, u32, u32)>) -> Option<BlockSize> {
     })
 }
 
-/// A buffer of a caller blocked in [`Remote::call`] that the reader fills.
+/// A buffer of a caller blocked in [`Remote::call`] that the reader of the
+/// moment fills.
 #[derive(Debug, Clone, Copy)]
 struct RawBuf {
     ptr: *mut u8,
     len: usize,
 }
 
-// SAFETY: the buffer is only touched by the reader thread while its owner
-// sleeps in `Remote::call`, which does not return (nor touch the buffer)
-// until the reader has completed the request and let go of it.
+// SAFETY: the buffer is only touched by the reader of the moment (the
+// holder of `Inner::input`) while its owner waits in `Remote::call`, which
+// does not return (nor touch the buffer) until its request is completed,
+// which happens after the last write into the buffer.
 unsafe impl Send for RawBuf {}
 
 impl RawBuf {
@@ -329,8 +338,12 @@ impl Waiter {
         self.thread.unpark();
     }
 
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     fn wait(&self) -> Outcome {
-        while !self.done.load(Ordering::Acquire) {
+        while !self.is_done() {
             std::thread::park();
         }
         lock(&self.outcome).take().unwrap_or(Outcome {
@@ -358,12 +371,16 @@ impl Pending {
     }
 }
 
-/// Requests registered but not yet seen by the reader, and whether the
-/// connection is dead.
+/// Requests registered but not yet seen by a reader, who reads, and
+/// whether the connection is dead.
 #[derive(Default)]
 struct Registry {
     dead: bool,
     inbox: Vec<(u64, Pending)>,
+    /// Someone (a caller or the reader thread) reads the replies.
+    owner: bool,
+    /// The reader thread is to take over reading.
+    handoff: bool,
 }
 
 /// What the callers and the reader thread share.
@@ -371,6 +388,11 @@ struct Inner {
     sock: Socket,
     write_lock: Mutex<()>,
     registry: Mutex<Registry>,
+    /// Wakes the reader thread (handoff, death, close).
+    wake: Condvar,
+    /// The reading side, used by the owner of the moment. Lock order:
+    /// `input` before `registry`.
+    input: Mutex<Input>,
     next_cookie: AtomicU64,
     closing: AtomicBool,
     style: ReplyStyle,
@@ -383,6 +405,9 @@ impl Inner {
         let inbox = {
             let mut r = lock(&self.registry);
             r.dead = true;
+            r.owner = false;
+            r.handoff = false;
+            self.wake.notify_all();
             std::mem::take(&mut r.inbox)
         };
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
@@ -395,6 +420,72 @@ impl Inner {
         }
         for (_, p) in map.drain().chain(inbox) {
             p.complete(Err(Error::new(Errno::EIO)));
+        }
+    }
+
+    /// Read one reply chunk; on failure the connection is dead (every
+    /// request failed) and the result is `false`.
+    fn step(&self, input: &mut Input) -> bool {
+        let why = match read_chunk(self, input) {
+            Ok(true) => return true,
+            Ok(false) => "the server closed the connection".to_string(),
+            Err(e) => e,
+        };
+        self.die(&why, &mut input.map);
+        false
+    }
+
+    /// A caller's reading turn: read replies (for everyone) until the
+    /// caller's own is in, then hand reading over to the reader thread if
+    /// requests are still in flight.
+    fn lead(&self, waiter: &Waiter) {
+        let mut input = lock(&self.input);
+        while !waiter.is_done() {
+            if !self.step(&mut input) {
+                return;
+            }
+        }
+        let mut r = lock(&self.registry);
+        if r.dead {
+            return;
+        }
+        if input.map.is_empty() && r.inbox.is_empty() {
+            r.owner = false;
+        } else {
+            r.handoff = true;
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The reader thread: reads replies whenever a caller hands reading over
+/// (requests in flight whose callers do not read), until none is left.
+fn reader_thread(inner: &Inner) {
+    loop {
+        {
+            let mut r = lock(&inner.registry);
+            while !r.handoff && !r.dead && !inner.closing.load(Ordering::Relaxed) {
+                r = inner.wake.wait(r).unwrap_or_else(|p| p.into_inner());
+            }
+            if !r.handoff {
+                return;
+            }
+            r.handoff = false;
+        }
+        let mut input = lock(&inner.input);
+        loop {
+            {
+                let mut r = lock(&inner.registry);
+                let inbox = std::mem::take(&mut r.inbox);
+                input.map.extend(inbox);
+                if input.map.is_empty() {
+                    r.owner = false;
+                    break;
+                }
+            }
+            if !inner.step(&mut input) {
+                return;
+            }
         }
     }
 }
@@ -481,6 +572,8 @@ impl Remote {
             sock: n.sock,
             write_lock: Mutex::new(()),
             registry: Mutex::new(Registry::default()),
+            wake: Condvar::new(),
+            input: Mutex::new(Input::new()),
             next_cookie: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             style: ReplyStyle::of(&negotiated),
@@ -506,6 +599,10 @@ impl Remote {
 
     /// Send one request and wait for its reply. `read` receives READ data;
     /// `write` is WRITE's payload. Returns the block status descriptors.
+    ///
+    /// The caller reads the replies itself while nobody else does (a lone
+    /// request costs no thread switch beyond the remote server's); a caller
+    /// that finds someone reading sleeps until its reply is in.
     pub(super) fn call(
         &self,
         command: Command,
@@ -569,11 +666,22 @@ impl Remote {
             }
         };
         if let Err(e) = sent {
-            // The reader wakes up, fails this request and every other.
+            // Whoever reads next fails this request and every other.
             if !inner.closing.load(Ordering::Relaxed) {
                 log::debug(Some("nbd"), format_args!("send: {}", io_message(&e)));
             }
             let _ = inner.sock.shutdown(std::net::Shutdown::Both);
+        }
+        // Read while nobody else does; sleep while someone does (the
+        // reader of the moment completes this request or fails it).
+        let lead = {
+            let mut r = lock(&inner.registry);
+            let lead = !r.owner && !r.dead && !waiter.is_done();
+            r.owner |= lead;
+            lead
+        };
+        if lead {
+            inner.lead(&waiter);
         }
         let outcome = waiter.wait();
         outcome.result.map(|()| outcome.extents)
@@ -604,6 +712,10 @@ impl Drop for Remote {
             let _ = (&inner.sock).write_all(&h[..n]);
         }
         let _ = inner.sock.shutdown(std::net::Shutdown::Both);
+        {
+            let _r = lock(&inner.registry);
+            inner.wake.notify_all();
+        }
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -638,33 +750,50 @@ impl ReplySink for Sink<'_> {
     }
 }
 
-fn reader_thread(inner: &Inner) {
-    let mut map: HashMap<u64, Pending> = HashMap::new();
-    let why = match read_replies(inner, &mut map) {
-        Ok(()) => "the server closed the connection".to_string(),
-        Err(e) => e,
-    };
-    inner.die(&why, &mut map);
+/// The reading side of a connection: the requests a reader has seen, the
+/// input buffer and room for small chunk payloads.
+struct Input {
+    map: HashMap<u64, Pending>,
+    rx: Rx,
+    scratch: Vec<u8>,
 }
 
-/// The reader's input: a buffer for headers and small replies, bypassed
-/// by READ data, which goes from the socket straight into the caller's
-/// buffer once what was read ahead is used up.
-struct Input<'a> {
-    sock: &'a Socket,
+impl Input {
+    fn new() -> Input {
+        Input {
+            map: HashMap::new(),
+            rx: Rx {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+                ahead: READ_BUFFER,
+            },
+            scratch: Vec::new(),
+        }
+    }
+}
+
+/// A buffer for headers and small replies, bypassed by READ data, which
+/// goes from the socket straight into the caller's buffer once what was
+/// read ahead is used up.
+struct Rx {
     buf: Vec<u8>,
     start: usize,
     end: usize,
     ahead: usize,
 }
 
-impl Input<'_> {
+impl Rx {
     fn buffered(&self) -> usize {
         self.end - self.start
     }
 
     /// Read once into the buffer; `Ok(0)` at the end of the stream.
-    fn fill(&mut self) -> io::Result<usize> {
+    fn fill(&mut self, sock: &Socket) -> io::Result<usize> {
+        if self.buf.is_empty() {
+            // Allocated at the first reply: an idle connection holds none.
+            self.buf = vec![0u8; READ_BUFFER];
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -675,7 +804,7 @@ impl Input<'_> {
         }
         let limit = (self.end + self.ahead).min(self.buf.len());
         loop {
-            match (&*self.sock).read(&mut self.buf[self.end..limit]) {
+            match (&*sock).read(&mut self.buf[self.end..limit]) {
                 Ok(n) => {
                     self.end += n;
                     return Ok(n);
@@ -687,7 +816,7 @@ impl Input<'_> {
     }
 
     /// The next `n` bytes (at most the buffer's size).
-    fn take(&mut self, n: usize) -> io::Result<&[u8]> {
+    fn take(&mut self, sock: &Socket, n: usize) -> io::Result<&[u8]> {
         while self.buffered() < n {
             if self.buf.len() - self.start < n {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -696,7 +825,7 @@ impl Input<'_> {
             }
             let want = n - self.buffered();
             self.ahead = self.ahead.max(want);
-            if self.fill()? == 0 {
+            if self.fill(sock)? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -706,13 +835,13 @@ impl Input<'_> {
     }
 
     /// Fill `dst`: what is buffered, then straight from the socket.
-    fn read_into(&mut self, dst: &mut [u8]) -> io::Result<()> {
+    fn read_into(&mut self, sock: &Socket, dst: &mut [u8]) -> io::Result<()> {
         let n = self.buffered().min(dst.len());
         dst[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
         let mut rest = &mut dst[n..];
         while !rest.is_empty() {
-            match (&*self.sock).read(rest) {
+            match (&*sock).read(rest) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(k) => rest = &mut rest[k..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -723,17 +852,12 @@ impl Input<'_> {
     }
 }
 
-/// Read replies until the connection ends; the error says why it did.
-fn read_replies(inner: &Inner, map: &mut HashMap<u64, Pending>) -> std::result::Result<(), String> {
-    let mut rd = Input {
-        sock: &inner.sock,
-        buf: vec![0u8; READ_BUFFER],
-        start: 0,
-        end: 0,
-        ahead: READ_BUFFER,
-    };
-    let mut hdr = [0u8; reply::MAX_HEADER_LEN];
-    let mut scratch: Vec<u8> = Vec::new();
+/// Read one reply chunk (a simple reply, or one structured chunk) and
+/// complete its request if it was the last. `Ok(false)`: the server closed
+/// the connection between replies; an error says why the connection is
+/// unusable.
+fn read_chunk(inner: &Inner, input: &mut Input) -> std::result::Result<bool, String> {
+    let sock = &inner.sock;
     let style = inner.style;
     let proto = |e: reply::ProtocolError| e.to_string();
     let short = |e: io::Error| match e.kind() {
@@ -742,76 +866,77 @@ fn read_replies(inner: &Inner, map: &mut HashMap<u64, Pending>) -> std::result::
         }
         _ => format!("recv: {}", io_message(&e)),
     };
+    let Input { map, rx, scratch } = input;
+    // A clean end is one between replies.
+    if rx.buffered() == 0 && rx.fill(sock).map_err(short)? == 0 {
+        return Ok(false);
+    }
+    let mut hdr = [0u8; reply::MAX_HEADER_LEN];
+    hdr[..reply::MIN_HEADER_LEN]
+        .copy_from_slice(rx.take(sock, reply::MIN_HEADER_LEN).map_err(short)?);
+    let len = reply::header_len(&hdr, style).map_err(proto)?;
+    hdr[reply::MIN_HEADER_LEN..len]
+        .copy_from_slice(rx.take(sock, len - reply::MIN_HEADER_LEN).map_err(short)?);
+    let h = reply::parse_header(&hdr[..len], style).map_err(proto)?;
+    let cookie = h.cookie();
+    if !map.contains_key(&cookie) {
+        let inbox = std::mem::take(&mut lock(&inner.registry).inbox);
+        map.extend(inbox);
+    }
+    let Some(p) = map.get_mut(&cookie) else {
+        return Err(format!("reply with unknown cookie {cookie:#x}"));
+    };
+    let mut next = p.reply.header(&h).map_err(proto)?;
+    let mut large = false;
     loop {
-        // A clean end is one between replies.
-        if rd.buffered() == 0 && rd.fill().map_err(short)? == 0 {
-            return Ok(());
-        }
-        hdr[..reply::MIN_HEADER_LEN]
-            .copy_from_slice(rd.take(reply::MIN_HEADER_LEN).map_err(short)?);
-        let len = reply::header_len(&hdr, style).map_err(proto)?;
-        hdr[reply::MIN_HEADER_LEN..len]
-            .copy_from_slice(rd.take(len - reply::MIN_HEADER_LEN).map_err(short)?);
-        let h = reply::parse_header(&hdr[..len], style).map_err(proto)?;
-        let cookie = h.cookie();
-        if !map.contains_key(&cookie) {
-            let inbox = std::mem::take(&mut lock(&inner.registry).inbox);
-            map.extend(inbox);
-        }
-        let Some(p) = map.get_mut(&cookie) else {
-            return Err(format!("reply with unknown cookie {cookie:#x}"));
-        };
-        let mut next = p.reply.header(&h).map_err(proto)?;
-        let mut large = false;
-        loop {
-            match next {
-                Next::Header => break,
-                Next::Done => {
-                    if let Some(p) = map.remove(&cookie) {
-                        finish(p);
-                    }
-                    break;
+        match next {
+            Next::Header => break,
+            Next::Done => {
+                if let Some(p) = map.remove(&cookie) {
+                    finish(p);
                 }
-                Next::Payload(n) => {
-                    // Bounded by the reply checker (at most a block status
-                    // list or an error message).
-                    scratch.resize(n, 0);
-                    rd.read_into(&mut scratch).map_err(short)?;
-                    let Pending {
-                        reply,
-                        buf,
-                        extents,
-                        message,
-                        ..
-                    } = &mut *p;
-                    let mut sink = Sink {
-                        buf: *buf,
-                        extents,
-                        message,
-                        bad: false,
-                    };
-                    next = reply.payload(&scratch, &mut sink).map_err(proto)?;
-                    if sink.bad {
-                        return Err("hole chunk outside the read buffer".into());
-                    }
-                }
-                Next::Data { at, len, last } => {
-                    // SAFETY: the buffer's owner waits in `Remote::call`
-                    // until this request is completed below or by `die`.
-                    let dst = p.buf.and_then(|b| unsafe { b.slice(at, len) });
-                    let Some(dst) = dst else {
-                        return Err("read data outside the read buffer".into());
-                    };
-                    rd.read_into(dst).map_err(short)?;
-                    large |= len >= LARGE_DATA;
-                    next = if last { Next::Done } else { Next::Header };
+                break;
+            }
+            Next::Payload(n) => {
+                // Bounded by the reply checker (at most a block status list
+                // or an error message).
+                scratch.resize(n, 0);
+                rx.read_into(sock, scratch).map_err(short)?;
+                let Pending {
+                    reply,
+                    buf,
+                    extents,
+                    message,
+                    ..
+                } = &mut *p;
+                let mut sink = Sink {
+                    buf: *buf,
+                    extents,
+                    message,
+                    bad: false,
+                };
+                next = reply.payload(scratch, &mut sink).map_err(proto)?;
+                if sink.bad {
+                    return Err("hole chunk outside the read buffer".into());
                 }
             }
+            Next::Data { at, len, last } => {
+                // SAFETY: the buffer's owner waits in `Remote::call` until
+                // this request is completed below or by `die`.
+                let dst = p.buf.and_then(|b| unsafe { b.slice(at, len) });
+                let Some(dst) = dst else {
+                    return Err("read data outside the read buffer".into());
+                };
+                rx.read_into(sock, dst).map_err(short)?;
+                large |= len >= LARGE_DATA;
+                next = if last { Next::Done } else { Next::Header };
+            }
         }
-        // After a large READ the next reply is probably one too: read
-        // little ahead, so that its data is not copied through the buffer.
-        rd.ahead = if large { READ_AHEAD_SMALL } else { READ_BUFFER };
     }
+    // After a large READ the next reply is probably one too: read little
+    // ahead, so that its data is not copied through the buffer.
+    rx.ahead = if large { READ_AHEAD_SMALL } else { READ_BUFFER };
+    Ok(true)
 }
 
 /// A request's reply is complete.
