@@ -117,6 +117,9 @@ struct Workers<'a> {
 }
 
 /// What one turn at the read lock gave.
+/// The largest write payload buffer a worker keeps for the next request.
+const MAX_SPARE_PAYLOAD: usize = 4 << 20;
+
 enum Next {
     /// A valid request and its payload (empty unless it is a write).
     Run(Valid, Vec<u8>),
@@ -201,6 +204,10 @@ impl<'a> Workers<'a> {
     }
 
     fn serve<'s>(&'s self, scope: &'s Scope<'s, '_>, name: &Arc<str>) {
+        // This worker's write payload buffer, reused from request to
+        // request (as nbdkit keeps one per thread): a fresh allocation per
+        // large write costs an mmap and its page faults each time.
+        let mut spare = Vec::new();
         loop {
             self.readers.fetch_add(1, Ordering::AcqRel);
             let next = {
@@ -208,7 +215,7 @@ impl<'a> Workers<'a> {
                 if input.done {
                     Next::End
                 } else {
-                    let n = self.read_request(&mut input.rd);
+                    let n = self.read_request(&mut input.rd, &mut spare);
                     if matches!(n, Next::End) {
                         input.done = true;
                     }
@@ -228,6 +235,9 @@ impl<'a> Workers<'a> {
                         scope.spawn(move || self.work(scope, index));
                     }
                     let out = self.run(&v, &payload, name);
+                    if payload.capacity() <= MAX_SPARE_PAYLOAD {
+                        spare = payload;
+                    }
                     let sent = self.send(out.bytes());
                     self.pool.put(out.into_buf());
                     if !sent {
@@ -289,7 +299,7 @@ impl<'a> Workers<'a> {
     }
 
     /// Read the next request (header and payload).
-    fn read_request(&self, rd: &mut impl BufRead) -> Next {
+    fn read_request(&self, rd: &mut impl BufRead, spare: &mut Vec<u8>) -> Next {
         let s = self.session;
         let hdr_len = transmission::header_len(s.extended);
         let mut hdr = [0u8; 32];
@@ -314,6 +324,8 @@ impl<'a> Workers<'a> {
         let mut payload = Vec::new();
         if req.payload_len > 0 {
             if matches!(&checked, Ok(v) if v.command == Command::Write) {
+                payload = core::mem::take(spare);
+                payload.clear();
                 // validate() bounds a write's length before this allocates.
                 payload.reserve_exact(req.payload_len as usize);
                 match rd.take(req.payload_len).read_to_end(&mut payload) {
