@@ -16,15 +16,12 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use nbdkit_core::backend::{Context, ThreadModel};
-use nbdkit_core::errno::Errno;
 use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
-use nbdkit_core::wire::consts::NBD_EIO;
 
 use crate::connection::{error_reply, execute, BufPool, Reply, Shared};
 use crate::log;
@@ -252,38 +249,21 @@ impl<'a> Workers<'a> {
         }
     }
 
-    /// Run one request; a panic in the stack becomes an EIO reply.
+    /// Run one request (a panic in the stack becomes an EIO reply: see
+    /// [`execute`]).
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
-        let go = || {
-            s.shared.gated(|| {
-                execute(
-                    &s.ctx,
-                    &self.pool,
-                    name,
-                    s.style,
-                    s.base_allocation,
-                    v,
-                    payload,
-                )
-            })
-        };
-        match catch_unwind(AssertUnwindSafe(go)) {
-            Ok(reply) => reply,
-            Err(_) => {
-                log::error(
-                    Some(&s.name),
-                    &format!(
-                        "{} count={} offset={}: the plugin or a filter panicked: {}",
-                        v.command.name(),
-                        v.count,
-                        v.offset,
-                        Errno::EIO
-                    ),
-                );
-                error_reply(s.style, Some(v.command), v.cookie, v.offset, NBD_EIO).into()
-            }
-        }
+        s.shared.gated(|| {
+            execute(
+                &s.ctx,
+                &self.pool,
+                name,
+                s.style,
+                s.base_allocation,
+                v,
+                payload,
+            )
+        })
     }
 
     /// Write a reply; `false` when the client is gone.

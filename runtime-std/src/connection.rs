@@ -907,7 +907,9 @@ fn call_flags(v: &Valid) -> Flags {
     f
 }
 
-/// Run one validated request and build its complete reply.
+/// Run one validated request and build its complete reply. A panic in
+/// the plugin or a filter becomes an EIO reply, logged, so that the client
+/// gets its answer and the connection goes on.
 pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
@@ -917,9 +919,27 @@ pub(crate) fn execute(
     v: &Valid,
     payload: &[u8],
 ) -> Reply {
-    log::with_context(name, || {
-        execute_as(ctx, pool, name, style, base_allocation, v, payload)
-    })
+    let run = || {
+        log::with_context(name, || {
+            execute_as(ctx, pool, name, style, base_allocation, v, payload)
+        })
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(reply) => reply,
+        Err(_) => {
+            log::error(
+                Some(name),
+                &format!(
+                    "{} count={} offset={}: the plugin or a filter panicked: {}",
+                    v.command.name(),
+                    v.count,
+                    v.offset,
+                    nbdkit_core::errno::Errno::EIO
+                ),
+            );
+            error_reply(style, Some(v.command), v.cookie, v.offset, NBD_EIO).into()
+        }
+    }
 }
 
 /// [`execute`], with this thread's messages carrying `name`.
@@ -1197,4 +1217,72 @@ where
     // (which the caller does once the handles are closed).
     let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
     (graceful && !crate::server::stopping(), wr, reader)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use nbdkit_core::backend::{Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
+
+    /// A plugin with a bug: reading at offset 4096 panics.
+    struct Panicky;
+    struct PanickyHandle;
+
+    impl Plugin for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn callbacks(&self) -> &'static [&'static str] {
+            &["open", "get_size", "pread"]
+        }
+        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(PanickyHandle))
+        }
+    }
+
+    impl Handle for PanickyHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(1 << 20)
+        }
+        fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+            assert_ne!(offset, 4096, "a plugin bug at offset 4096");
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_plugin_call_is_an_eio_reply_and_the_next_request_works() {
+        let stack = Stack::new(Box::new(Panicky), Vec::new());
+        let peer = Peer::Unknown;
+        let ctx = stack
+            .open(&OpenArgs {
+                readonly: true,
+                export_name: "",
+                is_tls: false,
+                peer: &peer,
+            })
+            .expect("open");
+        let pool = BufPool::default();
+        let name: Arc<str> = "panicky[1]".into();
+        let style = ReplyStyle {
+            structured: false,
+            extended: false,
+        };
+        let read = |offset| Valid {
+            command: Command::Read,
+            cookie: 7,
+            offset,
+            count: 512,
+            flags: 0,
+        };
+        // A simple reply: magic, error, cookie (then the data on success).
+        let r = execute(&ctx, &pool, &name, style, 0, &read(4096), &[]);
+        assert_eq!(r.bytes().len(), 16);
+        assert_eq!(r.bytes()[4..8], NBD_EIO.to_be_bytes());
+        assert_eq!(r.bytes()[8..16], 7u64.to_be_bytes());
+        let r = execute(&ctx, &pool, &name, style, 0, &read(0), &[]);
+        assert_eq!(r.bytes()[4..8], [0; 4]);
+        assert_eq!(r.bytes().len(), 16 + 512);
+    }
 }
