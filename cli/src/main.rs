@@ -7,7 +7,7 @@ mod registry;
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, Command};
-use nbdkit_core::backend::{Stack, CALLBACK_NAMES};
+use nbdkit_core::backend::Stack;
 use nbdkit_core::debug;
 use nbdkit_core::handshake::Config as HsConfig;
 use nbdkit_core::wire::consts::{FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES};
@@ -314,10 +314,8 @@ fn dump_plugin(stack: &Stack) {
     if let Some(k) = p.magic_config_key() {
         println!("magic_config_key={k}");
     }
-    for name in CALLBACK_NAMES {
-        if p.callbacks().contains(name) {
-            println!("has_{name}=1");
-        }
+    for name in p.callbacks().names() {
+        println!("has_{name}=1");
     }
     for (k, v) in p.dump_plugin() {
         println!("{k}={v}");

@@ -1222,7 +1222,7 @@ where
 #[cfg(test)]
 mod test {
     use super::*;
-    use nbdkit_core::backend::{Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
+    use nbdkit_core::backend::{Callbacks, Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
 
     /// A plugin with a bug: reading at offset 4096 panics.
     struct Panicky;
@@ -1232,8 +1232,8 @@ mod test {
         fn name(&self) -> &'static str {
             "panicky"
         }
-        fn callbacks(&self) -> &'static [&'static str] {
-            &["open", "get_size", "pread"]
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD
         }
         fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
             Ok(Box::new(PanickyHandle))

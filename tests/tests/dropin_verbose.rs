@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use nbdkit_core::backend::CALLBACK_NAMES;
+use nbdkit_core::backend::Callbacks;
 use nbdkit_tests::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,18 +47,16 @@ fn debug_line(line: &str) -> Option<(&str, &str)> {
 fn is_call(verb: &str) -> bool {
     verb == "prepare"
         || verb == "finalize"
-        || CALLBACK_NAMES
-            .iter()
-            .skip_while(|c| **c != "open")
-            .any(|c| *c == verb && *c != "export_description")
+        || Callbacks::all_names()
+            .skip_while(|c| *c != "open")
+            .any(|c| c == verb && c != "export_description")
 }
 
 /// Whether `verb` is a data-path call.
 fn is_data_call(verb: &str) -> bool {
-    CALLBACK_NAMES
-        .iter()
-        .skip_while(|c| **c != "pread")
-        .any(|c| *c == verb)
+    Callbacks::all_names()
+        .skip_while(|c| *c != "pread")
+        .any(|c| c == verb)
 }
 
 /// The per-layer call lines (`LAYER: CALL ...`) of `layers`, without

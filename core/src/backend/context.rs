@@ -8,8 +8,8 @@ use spin::Once;
 
 use super::filter::NextExports;
 use super::{
-    BlockSize, Error, Exports, Extents, Filter, FilterHandle, Flags, Handle, NextOpener, OpenArgs,
-    Plugin, Reopener, Result, Support, ThreadModel,
+    BlockSize, Callbacks, Error, Exports, Extents, Filter, FilterHandle, Flags, Handle, NextOpener,
+    OpenArgs, Plugin, Reopener, Result, Support, ThreadModel,
 };
 use crate::debug;
 use crate::errno::Errno;
@@ -113,7 +113,8 @@ struct Lazy {
 }
 
 enum Layer {
-    Plugin(Box<dyn Handle>),
+    /// A plugin's handle, with the plugin's callbacks.
+    Plugin(Box<dyn Handle>, Callbacks),
     // Field order matters: the filter's handle is dropped (closed) before
     // the layer below, as nbdkit closes outer layers first. The layer
     // below is shared with the handle (see `FilterHandle::keep_next`),
@@ -161,7 +162,21 @@ impl Drop for Context {
 macro_rules! ask {
     ($ctx:expr, $m:ident) => {
         match &$ctx.layer {
-            Layer::Plugin(h) => h.$m(),
+            Layer::Plugin(h, _) => h.$m(),
+            Layer::Filter { handle, next } => handle.$m(next),
+        }
+    };
+}
+
+/// Ask the layer of `$ctx` for `$m`, as [`ask!`], except that a plugin
+/// without the callback `$cb` is not asked: it gets `$default`, the
+/// answer nbdkit gives for a plugin that leaves the slot empty, computed
+/// from its [`Callbacks`] (`cb`).
+macro_rules! ask_or {
+    ($ctx:expr, $m:ident, $cb:ident, |$set:ident| $default:expr) => {
+        match &$ctx.layer {
+            Layer::Plugin(h, set) if set.contains(Callbacks::$cb) => h.$m(),
+            Layer::Plugin(_, $set) => $default,
             Layer::Filter { handle, next } => handle.$m(next),
         }
     };
@@ -214,7 +229,7 @@ impl Context {
     /// of them are open).
     fn prepare(&self) -> Result<()> {
         match &self.layer {
-            Layer::Plugin(h) => {
+            Layer::Plugin(h, _) => {
                 control!("{}: prepare readonly={}", self.name, self.readonly as u8);
                 h.prepare()
             }
@@ -261,14 +276,20 @@ impl Context {
         if self.readonly {
             return Ok(false);
         }
-        self.cached(&self.lazy.can_write, "can_write", || ask!(self, can_write))
+        self.cached(&self.lazy.can_write, "can_write", || {
+            ask_or!(self, can_write, CAN_WRITE, |cb| Ok(cb.writes()))
+        })
     }
 
     /// How zeroing works (none unless writable).
     pub fn can_zero(&self) -> Result<Support> {
         self.cached(&self.lazy.can_zero, "can_zero", || {
             if self.can_write()? {
-                ask!(self, can_zero)
+                ask_or!(self, can_zero, CAN_ZERO, |cb| Ok(if cb.zeroes() {
+                    Support::Native
+                } else {
+                    Support::Emulate
+                }))
             } else {
                 Ok(Support::None)
             }
@@ -281,7 +302,11 @@ impl Context {
             if self.can_zero()? == Support::None {
                 Ok(false)
             } else {
-                ask!(self, can_fast_zero)
+                // Without `.zero`, or when zeroing is emulated, a fast
+                // zero can always fail fast.
+                ask_or!(self, can_fast_zero, CAN_FAST_ZERO, |cb| Ok(!cb
+                    .contains(Callbacks::ZERO)
+                    || self.can_zero()? == Support::Emulate))
             }
         })
     }
@@ -290,7 +315,7 @@ impl Context {
     pub fn can_trim(&self) -> Result<bool> {
         self.cached(&self.lazy.can_trim, "can_trim", || {
             if self.can_write()? {
-                ask!(self, can_trim)
+                ask_or!(self, can_trim, CAN_TRIM, |cb| Ok(cb.trims()))
             } else {
                 Ok(false)
             }
@@ -301,7 +326,12 @@ impl Context {
     pub fn can_fua(&self) -> Result<Support> {
         self.cached(&self.lazy.can_fua, "can_fua", || {
             if self.can_write()? {
-                ask!(self, can_fua)
+                // Without `.can_fua`, FUA is emulated by flush.
+                ask_or!(self, can_fua, CAN_FUA, |_cb| Ok(if self.can_flush()? {
+                    Support::Emulate
+                } else {
+                    Support::None
+                }))
             } else {
                 Ok(Support::None)
             }
@@ -310,11 +340,16 @@ impl Context {
 
     /// Flush possible.
     pub fn can_flush(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_flush, "can_flush", || ask!(self, can_flush))
+        self.cached(&self.lazy.can_flush, "can_flush", || {
+            ask_or!(self, can_flush, CAN_FLUSH, |cb| Ok(cb.flushes()))
+        })
     }
 
     /// Rotational medium.
     pub fn is_rotational(&self) -> Result<bool> {
+        // Asked of every plugin: nbdkit's default (false) is the trait's,
+        // and our file plugin reports it although nbdkit 1.32's, whose
+        // `has_` lines it keeps, has no `.is_rotational`.
         self.cached(&self.lazy.is_rotational, "is_rotational", || {
             ask!(self, is_rotational)
         })
@@ -323,19 +358,29 @@ impl Context {
     /// Connections are coherent.
     pub fn can_multi_conn(&self) -> Result<bool> {
         self.cached(&self.lazy.can_multi_conn, "can_multi_conn", || {
-            ask!(self, can_multi_conn)
+            ask_or!(self, can_multi_conn, CAN_MULTI_CONN, |_cb| Ok(false))
         })
     }
 
     /// How caching works.
     pub fn can_cache(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_cache, "can_cache", || ask!(self, can_cache))
+        self.cached(&self.lazy.can_cache, "can_cache", || {
+            ask_or!(self, can_cache, CAN_CACHE, |cb| Ok(
+                if cb.contains(Callbacks::CACHE) {
+                    Support::Native
+                } else {
+                    Support::None
+                }
+            ))
+        })
     }
 
     /// Extents are meaningful.
     pub fn can_extents(&self) -> Result<bool> {
         self.cached(&self.lazy.can_extents, "can_extents", || {
-            ask!(self, can_extents)
+            ask_or!(self, can_extents, CAN_EXTENTS, |cb| Ok(
+                cb.contains(Callbacks::EXTENTS)
+            ))
         })
     }
 
@@ -409,7 +454,7 @@ impl Context {
     pub fn export_description(&self) -> Result<Option<String>> {
         control!("{}: export_description", self.name);
         match &self.layer {
-            Layer::Plugin(h) => h.export_description(),
+            Layer::Plugin(h, _) => h.export_description(),
             Layer::Filter { handle, next } => handle.export_description(next),
         }
     }
@@ -422,7 +467,7 @@ impl Context {
         }
         control!("{}: finalize", self.name);
         match &self.layer {
-            Layer::Plugin(h) => h.finalize(),
+            Layer::Plugin(h, _) => h.finalize(),
             Layer::Filter { handle, next } => {
                 handle.finalize(next)?;
                 next.finalize()
@@ -432,14 +477,14 @@ impl Context {
 
     fn raw_pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
         match &self.layer {
-            Layer::Plugin(h) => h.pwrite(buf, offset, flags),
+            Layer::Plugin(h, _) => h.pwrite(buf, offset, flags),
             Layer::Filter { handle, next } => handle.pwrite(next, buf, offset, flags),
         }
     }
 
     fn raw_flush(&self, flags: Flags) -> Result<()> {
         match &self.layer {
-            Layer::Plugin(h) => h.flush(flags),
+            Layer::Plugin(h, _) => h.flush(flags),
             Layer::Filter { handle, next } => handle.flush(next, flags),
         }
     }
@@ -448,7 +493,7 @@ impl Context {
     pub fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
         data!("{}: pread count={} offset={offset}", self.name, buf.len());
         match &self.layer {
-            Layer::Plugin(h) => h.pread(buf, offset, flags),
+            Layer::Plugin(h, _) => h.pread(buf, offset, flags),
             Layer::Filter { handle, next } => handle.pread(next, buf, offset, flags),
         }
     }
@@ -506,7 +551,7 @@ impl Context {
         }
         let (flags, flush) = self.split_fua(flags)?;
         match &self.layer {
-            Layer::Plugin(h) => h.trim(count, offset, flags)?,
+            Layer::Plugin(h, _) => h.trim(count, offset, flags)?,
             Layer::Filter { handle, next } => handle.trim(next, count, offset, flags)?,
         }
         if flush {
@@ -531,7 +576,7 @@ impl Context {
         let (flags, flush) = self.split_fua(flags)?;
         let native = if self.can_zero()? == Support::Native {
             match &self.layer {
-                Layer::Plugin(h) => h.zero(count, offset, flags),
+                Layer::Plugin(h, _) => h.zero(count, offset, flags),
                 Layer::Filter { handle, next } => handle.zero(next, count, offset, flags),
             }
         } else {
@@ -582,7 +627,7 @@ impl Context {
             return extents.add(offset, count, 0);
         }
         match &self.layer {
-            Layer::Plugin(h) => h.extents(count, offset, flags, extents)?,
+            Layer::Plugin(h, _) => h.extents(count, offset, flags, extents)?,
             Layer::Filter { handle, next } => {
                 handle.extents(next, count, offset, flags, extents)?
             }
@@ -602,7 +647,7 @@ impl Context {
         match self.can_cache()? {
             Support::None => Ok(()),
             Support::Native => match &self.layer {
-                Layer::Plugin(h) => h.cache(count, offset, flags),
+                Layer::Plugin(h, _) => h.cache(count, offset, flags),
                 Layer::Filter { handle, next } => handle.cache(next, count, offset, flags),
             },
             Support::Emulate => {
@@ -1116,7 +1161,10 @@ fn open_layer(
         args
     };
     let layer = match stack.filters.get(index) {
-        None => stack.plugin.open(args).map(Layer::Plugin),
+        None => {
+            let callbacks = stack.plugin.callbacks();
+            stack.plugin.open(args).map(|h| Layer::Plugin(h, callbacks))
+        }
         Some(f) => {
             let mut opener = Opener {
                 stack,
@@ -1129,7 +1177,7 @@ fn open_layer(
             f.open(&mut opener, args).map(|handle| {
                 let next = opener.slot.unwrap_or_else(|| {
                     Context::new(
-                        Layer::Plugin(Box::new(Unopened)),
+                        Layer::Plugin(Box::new(Unopened), Callbacks::empty()),
                         stack.name(index + 1),
                         args.readonly,
                     )
@@ -1143,7 +1191,7 @@ fn open_layer(
     };
     if debug::controlpath() {
         match &layer {
-            Ok(Layer::Plugin(h)) => debug::debug(format_args!(
+            Ok(Layer::Plugin(h, _)) => debug::debug(format_args!(
                 "{name}: open returned handle {:p}",
                 &**h as *const dyn Handle as *const ()
             )),

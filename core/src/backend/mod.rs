@@ -7,6 +7,7 @@
 //! the plugin (or another filter); its per-connection [`FilterHandle`] gets
 //! the layer below as a [`Context`] on every call, like nbdkit's `next`.
 
+mod callbacks;
 mod context;
 mod error;
 mod extents;
@@ -14,9 +15,10 @@ mod filter;
 mod plugin;
 mod types;
 
+pub use callbacks::Callbacks;
 pub use context::{Caps, Context, DefaultExports, Stack};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};
-pub use plugin::{Handle, Plugin, CALLBACK_NAMES};
+pub use plugin::{Handle, Plugin};
 pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Peer, Support, ThreadModel};

@@ -2,7 +2,9 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::{BlockSize, Error, Exports, Extents, Flags, OpenArgs, Result, Support, ThreadModel};
+use super::{
+    BlockSize, Callbacks, Error, Exports, Extents, Flags, OpenArgs, Result, Support, ThreadModel,
+};
 use crate::errno::Errno;
 
 /// A plugin: nbdkit's plugin API v2. Global callbacks live here; `open`
@@ -40,9 +42,11 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
-    /// The names of the callbacks this plugin implements, for the `has_*`
-    /// lines of `--dump-plugin` (in nbdkit's order: see [`CALLBACK_NAMES`]).
-    fn callbacks(&self) -> &'static [&'static str];
+    /// The callbacks of nbdkit's plugin struct this plugin has: the
+    /// `has_*` lines of `--dump-plugin`, and which of its handle's `can_*`
+    /// and `is_rotational` methods the server calls (for the others it
+    /// gives nbdkit's default, derived from this set: see [`Callbacks`]).
+    fn callbacks(&self) -> Callbacks;
 
     /// Extra `key=value` lines for `--dump-plugin`.
     fn dump_plugin(&self) -> Vec<(String, String)> {
@@ -122,51 +126,17 @@ pub trait Plugin: Send + Sync + 'static {
     fn open(&self, args: &OpenArgs<'_>) -> Result<Box<dyn Handle>>;
 }
 
-/// The names nbdkit prints as `has_NAME=1` in `--dump-plugin`, in its order.
-pub const CALLBACK_NAMES: &[&str] = &[
-    "longname",
-    "version",
-    "description",
-    "load",
-    "unload",
-    "dump_plugin",
-    "config",
-    "config_complete",
-    "config_help",
-    "thread_model",
-    "get_ready",
-    "after_fork",
-    "cleanup",
-    "preconnect",
-    "list_exports",
-    "default_export",
-    "open",
-    "close",
-    "export_description",
-    "get_size",
-    "block_size",
-    "can_write",
-    "can_flush",
-    "is_rotational",
-    "can_trim",
-    "can_zero",
-    "can_fast_zero",
-    "can_extents",
-    "can_fua",
-    "can_multi_conn",
-    "can_cache",
-    "pread",
-    "pwrite",
-    "flush",
-    "trim",
-    "zero",
-    "extents",
-    "cache",
-];
-
 /// A plugin's per-connection handle. Calls may come from several threads at
 /// once when the thread model is `Parallel`; the handle is dropped when the
 /// connection closes (nbdkit's `.close`).
+///
+/// The server asks `can_write`, `can_flush`, `can_trim`, `can_zero`,
+/// `can_fast_zero`, `can_extents`, `can_fua`, `can_multi_conn` and
+/// `can_cache` only of a plugin whose [`Plugin::callbacks`] hold the
+/// matching `CAN_*` flag; for the others it gives nbdkit's default for an
+/// empty slot, derived from the set (`PWRITE` makes the export writable,
+/// `ZERO` zeroing native, ...). Override one of those methods only with
+/// its flag in the set.
 pub trait Handle: Send + Sync {
     /// Called after open, before any other call.
     fn prepare(&self) -> Result<()> {

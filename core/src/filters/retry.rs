@@ -430,7 +430,7 @@ impl FilterHandle for RetryHandle {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::backend::{Handle, Peer, Plugin, Stack};
+    use crate::backend::{Callbacks, Handle, Peer, Plugin, Stack};
     use core::sync::atomic::{AtomicU32, Ordering};
 
     static OPENS: AtomicU32 = AtomicU32::new(0);
@@ -445,8 +445,8 @@ mod test {
         fn name(&self) -> &'static str {
             "failfirst"
         }
-        fn callbacks(&self) -> &'static [&'static str] {
-            &[]
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::empty()
         }
         fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn crate::backend::Handle>> {
             let n = OPENS.fetch_add(1, Ordering::SeqCst);

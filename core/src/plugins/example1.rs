@@ -3,7 +3,7 @@
 
 use alloc::boxed::Box;
 
-use crate::backend::{Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use crate::backend::{Callbacks, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
 
 /// The size of the disk.
 const SIZE: u64 = 100 * 1024 * 1024;
@@ -39,8 +39,8 @@ impl Plugin for Example1 {
     fn name(&self) -> &'static str {
         "example1"
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &["load", "open", "get_size", "pread"]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LOAD | Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD
     }
     fn max_thread_model(&self) -> ThreadModel {
         ThreadModel::SerializeAllRequests

@@ -5,7 +5,7 @@
 
 use alloc::boxed::Box;
 
-use crate::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use crate::errno::Errno;
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
 
@@ -25,20 +25,18 @@ impl Plugin for Full {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "config",
-            "config_complete",
-            "config_help",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "trim",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::TRIM
+            | Callbacks::EXTENTS
     }
     fn blocks(&self) -> bool {
         false
@@ -70,15 +68,6 @@ struct FullHandle {
 impl Handle for FullHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
     }
     fn can_multi_conn(&self) -> Result<bool> {
         Ok(true)

@@ -20,7 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use crate::errno::Errno;
 use crate::sync::{read, write, RwLock};
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
@@ -397,25 +397,23 @@ impl Plugin for Memory {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "open",
-            "get_size",
-            "can_fast_zero",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_FAST_ZERO
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![
@@ -498,23 +496,8 @@ impl Handle for MemoryHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
     }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
     fn can_fast_zero(&self) -> Result<bool> {
         Ok(true)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(!matches!(*self.store, Store::Flat(_)))
     }
     fn can_fua(&self) -> Result<Support> {
         Ok(Support::Native)

@@ -4,7 +4,7 @@
 
 use alloc::boxed::Box;
 
-use crate::backend::{Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
 
 /// The null plugin.
@@ -23,23 +23,21 @@ impl Plugin for Null {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "config",
-            "config_help",
-            "open",
-            "get_size",
-            "can_fast_zero",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_FAST_ZERO
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
     }
     fn blocks(&self) -> bool {
         false
@@ -73,22 +71,7 @@ impl Handle for FilledHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
     }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
     fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_extents(&self) -> Result<bool> {
         Ok(true)
     }
     fn can_fua(&self) -> Result<Support> {

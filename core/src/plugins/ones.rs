@@ -7,7 +7,7 @@
 use alloc::boxed::Box;
 
 use super::random::parse_unsigned;
-use crate::backend::{Handle, OpenArgs, Plugin, Result};
+use crate::backend::{Callbacks, Handle, OpenArgs, Plugin, Result};
 
 /// The ones plugin.
 #[derive(Debug)]
@@ -35,23 +35,21 @@ impl Plugin for Ones {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "config",
-            "config_help",
-            "open",
-            "get_size",
-            "can_fast_zero",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_FAST_ZERO
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
     }
     fn blocks(&self) -> bool {
         false

@@ -6,7 +6,7 @@
 
 use alloc::boxed::Box;
 
-use crate::backend::{Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Flags, Handle, OpenArgs, Plugin, Result, Support};
 
 /// The pattern plugin.
 #[derive(Debug, Default)]
@@ -38,16 +38,14 @@ impl Plugin for Pattern {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "config",
-            "config_help",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn blocks(&self) -> bool {
         false

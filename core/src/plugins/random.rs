@@ -16,7 +16,7 @@
 use alloc::boxed::Box;
 use alloc::format;
 
-use crate::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use crate::errno::Errno;
 
 /// xoshiro256** with a splitmix64 seeder.
@@ -133,20 +133,18 @@ impl Plugin for Random {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "load",
-            "config",
-            "config_help",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "trim",
-            "zero",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::TRIM
+            | Callbacks::ZERO
     }
     fn blocks(&self) -> bool {
         false
@@ -175,15 +173,6 @@ struct RandomHandle {
 impl Handle for RandomHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
     }
     fn can_multi_conn(&self) -> Result<bool> {
         Ok(true)

@@ -23,7 +23,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use super::random::{parse_unsigned, Xoshiro256};
-use crate::backend::{Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use crate::errno::Errno;
 use crate::size::parse_bool;
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
@@ -124,24 +124,22 @@ impl Plugin for SparseRandom {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "load",
-            "unload",
-            "config",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LOAD
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
     }
     fn blocks(&self) -> bool {
         false
@@ -249,21 +247,6 @@ impl SparseRandomHandle {
 impl Handle for SparseRandomHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
     }
     fn can_multi_conn(&self) -> Result<bool> {
         Ok(true)

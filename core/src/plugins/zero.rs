@@ -2,9 +2,8 @@
 //! `null`). It takes no parameters.
 
 use alloc::boxed::Box;
-use alloc::format;
 
-use crate::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{Callbacks, Flags, Handle, OpenArgs, Plugin, Result, Support};
 
 /// The zero plugin.
 #[derive(Debug, Default)]
@@ -14,17 +13,15 @@ impl Plugin for Zero {
     fn name(&self) -> &'static str {
         "zero"
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &["open", "get_size", "can_multi_conn", "can_cache", "pread"]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn blocks(&self) -> bool {
         false
-    }
-    fn config(&mut self, _key: &str, _value: &str) -> Result<()> {
-        Err(Error::config(format!(
-            "{}: this plugin does not need command line configuration",
-            self.name()
-        )))
     }
     fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
         Ok(Box::new(ZeroHandle))

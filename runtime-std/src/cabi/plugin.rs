@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nbdkit_core::backend::{
-    BlockSize, Error, Exports, Extents, Flags, Handle, OpenArgs, Peer, Plugin, Result, Support,
-    ThreadModel, CALLBACK_NAMES,
+    BlockSize, Callbacks, Error, Exports, Extents, Flags, Handle, OpenArgs, Peer, Plugin, Result,
+    Support, ThreadModel,
 };
 use nbdkit_core::errno::Errno;
 
@@ -20,7 +20,7 @@ pub(crate) struct Shared {
     path: String,
     api_version: c_int,
     struct_size: u64,
-    callbacks: &'static [&'static str],
+    callbacks: Callbacks,
 }
 
 // SAFETY: `ffi::Plugin` holds function pointers and pointers to static
@@ -167,7 +167,7 @@ impl CPlugin {
             )));
         }
         let name = leak(name);
-        let callbacks = callback_names(&p, api_version);
+        let callbacks = callbacks_of(&p, api_version);
         let s = Arc::new(Shared {
             p,
             name,
@@ -185,53 +185,60 @@ impl CPlugin {
     }
 }
 
-fn callback_names(p: &ffi::Plugin, api: c_int) -> &'static [&'static str] {
+fn callbacks_of(p: &ffi::Plugin, api: c_int) -> Callbacks {
     let v2 = api == 2;
-    let has = |n: &str| -> bool {
-        match n {
-            "longname" => !p.longname.is_null(),
-            "version" => !p.version.is_null(),
-            "description" => !p.description.is_null(),
-            "load" => p.load.is_some(),
-            "unload" => p.unload.is_some(),
-            "dump_plugin" => p.dump_plugin.is_some(),
-            "config" => p.config.is_some(),
-            "config_complete" => p.config_complete.is_some(),
-            "config_help" => !p.config_help.is_null(),
-            "thread_model" => p.thread_model.is_some(),
-            "get_ready" => p.get_ready.is_some(),
-            "after_fork" => p.after_fork.is_some(),
-            "cleanup" => p.cleanup.is_some(),
-            "preconnect" => p.preconnect.is_some(),
-            "list_exports" => p.list_exports.is_some(),
-            "default_export" => p.default_export.is_some(),
-            "open" => p.open.is_some(),
-            "close" => p.close.is_some(),
-            "export_description" => p.export_description.is_some(),
-            "get_size" => p.get_size.is_some(),
-            "block_size" => p.block_size.is_some(),
-            "can_write" => p.can_write.is_some(),
-            "can_flush" => p.can_flush.is_some(),
-            "is_rotational" => p.is_rotational.is_some(),
-            "can_trim" => p.can_trim.is_some(),
-            "can_zero" => p.can_zero.is_some(),
-            "can_fast_zero" => p.can_fast_zero.is_some(),
-            "can_extents" => p.can_extents.is_some(),
-            "can_fua" => p.can_fua.is_some(),
-            "can_multi_conn" => p.can_multi_conn.is_some(),
-            "can_cache" => p.can_cache.is_some(),
-            "pread" => v2 && p.pread.is_some(),
-            "pwrite" => v2 && p.pwrite.is_some(),
-            "flush" => v2 && p.flush.is_some(),
-            "trim" => v2 && p.trim.is_some(),
-            "zero" => v2 && p.zero.is_some(),
-            "extents" => p.extents.is_some(),
-            "cache" => p.cache.is_some(),
-            _ => false,
-        }
-    };
-    let list: Vec<&'static str> = CALLBACK_NAMES.iter().copied().filter(|n| has(n)).collect();
-    Box::leak(list.into_boxed_slice())
+    let slots = [
+        (Callbacks::LONGNAME, !p.longname.is_null()),
+        (Callbacks::VERSION, !p.version.is_null()),
+        (Callbacks::DESCRIPTION, !p.description.is_null()),
+        (Callbacks::LOAD, p.load.is_some()),
+        (Callbacks::UNLOAD, p.unload.is_some()),
+        (Callbacks::DUMP_PLUGIN, p.dump_plugin.is_some()),
+        (Callbacks::CONFIG, p.config.is_some()),
+        (Callbacks::CONFIG_COMPLETE, p.config_complete.is_some()),
+        (Callbacks::CONFIG_HELP, !p.config_help.is_null()),
+        (Callbacks::THREAD_MODEL, p.thread_model.is_some()),
+        (Callbacks::GET_READY, p.get_ready.is_some()),
+        (Callbacks::AFTER_FORK, p.after_fork.is_some()),
+        (Callbacks::CLEANUP, p.cleanup.is_some()),
+        (Callbacks::PRECONNECT, p.preconnect.is_some()),
+        (Callbacks::LIST_EXPORTS, p.list_exports.is_some()),
+        (Callbacks::DEFAULT_EXPORT, p.default_export.is_some()),
+        (Callbacks::OPEN, p.open.is_some()),
+        (Callbacks::CLOSE, p.close.is_some()),
+        (
+            Callbacks::EXPORT_DESCRIPTION,
+            p.export_description.is_some(),
+        ),
+        (Callbacks::GET_SIZE, p.get_size.is_some()),
+        (Callbacks::BLOCK_SIZE, p.block_size.is_some()),
+        (Callbacks::CAN_WRITE, p.can_write.is_some()),
+        (Callbacks::CAN_FLUSH, p.can_flush.is_some()),
+        (Callbacks::IS_ROTATIONAL, p.is_rotational.is_some()),
+        (Callbacks::CAN_TRIM, p.can_trim.is_some()),
+        (Callbacks::CAN_ZERO, p.can_zero.is_some()),
+        (Callbacks::CAN_FAST_ZERO, p.can_fast_zero.is_some()),
+        (Callbacks::CAN_EXTENTS, p.can_extents.is_some()),
+        (Callbacks::CAN_FUA, p.can_fua.is_some()),
+        (Callbacks::CAN_MULTI_CONN, p.can_multi_conn.is_some()),
+        (Callbacks::CAN_CACHE, p.can_cache.is_some()),
+        (Callbacks::PREAD, v2 && p.pread.is_some()),
+        (Callbacks::PWRITE, v2 && p.pwrite.is_some()),
+        (Callbacks::FLUSH, v2 && p.flush.is_some()),
+        (Callbacks::TRIM, v2 && p.trim.is_some()),
+        (Callbacks::ZERO, v2 && p.zero.is_some()),
+        (Callbacks::EXTENTS, p.extents.is_some()),
+        (Callbacks::CACHE, p.cache.is_some()),
+        (Callbacks::PREAD_V1, !v2 && p.pread_v1.is_some()),
+        (Callbacks::PWRITE_V1, !v2 && p.pwrite_v1.is_some()),
+        (Callbacks::FLUSH_V1, !v2 && p.flush_v1.is_some()),
+        (Callbacks::TRIM_V1, !v2 && p.trim_v1.is_some()),
+        (Callbacks::ZERO_V1, p.zero_v1.is_some()),
+    ];
+    slots
+        .iter()
+        .filter(|(_, has)| *has)
+        .fold(Callbacks::empty(), |set, (c, _)| set | *c)
 }
 
 /// Print `--dump-plugin` for the loaded C plugin, as nbdkit does; `false`
@@ -264,10 +271,8 @@ pub fn dump_plugin(plugin: &dyn Plugin) -> bool {
     if let Some(k) = cp.magic_config_key() {
         println!("magic_config_key={k}");
     }
-    for n in s.callbacks {
-        if !matches!(*n, "version") {
-            println!("has_{n}=1");
-        }
+    for n in s.callbacks.difference(Callbacks::VERSION).names() {
+        println!("has_{n}=1");
     }
     if s.api_version < 2 {
         let v1 = [
@@ -375,7 +380,7 @@ impl Plugin for CPlugin {
         unsafe { copy_str(self.s.p.magic_config_key) }.map(leak)
     }
 
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> Callbacks {
         self.s.callbacks
     }
 

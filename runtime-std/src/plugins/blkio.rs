@@ -14,7 +14,7 @@
 //! after `connect`, the others (`path`, `fd`, `direct`, ...) before it.
 //! `read-only` is refused as nbdkit does: `-r` sets it.
 
-use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdkit_core::backend::{Callbacks, Error, Handle, OpenArgs, Plugin, Result, ThreadModel};
 
 /// The blkio plugin.
 #[derive(Debug, Default)]
@@ -38,27 +38,25 @@ impl Plugin for Blkio {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("driver")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "block_size",
-            "can_write",
-            "can_flush",
-            "can_trim",
-            "can_zero",
-            "can_fua",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::BLOCK_SIZE
+            | Callbacks::CAN_WRITE
+            | Callbacks::CAN_FLUSH
+            | Callbacks::CAN_TRIM
+            | Callbacks::CAN_ZERO
+            | Callbacks::CAN_FUA
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
     }
     fn max_thread_model(&self) -> ThreadModel {
         ThreadModel::SerializeRequests

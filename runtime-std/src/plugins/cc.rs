@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nbdkit_core::backend::{
-    Error, Exports, Handle, OpenArgs, Peer, Plugin, Result, ThreadModel, CALLBACK_NAMES,
+    Callbacks, Error, Exports, Handle, OpenArgs, Peer, Plugin, Result, ThreadModel,
 };
 use nbdkit_core::errno::Errno;
 
@@ -94,16 +94,11 @@ impl Default for Cc {
 
 /// The callbacks nbdkit's cc plugin has: all but `version`,
 /// `description` and `load` (it forwards every one).
-fn callbacks() -> &'static [&'static str] {
-    static LIST: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    LIST.get_or_init(|| {
-        CALLBACK_NAMES
-            .iter()
-            .copied()
-            .filter(|n| !matches!(*n, "version" | "description" | "load"))
-            .collect()
-    })
-}
+const CALLBACKS: Callbacks = Callbacks::LISTED.difference(
+    Callbacks::VERSION
+        .union(Callbacks::DESCRIPTION)
+        .union(Callbacks::LOAD),
+);
 
 impl Cc {
     fn tmp(&mut self) -> Result<&Path> {
@@ -238,8 +233,8 @@ impl Plugin for Cc {
         // `nbdkit cc CC=g++ source.cpp`; with the key that works too.
         Some("script")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        callbacks()
+    fn callbacks(&self) -> Callbacks {
+        CALLBACKS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![
@@ -301,7 +296,7 @@ impl Plugin for Cc {
         let mut inner = self.compile_and_load(&script)?;
         let params = std::mem::take(&mut self.params);
         if let Some((k, _)) = params.first() {
-            if !inner.callbacks().contains(&"config") {
+            if !inner.callbacks().contains(Callbacks::CONFIG) {
                 return Err(Error::config(format!("unknown parameter: {k}")));
             }
         }

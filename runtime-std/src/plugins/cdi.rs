@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Callbacks, Error, Handle, OpenArgs, Plugin, Result, Support};
 use nbdkit_core::errno::Errno;
 
 use super::example2::io_error;
@@ -221,20 +221,18 @@ impl Plugin for Cdi {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("name")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
@@ -279,9 +277,6 @@ impl Handle for Layer {
             .metadata()
             .map(|m| m.len())
             .map_err(|e| io_error("fstat", &e))
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(false)
     }
     fn can_multi_conn(&self) -> Result<bool> {
         Ok(true)

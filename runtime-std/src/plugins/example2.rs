@@ -7,7 +7,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdkit_core::backend::{
+    Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel,
+};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
 
@@ -35,18 +37,16 @@ impl Plugin for Example2 {
     fn config_help(&self) -> &'static str {
         "file=<FILENAME>     (required) The filename to serve."
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "unload",
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::UNLOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::PREAD
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![("example2_extra".into(), "hello".into())]

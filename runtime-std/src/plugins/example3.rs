@@ -7,7 +7,9 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdkit_core::backend::{
+    Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel,
+};
 use nbdkit_core::plugins::{size_param, unknown_param};
 
 use super::example2::io_error;
@@ -33,18 +35,16 @@ impl Plugin for Example3 {
     fn config_help(&self) -> &'static str {
         "size=<SIZE>  (optional) Size of the backing disk (default: 100M)"
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "dump_plugin",
-            "config",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "pread",
-            "pwrite",
-            "flush",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![("example3_extra".into(), "hello".into())]
@@ -91,12 +91,6 @@ struct Example3Handle {
 impl Handle for Example3Handle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
-    }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
     }
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
         self.file

@@ -18,7 +18,9 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Peer, Plugin, Result, Support};
+use nbdkit_core::backend::{
+    Callbacks, Error, Flags, Handle, OpenArgs, Peer, Plugin, Result, Support,
+};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
 
@@ -102,19 +104,17 @@ impl Plugin for Info {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("mode")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "load",
-            "dump_plugin",
-            "config",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![

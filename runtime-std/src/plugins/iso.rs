@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
 
@@ -86,20 +86,18 @@ impl Plugin for Iso {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("dir")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::{size_param, unknown_param};
 
@@ -78,21 +78,19 @@ impl Plugin for LinuxDisk {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("dir")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "load",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::LOAD
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {

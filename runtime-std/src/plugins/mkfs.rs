@@ -196,12 +196,6 @@ impl Handle for WritableDisk {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
     }
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
     fn can_trim(&self) -> Result<bool> {
         Ok(true)
     }

@@ -30,7 +30,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Plugin, Result};
+use nbdkit_core::backend::{Callbacks, Error, Exports, Handle, OpenArgs, Plugin, Result};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::size::parse_bool;
 
@@ -103,26 +103,24 @@ impl Plugin for OnDemand {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "list_exports",
-            "default_export",
-            "open",
-            "close",
-            "get_size",
-            "can_trim",
-            "can_fua",
-            "can_multi_conn",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::LIST_EXPORTS
+            | Callbacks::DEFAULT_EXPORT
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_TRIM
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {

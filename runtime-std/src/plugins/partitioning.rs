@@ -36,7 +36,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::filters::params::parse_unsigned;
 use nbdkit_core::plugins::{size_param, unknown_param};
@@ -373,21 +373,22 @@ impl Plugin for Partitioning {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> Callbacks {
         // nbdkit's partitioning is an API 1 plugin: its pread, pwrite and
         // flush are the `_v1` slots, which have no has_ line here.
-        &[
-            "load",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-        ]
+        Callbacks::LOAD
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD_V1
+            | Callbacks::PWRITE_V1
+            | Callbacks::FLUSH_V1
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
@@ -627,14 +628,6 @@ impl PartitioningHandle {
 impl Handle for PartitioningHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.disk.size)
-    }
-
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
     }
 
     fn can_multi_conn(&self) -> Result<bool> {

@@ -19,7 +19,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use nbdkit_core::backend::{
-    Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support, ThreadModel,
+    Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support, ThreadModel,
 };
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
@@ -44,20 +44,20 @@ impl Plugin for Split {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> Callbacks {
         // nbdkit's split is an API 1 plugin: its pread/pwrite are the
         // `_v1` slots, which have no has_ line here.
-        &[
-            "unload",
-            "config",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "can_cache",
-            "extents",
-            "cache",
-        ]
+        Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_CACHE
+            | Callbacks::EXTENTS
+            | Callbacks::CACHE
+            | Callbacks::PREAD_V1
+            | Callbacks::PWRITE_V1
     }
     fn max_thread_model(&self) -> ThreadModel {
         ThreadModel::SerializeRequests
@@ -176,14 +176,6 @@ impl SplitHandle {
 impl Handle for SplitHandle {
     fn get_size(&self) -> Result<u64> {
         Ok(self.size)
-    }
-
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
     }
 
     fn can_cache(&self) -> Result<Support> {

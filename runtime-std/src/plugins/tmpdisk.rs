@@ -20,7 +20,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 
-use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result};
+use nbdkit_core::backend::{Callbacks, Error, Handle, OpenArgs, Plugin, Result};
 
 use super::mkfs::{self, DiskCommand, TempDir, WritableDisk};
 
@@ -43,24 +43,22 @@ impl Plugin for TmpDisk {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("size")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "load",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "open",
-            "close",
-            "get_size",
-            "can_trim",
-            "can_fua",
-            "can_multi_conn",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LOAD
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_TRIM
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
     }
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         self.command.config(key, value)

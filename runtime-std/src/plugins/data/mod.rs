@@ -29,7 +29,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use nbdkit_core::backend::{Error, Handle, OpenArgs, Plugin, Result};
+use nbdkit_core::backend::{Callbacks, Error, Handle, OpenArgs, Plugin, Result};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::memory::{MemoryHandle, Store};
 use nbdkit_core::plugins::size_param;
@@ -115,27 +115,25 @@ impl Plugin for Data {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("data")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "unload",
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_fast_zero",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::UNLOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_FAST_ZERO
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![

@@ -38,7 +38,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Plugin, Result};
+use nbdkit_core::backend::{Callbacks, Error, Exports, Handle, OpenArgs, Plugin, Result};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
 use nix::fcntl::PosixFadviseAdvice as Advice;
@@ -338,32 +338,30 @@ impl Plugin for File {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "unload",
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "list_exports",
-            "open",
-            "close",
-            "get_size",
-            "can_write",
-            "can_trim",
-            "can_extents",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-            "cache",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::UNLOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::LIST_EXPORTS
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_WRITE
+            | Callbacks::CAN_TRIM
+            | Callbacks::CAN_EXTENTS
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
+            | Callbacks::CACHE
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         blockdev::DUMP_NAMES

@@ -34,7 +34,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use nbdkit_core::backend::{Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdkit_core::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Result, Support};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::{size_param, unknown_param};
 
@@ -91,22 +91,21 @@ impl Plugin for Floppy {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("dir")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> Callbacks {
         // nbdkit's floppy is an API 1 plugin: its pread is the `_v1` slot,
         // which has no has_ line here.
-        &[
-            "longname",
-            "load",
-            "unload",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "open",
-            "get_size",
-            "can_multi_conn",
-            "can_cache",
-        ]
+        Callbacks::LONGNAME
+            | Callbacks::LOAD
+            | Callbacks::UNLOAD
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::OPEN
+            | Callbacks::GET_SIZE
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD_V1
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use nbdkit_core::backend::{
-    BlockSize, Error, Exports, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support,
+    BlockSize, Callbacks, Error, Exports, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support,
 };
 use nbdkit_core::errno::Errno;
 use nbdkit_core::filters::params::{bool_param, parse_signed, parse_unsigned};
@@ -300,40 +300,38 @@ impl Plugin for Nbd {
         Some("uri")
     }
 
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "unload",
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "after_fork",
-            "list_exports",
-            "default_export",
-            "open",
-            "close",
-            "export_description",
-            "get_size",
-            "block_size",
-            "can_write",
-            "can_flush",
-            "is_rotational",
-            "can_trim",
-            "can_zero",
-            "can_fast_zero",
-            "can_extents",
-            "can_fua",
-            "can_multi_conn",
-            "can_cache",
-            "pread",
-            "pwrite",
-            "flush",
-            "trim",
-            "zero",
-            "extents",
-            "cache",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::UNLOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::AFTER_FORK
+            | Callbacks::LIST_EXPORTS
+            | Callbacks::DEFAULT_EXPORT
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::EXPORT_DESCRIPTION
+            | Callbacks::GET_SIZE
+            | Callbacks::BLOCK_SIZE
+            | Callbacks::CAN_WRITE
+            | Callbacks::CAN_FLUSH
+            | Callbacks::IS_ROTATIONAL
+            | Callbacks::CAN_TRIM
+            | Callbacks::CAN_ZERO
+            | Callbacks::CAN_FAST_ZERO
+            | Callbacks::CAN_EXTENTS
+            | Callbacks::CAN_FUA
+            | Callbacks::CAN_MULTI_CONN
+            | Callbacks::CAN_CACHE
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::TRIM
+            | Callbacks::ZERO
+            | Callbacks::EXTENTS
+            | Callbacks::CACHE
     }
 
     fn dump_plugin(&self) -> Vec<(String, String)> {

@@ -122,7 +122,7 @@ impl Plugin for Eval {
          pread=' SCRIPT '\n\
          [etc]"
     }
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> nbdkit_core::backend::Callbacks {
         super::CALLBACKS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {

@@ -61,43 +61,14 @@ macro_rules! forward_to_scripts {
 }
 pub(crate) use forward_to_scripts;
 
-/// The `has_*` callbacks both plugins print in `--dump-plugin`.
-pub(crate) const CALLBACKS: &[&str] = &[
-    "load",
-    "unload",
-    "dump_plugin",
-    "config",
-    "config_complete",
-    "config_help",
-    "thread_model",
-    "get_ready",
-    "after_fork",
-    "preconnect",
-    "list_exports",
-    "default_export",
-    "open",
-    "close",
-    "export_description",
-    "get_size",
-    "block_size",
-    "can_write",
-    "can_flush",
-    "is_rotational",
-    "can_trim",
-    "can_zero",
-    "can_fast_zero",
-    "can_extents",
-    "can_fua",
-    "can_multi_conn",
-    "can_cache",
-    "pread",
-    "pwrite",
-    "flush",
-    "trim",
-    "zero",
-    "extents",
-    "cache",
-];
+/// The callbacks of both plugins (`has_*` in `--dump-plugin`): all but
+/// `longname`, `version`, `description` and `cleanup`.
+pub(crate) const CALLBACKS: Callbacks = Callbacks::LISTED.difference(
+    Callbacks::LONGNAME
+        .union(Callbacks::VERSION)
+        .union(Callbacks::DESCRIPTION)
+        .union(Callbacks::CLEANUP),
+);
 
 /// The highest exit status with a meaning (`max_known_status` in
 /// `--dump-plugin`).
@@ -123,6 +94,7 @@ mod tests;
 
 pub(crate) use errors::*;
 use handle::*;
+use nbdkit_core::backend::Callbacks;
 pub(crate) use output::*;
 pub(crate) use process::*;
 pub(crate) use scripts::*;

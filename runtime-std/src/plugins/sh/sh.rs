@@ -93,7 +93,7 @@ impl Plugin for Sh {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("script")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
+    fn callbacks(&self) -> nbdkit_core::backend::Callbacks {
         super::CALLBACKS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {

@@ -31,7 +31,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use nbdkit_core::backend::{
-    BlockSize, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support, ThreadModel,
+    BlockSize, Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support,
+    ThreadModel,
 };
 use nbdkit_core::errno::Errno;
 
@@ -508,29 +509,27 @@ impl Plugin for Vddk {
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
     }
-    fn callbacks(&self) -> &'static [&'static str] {
-        &[
-            "longname",
-            "version",
-            "unload",
-            "dump_plugin",
-            "config",
-            "config_complete",
-            "config_help",
-            "get_ready",
-            "after_fork",
-            "open",
-            "close",
-            "get_size",
-            "block_size",
-            "can_flush",
-            "can_extents",
-            "can_fua",
-            "pread",
-            "pwrite",
-            "flush",
-            "extents",
-        ]
+    fn callbacks(&self) -> Callbacks {
+        Callbacks::LONGNAME
+            | Callbacks::VERSION
+            | Callbacks::UNLOAD
+            | Callbacks::DUMP_PLUGIN
+            | Callbacks::CONFIG
+            | Callbacks::CONFIG_COMPLETE
+            | Callbacks::CONFIG_HELP
+            | Callbacks::GET_READY
+            | Callbacks::AFTER_FORK
+            | Callbacks::OPEN
+            | Callbacks::CLOSE
+            | Callbacks::GET_SIZE
+            | Callbacks::BLOCK_SIZE
+            | Callbacks::CAN_FLUSH
+            | Callbacks::CAN_EXTENTS
+            | Callbacks::CAN_FUA
+            | Callbacks::PREAD
+            | Callbacks::PWRITE
+            | Callbacks::FLUSH
+            | Callbacks::EXTENTS
     }
     fn debug_flags(&self) -> &'static [&'static str] {
         &["diskinfo", "extents", "datapath", "stats"]
@@ -1011,11 +1010,6 @@ impl Handle for VddkHandle {
             preferred: SECTOR_SIZE as u32,
             maximum: 0xffff_ffff,
         }))
-    }
-
-    fn can_write(&self) -> Result<bool> {
-        // nbdkit's default for a plugin with .pwrite.
-        Ok(true)
     }
 
     fn can_flush(&self) -> Result<bool> {
