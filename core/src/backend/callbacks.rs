@@ -154,12 +154,6 @@ impl Callbacks {
     /// Every callback that has a `has_` line (all but the API 1 ones).
     pub const LISTED: Callbacks = Callbacks::from_bits_truncate((Callbacks::CACHE.bits() << 1) - 1);
 
-    /// Every callback the server may call once a connection is open
-    /// (`open` to `cache`), which is what a plugin that forwards each
-    /// of them to another one has.
-    pub const CONNECTION: Callbacks =
-        Callbacks::from_bits_truncate((Callbacks::CACHE.bits() << 1) - Callbacks::OPEN.bits());
-
     /// The `has_` names of the callbacks in this set, in nbdkit's order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         LISTED
@@ -227,18 +221,97 @@ mod tests {
     }
 
     #[test]
-    fn connection_set_is_open_to_cache() {
-        let names: alloc::vec::Vec<_> = Callbacks::CONNECTION.names().collect();
-        assert_eq!(names.first(), Some(&"open"));
-        assert_eq!(names.last(), Some(&"cache"));
-        assert_eq!(names.len(), 22);
-        assert!(!Callbacks::CONNECTION.contains(Callbacks::PREAD_V1));
-    }
-
-    #[test]
     fn names_keep_nbdkits_order() {
         let set = Callbacks::PREAD | Callbacks::CONFIG | Callbacks::LONGNAME;
         let names: alloc::vec::Vec<_> = set.names().collect();
         assert_eq!(names, ["longname", "config", "pread"]);
+    }
+
+    use crate::backend::{Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack, Support};
+    use alloc::boxed::Box;
+
+    /// A plugin with the callbacks `0` whose handle claims everything.
+    struct Claims(Callbacks);
+    struct ClaimsHandle;
+
+    impl Plugin for Claims {
+        fn name(&self) -> &'static str {
+            "claims"
+        }
+        fn callbacks(&self) -> Callbacks {
+            self.0
+        }
+        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(ClaimsHandle))
+        }
+    }
+
+    impl Handle for ClaimsHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(512)
+        }
+        fn can_write(&self) -> Result<bool> {
+            Ok(true)
+        }
+        fn can_flush(&self) -> Result<bool> {
+            Ok(true)
+        }
+        fn can_zero(&self) -> Result<Support> {
+            Ok(Support::Native)
+        }
+        fn can_extents(&self) -> Result<bool> {
+            Ok(true)
+        }
+        fn can_cache(&self) -> Result<Support> {
+            Ok(Support::Native)
+        }
+        fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    fn caps_of(set: Callbacks) -> crate::backend::Caps {
+        let stack = Stack::new(Box::new(Claims(set)), alloc::vec![]);
+        let peer = Peer::Unknown;
+        let args = OpenArgs {
+            readonly: false,
+            export_name: "",
+            is_tls: false,
+            peer: &peer,
+        };
+        stack.open(&args).unwrap().caps().clone()
+    }
+
+    #[test]
+    fn a_can_callback_outside_the_set_is_not_asked() {
+        let c = caps_of(Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD);
+        assert!(!c.can_write && !c.can_flush && !c.can_extents);
+        assert_eq!(c.can_cache, Support::None);
+    }
+
+    #[test]
+    fn defaults_derive_from_the_data_callbacks() {
+        let c = caps_of(Callbacks::PREAD_V1 | Callbacks::PWRITE_V1 | Callbacks::FLUSH_V1);
+        assert!(c.can_write && c.can_flush && !c.can_trim && !c.can_extents);
+        assert_eq!(c.can_zero, Support::Emulate);
+        assert!(c.can_fast_zero);
+        assert_eq!(c.can_fua, Support::Emulate);
+        let c =
+            caps_of(Callbacks::PWRITE | Callbacks::ZERO | Callbacks::EXTENTS | Callbacks::CACHE);
+        assert!(c.can_write && !c.can_flush && c.can_extents);
+        assert_eq!(c.can_zero, Support::Native);
+        assert!(!c.can_fast_zero);
+        assert_eq!(c.can_fua, Support::None);
+        assert_eq!(c.can_cache, Support::Native);
+    }
+
+    #[test]
+    fn a_can_callback_in_the_set_is_asked() {
+        let set = Callbacks::CAN_WRITE | Callbacks::CAN_ZERO | Callbacks::CAN_CACHE;
+        let c = caps_of(set);
+        assert!(c.can_write && !c.can_flush);
+        assert_eq!(c.can_zero, Support::Native);
+        assert_eq!(c.can_cache, Support::Native);
     }
 }
