@@ -378,18 +378,7 @@ fn parse_port(p: &str) -> Option<u16> {
     if p.is_empty() || p.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let name = std::ffi::CString::new(p).ok()?;
-    // SAFETY: two NUL-terminated strings; the result points into libc's
-    // static storage and is read at once, before any other call (the
-    // process has one thread here).
-    unsafe {
-        let ent = libc::getservbyname(name.as_ptr(), c"tcp".as_ptr());
-        if ent.is_null() {
-            None
-        } else {
-            Some(u16::from_be((*ent).s_port as u16))
-        }
-    }
+    nbdkit_runtime_std::tcp_service_port(p)
 }
 
 /// An option value that is a number (`-t`, `--mask-handshake`), with

@@ -15,4 +15,5 @@ pub mod process;
 pub mod server;
 pub mod tls;
 
+pub use os::services::tcp_service_port;
 pub use server::{serve, Family, Listen, ServeConfig};

@@ -63,11 +63,7 @@ pub fn daemonize(log_explicit: bool) -> Result<(), String> {
             {
                 use std::os::fd::AsRawFd;
                 for fd in 0..3 {
-                    // SAFETY: dup2 onto the standard descriptors, which
-                    // this process owns.
-                    unsafe {
-                        libc::dup2(null.as_raw_fd(), fd);
-                    }
+                    let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
                 }
             }
             if !log_explicit {

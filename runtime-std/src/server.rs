@@ -2,7 +2,7 @@
 //! the pidfile, `--run` captive mode and `--exit-with-parent`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -664,17 +664,17 @@ async fn serve_stdin(shared: Arc<Shared>) {
     if is_socket(fd_in) && is_socket(fd_out) {
         // Duplicate so that dropping the streams does not close fds 0/1
         // under the standard library.
-        let (Ok(a), Ok(b)) = (nix::unistd::dup(fd_in), nix::unistd::dup(fd_out)) else {
+        let (Ok(a), Ok(b)) = (
+            std::io::stdin().as_fd().try_clone_to_owned(),
+            std::io::stdout().as_fd().try_clone_to_owned(),
+        ) else {
             log::error(None, "cannot duplicate stdin/stdout");
             return;
         };
-        // SAFETY: `a` and `b` are fresh descriptors we own.
-        let (ra, rb) = unsafe {
-            (
-                std::os::unix::net::UnixStream::from_raw_fd(a),
-                std::os::unix::net::UnixStream::from_raw_fd(b),
-            )
-        };
+        let (ra, rb) = (
+            std::os::unix::net::UnixStream::from(a),
+            std::os::unix::net::UnixStream::from(b),
+        );
         let _ = ra.set_nonblocking(true);
         let _ = rb.set_nonblocking(true);
         match (

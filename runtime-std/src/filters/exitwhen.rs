@@ -46,9 +46,9 @@ impl Event {
                 r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
             }
             Event::ProcessExits(pid) => {
-                // SAFETY: signal 0 only checks that the process exists.
-                let r = unsafe { libc::kill(*pid, 0) };
-                r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+                // No signal: only checks that the process exists.
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
             }
             Event::Script(s) => {
                 match std::process::Command::new("/bin/sh")

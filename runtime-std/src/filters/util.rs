@@ -107,13 +107,9 @@ pub(crate) fn timestamp() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as libc::time_t;
-    // SAFETY: localtime_r writes only into `tm`, which we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-    if !ok {
+    let Some(tm) = crate::os::localtime::localtime(now.as_secs() as i64) else {
         return format!("{}.{:06}", now.as_secs(), now.subsec_micros());
-    }
+    };
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
         tm.tm_year + 1900,
@@ -128,25 +124,19 @@ pub(crate) fn timestamp() -> String {
 
 /// The directory for large temporary files: `$TMPDIR`, else `default`.
 pub(crate) fn tmpdir(default: &str) -> PathBuf {
-    std::env::var_os("TMPDIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default))
+    crate::os::tmpfile::dir(default)
 }
 
 /// Create a temporary file in `tmpdir(default)` and unlink it at once, so
 /// that it disappears with the process.
 pub(crate) fn unlinked_tmpfile(default: &str, prefix: &str) -> Result<File> {
     let tmpl = tmpdir(default).join(format!("{prefix}XXXXXX"));
-    let (fd, path) = nix::unistd::mkstemp(&tmpl).map_err(|e| {
+    crate::os::tmpfile::unlinked(&tmpl).map_err(|e| {
         Error::msg(
             crate::os::errno::from_os(e as i32),
             format!("mkostemp: {}: {}", tmpl.display(), e.desc()),
         )
-    })?;
-    let _ = std::fs::remove_file(&path);
-    // SAFETY: `fd` was just created by mkstemp and is owned by nobody else.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    })
 }
 
 /// An I/O error as a filter error, with a message `what: error`.

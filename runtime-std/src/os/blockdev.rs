@@ -23,17 +23,13 @@ pub(crate) const DUMP_NAMES: &[&str] = &[];
 #[cfg(target_os = "linux")]
 pub(crate) fn sector_size(fd: BorrowedFd<'_>) -> Option<u64> {
     use std::os::fd::AsRawFd;
+    // `BLKSSZGET` is `_IO(0x12, 104)` but writes an int: a "bad" request.
+    nix::ioctl_read_bad!(blksszget, libc::BLKSSZGET, libc::c_int);
     let mut size: libc::c_int = 0;
     // SAFETY: BLKSSZGET writes one int through the pointer, which points
-    // to a live c_int.
-    let r = unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::BLKSSZGET,
-            &mut size as *mut libc::c_int,
-        )
-    };
-    (r == 0 && size > 0).then_some(size as u64)
+    // to a live c_int; on any descriptor else it fails with ENOTTY.
+    let r = unsafe { blksszget(fd.as_raw_fd(), &mut size) };
+    (r.is_ok() && size > 0).then_some(size as u64)
 }
 
 /// FreeBSD has no block devices.
@@ -75,13 +71,13 @@ pub(crate) fn rotational(_rdev: libc::dev_t) -> bool {
 #[cfg(target_os = "linux")]
 pub(crate) fn zero_out(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
-    /// `BLKZEROOUT` (`_IO(0x12, 127)`), which the libc crate does not define.
-    const BLKZEROOUT: libc::Ioctl = nix::request_code_none!(0x12, 127) as libc::Ioctl;
+    // `BLKZEROOUT` is `_IO(0x12, 127)` (not in the libc crate) but reads
+    // two u64 (start, length): a "bad" request.
+    nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
     let range: [u64; 2] = [offset, len];
-    // SAFETY: BLKZEROOUT reads two u64 (start, length) through the
-    // pointer, which points to a live array of two u64.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
-    Errno::result(r).map(drop)
+    // SAFETY: BLKZEROOUT reads two u64 through the pointer, which points
+    // to a live array of two u64.
+    unsafe { blkzeroout(fd.as_raw_fd(), &range) }.map(drop)
 }
 
 /// FreeBSD has no block devices (and no zeroing ioctl for disks).

@@ -21,16 +21,23 @@
 //! socket activation (`LISTEN_PID`/`LISTEN_FDS` is an environment
 //! protocol), `accept4`, `syslog`, `dlopen` and the C code's `errno`
 //! (through nix). Nothing opens files with `O_DIRECT`.
+//! Portable, but here to keep their one `unsafe` call in one place:
+//! [`tmpfile`] (`mkstemp`, whose nix wrapper returns a raw descriptor) and
+//! [`localtime`] (`localtime_r`, which nothing wraps), [`services`]
+//! (`getservbyname`, which nothing wraps).
 //! The only `/proc` use is the SELinux socket label (Linux only) and the
 //! only `/sys` use is a block device's rotational flag (Linux only).
 
 pub(crate) mod blockdev;
 pub(crate) mod errno;
 pub(crate) mod fspace;
+pub(crate) mod localtime;
 pub(crate) mod locks;
 pub(crate) mod pdeathsig;
 pub(crate) mod peercred;
 pub(crate) mod selinux;
+pub(crate) mod services;
+pub(crate) mod tmpfile;
 pub(crate) mod vsock;
 pub(crate) mod writeback;
 

@@ -38,22 +38,14 @@ pub(crate) fn listen(_port: u32) -> Result<OwnedFd, String> {
 /// made by [`listen`], with its peer's address.
 #[cfg(target_os = "linux")]
 pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Peer)> {
-    use nix::sys::socket::{accept4, getpeername, SockFlag, VsockAddr};
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let raw = accept4(
-        listener.as_raw_fd(),
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-    )?;
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let peer = match getpeername::<VsockAddr>(raw) {
-        Ok(a) => Peer::Vsock {
-            cid: a.cid(),
-            port: a.port(),
-        },
-        Err(_) => Peer::Unknown,
+    // socket2 accepts with accept4(SOCK_CLOEXEC).
+    let (sock, addr) = socket2::SockRef::from(&listener).accept()?;
+    sock.set_nonblocking(true)?;
+    let peer = match addr.as_vsock_address() {
+        Some((cid, port)) => Peer::Vsock { cid, port },
+        None => Peer::Unknown,
     };
-    Ok((fd, peer))
+    Ok((sock.into(), peer))
 }
 
 /// FreeBSD has no `AF_VSOCK` ([`listen`] fails, so this is not reached).

@@ -122,9 +122,7 @@ impl Cdi {
                 "cdi: neither podman nor skopeo is installed (Debian package podman or skopeo)",
             ));
         };
-        let tmpdir = std::env::var_os("TMPDIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let tmpdir = crate::os::tmpfile::dir("/var/tmp");
         let (tmp, template) = mkstemp(&tmpdir)?;
         drop(tmp);
         let mut script = format!(
@@ -162,15 +160,12 @@ impl Cdi {
 /// `mkstemp DIR/imageXXXXXX`.
 fn mkstemp(dir: &Path) -> Result<(File, PathBuf)> {
     let template = dir.join("imageXXXXXX");
-    let (fd, path) = nix::unistd::mkstemp(&template).map_err(|e| {
+    crate::os::tmpfile::mkstemp(&template).map_err(|e| {
         Error::msg(
             Errno(e as i32),
             format!("mkstemp: {}: {}", template.display(), e.desc()),
         )
-    })?;
-    // SAFETY: mkstemp returned a fresh descriptor that nothing else owns.
-    let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    Ok((f, path))
+    })
 }
 
 /// Run the script with `sh`; a failure is its exit status and the last

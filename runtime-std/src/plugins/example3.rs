@@ -62,18 +62,13 @@ impl Plugin for Example3 {
         }
     }
     fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-        let dir = std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into());
-        let mut template = std::path::PathBuf::from(dir);
-        template.push("diskXXXXXX");
-        let (fd, path) = nix::unistd::mkstemp(&template).map_err(|e| {
+        let template = crate::os::tmpfile::dir("/var/tmp").join("diskXXXXXX");
+        let file = crate::os::tmpfile::unlinked(&template).map_err(|e| {
             Error::msg(
                 crate::os::errno::from_os(e as i32),
                 format!("mkstemp: {}: {}", template.display(), e.desc()),
             )
         })?;
-        // SAFETY: mkstemp returned a fresh descriptor that nothing else owns.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let _ = std::fs::remove_file(&path);
         file.set_len(self.size)
             .map_err(|e| io_error("ftruncate", &e))?;
         Ok(Box::new(Example3Handle {

@@ -227,10 +227,8 @@ fn make_filesystem(
     size: u64,
 ) -> Result<File> {
     let template = mkfs::tmpdir().join("linuxdiskXXXXXX");
-    let (fd, path) = nix::unistd::mkstemp(&template)
+    let (file, path) = crate::os::tmpfile::mkstemp(&template)
         .map_err(|e| mkfs::nix_error(format_args!("mkstemp: {}", template.display()), e))?;
-    // SAFETY: mkstemp just returned this descriptor; nothing else owns it.
-    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     // Unlinked whatever happens; mke2fs writes through the name meanwhile.
     struct Unlink(PathBuf);
     impl Drop for Unlink {

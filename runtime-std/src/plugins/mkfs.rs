@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -20,10 +20,7 @@ use nbdkit_core::errno::Errno;
 /// Where temporary disks go: `$TMPDIR`, else `/var/tmp` (nbdkit's
 /// `LARGE_TMPDIR`).
 pub(crate) fn tmpdir() -> PathBuf {
-    match std::env::var_os("TMPDIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from("/var/tmp"),
-    }
+    crate::os::tmpfile::dir("/var/tmp")
 }
 
 /// The C library's text for an OS error, as `%m` prints it.
@@ -57,11 +54,8 @@ pub(crate) fn nix_error(what: impl std::fmt::Display, e: nix::errno::Errno) -> E
 /// An unlinked temporary file `$TMPDIR/PREFIXXXXXXX`.
 pub(crate) fn temp_file(prefix: &str) -> Result<File> {
     let template = tmpdir().join(format!("{prefix}XXXXXX"));
-    let (fd, path) = nix::unistd::mkstemp(&template)
+    let file = crate::os::tmpfile::unlinked(&template)
         .map_err(|e| nix_error(format_args!("mkstemp: {}", template.display()), e))?;
-    // SAFETY: mkstemp just returned this descriptor; nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let _ = std::fs::remove_file(path);
     set_cloexec(&file);
     Ok(file)
 }

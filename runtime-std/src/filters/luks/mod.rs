@@ -88,28 +88,24 @@ pub(crate) fn read_password(value: &str) -> Result<Vec<u8>> {
 
 fn read_password_tty() -> Result<Vec<u8>> {
     let stdin = std::io::stdin();
-    // SAFETY: isatty only inspects descriptor 0.
-    if unsafe { libc::isatty(libc::STDIN_FILENO) } != 1 {
+    if !nix::unistd::isatty(libc::STDIN_FILENO).unwrap_or(false) {
         return Err(Error::config(
             "stdin is not a tty, cannot read password interactively",
         ));
     }
     eprint!("password: ");
-    // SAFETY: tcgetattr/tcsetattr read and write a termios we own, for
-    // descriptor 0, which is a terminal.
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let have_old = unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut old) } == 0;
-    if have_old {
-        let mut t = old;
-        t.c_lflag &= !libc::ECHO;
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &t) };
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::os::fd::AsFd;
+    let old = tcgetattr(stdin.as_fd()).ok();
+    if let Some(old) = &old {
+        let mut t = old.clone();
+        t.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &t);
     }
     let mut line = String::new();
     let r = stdin.read_line(&mut line);
-    if have_old {
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &old) };
+    if let Some(old) = &old {
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, old);
     }
     eprintln!();
     r.map_err(|e| Error::config(format!("could not read password from stdin: {e}")))?;

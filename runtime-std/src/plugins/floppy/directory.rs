@@ -338,16 +338,11 @@ fn push_lfn(table: &mut Vec<[u8; ENTRY_SIZE]>, units: &[u16], sum: u8) {
 /// Local broken-down time of `t` as `(year - 1900, month 0-11, day,
 /// hour, minute, second)`.
 fn localtime(t: i64) -> (i32, i32, i32, i32, i32, i32) {
-    // SAFETY: localtime_r only writes the `tm` we pass.
-    unsafe {
-        let mut tm: libc::tm = core::mem::zeroed();
-        let tt = t as libc::time_t;
-        if libc::localtime_r(&tt, &mut tm).is_null() {
-            return (80, 0, 1, 0, 0, 0);
-        }
-        (
+    match crate::os::localtime::localtime(t) {
+        Some(tm) => (
             tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-        )
+        ),
+        None => (80, 0, 1, 0, 0, 0),
     }
 }
 

@@ -11,7 +11,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::Target;
 use crate::log;
+use crate::os::services::tcp_service_port;
 use crate::tls::TlsClient;
 
 /// An I/O error as one line, without Rust's "(os error N)".
@@ -89,7 +90,7 @@ pub(super) fn connect(target: &Target, deadline: Instant) -> Result<Connected, S
 fn connect_tcp(host: &str, port: &str, deadline: Instant) -> Result<Socket, String> {
     let port_no = match port.parse::<u16>() {
         Ok(p) => p,
-        Err(_) => service_port(port).ok_or_else(|| format!("port={port}: unknown service"))?,
+        Err(_) => tcp_service_port(port).ok_or_else(|| format!("port={port}: unknown service"))?,
     };
     let addrs: Vec<_> = (host, port_no)
         .to_socket_addrs()
@@ -116,26 +117,9 @@ fn connect_tcp(host: &str, port: &str, deadline: Instant) -> Result<Socket, Stri
     Err(last)
 }
 
-/// The TCP port of a service name (`/etc/services`).
-fn service_port(name: &str) -> Option<u16> {
-    let name = CString::new(name).ok()?;
-    let proto = c"tcp";
-    // SAFETY: both strings are NUL-terminated; the result points into
-    // static storage of the C library and is read at once. The plugin
-    // calls this while configuring, before any other thread uses it.
-    unsafe {
-        let ent = libc::getservbyname(name.as_ptr(), proto.as_ptr());
-        if ent.is_null() {
-            None
-        } else {
-            Some(u16::from_be((*ent).s_port as u16))
-        }
-    }
-}
-
 /// Whether `port` is a number or a service name that resolves.
 pub(super) fn valid_port(port: &str) -> bool {
-    port.parse::<u16>().is_ok() || service_port(port).is_some()
+    port.parse::<u16>().is_ok() || tcp_service_port(port).is_some()
 }
 
 // ---------------------------------------------------------------------------
@@ -381,8 +365,7 @@ fn to_tokio(sock: Socket) -> io::Result<tokio::net::UnixStream> {
     sock.set_nonblocking(true)?;
     // Any stream socket reads and writes the same way; tokio only needs
     // the descriptor.
-    // SAFETY: into_raw_fd hands over the descriptor's ownership.
-    let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(sock.into_raw_fd()) };
+    let std = std::os::unix::net::UnixStream::from(OwnedFd::from(sock));
     tokio::net::UnixStream::from_std(std)
 }
 
