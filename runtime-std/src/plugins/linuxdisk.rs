@@ -17,7 +17,8 @@
 //! journal of ext3/ext4. The disk is a protective MBR and primary GPT, the
 //! partition at 1MiB, and the backup GPT in the last 33 sectors.
 
-use super::gpt::{crc32, random_guid_v4 as random_guid};
+use super::ptable::gpt::{self, crc32, parse_guid, random_guid_v4 as random_guid, Header};
+use super::ptable::{mbr, SECTOR};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -28,13 +29,11 @@ use nbdkit_core::plugins::{size_param, unknown_param};
 
 use super::mkfs;
 
-const SECTOR: u64 = 512;
 /// The partition starts at 1MiB, as partitioning tools align it.
 const PARTITION_START: u64 = 2048;
 /// Entries in each GPT partition array, each 128 bytes: 32 sectors.
 const GPT_ENTRIES: u64 = 128;
-const GPT_ENTRY_SIZE: u64 = 128;
-const GPT_ARRAY_SECTORS: u64 = GPT_ENTRIES * GPT_ENTRY_SIZE / SECTOR;
+const GPT_ARRAY_SECTORS: u64 = GPT_ENTRIES * gpt::ENTRY_SIZE as u64 / SECTOR;
 /// Sectors at the start that hold data: MBR, GPT header, partition array.
 const HEAD_SECTORS: u64 = 2 + GPT_ARRAY_SECTORS;
 /// Sectors at the end: backup partition array and backup header.
@@ -265,23 +264,6 @@ fn make_filesystem(
     Ok(file)
 }
 
-/// A GUID in its on-disk form (first three fields little-endian).
-fn guid_bytes(text: &str) -> [u8; 16] {
-    let hex: Vec<u8> = text
-        .bytes()
-        .filter(|b| *b != b'-')
-        .collect::<Vec<u8>>()
-        .chunks(2)
-        .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap_or("00"), 16).unwrap_or(0))
-        .collect();
-    let mut g = [0u8; 16];
-    g.copy_from_slice(&hex[..16]);
-    g[0..4].reverse();
-    g[4..6].reverse();
-    g[6..8].reverse();
-    g
-}
-
 /// The first and last sectors of a disk holding a file system of
 /// `fs_sectors` sectors at [`PARTITION_START`]: (head, tail).
 fn partition_table(
@@ -294,49 +276,41 @@ fn partition_table(
     let part_last = PARTITION_START + fs_sectors - 1;
 
     let mut head = vec![0u8; (HEAD_SECTORS * SECTOR) as usize];
-    // Protective MBR: one partition of type 0xEE covering the disk.
-    let e = &mut head[446..462];
-    e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
-    e[4] = 0xee;
-    e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
-    e[8..12].copy_from_slice(&1u32.to_le_bytes());
-    e[12..16].copy_from_slice(&(last_lba.min(u64::from(u32::MAX)) as u32).to_le_bytes());
-    head[510] = 0x55;
-    head[511] = 0xaa;
+    mbr::protective(&mut head, total);
 
     let mut entries = vec![0u8; (GPT_ARRAY_SECTORS * SECTOR) as usize];
-    entries[0..16].copy_from_slice(&guid_bytes(LINUX_FS_GUID));
-    entries[16..32].copy_from_slice(&part_guid);
-    entries[32..40].copy_from_slice(&PARTITION_START.to_le_bytes());
-    entries[40..48].copy_from_slice(&part_last.to_le_bytes());
+    let linux_fs = parse_guid(LINUX_FS_GUID).unwrap_or_default();
     // Attribute bit 2: legacy BIOS bootable.
-    entries[48..56].copy_from_slice(&4u64.to_le_bytes());
-    let entries_crc = crc32(&entries);
-
-    let header = |my_lba: u64, other_lba: u64, entries_lba: u64| {
-        let mut h = vec![0u8; SECTOR as usize];
-        h[0..8].copy_from_slice(b"EFI PART");
-        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-        h[12..16].copy_from_slice(&92u32.to_le_bytes());
-        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-        h[32..40].copy_from_slice(&other_lba.to_le_bytes());
-        h[40..48].copy_from_slice(&HEAD_SECTORS.to_le_bytes());
-        h[48..56].copy_from_slice(&(total - TAIL_SECTORS - 1).to_le_bytes());
-        h[56..72].copy_from_slice(&disk_guid);
-        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-        h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
-        h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
-        h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32(&h[..92]);
-        h[16..20].copy_from_slice(&crc.to_le_bytes());
-        h
+    gpt::entry(
+        &mut entries,
+        &linux_fs,
+        &part_guid,
+        PARTITION_START..=part_last,
+        4,
+        b"",
+    );
+    let header = |current_lba: u64, backup_lba: u64, entries_lba: u64| {
+        let mut sector = vec![0u8; SECTOR as usize];
+        let h = gpt::header(&Header {
+            header_size: 92,
+            current_lba,
+            backup_lba,
+            first_usable_lba: HEAD_SECTORS,
+            last_usable_lba: total - TAIL_SECTORS - 1,
+            disk_guid,
+            entries_lba,
+            entries: GPT_ENTRIES as u32,
+            entries_crc: crc32(&entries),
+        });
+        sector[..h.len()].copy_from_slice(&h);
+        sector
     };
 
     let s = SECTOR as usize;
     head[s..2 * s].copy_from_slice(&header(1, last_lba, 2));
     head[2 * s..].copy_from_slice(&entries);
 
-    let mut tail = entries;
+    let mut tail = entries.clone();
     tail.extend_from_slice(&header(last_lba, 1, total - TAIL_SECTORS));
     (head, tail)
 }
@@ -437,7 +411,7 @@ mod test {
     #[test]
     fn linux_fs_guid_is_mixed_endian() {
         assert_eq!(
-            guid_bytes(LINUX_FS_GUID),
+            parse_guid(LINUX_FS_GUID).unwrap(),
             [
                 0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47,
                 0x7d, 0xe4

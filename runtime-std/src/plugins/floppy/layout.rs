@@ -7,6 +7,7 @@ use std::sync::Arc;
 use nbdkit_core::backend::{Error, Result};
 
 use super::directory::{pad, Tree, ENTRY_SIZE};
+use crate::plugins::ptable;
 
 pub(super) const SECTOR: u64 = 512;
 pub(super) const SECTORS_PER_CLUSTER: u64 = 32;
@@ -140,14 +141,14 @@ pub(super) fn build(tree: &mut Tree, label: &[u8], size: u64) -> Result<Layout> 
     // MBR: one partition of type 0x0C (FAT32, LBA), CHS "too large".
     let mut mbr = vec![0u8; SECTOR as usize];
     mbr[3..11].copy_from_slice(OEM_NAME);
-    let entry = &mut mbr[0x1be..0x1ce];
-    entry[1..4].copy_from_slice(&[254, 0xff, 0xff]);
-    entry[4] = 0x0c;
-    entry[5..8].copy_from_slice(&[254, 0xff, 0xff]);
-    entry[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
-    entry[12..16].copy_from_slice(&partition_sectors.to_le_bytes());
-    mbr[0x1fe] = 0x55;
-    mbr[0x1ff] = 0xaa;
+    ptable::mbr::entry(
+        &mut mbr[ptable::mbr::ENTRIES..],
+        false,
+        0x0c,
+        PARTITION_START as u32,
+        partition_sectors,
+    );
+    ptable::mbr::sign(&mut mbr);
 
     let boot = boot_sector(label, partition_sectors, fat_clusters);
 
