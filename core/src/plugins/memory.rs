@@ -384,6 +384,22 @@ impl core::fmt::Debug for Memory {
     }
 }
 
+/// The per-connection callbacks of nbdkit's RAM-backed plugins (memory,
+/// data, null, ones): every data call but `cache`, and the `can_*` whose
+/// answers are not nbdkit's defaults.
+pub const DISK_CALLBACKS: Callbacks = Callbacks::OPEN
+    .union(Callbacks::GET_SIZE)
+    .union(Callbacks::CAN_FAST_ZERO)
+    .union(Callbacks::CAN_FUA)
+    .union(Callbacks::CAN_MULTI_CONN)
+    .union(Callbacks::CAN_CACHE)
+    .union(Callbacks::PREAD)
+    .union(Callbacks::PWRITE)
+    .union(Callbacks::FLUSH)
+    .union(Callbacks::TRIM)
+    .union(Callbacks::ZERO)
+    .union(Callbacks::EXTENTS);
+
 impl Plugin for Memory {
     fn debug_flags(&self) -> &'static [&'static str] {
         &["dir"]
@@ -402,18 +418,7 @@ impl Plugin for Memory {
             | Callbacks::CONFIG
             | Callbacks::CONFIG_COMPLETE
             | Callbacks::CONFIG_HELP
-            | Callbacks::OPEN
-            | Callbacks::GET_SIZE
-            | Callbacks::CAN_FAST_ZERO
-            | Callbacks::CAN_FUA
-            | Callbacks::CAN_MULTI_CONN
-            | Callbacks::CAN_CACHE
-            | Callbacks::PREAD
-            | Callbacks::PWRITE
-            | Callbacks::FLUSH
-            | Callbacks::TRIM
-            | Callbacks::ZERO
-            | Callbacks::EXTENTS
+            | DISK_CALLBACKS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![

@@ -24,20 +24,7 @@ impl Plugin for Null {
         Some("size")
     }
     fn callbacks(&self) -> Callbacks {
-        Callbacks::CONFIG
-            | Callbacks::CONFIG_HELP
-            | Callbacks::OPEN
-            | Callbacks::GET_SIZE
-            | Callbacks::CAN_FAST_ZERO
-            | Callbacks::CAN_FUA
-            | Callbacks::CAN_MULTI_CONN
-            | Callbacks::CAN_CACHE
-            | Callbacks::PREAD
-            | Callbacks::PWRITE
-            | Callbacks::FLUSH
-            | Callbacks::TRIM
-            | Callbacks::ZERO
-            | Callbacks::EXTENTS
+        Callbacks::CONFIG | Callbacks::CONFIG_HELP | super::memory::DISK_CALLBACKS
     }
     fn blocks(&self) -> bool {
         false

@@ -13,7 +13,7 @@ use nbdkit_core::backend::{
 };
 use nbdkit_core::errno::Errno;
 
-use super::util::{io_error, unlinked_tmpfile};
+use super::util::{io_error, unlinked_tmpfile, NextReader};
 
 /// The decompressed data.
 #[derive(Debug)]
@@ -28,30 +28,9 @@ pub struct Gzip {
     data: Arc<Mutex<Option<Arc<Data>>>>,
 }
 
-/// Reads a layer sequentially.
-struct NextReader<'a> {
-    next: &'a Context,
-    pos: u64,
-}
-
-impl Read for NextReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.next.get_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.next
-            .pread(&mut buf[..n], self.pos, Flags::NONE)
-            .map_err(|e| std::io::Error::from_raw_os_error(crate::os::errno::to_os(e.errno)))?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 fn decompress(next: &Context) -> Result<Data> {
     let mut file = unlinked_tmpfile("/var/tmp", "gzip")?;
-    let src = std::io::BufReader::with_capacity(1 << 20, NextReader { next, pos: 0 });
+    let src = std::io::BufReader::with_capacity(1 << 20, NextReader::new(next));
     let mut gz = flate2::read::MultiGzDecoder::new(src);
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

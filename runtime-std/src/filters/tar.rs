@@ -5,7 +5,6 @@
 //! stored), `tar=PROGRAM` (accepted for compatibility; the archive is
 //! read directly, no tar program is run).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Arc, Mutex};
 
 use nbdkit_core::backend::{
@@ -13,49 +12,14 @@ use nbdkit_core::backend::{
 };
 use nbdkit_core::errno::Errno;
 
+use super::util::NextReader;
+
 /// The tar filter.
 #[derive(Debug, Default)]
 pub struct Tar {
     entry: Option<String>,
     /// (offset, size) of the member once found.
     found: Arc<Mutex<Option<(u64, u64)>>>,
-}
-
-/// Reads a layer as a seekable stream.
-struct NextReader<'a> {
-    next: &'a Context,
-    pos: u64,
-}
-
-impl Read for NextReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.next.get_size();
-        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.next
-            .pread(&mut buf[..n], self.pos, Flags::NONE)
-            .map_err(|e| std::io::Error::from_raw_os_error(crate::os::errno::to_os(e.errno)))?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for NextReader<'_> {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        let size = self.next.get_size() as i128;
-        let p = match pos {
-            SeekFrom::Start(p) => p as i128,
-            SeekFrom::End(d) => size + d as i128,
-            SeekFrom::Current(d) => self.pos as i128 + d as i128,
-        };
-        if p < 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        self.pos = p.min(u64::MAX as i128) as u64;
-        Ok(self.pos)
-    }
 }
 
 fn not_found() -> Error {
@@ -67,7 +31,7 @@ fn not_found() -> Error {
 
 /// Find `name` in the archive below: its data offset and size.
 fn find(next: &Context, name: &str) -> Result<(u64, u64)> {
-    let reader = std::io::BufReader::with_capacity(64 * 1024, NextReader { next, pos: 0 });
+    let reader = std::io::BufReader::with_capacity(64 * 1024, NextReader::new(next));
     let mut ar = tar::Archive::new(reader);
     let entries = ar
         .entries_with_seek()

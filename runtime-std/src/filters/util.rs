@@ -3,6 +3,7 @@
 //! unlinked temporary files.
 
 use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use nbdkit_core::backend::{Context, Error, Extents, Flags, Result};
@@ -255,6 +256,51 @@ pub(crate) fn extents_from_below(
         extents.add(at, end - at, 0)?;
     }
     Ok(())
+}
+
+/// Reads the layer below a filter as a seekable byte stream (for the
+/// filters that decode a format: gzip, tar).
+pub(crate) struct NextReader<'a> {
+    next: &'a Context,
+    pos: u64,
+}
+
+impl<'a> NextReader<'a> {
+    /// A reader at the start of `next`.
+    pub(crate) fn new(next: &'a Context) -> Self {
+        NextReader { next, pos: 0 }
+    }
+}
+
+impl Read for NextReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.next.get_size();
+        let n = (size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.next
+            .pread(&mut buf[..n], self.pos, Flags::NONE)
+            .map_err(|e| io::Error::from_raw_os_error(crate::os::errno::to_os(e.errno)))?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for NextReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let size = self.next.get_size() as i128;
+        let p = match pos {
+            SeekFrom::Start(p) => p as i128,
+            SeekFrom::End(d) => size + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if p < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.pos = p.min(u64::MAX as i128) as u64;
+        Ok(self.pos)
+    }
 }
 
 #[cfg(test)]

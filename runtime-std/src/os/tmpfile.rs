@@ -1,10 +1,13 @@
-//! Temporary files: `mkstemp(3)` through nix, returning an owned [`File`]
-//! (nix 0.29 hands back a raw descriptor), so that the one `unsafe`
-//! adoption of the descriptor lives here.
+//! Temporary files and directories: `mkstemp(3)` through nix, returning
+//! an owned [`File`] (nix 0.29 hands back a raw descriptor), so that the
+//! one `unsafe` adoption of the descriptor lives here; `mkdtemp(3)` as a
+//! [`TempDir`] removed with its contents when dropped.
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use nbdkit_core::backend::{Error, Result};
 
 /// `$TMPDIR` when set and not empty, else `default`.
 pub(crate) fn dir(default: &str) -> PathBuf {
@@ -31,6 +34,39 @@ pub(crate) fn unlinked(template: &Path) -> nix::Result<File> {
     Ok(file)
 }
 
+/// A temporary directory, removed with its contents when dropped.
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `mkdtemp(3)` of `template` (ending in `XXXXXX`).
+    pub(crate) fn create(template: &Path) -> nix::Result<TempDir> {
+        nix::unistd::mkdtemp(template).map(TempDir)
+    }
+
+    /// `PARENT/PREFIXXXXXXX`; the error says `mkdtemp: TEMPLATE: strerror`.
+    pub(crate) fn new_in(parent: &Path, prefix: &str) -> Result<TempDir> {
+        let template = parent.join(format!("{prefix}XXXXXX"));
+        TempDir::create(&template).map_err(|e| {
+            Error::msg(
+                crate::os::errno::from_os(e as i32),
+                format!("mkdtemp: {}: {}", template.display(), e.desc()),
+            )
+        })
+    }
+
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +86,20 @@ mod tests {
         assert!(!path.to_string_lossy().ends_with("XXXXXX"));
         drop(g);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn temp_dir_goes_with_its_contents() {
+        let d = TempDir::new_in(&std::env::temp_dir(), "nbdkit-tmpfile-test").unwrap();
+        let p = d.path().to_path_buf();
+        std::fs::write(p.join("f"), b"x").unwrap();
+        drop(d);
+        assert!(!p.exists());
+        let e = TempDir::new_in(Path::new("/nonexistent-nbdkit"), "x").unwrap_err();
+        assert_eq!(
+            e.message.unwrap(),
+            "mkdtemp: /nonexistent-nbdkit/xXXXXXX: No such file or directory"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use nbdkit_core::errno::Errno;
 
 use super::mkfs::{check_status, os_error, shell_quote, TempDir};
 use crate::cabi;
+use crate::plugins::realpath::realpath;
 
 /// The compiler used without `CC=`.
 pub const DEFAULT_CC: &str = "gcc";
@@ -202,14 +203,6 @@ impl Cc {
             .as_deref()
             .ok_or_else(|| Error::config("cc: no C program name (or \"-\") given"))
     }
-}
-
-/// nbdkit_realpath's result and messages.
-fn realpath(value: &str) -> Result<PathBuf> {
-    if value.is_empty() {
-        return Err(Error::config("cannot resolve a null or empty path"));
-    }
-    std::fs::canonicalize(value).map_err(|e| os_error(format_args!("realpath: {value}"), &e))
 }
 
 impl Plugin for Cc {

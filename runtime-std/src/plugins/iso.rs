@@ -23,6 +23,7 @@ use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::unknown_param;
 
 use super::mkfs;
+use crate::plugins::realpath::realpath;
 
 /// The programs nbdkit's configure looks for, in its order.
 const PROGRAMS: &[&str] = &["xorriso", "genisoimage", "mkisofs"];
@@ -102,12 +103,7 @@ impl Plugin for Iso {
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "dir" => {
-                if value.is_empty() {
-                    return Err(Error::config("cannot resolve a null or empty path"));
-                }
-                let p = std::fs::canonicalize(value)
-                    .map_err(|e| mkfs::os_error(format_args!("realpath: {value}"), &e))?;
-                self.dirs.push(p);
+                self.dirs.push(realpath(value)?);
             }
             "params" => self.params = Some(value.to_string()),
             "prog" => self.prog = Some(value.to_string()),

@@ -69,30 +69,7 @@ pub(crate) fn set_cloexec(file: &File) {
     );
 }
 
-/// A temporary directory `$DIR/PREFIXXXXXXX`, removed with its contents
-/// when dropped.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Create it in `parent`.
-    pub(crate) fn new_in(parent: &Path, prefix: &str) -> Result<TempDir> {
-        let template = parent.join(format!("{prefix}XXXXXX"));
-        nix::unistd::mkdtemp(&template)
-            .map(TempDir)
-            .map_err(|e| nix_error(format_args!("mkdtemp: {}", template.display()), e))
-    }
-
-    /// Its path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) use crate::os::tmpfile::TempDir;
 
 /// Quote a string for `/bin/sh`, leaving it bare when it is safe.
 pub(crate) fn shell_quote(s: &str) -> String {

@@ -16,6 +16,7 @@ pub mod nbd;
 pub mod ondemand;
 pub mod partitioning;
 mod ptable;
+mod realpath;
 pub mod sh;
 pub mod split;
 pub mod tmpdisk;

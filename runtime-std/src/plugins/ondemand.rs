@@ -36,6 +36,7 @@ use nbdkit_core::size::parse_bool;
 
 use super::mkfs::{self, DiskCommand, WritableDisk};
 use crate::os::locks::lock_exclusive;
+use crate::plugins::realpath::realpath;
 
 /// The longest file name.
 const NAME_MAX: usize = 255;
@@ -125,12 +126,7 @@ impl Plugin for OnDemand {
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "dir" => {
-                if value.is_empty() {
-                    return Err(Error::config("cannot resolve a null or empty path"));
-                }
-                let p = std::fs::canonicalize(value)
-                    .map_err(|e| mkfs::os_error(format_args!("realpath: {value}"), &e))?;
-                self.dir = Some(p);
+                self.dir = Some(realpath(value)?);
             }
             "wait" => {
                 self.wait = parse_bool(value).ok_or_else(|| {

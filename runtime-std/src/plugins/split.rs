@@ -270,17 +270,11 @@ impl Handle for SplitHandle {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::os::tmpfile::TempDir;
     use nbdkit_core::backend::Peer;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn dir() -> Dir {
-        let t = std::env::temp_dir().join("nbdkit-split-testXXXXXX");
-        Dir(nix::unistd::mkdtemp(&t).unwrap())
+    fn dir() -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), "nbdkit-split-test").unwrap()
     }
 
     fn open(p: &Split, readonly: bool) -> Box<dyn Handle> {
@@ -304,7 +298,7 @@ mod test {
             ("b", b"4567"),
             ("c", b"89"),
         ] {
-            let f = d.0.join(name);
+            let f = d.path().join(name);
             std::fs::write(&f, content).unwrap();
             p.config("file", f.to_str().unwrap()).unwrap();
         }
@@ -317,8 +311,8 @@ mod test {
         h.pread(&mut buf, 3, Flags::NONE).unwrap();
         assert_eq!(&buf, b"3456");
         h.pwrite(b"xyzw", 2, Flags::NONE).unwrap();
-        assert_eq!(std::fs::read(d.0.join("a")).unwrap(), b"01xy");
-        assert_eq!(std::fs::read(d.0.join("b")).unwrap(), b"zw67");
+        assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"01xy");
+        assert_eq!(std::fs::read(d.path().join("b")).unwrap(), b"zw67");
         assert!(h.pread(&mut buf, 8, Flags::NONE).is_err());
         let mut e = Extents::new(0, 10);
         h.extents(10, 0, Flags::NONE, &mut e).unwrap();

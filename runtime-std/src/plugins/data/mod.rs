@@ -122,18 +122,7 @@ impl Plugin for Data {
             | Callbacks::CONFIG_COMPLETE
             | Callbacks::CONFIG_HELP
             | Callbacks::GET_READY
-            | Callbacks::OPEN
-            | Callbacks::GET_SIZE
-            | Callbacks::CAN_FAST_ZERO
-            | Callbacks::CAN_FUA
-            | Callbacks::CAN_MULTI_CONN
-            | Callbacks::CAN_CACHE
-            | Callbacks::PREAD
-            | Callbacks::PWRITE
-            | Callbacks::FLUSH
-            | Callbacks::TRIM
-            | Callbacks::ZERO
-            | Callbacks::EXTENTS
+            | nbdkit_core::plugins::memory::DISK_CALLBACKS
     }
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![

@@ -38,6 +38,7 @@ use nbdkit_core::backend::{Callbacks, Error, Flags, Handle, OpenArgs, Plugin, Re
 use nbdkit_core::errno::Errno;
 use nbdkit_core::plugins::{size_param, unknown_param};
 
+use crate::plugins::realpath::realpath;
 use directory::Tree;
 use layout::{Content, Layout};
 
@@ -114,12 +115,7 @@ impl Plugin for Floppy {
                 if self.dir.is_some() {
                     return Err(Error::config("dir=<DIRECTORY> must only be set once"));
                 }
-                if value.is_empty() {
-                    return Err(Error::config("cannot resolve a null or empty path"));
-                }
-                let p = std::fs::canonicalize(value)
-                    .map_err(|e| io_error(&format!("realpath: {value}"), &e))?;
-                self.dir = Some(p);
+                self.dir = Some(realpath(value)?);
             }
             "label" => self.label = value.as_bytes().to_vec(),
             "size" => self.size = size_param(value)?,
@@ -271,17 +267,11 @@ impl Handle for FloppyHandle {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::os::tmpfile::TempDir;
     use nbdkit_core::backend::Peer;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn dir() -> Dir {
-        let t = std::env::temp_dir().join("nbdkit-floppy-testXXXXXX");
-        Dir(nix::unistd::mkdtemp(&t).unwrap())
+    fn dir() -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), "nbdkit-floppy-test").unwrap()
     }
 
     fn serve(p: &Floppy) -> Box<dyn Handle> {
@@ -298,9 +288,9 @@ mod test {
     #[test]
     fn builds_a_fat32_partition() {
         let d = dir();
-        std::fs::write(d.0.join("hello.txt"), b"hello\n").unwrap();
+        std::fs::write(d.path().join("hello.txt"), b"hello\n").unwrap();
         let mut p = Floppy::default();
-        p.config("dir", d.0.to_str().unwrap()).unwrap();
+        p.config("dir", d.path().to_str().unwrap()).unwrap();
         p.config("label", "TESTLABEL").unwrap();
         p.config_complete().unwrap();
         let h = serve(&p);
@@ -341,9 +331,9 @@ mod test {
     #[test]
     fn size_too_small_is_refused() {
         let d = dir();
-        std::fs::write(d.0.join("f"), vec![1u8; 100_000]).unwrap();
+        std::fs::write(d.path().join("f"), vec![1u8; 100_000]).unwrap();
         let mut p = Floppy::default();
-        p.config("dir", d.0.to_str().unwrap()).unwrap();
+        p.config("dir", d.path().to_str().unwrap()).unwrap();
         p.config("size", "1100000").unwrap();
         assert_eq!(
             p.config_complete().unwrap_err().message.unwrap(),

@@ -291,18 +291,12 @@ impl Plugin for Partitioning {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::os::tmpfile::TempDir;
     use crate::plugins::ptable::gpt::crc32;
     use nbdkit_core::backend::{Flags, Peer};
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn dir() -> Dir {
-        let t = std::env::temp_dir().join("nbdkit-partitioning-testXXXXXX");
-        Dir(nix::unistd::mkdtemp(&t).unwrap())
+    fn dir() -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), "nbdkit-partitioning-test").unwrap()
     }
 
     fn open(p: &Partitioning, readonly: bool) -> Box<dyn Handle> {
@@ -316,13 +310,13 @@ mod test {
         .unwrap()
     }
 
-    fn plugin(d: &Dir, files: &[(&str, &[u8])], extra: &[(&str, &str)]) -> Partitioning {
+    fn plugin(d: &TempDir, files: &[(&str, &[u8])], extra: &[(&str, &str)]) -> Partitioning {
         let mut p = Partitioning::default();
         for (k, v) in extra {
             p.config(k, v).unwrap();
         }
         for (name, content) in files {
-            let f = d.0.join(name);
+            let f = d.path().join(name);
             std::fs::write(&f, content).unwrap();
             p.config("file", f.to_str().unwrap()).unwrap();
         }
@@ -357,7 +351,7 @@ mod test {
         let p = plugin(&d, &[("a", &[0u8; 1024])], &[("alignment", "512")]);
         let h = open(&p, false);
         h.pwrite(b"hello", 512, Flags::NONE).unwrap();
-        assert_eq!(&std::fs::read(d.0.join("a")).unwrap()[..5], b"hello");
+        assert_eq!(&std::fs::read(d.path().join("a")).unwrap()[..5], b"hello");
         let mut mbr = [0u8; 512];
         h.pread(&mut mbr, 0, Flags::NONE).unwrap();
         // Rewriting the same table bytes is allowed; changing them is not.

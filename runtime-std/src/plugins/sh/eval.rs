@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Plugin, Result, ThreadModel};
 
-use super::{unexpected_false, write_executable, Code, Kind, Scripts, TmpDir};
+use super::{new_tmpdir, unexpected_false, write_executable, Code, Kind, Scripts};
 
 /// The methods a parameter may define.
 const METHODS: &[&str] = &[
@@ -84,7 +84,7 @@ impl Eval {
         if let Some(s) = &self.scripts {
             return Ok(s.clone());
         }
-        let tmpdir = TmpDir::new()?;
+        let tmpdir = new_tmpdir()?;
         write_executable(&tmpdir.path().join("missing"), b"#!/bin/sh\nexit 2\n")?;
         let s = Arc::new(Scripts::new(tmpdir, Kind::Eval));
         self.scripts = Some(s.clone());

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use nbdkit_core::backend::{Error, Result};
@@ -51,35 +51,18 @@ impl Reply {
 
 /// The private directory in `$tmpdir`, removed with everything in it
 /// when dropped.
-#[derive(Debug)]
-pub(crate) struct TmpDir(PathBuf);
+pub(crate) type TmpDir = crate::os::tmpfile::TempDir;
 
-impl TmpDir {
-    /// Create `${TMPDIR:-/tmp}/nbdkitXXXXXX`.
-    pub(crate) fn new() -> Result<TmpDir> {
-        let base = std::env::var_os("TMPDIR")
-            .filter(|t| !t.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        let template = base.join("nbdkitXXXXXX");
-        nix::unistd::mkdtemp(&template).map(TmpDir).map_err(|e| {
-            Error::msg(
-                crate::os::errno::from_os(e as i32),
-                format!("mkdtemp: {}", e.desc()),
-            )
-        })
-    }
-
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Create `${TMPDIR:-/tmp}/nbdkitXXXXXX` (nbdkit's message on failure:
+/// `mkdtemp: strerror`).
+pub(crate) fn new_tmpdir() -> Result<TmpDir> {
+    let template = crate::os::tmpfile::dir("/tmp").join("nbdkitXXXXXX");
+    TmpDir::create(&template).map_err(|e| {
+        Error::msg(
+            crate::os::errno::from_os(e as i32),
+            format!("mkdtemp: {}", e.desc()),
+        )
+    })
 }
 
 /// Where a script's stdout goes.

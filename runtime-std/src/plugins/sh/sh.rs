@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use nbdkit_core::backend::{Error, Exports, Handle, OpenArgs, Plugin, Result, ThreadModel};
 
-use super::{save_inline_script, unexpected_false, Code, Kind, Scripts, TmpDir};
+use super::{new_tmpdir, save_inline_script, unexpected_false, Code, Kind, Scripts};
+use crate::plugins::realpath::realpath;
 
 /// The sh plugin.
 #[derive(Debug, Default)]
@@ -38,7 +39,7 @@ impl Sh {
     /// `script=`: resolve (or read) the script, then run its `load` and
     /// `magic_config_key` methods.
     fn set_script(&mut self, value: &str) -> Result<()> {
-        let tmpdir = TmpDir::new()?;
+        let tmpdir = new_tmpdir()?;
         let path = if value == "-" {
             save_inline_script(tmpdir.path())?
         } else {
@@ -66,20 +67,6 @@ fn scripts_text(scripts: &Scripts, method: &str) -> Result<Option<(PathBuf, Stri
         Code::Error => Err(super::script_error(&path, &r)),
         Code::False => Err(unexpected_false(&path, method)),
     }
-}
-
-/// nbdkit_realpath, with its error messages.
-fn realpath(value: &str) -> Result<PathBuf> {
-    if value.is_empty() {
-        return Err(Error::config("cannot resolve a null or empty path"));
-    }
-    std::fs::canonicalize(value).map_err(|e| {
-        let code = e.raw_os_error().unwrap_or(libc::EIO);
-        Error::msg(
-            crate::os::errno::from_os(code),
-            format!("realpath: {value}: {}", super::strerror(code)),
-        )
-    })
 }
 
 impl Plugin for Sh {

@@ -119,7 +119,7 @@ fn flags_words() {
 
 #[test]
 fn runs_script_with_input_and_exit_codes() {
-    let dir = TmpDir::new().unwrap();
+    let dir = new_tmpdir().unwrap();
     let script = dir.path().join("s");
     write_executable(
         &script,
@@ -177,7 +177,7 @@ fn runs_script_with_input_and_exit_codes() {
 
 #[test]
 fn script_without_shebang_runs_under_sh() {
-    let dir = TmpDir::new().unwrap();
+    let dir = new_tmpdir().unwrap();
     let script = dir.path().join("s");
     write_executable(&script, b"echo \"$1\"\n").unwrap();
     let r = run(&script, false, &[OsStr::new("hi")], dir.path(), &[], None);
@@ -187,7 +187,7 @@ fn script_without_shebang_runs_under_sh() {
 
 #[test]
 fn unstartable_script_is_an_error_naming_it() {
-    let dir = TmpDir::new().unwrap();
+    let dir = new_tmpdir().unwrap();
     let script = dir.path().join("nonexistent");
     let r = run(&script, false, &[], dir.path(), &[], None);
     assert_eq!(r.code, Code::Error);
@@ -197,7 +197,7 @@ fn unstartable_script_is_an_error_naming_it() {
 
 #[test]
 fn tmpdir_is_removed() {
-    let dir = TmpDir::new().unwrap();
+    let dir = new_tmpdir().unwrap();
     let p = dir.path().to_path_buf();
     std::fs::write(p.join("f"), b"x").unwrap();
     drop(dir);

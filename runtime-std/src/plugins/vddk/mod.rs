@@ -36,6 +36,7 @@ use nbdkit_core::backend::{
 };
 use nbdkit_core::errno::Errno;
 
+use crate::plugins::realpath::realpath;
 use ffi::{Library, LoadError, F, FUNCTIONS, SECTOR_SIZE, VIX_OK};
 
 /// The libdir used without `libdir=` (nbdkit's compiled-in
@@ -132,19 +133,6 @@ fn parse_u16(key: &str, value: &str) -> Result<u16> {
         Error::config(format!(
             "{key}: could not parse number: \"{value}\": Numerical result out of range"
         ))
-    })
-}
-
-fn realpath(value: &str) -> Result<PathBuf> {
-    if value.is_empty() {
-        return Err(Error::config("cannot resolve a null or empty path"));
-    }
-    std::fs::canonicalize(value).map_err(|e| {
-        let desc = e
-            .raw_os_error()
-            .map(|n| nix::errno::Errno::from_raw(n).desc().to_string())
-            .unwrap_or_else(|| e.to_string());
-        Error::config(format!("realpath: {value}: {desc}"))
     })
 }
 
