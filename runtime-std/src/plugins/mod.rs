@@ -63,3 +63,27 @@ fn time_seed() -> u32 {
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0)
 }
+
+/// What the plugins' unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use nbdkit_core::backend::{Handle, OpenArgs, Peer, Plugin};
+
+    pub(crate) use crate::os::tmpfile::TempDir;
+
+    /// A fresh temporary directory for a test's files.
+    pub(crate) fn dir(prefix: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), prefix).unwrap()
+    }
+
+    /// Open the default export of a configured plugin, as a local client.
+    pub(crate) fn open(p: &dyn Plugin, readonly: bool) -> Box<dyn Handle> {
+        p.open(&OpenArgs {
+            readonly,
+            export_name: "",
+            is_tls: false,
+            peer: &Peer::Unknown,
+        })
+        .unwrap()
+    }
+}

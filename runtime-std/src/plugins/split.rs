@@ -270,27 +270,11 @@ impl Handle for SplitHandle {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::os::tmpfile::TempDir;
-    use nbdkit_core::backend::Peer;
-
-    fn dir() -> TempDir {
-        TempDir::new_in(&std::env::temp_dir(), "nbdkit-split-test").unwrap()
-    }
-
-    fn open(p: &Split, readonly: bool) -> Box<dyn Handle> {
-        let peer = Peer::Unknown;
-        p.open(&OpenArgs {
-            readonly,
-            export_name: "",
-            is_tls: false,
-            peer: &peer,
-        })
-        .unwrap()
-    }
+    use crate::plugins::testing::{dir, open};
 
     #[test]
     fn reads_and_writes_across_files() {
-        let d = dir();
+        let d = dir("nbdkit-split-test");
         let mut p = Split::default();
         for (name, content) in [
             ("a", &b"0123"[..]),

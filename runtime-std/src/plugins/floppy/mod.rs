@@ -267,33 +267,17 @@ impl Handle for FloppyHandle {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::os::tmpfile::TempDir;
-    use nbdkit_core::backend::Peer;
-
-    fn dir() -> TempDir {
-        TempDir::new_in(&std::env::temp_dir(), "nbdkit-floppy-test").unwrap()
-    }
-
-    fn serve(p: &Floppy) -> Box<dyn Handle> {
-        let peer = Peer::Unknown;
-        p.open(&OpenArgs {
-            readonly: true,
-            export_name: "",
-            is_tls: false,
-            peer: &peer,
-        })
-        .unwrap()
-    }
+    use crate::plugins::testing::{dir, open};
 
     #[test]
     fn builds_a_fat32_partition() {
-        let d = dir();
+        let d = dir("nbdkit-floppy-test");
         std::fs::write(d.path().join("hello.txt"), b"hello\n").unwrap();
         let mut p = Floppy::default();
         p.config("dir", d.path().to_str().unwrap()).unwrap();
         p.config("label", "TESTLABEL").unwrap();
         p.config_complete().unwrap();
-        let h = serve(&p);
+        let h = open(&p, true);
         let size = h.get_size().unwrap();
         // MBR + 32 reserved sectors + 2 FATs of one cluster + root + file.
         assert_eq!(size, (2048 + 32) * 512 + 4 * 16384);
@@ -330,7 +314,7 @@ mod test {
 
     #[test]
     fn size_too_small_is_refused() {
-        let d = dir();
+        let d = dir("nbdkit-floppy-test");
         std::fs::write(d.path().join("f"), vec![1u8; 100_000]).unwrap();
         let mut p = Floppy::default();
         p.config("dir", d.path().to_str().unwrap()).unwrap();

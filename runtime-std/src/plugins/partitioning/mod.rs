@@ -291,24 +291,9 @@ impl Plugin for Partitioning {
 #[cfg(test)]
 mod test {
     use super::*;
-    use crate::os::tmpfile::TempDir;
     use crate::plugins::ptable::gpt::crc32;
-    use nbdkit_core::backend::{Flags, Peer};
-
-    fn dir() -> TempDir {
-        TempDir::new_in(&std::env::temp_dir(), "nbdkit-partitioning-test").unwrap()
-    }
-
-    fn open(p: &Partitioning, readonly: bool) -> Box<dyn Handle> {
-        let peer = Peer::Unknown;
-        p.open(&OpenArgs {
-            readonly,
-            export_name: "",
-            is_tls: false,
-            peer: &peer,
-        })
-        .unwrap()
-    }
+    use crate::plugins::testing::{dir, open, TempDir};
+    use nbdkit_core::backend::Flags;
 
     fn plugin(d: &TempDir, files: &[(&str, &[u8])], extra: &[(&str, &str)]) -> Partitioning {
         let mut p = Partitioning::default();
@@ -326,7 +311,7 @@ mod test {
 
     #[test]
     fn mbr_layout_and_entries() {
-        let d = dir();
+        let d = dir("nbdkit-partitioning-test");
         let p = plugin(&d, &[("a", &[1u8; 1000]), ("b", &[2u8; 512])], &[]);
         let h = open(&p, true);
         // MBR, pad to 1M, a (1000 + 24 pad), pad to 2M, b.
@@ -347,7 +332,7 @@ mod test {
 
     #[test]
     fn writes_reach_files_but_not_the_table() {
-        let d = dir();
+        let d = dir("nbdkit-partitioning-test");
         let p = plugin(&d, &[("a", &[0u8; 1024])], &[("alignment", "512")]);
         let h = open(&p, false);
         h.pwrite(b"hello", 512, Flags::NONE).unwrap();
@@ -369,7 +354,7 @@ mod test {
     /// A read-only connection opens no file for writing.
     #[test]
     fn readonly_connections_leave_files_read_only() {
-        let d = dir();
+        let d = dir("nbdkit-partitioning-test");
         let p = plugin(&d, &[("a", &[0u8; 512])], &[]);
         let h = open(&p, true);
         let mut buf = [1u8; 512];
@@ -379,7 +364,7 @@ mod test {
 
     #[test]
     fn gpt_headers_check_out() {
-        let d = dir();
+        let d = dir("nbdkit-partitioning-test");
         let p = plugin(&d, &[("a", &[1u8; 4096])], &[("partition-type", "gpt")]);
         let h = open(&p, true);
         let size = h.get_size().unwrap();
@@ -402,7 +387,7 @@ mod test {
 
     #[test]
     fn more_than_four_files_default_to_gpt() {
-        let d = dir();
+        let d = dir("nbdkit-partitioning-test");
         let files: Vec<(String, Vec<u8>)> = (0..5)
             .map(|i| (format!("f{i}"), vec![i as u8; 512]))
             .collect();
