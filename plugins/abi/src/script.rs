@@ -52,8 +52,9 @@ impl ScriptError {
         ScriptError::default()
     }
 
-    /// Tell the server.
-    fn report(self) {
+    /// Tell the server (what the trampolines do with an error; for the
+    /// callbacks that return nothing).
+    pub fn report(self) {
         if let Some(m) = self.message {
             crate::error(&m);
         }

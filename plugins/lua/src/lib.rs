@@ -389,11 +389,9 @@ impl ScriptPlugin for LuaPlugin {
 
     fn cleanup() {
         if PATH.get().is_some() {
-            let _ = global("cleanup", ()).map_err(|e| {
-                if let Some(m) = e.message {
-                    abi::error(&m);
-                }
-            });
+            if let Err(e) = global("cleanup", ()) {
+                e.report();
+            }
         }
     }
 
