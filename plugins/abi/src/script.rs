@@ -153,7 +153,11 @@ impl Slots {
 /// A language plugin: the callbacks of nbdkit-plugin(3) as safe Rust.
 ///
 /// The functions take no `self`: a language plugin's interpreter is one
-/// per server, kept in its statics.
+/// per server, kept in its statics. A plugin gives the few primitives
+/// every script callback needs ([`loaded`](Self::loaded),
+/// [`global`](Self::global), [`boolean`](Self::boolean)); the callbacks
+/// that only call the script's function of the same name, and the
+/// `can_*` capabilities with their defaults, come from them.
 pub trait ScriptPlugin: 'static {
     /// What `open` makes of the script's handle (boxed by the layer).
     type Handle: 'static;
@@ -164,25 +168,63 @@ pub trait ScriptPlugin: 'static {
     const MAGIC_CONFIG_KEY: Option<&'static CStr> = Some(c"script");
     const THREAD_MODEL: c_int = crate::THREAD_MODEL_SERIALIZE_ALL_REQUESTS;
     const SLOTS: Slots = Slots::STANDARD;
+    /// The script's flush callback, whose presence makes `can_flush`
+    /// true without one (tcl's is `plugin_flush`).
+    const FLUSH: &'static str = "flush";
+
+    // The primitives.
+
+    /// Whether the script is loaded (`cleanup` runs only then).
+    fn loaded() -> bool;
+    /// Call the script's global function `name` with `args` (booleans:
+    /// `readonly`, ...) when the script defines it.
+    fn global(name: &'static str, args: &[bool]) -> Result<()>;
+    /// The script's boolean callback `name` (`can_write`, ...) on the
+    /// handle: its result; without it, whether the script defines
+    /// `plain` (e.g. `pwrite` for `can_write`), else `default`.
+    fn boolean(
+        h: &Self::Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool>;
+
+    // The callbacks.
 
     fn load() {}
     fn unload() {}
-    fn dump_plugin() {}
+    fn dump_plugin() -> Result<()> {
+        Ok(())
+    }
     fn config(key: &str, value: &str) -> Result<()>;
-    fn config_complete() -> Result<()>;
+    fn config_complete() -> Result<()> {
+        Self::global("config_complete", &[])
+    }
     fn thread_model() -> Result<c_int> {
         Ok(Self::THREAD_MODEL)
     }
-    fn get_ready() -> Result<()>;
-    fn after_fork() -> Result<()>;
-    fn cleanup();
-    fn preconnect(readonly: bool) -> Result<()>;
+    fn get_ready() -> Result<()> {
+        Self::global("get_ready", &[])
+    }
+    fn after_fork() -> Result<()> {
+        Self::global("after_fork", &[])
+    }
+    fn cleanup() -> Result<()> {
+        if Self::loaded() {
+            Self::global("cleanup", &[])
+        } else {
+            Ok(())
+        }
+    }
+    fn preconnect(readonly: bool) -> Result<()> {
+        Self::global("preconnect", &[readonly])
+    }
     fn list_exports(readonly: bool, is_tls: bool, exports: &mut ExportList) -> Result<()>;
     /// The default export's name; `None` is "".
     fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>>;
 
     fn open(readonly: bool) -> Result<Self::Handle>;
-    fn close(h: Self::Handle);
+    fn close(h: Self::Handle) -> Result<()>;
     /// `None`: no description.
     fn export_description(h: &Self::Handle) -> Result<Option<String>>;
     fn get_size(h: &Self::Handle) -> Result<i64>;
@@ -190,15 +232,27 @@ pub trait ScriptPlugin: 'static {
     fn block_size(_h: &Self::Handle) -> Result<(u32, u32, u32)> {
         Ok((0, 0, 0))
     }
-    fn can_write(h: &Self::Handle) -> Result<bool>;
-    fn can_flush(h: &Self::Handle) -> Result<bool>;
-    fn is_rotational(h: &Self::Handle) -> Result<bool>;
-    fn can_trim(h: &Self::Handle) -> Result<bool>;
-    fn can_zero(_h: &Self::Handle) -> Result<bool> {
-        Ok(true)
+    fn can_write(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_write", Some("pwrite"), false)
     }
-    fn can_multi_conn(h: &Self::Handle) -> Result<bool>;
-    fn can_extents(h: &Self::Handle) -> Result<bool>;
+    fn can_flush(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_flush", Some(Self::FLUSH), false)
+    }
+    fn is_rotational(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "is_rotational", None, false)
+    }
+    fn can_trim(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_trim", Some("trim"), false)
+    }
+    fn can_zero(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_zero", Some("zero"), false)
+    }
+    fn can_multi_conn(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_multi_conn", None, false)
+    }
+    fn can_extents(h: &Self::Handle) -> Result<bool> {
+        Self::boolean(h, "can_extents", Some("extents"), false)
+    }
     fn can_fast_zero(h: &Self::Handle) -> Result<bool>;
     /// `FUA_NONE`, `FUA_EMULATE` or `FUA_NATIVE`.
     fn can_fua(_h: &Self::Handle) -> Result<c_int> {
@@ -220,6 +274,20 @@ pub trait ScriptPlugin: 'static {
         flags: Flags,
         extents: &mut ExtentList,
     ) -> Result<()>;
+}
+
+/// nbdkit's rule for a script's `zero`: when the script set the errno
+/// EOPNOTSUPP or ENOTSUP (whether it then failed or returned), or has no
+/// `zero` at all (`missing`), the server writes zeroes instead. Whether
+/// that is so; if it is, the server has been told (the errno and a
+/// debug message) and the callback fails without a message.
+pub fn zero_falls_back(errno: c_int, missing: bool) -> bool {
+    let asked = errno == libc::EOPNOTSUPP || errno == libc::ENOTSUP;
+    if asked || missing {
+        crate::debug("zero falling back to pwrite");
+        crate::set_error(if asked { errno } else { libc::EOPNOTSUPP });
+    }
+    asked || missing
 }
 
 // ---------------------------------------------------------------------------
@@ -278,10 +346,7 @@ unsafe extern "C" fn unload<P: ScriptPlugin>() {
 }
 
 unsafe extern "C" fn dump_plugin<P: ScriptPlugin>() {
-    guard::<P, ()>("dump_plugin", (), || {
-        P::dump_plugin();
-        Ok(())
-    })
+    guard::<P, ()>("dump_plugin", (), P::dump_plugin)
 }
 
 unsafe extern "C" fn config<P: ScriptPlugin>(key: *const c_char, value: *const c_char) -> c_int {
@@ -307,10 +372,7 @@ unsafe extern "C" fn after_fork<P: ScriptPlugin>() -> c_int {
 }
 
 unsafe extern "C" fn cleanup<P: ScriptPlugin>() {
-    guard::<P, ()>("cleanup", (), || {
-        P::cleanup();
-        Ok(())
-    })
+    guard::<P, ()>("cleanup", (), P::cleanup)
 }
 
 unsafe extern "C" fn preconnect<P: ScriptPlugin>(readonly: c_int) -> c_int {
@@ -352,10 +414,7 @@ unsafe extern "C" fn close<P: ScriptPlugin>(h: H) {
     }
     // SAFETY: the server closes each handle from `open` once.
     let h = unsafe { Box::from_raw(h.cast::<P::Handle>()) };
-    guard::<P, ()>("close", (), move || {
-        P::close(*h);
-        Ok(())
-    })
+    guard::<P, ()>("close", (), move || P::close(*h))
 }
 
 unsafe extern "C" fn export_description<P: ScriptPlugin>(h: H) -> *const c_char {

@@ -42,8 +42,8 @@ use core::ffi::c_int;
 use std::ffi::CStr;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use abi::script::{ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
-use mlua::{Function, Lua, MultiValue, RegistryKey, Table, Value};
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
+use mlua::{Function, Lua, MultiValue, RegistryKey, Table, Value, Variadic};
 
 /// The interpreter and the loaded script.
 struct State {
@@ -231,36 +231,6 @@ fn load_script(lua: &Lua, path: &str) -> Res<()> {
     Ok(())
 }
 
-/// Call the script's global callback `name` with `args`, if defined.
-fn global(name: &'static str, args: impl mlua::IntoLuaMulti) -> Result<(), ScriptError> {
-    run(name, |lua| {
-        if let Some(f) = function(lua, name) {
-            f.call::<()>(args)?;
-        }
-        Ok(())
-    })
-}
-
-/// A boolean callback: its result; without it, whether the script
-/// defines `plain` (e.g. `pwrite` for `can_write`), else `default`.
-fn boolean(
-    h: &Handle,
-    name: &'static str,
-    plain: Option<&'static str>,
-    default: bool,
-) -> Result<bool, ScriptError> {
-    run(name, |lua| match call_h(lua, name, h, ())? {
-        Some(r) => match first(r) {
-            Value::Boolean(b) => Ok(b),
-            v => Err(Fail::Msg(format!(
-                "return value is not a boolean (of type {})",
-                type_name(&v)
-            ))),
-        },
-        None => Ok(plain.map_or(default, |p| defined(lua, p))),
-    })
-}
-
 /// `can_fua`/`can_cache`: a boolean (true is the native level) or one of
 /// the levels; `default` without the callback.
 fn level(
@@ -312,6 +282,37 @@ impl ScriptPlugin for LuaPlugin {
     const CONFIG_HELP: &'static CStr = c"script=<FILENAME>     (required) The Lua script to run.\n\
 [other arguments may be used by the plugin that you load]";
 
+    fn loaded() -> bool {
+        PATH.get().is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        run(name, |lua| {
+            if let Some(f) = function(lua, name) {
+                f.call::<()>(Variadic::from_iter(args.iter().copied()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, |lua| match call_h(lua, name, h, ())? {
+            Some(r) => match first(r) {
+                Value::Boolean(b) => Ok(b),
+                v => Err(Fail::Msg(format!(
+                    "return value is not a boolean (of type {})",
+                    type_name(&v)
+                ))),
+            },
+            None => Ok(plain.map_or(default, |p| defined(lua, p))),
+        })
+    }
+
     fn load() {
         let lua = Lua::new();
         match module::install(&lua) {
@@ -326,20 +327,20 @@ impl ScriptPlugin for LuaPlugin {
         drop(st);
     }
 
-    fn dump_plugin() {
+    fn dump_plugin() -> Result<(), ScriptError> {
         println!("lua_version={}", env!("NBDKIT_LUA_VERSION"));
         let g = lock();
-        let Some(st) = g.as_ref() else { return };
+        let Some(st) = g.as_ref() else { return Ok(()) };
         if st.path.is_none() {
-            return;
+            return Ok(());
         }
         if let Some(f) = function(&st.lua, "dump_plugin") {
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            if let Err(e) = f.call::<()>(()) {
-                report("dump_plugin", Fail::Lua(e));
-            }
+            f.call::<()>(())
+                .map_err(|e| report("dump_plugin", Fail::Lua(e)))?;
         }
+        Ok(())
     }
 
     fn config(key: &str, value: &str) -> Result<(), ScriptError> {
@@ -373,30 +374,6 @@ impl ScriptPlugin for LuaPlugin {
                 st.path.as_deref().unwrap_or_default()
             ))),
         }
-    }
-
-    fn config_complete() -> Result<(), ScriptError> {
-        global("config_complete", ())
-    }
-
-    fn get_ready() -> Result<(), ScriptError> {
-        global("get_ready", ())
-    }
-
-    fn after_fork() -> Result<(), ScriptError> {
-        global("after_fork", ())
-    }
-
-    fn cleanup() {
-        if PATH.get().is_some() {
-            if let Err(e) = global("cleanup", ()) {
-                e.report();
-            }
-        }
-    }
-
-    fn preconnect(readonly: bool) -> Result<(), ScriptError> {
-        global("preconnect", readonly)
     }
 
     fn list_exports(
@@ -460,20 +437,20 @@ impl ScriptPlugin for LuaPlugin {
         })
     }
 
-    fn close(h: Handle) {
+    fn close(h: Handle) -> Result<(), ScriptError> {
         let g = lock();
-        let Some(st) = g.as_ref() else { return };
-        if let Some(f) = function(&st.lua, "close") {
-            let r = st
+        let Some(st) = g.as_ref() else { return Ok(()) };
+        let r = match function(&st.lua, "close") {
+            Some(f) => st
                 .lua
                 .registry_value::<Value>(&h.key)
-                .and_then(|v| f.call::<()>(v));
-            if let Err(e) = r {
-                report("close", Fail::Lua(e));
-            }
-        }
+                .and_then(|v| f.call::<()>(v))
+                .map_err(|e| report("close", Fail::Lua(e))),
+            None => Ok(()),
+        };
         // The handle goes with the lock held.
         let _ = st.lua.remove_registry_value(h.key);
+        r
     }
 
     fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
@@ -522,40 +499,16 @@ impl ScriptPlugin for LuaPlugin {
         })
     }
 
-    fn can_write(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_write", Some("pwrite"), false)
-    }
-
-    fn can_flush(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_flush", Some("flush"), false)
-    }
-
-    fn is_rotational(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "is_rotational", None, false)
-    }
-
-    fn can_trim(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_trim", Some("trim"), false)
-    }
-
     fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
         // Without can_zero, zeroing is on: `zero` (or the server's
         // fall-back to writes when the script has none), as in nbdkit.
-        boolean(h, "can_zero", None, true)
-    }
-
-    fn can_multi_conn(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_multi_conn", None, false)
-    }
-
-    fn can_extents(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_extents", Some("extents"), false)
+        Self::boolean(h, "can_zero", None, true)
     }
 
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
         // Without it, a fast zero fails fast when the script has no `zero`.
         if run("can_fast_zero", |lua| Ok(defined(lua, "can_fast_zero")))? {
-            boolean(h, "can_fast_zero", None, false)
+            Self::boolean(h, "can_fast_zero", None, false)
         } else {
             run("can_fast_zero", |lua| Ok(!defined(lua, "zero")))
         }
@@ -637,10 +590,7 @@ impl ScriptPlugin for LuaPlugin {
             );
             // nbdkit.set_error(nbdkit.EOPNOTSUPP) asks the server to write
             // zeroes instead.
-            let e = module::last_error();
-            if matches!(r, Ok(None)) || e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-                abi::debug("zero falling back to pwrite");
-                abi::set_error(libc::EOPNOTSUPP);
+            if zero_falls_back(module::last_error(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
             r.map(|_| ())

@@ -25,7 +25,7 @@ use core::ffi::{c_char, c_int};
 use std::ffi::CStr;
 use std::sync::{Mutex, OnceLock};
 
-use abi::script::{ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
 
 #[repr(C)]
 struct Sv {
@@ -307,14 +307,6 @@ fn load_script(path: &str) -> Res<()> {
     Ok(())
 }
 
-/// Call the script's global callback `name` with `args`, if defined.
-fn global(name: &'static str, args: &[Arg<'_>]) -> Result<(), ScriptError> {
-    run(name, true, |_| {
-        call_opt(name, args, false)?;
-        Ok(())
-    })
-}
-
 /// Call the script's `name` with the handle first.
 fn call_h(h: &Handle, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
     let mut args = vec![Arg::Handle(h)];
@@ -325,19 +317,6 @@ fn call_h(h: &Handle, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Va
         Arg::Handle(h) => Arg::Handle(h),
     }));
     call_opt(name, &args, list)
-}
-
-/// A boolean `can_*`-style callback: its result's truth; without it,
-/// whether the script defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(
-    h: &Handle,
-    name: &'static str,
-    plain: Option<&'static str>,
-) -> Result<bool, ScriptError> {
-    run(name, true, |_| match call_h(h, name, &[], false)? {
-        Some(v) => Ok(v.truth()),
-        None => Ok(plain.is_some_and(defined)),
-    })
 }
 
 /// An integer `can_*` callback (`can_fua`, `can_cache`); `default` without it.
@@ -388,6 +367,33 @@ impl ScriptPlugin for PerlPlugin {
         c"script=<FILENAME>     (required) The Perl plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
+    fn loaded() -> bool {
+        PERL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .script
+            .is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args: Vec<Arg<'_>> = args.iter().map(|&b| Arg::Bool(b)).collect();
+        run(name, true, |_| {
+            call_opt(name, &args, false)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, true, |_| match call_h(h, name, &[], false)? {
+            Some(v) => Ok(v.truth()),
+            None => Ok(plain.map_or(default, defined)),
+        })
+    }
+
     fn load() {
         // SAFETY: starts the interpreter once, before any other call.
         let ok = std::panic::catch_unwind(|| unsafe { nbdkit_perl_start() } == 0).unwrap_or(false);
@@ -407,8 +413,8 @@ impl ScriptPlugin for PerlPlugin {
         }
     }
 
-    fn dump_plugin() {
-        let r = run("dump_plugin", false, |perl| {
+    fn dump_plugin() -> Result<(), ScriptError> {
+        run("dump_plugin", false, |perl| {
             // SAFETY: Perl's version (`$^V`) as a string, e.g. "5.36.0".
             let v = unsafe { CStr::from_ptr(nbdkit_perl_version()) }.to_string_lossy();
             println!("perl_version={v}");
@@ -416,10 +422,7 @@ impl ScriptPlugin for PerlPlugin {
                 call_opt("dump_plugin", &[], false)?;
             }
             Ok(())
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+        })
     }
 
     fn config(key: &str, value: &str) -> Result<(), ScriptError> {
@@ -458,35 +461,6 @@ impl ScriptPlugin for PerlPlugin {
             )?;
             Ok(())
         })
-    }
-
-    fn config_complete() -> Result<(), ScriptError> {
-        global("config_complete", &[])
-    }
-
-    fn get_ready() -> Result<(), ScriptError> {
-        global("get_ready", &[])
-    }
-
-    fn after_fork() -> Result<(), ScriptError> {
-        global("after_fork", &[])
-    }
-
-    fn cleanup() {
-        let loaded = PERL
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .script
-            .is_some();
-        if loaded {
-            if let Err(e) = global("cleanup", &[]) {
-                e.report();
-            }
-        }
-    }
-
-    fn preconnect(readonly: bool) -> Result<(), ScriptError> {
-        global("preconnect", &[Arg::Bool(readonly)])
     }
 
     fn list_exports(
@@ -559,16 +533,13 @@ impl ScriptPlugin for PerlPlugin {
         })
     }
 
-    fn close(h: Handle) {
-        let r = run("close", true, move |_| {
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("close", true, move |_| {
             let r = call_opt("close", &[Arg::Handle(&h)], false);
             // The handle's reference goes, with the lock held.
             drop(Val(h.0));
             r.map(|_| ())
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+        })
     }
 
     fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
@@ -618,41 +589,13 @@ impl ScriptPlugin for PerlPlugin {
         })
     }
 
-    fn can_write(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_write", Some("pwrite"))
-    }
-
-    fn can_flush(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_flush", Some("flush"))
-    }
-
-    fn is_rotational(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "is_rotational", None)
-    }
-
-    fn can_trim(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_trim", Some("trim"))
-    }
-
-    fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_zero", Some("zero"))
-    }
-
-    fn can_multi_conn(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_multi_conn", None)
-    }
-
-    fn can_extents(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_extents", Some("extents"))
-    }
-
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
         let has = {
             let perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
             STARTED.get() == Some(&true) && perl.script.is_some() && defined("can_fast_zero")
         };
         if has {
-            return boolean(h, "can_fast_zero", None);
+            return Self::boolean(h, "can_fast_zero", None, false);
         }
         // Without it, a fast zero can fail fast when zeroing is not native.
         Ok(!Self::can_zero(h)?)
@@ -734,20 +677,10 @@ impl ScriptPlugin for PerlPlugin {
             // Nbdkit::set_error(POSIX::EOPNOTSUPP) asks the server to write
             // zeroes instead, whether the script then dies or returns.
             // SAFETY: reads the shim's record.
-            let e = unsafe { nbdkit_perl_errno() };
-            if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-                abi::debug("zero requested falling back to pwrite");
-                abi::set_error(e);
+            if zero_falls_back(unsafe { nbdkit_perl_errno() }, matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-            match r? {
-                Some(_) => Ok(()),
-                None => {
-                    abi::debug("zero missing, falling back to pwrite");
-                    abi::set_error(libc::EOPNOTSUPP);
-                    Err(Fail::Quiet)
-                }
-            }
+            r.map(|_| ())
         })
     }
 

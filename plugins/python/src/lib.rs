@@ -36,7 +36,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyString, PyTuple};
 
-use abi::script::{ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots};
+use abi::script::{
+    zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots,
+};
 
 /// The newest API version a script may declare (`API_VERSION = 2`).
 const MAX_API_VERSION: i64 = 2;
@@ -271,16 +273,6 @@ fn load_failed(path: &str, f: Fail) -> ScriptError {
     }
 }
 
-/// Call the script's global callback `name` with no arguments, if defined.
-fn global0(name: &'static str) -> Result<(), ScriptError> {
-    run_s(name, |py, s| {
-        if let Some(f) = callback(py, s, &PyString::intern(py, name)) {
-            f.call0()?;
-        }
-        Ok(())
-    })
-}
-
 fn pybool(py: Python<'_>, b: bool) -> Bound<'_, PyBool> {
     PyBool::new(py, b).to_owned()
 }
@@ -308,21 +300,6 @@ fn call_h<'py>(
     };
     let r = f.call1(args)?;
     Ok(Some((f, r)))
-}
-
-/// A boolean `can_*`-style callback: its result's truth value; without it,
-/// whether the script defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(
-    h: &Handle,
-    name: &'static str,
-    plain: Option<&'static str>,
-) -> Result<bool, ScriptError> {
-    run_s(name, |py, s| {
-        match call_h(py, s, &PyString::intern(py, name), (h.obj.bind(py),))? {
-            Some((f, r)) => r.is_truthy().map_err(|e| bad_return(py, &f, name, e)),
-            None => Ok(plain.is_some_and(|p| callback(py, s, &PyString::intern(py, p)).is_some())),
-        }
-    })
 }
 
 /// An integer `can_*` callback (`can_fua`, `can_cache`); `default` without it.
@@ -447,6 +424,35 @@ impl ScriptPlugin for PythonPlugin {
         ..Slots::STANDARD
     };
 
+    fn loaded() -> bool {
+        SCRIPT.get().is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        run_s(name, |py, s| {
+            if let Some(f) = callback(py, s, &PyString::intern(py, name)) {
+                f.call1(PyTuple::new(py, args.iter().map(|&b| pybool(py, b)))?)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run_s(name, |py, s| {
+            match call_h(py, s, &PyString::intern(py, name), (h.obj.bind(py),))? {
+                Some((f, r)) => r.is_truthy().map_err(|e| bad_return(py, &f, name, e)),
+                None => Ok(plain.map_or(default, |p| {
+                    callback(py, s, &PyString::intern(py, p)).is_some()
+                })),
+            }
+        })
+    }
+
     fn load() {
         start();
     }
@@ -469,8 +475,8 @@ impl ScriptPlugin for PythonPlugin {
         })
     }
 
-    fn dump_plugin() {
-        let r = run("dump_plugin", false, |py, script| {
+    fn dump_plugin() -> Result<(), ScriptError> {
+        run("dump_plugin", false, |py, script| {
             // SAFETY: Py_GetVersion returns a static string.
             let v = unsafe { CStr::from_ptr(pyffi::Py_GetVersion()) }.to_string_lossy();
             let v = v.split_whitespace().next().unwrap_or_default();
@@ -484,10 +490,7 @@ impl ScriptPlugin for PythonPlugin {
                 r?;
             }
             Ok(())
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+        })
     }
 
     fn config(key: &str, value: &str) -> Result<(), ScriptError> {
@@ -520,10 +523,6 @@ impl ScriptPlugin for PythonPlugin {
         })
     }
 
-    fn config_complete() -> Result<(), ScriptError> {
-        global0("config_complete")
-    }
-
     fn thread_model() -> Result<c_int, ScriptError> {
         if SCRIPT.get().is_none() {
             return Ok(abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS);
@@ -537,31 +536,6 @@ impl ScriptPlugin for PythonPlugin {
                 }
                 None => Ok(abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS),
             }
-        })
-    }
-
-    fn get_ready() -> Result<(), ScriptError> {
-        global0("get_ready")
-    }
-
-    fn after_fork() -> Result<(), ScriptError> {
-        global0("after_fork")
-    }
-
-    fn cleanup() {
-        if SCRIPT.get().is_some() {
-            if let Err(e) = global0("cleanup") {
-                e.report();
-            }
-        }
-    }
-
-    fn preconnect(readonly: bool) -> Result<(), ScriptError> {
-        run_s("preconnect", |py, s| {
-            if let Some(f) = callback(py, s, intern!(py, "preconnect")) {
-                f.call1((pybool(py, readonly),))?;
-            }
-            Ok(())
         })
     }
 
@@ -641,8 +615,8 @@ impl ScriptPlugin for PythonPlugin {
         })
     }
 
-    fn close(h: Handle) {
-        let r = run("close", true, move |py, s| {
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("close", true, move |py, s| {
             let r = match s.and_then(|s| callback(py, s, intern!(py, "close"))) {
                 Some(f) => f.call1((h.obj.bind(py),)).map(|_| ()),
                 None => Ok(()),
@@ -650,10 +624,7 @@ impl ScriptPlugin for PythonPlugin {
             // The handle is released with the lock held.
             drop(h);
             r.map_err(Fail::from)
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+        })
     }
 
     fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
@@ -698,34 +669,6 @@ impl ScriptPlugin for PythonPlugin {
         })
     }
 
-    fn can_write(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_write", Some("pwrite"))
-    }
-
-    fn can_flush(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_flush", Some("flush"))
-    }
-
-    fn is_rotational(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "is_rotational", None)
-    }
-
-    fn can_trim(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_trim", Some("trim"))
-    }
-
-    fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_zero", Some("zero"))
-    }
-
-    fn can_multi_conn(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_multi_conn", None)
-    }
-
-    fn can_extents(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_extents", Some("extents"))
-    }
-
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
         let defined = STARTED.get() == Some(&true)
             && Python::attach(|py| {
@@ -734,7 +677,7 @@ impl ScriptPlugin for PythonPlugin {
                     .is_some_and(|s| callback(py, s, intern!(py, "can_fast_zero")).is_some())
             });
         if defined {
-            return boolean(h, "can_fast_zero", None);
+            return Self::boolean(h, "can_fast_zero", None, false);
         }
         // Without it, a fast zero can fail fast when zeroing is not native.
         Ok(!Self::can_zero(h)?)
@@ -856,20 +799,10 @@ impl ScriptPlugin for PythonPlugin {
             };
             // nbdkit.set_error(errno.EOPNOTSUPP) asks the server to write
             // zeroes instead, whether the script then raises or returns.
-            let e = module::last_error();
-            if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-                abi::debug("zero requested falling back to pwrite");
-                abi::set_error(e);
+            if zero_falls_back(module::last_error(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-            match r? {
-                Some(_) => Ok(()),
-                None => {
-                    abi::debug("zero missing, falling back to pwrite");
-                    abi::set_error(libc::EOPNOTSUPP);
-                    Err(Fail::Quiet)
-                }
-            }
+            r.map(|_| ())
         })
     }
 

@@ -48,7 +48,7 @@ use core::ffi::{c_char, c_int, c_void};
 use std::ffi::{CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
-use abi::script::{ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
 use rb::{Exception, Value, QNIL};
 
 /// What the server configured before Ruby starts.
@@ -603,24 +603,6 @@ fn class_of(v: Value) -> String {
         .unwrap_or_default()
 }
 
-/// A boolean callback: its result's truth; without it, whether the script
-/// defines `plain`, else `default`.
-fn boolean(
-    h: &Handle,
-    name: &'static str,
-    plain: Option<&'static str>,
-    default: bool,
-) -> Result<bool, ScriptError> {
-    let at = h.at();
-    run(name, move || {
-        // SAFETY: a live handle.
-        match call(name, &[unsafe { hv(at) }])? {
-            Some(v) => Ok(rb::truthy(v)),
-            None => Ok(plain.map_or(default, defined)),
-        }
-    })
-}
-
 /// `can_fua`/`can_cache`: true (native), false/nil, or a level number.
 fn level(
     h: &Handle,
@@ -689,6 +671,35 @@ impl ScriptPlugin for RubyPlugin {
         c"script=<FILENAME>     (required) The Ruby plugin to run.\n\
 [other arguments may be used by the plugin that you load]";
 
+    fn loaded() -> bool {
+        STARTED.get() == Some(&Ok(()))
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args = args.to_vec();
+        run(name, move || {
+            let a: Vec<Value> = args.iter().map(|&b| rb::boolean(b)).collect();
+            call(name, &a)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        let at = h.at();
+        run(name, move || {
+            // SAFETY: a live handle.
+            match call(name, &[unsafe { hv(at) }])? {
+                Some(v) => Ok(rb::truthy(v)),
+                None => Ok(plain.map_or(default, defined)),
+            }
+        })
+    }
+
     // Configuration happens before Ruby starts.
 
     fn load() {
@@ -753,14 +764,7 @@ impl ScriptPlugin for RubyPlugin {
         Ok(())
     }
 
-    fn after_fork() -> Result<(), ScriptError> {
-        run("after_fork", || {
-            call("after_fork", &[])?;
-            Ok(())
-        })
-    }
-
-    fn dump_plugin() {
+    fn dump_plugin() -> Result<(), ScriptError> {
         println!("ruby_api_version={}", env!("NBDKIT_RUBY_API_VERSION"));
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -769,30 +773,13 @@ impl ScriptPlugin for RubyPlugin {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|c| c.script.is_some());
-        if has_script {
-            let r = run("dump_plugin", || {
-                let r = call("dump_plugin", &[]);
-                let _ = rb::call(QNIL, "eval", &[rb::string("$stdout.flush")]);
-                r.map(|_| ())
-            });
-            if let Err(e) = r {
-                e.report();
-            }
+        if !has_script {
+            return Ok(());
         }
-    }
-
-    fn cleanup() {
-        if STARTED.get() == Some(&Ok(())) {
-            if let Err(e) = run("cleanup", || call("cleanup", &[]).map(|_| ())) {
-                e.report();
-            }
-        }
-    }
-
-    fn preconnect(readonly: bool) -> Result<(), ScriptError> {
-        run("preconnect", move || {
-            call("preconnect", &[rb::boolean(readonly)])?;
-            Ok(())
+        run("dump_plugin", || {
+            let r = call("dump_plugin", &[]);
+            let _ = rb::call(QNIL, "eval", &[rb::string("$stdout.flush")]);
+            r.map(|_| ())
         })
     }
 
@@ -861,12 +848,12 @@ impl ScriptPlugin for RubyPlugin {
         })
     }
 
-    fn close(h: Handle) {
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        let internal = || ScriptError::msg("ruby: close: internal error");
         if !thread::running() {
             // Still registered with Ruby's GC: left alone.
             core::mem::forget(h);
-            abi::error("ruby: close: internal error");
-            return;
+            return Err(internal());
         }
         let r = thread::on_ruby(move || {
             let mut hd = h;
@@ -876,9 +863,9 @@ impl ScriptPlugin for RubyPlugin {
             r.err()
         });
         match r {
-            Some(Some(e)) => report("close", e, 0).report(),
-            Some(None) => {}
-            None => abi::error("ruby: close: internal error"),
+            Some(Some(e)) => Err(report("close", e, 0)),
+            Some(None) => Ok(()),
+            None => Err(internal()),
         }
     }
 
@@ -925,33 +912,9 @@ impl ScriptPlugin for RubyPlugin {
         })
     }
 
-    fn can_write(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_write", Some("pwrite"), false)
-    }
-
-    fn can_flush(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_flush", Some("flush"), false)
-    }
-
-    fn is_rotational(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "is_rotational", None, false)
-    }
-
-    fn can_trim(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_trim", Some("trim"), false)
-    }
-
     fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
         // Zeroing is on without it: `zero`, or the server's writes of zeroes.
-        boolean(h, "can_zero", None, true)
-    }
-
-    fn can_multi_conn(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_multi_conn", None, false)
-    }
-
-    fn can_extents(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_extents", Some("extents"), false)
+        Self::boolean(h, "can_zero", None, true)
     }
 
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
@@ -1035,7 +998,7 @@ impl ScriptPlugin for RubyPlugin {
 
     fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
         let at = h.at();
-        let fallback = run("zero", move || {
+        let (errno, missing) = run("zero", move || {
             // SAFETY: a live handle.
             let args = [
                 unsafe { hv(at) },
@@ -1047,18 +1010,15 @@ impl ScriptPlugin for RubyPlugin {
             // Nbdkit.set_error(Errno::EOPNOTSUPP) (or no zero at all) asks
             // the server to write zeroes instead.
             let e = LAST_ERROR.with(Cell::get);
-            if matches!(r, Ok(None)) || e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-                return Ok(Some(libc::EOPNOTSUPP));
+            if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
+                return Ok((e, false));
             }
-            r.map(|_| None)
+            r.map(|v| (e, v.is_none()))
         })?;
-        match fallback {
-            None => Ok(()),
-            Some(e) => {
-                abi::debug("zero falling back to pwrite");
-                Err(ScriptError::errno(e))
-            }
+        if zero_falls_back(errno, missing) {
+            return Err(ScriptError::reported());
         }
+        Ok(())
     }
 
     fn extents(

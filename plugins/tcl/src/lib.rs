@@ -21,7 +21,9 @@ use core::ffi::{c_char, c_int, c_void};
 use std::ffi::CStr;
 use std::sync::{Mutex, OnceLock};
 
-use abi::script::{ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots};
+use abi::script::{
+    zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots,
+};
 
 #[repr(C)]
 struct Interp {
@@ -449,13 +451,13 @@ fn start() {
     let _ = STARTED.set(ok);
 }
 
-fn dump() {
+fn dump() -> Result<(), ScriptError> {
     if STARTED.get() != Some(&true) {
-        return;
+        return Ok(());
     }
     let st = TCL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(tcl) = st.interp.as_ref() else {
-        return;
+        return Ok(());
     };
     for (k, var) in [
         ("tcl_version", c"tcl_version"),
@@ -469,20 +471,13 @@ fn dump() {
         }
     }
     drop(st);
-    if TCL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some()
-    {
-        let r = run("dump_plugin", |t| {
-            t.call_opt("dump_plugin", &[])?;
-            Ok(())
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+    if !TclPlugin::loaded() {
+        return Ok(());
     }
+    run("dump_plugin", |t| {
+        t.call_opt("dump_plugin", &[])?;
+        Ok(())
+    })
 }
 
 /// Evaluate the script and check its required procs.
@@ -514,14 +509,6 @@ fn load_script(tcl: &Tcl, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Call the script's global proc `name` with `args`, if defined.
-fn global(name: &'static str, args: &[Arg<'_>]) -> Result<(), ScriptError> {
-    run(name, |t| {
-        t.call_opt(name, args)?;
-        Ok(())
-    })
-}
-
 /// Call the script's `name` with the handle first.
 fn call_h(t: &Tcl, h: &Handle, name: &str, rest: &[Arg<'_>]) -> Res<Option<Val>> {
     let mut args = vec![Arg::Handle(h)];
@@ -533,24 +520,6 @@ fn call_h(t: &Tcl, h: &Handle, name: &str, rest: &[Arg<'_>]) -> Res<Option<Val>>
         Arg::Handle(h) => Arg::Handle(h),
     }));
     t.call_opt(name, &args)
-}
-
-/// A boolean callback: its result; without it, whether the script
-/// defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(
-    h: &Handle,
-    name: &'static str,
-    plain: Option<&'static str>,
-) -> Result<bool, ScriptError> {
-    run(name, |t| match call_h(t, h, name, &[])? {
-        Some(v) => v.boolean(t).ok_or_else(|| {
-            Fail::Msg(format!(
-                "returned a value that is not a boolean: {}",
-                v.text()
-            ))
-        }),
-        None => Ok(plain.is_some_and(|p| t.defined(p))),
-    })
 }
 
 /// A data callback; a missing one is "not implemented".
@@ -584,12 +553,46 @@ impl ScriptPlugin for TclPlugin {
         thread_model: false,
     };
 
+    const FLUSH: &'static str = "plugin_flush";
+
+    fn loaded() -> bool {
+        TCL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .script
+            .is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args: Vec<Arg<'_>> = args.iter().map(|&b| Arg::Bool(b)).collect();
+        run(name, |t| {
+            t.call_opt(name, &args)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, |t| match call_h(t, h, name, &[])? {
+            Some(v) => v.boolean(t).ok_or_else(|| {
+                Fail::Msg(format!(
+                    "returned a value that is not a boolean: {}",
+                    v.text()
+                ))
+            }),
+            None => Ok(plain.map_or(default, |p| t.defined(p))),
+        })
+    }
+
     fn load() {
         start();
     }
 
-    fn dump_plugin() {
-        dump();
+    fn dump_plugin() -> Result<(), ScriptError> {
+        dump()
     }
 
     fn config(key: &str, value: &str) -> Result<(), ScriptError> {
@@ -625,35 +628,6 @@ impl ScriptPlugin for TclPlugin {
             t.call("config", &[Arg::Str(key), Arg::Str(value)])?;
             Ok(())
         })
-    }
-
-    fn config_complete() -> Result<(), ScriptError> {
-        global("config_complete", &[])
-    }
-
-    fn get_ready() -> Result<(), ScriptError> {
-        global("get_ready", &[])
-    }
-
-    fn after_fork() -> Result<(), ScriptError> {
-        global("after_fork", &[])
-    }
-
-    fn cleanup() {
-        let loaded = TCL
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .script
-            .is_some();
-        if loaded {
-            if let Err(e) = global("cleanup", &[]) {
-                e.report();
-            }
-        }
-    }
-
-    fn preconnect(readonly: bool) -> Result<(), ScriptError> {
-        global("preconnect", &[Arg::Bool(readonly)])
     }
 
     fn list_exports(
@@ -697,16 +671,13 @@ impl ScriptPlugin for TclPlugin {
         })
     }
 
-    fn close(h: Handle) {
-        let r = run("plugin_close", move |t| {
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("plugin_close", move |t| {
             let r = t.call_opt("plugin_close", &[Arg::Handle(&h)]);
             // The handle's reference goes, with the lock held.
             drop(h);
             r.map(|_| ())
-        });
-        if let Err(e) = r {
-            e.report();
-        }
+        })
     }
 
     fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
@@ -730,37 +701,13 @@ impl ScriptPlugin for TclPlugin {
         })
     }
 
-    fn can_write(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_write", Some("pwrite"))
-    }
-
-    fn can_flush(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_flush", Some("plugin_flush"))
-    }
-
-    fn is_rotational(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "is_rotational", None)
-    }
-
-    fn can_trim(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_trim", Some("trim"))
-    }
-
-    fn can_multi_conn(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_multi_conn", None)
-    }
-
-    fn can_extents(h: &Handle) -> Result<bool, ScriptError> {
-        boolean(h, "can_extents", Some("extents"))
-    }
-
     /// Fast zeroes fail fast (see `zero`), so they are advertised.
     fn can_fast_zero(_h: &Handle) -> Result<bool, ScriptError> {
         Ok(true)
     }
 
     fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
-        Ok(if boolean(h, "can_cache", Some("cache"))? {
+        Ok(if Self::boolean(h, "can_cache", Some("cache"), false)? {
             abi::CACHE_NATIVE
         } else {
             abi::CACHE_NONE
@@ -812,18 +759,10 @@ impl ScriptPlugin for TclPlugin {
             // nbdkit::set_error EOPNOTSUPP asks the server to write zeroes
             // instead, whether the script then errors or returns.
             let e = LAST_ERRNO.load(core::sync::atomic::Ordering::Relaxed);
-            if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-                abi::set_error(e);
+            if zero_falls_back(e, matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-            match r? {
-                Some(_) => Ok(()),
-                None => {
-                    abi::debug("zero missing, falling back to pwrite");
-                    abi::set_error(libc::EOPNOTSUPP);
-                    Err(Fail::Quiet)
-                }
-            }
+            r.map(|_| ())
         })
     }
 
