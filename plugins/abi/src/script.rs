@@ -633,3 +633,168 @@ macro_rules! register_script_plugin {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    //! The trampolines against a plugin that fails and panics, with the
+    //! server's reporting functions stood in for by this test binary.
+    use super::*;
+    use std::sync::Mutex;
+
+    static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static ERRNOS: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+    static CLOSED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    // The layer only ever calls these as `nbdkit_error("%s", msg)`:
+    // the message is the second argument (passed as a fixed one would be).
+    #[no_mangle]
+    extern "C" fn nbdkit_error(_fs: *const c_char, msg: *const c_char) {
+        // SAFETY: the layer passes a NUL-terminated message.
+        let m = unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned();
+        ERRORS.lock().unwrap().push(m);
+    }
+
+    #[no_mangle]
+    extern "C" fn nbdkit_debug(_fs: *const c_char, _msg: *const c_char) {}
+
+    #[no_mangle]
+    extern "C" fn nbdkit_set_error(err: c_int) {
+        ERRNOS.lock().unwrap().push(err);
+    }
+
+    #[no_mangle]
+    extern "C" fn nbdkit_strdup_intern(s: *const c_char) -> *const c_char {
+        s
+    }
+
+    #[no_mangle]
+    extern "C" fn nbdkit_add_extent(_: *mut Extents, _: u64, _: u64, _: u32) -> c_int {
+        -1
+    }
+
+    #[no_mangle]
+    extern "C" fn nbdkit_add_export(_: *mut Exports, _: *const c_char, _: *const c_char) -> c_int {
+        -1
+    }
+
+    #[no_mangle]
+    extern "C" fn nbdkit_use_default_export(_: *mut Exports) -> c_int {
+        -1
+    }
+
+    struct Test;
+
+    impl ScriptPlugin for Test {
+        type Handle = u32;
+        const NAME: &'static CStr = c"test";
+        const CONFIG_HELP: &'static CStr = c"";
+        fn loaded() -> bool {
+            true
+        }
+        fn global(_name: &'static str, _args: &[bool]) -> Result<()> {
+            Ok(())
+        }
+        fn boolean(
+            _h: &u32,
+            _name: &'static str,
+            _plain: Option<&'static str>,
+            default: bool,
+        ) -> Result<bool> {
+            Ok(default)
+        }
+        fn config(_key: &str, _value: &str) -> Result<()> {
+            Err(ScriptError::msg("no parameters"))
+        }
+        fn list_exports(_: bool, _: bool, _: &mut ExportList) -> Result<()> {
+            Ok(())
+        }
+        fn default_export(_: bool, _: bool) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn open(_readonly: bool) -> Result<u32> {
+            Ok(7)
+        }
+        fn close(h: u32) -> Result<()> {
+            CLOSED.lock().unwrap().push(h);
+            Ok(())
+        }
+        fn export_description(_: &u32) -> Result<Option<String>> {
+            Ok(None)
+        }
+        fn get_size(h: &u32) -> Result<i64> {
+            Ok(i64::from(*h) * 512)
+        }
+        fn can_fast_zero(_: &u32) -> Result<bool> {
+            Ok(false)
+        }
+        fn can_cache(_: &u32) -> Result<c_int> {
+            Ok(crate::CACHE_NONE)
+        }
+        fn pread(h: &u32, buf: &mut [u8], offset: u64, _: Flags) -> Result<()> {
+            if offset == 4096 {
+                panic!("a bug in the plugin");
+            }
+            buf.fill(*h as u8);
+            Ok(())
+        }
+        fn pwrite(_: &u32, _: &[u8], _: u64, _: Flags) -> Result<()> {
+            Err(ScriptError::new(libc::ENOSPC, "test: pwrite: full"))
+        }
+        fn flush(_: &u32, _: Flags) -> Result<()> {
+            Ok(())
+        }
+        fn trim(_: &u32, _: u32, _: u64, _: Flags) -> Result<()> {
+            Ok(())
+        }
+        fn zero(_: &u32, _: u32, _: u64, _: Flags) -> Result<()> {
+            Ok(())
+        }
+        fn cache(_: &u32, _: u32, _: u64, _: Flags) -> Result<()> {
+            Ok(())
+        }
+        fn extents(_: &u32, _: u32, _: u64, _: Flags, _: &mut ExtentList) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    static PLUGIN: crate::Registration = crate::Registration(plugin::<Test>());
+
+    #[test]
+    fn trampolines_box_the_handle_report_errors_and_catch_panics() {
+        let p = &PLUGIN.0;
+        // SAFETY: the calls the server makes, in its order, with a live
+        // handle and buffers of the stated sizes.
+        unsafe {
+            assert_eq!(p.config.unwrap()(c"k".as_ptr(), c"v".as_ptr()), -1);
+            let h = p.open.unwrap()(0);
+            assert!(!h.is_null());
+            assert_eq!(p.get_size.unwrap()(h), 7 * 512);
+            assert_eq!(p.can_write.unwrap()(h), 0);
+            let mut buf = [0u8; 512];
+            assert_eq!(p.pread.unwrap()(h, buf.as_mut_ptr().cast(), 512, 0, 0), 0);
+            assert_eq!(buf, [7u8; 512]);
+            // A panic is an EIO error, and does not unwind into the caller.
+            assert_eq!(
+                p.pread.unwrap()(h, buf.as_mut_ptr().cast(), 512, 4096, 0),
+                -1
+            );
+            assert_eq!(p.pwrite.unwrap()(h, buf.as_ptr().cast(), 512, 0, 0), -1);
+            p.close.unwrap()(h);
+        }
+        assert_eq!(*CLOSED.lock().unwrap(), [7]);
+        assert_eq!(
+            *ERRORS.lock().unwrap(),
+            [
+                "no parameters",
+                "test: pread: internal error",
+                "test: pwrite: full"
+            ]
+        );
+        assert_eq!(*ERRNOS.lock().unwrap(), [libc::EIO, libc::ENOSPC]);
+        // The slots a plugin leaves to the server stay empty.
+        assert!(p.thread_model_cb.is_none());
+        assert!(p.can_zero.is_some());
+    }
+}
