@@ -133,6 +133,7 @@ impl ExportList {
 /// the server's default).
 #[derive(Clone, Copy, Debug)]
 pub struct Slots {
+    pub unload: bool,
     pub can_zero: bool,
     pub can_fua: bool,
     pub block_size: bool,
@@ -143,6 +144,7 @@ pub struct Slots {
 impl Slots {
     /// Every slot but the `thread_model` callback.
     pub const STANDARD: Slots = Slots {
+        unload: true,
         can_zero: true,
         can_fua: true,
         block_size: true,
@@ -171,6 +173,10 @@ pub trait ScriptPlugin: 'static {
     /// The script's flush callback, whose presence makes `can_flush`
     /// true without one (tcl's is `plugin_flush`).
     const FLUSH: &'static str = "flush";
+    /// Whether zeroing is on without a `can_zero` callback (lua, ruby:
+    /// the script's `zero`, or the server's writes of zeroes); else it
+    /// follows whether the script has `zero` (nbdkit's python, perl).
+    const ZERO_WITHOUT_CAN_ZERO: bool = false;
 
     // The primitives.
 
@@ -245,7 +251,11 @@ pub trait ScriptPlugin: 'static {
         Self::boolean(h, "can_trim", Some("trim"), false)
     }
     fn can_zero(h: &Self::Handle) -> Result<bool> {
-        Self::boolean(h, "can_zero", Some("zero"), false)
+        if Self::ZERO_WITHOUT_CAN_ZERO {
+            Self::boolean(h, "can_zero", None, true)
+        } else {
+            Self::boolean(h, "can_zero", Some("zero"), false)
+        }
     }
     fn can_multi_conn(h: &Self::Handle) -> Result<bool> {
         Self::boolean(h, "can_multi_conn", None, false)
@@ -565,7 +575,7 @@ pub const fn plugin<P: ScriptPlugin>() -> Plugin {
         thread_model: P::THREAD_MODEL,
         name: P::NAME.as_ptr(),
         load: Some(load::<P>),
-        unload: Some(unload::<P>),
+        unload: if s.unload { Some(unload::<P>) } else { None },
         config: Some(config::<P>),
         config_complete: Some(config_complete::<P>),
         config_help: P::CONFIG_HELP.as_ptr(),
@@ -617,6 +627,25 @@ pub const fn plugin<P: ScriptPlugin>() -> Plugin {
         },
         ..Plugin::EMPTY
     }
+}
+
+/// The `config_help` of a language plugin: `script=` and the others,
+/// for `$what` ("Python plugin").
+#[macro_export]
+macro_rules! script_config_help {
+    ($what:literal) => {
+        match ::core::ffi::CStr::from_bytes_with_nul(
+            concat!(
+                "script=<FILENAME>     (required) The ",
+                $what,
+                " to run.\n[other arguments may be used by the plugin that you load]\0"
+            )
+            .as_bytes(),
+        ) {
+            Ok(c) => c,
+            Err(_) => panic!("a NUL in the config help"),
+        }
+    };
 }
 
 /// Register the [`ScriptPlugin`] `$p` as this object's plugin: its
@@ -795,6 +824,7 @@ mod tests {
         assert_eq!(*ERRNOS.lock().unwrap(), [libc::EIO, libc::ENOSPC]);
         // The slots a plugin leaves to the server stay empty.
         assert!(p.thread_model_cb.is_none());
+        assert!(p.unload.is_some());
         assert!(p.can_zero.is_some());
     }
 }

@@ -277,10 +277,10 @@ struct LuaPlugin;
 
 impl ScriptPlugin for LuaPlugin {
     type Handle = Handle;
+    const ZERO_WITHOUT_CAN_ZERO: bool = true;
 
     const NAME: &'static CStr = c"lua";
-    const CONFIG_HELP: &'static CStr = c"script=<FILENAME>     (required) The Lua script to run.\n\
-[other arguments may be used by the plugin that you load]";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Lua script");
 
     fn loaded() -> bool {
         PATH.get().is_some()
@@ -497,12 +497,6 @@ impl ScriptPlugin for LuaPlugin {
                 _ => Err(Fail::Msg("the return value is not three numbers".into())),
             }
         })
-    }
-
-    fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
-        // Without can_zero, zeroing is on: `zero` (or the server's
-        // fall-back to writes when the script has none), as in nbdkit.
-        Self::boolean(h, "can_zero", None, true)
     }
 
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {

@@ -363,9 +363,7 @@ impl ScriptPlugin for PerlPlugin {
     type Handle = Handle;
 
     const NAME: &'static CStr = c"perl";
-    const CONFIG_HELP: &'static CStr =
-        c"script=<FILENAME>     (required) The Perl plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Perl plugin");
 
     fn loaded() -> bool {
         PERL.lock()

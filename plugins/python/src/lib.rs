@@ -414,9 +414,7 @@ impl ScriptPlugin for PythonPlugin {
     type Handle = Handle;
 
     const NAME: &'static CStr = c"python";
-    const CONFIG_HELP: &'static CStr =
-        c"script=<FILENAME>     (required) The Python plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Python plugin");
     const MAGIC_CONFIG_KEY: Option<&'static CStr> = None;
     const THREAD_MODEL: c_int = abi::THREAD_MODEL_PARALLEL;
     const SLOTS: Slots = Slots {

@@ -665,11 +665,10 @@ struct RubyPlugin;
 
 impl ScriptPlugin for RubyPlugin {
     type Handle = Handle;
+    const ZERO_WITHOUT_CAN_ZERO: bool = true;
 
     const NAME: &'static CStr = c"ruby";
-    const CONFIG_HELP: &'static CStr =
-        c"script=<FILENAME>     (required) The Ruby plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Ruby plugin");
 
     fn loaded() -> bool {
         STARTED.get() == Some(&Ok(()))
@@ -910,11 +909,6 @@ impl ScriptPlugin for RubyPlugin {
                 _ => Err(Fail::Msg("block_size did not return three Integers".into())),
             }
         })
-    }
-
-    fn can_zero(h: &Handle) -> Result<bool, ScriptError> {
-        // Zeroing is on without it: `zero`, or the server's writes of zeroes.
-        Self::boolean(h, "can_zero", None, true)
     }
 
     fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {

@@ -544,9 +544,9 @@ impl ScriptPlugin for TclPlugin {
     type Handle = Handle;
 
     const NAME: &'static CStr = c"tcl";
-    const CONFIG_HELP: &'static CStr = c"script=<FILENAME>     (required) The Tcl plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Tcl plugin");
     const SLOTS: Slots = Slots {
+        unload: false,
         can_zero: false,
         can_fua: false,
         block_size: false,
