@@ -286,6 +286,37 @@ pub trait ScriptPlugin: 'static {
     ) -> Result<()>;
 }
 
+std::thread_local! {
+    /// The errno the running script callback gave its `set_error` on
+    /// this thread (0: none).
+    static SCRIPT_ERRNO: core::cell::Cell<c_int> = const { core::cell::Cell::new(0) };
+}
+
+/// A script's `set_error(errno)` (`nbdkit.set_error`, ...):
+/// `nbdkit_set_error`, and remembered for the callback's own rules (see
+/// [`script_errno`]).
+pub fn script_set_error(errno: c_int) {
+    crate::set_error(errno);
+    record_script_errno(errno);
+}
+
+/// Remember a script's errno on this thread without telling the server
+/// (an interpreter on a thread of its own tells it from the caller's).
+pub fn record_script_errno(errno: c_int) {
+    SCRIPT_ERRNO.with(|e| e.set(errno));
+}
+
+/// The errno the script set on this thread since [`clear_script_errno`]
+/// (0: none).
+pub fn script_errno() -> c_int {
+    SCRIPT_ERRNO.with(core::cell::Cell::get)
+}
+
+/// Forget the errno of an earlier callback (before running one).
+pub fn clear_script_errno() {
+    record_script_errno(0);
+}
+
 /// nbdkit's rule for a script's `zero`: when the script set the errno
 /// EOPNOTSUPP or ENOTSUP (whether it then failed or returned), or has no
 /// `zero` at all (`missing`), the server writes zeroes instead. Whether

@@ -128,7 +128,7 @@ fn run<R>(callback: &str, f: impl FnOnce(&Lua) -> Res<R>) -> Result<R, ScriptErr
             "a Lua script is required: nbdkit lua /path/to/plugin.lua [key=value ...]".into(),
         )),
         Some(st) => {
-            module::clear_last_error();
+            abi::script::clear_script_errno();
             f(&st.lua)
         }
     };
@@ -365,7 +365,7 @@ impl ScriptPlugin for LuaPlugin {
         }
         match function(&st.lua, "config") {
             Some(f) => {
-                module::clear_last_error();
+                abi::script::clear_script_errno();
                 f.call::<()>((key, value))
                     .map_err(|e| report("config", Fail::Lua(e)))
             }
@@ -584,7 +584,7 @@ impl ScriptPlugin for LuaPlugin {
             );
             // nbdkit.set_error(nbdkit.EOPNOTSUPP) asks the server to write
             // zeroes instead.
-            if zero_falls_back(module::last_error(), matches!(r, Ok(None))) {
+            if zero_falls_back(abi::script::script_errno(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
             r.map(|_| ())

@@ -784,7 +784,7 @@ impl ScriptPlugin for PythonPlugin {
     fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
         run_s("zero", |py, s| {
             let name = intern!(py, "zero");
-            module::clear_last_error();
+            abi::script::clear_script_errno();
             let r = if s.api_version >= 2 {
                 call_h(py, s, name, (h.obj.bind(py), count, offset, flags.bits()))
             } else {
@@ -797,7 +797,7 @@ impl ScriptPlugin for PythonPlugin {
             };
             // nbdkit.set_error(errno.EOPNOTSUPP) asks the server to write
             // zeroes instead, whether the script then raises or returns.
-            if zero_falls_back(module::last_error(), matches!(r, Ok(None))) {
+            if zero_falls_back(abi::script::script_errno(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
             r.map(|_| ())

@@ -43,7 +43,6 @@ use nbdkit_plugin_abi as abi;
 mod rb;
 mod thread;
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_int, c_void};
 use std::ffi::{CStr, CString};
 use std::sync::{Mutex, OnceLock};
@@ -87,12 +86,6 @@ enum Fail {
 }
 
 type Res<T> = Result<T, Fail>;
-
-thread_local! {
-    /// On the Ruby thread: the errno of the last `Nbdkit.set_error` of the
-    /// running job.
-    static LAST_ERROR: Cell<c_int> = const { Cell::new(0) };
-}
 
 /// The failure for a Ruby exception.
 fn exception(e: Exception) -> Fail {
@@ -149,9 +142,9 @@ fn run<R: Send + 'static>(
         return Err(ScriptError::reported());
     }
     let r = thread::on_ruby(move || {
-        LAST_ERROR.with(|e| e.set(0));
+        abi::script::clear_script_errno();
         let r = f();
-        (r, LAST_ERROR.with(Cell::get))
+        (r, abi::script::script_errno())
     });
     match r {
         Some((Ok(v), _)) => Ok(v),
@@ -275,7 +268,7 @@ mod prim {
         } else {
             libc::EIO
         };
-        LAST_ERROR.with(|l| l.set(e));
+        abi::script::record_script_errno(e);
         QNIL
     }
 
@@ -530,7 +523,7 @@ fn ensure_started() -> bool {
         return false;
     }
     let r = thread::on_ruby(move || {
-        LAST_ERROR.with(|e| e.set(0));
+        abi::script::clear_script_errno();
         load_script(&cfg)
     });
     let ok = match r {
@@ -1003,7 +996,7 @@ impl ScriptPlugin for RubyPlugin {
             let r = call_flags("zero", &args, flags.bits());
             // Nbdkit.set_error(Errno::EOPNOTSUPP) (or no zero at all) asks
             // the server to write zeroes instead.
-            let e = LAST_ERROR.with(Cell::get);
+            let e = abi::script::script_errno();
             if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
                 return Ok((e, false));
             }

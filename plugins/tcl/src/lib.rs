@@ -183,9 +183,6 @@ static TCL: Mutex<State> = Mutex::new(State {
 });
 static STARTED: OnceLock<bool> = OnceLock::new();
 
-/// The errno the script last gave `nbdkit::set_error` (0: none).
-static LAST_ERRNO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
-
 /// Arguments of a call.
 enum Arg<'a> {
     Int(i64),
@@ -326,13 +323,13 @@ fn run<R>(callback: &str, f: impl FnOnce(&Tcl) -> Res<R>) -> Result<R, ScriptErr
             "a Tcl script is required: nbdkit tcl /path/to/plugin.tcl [key=value ...]",
         ));
     };
-    LAST_ERRNO.store(0, core::sync::atomic::Ordering::Relaxed);
+    abi::script::clear_script_errno();
     let msg = match f(tcl) {
         Ok(v) => return Ok(v),
         Err(Fail::Tcl(m)) | Err(Fail::Msg(m)) => format!("{path}: {callback}: {m}"),
         Err(Fail::Quiet) => return Err(ScriptError::reported()),
     };
-    let e = LAST_ERRNO.load(core::sync::atomic::Ordering::Relaxed);
+    let e = abi::script::script_errno();
     Err(ScriptError::new(if e == 0 { libc::EIO } else { e }, msg))
 }
 
@@ -383,8 +380,7 @@ unsafe extern "C" fn cmd_set_error(
         unsafe { Tcl_WrongNumArgs(interp, 1, objv, c"errno".as_ptr()) };
         return TCL_ERROR;
     }
-    LAST_ERRNO.store(e, core::sync::atomic::Ordering::Relaxed);
-    abi::set_error(e);
+    abi::script::script_set_error(e);
     TCL_OK
 }
 
@@ -758,7 +754,7 @@ impl ScriptPlugin for TclPlugin {
             let r = call_h(t, h, "zero", &[c, o, Arg::Bool(flags.may_trim())]);
             // nbdkit::set_error EOPNOTSUPP asks the server to write zeroes
             // instead, whether the script then errors or returns.
-            let e = LAST_ERRNO.load(core::sync::atomic::Ordering::Relaxed);
+            let e = abi::script::script_errno();
             if zero_falls_back(e, matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
