@@ -6,6 +6,8 @@
 
 use core::ffi::{c_char, c_double, c_int, c_void};
 
+pub mod script;
+
 /// The server's per-connection handle for this plugin.
 pub type H = *mut c_void;
 

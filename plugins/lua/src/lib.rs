@@ -38,14 +38,12 @@
 
 use nbdkit_plugin_abi as abi;
 
-use core::ffi::{c_char, c_int, c_void};
-use core::panic::AssertUnwindSafe;
+use core::ffi::c_int;
 use std::ffi::CStr;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use mlua::{Function, Lua, MultiValue, RegistryKey, Table, Value};
-
-use abi::H;
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
+use mlua::{Function, Lua, MultiValue, RegistryKey, Table, Value, Variadic};
 
 /// The interpreter and the loaded script.
 struct State {
@@ -103,8 +101,9 @@ fn lua_message(e: &mlua::Error) -> (String, Option<String>) {
     }
 }
 
-/// Report a failure of `callback` (`nbdkit: error: CALLBACK: MESSAGE`).
-fn report(callback: &str, f: Fail) {
+/// A failure of `callback` for the server (`nbdkit: error: CALLBACK:
+/// MESSAGE`); a Lua error's traceback follows as a debug message.
+fn report(callback: &str, f: Fail) -> ScriptError {
     match f {
         Fail::Lua(e) => {
             let (m, t) = lua_message(&e);
@@ -112,40 +111,28 @@ fn report(callback: &str, f: Fail) {
             if let Some(t) = t {
                 abi::debug(&format!("{callback}: {t}"));
             }
+            ScriptError::reported()
         }
-        Fail::Msg(m) => abi::error(&format!("{callback}: {m}")),
-        Fail::Quiet => {}
+        Fail::Msg(m) => ScriptError::msg(format!("{callback}: {m}")),
+        Fail::Quiet => ScriptError::reported(),
     }
 }
 
-/// Run `f` with the Lua state (and the script loaded, when
-/// `need_script`); a failure is reported as an error of `callback` and
-/// turns into `fail`. A panic never crosses into the server.
-fn run<R>(callback: &str, fail: R, f: impl FnOnce(&Lua) -> Res<R>) -> R {
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let g = lock();
-        let Some(st) = g.as_ref() else {
-            return Err(Fail::Msg("the Lua interpreter did not start".into()));
-        };
-        if st.path.is_none() {
-            return Err(Fail::Msg(
-                "a Lua script is required: nbdkit lua /path/to/plugin.lua [key=value ...]".into(),
-            ));
+/// Run `f` with the Lua state and the script loaded; a failure is an
+/// error of `callback`.
+fn run<R>(callback: &str, f: impl FnOnce(&Lua) -> Res<R>) -> Result<R, ScriptError> {
+    let g = lock();
+    let r = match g.as_ref() {
+        None => Err(Fail::Msg("the Lua interpreter did not start".into())),
+        Some(st) if st.path.is_none() => Err(Fail::Msg(
+            "a Lua script is required: nbdkit lua /path/to/plugin.lua [key=value ...]".into(),
+        )),
+        Some(st) => {
+            abi::script::clear_script_errno();
+            f(&st.lua)
         }
-        module::clear_last_error();
-        f(&st.lua)
-    }));
-    match r {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            report(callback, e);
-            fail
-        }
-        Err(_) => {
-            abi::error(&format!("lua: {callback}: internal error"));
-            fail
-        }
-    }
+    };
+    r.map_err(|e| report(callback, e))
 }
 
 /// The script's global function `name`, when it defines one.
@@ -165,24 +152,18 @@ struct Handle {
     key: RegistryKey,
 }
 
-/// The script's handle behind the server's pointer.
-///
-/// # Safety
-/// `h` came from [`lua_open`] and is not yet closed.
-unsafe fn handle<'a>(h: H) -> &'a Handle {
-    // SAFETY: the caller's contract: a live Box<Handle> from lua_open.
-    unsafe { &*(h as *const Handle) }
-}
-
 /// Call the script's `name` with the handle `h` first, then `args`;
 /// `None` when the script does not define it.
-fn call_h(lua: &Lua, name: &str, h: H, args: impl mlua::IntoLuaMulti) -> Res<Option<MultiValue>> {
+fn call_h(
+    lua: &Lua,
+    name: &str,
+    h: &Handle,
+    args: impl mlua::IntoLuaMulti,
+) -> Res<Option<MultiValue>> {
     let Some(f) = function(lua, name) else {
         return Ok(None);
     };
-    // SAFETY: the server passes a live handle.
-    let hd = unsafe { handle(h) };
-    let hv: Value = lua.registry_value(&hd.key)?;
+    let hv: Value = lua.registry_value(&h.key)?;
     let mut a = args.into_lua_multi(lua)?;
     a.push_front(hv);
     Ok(Some(f.call::<MultiValue>(a)?))
@@ -191,13 +172,6 @@ fn call_h(lua: &Lua, name: &str, h: H, args: impl mlua::IntoLuaMulti) -> Res<Opt
 /// The first value of a callback's results (nil without one).
 fn first(r: MultiValue) -> Value {
     r.into_iter().next().unwrap_or(Value::Nil)
-}
-
-fn strerror(errno: i32) -> String {
-    // SAFETY: strerror returns a valid string for any errno value.
-    unsafe { CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// A Lua number that is an integer (integers, and floats with no
@@ -214,58 +188,15 @@ fn type_name(v: &Value) -> &'static str {
     v.type_name()
 }
 
-// ---------------------------------------------------------------------------
-// Loading and configuration
-
 mod module;
-
-unsafe extern "C" fn lua_load() {
-    let r = std::panic::catch_unwind(|| {
-        let lua = Lua::new();
-        module::install(&lua).map(|()| lua)
-    });
-    match r {
-        Ok(Ok(lua)) => *lock() = Some(State { lua, path: None }),
-        Ok(Err(e)) => abi::error(&format!("lua: cannot start: {e}")),
-        Err(_) => abi::error("lua: the Lua interpreter could not start"),
-    }
-}
-
-unsafe extern "C" fn lua_unload() {
-    // Drop the state (closing Lua runs the script's finalizers).
-    let _ = std::panic::catch_unwind(|| {
-        let st = lock().take();
-        drop(st);
-    });
-}
-
-unsafe extern "C" fn lua_dump_plugin() {
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        println!("lua_version={}", env!("NBDKIT_LUA_VERSION"));
-        let g = lock();
-        let Some(st) = g.as_ref() else { return };
-        if st.path.is_none() {
-            return;
-        }
-        if let Some(f) = function(&st.lua, "dump_plugin") {
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            if let Err(e) = f.call::<()>(()) {
-                report("dump_plugin", Fail::Lua(e));
-            }
-        }
-    }));
-    if r.is_err() {
-        abi::error("lua: dump_plugin: internal error");
-    }
-}
 
 /// Run the script `path` in `lua`.
 fn load_script(lua: &Lua, path: &str) -> Res<()> {
     let mut source = std::fs::read(path).map_err(|e| {
         Fail::Msg(format!(
             "cannot open {path}: {}",
-            e.raw_os_error().map_or_else(|| e.to_string(), strerror)
+            e.raw_os_error()
+                .map_or_else(|| e.to_string(), abi::strerror)
         ))
     })?;
     // Like lua(1), skip a first line starting with '#' (a shebang), but
@@ -300,219 +231,15 @@ fn load_script(lua: &Lua, path: &str) -> Res<()> {
     Ok(())
 }
 
-/// A C string argument as Rust text.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-unsafe extern "C" fn lua_config(key: *const c_char, value: *const c_char) -> c_int {
-    // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut g = lock();
-        let Some(st) = g.as_mut() else {
-            return Err(Fail::Msg("the Lua interpreter did not start".into()));
-        };
-        if st.path.is_none() {
-            if key != "script" {
-                return Err(Fail::Msg(
-                    "the first parameter must be script=/path/to/script.lua".into(),
-                ));
-            }
-            load_script(&st.lua, &value)?;
-            st.path = Some(value.clone());
-            let _ = PATH.set(value.clone());
-            return Ok(0);
-        }
-        match function(&st.lua, "config") {
-            Some(f) => {
-                module::clear_last_error();
-                f.call::<()>((key.as_str(), value.as_str())).map_err(|e| {
-                    report("config", Fail::Lua(e));
-                    Fail::Quiet
-                })?;
-                Ok(0)
-            }
-            None => Err(Fail::Msg(format!(
-                "{}: this plugin does not need command line configuration",
-                st.path.as_deref().unwrap_or_default()
-            ))),
-        }
-    }));
-    match r {
-        Ok(Ok(v)) => v,
-        Ok(Err(Fail::Msg(m))) => {
-            abi::error(&m);
-            -1
-        }
-        Ok(Err(f)) => {
-            report("config", f);
-            -1
-        }
-        Err(_) => {
-            abi::error("lua: config: internal error");
-            -1
-        }
-    }
-}
-
-/// Call the script's global callback `name` with `args`, if defined.
-fn global(name: &'static str, args: impl mlua::IntoLuaMulti) -> c_int {
-    run(name, -1, |lua| {
-        if let Some(f) = function(lua, name) {
-            f.call::<()>(args)?;
-        }
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn lua_config_complete() -> c_int {
-    global("config_complete", ())
-}
-
-unsafe extern "C" fn lua_get_ready() -> c_int {
-    global("get_ready", ())
-}
-
-unsafe extern "C" fn lua_after_fork() -> c_int {
-    global("after_fork", ())
-}
-
-unsafe extern "C" fn lua_cleanup() {
-    if PATH.get().is_some() {
-        global("cleanup", ());
-    }
-}
-
-unsafe extern "C" fn lua_preconnect(readonly: c_int) -> c_int {
-    global("preconnect", readonly != 0)
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
-unsafe extern "C" fn lua_open(readonly: c_int) -> H {
-    run("open", core::ptr::null_mut(), |lua| {
-        let f = function(lua, "open").ok_or_else(|| Fail::Msg("missing callback".into()))?;
-        let v = first(f.call::<MultiValue>(readonly != 0)?);
-        let key = lua.create_registry_value(v)?;
-        Ok(Box::into_raw(Box::new(Handle { key })) as H)
-    })
-}
-
-unsafe extern "C" fn lua_close(h: H) {
-    if h.is_null() {
-        return;
-    }
-    // SAFETY: the server closes each handle from lua_open once.
-    let hd = unsafe { Box::from_raw(h as *mut Handle) };
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let g = lock();
-        let Some(st) = g.as_ref() else { return };
-        if let Some(f) = function(&st.lua, "close") {
-            let r = st
-                .lua
-                .registry_value::<Value>(&hd.key)
-                .and_then(|v| f.call::<()>(v));
-            if let Err(e) = r {
-                report("close", Fail::Lua(e));
-            }
-        }
-        // The handle goes with the lock held.
-        let _ = st.lua.remove_registry_value(hd.key);
-    }));
-    if r.is_err() {
-        abi::error("lua: close: internal error");
-    }
-}
-
-unsafe extern "C" fn lua_get_size(h: H) -> i64 {
-    run("get_size", -1, |lua| {
-        let r =
-            call_h(lua, "get_size", h, ())?.ok_or_else(|| Fail::Msg("missing callback".into()))?;
-        let v = first(r);
-        match integer(&v) {
-            Some(n) if n >= 0 => Ok(n),
-            Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
-            None => Err(Fail::Msg(format!(
-                "cannot convert returned value to an integer (of type {})",
-                type_name(&v)
-            ))),
-        }
-    })
-}
-
-/// A boolean callback: its result; without it, whether the script
-/// defines `plain` (e.g. `pwrite` for `can_write`), else `default`.
-fn boolean(h: H, name: &'static str, plain: Option<&'static str>, default: bool) -> c_int {
-    run(name, -1, |lua| match call_h(lua, name, h, ())? {
-        Some(r) => match first(r) {
-            Value::Boolean(b) => Ok(c_int::from(b)),
-            v => Err(Fail::Msg(format!(
-                "return value is not a boolean (of type {})",
-                type_name(&v)
-            ))),
-        },
-        None => Ok(c_int::from(plain.map_or(default, |p| defined(lua, p)))),
-    })
-}
-
-unsafe extern "C" fn lua_can_write(h: H) -> c_int {
-    boolean(h, "can_write", Some("pwrite"), false)
-}
-
-unsafe extern "C" fn lua_can_flush(h: H) -> c_int {
-    boolean(h, "can_flush", Some("flush"), false)
-}
-
-unsafe extern "C" fn lua_is_rotational(h: H) -> c_int {
-    boolean(h, "is_rotational", None, false)
-}
-
-unsafe extern "C" fn lua_can_trim(h: H) -> c_int {
-    boolean(h, "can_trim", Some("trim"), false)
-}
-
-unsafe extern "C" fn lua_can_zero(h: H) -> c_int {
-    // Without can_zero, zeroing is on: `zero` (or the server's fall-back
-    // to writes when the script has none), as in nbdkit.
-    boolean(h, "can_zero", None, true)
-}
-
-unsafe extern "C" fn lua_can_multi_conn(h: H) -> c_int {
-    boolean(h, "can_multi_conn", None, false)
-}
-
-unsafe extern "C" fn lua_can_extents(h: H) -> c_int {
-    boolean(h, "can_extents", Some("extents"), false)
-}
-
-unsafe extern "C" fn lua_can_fast_zero(h: H) -> c_int {
-    // Without it, a fast zero fails fast when the script has no `zero`.
-    let plain = run("can_fast_zero", -1, |lua| {
-        Ok(c_int::from(defined(lua, "can_fast_zero")))
-    });
-    match plain {
-        -1 => -1,
-        1 => boolean(h, "can_fast_zero", None, false),
-        _ => run("can_fast_zero", -1, |lua| {
-            Ok(c_int::from(!defined(lua, "zero")))
-        }),
-    }
-}
-
 /// `can_fua`/`can_cache`: a boolean (true is the native level) or one of
 /// the levels; `default` without the callback.
-fn level(h: H, name: &'static str, native: c_int, default: impl FnOnce(&Lua) -> c_int) -> c_int {
-    run(name, -1, |lua| match call_h(lua, name, h, ())? {
+fn level(
+    h: &Handle,
+    name: &'static str,
+    native: c_int,
+    default: impl FnOnce(&Lua) -> c_int,
+) -> Result<c_int, ScriptError> {
+    run(name, |lua| match call_h(lua, name, h, ())? {
         Some(r) => match first(r) {
             Value::Boolean(b) => Ok(if b { native } else { 0 }),
             v => match integer(&v) {
@@ -527,328 +254,387 @@ fn level(h: H, name: &'static str, native: c_int, default: impl FnOnce(&Lua) -> 
     })
 }
 
-unsafe extern "C" fn lua_can_fua(h: H) -> c_int {
-    level(h, "can_fua", abi::FUA_NATIVE, |lua| {
-        if defined(lua, "flush") {
-            abi::FUA_EMULATE
-        } else {
-            abi::FUA_NONE
-        }
-    })
-}
-
-unsafe extern "C" fn lua_can_cache(h: H) -> c_int {
-    level(h, "can_cache", abi::CACHE_NATIVE, |lua| {
-        if defined(lua, "cache") {
-            abi::CACHE_NATIVE
-        } else {
-            abi::CACHE_NONE
-        }
-    })
-}
-
-unsafe extern "C" fn lua_block_size(h: H, min: *mut u32, pref: *mut u32, max: *mut u32) -> c_int {
-    let r = run("block_size", None, |lua| {
-        let Some(r) = call_h(lua, "block_size", h, ())? else {
-            return Ok(Some((0, 0, 0)));
-        };
-        let v: Vec<Value> = r.into_iter().collect();
-        let n: Vec<u32> = v
-            .iter()
-            .take(3)
-            .filter_map(|v| integer(v).and_then(|n| u32::try_from(n).ok()))
-            .collect();
-        match n[..] {
-            [a, b, c] => Ok(Some((a, b, c))),
-            _ => Err(Fail::Msg("the return value is not three numbers".into())),
-        }
-    });
-    match r {
-        Some((a, b, c)) => {
-            // SAFETY: three u32s of the server's for the call.
-            unsafe {
-                *min = a;
-                *pref = b;
-                *max = c;
-            }
-            0
-        }
-        None => -1,
-    }
-}
-
-/// Hand a string to the server, which keeps it for the connection.
-fn intern_str(s: &[u8]) -> *const c_char {
-    let c = abi::cstring(&String::from_utf8_lossy(s));
-    // SAFETY: a NUL-terminated string, copied by the server.
-    unsafe { abi::nbdkit_strdup_intern(c.as_ptr()) }
-}
-
-fn string(v: &Value) -> Option<Vec<u8>> {
+/// A string result, as text.
+fn string(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::String(s) => Some(String::from_utf8_lossy(&s.as_bytes()).into_owned()),
         _ => None,
     }
 }
 
-unsafe extern "C" fn lua_list_exports(
-    readonly: c_int,
-    is_tls: c_int,
-    exports: *mut abi::Exports,
-) -> c_int {
-    run("list_exports", -1, |lua| {
-        let Some(f) = function(lua, "list_exports") else {
-            // SAFETY: the server's list for this call.
-            return Ok(unsafe { abi::nbdkit_use_default_export(exports) });
+/// A data callback that returns nothing.
+fn data(h: &Handle, name: &'static str, args: impl mlua::IntoLuaMulti) -> Result<(), ScriptError> {
+    run(name, |lua| {
+        call_h(lua, name, h, args)?;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The plugin
+
+struct LuaPlugin;
+
+impl ScriptPlugin for LuaPlugin {
+    type Handle = Handle;
+    const ZERO_WITHOUT_CAN_ZERO: bool = true;
+
+    const NAME: &'static CStr = c"lua";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Lua script");
+
+    fn loaded() -> bool {
+        PATH.get().is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        run(name, |lua| {
+            if let Some(f) = function(lua, name) {
+                f.call::<()>(Variadic::from_iter(args.iter().copied()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, |lua| match call_h(lua, name, h, ())? {
+            Some(r) => match first(r) {
+                Value::Boolean(b) => Ok(b),
+                v => Err(Fail::Msg(format!(
+                    "return value is not a boolean (of type {})",
+                    type_name(&v)
+                ))),
+            },
+            None => Ok(plain.map_or(default, |p| defined(lua, p))),
+        })
+    }
+
+    fn load() {
+        let lua = Lua::new();
+        match module::install(&lua) {
+            Ok(()) => *lock() = Some(State { lua, path: None }),
+            Err(e) => abi::error(&format!("lua: cannot start: {e}")),
+        }
+    }
+
+    fn unload() {
+        // Drop the state (closing Lua runs the script's finalizers).
+        let st = lock().take();
+        drop(st);
+    }
+
+    fn dump_plugin() -> Result<(), ScriptError> {
+        println!("lua_version={}", env!("NBDKIT_LUA_VERSION"));
+        let g = lock();
+        let Some(st) = g.as_ref() else { return Ok(()) };
+        if st.path.is_none() {
+            return Ok(());
+        }
+        if let Some(f) = function(&st.lua, "dump_plugin") {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            f.call::<()>(())
+                .map_err(|e| report("dump_plugin", Fail::Lua(e)))?;
+        }
+        Ok(())
+    }
+
+    fn config(key: &str, value: &str) -> Result<(), ScriptError> {
+        let mut g = lock();
+        let Some(st) = g.as_mut() else {
+            return Err(ScriptError::msg("the Lua interpreter did not start"));
         };
-        let r = first(f.call::<MultiValue>((readonly != 0, is_tls != 0))?);
-        let Value::Table(t) = r else {
-            return Err(Fail::Msg(format!(
-                "the return value is not a table (of type {})",
-                type_name(&r)
-            )));
-        };
-        for item in t.sequence_values::<Value>() {
-            let item = item?;
-            let (name, desc) = match &item {
-                Value::String(_) => (string(&item), None),
-                Value::Table(p) => {
-                    let d: Value = p.raw_get(2)?;
-                    (string(&p.raw_get(1)?), string(&d))
-                }
-                _ => (None, None),
-            };
-            let Some(name) = name else {
-                return Err(Fail::Msg(
-                    "the list must hold names or {name, description} pairs of strings".into(),
+        if st.path.is_none() {
+            if key != "script" {
+                return Err(ScriptError::msg(
+                    "the first parameter must be script=/path/to/script.lua",
                 ));
+            }
+            match load_script(&st.lua, value) {
+                Ok(()) => {}
+                Err(Fail::Msg(m)) => return Err(ScriptError::msg(m)),
+                Err(f) => return Err(report("config", f)),
+            }
+            st.path = Some(value.to_string());
+            let _ = PATH.set(value.to_string());
+            return Ok(());
+        }
+        match function(&st.lua, "config") {
+            Some(f) => {
+                abi::script::clear_script_errno();
+                f.call::<()>((key, value))
+                    .map_err(|e| report("config", Fail::Lua(e)))
+            }
+            None => Err(ScriptError::msg(format!(
+                "{}: this plugin does not need command line configuration",
+                st.path.as_deref().unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn list_exports(
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut ExportList,
+    ) -> Result<(), ScriptError> {
+        run("list_exports", |lua| {
+            let Some(f) = function(lua, "list_exports") else {
+                return exports.use_default().map_err(|_| Fail::Quiet);
             };
-            let n = abi::cstring(&String::from_utf8_lossy(&name));
-            let d = desc.map(|d| abi::cstring(&String::from_utf8_lossy(&d)));
-            let dp = d.as_ref().map_or(core::ptr::null(), |d| d.as_ptr());
-            // SAFETY: the server's list for this call and strings it copies.
-            if unsafe { abi::nbdkit_add_export(exports, n.as_ptr(), dp) } == -1 {
+            let r = first(f.call::<MultiValue>((readonly, is_tls))?);
+            let Value::Table(t) = r else {
+                return Err(Fail::Msg(format!(
+                    "the return value is not a table (of type {})",
+                    type_name(&r)
+                )));
+            };
+            for item in t.sequence_values::<Value>() {
+                let item = item?;
+                let (name, desc) = match &item {
+                    Value::String(_) => (string(&item), None),
+                    Value::Table(p) => {
+                        let d: Value = p.raw_get(2)?;
+                        (string(&p.raw_get(1)?), string(&d))
+                    }
+                    _ => (None, None),
+                };
+                let Some(name) = name else {
+                    return Err(Fail::Msg(
+                        "the list must hold names or {name, description} pairs of strings".into(),
+                    ));
+                };
+                exports
+                    .add(&name, desc.as_deref())
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>, ScriptError> {
+        run("default_export", |lua| {
+            let Some(f) = function(lua, "default_export") else {
+                return Ok(None);
+            };
+            let r = first(f.call::<MultiValue>((readonly, is_tls))?);
+            match string(&r) {
+                Some(s) => Ok(Some(s)),
+                None => Err(Fail::Msg("the return value is not a string".into())),
+            }
+        })
+    }
+
+    fn open(readonly: bool) -> Result<Handle, ScriptError> {
+        run("open", |lua| {
+            let f = function(lua, "open").ok_or_else(|| Fail::Msg("missing callback".into()))?;
+            let v = first(f.call::<MultiValue>(readonly)?);
+            let key = lua.create_registry_value(v)?;
+            Ok(Handle { key })
+        })
+    }
+
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        let g = lock();
+        let Some(st) = g.as_ref() else { return Ok(()) };
+        let r = match function(&st.lua, "close") {
+            Some(f) => st
+                .lua
+                .registry_value::<Value>(&h.key)
+                .and_then(|v| f.call::<()>(v))
+                .map_err(|e| report("close", Fail::Lua(e))),
+            None => Ok(()),
+        };
+        // The handle goes with the lock held.
+        let _ = st.lua.remove_registry_value(h.key);
+        r
+    }
+
+    fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
+        run("export_description", |lua| {
+            match call_h(lua, "export_description", h, ())? {
+                None => Ok(None),
+                Some(r) => match string(&first(r)) {
+                    Some(s) => Ok(Some(s)),
+                    None => Err(Fail::Msg("the return value is not a string".into())),
+                },
+            }
+        })
+    }
+
+    fn get_size(h: &Handle) -> Result<i64, ScriptError> {
+        run("get_size", |lua| {
+            let r = call_h(lua, "get_size", h, ())?
+                .ok_or_else(|| Fail::Msg("missing callback".into()))?;
+            let v = first(r);
+            match integer(&v) {
+                Some(n) if n >= 0 => Ok(n),
+                Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
+                None => Err(Fail::Msg(format!(
+                    "cannot convert returned value to an integer (of type {})",
+                    type_name(&v)
+                ))),
+            }
+        })
+    }
+
+    fn block_size(h: &Handle) -> Result<(u32, u32, u32), ScriptError> {
+        run("block_size", |lua| {
+            let Some(r) = call_h(lua, "block_size", h, ())? else {
+                return Ok((0, 0, 0));
+            };
+            let v: Vec<Value> = r.into_iter().collect();
+            let n: Vec<u32> = v
+                .iter()
+                .take(3)
+                .filter_map(|v| integer(v).and_then(|n| u32::try_from(n).ok()))
+                .collect();
+            match n[..] {
+                [a, b, c] => Ok((a, b, c)),
+                _ => Err(Fail::Msg("the return value is not three numbers".into())),
+            }
+        })
+    }
+
+    fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
+        // Without it, a fast zero fails fast when the script has no `zero`.
+        if run("can_fast_zero", |lua| Ok(defined(lua, "can_fast_zero")))? {
+            Self::boolean(h, "can_fast_zero", None, false)
+        } else {
+            run("can_fast_zero", |lua| Ok(!defined(lua, "zero")))
+        }
+    }
+
+    fn can_fua(h: &Handle) -> Result<c_int, ScriptError> {
+        level(h, "can_fua", abi::FUA_NATIVE, |lua| {
+            if defined(lua, "flush") {
+                abi::FUA_EMULATE
+            } else {
+                abi::FUA_NONE
+            }
+        })
+    }
+
+    fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
+        level(h, "can_cache", abi::CACHE_NATIVE, |lua| {
+            if defined(lua, "cache") {
+                abi::CACHE_NATIVE
+            } else {
+                abi::CACHE_NONE
+            }
+        })
+    }
+
+    fn pread(h: &Handle, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        let count = buf.len();
+        run("pread", |lua| {
+            let r = call_h(lua, "pread", h, (count, offset))?
+                .ok_or_else(|| Fail::Msg("missing callback".into()))?;
+            let v = first(r);
+            let Value::String(s) = &v else {
+                return Err(Fail::Msg(format!(
+                    "return value is not a string (of type {})",
+                    type_name(&v)
+                )));
+            };
+            let b = s.as_bytes();
+            if b.len() < count {
+                return Err(Fail::Msg(format!(
+                    "returned string length < count bytes ({} < {count})",
+                    b.len()
+                )));
+            }
+            buf.copy_from_slice(&b[..count]);
+            Ok(())
+        })
+    }
+
+    fn pwrite(h: &Handle, buf: &[u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        run("pwrite", |lua| {
+            let s = lua.create_string(buf)?;
+            match call_h(lua, "pwrite", h, (s, offset, flags.bits()))? {
+                Some(_) => Ok(()),
+                None => Err(Fail::Msg("pwrite not implemented".into())),
+            }
+        })
+    }
+
+    fn flush(h: &Handle, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "flush", flags.bits())
+    }
+
+    fn trim(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "trim", (count, offset, flags.bits()))
+    }
+
+    fn cache(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "cache", (count, offset, flags.bits()))
+    }
+
+    fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        run("zero", |lua| {
+            let r = call_h(
+                lua,
+                "zero",
+                h,
+                (count, offset, flags.may_trim(), flags.bits()),
+            );
+            // nbdkit.set_error(nbdkit.EOPNOTSUPP) asks the server to write
+            // zeroes instead.
+            if zero_falls_back(abi::script::script_errno(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-        }
-        Ok(0)
-    })
-}
+            r.map(|_| ())
+        })
+    }
 
-unsafe extern "C" fn lua_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
-    run("default_export", core::ptr::null(), |lua| {
-        let Some(f) = function(lua, "default_export") else {
-            return Ok(c"".as_ptr());
-        };
-        let r = first(f.call::<MultiValue>((readonly != 0, is_tls != 0))?);
-        match string(&r) {
-            Some(s) => Ok(intern_str(&s)),
-            None => Err(Fail::Msg("the return value is not a string".into())),
-        }
-    })
-}
-
-unsafe extern "C" fn lua_export_description(h: H) -> *const c_char {
-    run("export_description", core::ptr::null(), |lua| match call_h(
-        lua,
-        "export_description",
-        h,
-        (),
-    )? {
-        None => Ok(core::ptr::null()),
-        Some(r) => match string(&first(r)) {
-            Some(s) => Ok(intern_str(&s)),
-            None => Err(Fail::Msg("the return value is not a string".into())),
-        },
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Data
-
-unsafe extern "C" fn lua_pread(
-    h: H,
-    buf: *mut c_void,
-    count: u32,
-    offset: u64,
-    _flags: u32,
-) -> c_int {
-    run("pread", -1, |lua| {
-        let r = call_h(lua, "pread", h, (count, offset))?
-            .ok_or_else(|| Fail::Msg("missing callback".into()))?;
-        let v = first(r);
-        let Value::String(s) = &v else {
-            return Err(Fail::Msg(format!(
-                "return value is not a string (of type {})",
-                type_name(&v)
-            )));
-        };
-        let b = s.as_bytes();
-        if b.len() < count as usize {
-            return Err(Fail::Msg(format!(
-                "returned string length < count bytes ({} < {count})",
-                b.len()
-            )));
-        }
-        // SAFETY: the server's buffer of `count` bytes; `b` has at least
-        // that many, and they cannot overlap.
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), count as usize) };
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn lua_pwrite(
-    h: H,
-    buf: *const c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    run("pwrite", -1, |lua| {
-        // SAFETY: the server lends `count` bytes at `buf` for the call.
-        let data = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
-        let s = lua.create_string(data)?;
-        match call_h(lua, "pwrite", h, (s, offset, flags))? {
-            Some(_) => Ok(0),
-            None => Err(Fail::Msg("pwrite not implemented".into())),
-        }
-    })
-}
-
-unsafe extern "C" fn lua_flush(h: H, flags: u32) -> c_int {
-    run("flush", -1, |lua| {
-        call_h(lua, "flush", h, flags)?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn lua_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    run("trim", -1, |lua| {
-        call_h(lua, "trim", h, (count, offset, flags))?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn lua_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    run("cache", -1, |lua| {
-        call_h(lua, "cache", h, (count, offset, flags))?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn lua_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    run("zero", -1, |lua| {
-        let may_trim = flags & abi::FLAG_MAY_TRIM != 0;
-        let r = call_h(lua, "zero", h, (count, offset, may_trim, flags));
-        // nbdkit.set_error(nbdkit.EOPNOTSUPP) asks the server to write
-        // zeroes instead.
-        let e = module::last_error();
-        if matches!(r, Ok(None)) || e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-            abi::debug("zero falling back to pwrite");
-            abi::set_error(libc::EOPNOTSUPP);
-            return Err(Fail::Quiet);
-        }
-        r.map(|_| 0)
-    })
-}
-
-unsafe extern "C" fn lua_extents(
-    h: H,
-    count: u32,
-    offset: u64,
-    flags: u32,
-    extents: *mut abi::Extents,
-) -> c_int {
-    run("extents", -1, |lua| {
-        let Some(r) = call_h(lua, "extents", h, (count, offset, flags))? else {
-            // Like the server without the callback: all data.
-            // SAFETY: the server's list for this call.
-            return match unsafe { abi::nbdkit_add_extent(extents, offset, count.into(), 0) } {
-                -1 => Err(Fail::Quiet),
-                _ => Ok(0),
+    fn extents(
+        h: &Handle,
+        count: u32,
+        offset: u64,
+        flags: Flags,
+        extents: &mut ExtentList,
+    ) -> Result<(), ScriptError> {
+        run("extents", |lua| {
+            let Some(r) = call_h(lua, "extents", h, (count, offset, flags.bits()))? else {
+                // Like the server without the callback: all data.
+                return extents
+                    .add(offset, count.into(), 0)
+                    .map_err(|_| Fail::Quiet);
             };
-        };
-        let v = first(r);
-        let bad = || Fail::Msg("the return value is not a list of {offset, length, type}".into());
-        let Value::Table(t) = v else {
-            return Err(bad());
-        };
-        let mut n = 0;
-        for item in t.sequence_values::<Table>() {
-            let item = item.map_err(|_| bad())?;
-            let f: Vec<Value> = (1..=3)
-                .map(|i| item.raw_get(i))
-                .collect::<mlua::Result<_>>()?;
-            let (Some(o), Some(l), Some(ty)) = (integer(&f[0]), integer(&f[1]), integer(&f[2]))
-            else {
+            let v = first(r);
+            let bad =
+                || Fail::Msg("the return value is not a list of {offset, length, type}".into());
+            let Value::Table(t) = v else {
                 return Err(bad());
             };
-            let (Ok(o), Ok(l), Ok(ty)) = (u64::try_from(o), u64::try_from(l), u32::try_from(ty))
-            else {
-                return Err(bad());
-            };
-            n += 1;
-            // SAFETY: the server's list for this call.
-            if unsafe { abi::nbdkit_add_extent(extents, o, l, ty) } == -1 {
-                return Err(Fail::Quiet);
+            let mut n = 0;
+            for item in t.sequence_values::<Table>() {
+                let item = item.map_err(|_| bad())?;
+                let f: Vec<Value> = (1..=3)
+                    .map(|i| item.raw_get(i))
+                    .collect::<mlua::Result<_>>()?;
+                let (Some(o), Some(l), Some(ty)) = (integer(&f[0]), integer(&f[1]), integer(&f[2]))
+                else {
+                    return Err(bad());
+                };
+                let (Ok(o), Ok(l), Ok(ty)) =
+                    (u64::try_from(o), u64::try_from(l), u32::try_from(ty))
+                else {
+                    return Err(bad());
+                };
+                n += 1;
+                extents.add(o, l, ty).map_err(|_| Fail::Quiet)?;
             }
-        }
-        if n == 0 {
-            return Err(Fail::Msg("the list of extents is empty".into()));
-        }
-        Ok(0)
-    })
+            if n == 0 {
+                return Err(Fail::Msg("the list of extents is empty".into()));
+            }
+            Ok(())
+        })
+    }
 }
 
-// ---------------------------------------------------------------------------
-// Registration
-
-const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Lua script to run.\n\
-[other arguments may be used by the plugin that you load]";
-
-static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
-    thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
-    name: c"lua".as_ptr(),
-    load: Some(lua_load),
-    unload: Some(lua_unload),
-    config: Some(lua_config),
-    config_complete: Some(lua_config_complete),
-    config_help: CONFIG_HELP.as_ptr(),
-    open: Some(lua_open),
-    close: Some(lua_close),
-    get_size: Some(lua_get_size),
-    can_write: Some(lua_can_write),
-    can_flush: Some(lua_can_flush),
-    is_rotational: Some(lua_is_rotational),
-    can_trim: Some(lua_can_trim),
-    dump_plugin: Some(lua_dump_plugin),
-    can_zero: Some(lua_can_zero),
-    can_fua: Some(lua_can_fua),
-    pread: Some(lua_pread),
-    pwrite: Some(lua_pwrite),
-    flush: Some(lua_flush),
-    trim: Some(lua_trim),
-    zero: Some(lua_zero),
-    magic_config_key: c"script".as_ptr(),
-    can_multi_conn: Some(lua_can_multi_conn),
-    can_extents: Some(lua_can_extents),
-    extents: Some(lua_extents),
-    can_cache: Some(lua_can_cache),
-    cache: Some(lua_cache),
-    can_fast_zero: Some(lua_can_fast_zero),
-    preconnect: Some(lua_preconnect),
-    get_ready: Some(lua_get_ready),
-    after_fork: Some(lua_after_fork),
-    list_exports: Some(lua_list_exports),
-    default_export: Some(lua_default_export),
-    export_description: Some(lua_export_description),
-    cleanup: Some(lua_cleanup),
-    block_size: Some(lua_block_size),
-    ..abi::Plugin::EMPTY
-});
-
-/// The registration function the server calls when it loads this object.
-#[no_mangle]
-pub extern "C" fn plugin_init() -> *const c_void {
-    PLUGIN.as_ptr()
-}
+abi::register_script_plugin!(LuaPlugin);

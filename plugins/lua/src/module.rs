@@ -3,27 +3,12 @@
 //! and the constants of the plugin API (`nbdkit.FLAG_FUA`, ...), after
 //! the python plugin's `nbdkit` module.
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_int};
 use std::ffi::CStr;
 
 use mlua::{Lua, Value};
 
 use nbdkit_plugin_abi as abi;
-
-thread_local! {
-    /// The last errno a script gave `nbdkit.set_error` on this thread,
-    /// for `zero`'s fall-back rule.
-    static LAST_ERROR: Cell<c_int> = const { Cell::new(0) };
-}
-
-pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|e| e.set(0));
-}
-
-pub(crate) fn last_error() -> c_int {
-    LAST_ERROR.with(Cell::get)
-}
 
 /// A string the server returned, or `None` for NULL.
 ///
@@ -109,8 +94,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         "set_error",
         lua.create_function(|_, v: Value| {
             let e = errno_of(&v)?;
-            abi::set_error(e);
-            LAST_ERROR.with(|l| l.set(e));
+            abi::script::script_set_error(e);
             Ok(())
         })?,
     )?;

@@ -21,12 +21,11 @@
 
 use nbdkit_plugin_abi as abi;
 
-use core::ffi::{c_char, c_int, c_void};
-use core::panic::AssertUnwindSafe;
+use core::ffi::{c_char, c_int};
 use std::ffi::CStr;
 use std::sync::{Mutex, OnceLock};
 
-use abi::H;
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
 
 #[repr(C)]
 struct Sv {
@@ -240,90 +239,39 @@ fn call_opt(name: &str, args: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
     }
 }
 
-/// Run `f` with the interpreter locked; a failure is reported as an
-/// error of `callback` and turns into `fail`, with the errno the script
-/// set (EIO by default). A panic never crosses into the server.
-fn run<R>(callback: &str, need_script: bool, fail: R, f: impl FnOnce(&Perl) -> Res<R>) -> R {
+/// Run `f` with the interpreter locked (and the script loaded, when
+/// `need_script`); a failure is an error of `callback`, with the errno
+/// the script set (EIO by default).
+fn run<R>(
+    callback: &str,
+    need_script: bool,
+    f: impl FnOnce(&Perl) -> Res<R>,
+) -> Result<R, ScriptError> {
     if STARTED.get() != Some(&true) {
-        abi::error("perl: the Perl interpreter did not start");
-        return fail;
+        return Err(ScriptError::msg("perl: the Perl interpreter did not start"));
     }
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
-        if need_script && perl.script.is_none() {
-            abi::error("a Perl script is required: nbdkit perl /path/to/plugin.pl [key=value ...]");
-            return None;
-        }
-        // SAFETY: resets the shim's record of Nbdkit::set_error.
-        unsafe { nbdkit_perl_clear_errno() };
-        let path = perl.script.as_deref().unwrap_or("perl");
-        let r = f(&perl);
-        let err = match r {
-            Ok(v) => return Some(v),
-            Err(Fail::Died(m)) => Some(m),
-            Err(Fail::Msg(m)) => Some(format!("{path}: {callback}: {m}")),
-            Err(Fail::Quiet) => None,
-        };
-        if let Some(m) = err {
-            abi::error(&m);
-            // SAFETY: reads the shim's record.
-            let e = unsafe { nbdkit_perl_errno() };
-            abi::set_error(if e == 0 { libc::EIO } else { e });
-        }
-        None
-    }));
-    match r {
-        Ok(Some(v)) => v,
-        Ok(None) => fail,
-        Err(_) => {
-            abi::error(&format!("perl: {callback}: internal error"));
-            fail
-        }
+    let perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
+    if need_script && perl.script.is_none() {
+        return Err(ScriptError::msg(
+            "a Perl script is required: nbdkit perl /path/to/plugin.pl [key=value ...]",
+        ));
     }
+    // SAFETY: resets the shim's record of Nbdkit::set_error.
+    unsafe { nbdkit_perl_clear_errno() };
+    let path = perl.script.as_deref().unwrap_or("perl");
+    let m = match f(&perl) {
+        Ok(v) => return Ok(v),
+        Err(Fail::Died(m)) => m,
+        Err(Fail::Msg(m)) => format!("{path}: {callback}: {m}"),
+        Err(Fail::Quiet) => return Err(ScriptError::reported()),
+    };
+    // SAFETY: reads the shim's record.
+    let e = unsafe { nbdkit_perl_errno() };
+    Err(ScriptError::new(if e == 0 { libc::EIO } else { e }, m))
 }
 
 /// The script's handle (the value its `open` returned).
 struct Handle(*mut Sv);
-
-/// # Safety
-/// `h` came from [`pl_open`] and is not yet closed.
-unsafe fn handle<'a>(h: H) -> &'a Handle {
-    // SAFETY: the caller's contract.
-    unsafe { &*(h as *const Handle) }
-}
-
-// ---------------------------------------------------------------------------
-// Loading and configuration
-
-unsafe extern "C" fn pl_load() {
-    // SAFETY: starts the interpreter once, before any other call.
-    let ok = std::panic::catch_unwind(|| unsafe { nbdkit_perl_start() } == 0).unwrap_or(false);
-    if !ok {
-        abi::error("perl: the Perl interpreter could not start");
-    }
-    let _ = STARTED.set(ok);
-}
-
-unsafe extern "C" fn pl_unload() {
-    if STARTED.get() == Some(&true) {
-        let _guard = PERL.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: runs the script's END blocks and frees the interpreter;
-        // nothing calls Perl afterwards (the server is exiting).
-        let _ = std::panic::catch_unwind(|| unsafe { nbdkit_perl_stop() });
-    }
-}
-
-unsafe extern "C" fn pl_dump_plugin() {
-    run("dump_plugin", false, (), |perl| {
-        // SAFETY: Perl's version (`$^V`) as a string, e.g. "5.36.0".
-        let v = unsafe { CStr::from_ptr(nbdkit_perl_version()) }.to_string_lossy();
-        println!("perl_version={v}");
-        if perl.script.is_some() {
-            call_opt("dump_plugin", &[], false)?;
-        }
-        Ok(())
-    })
-}
 
 /// Load the script and check its required subs.
 fn load_script(path: &str) -> Res<()> {
@@ -359,197 +307,9 @@ fn load_script(path: &str) -> Res<()> {
     Ok(())
 }
 
-unsafe extern "C" fn pl_config(key: *const c_char, value: *const c_char) -> c_int {
-    // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (abi::str_arg(key), abi::str_arg(value)) };
-    if STARTED.get() != Some(&true) {
-        abi::error("perl: the Perl interpreter did not start");
-        return -1;
-    }
-    let loaded = PERL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some();
-    if !loaded {
-        if key != "script" {
-            abi::error("the first parameter must be script=/path/to/perl/script.pl");
-            return -1;
-        }
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
-            let r = load_script(&value);
-            if r.is_ok() {
-                perl.script = Some(value.clone());
-            }
-            r
-        }));
-        return match r {
-            Ok(Ok(())) => 0,
-            Ok(Err(Fail::Died(m))) => {
-                abi::error(&format!("{value}: {m}"));
-                -1
-            }
-            Ok(Err(Fail::Msg(m))) => {
-                abi::error(&format!("{value}: {m}"));
-                -1
-            }
-            Ok(Err(Fail::Quiet)) => -1,
-            Err(_) => {
-                abi::error(&format!("{value}: internal error"));
-                -1
-            }
-        };
-    }
-    run("config", true, -1, |_| {
-        if !defined("config") {
-            return Err(Fail::Msg(
-                "this plugin does not need command line configuration".into(),
-            ));
-        }
-        call(
-            "config",
-            &[Arg::Str(key.as_bytes()), Arg::Str(value.as_bytes())],
-            false,
-        )?;
-        Ok(0)
-    })
-}
-
-/// Call the script's global callback `name` with no arguments, if defined.
-fn global0(name: &'static str) -> c_int {
-    run(name, true, -1, |_| {
-        call_opt(name, &[], false)?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn pl_config_complete() -> c_int {
-    global0("config_complete")
-}
-
-unsafe extern "C" fn pl_get_ready() -> c_int {
-    global0("get_ready")
-}
-
-unsafe extern "C" fn pl_after_fork() -> c_int {
-    global0("after_fork")
-}
-
-unsafe extern "C" fn pl_cleanup() {
-    if PERL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some()
-    {
-        global0("cleanup");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
-unsafe extern "C" fn pl_preconnect(readonly: c_int) -> c_int {
-    run("preconnect", true, -1, |_| {
-        call_opt("preconnect", &[Arg::Bool(readonly != 0)], false)?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn pl_list_exports(
-    readonly: c_int,
-    is_tls: c_int,
-    exports: *mut abi::Exports,
-) -> c_int {
-    run("list_exports", true, -1, |_| {
-        let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
-        let Some(r) = call_opt("list_exports", &args, true)? else {
-            // SAFETY: the server's list for this call.
-            return Ok(unsafe { abi::nbdkit_use_default_export(exports) });
-        };
-        let mut items = r.elements();
-        // One array reference of exports is the same as a list of them.
-        if items.len() == 1 && items[0].kind() == ARRAY {
-            let inner = items[0].elements();
-            if inner.iter().all(|i| i.kind() == ARRAY) {
-                items = inner;
-            }
-        }
-        for item in items {
-            let (name, desc) = match item.kind() {
-                ARRAY => {
-                    let pair = item.elements();
-                    if pair.is_empty() || pair.len() > 2 || pair[0].kind() == UNDEF {
-                        return Err(Fail::Msg(
-                            "list_exports must return names or [name, description] pairs".into(),
-                        ));
-                    }
-                    let d = pair.get(1).filter(|d| d.kind() != UNDEF).map(Val::text);
-                    (pair[0].text(), d)
-                }
-                1 => (item.text(), None),
-                _ => {
-                    return Err(Fail::Msg(format!(
-                        "list_exports returned a value that is not a name: {}",
-                        item.describe()
-                    )))
-                }
-            };
-            let n = abi::cstring(&name);
-            let d = desc.as_deref().map(abi::cstring);
-            let dp = d.as_ref().map_or(core::ptr::null(), |d| d.as_ptr());
-            // SAFETY: the server's list and two strings (or NULL) it copies.
-            if unsafe { abi::nbdkit_add_export(exports, n.as_ptr(), dp) } == -1 {
-                return Err(Fail::Quiet);
-            }
-        }
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn pl_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
-    run("default_export", true, core::ptr::null(), |_| {
-        let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
-        match call_opt("default_export", &args, false)? {
-            None => Ok(c"".as_ptr()),
-            Some(v) if v.kind() == 1 => Ok(abi::intern_str(&v.text())),
-            Some(v) => Err(Fail::Msg(format!(
-                "default_export returned a value that is not a string: {}",
-                v.describe()
-            ))),
-        }
-    })
-}
-
-unsafe extern "C" fn pl_open(readonly: c_int) -> H {
-    run("open", true, core::ptr::null_mut(), |_| {
-        let v = call("open", &[Arg::Bool(readonly != 0)], false)?;
-        let h = Handle(v.0);
-        core::mem::forget(v);
-        Ok(Box::into_raw(Box::new(h)) as H)
-    })
-}
-
-unsafe extern "C" fn pl_close(h: H) {
-    if h.is_null() {
-        return;
-    }
-    // SAFETY: the server closes each handle from pl_open once.
-    let hd = unsafe { Box::from_raw(h as *mut Handle) };
-    run("close", true, (), move |_| {
-        let r = call_opt("close", &[Arg::Handle(&hd)], false);
-        // The handle's reference goes, with the lock held.
-        drop(Val(hd.0));
-        r.map(|_| ())
-    })
-}
-
 /// Call the script's `name` with the handle first.
-fn call_h(h: H, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
-    // SAFETY: a live handle from pl_open.
-    let hd = unsafe { handle(h) };
-    let mut args = vec![Arg::Handle(hd)];
+fn call_h(h: &Handle, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
+    let mut args = vec![Arg::Handle(h)];
     args.extend(rest.iter().map(|a| match *a {
         Arg::Uint(v) => Arg::Uint(v),
         Arg::Bool(v) => Arg::Bool(v),
@@ -559,80 +319,13 @@ fn call_h(h: H, name: &str, rest: &[Arg<'_>], list: bool) -> Res<Option<Val>> {
     call_opt(name, &args, list)
 }
 
-unsafe extern "C" fn pl_export_description(h: H) -> *const c_char {
-    run(
-        "export_description",
-        true,
-        core::ptr::null(),
-        |_| match call_h(h, "export_description", &[], false)? {
-            None => Ok(core::ptr::null()),
-            Some(v) if v.kind() == 1 => Ok(abi::intern_str(&v.text())),
-            Some(v) => Err(Fail::Msg(format!(
-                "export_description returned a value that is not a string: {}",
-                v.describe()
-            ))),
-        },
-    )
-}
-
-unsafe extern "C" fn pl_get_size(h: H) -> i64 {
-    run("get_size", true, -1, |_| {
-        let v = call_h(h, "get_size", &[], false)?
-            .ok_or_else(|| Fail::Msg("missing callback: get_size".into()))?;
-        match v.int() {
-            Some(n) if n >= 0 => Ok(n),
-            Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
-            None => Err(Fail::Msg(format!(
-                "returned a value that is not a number: {}",
-                v.describe()
-            ))),
-        }
-    })
-}
-
-unsafe extern "C" fn pl_block_size(h: H, min: *mut u32, pref: *mut u32, max: *mut u32) -> c_int {
-    let r = run("block_size", true, None, |_| {
-        let Some(v) = call_h(h, "block_size", &[], true)? else {
-            return Ok(Some((0, 0, 0)));
-        };
-        let e = v.elements();
-        let n: Vec<Option<u32>> = e
-            .iter()
-            .map(|x| x.int().and_then(|i| u32::try_from(i).ok()))
-            .collect();
-        match n[..] {
-            [Some(a), Some(b), Some(c)] => Ok(Some((a, b, c))),
-            _ => Err(Fail::Msg(
-                "must return a list of three numbers (minimum, preferred, maximum)".into(),
-            )),
-        }
-    });
-    match r {
-        Some((a, b, c)) => {
-            // SAFETY: three u32s of the server's for the call.
-            unsafe {
-                *min = a;
-                *pref = b;
-                *max = c;
-            }
-            0
-        }
-        None => -1,
-    }
-}
-
-/// A boolean `can_*`-style callback: its result's truth; without it,
-/// whether the script defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(h: H, name: &'static str, plain: Option<&'static str>) -> c_int {
-    run(name, true, -1, |_| match call_h(h, name, &[], false)? {
-        Some(v) => Ok(c_int::from(v.truth())),
-        None => Ok(c_int::from(plain.is_some_and(defined))),
-    })
-}
-
 /// An integer `can_*` callback (`can_fua`, `can_cache`); `default` without it.
-fn integer(h: H, name: &'static str, default: impl FnOnce() -> c_int) -> c_int {
-    run(name, true, -1, |_| match call_h(h, name, &[], false)? {
+fn integer(
+    h: &Handle,
+    name: &'static str,
+    default: impl FnOnce() -> c_int,
+) -> Result<c_int, ScriptError> {
+    run(name, true, |_| match call_h(h, name, &[], false)? {
         Some(v) => match v.int().and_then(|i| c_int::try_from(i).ok()) {
             Some(i) => Ok(i),
             None => Err(Fail::Msg(format!(
@@ -644,277 +337,399 @@ fn integer(h: H, name: &'static str, default: impl FnOnce() -> c_int) -> c_int {
     })
 }
 
-unsafe extern "C" fn pl_is_rotational(h: H) -> c_int {
-    boolean(h, "is_rotational", None)
-}
-
-unsafe extern "C" fn pl_can_multi_conn(h: H) -> c_int {
-    boolean(h, "can_multi_conn", None)
-}
-
-unsafe extern "C" fn pl_can_write(h: H) -> c_int {
-    boolean(h, "can_write", Some("pwrite"))
-}
-
-unsafe extern "C" fn pl_can_flush(h: H) -> c_int {
-    boolean(h, "can_flush", Some("flush"))
-}
-
-unsafe extern "C" fn pl_can_trim(h: H) -> c_int {
-    boolean(h, "can_trim", Some("trim"))
-}
-
-unsafe extern "C" fn pl_can_zero(h: H) -> c_int {
-    boolean(h, "can_zero", Some("zero"))
-}
-
-unsafe extern "C" fn pl_can_extents(h: H) -> c_int {
-    boolean(h, "can_extents", Some("extents"))
-}
-
-unsafe extern "C" fn pl_can_fast_zero(h: H) -> c_int {
-    let has = {
-        let perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
-        STARTED.get() == Some(&true) && perl.script.is_some() && defined("can_fast_zero")
-    };
-    if has {
-        return boolean(h, "can_fast_zero", None);
-    }
-    // Without it, a fast zero can fail fast when zeroing is not native.
-    // SAFETY: the same live handle.
-    match unsafe { pl_can_zero(h) } {
-        -1 => -1,
-        z => c_int::from(z == 0),
-    }
-}
-
-unsafe extern "C" fn pl_can_fua(h: H) -> c_int {
-    integer(h, "can_fua", || {
-        if defined("flush") {
-            abi::FUA_EMULATE
-        } else {
-            abi::FUA_NONE
-        }
-    })
-}
-
-unsafe extern "C" fn pl_can_cache(h: H) -> c_int {
-    integer(h, "can_cache", || {
-        if defined("cache") {
-            abi::CACHE_NATIVE
-        } else {
-            abi::CACHE_NONE
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Data
-
-unsafe extern "C" fn pl_pread(
-    h: H,
-    buf: *mut c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    run("pread", true, -1, |_| {
-        let args = range(count, offset, flags);
-        let v = call_h(h, "pread", &args, false)?
-            .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
-        if v.kind() != 1 {
-            return Err(Fail::Msg(format!(
-                "returned a value that is not a string of bytes: {}",
-                v.describe()
-            )));
-        }
-        let b = v
-            .bytes()
-            .ok_or_else(|| Fail::Msg("returned a string with wide characters, not bytes".into()))?;
-        if b.len() < count as usize {
-            return Err(Fail::Msg(format!(
-                "the buffer returned is too small ({} < {count} bytes)",
-                b.len()
-            )));
-        }
-        // SAFETY: `count` readable bytes and the server's buffer of
-        // `count` bytes; they cannot overlap.
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), count as usize) };
-        Ok(0)
-    })
-}
-
 /// The arguments `count, offset, flags` of a data callback.
-fn range(count: u32, offset: u64, flags: u32) -> [Arg<'static>; 3] {
+fn range(count: u32, offset: u64, flags: Flags) -> [Arg<'static>; 3] {
     [
         Arg::Uint(count.into()),
         Arg::Uint(offset),
-        Arg::Uint(flags.into()),
+        Arg::Uint(flags.bits().into()),
     ]
 }
 
 /// A data callback; a missing one is "not implemented".
-fn data(h: H, name: &'static str, args: &[Arg<'_>]) -> c_int {
-    run(name, true, -1, |_| match call_h(h, name, args, false)? {
-        Some(_) => Ok(0),
+fn data(h: &Handle, name: &'static str, args: &[Arg<'_>]) -> Result<(), ScriptError> {
+    run(name, true, |_| match call_h(h, name, args, false)? {
+        Some(_) => Ok(()),
         None => Err(Fail::Msg("not implemented".into())),
     })
 }
 
-unsafe extern "C" fn pl_pwrite(
-    h: H,
-    buf: *const c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    // SAFETY: the server lends `count` bytes for the call.
-    let b = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
-    data(
-        h,
-        "pwrite",
-        &[Arg::Str(b), Arg::Uint(offset), Arg::Uint(flags.into())],
-    )
-}
+// ---------------------------------------------------------------------------
+// The plugin
 
-unsafe extern "C" fn pl_flush(h: H, flags: u32) -> c_int {
-    data(h, "flush", &[Arg::Uint(flags.into())])
-}
+struct PerlPlugin;
 
-unsafe extern "C" fn pl_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "trim", &range(count, offset, flags))
-}
+impl ScriptPlugin for PerlPlugin {
+    type Handle = Handle;
 
-unsafe extern "C" fn pl_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "cache", &range(count, offset, flags))
-}
+    const NAME: &'static CStr = c"perl";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Perl plugin");
 
-unsafe extern "C" fn pl_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    run("zero", true, -1, |_| {
-        let args = range(count, offset, flags);
-        let r = call_h(h, "zero", &args, false);
-        // Nbdkit::set_error(POSIX::EOPNOTSUPP) asks the server to write
-        // zeroes instead, whether the script then dies or returns.
-        // SAFETY: reads the shim's record.
-        let e = unsafe { nbdkit_perl_errno() };
-        if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-            abi::debug("zero requested falling back to pwrite");
-            abi::set_error(e);
-            return Err(Fail::Quiet);
+    fn loaded() -> bool {
+        PERL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .script
+            .is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args: Vec<Arg<'_>> = args.iter().map(|&b| Arg::Bool(b)).collect();
+        run(name, true, |_| {
+            call_opt(name, &args, false)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, true, |_| match call_h(h, name, &[], false)? {
+            Some(v) => Ok(v.truth()),
+            None => Ok(plain.map_or(default, defined)),
+        })
+    }
+
+    fn load() {
+        // SAFETY: starts the interpreter once, before any other call.
+        let ok = std::panic::catch_unwind(|| unsafe { nbdkit_perl_start() } == 0).unwrap_or(false);
+        if !ok {
+            abi::error("perl: the Perl interpreter could not start");
         }
-        match r? {
-            Some(_) => Ok(0),
-            None => {
-                abi::debug("zero missing, falling back to pwrite");
-                abi::set_error(libc::EOPNOTSUPP);
-                Err(Fail::Quiet)
+        let _ = STARTED.set(ok);
+    }
+
+    fn unload() {
+        if STARTED.get() == Some(&true) {
+            let _guard = PERL.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: runs the script's END blocks and frees the
+            // interpreter; nothing calls Perl afterwards (the server is
+            // exiting).
+            unsafe { nbdkit_perl_stop() };
+        }
+    }
+
+    fn dump_plugin() -> Result<(), ScriptError> {
+        run("dump_plugin", false, |perl| {
+            // SAFETY: Perl's version (`$^V`) as a string, e.g. "5.36.0".
+            let v = unsafe { CStr::from_ptr(nbdkit_perl_version()) }.to_string_lossy();
+            println!("perl_version={v}");
+            if perl.script.is_some() {
+                call_opt("dump_plugin", &[], false)?;
             }
-        }
-    })
-}
+            Ok(())
+        })
+    }
 
-unsafe extern "C" fn pl_extents(
-    h: H,
-    count: u32,
-    offset: u64,
-    flags: u32,
-    extents: *mut abi::Extents,
-) -> c_int {
-    run("extents", true, -1, |_| {
-        let args = range(count, offset, flags);
-        let Some(r) = call_h(h, "extents", &args, true)? else {
-            // Like the server without the callback: all data.
-            // SAFETY: the server's list for this call.
-            return match unsafe { abi::nbdkit_add_extent(extents, offset, count.into(), 0) } {
-                -1 => Err(Fail::Quiet),
-                _ => Ok(0),
-            };
-        };
-        let mut items = r.elements();
-        // One array reference of extents is the same as a list of them.
-        if items.len() == 1 && items[0].kind() == ARRAY {
-            let inner = items[0].elements();
-            if !inner.is_empty() && inner.iter().all(|i| i.kind() == ARRAY) {
-                items = inner;
+    fn config(key: &str, value: &str) -> Result<(), ScriptError> {
+        if STARTED.get() != Some(&true) {
+            return Err(ScriptError::msg("perl: the Perl interpreter did not start"));
+        }
+        let mut perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
+        if perl.script.is_none() {
+            if key != "script" {
+                return Err(ScriptError::msg(
+                    "the first parameter must be script=/path/to/perl/script.pl",
+                ));
             }
-        }
-        if items.is_empty() {
-            return Err(Fail::Msg("cannot return an empty list of extents".into()));
-        }
-        for item in items {
-            let e = if item.kind() == ARRAY {
-                item.elements()
-            } else {
-                Vec::new()
-            };
-            let n: Vec<Option<i64>> = e.iter().map(Val::int).collect();
-            let (o, l, t) = match n[..] {
-                [Some(o), Some(l), Some(t)] if o >= 0 && l >= 0 && t >= 0 => (o, l, t),
-                _ => {
-                    return Err(Fail::Msg(format!(
-                        "must return [offset, length, type] triples, not {}",
-                        item.describe()
-                    )))
+            return match load_script(value) {
+                Ok(()) => {
+                    perl.script = Some(value.to_string());
+                    Ok(())
                 }
+                Err(Fail::Died(m)) | Err(Fail::Msg(m)) => {
+                    Err(ScriptError::msg(format!("{value}: {m}")))
+                }
+                Err(Fail::Quiet) => Err(ScriptError::reported()),
             };
-            // SAFETY: the server's list for this call.
-            if unsafe { abi::nbdkit_add_extent(extents, o as u64, l as u64, t as u32) } == -1 {
+        }
+        drop(perl);
+        run("config", true, |_| {
+            if !defined("config") {
+                return Err(Fail::Msg(
+                    "this plugin does not need command line configuration".into(),
+                ));
+            }
+            call(
+                "config",
+                &[Arg::Str(key.as_bytes()), Arg::Str(value.as_bytes())],
+                false,
+            )?;
+            Ok(())
+        })
+    }
+
+    fn list_exports(
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut ExportList,
+    ) -> Result<(), ScriptError> {
+        run("list_exports", true, |_| {
+            let args = [Arg::Bool(readonly), Arg::Bool(is_tls)];
+            let Some(r) = call_opt("list_exports", &args, true)? else {
+                return exports.use_default().map_err(|_| Fail::Quiet);
+            };
+            let mut items = r.elements();
+            // One array reference of exports is the same as a list of them.
+            if items.len() == 1 && items[0].kind() == ARRAY {
+                let inner = items[0].elements();
+                if inner.iter().all(|i| i.kind() == ARRAY) {
+                    items = inner;
+                }
+            }
+            for item in items {
+                let (name, desc) = match item.kind() {
+                    ARRAY => {
+                        let pair = item.elements();
+                        if pair.is_empty() || pair.len() > 2 || pair[0].kind() == UNDEF {
+                            return Err(Fail::Msg(
+                                "list_exports must return names or [name, description] pairs"
+                                    .into(),
+                            ));
+                        }
+                        let d = pair.get(1).filter(|d| d.kind() != UNDEF).map(Val::text);
+                        (pair[0].text(), d)
+                    }
+                    1 => (item.text(), None),
+                    _ => {
+                        return Err(Fail::Msg(format!(
+                            "list_exports returned a value that is not a name: {}",
+                            item.describe()
+                        )))
+                    }
+                };
+                exports
+                    .add(&name, desc.as_deref())
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>, ScriptError> {
+        run("default_export", true, |_| {
+            let args = [Arg::Bool(readonly), Arg::Bool(is_tls)];
+            match call_opt("default_export", &args, false)? {
+                None => Ok(None),
+                Some(v) if v.kind() == 1 => Ok(Some(v.text())),
+                Some(v) => Err(Fail::Msg(format!(
+                    "default_export returned a value that is not a string: {}",
+                    v.describe()
+                ))),
+            }
+        })
+    }
+
+    fn open(readonly: bool) -> Result<Handle, ScriptError> {
+        run("open", true, |_| {
+            let v = call("open", &[Arg::Bool(readonly)], false)?;
+            let h = Handle(v.0);
+            core::mem::forget(v);
+            Ok(h)
+        })
+    }
+
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("close", true, move |_| {
+            let r = call_opt("close", &[Arg::Handle(&h)], false);
+            // The handle's reference goes, with the lock held.
+            drop(Val(h.0));
+            r.map(|_| ())
+        })
+    }
+
+    fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
+        run("export_description", true, |_| {
+            match call_h(h, "export_description", &[], false)? {
+                None => Ok(None),
+                Some(v) if v.kind() == 1 => Ok(Some(v.text())),
+                Some(v) => Err(Fail::Msg(format!(
+                    "export_description returned a value that is not a string: {}",
+                    v.describe()
+                ))),
+            }
+        })
+    }
+
+    fn get_size(h: &Handle) -> Result<i64, ScriptError> {
+        run("get_size", true, |_| {
+            let v = call_h(h, "get_size", &[], false)?
+                .ok_or_else(|| Fail::Msg("missing callback: get_size".into()))?;
+            match v.int() {
+                Some(n) if n >= 0 => Ok(n),
+                Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
+                None => Err(Fail::Msg(format!(
+                    "returned a value that is not a number: {}",
+                    v.describe()
+                ))),
+            }
+        })
+    }
+
+    fn block_size(h: &Handle) -> Result<(u32, u32, u32), ScriptError> {
+        run("block_size", true, |_| {
+            let Some(v) = call_h(h, "block_size", &[], true)? else {
+                return Ok((0, 0, 0));
+            };
+            let e = v.elements();
+            let n: Vec<Option<u32>> = e
+                .iter()
+                .map(|x| x.int().and_then(|i| u32::try_from(i).ok()))
+                .collect();
+            match n[..] {
+                [Some(a), Some(b), Some(c)] => Ok((a, b, c)),
+                _ => Err(Fail::Msg(
+                    "must return a list of three numbers (minimum, preferred, maximum)".into(),
+                )),
+            }
+        })
+    }
+
+    fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
+        let has = {
+            let perl = PERL.lock().unwrap_or_else(|e| e.into_inner());
+            STARTED.get() == Some(&true) && perl.script.is_some() && defined("can_fast_zero")
+        };
+        if has {
+            return Self::boolean(h, "can_fast_zero", None, false);
+        }
+        // Without it, a fast zero can fail fast when zeroing is not native.
+        Ok(!Self::can_zero(h)?)
+    }
+
+    fn can_fua(h: &Handle) -> Result<c_int, ScriptError> {
+        integer(h, "can_fua", || {
+            if defined("flush") {
+                abi::FUA_EMULATE
+            } else {
+                abi::FUA_NONE
+            }
+        })
+    }
+
+    fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
+        integer(h, "can_cache", || {
+            if defined("cache") {
+                abi::CACHE_NATIVE
+            } else {
+                abi::CACHE_NONE
+            }
+        })
+    }
+
+    fn pread(h: &Handle, buf: &mut [u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        let count = buf.len();
+        run("pread", true, |_| {
+            let args = range(count as u32, offset, flags);
+            let v = call_h(h, "pread", &args, false)?
+                .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
+            if v.kind() != 1 {
+                return Err(Fail::Msg(format!(
+                    "returned a value that is not a string of bytes: {}",
+                    v.describe()
+                )));
+            }
+            let b = v.bytes().ok_or_else(|| {
+                Fail::Msg("returned a string with wide characters, not bytes".into())
+            })?;
+            if b.len() < count {
+                return Err(Fail::Msg(format!(
+                    "the buffer returned is too small ({} < {count} bytes)",
+                    b.len()
+                )));
+            }
+            buf.copy_from_slice(&b[..count]);
+            Ok(())
+        })
+    }
+
+    fn pwrite(h: &Handle, buf: &[u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(
+            h,
+            "pwrite",
+            &[
+                Arg::Str(buf),
+                Arg::Uint(offset),
+                Arg::Uint(flags.bits().into()),
+            ],
+        )
+    }
+
+    fn flush(h: &Handle, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "flush", &[Arg::Uint(flags.bits().into())])
+    }
+
+    fn trim(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "trim", &range(count, offset, flags))
+    }
+
+    fn cache(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "cache", &range(count, offset, flags))
+    }
+
+    fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        run("zero", true, |_| {
+            let r = call_h(h, "zero", &range(count, offset, flags), false);
+            // Nbdkit::set_error(POSIX::EOPNOTSUPP) asks the server to write
+            // zeroes instead, whether the script then dies or returns.
+            // SAFETY: reads the shim's record.
+            if zero_falls_back(unsafe { nbdkit_perl_errno() }, matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-        }
-        Ok(0)
-    })
+            r.map(|_| ())
+        })
+    }
+
+    fn extents(
+        h: &Handle,
+        count: u32,
+        offset: u64,
+        flags: Flags,
+        extents: &mut ExtentList,
+    ) -> Result<(), ScriptError> {
+        run("extents", true, |_| {
+            let Some(r) = call_h(h, "extents", &range(count, offset, flags), true)? else {
+                // Like the server without the callback: all data.
+                return extents
+                    .add(offset, count.into(), 0)
+                    .map_err(|_| Fail::Quiet);
+            };
+            let mut items = r.elements();
+            // One array reference of extents is the same as a list of them.
+            if items.len() == 1 && items[0].kind() == ARRAY {
+                let inner = items[0].elements();
+                if !inner.is_empty() && inner.iter().all(|i| i.kind() == ARRAY) {
+                    items = inner;
+                }
+            }
+            if items.is_empty() {
+                return Err(Fail::Msg("cannot return an empty list of extents".into()));
+            }
+            for item in items {
+                let e = if item.kind() == ARRAY {
+                    item.elements()
+                } else {
+                    Vec::new()
+                };
+                let n: Vec<Option<i64>> = e.iter().map(Val::int).collect();
+                let (o, l, t) = match n[..] {
+                    [Some(o), Some(l), Some(t)] if o >= 0 && l >= 0 && t >= 0 => (o, l, t),
+                    _ => {
+                        return Err(Fail::Msg(format!(
+                            "must return [offset, length, type] triples, not {}",
+                            item.describe()
+                        )))
+                    }
+                };
+                extents
+                    .add(o as u64, l as u64, t as u32)
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
 }
 
-// ---------------------------------------------------------------------------
-// Registration
-
-const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Perl plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
-
-static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
-    thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
-    name: c"perl".as_ptr(),
-    load: Some(pl_load),
-    unload: Some(pl_unload),
-    config: Some(pl_config),
-    config_complete: Some(pl_config_complete),
-    config_help: CONFIG_HELP.as_ptr(),
-    open: Some(pl_open),
-    close: Some(pl_close),
-    get_size: Some(pl_get_size),
-    can_write: Some(pl_can_write),
-    can_flush: Some(pl_can_flush),
-    is_rotational: Some(pl_is_rotational),
-    can_trim: Some(pl_can_trim),
-    dump_plugin: Some(pl_dump_plugin),
-    can_zero: Some(pl_can_zero),
-    can_fua: Some(pl_can_fua),
-    pread: Some(pl_pread),
-    pwrite: Some(pl_pwrite),
-    flush: Some(pl_flush),
-    trim: Some(pl_trim),
-    zero: Some(pl_zero),
-    magic_config_key: c"script".as_ptr(),
-    can_multi_conn: Some(pl_can_multi_conn),
-    can_extents: Some(pl_can_extents),
-    extents: Some(pl_extents),
-    can_cache: Some(pl_can_cache),
-    cache: Some(pl_cache),
-    can_fast_zero: Some(pl_can_fast_zero),
-    preconnect: Some(pl_preconnect),
-    get_ready: Some(pl_get_ready),
-    after_fork: Some(pl_after_fork),
-    list_exports: Some(pl_list_exports),
-    default_export: Some(pl_default_export),
-    export_description: Some(pl_export_description),
-    cleanup: Some(pl_cleanup),
-    block_size: Some(pl_block_size),
-    ..abi::Plugin::EMPTY
-});
-
-/// The registration function the server calls when it loads this object.
-#[no_mangle]
-pub extern "C" fn plugin_init() -> *const c_void {
-    PLUGIN.as_ptr()
-}
+abi::register_script_plugin!(PerlPlugin);

@@ -122,11 +122,14 @@ fn traceback_text(py: Python<'_>, err: &PyErr) -> Option<String> {
 /// callbacks: `nbdkit_error("SCRIPT: CONTEXT: SUMMARY")`, and the
 /// traceback as a debug message.
 pub(crate) fn report(py: Python<'_>, script: &str, context: &str, err: &PyErr) {
+    abi::error(&describe(py, script, context, err));
+}
+
+/// Like [`report`], but the error line is returned for the caller to
+/// report (the traceback is already a debug message).
+pub(crate) fn describe(py: Python<'_>, script: &str, context: &str, err: &PyErr) -> String {
     if let Some(tb) = traceback_text(py, err) {
         abi::debug(&format!("{script}: {context}: {}", tb.trim_end()));
     }
-    abi::error(&format!(
-        "{script}: {context}: {}",
-        summary(py, err, script)
-    ));
+    format!("{script}: {context}: {}", summary(py, err, script))
 }

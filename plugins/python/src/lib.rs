@@ -25,8 +25,7 @@ use nbdkit_plugin_abi as abi;
 mod errors;
 mod module;
 
-use core::ffi::{c_char, c_int, c_void};
-use core::panic::AssertUnwindSafe;
+use core::ffi::{c_char, c_int};
 use std::ffi::CStr;
 use std::sync::OnceLock;
 
@@ -37,7 +36,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyString, PyTuple};
 
-use abi::H;
+use abi::script::{
+    zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots,
+};
 
 /// The newest API version a script may declare (`API_VERSION = 2`).
 const MAX_API_VERSION: i64 = 2;
@@ -78,50 +79,44 @@ impl From<PyErr> for Fail {
 type Res<T> = Result<T, Fail>;
 
 /// Run `f` with the interpreter lock held and the loaded script (when
-/// `need_script`); a failure is reported as an error of `callback` and
-/// turns into `fail`. A panic never crosses into the server.
+/// `need_script`); a failure is an error of `callback`.
 fn run<R>(
     callback: &str,
     need_script: bool,
-    fail: R,
     f: impl FnOnce(Python<'_>, Option<&Script>) -> Res<R>,
-) -> R {
+) -> Result<R, ScriptError> {
     if STARTED.get() != Some(&true) {
-        abi::error("python: the Python interpreter did not start");
-        return fail;
+        return Err(ScriptError::msg(
+            "python: the Python interpreter did not start",
+        ));
     }
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        Python::attach(|py| {
-            let script = SCRIPT.get();
-            if need_script && script.is_none() {
-                abi::error(
-                    "a Python script is required: nbdkit python /path/to/plugin.py [key=value ...]",
-                );
-                return None;
-            }
-            let path = script.map_or("python", |s| s.path.as_str());
-            match f(py, script) {
-                Ok(v) => Some(v),
-                Err(Fail::Py(e)) => {
-                    errors::report(py, path, &format!("{callback}: error"), &e);
-                    None
-                }
-                Err(Fail::Msg(m)) => {
-                    abi::error(&format!("{path}: {callback}: error: {m}"));
-                    None
-                }
-                Err(Fail::Quiet) => None,
-            }
-        })
-    }));
-    match r {
-        Ok(Some(v)) => v,
-        Ok(None) => fail,
-        Err(_) => {
-            abi::error(&format!("python: {callback}: internal error"));
-            fail
+    Python::attach(|py| {
+        let script = SCRIPT.get();
+        if need_script && script.is_none() {
+            return Err(ScriptError::msg(
+                "a Python script is required: nbdkit python /path/to/plugin.py [key=value ...]",
+            ));
         }
-    }
+        let path = script.map_or("python", |s| s.path.as_str());
+        f(py, script).map_err(|e| match e {
+            Fail::Py(e) => ScriptError::msg(errors::describe(
+                py,
+                path,
+                &format!("{callback}: error"),
+                &e,
+            )),
+            Fail::Msg(m) => ScriptError::msg(format!("{path}: {callback}: error: {m}")),
+            Fail::Quiet => ScriptError::reported(),
+        })
+    })
+}
+
+/// Like [`run`], for a callback that needs the loaded script.
+fn run_s<R>(
+    callback: &str,
+    f: impl FnOnce(Python<'_>, &Script) -> Res<R>,
+) -> Result<R, ScriptError> {
+    run(callback, true, |py, s| f(py, s.ok_or(Fail::Quiet)?))
 }
 
 /// The script's callback `name`, when it defines it (and it is callable).
@@ -163,26 +158,11 @@ struct Handle {
     obj: Py<PyAny>,
 }
 
-/// The script's handle behind the server's pointer.
-///
-/// # Safety
-/// `h` came from [`py_open`] and is not yet closed.
-unsafe fn handle<'a>(h: H) -> &'a Handle {
-    // SAFETY: the caller's contract: a live Box<Handle> from py_open.
-    unsafe { &*(h as *const Handle) }
-}
-
-fn strerror(errno: i32) -> String {
-    // SAFETY: strerror returns a valid string for any errno value.
-    unsafe { CStr::from_ptr(libc::strerror(errno)) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 // ---------------------------------------------------------------------------
 // Loading and configuration
 
-unsafe extern "C" fn py_load() {
+/// Start the interpreter (at `load`).
+fn start() {
     let ok = std::panic::catch_unwind(|| {
         Python::initialize();
         Python::attach(|py| -> PyResult<()> {
@@ -219,50 +199,13 @@ fn flush_stdio(py: Python<'_>) {
     }
 }
 
-unsafe extern "C" fn py_unload() {
-    if STARTED.get() != Some(&true) {
-        return;
-    }
-    let _ = std::panic::catch_unwind(|| {
-        Python::attach(|py| {
-            // The script's atexit handlers run at exit, as when the
-            // interpreter is finalised; the interpreter itself is left
-            // alone (other threads may still be in it).
-            if let Ok(a) = py.import("atexit") {
-                if let Err(e) = a.call_method0("_run_exitfuncs") {
-                    let path = SCRIPT.get().map_or("python", |s| s.path.as_str());
-                    errors::report(py, path, "atexit: error", &e);
-                }
-            }
-            flush_stdio(py);
-        })
-    });
-}
-
-unsafe extern "C" fn py_dump_plugin() {
-    run("dump_plugin", false, (), |py, script| {
-        // SAFETY: Py_GetVersion returns a static string.
-        let v = unsafe { CStr::from_ptr(pyffi::Py_GetVersion()) }.to_string_lossy();
-        let v = v.split_whitespace().next().unwrap_or_default();
-        println!("python_version={v}");
-        println!("python_pep_384_abi_version={PEP_384_ABI_VERSION}");
-        println!("nbdkit_python_maximum_api_version={MAX_API_VERSION}");
-        let Some(s) = script else { return Ok(()) };
-        if let Some(f) = callback(py, s, intern!(py, "dump_plugin")) {
-            let r = f.call0();
-            flush_stdio(py);
-            r?;
-        }
-        Ok(())
-    })
-}
-
 /// Run the script as `__main__`.
 fn load_script(py: Python<'_>, path: &str) -> Res<Script> {
     let source = std::fs::read(path).map_err(|e| {
         Fail::Msg(format!(
             "cannot open file: {}",
-            e.raw_os_error().map_or_else(|| e.to_string(), strerror)
+            e.raw_os_error()
+                .map_or_else(|| e.to_string(), abi::strerror)
         ))
     })?;
     let main = py.import("__main__")?;
@@ -320,123 +263,18 @@ fn load_script(py: Python<'_>, path: &str) -> Res<Script> {
 }
 
 /// The error of a failed script load: `SCRIPT: MESSAGE`.
-fn load_failed(path: &str, f: Fail) -> c_int {
+fn load_failed(path: &str, f: Fail) -> ScriptError {
     match f {
-        Fail::Msg(m) => abi::error(&format!("{path}: {m}")),
-        Fail::Py(e) => Python::attach(|py| errors::report(py, path, "error", &e)),
-        Fail::Quiet => {}
-    }
-    -1
-}
-
-/// A C string argument as Rust text.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        Fail::Msg(m) => ScriptError::msg(format!("{path}: {m}")),
+        Fail::Py(e) => {
+            ScriptError::msg(Python::attach(|py| errors::describe(py, path, "error", &e)))
+        }
+        Fail::Quiet => ScriptError::reported(),
     }
 }
 
-unsafe extern "C" fn py_config(key: *const c_char, value: *const c_char) -> c_int {
-    // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
-    if SCRIPT.get().is_none() {
-        if key != "script" {
-            abi::error("the first parameter must be script=/path/to/python/script.py");
-            return -1;
-        }
-        if STARTED.get() != Some(&true) {
-            abi::error("python: the Python interpreter did not start");
-            return -1;
-        }
-        let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Python::attach(|py| load_script(py, &value))
-        }));
-        return match loaded {
-            Ok(Ok(s)) => {
-                let _ = SCRIPT.set(s);
-                0
-            }
-            Ok(Err(f)) => load_failed(&value, f),
-            Err(_) => load_failed(&value, Fail::Msg("internal error".into())),
-        };
-    }
-    run_s("config", -1, |py, s| {
-        match callback(py, s, intern!(py, "config")) {
-            Some(f) => {
-                f.call1((key, value))?;
-                Ok(0)
-            }
-            None => Err(Fail::Msg(
-                "this plugin does not need command line configuration".into(),
-            )),
-        }
-    })
-}
-
-/// Call the script's global callback `name` with no arguments, if defined.
-fn global0(name: &'static str) -> c_int {
-    run_s(name, -1, |py, s| {
-        if let Some(f) = callback(py, s, &PyString::intern(py, name)) {
-            f.call0()?;
-        }
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn py_config_complete() -> c_int {
-    global0("config_complete")
-}
-
-unsafe extern "C" fn py_thread_model() -> c_int {
-    if SCRIPT.get().is_none() {
-        return abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS;
-    }
-    run_s("thread_model", -1, |py, s| {
-        match callback(py, s, intern!(py, "thread_model")) {
-            Some(f) => {
-                let r = f.call0()?;
-                r.extract::<c_int>()
-                    .map_err(|e| bad_return(py, &f, "thread_model", e))
-            }
-            None => Ok(abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS),
-        }
-    })
-}
-
-unsafe extern "C" fn py_get_ready() -> c_int {
-    global0("get_ready")
-}
-
-unsafe extern "C" fn py_after_fork() -> c_int {
-    global0("after_fork")
-}
-
-unsafe extern "C" fn py_cleanup() {
-    if SCRIPT.get().is_some() {
-        global0("cleanup");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
-fn pybool(py: Python<'_>, b: c_int) -> Bound<'_, PyBool> {
-    PyBool::new(py, b != 0).to_owned()
-}
-
-unsafe extern "C" fn py_preconnect(readonly: c_int) -> c_int {
-    run_s("preconnect", -1, |py, s| {
-        if let Some(f) = callback(py, s, intern!(py, "preconnect")) {
-            f.call1((pybool(py, readonly),))?;
-        }
-        Ok(0)
-    })
+fn pybool(py: Python<'_>, b: bool) -> Bound<'_, PyBool> {
+    PyBool::new(py, b).to_owned()
 }
 
 /// A name or description from the script: `str` (or `bytes`).
@@ -447,111 +285,6 @@ fn text(v: &Bound<'_, PyAny>) -> Option<String> {
     v.cast::<PyBytes>()
         .ok()
         .map(|b| String::from_utf8_lossy(b.as_bytes()).into_owned())
-}
-
-unsafe extern "C" fn py_list_exports(
-    readonly: c_int,
-    is_tls: c_int,
-    exports: *mut abi::Exports,
-) -> c_int {
-    run_s("list_exports", -1, |py, s| {
-        let Some(f) = callback(py, s, intern!(py, "list_exports")) else {
-            // SAFETY: the server's list for this call.
-            return Ok(unsafe { abi::nbdkit_use_default_export(exports) });
-        };
-        let r = f.call1((pybool(py, readonly), pybool(py, is_tls)))?;
-        let iter = r.try_iter().map_err(|_| {
-            Fail::Msg("list_exports method did not return something which is iterable".into())
-        })?;
-        for item in iter {
-            let item = item?;
-            let (name, desc) = if let Some(n) = text(&item) {
-                (n, None)
-            } else {
-                let pair = item.cast::<PyTuple>().ok().filter(|t| t.len() == 2);
-                let Some(pair) = pair else {
-                    return Err(Fail::Msg(
-                        "list_exports method did not return an iterable of names or \
-                         (name, description) 2-tuples"
-                            .into(),
-                    ));
-                };
-                let name = text(&pair.get_item(0)?);
-                let d = pair.get_item(1)?;
-                let desc = if d.is_none() {
-                    Some(None)
-                } else {
-                    text(&d).map(Some)
-                };
-                match (name, desc) {
-                    (Some(n), Some(d)) => (n, d),
-                    _ => {
-                        return Err(Fail::Msg(
-                            "list_exports method did not return an iterable of string 2-tuples"
-                                .into(),
-                        ))
-                    }
-                }
-            };
-            let n = abi::cstring(&name);
-            let d = desc.as_deref().map(abi::cstring);
-            let dp = d.as_ref().map_or(core::ptr::null(), |d| d.as_ptr());
-            // SAFETY: the server's list for this call and two strings (or
-            // NULL) that it copies.
-            if unsafe { abi::nbdkit_add_export(exports, n.as_ptr(), dp) } == -1 {
-                return Err(Fail::Quiet);
-            }
-        }
-        Ok(0)
-    })
-}
-
-/// Hand a string to the server, which keeps it for the connection.
-fn intern_str(s: &str) -> *const c_char {
-    let c = abi::cstring(s);
-    // SAFETY: a NUL-terminated string, copied by the server.
-    unsafe { abi::nbdkit_strdup_intern(c.as_ptr()) }
-}
-
-unsafe extern "C" fn py_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
-    run_s("default_export", core::ptr::null(), |py, s| {
-        let Some(f) = callback(py, s, intern!(py, "default_export")) else {
-            return Ok(c"".as_ptr());
-        };
-        let r = f.call1((pybool(py, readonly), pybool(py, is_tls)))?;
-        match text(&r) {
-            Some(name) => Ok(intern_str(&name)),
-            None => Err(Fail::Msg(
-                "default_export method did not return a string".into(),
-            )),
-        }
-    })
-}
-
-unsafe extern "C" fn py_open(readonly: c_int) -> H {
-    run_s("open", core::ptr::null_mut(), |py, s| {
-        let f = callback(py, s, intern!(py, "open"))
-            .ok_or_else(|| Fail::Msg("missing callback: open".into()))?;
-        let obj = f.call1((pybool(py, readonly),))?.unbind();
-        Ok(Box::into_raw(Box::new(Handle { obj })) as H)
-    })
-}
-
-unsafe extern "C" fn py_close(h: H) {
-    if h.is_null() {
-        return;
-    }
-    // SAFETY: the server closes each handle from py_open once.
-    let hd = unsafe { Box::from_raw(h as *mut Handle) };
-    run("close", true, (), move |py, s| {
-        let r = match s.and_then(|s| callback(py, s, intern!(py, "close"))) {
-            Some(f) => f.call1((hd.obj.bind(py),)).map(|_| ()),
-            None => Ok(()),
-        };
-        // The handle is released with the lock held.
-        drop(hd);
-        r.map_err(Fail::from)
-    })
 }
 
 /// Call the script's `name` with `args` (the handle first); `None` when
@@ -569,98 +302,14 @@ fn call_h<'py>(
     Ok(Some((f, r)))
 }
 
-/// Like [`run`], for a callback that needs the loaded script.
-fn run_s<R>(callback: &str, fail: R, f: impl FnOnce(Python<'_>, &Script) -> Res<R>) -> R {
-    run(callback, true, fail, |py, s| f(py, s.ok_or(Fail::Quiet)?))
-}
-
-unsafe extern "C" fn py_export_description(h: H) -> *const c_char {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s(
-        "export_description",
-        core::ptr::null(),
-        |py, s| match call_h(py, s, intern!(py, "export_description"), (hd.obj.bind(py),))? {
-            None => Ok(core::ptr::null()),
-            Some((_, r)) => match text(&r) {
-                Some(d) => Ok(intern_str(&d)),
-                None => Err(Fail::Msg(
-                    "export_description method did not return a string".into(),
-                )),
-            },
-        },
-    )
-}
-
-unsafe extern "C" fn py_get_size(h: H) -> i64 {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s("get_size", -1, |py, s| {
-        let Some((f, r)) = call_h(py, s, intern!(py, "get_size"), (hd.obj.bind(py),))? else {
-            return Err(Fail::Msg("missing callback: get_size".into()));
-        };
-        let n = r
-            .extract::<i64>()
-            .map_err(|e| bad_return(py, &f, "get_size", e))?;
-        if n < 0 {
-            return Err(Fail::Msg(format!(
-                "get_size returned a negative size ({n})"
-            )));
-        }
-        Ok(n)
-    })
-}
-
-unsafe extern "C" fn py_block_size(h: H, min: *mut u32, pref: *mut u32, max: *mut u32) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    let r = run_s("block_size", None, |py, s| {
-        match call_h(py, s, intern!(py, "block_size"), (hd.obj.bind(py),))? {
-            None => Ok(Some((0, 0, 0))),
-            Some((f, r)) => r
-                .extract::<(u32, u32, u32)>()
-                .map(Some)
-                .map_err(|e| bad_return(py, &f, "block_size", e)),
-        }
-    });
-    match r {
-        Some((a, b, c)) => {
-            // SAFETY: three u32s of the server's for the call.
-            unsafe {
-                *min = a;
-                *pref = b;
-                *max = c;
-            }
-            0
-        }
-        None => -1,
-    }
-}
-
-/// A boolean `can_*`-style callback: its result's truth value; without it,
-/// whether the script defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(h: H, name: &'static str, plain: Option<&'static str>) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s(name, -1, |py, s| {
-        match call_h(py, s, &PyString::intern(py, name), (hd.obj.bind(py),))? {
-            Some((f, r)) => r
-                .is_truthy()
-                .map(c_int::from)
-                .map_err(|e| bad_return(py, &f, name, e)),
-            None => Ok(c_int::from(plain.is_some_and(|p| {
-                callback(py, s, &PyString::intern(py, p)).is_some()
-            }))),
-        }
-    })
-}
-
 /// An integer `can_*` callback (`can_fua`, `can_cache`); `default` without it.
-fn integer(h: H, name: &'static str, default: impl FnOnce(Python<'_>, &Script) -> c_int) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s(name, -1, |py, s| {
-        match call_h(py, s, &PyString::intern(py, name), (hd.obj.bind(py),))? {
+fn integer(
+    h: &Handle,
+    name: &'static str,
+    default: impl FnOnce(Python<'_>, &Script) -> c_int,
+) -> Result<c_int, ScriptError> {
+    run_s(name, |py, s| {
+        match call_h(py, s, &PyString::intern(py, name), (h.obj.bind(py),))? {
             Some((f, r)) => r
                 .extract::<c_int>()
                 .map_err(|e| bad_return(py, &f, name, e)),
@@ -668,75 +317,6 @@ fn integer(h: H, name: &'static str, default: impl FnOnce(Python<'_>, &Script) -
         }
     })
 }
-
-unsafe extern "C" fn py_is_rotational(h: H) -> c_int {
-    boolean(h, "is_rotational", None)
-}
-
-unsafe extern "C" fn py_can_multi_conn(h: H) -> c_int {
-    boolean(h, "can_multi_conn", None)
-}
-
-unsafe extern "C" fn py_can_write(h: H) -> c_int {
-    boolean(h, "can_write", Some("pwrite"))
-}
-
-unsafe extern "C" fn py_can_flush(h: H) -> c_int {
-    boolean(h, "can_flush", Some("flush"))
-}
-
-unsafe extern "C" fn py_can_trim(h: H) -> c_int {
-    boolean(h, "can_trim", Some("trim"))
-}
-
-unsafe extern "C" fn py_can_zero(h: H) -> c_int {
-    boolean(h, "can_zero", Some("zero"))
-}
-
-unsafe extern "C" fn py_can_extents(h: H) -> c_int {
-    boolean(h, "can_extents", Some("extents"))
-}
-
-unsafe extern "C" fn py_can_fast_zero(h: H) -> c_int {
-    let defined = STARTED.get() == Some(&true)
-        && Python::attach(|py| {
-            SCRIPT
-                .get()
-                .is_some_and(|s| callback(py, s, intern!(py, "can_fast_zero")).is_some())
-        });
-    if defined {
-        return boolean(h, "can_fast_zero", None);
-    }
-    // Without it, a fast zero can fail fast when zeroing is not native.
-    // SAFETY: the same live handle.
-    match unsafe { py_can_zero(h) } {
-        -1 => -1,
-        z => c_int::from(z == 0),
-    }
-}
-
-unsafe extern "C" fn py_can_fua(h: H) -> c_int {
-    integer(h, "can_fua", |py, s| {
-        if callback(py, s, intern!(py, "flush")).is_some() {
-            abi::FUA_EMULATE
-        } else {
-            abi::FUA_NONE
-        }
-    })
-}
-
-unsafe extern "C" fn py_can_cache(h: H) -> c_int {
-    integer(h, "can_cache", |py, s| {
-        if callback(py, s, intern!(py, "cache")).is_some() {
-            abi::CACHE_NATIVE
-        } else {
-            abi::CACHE_NONE
-        }
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Data
 
 /// A memoryview of `len` bytes at `p` (`PyBUF_WRITE` or `PyBUF_READ`),
 /// valid only during the callback: it is released afterwards if the
@@ -764,34 +344,6 @@ fn release(v: Bound<'_, PyAny>) {
     if unsafe { pyffi::Py_REFCNT(v.as_ptr()) } > 1 {
         let _ = v.call_method0("release");
     }
-}
-
-unsafe extern "C" fn py_pread(
-    h: H,
-    buf: *mut c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s("pread", -1, |py, s| {
-        let name = intern!(py, "pread");
-        if s.api_version >= 2 {
-            let v = memoryview(py, buf.cast(), count, pyffi::PyBUF_WRITE)?;
-            let r = call_h(py, s, name, (hd.obj.bind(py), v.clone(), offset, flags));
-            release(v);
-            return match r? {
-                Some(_) => Ok(0),
-                None => Err(Fail::Msg("missing callback: pread".into())),
-            };
-        }
-        let Some((f, r)) = call_h(py, s, name, (hd.obj.bind(py), count, offset))? else {
-            return Err(Fail::Msg("missing callback: pread".into()));
-        };
-        copy_result(py, &f, &r, buf.cast(), count as usize)?;
-        Ok(0)
-    })
 }
 
 /// API 1's `pread` returns a buffer: copy its first `count` bytes.
@@ -836,209 +388,468 @@ fn copy_result(
 /// The script's data callback `name` with a handle; a missing callback
 /// is an error ("not implemented").
 fn data(
-    h: H,
+    h: &Handle,
     name: &'static str,
     args: impl for<'py> FnOnce(
         Python<'py>,
         &Script,
         &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>>,
-) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s(name, -1, |py, s| {
-        let a = args(py, s, hd.obj.bind(py))?;
+) -> Result<(), ScriptError> {
+    run_s(name, |py, s| {
+        let a = args(py, s, h.obj.bind(py))?;
         match call_h(py, s, &PyString::intern(py, name), a)? {
-            Some(_) => Ok(0),
+            Some(_) => Ok(()),
             None => Err(Fail::Msg(format!("{name} not implemented"))),
         }
     })
 }
 
-unsafe extern "C" fn py_pwrite(
-    h: H,
-    buf: *const c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s("pwrite", -1, |py, s| {
-        let v = memoryview(py, buf as *mut c_char, count, pyffi::PyBUF_READ)?;
-        let name = intern!(py, "pwrite");
-        let r = if s.api_version >= 2 {
-            call_h(py, s, name, (hd.obj.bind(py), v.clone(), offset, flags))
-        } else {
-            call_h(py, s, name, (hd.obj.bind(py), v.clone(), offset))
-        };
-        release(v);
-        match r? {
-            Some(_) => Ok(0),
-            None => Err(Fail::Msg("pwrite not implemented".into())),
-        }
-    })
-}
+// ---------------------------------------------------------------------------
+// The plugin
 
-unsafe extern "C" fn py_flush(h: H, flags: u32) -> c_int {
-    data(h, "flush", |py, s, h| {
-        if s.api_version >= 2 {
-            (h, flags).into_pyobject(py)
-        } else {
-            (h,).into_pyobject(py)
-        }
-    })
-}
+struct PythonPlugin;
 
-unsafe extern "C" fn py_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "trim", |py, s, h| {
-        if s.api_version >= 2 {
-            (h, count, offset, flags).into_pyobject(py)
-        } else {
-            (h, count, offset).into_pyobject(py)
-        }
-    })
-}
+impl ScriptPlugin for PythonPlugin {
+    type Handle = Handle;
 
-unsafe extern "C" fn py_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "cache", |py, _, h| {
-        (h, count, offset, flags).into_pyobject(py)
-    })
-}
+    const NAME: &'static CStr = c"python";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Python plugin");
+    const MAGIC_CONFIG_KEY: Option<&'static CStr> = None;
+    const THREAD_MODEL: c_int = abi::THREAD_MODEL_PARALLEL;
+    const SLOTS: Slots = Slots {
+        thread_model: true,
+        ..Slots::STANDARD
+    };
 
-unsafe extern "C" fn py_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s("zero", -1, |py, s| {
-        let name = intern!(py, "zero");
-        module::clear_last_error();
-        let r = if s.api_version >= 2 {
-            call_h(py, s, name, (hd.obj.bind(py), count, offset, flags))
-        } else {
-            let may_trim = flags & abi::FLAG_MAY_TRIM != 0;
-            call_h(py, s, name, (hd.obj.bind(py), count, offset, may_trim))
-        };
-        // nbdkit.set_error(errno.EOPNOTSUPP) asks the server to write
-        // zeroes instead, whether the script then raises or returns.
-        let e = module::last_error();
-        if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-            abi::debug("zero requested falling back to pwrite");
-            abi::set_error(e);
-            return Err(Fail::Quiet);
-        }
-        match r? {
-            Some(_) => Ok(0),
-            None => {
-                abi::debug("zero missing, falling back to pwrite");
-                abi::set_error(libc::EOPNOTSUPP);
-                Err(Fail::Quiet)
+    fn loaded() -> bool {
+        SCRIPT.get().is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        run_s(name, |py, s| {
+            if let Some(f) = callback(py, s, &PyString::intern(py, name)) {
+                f.call1(PyTuple::new(py, args.iter().map(|&b| pybool(py, b)))?)?;
             }
-        }
-    })
-}
+            Ok(())
+        })
+    }
 
-unsafe extern "C" fn py_extents(
-    h: H,
-    count: u32,
-    offset: u64,
-    flags: u32,
-    extents: *mut abi::Extents,
-) -> c_int {
-    // SAFETY: a live handle from py_open.
-    let hd = unsafe { handle(h) };
-    run_s("extents", -1, |py, s| {
-        let Some((f, r)) = call_h(
-            py,
-            s,
-            intern!(py, "extents"),
-            (hd.obj.bind(py), count, offset, flags),
-        )?
-        else {
-            // Like the server without the callback: all data.
-            // SAFETY: the server's list for this call.
-            return match unsafe { abi::nbdkit_add_extent(extents, offset, count.into(), 0) } {
-                -1 => Err(Fail::Quiet),
-                _ => Ok(0),
-            };
-        };
-        let iter = r.try_iter().map_err(|_| {
-            Fail::Msg("extents method did not return something which is iterable".into())
-        })?;
-        let mut n = 0u64;
-        for item in iter {
-            let item = item?;
-            let t = item.cast::<PyTuple>().ok().filter(|t| t.len() == 3);
-            let Some(t) = t else {
-                return Err(Fail::Msg(
-                    "extents method did not return an iterable of 3-tuples".into(),
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run_s(name, |py, s| {
+            match call_h(py, s, &PyString::intern(py, name), (h.obj.bind(py),))? {
+                Some((f, r)) => r.is_truthy().map_err(|e| bad_return(py, &f, name, e)),
+                None => Ok(plain.map_or(default, |p| {
+                    callback(py, s, &PyString::intern(py, p)).is_some()
+                })),
+            }
+        })
+    }
+
+    fn load() {
+        start();
+    }
+
+    fn unload() {
+        if STARTED.get() != Some(&true) {
+            return;
+        }
+        Python::attach(|py| {
+            // The script's atexit handlers run at exit, as when the
+            // interpreter is finalised; the interpreter itself is left
+            // alone (other threads may still be in it).
+            if let Ok(a) = py.import("atexit") {
+                if let Err(e) = a.call_method0("_run_exitfuncs") {
+                    let path = SCRIPT.get().map_or("python", |s| s.path.as_str());
+                    errors::report(py, path, "atexit: error", &e);
+                }
+            }
+            flush_stdio(py);
+        })
+    }
+
+    fn dump_plugin() -> Result<(), ScriptError> {
+        run("dump_plugin", false, |py, script| {
+            // SAFETY: Py_GetVersion returns a static string.
+            let v = unsafe { CStr::from_ptr(pyffi::Py_GetVersion()) }.to_string_lossy();
+            let v = v.split_whitespace().next().unwrap_or_default();
+            println!("python_version={v}");
+            println!("python_pep_384_abi_version={PEP_384_ABI_VERSION}");
+            println!("nbdkit_python_maximum_api_version={MAX_API_VERSION}");
+            let Some(s) = script else { return Ok(()) };
+            if let Some(f) = callback(py, s, intern!(py, "dump_plugin")) {
+                let r = f.call0();
+                flush_stdio(py);
+                r?;
+            }
+            Ok(())
+        })
+    }
+
+    fn config(key: &str, value: &str) -> Result<(), ScriptError> {
+        if SCRIPT.get().is_none() {
+            if key != "script" {
+                return Err(ScriptError::msg(
+                    "the first parameter must be script=/path/to/python/script.py",
                 ));
+            }
+            if STARTED.get() != Some(&true) {
+                return Err(ScriptError::msg(
+                    "python: the Python interpreter did not start",
+                ));
+            }
+            let s =
+                Python::attach(|py| load_script(py, value)).map_err(|f| load_failed(value, f))?;
+            let _ = SCRIPT.set(s);
+            return Ok(());
+        }
+        run_s("config", |py, s| {
+            match callback(py, s, intern!(py, "config")) {
+                Some(f) => {
+                    f.call1((key, value))?;
+                    Ok(())
+                }
+                None => Err(Fail::Msg(
+                    "this plugin does not need command line configuration".into(),
+                )),
+            }
+        })
+    }
+
+    fn thread_model() -> Result<c_int, ScriptError> {
+        if SCRIPT.get().is_none() {
+            return Ok(abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS);
+        }
+        run_s("thread_model", |py, s| {
+            match callback(py, s, intern!(py, "thread_model")) {
+                Some(f) => {
+                    let r = f.call0()?;
+                    r.extract::<c_int>()
+                        .map_err(|e| bad_return(py, &f, "thread_model", e))
+                }
+                None => Ok(abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS),
+            }
+        })
+    }
+
+    fn list_exports(
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut ExportList,
+    ) -> Result<(), ScriptError> {
+        run_s("list_exports", |py, s| {
+            let Some(f) = callback(py, s, intern!(py, "list_exports")) else {
+                return exports.use_default().map_err(|_| Fail::Quiet);
             };
-            let (o, l, ty) = t
-                .extract::<(u64, u64, u32)>()
-                .map_err(|e| bad_return(py, &f, "extents", e))?;
-            n += 1;
-            // SAFETY: the server's list for this call.
-            if unsafe { abi::nbdkit_add_extent(extents, o, l, ty) } == -1 {
+            let r = f.call1((pybool(py, readonly), pybool(py, is_tls)))?;
+            let iter = r.try_iter().map_err(|_| {
+                Fail::Msg("list_exports method did not return something which is iterable".into())
+            })?;
+            for item in iter {
+                let item = item?;
+                let (name, desc) = if let Some(n) = text(&item) {
+                    (n, None)
+                } else {
+                    let pair = item.cast::<PyTuple>().ok().filter(|t| t.len() == 2);
+                    let Some(pair) = pair else {
+                        return Err(Fail::Msg(
+                            "list_exports method did not return an iterable of names or \
+                             (name, description) 2-tuples"
+                                .into(),
+                        ));
+                    };
+                    let name = text(&pair.get_item(0)?);
+                    let d = pair.get_item(1)?;
+                    let desc = if d.is_none() {
+                        Some(None)
+                    } else {
+                        text(&d).map(Some)
+                    };
+                    match (name, desc) {
+                        (Some(n), Some(d)) => (n, d),
+                        _ => {
+                            return Err(Fail::Msg(
+                                "list_exports method did not return an iterable of string \
+                                 2-tuples"
+                                    .into(),
+                            ))
+                        }
+                    }
+                };
+                exports
+                    .add(&name, desc.as_deref())
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>, ScriptError> {
+        run_s("default_export", |py, s| {
+            let Some(f) = callback(py, s, intern!(py, "default_export")) else {
+                return Ok(None);
+            };
+            let r = f.call1((pybool(py, readonly), pybool(py, is_tls)))?;
+            match text(&r) {
+                Some(name) => Ok(Some(name)),
+                None => Err(Fail::Msg(
+                    "default_export method did not return a string".into(),
+                )),
+            }
+        })
+    }
+
+    fn open(readonly: bool) -> Result<Handle, ScriptError> {
+        run_s("open", |py, s| {
+            let f = callback(py, s, intern!(py, "open"))
+                .ok_or_else(|| Fail::Msg("missing callback: open".into()))?;
+            let obj = f.call1((pybool(py, readonly),))?.unbind();
+            Ok(Handle { obj })
+        })
+    }
+
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("close", true, move |py, s| {
+            let r = match s.and_then(|s| callback(py, s, intern!(py, "close"))) {
+                Some(f) => f.call1((h.obj.bind(py),)).map(|_| ()),
+                None => Ok(()),
+            };
+            // The handle is released with the lock held.
+            drop(h);
+            r.map_err(Fail::from)
+        })
+    }
+
+    fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
+        run_s("export_description", |py, s| {
+            match call_h(py, s, intern!(py, "export_description"), (h.obj.bind(py),))? {
+                None => Ok(None),
+                Some((_, r)) => match text(&r) {
+                    Some(d) => Ok(Some(d)),
+                    None => Err(Fail::Msg(
+                        "export_description method did not return a string".into(),
+                    )),
+                },
+            }
+        })
+    }
+
+    fn get_size(h: &Handle) -> Result<i64, ScriptError> {
+        run_s("get_size", |py, s| {
+            let Some((f, r)) = call_h(py, s, intern!(py, "get_size"), (h.obj.bind(py),))? else {
+                return Err(Fail::Msg("missing callback: get_size".into()));
+            };
+            let n = r
+                .extract::<i64>()
+                .map_err(|e| bad_return(py, &f, "get_size", e))?;
+            if n < 0 {
+                return Err(Fail::Msg(format!(
+                    "get_size returned a negative size ({n})"
+                )));
+            }
+            Ok(n)
+        })
+    }
+
+    fn block_size(h: &Handle) -> Result<(u32, u32, u32), ScriptError> {
+        run_s("block_size", |py, s| {
+            match call_h(py, s, intern!(py, "block_size"), (h.obj.bind(py),))? {
+                None => Ok((0, 0, 0)),
+                Some((f, r)) => r
+                    .extract::<(u32, u32, u32)>()
+                    .map_err(|e| bad_return(py, &f, "block_size", e)),
+            }
+        })
+    }
+
+    fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
+        let defined = STARTED.get() == Some(&true)
+            && Python::attach(|py| {
+                SCRIPT
+                    .get()
+                    .is_some_and(|s| callback(py, s, intern!(py, "can_fast_zero")).is_some())
+            });
+        if defined {
+            return Self::boolean(h, "can_fast_zero", None, false);
+        }
+        // Without it, a fast zero can fail fast when zeroing is not native.
+        Ok(!Self::can_zero(h)?)
+    }
+
+    fn can_fua(h: &Handle) -> Result<c_int, ScriptError> {
+        integer(h, "can_fua", |py, s| {
+            if callback(py, s, intern!(py, "flush")).is_some() {
+                abi::FUA_EMULATE
+            } else {
+                abi::FUA_NONE
+            }
+        })
+    }
+
+    fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
+        integer(h, "can_cache", |py, s| {
+            if callback(py, s, intern!(py, "cache")).is_some() {
+                abi::CACHE_NATIVE
+            } else {
+                abi::CACHE_NONE
+            }
+        })
+    }
+
+    fn pread(h: &Handle, buf: &mut [u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        let count = buf.len() as u32;
+        let buf = buf.as_mut_ptr();
+        run_s("pread", |py, s| {
+            let name = intern!(py, "pread");
+            if s.api_version >= 2 {
+                // The script fills the server's buffer in place.
+                let v = memoryview(py, buf.cast(), count, pyffi::PyBUF_WRITE)?;
+                let r = call_h(
+                    py,
+                    s,
+                    name,
+                    (h.obj.bind(py), v.clone(), offset, flags.bits()),
+                );
+                release(v);
+                return match r? {
+                    Some(_) => Ok(()),
+                    None => Err(Fail::Msg("missing callback: pread".into())),
+                };
+            }
+            let Some((f, r)) = call_h(py, s, name, (h.obj.bind(py), count, offset))? else {
+                return Err(Fail::Msg("missing callback: pread".into()));
+            };
+            copy_result(py, &f, &r, buf, count as usize)
+        })
+    }
+
+    fn pwrite(h: &Handle, buf: &[u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        run_s("pwrite", |py, s| {
+            let v = memoryview(
+                py,
+                buf.as_ptr() as *mut c_char,
+                buf.len() as u32,
+                pyffi::PyBUF_READ,
+            )?;
+            let name = intern!(py, "pwrite");
+            let r = if s.api_version >= 2 {
+                call_h(
+                    py,
+                    s,
+                    name,
+                    (h.obj.bind(py), v.clone(), offset, flags.bits()),
+                )
+            } else {
+                call_h(py, s, name, (h.obj.bind(py), v.clone(), offset))
+            };
+            release(v);
+            match r? {
+                Some(_) => Ok(()),
+                None => Err(Fail::Msg("pwrite not implemented".into())),
+            }
+        })
+    }
+
+    fn flush(h: &Handle, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "flush", |py, s, h| {
+            if s.api_version >= 2 {
+                (h, flags.bits()).into_pyobject(py)
+            } else {
+                (h,).into_pyobject(py)
+            }
+        })
+    }
+
+    fn trim(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "trim", |py, s, h| {
+            if s.api_version >= 2 {
+                (h, count, offset, flags.bits()).into_pyobject(py)
+            } else {
+                (h, count, offset).into_pyobject(py)
+            }
+        })
+    }
+
+    fn cache(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "cache", |py, _, h| {
+            (h, count, offset, flags.bits()).into_pyobject(py)
+        })
+    }
+
+    fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        run_s("zero", |py, s| {
+            let name = intern!(py, "zero");
+            abi::script::clear_script_errno();
+            let r = if s.api_version >= 2 {
+                call_h(py, s, name, (h.obj.bind(py), count, offset, flags.bits()))
+            } else {
+                call_h(
+                    py,
+                    s,
+                    name,
+                    (h.obj.bind(py), count, offset, flags.may_trim()),
+                )
+            };
+            // nbdkit.set_error(errno.EOPNOTSUPP) asks the server to write
+            // zeroes instead, whether the script then raises or returns.
+            if zero_falls_back(abi::script::script_errno(), matches!(r, Ok(None))) {
                 return Err(Fail::Quiet);
             }
-        }
-        if n == 0 {
-            return Err(Fail::Msg(
-                "extents method cannot return an empty list".into(),
-            ));
-        }
-        Ok(0)
-    })
+            r.map(|_| ())
+        })
+    }
+
+    fn extents(
+        h: &Handle,
+        count: u32,
+        offset: u64,
+        flags: Flags,
+        extents: &mut ExtentList,
+    ) -> Result<(), ScriptError> {
+        run_s("extents", |py, s| {
+            let Some((f, r)) = call_h(
+                py,
+                s,
+                intern!(py, "extents"),
+                (h.obj.bind(py), count, offset, flags.bits()),
+            )?
+            else {
+                // Like the server without the callback: all data.
+                return extents
+                    .add(offset, count.into(), 0)
+                    .map_err(|_| Fail::Quiet);
+            };
+            let iter = r.try_iter().map_err(|_| {
+                Fail::Msg("extents method did not return something which is iterable".into())
+            })?;
+            let mut n = 0u64;
+            for item in iter {
+                let item = item?;
+                let t = item.cast::<PyTuple>().ok().filter(|t| t.len() == 3);
+                let Some(t) = t else {
+                    return Err(Fail::Msg(
+                        "extents method did not return an iterable of 3-tuples".into(),
+                    ));
+                };
+                let (o, l, ty) = t
+                    .extract::<(u64, u64, u32)>()
+                    .map_err(|e| bad_return(py, &f, "extents", e))?;
+                n += 1;
+                extents.add(o, l, ty).map_err(|_| Fail::Quiet)?;
+            }
+            if n == 0 {
+                return Err(Fail::Msg(
+                    "extents method cannot return an empty list".into(),
+                ));
+            }
+            Ok(())
+        })
+    }
 }
 
-// ---------------------------------------------------------------------------
-// Registration
-
-const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Python plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
-
-static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
-    name: c"python".as_ptr(),
-    load: Some(py_load),
-    unload: Some(py_unload),
-    config: Some(py_config),
-    config_complete: Some(py_config_complete),
-    config_help: CONFIG_HELP.as_ptr(),
-    open: Some(py_open),
-    close: Some(py_close),
-    get_size: Some(py_get_size),
-    can_write: Some(py_can_write),
-    can_flush: Some(py_can_flush),
-    is_rotational: Some(py_is_rotational),
-    can_trim: Some(py_can_trim),
-    dump_plugin: Some(py_dump_plugin),
-    can_zero: Some(py_can_zero),
-    can_fua: Some(py_can_fua),
-    pread: Some(py_pread),
-    pwrite: Some(py_pwrite),
-    flush: Some(py_flush),
-    trim: Some(py_trim),
-    zero: Some(py_zero),
-    can_multi_conn: Some(py_can_multi_conn),
-    can_extents: Some(py_can_extents),
-    extents: Some(py_extents),
-    can_cache: Some(py_can_cache),
-    cache: Some(py_cache),
-    thread_model_cb: Some(py_thread_model),
-    can_fast_zero: Some(py_can_fast_zero),
-    preconnect: Some(py_preconnect),
-    get_ready: Some(py_get_ready),
-    after_fork: Some(py_after_fork),
-    list_exports: Some(py_list_exports),
-    default_export: Some(py_default_export),
-    export_description: Some(py_export_description),
-    cleanup: Some(py_cleanup),
-    block_size: Some(py_block_size),
-    ..abi::Plugin::EMPTY
-});
-
-/// The registration function the server calls when it loads this object.
-#[no_mangle]
-pub extern "C" fn plugin_init() -> *const c_void {
-    PLUGIN.as_ptr()
-}
+abi::register_script_plugin!(PythonPlugin);

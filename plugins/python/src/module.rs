@@ -2,7 +2,6 @@
 //! plugins (`nbdkit.debug`, `nbdkit.set_error`, `nbdkit.export_name`, ...)
 //! and the constants of the plugin API (`nbdkit.FLAG_FUA`, ...).
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_int};
 use std::ffi::CStr;
 
@@ -11,22 +10,6 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use nbdkit_plugin_abi as abi;
-
-thread_local! {
-    /// The last errno a script gave `nbdkit.set_error` on this thread,
-    /// for `zero`'s fall-back rule.
-    static LAST_ERROR: Cell<c_int> = const { Cell::new(0) };
-}
-
-/// Forget the errno of an earlier `nbdkit.set_error` on this thread.
-pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|e| e.set(0));
-}
-
-/// The errno of the last `nbdkit.set_error` on this thread.
-pub(crate) fn last_error() -> c_int {
-    LAST_ERROR.with(Cell::get)
-}
 
 /// `nbdkit.debug(msg)`: a debug message (shown with `-v`).
 #[pyfunction]
@@ -38,8 +21,7 @@ fn debug(msg: &str) {
 /// raises next.
 #[pyfunction]
 fn set_error(err: c_int) {
-    abi::set_error(err);
-    LAST_ERROR.with(|e| e.set(err));
+    abi::script::script_set_error(err);
 }
 
 /// A string the server returned, or `None` for NULL.

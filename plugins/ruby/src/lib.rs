@@ -43,12 +43,11 @@ use nbdkit_plugin_abi as abi;
 mod rb;
 mod thread;
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_int, c_void};
 use std::ffi::{CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
-use abi::H;
+use abi::script::{zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin};
 use rb::{Exception, Value, QNIL};
 
 /// What the server configured before Ruby starts.
@@ -88,12 +87,6 @@ enum Fail {
 
 type Res<T> = Result<T, Fail>;
 
-thread_local! {
-    /// On the Ruby thread: the errno of the last `Nbdkit.set_error` of the
-    /// running job.
-    static LAST_ERROR: Cell<c_int> = const { Cell::new(0) };
-}
-
 /// The failure for a Ruby exception.
 fn exception(e: Exception) -> Fail {
     let line = rb::call(module(), "__describe", &[e.0])
@@ -115,17 +108,20 @@ impl From<Exception> for Fail {
     }
 }
 
-/// Report a failure of `callback` on the calling thread.
-fn report(callback: &str, f: Fail) {
+/// A failure of `callback` for the server: a Ruby exception is reported
+/// here (its one line, then the backtrace as a debug message); `errno`,
+/// when not 0, is the one the script chose.
+fn report(callback: &str, f: Fail, errno: c_int) -> ScriptError {
     match f {
         Fail::Ruby(line, bt) => {
             abi::error(&format!("{callback}: {line}"));
             if !bt.is_empty() {
                 abi::debug(&format!("{callback}: backtrace:\n{bt}"));
             }
+            ScriptError::errno(errno)
         }
-        Fail::Msg(m) => abi::error(&format!("{}: {callback}: {m}", shown())),
-        Fail::Quiet => {}
+        Fail::Msg(m) => ScriptError::new(errno, format!("{}: {callback}: {m}", shown())),
+        Fail::Quiet => ScriptError::errno(errno),
     }
 }
 
@@ -136,35 +132,26 @@ fn module() -> Value {
     *M.get_or_init(|| unsafe { rb::rb_define_module(c"Nbdkit".as_ptr()) })
 }
 
-/// Run `f` on the Ruby thread once the script runs; a failure is reported
-/// as an error of `callback` (with the errno the script chose) and turns
-/// into `fail`.
+/// Run `f` on the Ruby thread once the script runs; a failure is an
+/// error of `callback` (with the errno the script chose).
 fn run<R: Send + 'static>(
     callback: &'static str,
-    fail: R,
     f: impl FnOnce() -> Res<R> + Send + 'static,
-) -> R {
+) -> Result<R, ScriptError> {
     if !ensure_started() {
-        return fail;
+        return Err(ScriptError::reported());
     }
     let r = thread::on_ruby(move || {
-        LAST_ERROR.with(|e| e.set(0));
+        abi::script::clear_script_errno();
         let r = f();
-        (r, LAST_ERROR.with(Cell::get))
+        (r, abi::script::script_errno())
     });
     match r {
-        Some((Ok(v), _)) => v,
-        Some((Err(e), errno)) => {
-            report(callback, e);
-            if errno != 0 {
-                abi::set_error(errno);
-            }
-            fail
-        }
-        None => {
-            abi::error(&format!("ruby: {callback}: internal error"));
-            fail
-        }
+        Some((Ok(v), _)) => Ok(v),
+        Some((Err(e), errno)) => Err(report(callback, e, errno)),
+        None => Err(ScriptError::msg(format!(
+            "ruby: {callback}: internal error"
+        ))),
     }
 }
 
@@ -281,7 +268,7 @@ mod prim {
         } else {
             libc::EIO
         };
-        LAST_ERROR.with(|l| l.set(e));
+        abi::script::record_script_errno(e);
         QNIL
     }
 
@@ -536,7 +523,7 @@ fn ensure_started() -> bool {
         return false;
     }
     let r = thread::on_ruby(move || {
-        LAST_ERROR.with(|e| e.set(0));
+        abi::script::clear_script_errno();
         load_script(&cfg)
     });
     let ok = match r {
@@ -550,7 +537,7 @@ fn ensure_started() -> bool {
             false
         }
         Some(Err(f)) => {
-            report("ruby", f);
+            report("ruby", f, 0).report();
             false
         }
         None => {
@@ -565,174 +552,25 @@ fn ensure_started() -> bool {
 // ---------------------------------------------------------------------------
 // Configuration (before Ruby starts)
 
-/// A C string argument as Rust text.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string valid for the call.
-unsafe fn arg(p: *const c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-unsafe extern "C" fn rb_load() {
-    *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Config::default());
-}
-
-unsafe extern "C" fn rb_unload() {
-    if STARTED.get() == Some(&Ok(())) && thread::running() {
-        // at_exit handlers and finalizers of the script.
-        // SAFETY: on the Ruby thread, once, at the end.
-        thread::on_ruby(|| unsafe { rb::ruby_cleanup(0) });
-    }
-}
-
-unsafe extern "C" fn rb_config(key: *const c_char, value: *const c_char) -> c_int {
-    // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (arg(key), arg(value)) };
-    let mut g = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(cfg) = g.as_mut() else { return -1 };
-    if cfg.script.is_none() {
-        if key != "script" {
-            abi::error("the first parameter must be script=/path/to/ruby/script.rb");
-            return -1;
-        }
-        let _ = SHOWN.set(value.clone());
-        match std::fs::canonicalize(&value).and_then(|p| {
-            std::fs::File::open(&p)?;
-            Ok(p)
-        }) {
-            Ok(p) => {
-                cfg.script = Some(p.to_string_lossy().into_owned());
-                cfg.shown = value;
-                0
-            }
-            Err(e) => {
-                abi::error(&format!("{value}: cannot open the ruby script: {e}"));
-                -1
-            }
-        }
-    } else {
-        cfg.params.push((key, value));
-        0
-    }
-}
-
-unsafe extern "C" fn rb_config_complete() -> c_int {
-    let mut g = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
-    match g.as_mut() {
-        Some(c) if c.script.is_some() => {
-            c.config_complete = true;
-            0
-        }
-        _ => {
-            abi::error("the first parameter must be script=/path/to/ruby/script.rb");
-            -1
-        }
-    }
-}
-
-unsafe extern "C" fn rb_get_ready() -> c_int {
-    if let Some(c) = CONFIG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-        c.get_ready = true;
-    }
-    0
-}
-
-unsafe extern "C" fn rb_after_fork() -> c_int {
-    run("after_fork", -1, || {
-        call("after_fork", &[])?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn rb_dump_plugin() {
-    println!("ruby_api_version={}", env!("NBDKIT_RUBY_API_VERSION"));
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let has_script = CONFIG
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .is_some_and(|c| c.script.is_some());
-    if has_script {
-        run("dump_plugin", (), || {
-            let r = call("dump_plugin", &[]);
-            let _ = rb::call(QNIL, "eval", &[rb::string("$stdout.flush")]);
-            r.map(|_| ())
-        });
-    }
-}
-
-unsafe extern "C" fn rb_cleanup() {
-    if STARTED.get() == Some(&Ok(())) {
-        run("cleanup", (), || call("cleanup", &[]).map(|_| ()));
-    }
-}
-
-unsafe extern "C" fn rb_preconnect(readonly: c_int) -> c_int {
-    run("preconnect", -1, move || {
-        call("preconnect", &[rb::boolean(readonly != 0)])?;
-        Ok(0)
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
 /// A handle: the value the script's `open` returned, kept from the GC.
 struct Handle {
     value: Box<Value>,
 }
 
+impl Handle {
+    /// Where the handle's value is, for a job on the Ruby thread.
+    fn at(&self) -> usize {
+        &*self.value as *const Value as usize
+    }
+}
+
 /// The handle's value (on the Ruby thread).
 ///
 /// # Safety
-/// `h` came from [`rb_open`] and is not yet closed.
-unsafe fn hv(h: usize) -> Value {
+/// `at` came from [`Handle::at`] of a handle not yet closed.
+unsafe fn hv(at: usize) -> Value {
     // SAFETY: the caller's contract.
-    unsafe { *(*(h as *const Handle)).value }
-}
-
-unsafe extern "C" fn rb_open(readonly: c_int) -> H {
-    let h = run("open", 0usize, move || {
-        let Some(v) = call("open", &[rb::boolean(readonly != 0)])? else {
-            return Err(Fail::Msg("missing callback: open".into()));
-        };
-        let mut value = Box::new(v);
-        // SAFETY: a stable address, unregistered in close.
-        unsafe { rb::rb_gc_register_address(&mut *value) };
-        Ok(Box::into_raw(Box::new(Handle { value })) as usize)
-    });
-    h as H
-}
-
-unsafe extern "C" fn rb_close(h: H) {
-    if h.is_null() {
-        return;
-    }
-    let h = h as usize;
-    let done = thread::running()
-        && thread::on_ruby(move || {
-            // SAFETY: the server closes each handle from rb_open once.
-            let mut hd = unsafe { Box::from_raw(h as *mut Handle) };
-            let r = call("close", &[*hd.value]);
-            // SAFETY: registered in open.
-            unsafe { rb::rb_gc_unregister_address(&mut *hd.value) };
-            r.err()
-        })
-        .map(|e| {
-            if let Some(e) = e {
-                report("close", e);
-            }
-        })
-        .is_some();
-    if !done {
-        abi::error("ruby: close: internal error");
-    }
+    unsafe { *(at as *const Value) }
 }
 
 fn size_of(callback: &str, v: Value) -> Res<i64> {
@@ -758,77 +596,18 @@ fn class_of(v: Value) -> String {
         .unwrap_or_default()
 }
 
-unsafe extern "C" fn rb_get_size(h: H) -> i64 {
-    let h = h as usize;
-    run("get_size", -1, move || {
-        // SAFETY: a live handle.
-        match call("get_size", &[unsafe { hv(h) }])? {
-            Some(v) => size_of("get_size", v),
-            None => Err(Fail::Msg("missing callback: get_size".into())),
-        }
-    })
-}
-
-/// A boolean callback: its result's truth; without it, whether the script
-/// defines `plain`, else `default`.
-fn boolean(h: H, name: &'static str, plain: Option<&'static str>, default: bool) -> c_int {
-    let h = h as usize;
-    run(name, -1, move || {
-        // SAFETY: a live handle.
-        match call(name, &[unsafe { hv(h) }])? {
-            Some(v) => Ok(c_int::from(rb::truthy(v))),
-            None => Ok(c_int::from(plain.map_or(default, defined))),
-        }
-    })
-}
-
-unsafe extern "C" fn rb_can_write(h: H) -> c_int {
-    boolean(h, "can_write", Some("pwrite"), false)
-}
-
-unsafe extern "C" fn rb_can_flush(h: H) -> c_int {
-    boolean(h, "can_flush", Some("flush"), false)
-}
-
-unsafe extern "C" fn rb_is_rotational(h: H) -> c_int {
-    boolean(h, "is_rotational", None, false)
-}
-
-unsafe extern "C" fn rb_can_trim(h: H) -> c_int {
-    boolean(h, "can_trim", Some("trim"), false)
-}
-
-unsafe extern "C" fn rb_can_zero(h: H) -> c_int {
-    // Zeroing is on without it: `zero`, or the server's writes of zeroes.
-    boolean(h, "can_zero", None, true)
-}
-
-unsafe extern "C" fn rb_can_multi_conn(h: H) -> c_int {
-    boolean(h, "can_multi_conn", None, false)
-}
-
-unsafe extern "C" fn rb_can_extents(h: H) -> c_int {
-    boolean(h, "can_extents", Some("extents"), false)
-}
-
-unsafe extern "C" fn rb_can_fast_zero(h: H) -> c_int {
-    let hu = h as usize;
-    run("can_fast_zero", -1, move || {
-        // SAFETY: a live handle.
-        match call("can_fast_zero", &[unsafe { hv(hu) }])? {
-            Some(v) => Ok(c_int::from(rb::truthy(v))),
-            // A fast zero fails fast when the script has no `zero`.
-            None => Ok(c_int::from(!defined("zero"))),
-        }
-    })
-}
-
 /// `can_fua`/`can_cache`: true (native), false/nil, or a level number.
-fn level(h: H, name: &'static str, native: c_int, fallback: &'static str, plain: c_int) -> c_int {
-    let h = h as usize;
-    run(name, -1, move || {
+fn level(
+    h: &Handle,
+    name: &'static str,
+    native: c_int,
+    fallback: &'static str,
+    plain: c_int,
+) -> Result<c_int, ScriptError> {
+    let at = h.at();
+    run(name, move || {
         // SAFETY: a live handle.
-        match call(name, &[unsafe { hv(h) }])? {
+        match call(name, &[unsafe { hv(at) }])? {
             Some(v) if v == rb::QTRUE => Ok(native),
             Some(v) if !rb::truthy(v) => Ok(0),
             Some(v) => match rb::int(v) {
@@ -843,345 +622,434 @@ fn level(h: H, name: &'static str, native: c_int, fallback: &'static str, plain:
     })
 }
 
-unsafe extern "C" fn rb_can_fua(h: H) -> c_int {
-    level(h, "can_fua", abi::FUA_NATIVE, "flush", abi::FUA_EMULATE)
-}
-
-unsafe extern "C" fn rb_can_cache(h: H) -> c_int {
-    level(
-        h,
-        "can_cache",
-        abi::CACHE_NATIVE,
-        "cache",
-        abi::CACHE_NATIVE,
-    )
-}
-
-unsafe extern "C" fn rb_block_size(h: H, min: *mut u32, pref: *mut u32, max: *mut u32) -> c_int {
-    let hu = h as usize;
-    let r = run("block_size", None, move || {
-        // SAFETY: a live handle.
-        let Some(v) = call("block_size", &[unsafe { hv(hu) }])? else {
-            return Ok(Some((0, 0, 0)));
-        };
-        let n: Vec<u32> = rb::array(v)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|x| rb::int(x).and_then(|n| u32::try_from(n).ok()))
-            .collect();
-        match n[..] {
-            [a, b, c] => Ok(Some((a, b, c))),
-            _ => Err(Fail::Msg("block_size did not return three Integers".into())),
-        }
-    });
-    match r {
-        Some((a, b, c)) => {
-            // SAFETY: three u32s of the server's for the call.
-            unsafe {
-                *min = a;
-                *pref = b;
-                *max = c;
-            }
-            0
-        }
-        None => -1,
-    }
-}
-
 fn bytes_of(v: Value) -> Option<String> {
     rb::str_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
 }
-
-unsafe extern "C" fn rb_list_exports(
-    readonly: c_int,
-    is_tls: c_int,
-    exports: *mut abi::Exports,
-) -> c_int {
-    let ex = exports as usize;
-    let r = run("list_exports", None, move || {
-        let args = [rb::boolean(readonly != 0), rb::boolean(is_tls != 0)];
-        let Some(v) = call("list_exports", &args)? else {
-            return Ok(Some(None));
-        };
-        let bad = || {
-            Fail::Msg("list_exports did not return an Array of names or [name, description]".into())
-        };
-        let mut out = Vec::new();
-        for item in rb::array(v).ok_or_else(bad)? {
-            if let Some(n) = bytes_of(item) {
-                out.push((n, None));
-                continue;
-            }
-            let pair = rb::array(item).filter(|p| p.len() == 2).ok_or_else(bad)?;
-            let n = bytes_of(pair[0]).ok_or_else(bad)?;
-            let d = if pair[1] == QNIL {
-                None
-            } else {
-                Some(bytes_of(pair[1]).ok_or_else(bad)?)
-            };
-            out.push((n, d));
-        }
-        Ok(Some(Some(out)))
-    });
-    let Some(list) = r else { return -1 };
-    let exports = ex as *mut abi::Exports;
-    let Some(list) = list else {
-        // SAFETY: the server's list for this call.
-        return unsafe { abi::nbdkit_use_default_export(exports) };
-    };
-    for (n, d) in list {
-        let n = abi::cstring(&n);
-        let d = d.map(|d| abi::cstring(&d));
-        let dp = d.as_ref().map_or(core::ptr::null(), |d| d.as_ptr());
-        // SAFETY: the server's list and strings it copies.
-        if unsafe { abi::nbdkit_add_export(exports, n.as_ptr(), dp) } == -1 {
-            return -1;
-        }
-    }
-    0
-}
-
-/// Hand a string to the server, which keeps it for the connection.
-fn intern_str(s: &str) -> *const c_char {
-    let c = abi::cstring(s);
-    // SAFETY: a NUL-terminated string, copied by the server.
-    unsafe { abi::nbdkit_strdup_intern(c.as_ptr()) }
-}
-
-unsafe extern "C" fn rb_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
-    let r = run("default_export", None, move || {
-        let args = [rb::boolean(readonly != 0), rb::boolean(is_tls != 0)];
-        match call("default_export", &args)? {
-            None => Ok(Some(String::new())),
-            Some(v) => bytes_of(v)
-                .map(Some)
-                .ok_or_else(|| Fail::Msg("default_export did not return a String".into())),
-        }
-    });
-    r.map_or(core::ptr::null(), |s| intern_str(&s))
-}
-
-unsafe extern "C" fn rb_export_description(h: H) -> *const c_char {
-    let hu = h as usize;
-    let r = run("export_description", None, move || {
-        // SAFETY: a live handle.
-        match call("export_description", &[unsafe { hv(hu) }])? {
-            None => Ok(None),
-            Some(v) => bytes_of(v)
-                .map(Some)
-                .ok_or_else(|| Fail::Msg("export_description did not return a String".into())),
-        }
-    });
-    r.map_or(core::ptr::null(), |s| intern_str(&s))
-}
-
-// ---------------------------------------------------------------------------
-// Data
 
 fn uint(n: u64) -> Value {
     // SAFETY: plain value constructor.
     unsafe { rb::rb_ull2inum(n) }
 }
 
-unsafe extern "C" fn rb_pread(h: H, buf: *mut c_void, count: u32, offset: u64, _f: u32) -> c_int {
-    let (hu, dst) = (h as usize, buf as usize);
-    run("pread", -1, move || {
-        // SAFETY: a live handle.
-        let args = [unsafe { hv(hu) }, uint(count.into()), uint(offset)];
-        let Some(v) = call("pread", &args)? else {
-            return Err(Fail::Msg("missing callback: pread".into()));
-        };
-        let Some(b) = rb::str_bytes(v) else {
-            return Err(Fail::Msg(format!(
-                "pread did not return a String ({})",
-                class_of(v)
-            )));
-        };
-        if b.len() < count as usize {
-            return Err(Fail::Msg(format!(
-                "byte array returned from pread is too small ({} < {count} bytes)",
-                b.len()
-            )));
-        }
-        // SAFETY: the caller waits with its buffer of `count` bytes; `b`
-        // has at least as many, and they cannot overlap.
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), dst as *mut u8, count as usize) };
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn rb_pwrite(
-    h: H,
-    buf: *const c_void,
-    count: u32,
-    offset: u64,
-    flags: u32,
-) -> c_int {
-    let (hu, src) = (h as usize, buf as usize);
-    run("pwrite", -1, move || {
-        // SAFETY: the caller waits, lending `count` bytes at `src`.
-        let data = unsafe { core::slice::from_raw_parts(src as *const u8, count as usize) };
-        // SAFETY: a live handle.
-        let args = [unsafe { hv(hu) }, rb::bytes(data), uint(offset)];
-        match call_flags("pwrite", &args, flags)? {
-            Some(_) => Ok(0),
-            None => Err(Fail::Msg("missing callback: pwrite".into())),
-        }
-    })
-}
-
 /// A data callback with the handle and `args`; missing is "not implemented".
-fn data(h: H, name: &'static str, args: [u64; 2], n: usize, flags: u32) -> c_int {
-    let hu = h as usize;
-    run(name, -1, move || {
+fn data(
+    h: &Handle,
+    name: &'static str,
+    args: [u64; 2],
+    n: usize,
+    flags: Flags,
+) -> Result<(), ScriptError> {
+    let at = h.at();
+    run(name, move || {
         // SAFETY: a live handle.
-        let mut a = vec![unsafe { hv(hu) }];
+        let mut a = vec![unsafe { hv(at) }];
         a.extend(args[..n].iter().map(|&x| uint(x)));
-        match call_flags(name, &a, flags)? {
-            Some(_) => Ok(0),
+        match call_flags(name, &a, flags.bits())? {
+            Some(_) => Ok(()),
             None => Err(Fail::Msg(format!("not implemented: {name}"))),
         }
     })
 }
 
-unsafe extern "C" fn rb_flush(h: H, flags: u32) -> c_int {
-    data(h, "flush", [0, 0], 0, flags)
-}
-
-unsafe extern "C" fn rb_trim(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "trim", [count.into(), offset], 2, flags)
-}
-
-unsafe extern "C" fn rb_cache(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    data(h, "cache", [count.into(), offset], 2, flags)
-}
-
-unsafe extern "C" fn rb_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    let hu = h as usize;
-    let r = run("zero", None, move || {
-        let may_trim = flags & abi::FLAG_MAY_TRIM != 0;
-        // SAFETY: a live handle.
-        let args = [
-            unsafe { hv(hu) },
-            uint(count.into()),
-            uint(offset),
-            rb::boolean(may_trim),
-        ];
-        let r = call_flags("zero", &args, flags);
-        // Nbdkit.set_error(Errno::EOPNOTSUPP) (or no zero at all) asks
-        // the server to write zeroes instead.
-        let e = LAST_ERROR.with(Cell::get);
-        if matches!(r, Ok(None)) || e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-            return Ok(Some(Some(libc::EOPNOTSUPP)));
-        }
-        r.map(|_| Some(None))
-    });
-    match r {
-        None => -1,
-        Some(None) => 0,
-        Some(Some(e)) => {
-            abi::debug("zero falling back to pwrite");
-            abi::set_error(e);
-            -1
-        }
-    }
-}
-
-unsafe extern "C" fn rb_extents(
-    h: H,
-    count: u32,
-    offset: u64,
-    flags: u32,
-    extents: *mut abi::Extents,
-) -> c_int {
-    let hu = h as usize;
-    let r = run("extents", None, move || {
-        // SAFETY: a live handle.
-        let args = [
-            unsafe { hv(hu) },
-            uint(count.into()),
-            uint(offset),
-            uint(flags.into()),
-        ];
-        let Some(v) = call("extents", &args)? else {
-            return Ok(Some(vec![(offset, u64::from(count), 0)]));
-        };
-        let bad = || Fail::Msg("extents did not return an Array of [offset, length, type]".into());
-        let mut out = Vec::new();
-        for item in rb::array(v).ok_or_else(bad)? {
-            let t = rb::array(item).filter(|t| t.len() == 3).ok_or_else(bad)?;
-            let n: Vec<i64> = t.iter().filter_map(|&x| rb::int(x)).collect();
-            match n[..] {
-                [o, l, ty] if o >= 0 && l >= 0 && (0..=3).contains(&ty) => {
-                    out.push((o as u64, l as u64, ty as u32))
-                }
-                _ => return Err(bad()),
-            }
-        }
-        if out.is_empty() {
-            return Err(Fail::Msg("extents returned an empty list".into()));
-        }
-        Ok(Some(out))
-    });
-    let Some(list) = r else { return -1 };
-    for (o, l, t) in list {
-        // SAFETY: the server's list for this call.
-        if unsafe { abi::nbdkit_add_extent(extents, o, l, t) } == -1 {
-            return -1;
-        }
-    }
-    0
-}
-
 // ---------------------------------------------------------------------------
-// Registration
+// The plugin
 
-const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Ruby plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+struct RubyPlugin;
 
-static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
-    thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
-    name: c"ruby".as_ptr(),
-    load: Some(rb_load),
-    unload: Some(rb_unload),
-    config: Some(rb_config),
-    config_complete: Some(rb_config_complete),
-    config_help: CONFIG_HELP.as_ptr(),
-    open: Some(rb_open),
-    close: Some(rb_close),
-    get_size: Some(rb_get_size),
-    can_write: Some(rb_can_write),
-    can_flush: Some(rb_can_flush),
-    is_rotational: Some(rb_is_rotational),
-    can_trim: Some(rb_can_trim),
-    dump_plugin: Some(rb_dump_plugin),
-    can_zero: Some(rb_can_zero),
-    can_fua: Some(rb_can_fua),
-    pread: Some(rb_pread),
-    pwrite: Some(rb_pwrite),
-    flush: Some(rb_flush),
-    trim: Some(rb_trim),
-    zero: Some(rb_zero),
-    magic_config_key: c"script".as_ptr(),
-    can_multi_conn: Some(rb_can_multi_conn),
-    can_extents: Some(rb_can_extents),
-    extents: Some(rb_extents),
-    can_cache: Some(rb_can_cache),
-    cache: Some(rb_cache),
-    can_fast_zero: Some(rb_can_fast_zero),
-    preconnect: Some(rb_preconnect),
-    get_ready: Some(rb_get_ready),
-    after_fork: Some(rb_after_fork),
-    list_exports: Some(rb_list_exports),
-    default_export: Some(rb_default_export),
-    export_description: Some(rb_export_description),
-    cleanup: Some(rb_cleanup),
-    block_size: Some(rb_block_size),
-    ..abi::Plugin::EMPTY
-});
+impl ScriptPlugin for RubyPlugin {
+    type Handle = Handle;
+    const ZERO_WITHOUT_CAN_ZERO: bool = true;
 
-/// The registration function the server calls when it loads this object.
-#[no_mangle]
-pub extern "C" fn plugin_init() -> *const c_void {
-    PLUGIN.as_ptr()
+    const NAME: &'static CStr = c"ruby";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Ruby plugin");
+
+    fn loaded() -> bool {
+        STARTED.get() == Some(&Ok(()))
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args = args.to_vec();
+        run(name, move || {
+            let a: Vec<Value> = args.iter().map(|&b| rb::boolean(b)).collect();
+            call(name, &a)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        let at = h.at();
+        run(name, move || {
+            // SAFETY: a live handle.
+            match call(name, &[unsafe { hv(at) }])? {
+                Some(v) => Ok(rb::truthy(v)),
+                None => Ok(plain.map_or(default, defined)),
+            }
+        })
+    }
+
+    // Configuration happens before Ruby starts.
+
+    fn load() {
+        *CONFIG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Config::default());
+    }
+
+    fn unload() {
+        if STARTED.get() == Some(&Ok(())) && thread::running() {
+            // at_exit handlers and finalizers of the script.
+            // SAFETY: on the Ruby thread, once, at the end.
+            thread::on_ruby(|| unsafe { rb::ruby_cleanup(0) });
+        }
+    }
+
+    fn config(key: &str, value: &str) -> Result<(), ScriptError> {
+        let mut g = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cfg) = g.as_mut() else {
+            return Err(ScriptError::reported());
+        };
+        if cfg.script.is_some() {
+            cfg.params.push((key.to_string(), value.to_string()));
+            return Ok(());
+        }
+        if key != "script" {
+            return Err(ScriptError::msg(
+                "the first parameter must be script=/path/to/ruby/script.rb",
+            ));
+        }
+        let _ = SHOWN.set(value.to_string());
+        match std::fs::canonicalize(value).and_then(|p| {
+            std::fs::File::open(&p)?;
+            Ok(p)
+        }) {
+            Ok(p) => {
+                cfg.script = Some(p.to_string_lossy().into_owned());
+                cfg.shown = value.to_string();
+                Ok(())
+            }
+            Err(e) => Err(ScriptError::msg(format!(
+                "{value}: cannot open the ruby script: {e}"
+            ))),
+        }
+    }
+
+    fn config_complete() -> Result<(), ScriptError> {
+        let mut g = CONFIG.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_mut() {
+            Some(c) if c.script.is_some() => {
+                c.config_complete = true;
+                Ok(())
+            }
+            _ => Err(ScriptError::msg(
+                "the first parameter must be script=/path/to/ruby/script.rb",
+            )),
+        }
+    }
+
+    fn get_ready() -> Result<(), ScriptError> {
+        if let Some(c) = CONFIG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            c.get_ready = true;
+        }
+        Ok(())
+    }
+
+    fn dump_plugin() -> Result<(), ScriptError> {
+        println!("ruby_api_version={}", env!("NBDKIT_RUBY_API_VERSION"));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let has_script = CONFIG
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.script.is_some());
+        if !has_script {
+            return Ok(());
+        }
+        run("dump_plugin", || {
+            let r = call("dump_plugin", &[]);
+            let _ = rb::call(QNIL, "eval", &[rb::string("$stdout.flush")]);
+            r.map(|_| ())
+        })
+    }
+
+    fn list_exports(
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut ExportList,
+    ) -> Result<(), ScriptError> {
+        let list = run("list_exports", move || {
+            let args = [rb::boolean(readonly), rb::boolean(is_tls)];
+            let Some(v) = call("list_exports", &args)? else {
+                return Ok(None);
+            };
+            let bad = || {
+                Fail::Msg(
+                    "list_exports did not return an Array of names or [name, description]".into(),
+                )
+            };
+            let mut out = Vec::new();
+            for item in rb::array(v).ok_or_else(bad)? {
+                if let Some(n) = bytes_of(item) {
+                    out.push((n, None));
+                    continue;
+                }
+                let pair = rb::array(item).filter(|p| p.len() == 2).ok_or_else(bad)?;
+                let n = bytes_of(pair[0]).ok_or_else(bad)?;
+                let d = if pair[1] == QNIL {
+                    None
+                } else {
+                    Some(bytes_of(pair[1]).ok_or_else(bad)?)
+                };
+                out.push((n, d));
+            }
+            Ok(Some(out))
+        })?;
+        let Some(list) = list else {
+            return exports.use_default();
+        };
+        for (n, d) in list {
+            exports.add(&n, d.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>, ScriptError> {
+        run("default_export", move || {
+            let args = [rb::boolean(readonly), rb::boolean(is_tls)];
+            match call("default_export", &args)? {
+                None => Ok(None),
+                Some(v) => bytes_of(v)
+                    .map(Some)
+                    .ok_or_else(|| Fail::Msg("default_export did not return a String".into())),
+            }
+        })
+    }
+
+    fn open(readonly: bool) -> Result<Handle, ScriptError> {
+        run("open", move || {
+            let Some(v) = call("open", &[rb::boolean(readonly)])? else {
+                return Err(Fail::Msg("missing callback: open".into()));
+            };
+            let mut value = Box::new(v);
+            // SAFETY: a stable address, unregistered in close.
+            unsafe { rb::rb_gc_register_address(&mut *value) };
+            Ok(Handle { value })
+        })
+    }
+
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        let internal = || ScriptError::msg("ruby: close: internal error");
+        if !thread::running() {
+            // Still registered with Ruby's GC: left alone.
+            core::mem::forget(h);
+            return Err(internal());
+        }
+        let r = thread::on_ruby(move || {
+            let mut hd = h;
+            let r = call("close", &[*hd.value]);
+            // SAFETY: registered in open.
+            unsafe { rb::rb_gc_unregister_address(&mut *hd.value) };
+            r.err()
+        });
+        match r {
+            Some(Some(e)) => Err(report("close", e, 0)),
+            Some(None) => Ok(()),
+            None => Err(internal()),
+        }
+    }
+
+    fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
+        let at = h.at();
+        run("export_description", move || {
+            // SAFETY: a live handle.
+            match call("export_description", &[unsafe { hv(at) }])? {
+                None => Ok(None),
+                Some(v) => bytes_of(v)
+                    .map(Some)
+                    .ok_or_else(|| Fail::Msg("export_description did not return a String".into())),
+            }
+        })
+    }
+
+    fn get_size(h: &Handle) -> Result<i64, ScriptError> {
+        let at = h.at();
+        run("get_size", move || {
+            // SAFETY: a live handle.
+            match call("get_size", &[unsafe { hv(at) }])? {
+                Some(v) => size_of("get_size", v),
+                None => Err(Fail::Msg("missing callback: get_size".into())),
+            }
+        })
+    }
+
+    fn block_size(h: &Handle) -> Result<(u32, u32, u32), ScriptError> {
+        let at = h.at();
+        run("block_size", move || {
+            // SAFETY: a live handle.
+            let Some(v) = call("block_size", &[unsafe { hv(at) }])? else {
+                return Ok((0, 0, 0));
+            };
+            let n: Vec<u32> = rb::array(v)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|x| rb::int(x).and_then(|n| u32::try_from(n).ok()))
+                .collect();
+            match n[..] {
+                [a, b, c] => Ok((a, b, c)),
+                _ => Err(Fail::Msg("block_size did not return three Integers".into())),
+            }
+        })
+    }
+
+    fn can_fast_zero(h: &Handle) -> Result<bool, ScriptError> {
+        let at = h.at();
+        run("can_fast_zero", move || {
+            // SAFETY: a live handle.
+            match call("can_fast_zero", &[unsafe { hv(at) }])? {
+                Some(v) => Ok(rb::truthy(v)),
+                // A fast zero fails fast when the script has no `zero`.
+                None => Ok(!defined("zero")),
+            }
+        })
+    }
+
+    fn can_fua(h: &Handle) -> Result<c_int, ScriptError> {
+        level(h, "can_fua", abi::FUA_NATIVE, "flush", abi::FUA_EMULATE)
+    }
+
+    fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
+        level(
+            h,
+            "can_cache",
+            abi::CACHE_NATIVE,
+            "cache",
+            abi::CACHE_NATIVE,
+        )
+    }
+
+    fn pread(h: &Handle, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        let (at, dst, count) = (h.at(), buf.as_mut_ptr() as usize, buf.len());
+        run("pread", move || {
+            // SAFETY: a live handle.
+            let args = [unsafe { hv(at) }, uint(count as u64), uint(offset)];
+            let Some(v) = call("pread", &args)? else {
+                return Err(Fail::Msg("missing callback: pread".into()));
+            };
+            let Some(b) = rb::str_bytes(v) else {
+                return Err(Fail::Msg(format!(
+                    "pread did not return a String ({})",
+                    class_of(v)
+                )));
+            };
+            if b.len() < count {
+                return Err(Fail::Msg(format!(
+                    "byte array returned from pread is too small ({} < {count} bytes)",
+                    b.len()
+                )));
+            }
+            // SAFETY: the caller waits with its buffer of `count` bytes;
+            // `b` has at least as many, and they cannot overlap.
+            unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), dst as *mut u8, count) };
+            Ok(())
+        })
+    }
+
+    fn pwrite(h: &Handle, buf: &[u8], offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        let (at, src, count) = (h.at(), buf.as_ptr() as usize, buf.len());
+        run("pwrite", move || {
+            // SAFETY: the caller waits, lending `count` bytes at `src`.
+            let data = unsafe { core::slice::from_raw_parts(src as *const u8, count) };
+            // SAFETY: a live handle.
+            let args = [unsafe { hv(at) }, rb::bytes(data), uint(offset)];
+            match call_flags("pwrite", &args, flags.bits())? {
+                Some(_) => Ok(()),
+                None => Err(Fail::Msg("missing callback: pwrite".into())),
+            }
+        })
+    }
+
+    fn flush(h: &Handle, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "flush", [0, 0], 0, flags)
+    }
+
+    fn trim(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "trim", [count.into(), offset], 2, flags)
+    }
+
+    fn cache(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        data(h, "cache", [count.into(), offset], 2, flags)
+    }
+
+    fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        let at = h.at();
+        let (errno, missing) = run("zero", move || {
+            // SAFETY: a live handle.
+            let args = [
+                unsafe { hv(at) },
+                uint(count.into()),
+                uint(offset),
+                rb::boolean(flags.may_trim()),
+            ];
+            let r = call_flags("zero", &args, flags.bits());
+            // Nbdkit.set_error(Errno::EOPNOTSUPP) (or no zero at all) asks
+            // the server to write zeroes instead.
+            let e = abi::script::script_errno();
+            if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
+                return Ok((e, false));
+            }
+            r.map(|v| (e, v.is_none()))
+        })?;
+        if zero_falls_back(errno, missing) {
+            return Err(ScriptError::reported());
+        }
+        Ok(())
+    }
+
+    fn extents(
+        h: &Handle,
+        count: u32,
+        offset: u64,
+        flags: Flags,
+        extents: &mut ExtentList,
+    ) -> Result<(), ScriptError> {
+        let at = h.at();
+        let list = run("extents", move || {
+            // SAFETY: a live handle.
+            let args = [
+                unsafe { hv(at) },
+                uint(count.into()),
+                uint(offset),
+                uint(flags.bits().into()),
+            ];
+            let Some(v) = call("extents", &args)? else {
+                return Ok(vec![(offset, u64::from(count), 0)]);
+            };
+            let bad =
+                || Fail::Msg("extents did not return an Array of [offset, length, type]".into());
+            let mut out = Vec::new();
+            for item in rb::array(v).ok_or_else(bad)? {
+                let t = rb::array(item).filter(|t| t.len() == 3).ok_or_else(bad)?;
+                let n: Vec<i64> = t.iter().filter_map(|&x| rb::int(x)).collect();
+                match n[..] {
+                    [o, l, ty] if o >= 0 && l >= 0 && (0..=3).contains(&ty) => {
+                        out.push((o as u64, l as u64, ty as u32))
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+            if out.is_empty() {
+                return Err(Fail::Msg("extents returned an empty list".into()));
+            }
+            Ok(out)
+        })?;
+        for (o, l, t) in list {
+            extents.add(o, l, t)?;
+        }
+        Ok(())
+    }
 }
+
+abi::register_script_plugin!(RubyPlugin);

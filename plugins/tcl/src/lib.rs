@@ -18,11 +18,12 @@
 use nbdkit_plugin_abi as abi;
 
 use core::ffi::{c_char, c_int, c_void};
-use core::panic::AssertUnwindSafe;
 use std::ffi::CStr;
 use std::sync::{Mutex, OnceLock};
 
-use abi::H;
+use abi::script::{
+    zero_falls_back, ExportList, ExtentList, Flags, ScriptError, ScriptPlugin, Slots,
+};
 
 #[repr(C)]
 struct Interp {
@@ -182,9 +183,6 @@ static TCL: Mutex<State> = Mutex::new(State {
 });
 static STARTED: OnceLock<bool> = OnceLock::new();
 
-/// The errno the script last gave `nbdkit::set_error` (0: none).
-static LAST_ERRNO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
-
 /// Arguments of a call.
 enum Arg<'a> {
     Int(i64),
@@ -313,50 +311,30 @@ fn one_line(msg: &str) -> String {
         .join(" ")
 }
 
-/// Run `f` with the interpreter locked; a failure is reported as an error
-/// of `callback` and turns into `fail`, with the errno the script set
-/// (EIO by default). A panic never crosses into the server.
-fn run<R>(callback: &str, fail: R, f: impl FnOnce(&Tcl) -> Res<R>) -> R {
+/// Run `f` with the interpreter locked; a failure is an error of
+/// `callback`, with the errno the script set (EIO by default).
+fn run<R>(callback: &str, f: impl FnOnce(&Tcl) -> Res<R>) -> Result<R, ScriptError> {
     if STARTED.get() != Some(&true) {
-        abi::error("tcl: the Tcl interpreter did not start");
-        return fail;
+        return Err(ScriptError::msg("tcl: the Tcl interpreter did not start"));
     }
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let st = TCL.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some(tcl), Some(path)) = (st.interp.as_ref(), st.script.as_deref()) else {
-            abi::error("a Tcl script is required: nbdkit tcl /path/to/plugin.tcl [key=value ...]");
-            return None;
-        };
-        LAST_ERRNO.store(0, core::sync::atomic::Ordering::Relaxed);
-        let msg = match f(tcl) {
-            Ok(v) => return Some(v),
-            Err(Fail::Tcl(m)) | Err(Fail::Msg(m)) => format!("{path}: {callback}: {m}"),
-            Err(Fail::Quiet) => return None,
-        };
-        abi::error(&msg);
-        let e = LAST_ERRNO.load(core::sync::atomic::Ordering::Relaxed);
-        abi::set_error(if e == 0 { libc::EIO } else { e });
-        None
-    }));
-    match r {
-        Ok(Some(v)) => v,
-        Ok(None) => fail,
-        Err(_) => {
-            abi::error(&format!("tcl: {callback}: internal error"));
-            fail
-        }
-    }
+    let st = TCL.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(tcl), Some(path)) = (st.interp.as_ref(), st.script.as_deref()) else {
+        return Err(ScriptError::msg(
+            "a Tcl script is required: nbdkit tcl /path/to/plugin.tcl [key=value ...]",
+        ));
+    };
+    abi::script::clear_script_errno();
+    let msg = match f(tcl) {
+        Ok(v) => return Ok(v),
+        Err(Fail::Tcl(m)) | Err(Fail::Msg(m)) => format!("{path}: {callback}: {m}"),
+        Err(Fail::Quiet) => return Err(ScriptError::reported()),
+    };
+    let e = abi::script::script_errno();
+    Err(ScriptError::new(if e == 0 { libc::EIO } else { e }, msg))
 }
 
 /// The script's handle (the value its `plugin_open` returned).
 struct Handle(Val);
-
-/// # Safety
-/// `h` came from [`tcl_open`] and is not yet closed.
-unsafe fn handle<'a>(h: H) -> &'a Handle {
-    // SAFETY: the caller's contract.
-    unsafe { &*(h as *const Handle) }
-}
 
 // ---------------------------------------------------------------------------
 // The nbdkit:: commands
@@ -402,15 +380,15 @@ unsafe extern "C" fn cmd_set_error(
         unsafe { Tcl_WrongNumArgs(interp, 1, objv, c"errno".as_ptr()) };
         return TCL_ERROR;
     }
-    LAST_ERRNO.store(e, core::sync::atomic::Ordering::Relaxed);
-    abi::set_error(e);
+    abi::script::script_set_error(e);
     TCL_OK
 }
 
 // ---------------------------------------------------------------------------
 // Loading and configuration
 
-unsafe extern "C" fn tcl_load() {
+/// Start the interpreter (at `load`).
+fn start() {
     let r = std::panic::catch_unwind(|| {
         // SAFETY: Tcl's start-up sequence, once, before any other call.
         unsafe {
@@ -469,13 +447,13 @@ unsafe extern "C" fn tcl_load() {
     let _ = STARTED.set(ok);
 }
 
-unsafe extern "C" fn tcl_dump_plugin() {
+fn dump() -> Result<(), ScriptError> {
     if STARTED.get() != Some(&true) {
-        return;
+        return Ok(());
     }
     let st = TCL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(tcl) = st.interp.as_ref() else {
-        return;
+        return Ok(());
     };
     for (k, var) in [
         ("tcl_version", c"tcl_version"),
@@ -489,17 +467,13 @@ unsafe extern "C" fn tcl_dump_plugin() {
         }
     }
     drop(st);
-    if TCL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some()
-    {
-        run("dump_plugin", (), |t| {
-            t.call_opt("dump_plugin", &[])?;
-            Ok(())
-        });
+    if !TclPlugin::loaded() {
+        return Ok(());
     }
+    run("dump_plugin", |t| {
+        t.call_opt("dump_plugin", &[])?;
+        Ok(())
+    })
 }
 
 /// Evaluate the script and check its required procs.
@@ -531,166 +505,9 @@ fn load_script(tcl: &Tcl, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-unsafe extern "C" fn tcl_config(key: *const c_char, value: *const c_char) -> c_int {
-    // SAFETY: the server passes two NUL-terminated strings.
-    let (key, value) = unsafe { (abi::str_arg(key), abi::str_arg(value)) };
-    if STARTED.get() != Some(&true) {
-        abi::error("tcl: the Tcl interpreter did not start");
-        return -1;
-    }
-    let loaded = TCL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some();
-    if !loaded {
-        if key != "script" {
-            abi::error("the first parameter must be script=/path/to/tcl/script.tcl");
-            return -1;
-        }
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut st = TCL.lock().unwrap_or_else(|e| e.into_inner());
-            let r = match st.interp.as_ref() {
-                Some(tcl) => load_script(tcl, &value),
-                None => Err("the Tcl interpreter did not start".into()),
-            };
-            if r.is_ok() {
-                st.script = Some(value.clone());
-            }
-            r
-        }));
-        return match r {
-            Ok(Ok(())) => 0,
-            Ok(Err(m)) => {
-                abi::error(&format!("{value}: {m}"));
-                -1
-            }
-            Err(_) => {
-                abi::error(&format!("{value}: internal error"));
-                -1
-            }
-        };
-    }
-    run("config", -1, |t| {
-        if !t.defined("config") {
-            return Err(Fail::Msg(
-                "this plugin does not need command line configuration".into(),
-            ));
-        }
-        t.call("config", &[Arg::Str(&key), Arg::Str(&value)])?;
-        Ok(0)
-    })
-}
-
-/// Call the script's global proc `name` with no arguments, if defined.
-fn global0(name: &'static str) -> c_int {
-    run(name, -1, |t| {
-        t.call_opt(name, &[])?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn tcl_config_complete() -> c_int {
-    global0("config_complete")
-}
-
-unsafe extern "C" fn tcl_get_ready() -> c_int {
-    global0("get_ready")
-}
-
-unsafe extern "C" fn tcl_after_fork() -> c_int {
-    global0("after_fork")
-}
-
-unsafe extern "C" fn tcl_cleanup() {
-    if TCL
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .script
-        .is_some()
-    {
-        global0("cleanup");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Connections
-
-unsafe extern "C" fn tcl_preconnect(readonly: c_int) -> c_int {
-    run("preconnect", -1, |t| {
-        t.call_opt("preconnect", &[Arg::Bool(readonly != 0)])?;
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn tcl_list_exports(
-    readonly: c_int,
-    is_tls: c_int,
-    exports: *mut abi::Exports,
-) -> c_int {
-    run("list_exports", -1, |t| {
-        let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
-        let Some(r) = t.call_opt("list_exports", &args)? else {
-            // SAFETY: the server's list for this call.
-            return Ok(unsafe { abi::nbdkit_use_default_export(exports) });
-        };
-        let not_list =
-            || Fail::Msg("must return a list of names or {name description} pairs".into());
-        for item in r.list(t).ok_or_else(not_list)? {
-            let pair = item.list(t).ok_or_else(not_list)?;
-            let (name, desc) = match &pair[..] {
-                [n] => (n.text(), None),
-                [n, d] => (n.text(), Some(d.text())),
-                _ => return Err(not_list()),
-            };
-            let n = abi::cstring(&name);
-            let d = desc.as_deref().map(abi::cstring);
-            let dp = d.as_ref().map_or(core::ptr::null(), |d| d.as_ptr());
-            // SAFETY: the server's list and two strings (or NULL) it copies.
-            if unsafe { abi::nbdkit_add_export(exports, n.as_ptr(), dp) } == -1 {
-                return Err(Fail::Quiet);
-            }
-        }
-        Ok(0)
-    })
-}
-
-unsafe extern "C" fn tcl_default_export(readonly: c_int, is_tls: c_int) -> *const c_char {
-    run("default_export", core::ptr::null(), |t| {
-        let args = [Arg::Bool(readonly != 0), Arg::Bool(is_tls != 0)];
-        Ok(match t.call_opt("default_export", &args)? {
-            None => c"".as_ptr(),
-            Some(v) => abi::intern_str(&v.text()),
-        })
-    })
-}
-
-unsafe extern "C" fn tcl_open(readonly: c_int) -> H {
-    run("plugin_open", core::ptr::null_mut(), |t| {
-        let v = t.call("plugin_open", &[Arg::Bool(readonly != 0)])?;
-        Ok(Box::into_raw(Box::new(Handle(v))) as H)
-    })
-}
-
-unsafe extern "C" fn tcl_close(h: H) {
-    if h.is_null() {
-        return;
-    }
-    // SAFETY: the server closes each handle from tcl_open once.
-    let hd = unsafe { Box::from_raw(h as *mut Handle) };
-    run("plugin_close", (), move |t| {
-        let r = t.call_opt("plugin_close", &[Arg::Handle(&hd)]);
-        // The handle's reference goes, with the lock held.
-        drop(hd);
-        r.map(|_| ())
-    })
-}
-
 /// Call the script's `name` with the handle first.
-fn call_h(t: &Tcl, h: H, name: &str, rest: &[Arg<'_>]) -> Res<Option<Val>> {
-    // SAFETY: a live handle from tcl_open.
-    let hd = unsafe { handle(h) };
-    let mut args = vec![Arg::Handle(hd)];
+fn call_h(t: &Tcl, h: &Handle, name: &str, rest: &[Arg<'_>]) -> Res<Option<Val>> {
+    let mut args = vec![Arg::Handle(h)];
     args.extend(rest.iter().map(|a| match *a {
         Arg::Int(v) => Arg::Int(v),
         Arg::Bool(v) => Arg::Bool(v),
@@ -701,267 +518,285 @@ fn call_h(t: &Tcl, h: H, name: &str, rest: &[Arg<'_>]) -> Res<Option<Val>> {
     t.call_opt(name, &args)
 }
 
-unsafe extern "C" fn tcl_export_description(h: H) -> *const c_char {
-    run("export_description", core::ptr::null(), |t| {
-        Ok(match call_h(t, h, "export_description", &[])? {
-            None => core::ptr::null(),
-            Some(v) => abi::intern_str(&v.text()),
-        })
-    })
-}
-
-unsafe extern "C" fn tcl_get_size(h: H) -> i64 {
-    run("get_size", -1, |t| {
-        let v = call_h(t, h, "get_size", &[])?
-            .ok_or_else(|| Fail::Msg("missing callback: get_size".into()))?;
-        match v.int(t) {
-            Some(n) if n >= 0 => Ok(n),
-            Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
-            None => Err(Fail::Msg(format!(
-                "returned a value that is not an integer: {}",
-                v.text()
-            ))),
-        }
-    })
-}
-
-/// A boolean callback: its result; without it, whether the script
-/// defines `plain` (e.g. `pwrite` for `can_write`).
-fn boolean(h: H, name: &'static str, plain: Option<&'static str>) -> c_int {
-    run(name, -1, |t| match call_h(t, h, name, &[])? {
-        Some(v) => v.boolean(t).map(c_int::from).ok_or_else(|| {
-            Fail::Msg(format!(
-                "returned a value that is not a boolean: {}",
-                v.text()
-            ))
-        }),
-        None => Ok(c_int::from(plain.is_some_and(|p| t.defined(p)))),
-    })
-}
-
-unsafe extern "C" fn tcl_is_rotational(h: H) -> c_int {
-    boolean(h, "is_rotational", None)
-}
-
-unsafe extern "C" fn tcl_can_multi_conn(h: H) -> c_int {
-    boolean(h, "can_multi_conn", None)
-}
-
-unsafe extern "C" fn tcl_can_write(h: H) -> c_int {
-    boolean(h, "can_write", Some("pwrite"))
-}
-
-unsafe extern "C" fn tcl_can_flush(h: H) -> c_int {
-    boolean(h, "can_flush", Some("plugin_flush"))
-}
-
-unsafe extern "C" fn tcl_can_trim(h: H) -> c_int {
-    boolean(h, "can_trim", Some("trim"))
-}
-
-unsafe extern "C" fn tcl_can_extents(h: H) -> c_int {
-    boolean(h, "can_extents", Some("extents"))
-}
-
-/// Fast zeroes fail fast (see `tcl_zero`), so they are advertised.
-unsafe extern "C" fn tcl_can_fast_zero(_h: H) -> c_int {
-    1
-}
-
-unsafe extern "C" fn tcl_can_cache(h: H) -> c_int {
-    match boolean(h, "can_cache", Some("cache")) {
-        -1 => -1,
-        0 => abi::CACHE_NONE,
-        _ => abi::CACHE_NATIVE,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Data
-
-unsafe extern "C" fn tcl_pread(
-    h: H,
-    buf: *mut c_void,
-    count: u32,
-    offset: u64,
-    _flags: u32,
-) -> c_int {
-    run("pread", -1, |t| {
-        let args = [Arg::Int(count.into()), Arg::Int(offset as i64)];
-        let v = call_h(t, h, "pread", &args)?
-            .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
-        let b = v.bytes();
-        if b.len() < count as usize {
-            return Err(Fail::Msg(format!(
-                "the buffer returned is too small ({} < {count} bytes)",
-                b.len()
-            )));
-        }
-        // SAFETY: `count` readable bytes and the server's buffer of
-        // `count` bytes; they cannot overlap.
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), count as usize) };
-        Ok(0)
-    })
-}
-
 /// A data callback; a missing one is "not implemented".
-fn data(h: H, name: &'static str, args: &[Arg<'_>]) -> c_int {
-    run(name, -1, |t| match call_h(t, h, name, args)? {
-        Some(_) => Ok(0),
+fn data(h: &Handle, name: &'static str, args: &[Arg<'_>]) -> Result<(), ScriptError> {
+    run(name, |t| match call_h(t, h, name, args)? {
+        Some(_) => Ok(()),
         None => Err(Fail::Msg("not implemented".into())),
     })
 }
 
-unsafe extern "C" fn tcl_pwrite(
-    h: H,
-    buf: *const c_void,
-    count: u32,
-    offset: u64,
-    _flags: u32,
-) -> c_int {
-    // SAFETY: the server lends `count` bytes for the call.
-    let b = unsafe { core::slice::from_raw_parts(buf.cast::<u8>(), count as usize) };
-    data(h, "pwrite", &[Arg::Bytes(b), Arg::Int(offset as i64)])
-}
-
-unsafe extern "C" fn tcl_flush(h: H, _flags: u32) -> c_int {
-    data(h, "plugin_flush", &[])
-}
-
-unsafe extern "C" fn tcl_trim(h: H, count: u32, offset: u64, _flags: u32) -> c_int {
-    data(
-        h,
-        "trim",
-        &[Arg::Int(count.into()), Arg::Int(offset as i64)],
-    )
-}
-
-unsafe extern "C" fn tcl_cache(h: H, count: u32, offset: u64, _flags: u32) -> c_int {
-    data(
-        h,
-        "cache",
-        &[Arg::Int(count.into()), Arg::Int(offset as i64)],
-    )
-}
-
-unsafe extern "C" fn tcl_zero(h: H, count: u32, offset: u64, flags: u32) -> c_int {
-    if flags & abi::FLAG_FAST_ZERO != 0 {
-        // A Tcl zero cannot promise to be fast: fail fast (as nbdkit).
-        abi::set_error(libc::EOPNOTSUPP);
-        return -1;
-    }
-    run("zero", -1, |t| {
-        let may_trim = flags & abi::FLAG_MAY_TRIM != 0;
-        let args = [
-            Arg::Int(count.into()),
-            Arg::Int(offset as i64),
-            Arg::Bool(may_trim),
-        ];
-        let r = call_h(t, h, "zero", &args);
-        // nbdkit::set_error EOPNOTSUPP asks the server to write zeroes
-        // instead, whether the script then errors or returns.
-        let e = LAST_ERRNO.load(core::sync::atomic::Ordering::Relaxed);
-        if e == libc::EOPNOTSUPP || e == libc::ENOTSUP {
-            abi::set_error(e);
-            return Err(Fail::Quiet);
-        }
-        match r? {
-            Some(_) => Ok(0),
-            None => {
-                abi::debug("zero missing, falling back to pwrite");
-                abi::set_error(libc::EOPNOTSUPP);
-                Err(Fail::Quiet)
-            }
-        }
-    })
-}
-
-unsafe extern "C" fn tcl_extents(
-    h: H,
-    count: u32,
-    offset: u64,
-    flags: u32,
-    extents: *mut abi::Extents,
-) -> c_int {
-    run("extents", -1, |t| {
-        let args = [
-            Arg::Int(count.into()),
-            Arg::Int(offset as i64),
-            Arg::Int(flags.into()),
-        ];
-        let Some(r) = call_h(t, h, "extents", &args)? else {
-            // SAFETY: the server's list for this call.
-            return match unsafe { abi::nbdkit_add_extent(extents, offset, count.into(), 0) } {
-                -1 => Err(Fail::Quiet),
-                _ => Ok(0),
-            };
-        };
-        let bad = || Fail::Msg("must return a list of {offset length type} triples".into());
-        let items = r.list(t).ok_or_else(bad)?;
-        if items.is_empty() {
-            return Err(Fail::Msg("cannot return an empty list of extents".into()));
-        }
-        for item in items {
-            let e = item.list(t).ok_or_else(bad)?;
-            let n: Vec<Option<i64>> = e.iter().map(|v| v.int(t)).collect();
-            let (o, l, ty) = match n[..] {
-                [Some(o), Some(l), Some(ty)] if o >= 0 && l >= 0 && ty >= 0 => (o, l, ty),
-                _ => return Err(bad()),
-            };
-            // SAFETY: the server's list for this call.
-            if unsafe { abi::nbdkit_add_extent(extents, o as u64, l as u64, ty as u32) } == -1 {
-                return Err(Fail::Quiet);
-            }
-        }
-        Ok(0)
-    })
+/// The arguments `count, offset` of a data callback.
+fn range(count: u32, offset: u64) -> [Arg<'static>; 2] {
+    [Arg::Int(count.into()), Arg::Int(offset as i64)]
 }
 
 // ---------------------------------------------------------------------------
-// Registration
+// The plugin
 
-const CONFIG_HELP: &CStr = c"script=<FILENAME>     (required) The Tcl plugin to run.\n\
-[other arguments may be used by the plugin that you load]";
+struct TclPlugin;
 
-static PLUGIN: abi::Registration = abi::Registration(abi::Plugin {
-    thread_model: abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS,
-    name: c"tcl".as_ptr(),
-    load: Some(tcl_load),
-    config: Some(tcl_config),
-    config_complete: Some(tcl_config_complete),
-    config_help: CONFIG_HELP.as_ptr(),
-    open: Some(tcl_open),
-    close: Some(tcl_close),
-    get_size: Some(tcl_get_size),
-    can_write: Some(tcl_can_write),
-    can_flush: Some(tcl_can_flush),
-    is_rotational: Some(tcl_is_rotational),
-    can_trim: Some(tcl_can_trim),
-    dump_plugin: Some(tcl_dump_plugin),
-    pread: Some(tcl_pread),
-    pwrite: Some(tcl_pwrite),
-    flush: Some(tcl_flush),
-    trim: Some(tcl_trim),
-    zero: Some(tcl_zero),
-    magic_config_key: c"script".as_ptr(),
-    can_multi_conn: Some(tcl_can_multi_conn),
-    can_extents: Some(tcl_can_extents),
-    extents: Some(tcl_extents),
-    can_cache: Some(tcl_can_cache),
-    cache: Some(tcl_cache),
-    can_fast_zero: Some(tcl_can_fast_zero),
-    preconnect: Some(tcl_preconnect),
-    get_ready: Some(tcl_get_ready),
-    after_fork: Some(tcl_after_fork),
-    list_exports: Some(tcl_list_exports),
-    default_export: Some(tcl_default_export),
-    export_description: Some(tcl_export_description),
-    cleanup: Some(tcl_cleanup),
-    ..abi::Plugin::EMPTY
-});
+impl ScriptPlugin for TclPlugin {
+    type Handle = Handle;
 
-/// The registration function the server calls when it loads this object.
-#[no_mangle]
-pub extern "C" fn plugin_init() -> *const c_void {
-    PLUGIN.as_ptr()
+    const NAME: &'static CStr = c"tcl";
+    const CONFIG_HELP: &'static CStr = abi::script_config_help!("Tcl plugin");
+    const SLOTS: Slots = Slots {
+        unload: false,
+        can_zero: false,
+        can_fua: false,
+        block_size: false,
+        thread_model: false,
+    };
+
+    const FLUSH: &'static str = "plugin_flush";
+
+    fn loaded() -> bool {
+        TCL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .script
+            .is_some()
+    }
+
+    fn global(name: &'static str, args: &[bool]) -> Result<(), ScriptError> {
+        let args: Vec<Arg<'_>> = args.iter().map(|&b| Arg::Bool(b)).collect();
+        run(name, |t| {
+            t.call_opt(name, &args)?;
+            Ok(())
+        })
+    }
+
+    fn boolean(
+        h: &Handle,
+        name: &'static str,
+        plain: Option<&'static str>,
+        default: bool,
+    ) -> Result<bool, ScriptError> {
+        run(name, |t| match call_h(t, h, name, &[])? {
+            Some(v) => v.boolean(t).ok_or_else(|| {
+                Fail::Msg(format!(
+                    "returned a value that is not a boolean: {}",
+                    v.text()
+                ))
+            }),
+            None => Ok(plain.map_or(default, |p| t.defined(p))),
+        })
+    }
+
+    fn load() {
+        start();
+    }
+
+    fn dump_plugin() -> Result<(), ScriptError> {
+        dump()
+    }
+
+    fn config(key: &str, value: &str) -> Result<(), ScriptError> {
+        if STARTED.get() != Some(&true) {
+            return Err(ScriptError::msg("tcl: the Tcl interpreter did not start"));
+        }
+        let mut st = TCL.lock().unwrap_or_else(|e| e.into_inner());
+        if st.script.is_none() {
+            if key != "script" {
+                return Err(ScriptError::msg(
+                    "the first parameter must be script=/path/to/tcl/script.tcl",
+                ));
+            }
+            let r = match st.interp.as_ref() {
+                Some(tcl) => load_script(tcl, value),
+                None => Err("the Tcl interpreter did not start".into()),
+            };
+            return match r {
+                Ok(()) => {
+                    st.script = Some(value.to_string());
+                    Ok(())
+                }
+                Err(m) => Err(ScriptError::msg(format!("{value}: {m}"))),
+            };
+        }
+        drop(st);
+        run("config", |t| {
+            if !t.defined("config") {
+                return Err(Fail::Msg(
+                    "this plugin does not need command line configuration".into(),
+                ));
+            }
+            t.call("config", &[Arg::Str(key), Arg::Str(value)])?;
+            Ok(())
+        })
+    }
+
+    fn list_exports(
+        readonly: bool,
+        is_tls: bool,
+        exports: &mut ExportList,
+    ) -> Result<(), ScriptError> {
+        run("list_exports", |t| {
+            let args = [Arg::Bool(readonly), Arg::Bool(is_tls)];
+            let Some(r) = t.call_opt("list_exports", &args)? else {
+                return exports.use_default().map_err(|_| Fail::Quiet);
+            };
+            let not_list =
+                || Fail::Msg("must return a list of names or {name description} pairs".into());
+            for item in r.list(t).ok_or_else(not_list)? {
+                let pair = item.list(t).ok_or_else(not_list)?;
+                let (name, desc) = match &pair[..] {
+                    [n] => (n.text(), None),
+                    [n, d] => (n.text(), Some(d.text())),
+                    _ => return Err(not_list()),
+                };
+                exports
+                    .add(&name, desc.as_deref())
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn default_export(readonly: bool, is_tls: bool) -> Result<Option<String>, ScriptError> {
+        run("default_export", |t| {
+            let args = [Arg::Bool(readonly), Arg::Bool(is_tls)];
+            Ok(t.call_opt("default_export", &args)?.map(|v| v.text()))
+        })
+    }
+
+    fn open(readonly: bool) -> Result<Handle, ScriptError> {
+        run("plugin_open", |t| {
+            let v = t.call("plugin_open", &[Arg::Bool(readonly)])?;
+            Ok(Handle(v))
+        })
+    }
+
+    fn close(h: Handle) -> Result<(), ScriptError> {
+        run("plugin_close", move |t| {
+            let r = t.call_opt("plugin_close", &[Arg::Handle(&h)]);
+            // The handle's reference goes, with the lock held.
+            drop(h);
+            r.map(|_| ())
+        })
+    }
+
+    fn export_description(h: &Handle) -> Result<Option<String>, ScriptError> {
+        run("export_description", |t| {
+            Ok(call_h(t, h, "export_description", &[])?.map(|v| v.text()))
+        })
+    }
+
+    fn get_size(h: &Handle) -> Result<i64, ScriptError> {
+        run("get_size", |t| {
+            let v = call_h(t, h, "get_size", &[])?
+                .ok_or_else(|| Fail::Msg("missing callback: get_size".into()))?;
+            match v.int(t) {
+                Some(n) if n >= 0 => Ok(n),
+                Some(n) => Err(Fail::Msg(format!("returned a negative size ({n})"))),
+                None => Err(Fail::Msg(format!(
+                    "returned a value that is not an integer: {}",
+                    v.text()
+                ))),
+            }
+        })
+    }
+
+    /// Fast zeroes fail fast (see `zero`), so they are advertised.
+    fn can_fast_zero(_h: &Handle) -> Result<bool, ScriptError> {
+        Ok(true)
+    }
+
+    fn can_cache(h: &Handle) -> Result<c_int, ScriptError> {
+        Ok(if Self::boolean(h, "can_cache", Some("cache"), false)? {
+            abi::CACHE_NATIVE
+        } else {
+            abi::CACHE_NONE
+        })
+    }
+
+    fn pread(h: &Handle, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        let count = buf.len();
+        run("pread", |t| {
+            let args = [Arg::Int(count as i64), Arg::Int(offset as i64)];
+            let v = call_h(t, h, "pread", &args)?
+                .ok_or_else(|| Fail::Msg("missing callback: pread".into()))?;
+            let b = v.bytes();
+            if b.len() < count {
+                return Err(Fail::Msg(format!(
+                    "the buffer returned is too small ({} < {count} bytes)",
+                    b.len()
+                )));
+            }
+            buf.copy_from_slice(&b[..count]);
+            Ok(())
+        })
+    }
+
+    fn pwrite(h: &Handle, buf: &[u8], offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        data(h, "pwrite", &[Arg::Bytes(buf), Arg::Int(offset as i64)])
+    }
+
+    fn flush(h: &Handle, _flags: Flags) -> Result<(), ScriptError> {
+        data(h, "plugin_flush", &[])
+    }
+
+    fn trim(h: &Handle, count: u32, offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        data(h, "trim", &range(count, offset))
+    }
+
+    fn cache(h: &Handle, count: u32, offset: u64, _flags: Flags) -> Result<(), ScriptError> {
+        data(h, "cache", &range(count, offset))
+    }
+
+    fn zero(h: &Handle, count: u32, offset: u64, flags: Flags) -> Result<(), ScriptError> {
+        if flags.fast_zero() {
+            // A Tcl zero cannot promise to be fast: fail fast (as nbdkit).
+            return Err(ScriptError::errno(libc::EOPNOTSUPP));
+        }
+        run("zero", |t| {
+            let [c, o] = range(count, offset);
+            let r = call_h(t, h, "zero", &[c, o, Arg::Bool(flags.may_trim())]);
+            // nbdkit::set_error EOPNOTSUPP asks the server to write zeroes
+            // instead, whether the script then errors or returns.
+            let e = abi::script::script_errno();
+            if zero_falls_back(e, matches!(r, Ok(None))) {
+                return Err(Fail::Quiet);
+            }
+            r.map(|_| ())
+        })
+    }
+
+    fn extents(
+        h: &Handle,
+        count: u32,
+        offset: u64,
+        flags: Flags,
+        extents: &mut ExtentList,
+    ) -> Result<(), ScriptError> {
+        run("extents", |t| {
+            let [c, o] = range(count, offset);
+            let args = [c, o, Arg::Int(flags.bits().into())];
+            let Some(r) = call_h(t, h, "extents", &args)? else {
+                // Like the server without the callback: all data.
+                return extents
+                    .add(offset, count.into(), 0)
+                    .map_err(|_| Fail::Quiet);
+            };
+            let bad = || Fail::Msg("must return a list of {offset length type} triples".into());
+            let items = r.list(t).ok_or_else(bad)?;
+            if items.is_empty() {
+                return Err(Fail::Msg("cannot return an empty list of extents".into()));
+            }
+            for item in items {
+                let e = item.list(t).ok_or_else(bad)?;
+                let n: Vec<Option<i64>> = e.iter().map(|v| v.int(t)).collect();
+                let (o, l, ty) = match n[..] {
+                    [Some(o), Some(l), Some(ty)] if o >= 0 && l >= 0 && ty >= 0 => (o, l, ty),
+                    _ => return Err(bad()),
+                };
+                extents
+                    .add(o as u64, l as u64, ty as u32)
+                    .map_err(|_| Fail::Quiet)?;
+            }
+            Ok(())
+        })
+    }
 }
+
+abi::register_script_plugin!(TclPlugin);
