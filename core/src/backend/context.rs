@@ -15,8 +15,15 @@ use crate::debug;
 use crate::errno::Errno;
 use crate::sync::{lock, Mutex};
 
-/// The largest buffer the server allocates to emulate zero or cache.
-const EMULATION_CHUNK: u64 = 1 << 20;
+/// The largest buffer the server allocates to emulate zero or cache (and
+/// that the filters allocate to read what they compare).
+#[cfg(feature = "std")]
+pub const EMULATION_CHUNK: u64 = 1 << 20;
+/// The largest buffer the server allocates to emulate zero or cache (and
+/// that the filters allocate to read what they compare): small without
+/// `std`, where the heap is a device's small static one.
+#[cfg(not(feature = "std"))]
+pub const EMULATION_CHUNK: u64 = 2048;
 
 /// A control-path line (`-v`, unless `-D nbdkit.backend.controlpath=0`).
 macro_rules! control {
@@ -233,22 +240,24 @@ impl Context {
         &self,
         cell: &Once<T>,
         what: &str,
-        ask: impl FnOnce() -> Result<T>,
+        // A function, not a closure: one copy of the once-cell's code per
+        // answer type, not per capability (it matters in a device's flash).
+        ask: fn(&Context) -> Result<T>,
     ) -> Result<T> {
         if let Some(v) = cell.get() {
             return Ok(*v);
         }
         cell.try_call_once(|| {
             control!("{}: {what}", self.name);
-            ask()
+            ask(self)
         })
         .copied()
     }
 
     /// Size of the export at this layer.
     pub fn size(&self) -> Result<u64> {
-        self.cached(&self.lazy.size, "get_size", || {
-            let size = ask!(self, get_size)?;
+        self.cached(&self.lazy.size, "get_size", |c| {
+            let size = ask!(c, get_size)?;
             if size > i64::MAX as u64 {
                 return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
             }
@@ -261,14 +270,14 @@ impl Context {
         if self.readonly {
             return Ok(false);
         }
-        self.cached(&self.lazy.can_write, "can_write", || ask!(self, can_write))
+        self.cached(&self.lazy.can_write, "can_write", |c| ask!(c, can_write))
     }
 
     /// How zeroing works (none unless writable).
     pub fn can_zero(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_zero, "can_zero", || {
-            if self.can_write()? {
-                ask!(self, can_zero)
+        self.cached(&self.lazy.can_zero, "can_zero", |c| {
+            if c.can_write()? {
+                ask!(c, can_zero)
             } else {
                 Ok(Support::None)
             }
@@ -277,20 +286,20 @@ impl Context {
 
     /// FAST_ZERO honoured (never without zero).
     pub fn can_fast_zero(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_fast_zero, "can_fast_zero", || {
-            if self.can_zero()? == Support::None {
+        self.cached(&self.lazy.can_fast_zero, "can_fast_zero", |c| {
+            if c.can_zero()? == Support::None {
                 Ok(false)
             } else {
-                ask!(self, can_fast_zero)
+                ask!(c, can_fast_zero)
             }
         })
     }
 
     /// Trim possible (never unless writable).
     pub fn can_trim(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_trim, "can_trim", || {
-            if self.can_write()? {
-                ask!(self, can_trim)
+        self.cached(&self.lazy.can_trim, "can_trim", |c| {
+            if c.can_write()? {
+                ask!(c, can_trim)
             } else {
                 Ok(false)
             }
@@ -299,9 +308,9 @@ impl Context {
 
     /// How FUA works (none unless writable).
     pub fn can_fua(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_fua, "can_fua", || {
-            if self.can_write()? {
-                ask!(self, can_fua)
+        self.cached(&self.lazy.can_fua, "can_fua", |c| {
+            if c.can_write()? {
+                ask!(c, can_fua)
             } else {
                 Ok(Support::None)
             }
@@ -310,39 +319,39 @@ impl Context {
 
     /// Flush possible.
     pub fn can_flush(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_flush, "can_flush", || ask!(self, can_flush))
+        self.cached(&self.lazy.can_flush, "can_flush", |c| ask!(c, can_flush))
     }
 
     /// Rotational medium.
     pub fn is_rotational(&self) -> Result<bool> {
-        self.cached(&self.lazy.is_rotational, "is_rotational", || {
-            ask!(self, is_rotational)
+        self.cached(&self.lazy.is_rotational, "is_rotational", |c| {
+            ask!(c, is_rotational)
         })
     }
 
     /// Connections are coherent.
     pub fn can_multi_conn(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_multi_conn, "can_multi_conn", || {
-            ask!(self, can_multi_conn)
+        self.cached(&self.lazy.can_multi_conn, "can_multi_conn", |c| {
+            ask!(c, can_multi_conn)
         })
     }
 
     /// How caching works.
     pub fn can_cache(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_cache, "can_cache", || ask!(self, can_cache))
+        self.cached(&self.lazy.can_cache, "can_cache", |c| ask!(c, can_cache))
     }
 
     /// Extents are meaningful.
     pub fn can_extents(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_extents, "can_extents", || {
-            ask!(self, can_extents)
+        self.cached(&self.lazy.can_extents, "can_extents", |c| {
+            ask!(c, can_extents)
         })
     }
 
     /// Block size constraints, if any.
     pub fn block_size(&self) -> Result<Option<BlockSize>> {
-        self.cached(&self.lazy.block_size, "block_size", || {
-            check_block_size(ask!(self, block_size)?)
+        self.cached(&self.lazy.block_size, "block_size", |c| {
+            check_block_size(ask!(c, block_size)?)
         })
     }
 

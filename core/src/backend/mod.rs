@@ -14,7 +14,7 @@ mod filter;
 mod plugin;
 mod types;
 
-pub use context::{Caps, Context, DefaultExports, Stack};
+pub use context::{Caps, Context, DefaultExports, Stack, EMULATION_CHUNK};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};

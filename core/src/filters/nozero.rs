@@ -12,7 +12,12 @@ use crate::backend::{
 use crate::errno::Errno;
 
 /// A page of zeroes for writing zeroes without allocating.
+#[cfg(feature = "std")]
 pub(crate) static ZEROES: [u8; 65536] = [0; 65536];
+/// A page of zeroes for writing zeroes without allocating (small without
+/// `std`: on a device it takes flash).
+#[cfg(not(feature = "std"))]
+pub(crate) static ZEROES: [u8; 512] = [0; 512];
 
 /// Zero `count` bytes at `offset` by writing zeroes to `next`.
 pub(crate) fn write_zeroes(next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
