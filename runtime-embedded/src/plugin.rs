@@ -15,9 +15,6 @@ use nbdkit_core::sync::{lock, Arc, Mutex};
 
 use crate::disk::{BlockDevice, DiskError};
 
-/// Most extents a device reports for one call (the server sends few).
-const MAX_EXTENTS: usize = 8;
-
 /// A device shared by the plugin and the per-connection handles.
 pub type SharedDevice<D> = Arc<Mutex<D>>;
 
@@ -115,9 +112,6 @@ impl<D: BlockDevice + Send + 'static> Handle for DeviceHandle<D> {
     fn can_zero(&self) -> Result<Support> {
         Ok(Support::Native)
     }
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(false)
-    }
     fn can_extents(&self) -> Result<bool> {
         Ok(true)
     }
@@ -126,7 +120,8 @@ impl<D: BlockDevice + Send + 'static> Handle for DeviceHandle<D> {
         Ok(true)
     }
     fn can_cache(&self) -> Result<Support> {
-        // Memory and flash need no prefetch: caching succeeds at once.
+        // Memory and flash need no prefetch: caching (the default `cache`)
+        // succeeds at once.
         Ok(Support::Native)
     }
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -146,14 +141,13 @@ impl<D: BlockDevice + Send + 'static> Handle for DeviceHandle<D> {
             .write_zeroes(offset, count)
             .map_err(errno)
     }
-    fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
         let mut d = lock(&self.device);
         let end = offset.saturating_add(count);
         let mut pos = offset;
-        for _ in 0..MAX_EXTENTS {
-            if pos >= end || extents.is_full() {
-                break;
-            }
+        // Until the range or the list (which the server keeps short) is
+        // full; each turn moves forward.
+        while pos < end && !extents.is_full() {
             let e = d.extent(pos, end - pos).map_err(errno)?;
             if e.len == 0 {
                 break;
@@ -161,13 +155,7 @@ impl<D: BlockDevice + Send + 'static> Handle for DeviceHandle<D> {
             let len = e.len.min(end - pos);
             extents.add(pos, len, e.flags)?;
             pos += len;
-            if flags.contains(Flags::REQ_ONE) {
-                break;
-            }
         }
-        Ok(())
-    }
-    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
         Ok(())
     }
 }

@@ -1,5 +1,9 @@
 //! The server and a tiny NBD client, written against the core's wire
 //! types, in one process over smoltcp's loopback device.
+#![allow(clippy::std_instead_of_core)] // a host test with its own allocator
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 
 use nbdkit_core::backend::{Filter, Stack};
 use nbdkit_core::sync::lock;
@@ -14,6 +18,58 @@ use smoltcp::phy::{Loopback, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
+
+/// Counts, per thread, the heap bytes in use by what runs while
+/// `COUNTING` is on (the stack's construction and the server's polls),
+/// and their peak, to check what a server needs of a device's heap.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static IN_USE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn counted(delta: isize) {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let now = IN_USE.with(|u| {
+                let v = u.get().saturating_add_signed(delta);
+                u.set(v);
+                v
+            });
+            PEAK.with(|p| p.set(p.get().max(now)));
+        }
+    });
+}
+
+// SAFETY: every call goes to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        counted(layout.size() as isize);
+        // SAFETY: as the caller's contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        counted(-(layout.size() as isize));
+        // SAFETY: as the caller's contract.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Run `f` with this thread's heap counted.
+fn count<R>(f: impl FnOnce() -> R) -> R {
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    r
+}
+
+/// The firmware example's heap (runtime-embedded/firmware: `HEAP_SIZE`).
+const FIRMWARE_HEAP: usize = 6 * 1024;
 
 const ADDR: IpAddress = IpAddress::v4(127, 0, 0, 1);
 const DISK: usize = 256 * 1024;
@@ -86,7 +142,8 @@ impl Net {
         self.now += Duration::from_millis(1);
         self.iface
             .poll(self.now, &mut self.device, &mut self.sockets);
-        self.server.poll(self.now, &mut self.sockets);
+        let (server, sockets) = (&mut self.server, &mut self.sockets);
+        count(|| server.poll(self.now, sockets));
     }
 
     fn connect(&mut self) -> Client {
@@ -542,4 +599,56 @@ fn a_disk_without_a_partition_table_is_refused_at_open() {
     c.option(&mut net, OPT_GO, &p);
     let (h, _) = c.option_reply(&mut net);
     assert!(h.reply_type & 0x8000_0000 != 0, "{:#x}", h.reply_type);
+}
+
+#[test]
+fn the_firmware_stack_and_two_connections_fit_its_heap() {
+    // The firmware example's disk and stack, built as it builds them.
+    let image = mbr_disk(128 * 1024, &[(8, 248)]);
+    let buf: &'static mut [u8] = Box::leak(image.into_boxed_slice());
+    let (stack, _disk) = count(|| {
+        stack_over(
+            RamDisk::new(buf),
+            &["nozero", "protect", "offset", "partition"],
+            &[
+                ("zeromode", "emulate"),
+                ("protect", "0-511"),
+                ("offset", "4096"),
+                ("partition", "1"),
+            ],
+        )
+    });
+    let mut net = Net::new(stack, Config::new());
+    let a = net.connect();
+    let b = net.connect();
+    a.handshake(&mut net, true);
+    let (size, _) = b.handshake(&mut net, true);
+    assert_eq!(size, 248 * 512 - 4096);
+    // Every kind of request, on both connections at once.
+    for (c, cookie) in [(&a, 10u64), (&b, 20)] {
+        c.request(&mut net, CMD_WRITE, CMD_FLAG_FUA, cookie, 8192, 8192);
+        c.send(&mut net, &pattern(8192, 1));
+    }
+    for c in [&a, &b] {
+        assert_eq!(c.simple_reply(&mut net).error, 0);
+    }
+    a.request(&mut net, CMD_READ, 0, 1, 0, 65536);
+    b.request(&mut net, CMD_WRITE_ZEROES, 0, 2, 0, 65536);
+    let (_, body) = a.chunk(&mut net);
+    assert_eq!(body.len(), 8 + 65536);
+    // Zeroing the protected first sector (not zero) is refused.
+    assert_eq!(b.simple_reply(&mut net).error, NBD_EPERM);
+    b.request(&mut net, CMD_WRITE_ZEROES, 0, 3, 512, 65536);
+    assert_eq!(b.simple_reply(&mut net).error, 0);
+    a.request(&mut net, CMD_BLOCK_STATUS, 0, 4, 0, size);
+    assert_eq!(a.chunk(&mut net).0.chunk_type, REPLY_TYPE_BLOCK_STATUS);
+    b.request(&mut net, CMD_TRIM, 0, 5, 70_000, 4096);
+    assert_eq!(b.simple_reply(&mut net).error, 0);
+    a.request(&mut net, CMD_CACHE, 0, 6, 0, 4096);
+    assert_eq!(a.simple_reply(&mut net).error, 0);
+    let peak = PEAK.with(Cell::get);
+    println!("heap: peak {peak} bytes (64-bit host), firmware heap {FIRMWARE_HEAP}");
+    // The host's pointers are twice the device's, which leaves room for
+    // the device allocator's headers and fragmentation.
+    assert!(peak <= FIRMWARE_HEAP, "peak {peak} > {FIRMWARE_HEAP}");
 }

@@ -25,10 +25,14 @@ pub const EMULATION_CHUNK: u64 = 1 << 20;
 #[cfg(not(feature = "std"))]
 pub const EMULATION_CHUNK: u64 = 2048;
 
+// The call lines below are printed with `std` only: a device has no `-v`,
+// and without them its flash holds none of their formatting code (`cfg!`
+// keeps the arguments type-checked and used).
+
 /// A control-path line (`-v`, unless `-D nbdkit.backend.controlpath=0`).
 macro_rules! control {
     ($($t:tt)*) => {
-        if debug::controlpath() {
+        if cfg!(feature = "std") && debug::controlpath() {
             debug::debug(format_args!($($t)*));
         }
     };
@@ -39,7 +43,9 @@ macro_rules! control {
 /// whatever `-D nbdkit.backend.controlpath` says.
 macro_rules! verbose {
     ($($t:tt)*) => {
-        debug::debug(format_args!($($t)*))
+        if cfg!(feature = "std") {
+            debug::debug(format_args!($($t)*))
+        }
     };
 }
 
@@ -47,7 +53,7 @@ macro_rules! verbose {
 /// relaxed load when off.
 macro_rules! data {
     ($($t:tt)*) => {
-        if debug::datapath() {
+        if cfg!(feature = "std") && debug::datapath() {
             debug::debug(format_args!($($t)*));
         }
     };
