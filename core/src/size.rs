@@ -102,6 +102,13 @@ mod test {
     }
 
     #[test]
+    fn only_c_white_space_is_skipped() {
+        // nbdkit (strtoll) skips isspace's ASCII characters, not Unicode's.
+        assert_eq!(parse_size(" \t\n\x0b\x0c\r1M"), Ok(1 << 20));
+        assert_eq!(parse_size("\u{a0}1M"), Err(SizeError::Invalid));
+    }
+
+    #[test]
     fn bools() {
         assert_eq!(parse_bool("on"), Some(true));
         assert_eq!(parse_bool("No"), Some(false));
