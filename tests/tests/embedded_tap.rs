@@ -154,6 +154,18 @@ fn start_server(ns: &mut Netns, args: &[&str]) {
     assert_eq!(line.trim(), "ready", "the tap example did not start");
 }
 
+/// The export at `uri`, read whole by qemu-img (into `path`).
+fn qemu_img_read(ns: &Netns, uri: &str, path: &Path) -> Vec<u8> {
+    run(
+        ns.cmd("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", uri])
+            .arg(path),
+        CMD_TIMEOUT,
+    )
+    .assert_success();
+    fs::read(path).unwrap()
+}
+
 fn assert_same(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if let Some(i) = first_difference(got, want) {
@@ -203,17 +215,9 @@ fn real_clients_read_and_write_over_tap() {
     assert!(out.stdout.contains("zero"), "{}", out.stdout);
 
     // qemu-img reads it back.
-    let b_path = dir.join("b.img");
-    run(
-        ns.cmd("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "raw", &uri])
-            .arg(&b_path),
-        CMD_TIMEOUT,
-    )
-    .assert_success();
     assert_same(
         "qemu-img read after nbdcopy write",
-        &fs::read(&b_path).unwrap(),
+        &qemu_img_read(&ns, &uri, &dir.join("b.img")),
         &a,
     );
 
@@ -305,17 +309,9 @@ fn real_clients_read_a_partition_through_filters_over_tap() {
         &fs::read(&a_path).unwrap(),
         want,
     );
-    let b_path = dir.join("b.img");
-    run(
-        ns.cmd("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "raw", &uri])
-            .arg(&b_path),
-        CMD_TIMEOUT,
-    )
-    .assert_success();
     assert_same(
         "qemu-img read of partition 1",
-        &fs::read(&b_path).unwrap(),
+        &qemu_img_read(&ns, &uri, &dir.join("b.img")),
         want,
     );
 
