@@ -14,7 +14,9 @@
 //! pieces the socket buffers hold: there is no data buffer, and no request
 //! length is limited by one.
 
-use nbdkit_core::backend::{Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support};
+use nbdkit_core::backend::{
+    BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support,
+};
 use nbdkit_core::handshake::{self, Event, ExportInfo, Negotiated, TlsMode};
 use nbdkit_core::transmission::{decode, header_len, validate, Command, Export, ReplyStyle};
 use nbdkit_core::wire::consts::*;
@@ -478,15 +480,9 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
                                         size: c.size,
                                         eflags: eflags(&ctx),
                                         description: config.description,
-                                        block_size: Some(c.block_size.map_or(
-                                            (1, 4096, config.max_request),
-                                            |b| {
-                                                (
-                                                    b.minimum,
-                                                    b.preferred,
-                                                    b.maximum.min(config.max_request),
-                                                )
-                                            },
+                                        block_size: Some(block_size(
+                                            c.block_size,
+                                            config.max_request,
                                         )),
                                     };
                                     let r = hs.export_ready(&info);
@@ -578,6 +574,18 @@ fn eflags(ctx: &Context) -> u16 {
 /// What went wrong, as a plain string for the log.
 fn why(e: &Error) -> &str {
     e.message.as_deref().unwrap_or(e.errno.description())
+}
+
+/// The block size constraints to advertise: the stack's if it has any,
+/// with the maximum (and the preferred size) no larger than `max_request`.
+fn block_size(b: Option<BlockSize>, max_request: u32) -> (u32, u32, u32) {
+    match b {
+        None => (1, 4096, max_request),
+        Some(b) => {
+            let max = b.maximum.min(max_request).max(b.minimum);
+            (b.minimum, b.preferred.min(max), max)
+        }
+    }
 }
 
 /// The NBD error for a failed call.
