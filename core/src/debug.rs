@@ -88,8 +88,7 @@ impl DebugFlag {
     /// Whether this is one of `flags` of its plugin or filter (a dot and
     /// an underscore match each other).
     pub fn is_one_of(&self, flags: &[&str]) -> bool {
-        let mine = self.flag.replace('.', "_");
-        flags.iter().any(|f| f.replace('.', "_") == mine)
+        flags.iter().any(|f| same_flag(f, &self.flag))
     }
 }
 
@@ -118,17 +117,19 @@ pub fn flags() -> Vec<DebugFlag> {
 /// and an underscore match each other, as in nbdkit). When a flag is
 /// given more than once the first wins, as in nbdkit.
 pub fn value(name: &str, flag: &str) -> Option<i32> {
-    let want = DebugFlag {
-        name: name.into(),
-        flag: flag.into(),
-        value: 0,
-    }
-    .symbol();
     FLAGS
         .read()
         .iter()
-        .find(|e| e.flag.name == name && e.flag.symbol() == want)
+        .find(|e| e.flag.name == name && same_flag(&e.flag.flag, flag))
         .map(|e| e.flag.value)
+}
+
+/// Whether two flags name the same C variable: equal, with a dot and an
+/// underscore matching each other (compared in place, without building
+/// the `NAME_debug_FLAG` strings).
+fn same_flag(a: &str, b: &str) -> bool {
+    let norm = |c: u8| if c == b'.' { b'_' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
 }
 
 /// Whether `-D NAME.FLAG=N` was given with N other than 0.
@@ -258,6 +259,14 @@ mod tests {
         DebugFlag::parse(s)
             .map(|f| (f.name, f.flag, f.value))
             .map_err(|e| e.number)
+    }
+
+    #[test]
+    fn a_dot_and_an_underscore_match() {
+        assert!(same_flag("backend.datapath", "backend_datapath"));
+        assert!(same_flag("a_b", "a.b"));
+        assert!(!same_flag("ab", "a.b"));
+        assert!(!same_flag("a.b", "a.c"));
     }
 
     #[test]

@@ -12,11 +12,17 @@ pub enum SizeError {
     TooLarge,
 }
 
+/// `s` without the white space C's `isspace` skips at its start (what
+/// `strtoll` skips; not Unicode's other spaces, which nbdkit refuses).
+pub(crate) fn trim_c_space(s: &str) -> &str {
+    s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c'])
+}
+
 /// Parse a size the way `nbdkit_parse_size` does: a decimal number with an
 /// optional scale suffix (`b`, `s` = 512, `k`/`K`, `M`, `G`, `T`, `P`, `E`,
 /// powers of 1024, each optionally followed by `B`/`iB`), result `<= i64::MAX`.
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let t = s.trim_start();
+    let t = trim_c_space(s);
     if t.starts_with('-') {
         return Err(SizeError::Negative);
     }
@@ -93,6 +99,13 @@ mod test {
         assert_eq!(parse_size(""), Err(SizeError::Invalid));
         assert_eq!(parse_size("-1"), Err(SizeError::Negative));
         assert_eq!(parse_size("1X"), Err(SizeError::Invalid));
+    }
+
+    #[test]
+    fn only_c_white_space_is_skipped() {
+        // nbdkit (strtoll) skips isspace's ASCII characters, not Unicode's.
+        assert_eq!(parse_size(" \t\n\x0b\x0c\r1M"), Ok(1 << 20));
+        assert_eq!(parse_size("\u{a0}1M"), Err(SizeError::Invalid));
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! runtime-embedded on Linux: serve a RAM disk (or a read-only image) over a
-//! TAP device with smoltcp, exactly as firmware would over its Ethernet MAC.
+//! TAP device with smoltcp, exactly as firmware would over its Ethernet MAC,
+//! through core's stack with any of core's filters over it.
 //!
 //! ```text
 //! tap --tap tap0 --ip 10.201.0.2/24 [--port 10809] [--size 1048576]
-//!     [--name NAME] [--read-only FILE] [--exit-after SECONDS]
+//!     [--name NAME] [--image FILE | --read-only FILE] [--exit-after SECONDS]
+//!     [--filter NAME]... [KEY=VALUE]...
 //! ```
+//!
+//! `--image FILE` loads a writable RAM disk from FILE; `--read-only FILE`
+//! serves FILE as a read-only (flash) disk. `--filter` stacks a core filter
+//! (the first given is the outermost, as nbdkit's `--filter`), and each
+//! `KEY=VALUE` goes to the first filter that takes it.
 //!
 //! The TAP device must exist and be up (`ip tuntap add dev tap0 mode tap`),
 //! with the host's address on the same subnet. The process prints
@@ -14,7 +21,9 @@
 use std::os::unix::io::AsRawFd;
 use std::process::exit;
 
-use nbdkit_runtime_embedded::{tcp_socket, BlockDevice, Config, FlashDisk, RamDisk, Server};
+use nbdkit_core::backend::{Plugin, Stack};
+use nbdkit_core::filters::by_name;
+use nbdkit_runtime_embedded::{tcp_socket, Config, DevicePlugin, FlashDisk, RamDisk, Server};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::phy::{wait as phy_wait, Medium, TunTapInterface};
 use smoltcp::time::{Duration, Instant};
@@ -33,15 +42,19 @@ struct Args {
     port: u16,
     size: usize,
     name: String,
+    image: Option<String>,
     read_only: Option<String>,
     exit_after: u64,
+    filters: Vec<String>,
+    params: Vec<(String, String)>,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("tap: {msg}");
     eprintln!(
         "usage: tap --tap NAME --ip ADDR/PREFIX [--port N] [--size BYTES] [--name EXPORT] \
-         [--read-only FILE] [--exit-after SECONDS]"
+         [--image FILE | --read-only FILE] [--exit-after SECONDS] [--filter NAME]... \
+         [KEY=VALUE]..."
     );
     exit(1)
 }
@@ -53,8 +66,11 @@ fn parse_args() -> Args {
         port: 10809,
         size: 1024 * 1024,
         name: String::new(),
+        image: None,
         read_only: None,
         exit_after: 600,
+        filters: Vec::new(),
+        params: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -68,15 +84,25 @@ fn parse_args() -> Args {
             "--port" => a.port = v().parse().unwrap_or_else(|_| usage("bad --port")),
             "--size" => a.size = v().parse().unwrap_or_else(|_| usage("bad --size")),
             "--name" => a.name = v(),
+            "--image" => a.image = Some(v()),
             "--read-only" => a.read_only = Some(v()),
+            "--filter" => a.filters.push(v()),
             "--exit-after" => {
                 a.exit_after = v().parse().unwrap_or_else(|_| usage("bad --exit-after"))
             }
-            _ => usage(&format!("unknown argument {k}")),
+            _ => match k.split_once('=') {
+                Some((key, value)) if !k.starts_with('-') => {
+                    a.params.push((key.into(), value.into()))
+                }
+                _ => usage(&format!("unknown argument {k}")),
+            },
         }
     }
     if a.tap.is_empty() {
         usage("--tap is required");
+    }
+    if a.image.is_some() && a.read_only.is_some() {
+        usage("--image and --read-only are exclusive");
     }
     a
 }
@@ -106,59 +132,73 @@ fn main() {
         ..Config::new()
     };
 
-    match &args.read_only {
-        Some(path) => {
-            let image = std::fs::read(path).unwrap_or_else(|e| {
-                eprintln!("tap: {path}: {e}");
-                exit(1)
-            });
-            let disk = FlashDisk::new(Box::leak(image.into_boxed_slice()));
-            run(
-                &args,
-                &mut iface,
-                &mut device,
-                fd,
-                &mut sockets,
-                config,
-                disk,
-                handles,
-            )
-        }
-        None => {
-            let disk = RamDisk::new(leak(args.size));
-            run(
-                &args,
-                &mut iface,
-                &mut device,
-                fd,
-                &mut sockets,
-                config,
-                disk,
-                handles,
-            )
-        }
+    let read = |path: &str| {
+        std::fs::read(path).unwrap_or_else(|e| {
+            eprintln!("tap: {path}: {e}");
+            exit(1)
+        })
+    };
+    let plugin: Box<dyn Plugin> = match (&args.read_only, &args.image) {
+        (Some(path), _) => Box::new(DevicePlugin::named(
+            "flash",
+            FlashDisk::new(Box::leak(read(path).into_boxed_slice())),
+        )),
+        (None, Some(path)) => Box::new(DevicePlugin::named(
+            "ram",
+            RamDisk::new(Box::leak(read(path).into_boxed_slice())),
+        )),
+        (None, None) => Box::new(DevicePlugin::named("ram", RamDisk::new(leak(args.size)))),
+    };
+    let stack = build_stack(&args, plugin).unwrap_or_else(|e| {
+        eprintln!("tap: {e}");
+        exit(1)
+    });
+    run(
+        &args,
+        &mut iface,
+        &mut device,
+        fd,
+        &mut sockets,
+        config,
+        stack,
+        handles,
+    )
+}
+
+/// The plugin under the filters named by `--filter`, configured.
+fn build_stack(args: &Args, plugin: Box<dyn Plugin>) -> Result<Stack, String> {
+    let filters = args
+        .filters
+        .iter()
+        .map(|name| by_name(name).ok_or_else(|| format!("{name}: not a core filter")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stack = Stack::new(plugin, filters);
+    for (k, v) in &args.params {
+        stack.config(k, v).map_err(|e| e.to_string())?;
     }
+    stack.config_complete().map_err(|e| e.to_string())?;
+    Ok(stack)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<D: BlockDevice>(
+fn run(
     args: &Args,
     iface: &mut Interface,
     device: &mut TunTapInterface,
     fd: i32,
     sockets: &mut SocketSet<'_>,
     config: Config<'_>,
-    disk: D,
+    stack: Stack,
     handles: [smoltcp::iface::SocketHandle; CONNECTIONS],
 ) {
-    let mut server: Server<'_, D, CONNECTIONS, NEGOTIATORS> = Server::new(config, disk, handles);
+    let mut server: Server<'_, CONNECTIONS, NEGOTIATORS> = Server::new(config, stack, handles);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.exit_after);
     server.poll(start, sockets);
     println!("ready");
     eprintln!(
-        "tap: serving {} bytes on {}:{} over {}",
-        server.disk().size(),
+        "tap: serving {:?} on {}:{} over {}",
+        server.stack(),
         args.ip.address(),
         args.port,
         args.tap

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the firmware example for thumbv7em-none-eabihf (opt-level "s",
-# panic=abort, LTO) and reports its footprint with binutils-arm-none-eabi:
+# Builds the firmware example for thumbv7em-none-eabihf (opt-level "z",
+# panic=abort, LTO, identical code folded) and reports its footprint with binutils-arm-none-eabi:
 #   flash = text (vector table + .text + .rodata) + data (initial values)
 #   static RAM = data + bss, then without the disk, the TCP socket buffers
-#   and the stand-in MAC's frame buffers.
+#   and the stand-in MAC's frame buffers (the heap of the plugin/filter
+#   stack, HEAP_MEM, counts as static RAM and is shown on its own).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -18,6 +19,7 @@ disk=$(sym 4DISK)
 tcp=$(($(sym 6TCP_RX) + $(sym 6TCP_TX)))
 frames=$(($(sym 8RX_FRAME) + $(sym 8TX_FRAME)))
 server=$(sym 6SERVER)
+heap=$(sym 8HEAP_MEM)
 ram=$((data + bss))
 echo "flash (text+rodata+data init): $((text + data)) bytes"
 echo "static RAM (data+bss):         $ram bytes"
@@ -25,3 +27,16 @@ echo "  without the disk ($disk):               $((ram - disk)) bytes"
 echo "  without disk and TCP buffers ($tcp):   $((ram - disk - tcp)) bytes"
 echo "  without disk, TCP and MAC frames ($frames): $((ram - disk - tcp - frames)) bytes"
 echo "  of which the server (slots + negotiator): $server bytes"
+echo "  of which the heap of the filter stack:    $heap bytes"
+# The budget (issue 15): 64 KiB of flash, 24 KiB of static RAM besides the
+# disk, the TCP buffers and the MAC frames.
+status=0
+if ((text + data > 64 * 1024)); then
+    echo "size.sh: flash $((text + data)) is over the 64 KiB budget" >&2
+    status=1
+fi
+if ((ram - disk - tcp - frames > 24 * 1024)); then
+    echo "size.sh: static RAM $((ram - disk - tcp - frames)) is over the 24 KiB budget" >&2
+    status=1
+fi
+exit $status

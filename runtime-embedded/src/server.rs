@@ -6,19 +6,23 @@
 //! header and the state of one request (about 150 bytes); a negotiator
 //! holds the core's handshake server and an option buffer (about 14 KiB)
 //! and is lent to one connection at a time for the few round trips of
-//! negotiation, so `N` connections need only `H` negotiators. Read data
-//! goes from the disk straight into the socket's transmit buffer and
-//! write data from the receive buffer straight to the disk: there is no
-//! data buffer, and no request length is limited by one.
+//! negotiation, so `N` connections need only `H` negotiators. Each
+//! connection in transmission has its own context of the core stack
+//! (plugin and filters), opened when the client picks the export. Read
+//! data goes from the stack straight into the socket's transmit buffer
+//! and write data from the receive buffer straight to the stack, in the
+//! pieces the socket buffers hold: there is no data buffer, and no request
+//! length is limited by one.
 
+use nbdkit_core::backend::{
+    BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support,
+};
 use nbdkit_core::handshake::{self, Event, ExportInfo, Negotiated, TlsMode};
 use nbdkit_core::transmission::{decode, header_len, validate, Command, Export, ReplyStyle};
 use nbdkit_core::wire::consts::*;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-
-use crate::disk::{BlockDevice, DiskError};
 
 /// How the server serves its one export.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +108,7 @@ enum Op {
         remaining: u64,
         header_sent: bool,
     },
-    /// Receiving WRITE data into the disk.
+    /// Receiving WRITE data into the stack.
     Write {
         cookie: u64,
         offset: u64,
@@ -156,24 +160,27 @@ struct Negotiator<const OPT: usize> {
     len: usize,
 }
 
-/// An NBD server over smoltcp TCP sockets, serving one disk.
+/// An NBD server over smoltcp TCP sockets, serving one export through a
+/// core [`Stack`] (a plugin, e.g. [`DevicePlugin`](crate::DevicePlugin),
+/// under any filters).
 ///
 /// `N` connections at once (one socket each), `H` of them negotiating at
 /// once, and options up to `OPT` bytes buffered (longer ones are answered
 /// with NBD_REP_ERR_TOO_BIG, as the core does).
-pub struct Server<'a, D, const N: usize, const H: usize = 1, const OPT: usize = 1024> {
+pub struct Server<'a, const N: usize, const H: usize = 1, const OPT: usize = 1024> {
     config: Config<'a>,
-    disk: D,
+    stack: Stack,
+    /// Each connection's open stack (from its NBD_OPT_GO to its end).
+    contexts: [Option<Context>; N],
     connections: [Connection; N],
     negotiators: [Negotiator<OPT>; H],
 }
 
-impl<D, const N: usize, const H: usize, const OPT: usize> core::fmt::Debug
-    for Server<'_, D, N, H, OPT>
-{
+impl<const N: usize, const H: usize, const OPT: usize> core::fmt::Debug for Server<'_, N, H, OPT> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Server")
             .field("config", &self.config)
+            .field("stack", &self.stack)
             .field("connections", &self.connections)
             .finish()
     }
@@ -190,16 +197,16 @@ fn free_space(s: &tcp::Socket<'_>) -> usize {
     s.send_capacity() - s.send_queue()
 }
 
-impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
-    Server<'a, D, N, H, OPT>
-{
-    /// A server on the sockets `handles` (TCP sockets in the caller's
-    /// `SocketSet`, e.g. from [`tcp_socket`]).
-    pub fn new(config: Config<'a>, disk: D, handles: [SocketHandle; N]) -> Self {
+impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT> {
+    /// A server of `stack` (configured: `config_complete` done) on the
+    /// sockets `handles` (TCP sockets in the caller's `SocketSet`, e.g.
+    /// from [`tcp_socket`]).
+    pub fn new(config: Config<'a>, stack: Stack, handles: [SocketHandle; N]) -> Self {
         const { assert!(OPT >= 64, "the option buffer must hold small options") };
         Server {
             config,
-            disk,
+            stack,
+            contexts: core::array::from_fn(|_| None),
             connections: handles.map(|handle| Connection {
                 handle,
                 phase: Phase::Listen,
@@ -212,14 +219,9 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
         }
     }
 
-    /// The disk.
-    pub fn disk(&self) -> &D {
-        &self.disk
-    }
-
-    /// The disk, mutably (between polls).
-    pub fn disk_mut(&mut self) -> &mut D {
-        &mut self.disk
+    /// The stack the server serves.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
     }
 
     /// Connections that are past the TCP handshake.
@@ -245,6 +247,12 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
         let mut progress = false;
         for i in 0..N {
             progress |= self.poll_connection(i, now, sockets);
+            if !matches!(
+                self.connections[i].phase,
+                Phase::Negotiating { .. } | Phase::Transmission(_)
+            ) {
+                close_export(&mut self.contexts[i]);
+            }
         }
         progress
     }
@@ -330,7 +338,11 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
                 self.negotiate(i, slot, now, socket)
             }
             Phase::Transmission(mut t) => {
-                let (progress, next) = serve(&mut self.disk, &self.config, &mut t, socket);
+                let Some(ctx) = self.contexts[i].as_ref() else {
+                    self.connections[i].phase = Phase::Closing { since: now };
+                    return true;
+                };
+                let (progress, next) = serve(ctx, &self.config, &mut t, socket);
                 self.connections[i].phase = match next {
                     Next::Continue => Phase::Transmission(t),
                     Next::Close => Phase::Closing { since: now },
@@ -350,16 +362,6 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
         }
     }
 
-    fn eflags(&self) -> u16 {
-        let mut f = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE | FLAG_CAN_MULTI_CONN;
-        if self.disk.is_read_only() {
-            f |= FLAG_READ_ONLY;
-        } else {
-            f |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
-        }
-        f
-    }
-
     /// Drive negotiator `slot` for connection `i`.
     fn negotiate(
         &mut self,
@@ -368,9 +370,9 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
         now: Instant,
         socket: &mut tcp::Socket<'_>,
     ) -> bool {
-        let eflags = self.eflags();
-        let size = self.disk.size();
         let config = self.config;
+        let stack = &self.stack;
+        let context = &mut self.contexts[i];
         let Some(neg) = self.negotiators.get_mut(slot) else {
             return false;
         };
@@ -460,18 +462,36 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
                             let ok = hs.list_export(config.export_name, config.description);
                             hs.list_done(ok.is_ok()).is_err()
                         }
-                        Some(Event::OpenExport { name, .. }) => {
-                            if name.is_empty() || name == config.export_name {
-                                let info = ExportInfo {
-                                    name: config.export_name,
-                                    size,
-                                    eflags,
-                                    description: config.description,
-                                    block_size: Some((1, 4096, config.max_request)),
-                                };
-                                hs.export_ready(&info).is_err()
-                            } else {
-                                hs.export_failed().is_err()
+                        Some(Event::OpenExport { name, info_only }) => {
+                            // A fresh open for every GO or INFO; INFO's
+                            // context is closed again at once.
+                            close_export(context);
+                            let opened = (name.is_empty() || name == config.export_name)
+                                .then(|| open_export(stack, name))
+                                .and_then(|r| {
+                                    r.map_err(|e| warn!("nbd: cannot open the export: {}", why(&e)))
+                                        .ok()
+                                });
+                            match opened {
+                                Some(ctx) => {
+                                    let c = ctx.caps();
+                                    let info = ExportInfo {
+                                        name: config.export_name,
+                                        size: c.size,
+                                        eflags: eflags(&ctx),
+                                        description: config.description,
+                                        block_size: Some(block_size(
+                                            c.block_size,
+                                            config.max_request,
+                                        )),
+                                    };
+                                    let r = hs.export_ready(&info);
+                                    if !info_only {
+                                        *context = Some(ctx);
+                                    }
+                                    r.is_err()
+                                }
+                                None => hs.export_failed().is_err(),
                             }
                         }
                         // TLS is never offered, so STARTTLS is refused by
@@ -505,21 +525,92 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
     }
 }
 
+/// Open the stack for a connection.
+fn open_export(stack: &Stack, name: &str) -> Result<Context, Error> {
+    stack.open(&OpenArgs {
+        readonly: false,
+        export_name: name,
+        is_tls: false,
+        peer: &Peer::Unknown,
+    })
+}
+
+/// Close a connection's stack, if open (finalize, then close).
+fn close_export(context: &mut Option<Context>) {
+    if let Some(ctx) = context.take() {
+        if let Err(e) = ctx.finalize() {
+            warn!("nbd: finalize failed: {}", why(&e));
+        }
+    }
+}
+
+/// The transmission flags of an open export (without SEND_DF, which the
+/// handshake adds when structured replies are on).
+fn eflags(ctx: &Context) -> u16 {
+    let c = ctx.caps();
+    let mut f = FLAG_HAS_FLAGS;
+    let flags = [
+        (!c.can_write, FLAG_READ_ONLY),
+        (c.can_flush, FLAG_SEND_FLUSH),
+        (c.can_fua != Support::None, FLAG_SEND_FUA),
+        (c.is_rotational, FLAG_ROTATIONAL),
+        (c.can_trim, FLAG_SEND_TRIM),
+        (c.can_zero != Support::None, FLAG_SEND_WRITE_ZEROES),
+        (
+            c.can_zero != Support::None && c.can_fast_zero,
+            FLAG_SEND_FAST_ZERO,
+        ),
+        (c.can_multi_conn, FLAG_CAN_MULTI_CONN),
+        (c.can_cache != Support::None, FLAG_SEND_CACHE),
+    ];
+    for (on, flag) in flags {
+        if on {
+            f |= flag;
+        }
+    }
+    f
+}
+
+/// What went wrong, as a plain string for the log.
+fn why(e: &Error) -> &str {
+    e.message.as_deref().unwrap_or(e.errno.description())
+}
+
+/// The block size constraints to advertise: the stack's if it has any,
+/// with the maximum (and the preferred size) no larger than `max_request`.
+fn block_size(b: Option<BlockSize>, max_request: u32) -> (u32, u32, u32) {
+    match b {
+        None => (1, 4096, max_request),
+        Some(b) => {
+            let max = b.maximum.min(max_request).max(b.minimum);
+            (b.minimum, b.preferred.min(max), max)
+        }
+    }
+}
+
+/// The NBD error for a failed call.
+fn nbd_errno(e: &Error, v_flags: u16) -> u32 {
+    e.errno.to_nbd(
+        v_flags & CMD_FLAG_FAST_ZERO != 0,
+        v_flags & CMD_FLAG_DF != 0,
+    )
+}
+
 enum Next {
     Continue,
     Close,
 }
 
 /// Serve requests on one connection as far as its buffers allow.
-fn serve<D: BlockDevice>(
-    disk: &mut D,
+fn serve(
+    ctx: &Context,
     config: &Config<'_>,
     t: &mut Transfer,
     socket: &mut tcp::Socket<'_>,
 ) -> (bool, Next) {
     let mut progress = false;
     for _ in 0..TURNS {
-        match step(disk, config, t, socket) {
+        match step(ctx, config, t, socket) {
             Step::Progress => progress = true,
             Step::Blocked => return (progress, Next::Continue),
             Step::Close => return (true, Next::Close),
@@ -534,8 +625,8 @@ enum Step {
     Close,
 }
 
-fn step<D: BlockDevice>(
-    disk: &mut D,
+fn step(
+    ctx: &Context,
     config: &Config<'_>,
     t: &mut Transfer,
     socket: &mut tcp::Socket<'_>,
@@ -607,18 +698,16 @@ fn step<D: BlockDevice>(
                 cookie: v.cookie,
                 offset: v.offset,
             };
-            let result = |r: Result<(), DiskError>| match r {
+            let result = |r: Result<(), Error>| match r {
                 Ok(()) => Op::Reply(ok),
                 Err(e) => Op::Reply(Reply::Error {
                     command: Some(v.command),
                     cookie: v.cookie,
                     offset: v.offset,
-                    errno: e.nbd_errno(),
+                    errno: nbd_errno(&e, v.flags),
                 }),
             };
-            let with_fua = |d: &mut D, r: Result<(), DiskError>| {
-                r.and_then(|()| if v.fua() { d.flush() } else { Ok(()) })
-            };
+            let fua = if v.fua() { Flags::FUA } else { Flags::NONE };
             t.op = match v.command {
                 Command::Disc => {
                     info!("nbd: client sent NBD_CMD_DISC");
@@ -637,16 +726,19 @@ fn step<D: BlockDevice>(
                     fua: v.fua(),
                     error: None,
                 },
-                Command::Flush => result(disk.flush()),
-                Command::Trim => {
-                    let r = disk.trim(v.offset, v.count);
-                    result(with_fua(disk, r))
-                }
+                Command::Flush => result(ctx.flush(Flags::NONE)),
+                Command::Trim => result(ctx.trim(v.count, v.offset, fua)),
                 Command::WriteZeroes => {
-                    let r = disk.write_zeroes(v.offset, v.count);
-                    result(with_fua(disk, r))
+                    let mut flags = fua;
+                    if v.flags & CMD_FLAG_NO_HOLE == 0 {
+                        flags = flags.with(Flags::MAY_TRIM);
+                    }
+                    if v.flags & CMD_FLAG_FAST_ZERO != 0 {
+                        flags = flags.with(Flags::FAST_ZERO);
+                    }
+                    result(ctx.zero(v.count, v.offset, flags))
                 }
-                Command::Cache => Op::Reply(ok),
+                Command::Cache => result(ctx.cache(v.count, v.offset, Flags::NONE)),
                 Command::BlockStatus => Op::Reply(Reply::BlockStatus {
                     cookie: v.cookie,
                     offset: v.offset,
@@ -672,10 +764,10 @@ fn step<D: BlockDevice>(
                     return Step::Close;
                 }
             }
-            // Data goes from the disk straight into the transmit buffer.
+            // Data goes from the stack straight into the transmit buffer.
             let r = socket.send(|buf| {
                 let n = (buf.len() as u64).min(remaining) as usize;
-                match disk.read(offset, &mut buf[..n]) {
+                match ctx.pread(&mut buf[..n], offset, Flags::NONE) {
                     Ok(()) => (n, Ok(n)),
                     Err(e) => (0, Err(e)),
                 }
@@ -713,12 +805,12 @@ fn step<D: BlockDevice>(
             fua,
             mut error,
         } => {
-            // Data goes from the receive buffer straight to the disk.
+            // Data goes from the receive buffer straight to the stack.
             let r = socket.recv(|buf| {
                 let n = (buf.len() as u64).min(remaining) as usize;
-                if error.is_none() {
-                    if let Err(e) = disk.write(offset, &buf[..n]) {
-                        error = Some(e.nbd_errno());
+                if error.is_none() && n > 0 {
+                    if let Err(e) = ctx.pwrite(&buf[..n], offset, Flags::NONE) {
+                        error = Some(nbd_errno(&e, 0));
                     }
                 }
                 (n, n)
@@ -743,7 +835,9 @@ fn step<D: BlockDevice>(
                 };
             }
             if error.is_none() && fua {
-                error = disk.flush().err().map(DiskError::nbd_errno);
+                // The pieces went down without FUA: one flush makes them
+                // all durable.
+                error = ctx.flush(Flags::NONE).err().map(|e| nbd_errno(&e, 0));
             }
             t.op = Op::Reply(match error {
                 None => Reply::Ok { cookie, offset },
@@ -779,7 +873,7 @@ fn step<D: BlockDevice>(
         }
         Op::Reply(reply) => {
             let mut b = [0u8; SMALL_REPLY];
-            let n = build_reply(disk, t, reply, &mut b);
+            let n = build_reply(ctx, t, reply, &mut b);
             if free_space(socket) < n {
                 return Step::Blocked;
             }
@@ -792,12 +886,7 @@ fn step<D: BlockDevice>(
     }
 }
 
-fn build_reply<D: BlockDevice>(
-    disk: &mut D,
-    t: &Transfer,
-    reply: Reply,
-    b: &mut [u8; SMALL_REPLY],
-) -> usize {
+fn build_reply(ctx: &Context, t: &Transfer, reply: Reply, b: &mut [u8; SMALL_REPLY]) -> usize {
     let style = t.style;
     match reply {
         Reply::Ok { cookie, offset } => style.ok(b, cookie, offset),
@@ -814,29 +903,18 @@ fn build_reply<D: BlockDevice>(
             req_one,
         } => {
             let end = offset.saturating_add(count);
-            let mut extents = [(0u64, 0u64, 0u32); MAX_EXTENTS];
-            let mut n = 0;
-            let mut pos = offset;
-            while pos < end && n < MAX_EXTENTS && !(req_one && n == 1) {
-                match disk.extent(pos, end - pos) {
-                    Ok(e) if e.len > 0 => {
-                        let len = e.len.min(end - pos);
-                        extents[n] = (pos, len, e.flags);
-                        n += 1;
-                        pos += len;
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        return style.error(
-                            b,
-                            Some(Command::BlockStatus),
-                            cookie,
-                            offset,
-                            e.nbd_errno(),
-                            b"",
-                        )
-                    }
-                }
+            let limit = if req_one { 1 } else { MAX_EXTENTS };
+            let mut list = Extents::with_limit(offset, end, limit);
+            let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
+            if let Err(e) = ctx.extents(count, offset, flags, &mut list) {
+                return style.error(
+                    b,
+                    Some(Command::BlockStatus),
+                    cookie,
+                    offset,
+                    nbd_errno(&e, 0),
+                    b"",
+                );
             }
             let id = t
                 .negotiated
@@ -849,7 +927,10 @@ fn build_reply<D: BlockDevice>(
                 count,
                 req_one,
                 id,
-                extents[..n].iter().copied(),
+                list.as_slice()
+                    .iter()
+                    .take(MAX_EXTENTS)
+                    .map(|e| (e.offset, e.length, e.flags)),
             )
         }
     }

@@ -1,8 +1,9 @@
 //! runtime-embedded with real clients: the `tap` example of
 //! nbdkit-runtime-embedded serves a RAM disk through smoltcp on a TAP
 //! device inside a network namespace made for this test, and nbdinfo,
-//! nbdcopy and qemu-img (run in the same namespace) read and write it.
-//! Every byte is checked.
+//! nbdcopy, qemu-img and nbdsh (run in the same namespace) read and write
+//! it, directly or through core's filters (partition, protect, nozero)
+//! on the embedded server. Every byte is checked.
 //!
 //! Needs root, /dev/net/tun and `ip`; skips with the reason otherwise. The
 //! namespace has a unique name and is always deleted.
@@ -127,12 +128,13 @@ fn tap_example() -> PathBuf {
     bin
 }
 
-fn start_server(ns: &mut Netns) {
+/// Start the tap example with `args` after the network ones.
+fn start_server(ns: &mut Netns, args: &[&str]) {
     let bin = tap_example();
     let mut child = ns
         .cmd(bin.to_str().expect("utf-8 path"))
-        .args(["--tap", "tap0", "--ip", SERVER_CIDR, "--size"])
-        .arg(DISK_SIZE.to_string())
+        .args(["--tap", "tap0", "--ip", SERVER_CIDR])
+        .args(args)
         .args(["--exit-after", "300"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -150,6 +152,18 @@ fn start_server(ns: &mut Netns) {
         .recv_timeout(Duration::from_secs(20))
         .expect("the tap example did not say ready in 20 s");
     assert_eq!(line.trim(), "ready", "the tap example did not start");
+}
+
+/// The export at `uri`, read whole by qemu-img (into `path`).
+fn qemu_img_read(ns: &Netns, uri: &str, path: &Path) -> Vec<u8> {
+    run(
+        ns.cmd("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", uri])
+            .arg(path),
+        CMD_TIMEOUT,
+    )
+    .assert_success();
+    fs::read(path).unwrap()
 }
 
 fn assert_same(what: &str, got: &[u8], want: &[u8]) {
@@ -173,7 +187,7 @@ fn real_clients_read_and_write_over_tap() {
             return;
         }
     };
-    start_server(&mut ns);
+    start_server(&mut ns, &["--size", &DISK_SIZE.to_string()]);
     let dir = TempDir::new();
     let uri = format!("nbd://{SERVER_IP}/");
 
@@ -201,17 +215,9 @@ fn real_clients_read_and_write_over_tap() {
     assert!(out.stdout.contains("zero"), "{}", out.stdout);
 
     // qemu-img reads it back.
-    let b_path = dir.join("b.img");
-    run(
-        ns.cmd("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "raw", &uri])
-            .arg(&b_path),
-        CMD_TIMEOUT,
-    )
-    .assert_success();
     assert_same(
         "qemu-img read after nbdcopy write",
-        &fs::read(&b_path).unwrap(),
+        &qemu_img_read(&ns, &uri, &dir.join("b.img")),
         &a,
     );
 
@@ -233,5 +239,121 @@ fn real_clients_read_and_write_over_tap() {
         "nbdcopy read after qemu-img write",
         &fs::read(&d_path).unwrap(),
         &c,
+    );
+}
+
+/// A disk of `size` random bytes with an MBR whose primary partitions are
+/// `parts` (first sector, sectors; type 0x83).
+fn mbr_disk(size: usize, parts: &[(u32, u32)]) -> Vec<u8> {
+    let mut d = Prng::new(3).bytes(size);
+    d[..512].fill(0);
+    for (i, (start, len)) in parts.iter().enumerate() {
+        let e = 0x1be + 16 * i;
+        d[e + 4] = 0x83;
+        d[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        d[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+    }
+    d[510] = 0x55;
+    d[511] = 0xaa;
+    d
+}
+
+#[test]
+fn real_clients_read_a_partition_through_filters_over_tap() {
+    if let Some(why) = unsupported() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    skip_unless!("nbdinfo", "nbdcopy", "qemu-img", "nbdsh");
+    let dir = TempDir::new();
+    // Partition 1: 1 MiB from 64 KiB; partition 2 after it.
+    let (p1, p1_len) = (64 * 1024usize, 1024 * 1024usize);
+    let image = mbr_disk(2 * 1024 * 1024, &[(128, 2048), (2176, 1024)]);
+    let want = &image[p1..p1 + p1_len];
+    let image_path = dir.join("mbr.img");
+    fs::write(&image_path, &image).unwrap();
+    let mut ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    start_server(
+        &mut ns,
+        &[
+            "--image",
+            image_path.to_str().expect("utf-8 path"),
+            "--filter",
+            "protect",
+            "--filter",
+            "nozero",
+            "--filter",
+            "partition",
+            "partition=1",
+            "protect=0-4095",
+            "zeromode=emulate",
+        ],
+    );
+    let uri = format!("nbd://{SERVER_IP}/");
+
+    // The export is partition 1.
+    let out = run(ns.cmd("nbdinfo").args(["--size", &uri]), CMD_TIMEOUT).assert_success();
+    assert_eq!(out.stdout.trim(), p1_len.to_string());
+
+    // nbdcopy and qemu-img read it, byte for byte.
+    let a_path = dir.join("a.img");
+    run(ns.cmd("nbdcopy").arg(&uri).arg(&a_path), CMD_TIMEOUT).assert_success();
+    assert_same(
+        "nbdcopy read of partition 1",
+        &fs::read(&a_path).unwrap(),
+        want,
+    );
+    assert_same(
+        "qemu-img read of partition 1",
+        &qemu_img_read(&ns, &uri, &dir.join("b.img")),
+        want,
+    );
+
+    // protect: a write that changes the first 4 KiB fails with EPERM; a
+    // write and a zero past it succeed and read back.
+    let script = r#"
+import errno
+try:
+    h.pwrite(b"\xff" * 512, 1024)
+    print("protected write: ok")
+except nbd.Error as e:
+    print("protected write: errno", e.errno == errno.EPERM and "EPERM" or e.errno)
+h.pwrite(b"abc" * 100, 8192)
+h.zero(4096, 16384)
+print("read back:", h.pread(300, 8192) == b"abc" * 100, h.pread(4096, 16384) == bytes(4096))
+print("protected:", h.pread(512, 1024).hex()[:16])
+"#;
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let out = run(
+        ns.cmd("nbdsh")
+            .env("PATH", path)
+            .args(["-u", &uri, "-c", script]),
+        CMD_TIMEOUT,
+    )
+    .assert_success();
+    assert!(
+        out.stdout.contains("protected write: errno EPERM"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("read back: True True"),
+        "{}",
+        out.stdout
+    );
+    let unchanged = want[1024..1032]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    assert!(
+        out.stdout.contains(&format!("protected: {unchanged}")),
+        "{}",
+        out.stdout
     );
 }

@@ -15,13 +15,24 @@ use crate::debug;
 use crate::errno::Errno;
 use crate::sync::{lock, Mutex};
 
-/// The largest buffer the server allocates to emulate zero or cache.
-const EMULATION_CHUNK: u64 = 1 << 20;
+/// The largest buffer the server allocates to emulate zero or cache (and
+/// that the filters allocate to read what they compare).
+#[cfg(feature = "std")]
+pub const EMULATION_CHUNK: u64 = 1 << 20;
+/// The largest buffer the server allocates to emulate zero or cache (and
+/// that the filters allocate to read what they compare): small without
+/// `std`, where the heap is a device's small static one.
+#[cfg(not(feature = "std"))]
+pub const EMULATION_CHUNK: u64 = 2048;
+
+// The call lines below are printed with `std` only: a device has no `-v`,
+// and without them its flash holds none of their formatting code (`cfg!`
+// keeps the arguments type-checked and used).
 
 /// A control-path line (`-v`, unless `-D nbdkit.backend.controlpath=0`).
 macro_rules! control {
     ($($t:tt)*) => {
-        if debug::controlpath() {
+        if cfg!(feature = "std") && debug::controlpath() {
             debug::debug(format_args!($($t)*));
         }
     };
@@ -32,7 +43,9 @@ macro_rules! control {
 /// whatever `-D nbdkit.backend.controlpath` says.
 macro_rules! verbose {
     ($($t:tt)*) => {
-        debug::debug(format_args!($($t)*))
+        if cfg!(feature = "std") {
+            debug::debug(format_args!($($t)*))
+        }
     };
 }
 
@@ -40,7 +53,7 @@ macro_rules! verbose {
 /// relaxed load when off.
 macro_rules! data {
     ($($t:tt)*) => {
-        if debug::datapath() {
+        if cfg!(feature = "std") && debug::datapath() {
             debug::debug(format_args!($($t)*));
         }
     };
@@ -248,22 +261,24 @@ impl Context {
         &self,
         cell: &Once<T>,
         what: &str,
-        ask: impl FnOnce() -> Result<T>,
+        // A function, not a closure: one copy of the once-cell's code per
+        // answer type, not per capability (it matters in a device's flash).
+        ask: fn(&Context) -> Result<T>,
     ) -> Result<T> {
         if let Some(v) = cell.get() {
             return Ok(*v);
         }
         cell.try_call_once(|| {
             control!("{}: {what}", self.name);
-            ask()
+            ask(self)
         })
         .copied()
     }
 
     /// Size of the export at this layer.
     pub fn size(&self) -> Result<u64> {
-        self.cached(&self.lazy.size, "get_size", || {
-            let size = ask!(self, get_size)?;
+        self.cached(&self.lazy.size, "get_size", |c| {
+            let size = ask!(c, get_size)?;
             if size > i64::MAX as u64 {
                 return Err(Error::msg(Errno::EINVAL, "get_size: size too large"));
             }
@@ -276,16 +291,16 @@ impl Context {
         if self.readonly {
             return Ok(false);
         }
-        self.cached(&self.lazy.can_write, "can_write", || {
-            ask_or!(self, can_write, CAN_WRITE, |cb| Ok(cb.writes()))
+        self.cached(&self.lazy.can_write, "can_write", |c| {
+            ask_or!(c, can_write, CAN_WRITE, |cb| Ok(cb.writes()))
         })
     }
 
     /// How zeroing works (none unless writable).
     pub fn can_zero(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_zero, "can_zero", || {
-            if self.can_write()? {
-                ask_or!(self, can_zero, CAN_ZERO, |cb| Ok(if cb.zeroes() {
+        self.cached(&self.lazy.can_zero, "can_zero", |c| {
+            if c.can_write()? {
+                ask_or!(c, can_zero, CAN_ZERO, |cb| Ok(if cb.zeroes() {
                     Support::Native
                 } else {
                     Support::Emulate
@@ -298,24 +313,24 @@ impl Context {
 
     /// FAST_ZERO honoured (never without zero).
     pub fn can_fast_zero(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_fast_zero, "can_fast_zero", || {
-            if self.can_zero()? == Support::None {
+        self.cached(&self.lazy.can_fast_zero, "can_fast_zero", |c| {
+            if c.can_zero()? == Support::None {
                 Ok(false)
             } else {
                 // Without `.zero`, or when zeroing is emulated, a fast
                 // zero can always fail fast.
-                ask_or!(self, can_fast_zero, CAN_FAST_ZERO, |cb| Ok(!cb
+                ask_or!(c, can_fast_zero, CAN_FAST_ZERO, |cb| Ok(!cb
                     .contains(Callbacks::ZERO)
-                    || self.can_zero()? == Support::Emulate))
+                    || c.can_zero()? == Support::Emulate))
             }
         })
     }
 
     /// Trim possible (never unless writable).
     pub fn can_trim(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_trim, "can_trim", || {
-            if self.can_write()? {
-                ask_or!(self, can_trim, CAN_TRIM, |cb| Ok(cb.trims()))
+        self.cached(&self.lazy.can_trim, "can_trim", |c| {
+            if c.can_write()? {
+                ask_or!(c, can_trim, CAN_TRIM, |cb| Ok(cb.trims()))
             } else {
                 Ok(false)
             }
@@ -324,10 +339,10 @@ impl Context {
 
     /// How FUA works (none unless writable).
     pub fn can_fua(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_fua, "can_fua", || {
-            if self.can_write()? {
+        self.cached(&self.lazy.can_fua, "can_fua", |c| {
+            if c.can_write()? {
                 // Without `.can_fua`, FUA is emulated by flush.
-                ask_or!(self, can_fua, CAN_FUA, |_cb| Ok(if self.can_flush()? {
+                ask_or!(c, can_fua, CAN_FUA, |_cb| Ok(if c.can_flush()? {
                     Support::Emulate
                 } else {
                     Support::None
@@ -340,8 +355,8 @@ impl Context {
 
     /// Flush possible.
     pub fn can_flush(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_flush, "can_flush", || {
-            ask_or!(self, can_flush, CAN_FLUSH, |cb| Ok(cb.flushes()))
+        self.cached(&self.lazy.can_flush, "can_flush", |c| {
+            ask_or!(c, can_flush, CAN_FLUSH, |cb| Ok(cb.flushes()))
         })
     }
 
@@ -350,22 +365,22 @@ impl Context {
         // Asked of every plugin: nbdkit's default (false) is the trait's,
         // and our file plugin reports it although nbdkit 1.32's, whose
         // `has_` lines it keeps, has no `.is_rotational`.
-        self.cached(&self.lazy.is_rotational, "is_rotational", || {
-            ask!(self, is_rotational)
+        self.cached(&self.lazy.is_rotational, "is_rotational", |c| {
+            ask!(c, is_rotational)
         })
     }
 
     /// Connections are coherent.
     pub fn can_multi_conn(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_multi_conn, "can_multi_conn", || {
-            ask_or!(self, can_multi_conn, CAN_MULTI_CONN, |_cb| Ok(false))
+        self.cached(&self.lazy.can_multi_conn, "can_multi_conn", |c| {
+            ask_or!(c, can_multi_conn, CAN_MULTI_CONN, |_cb| Ok(false))
         })
     }
 
     /// How caching works.
     pub fn can_cache(&self) -> Result<Support> {
-        self.cached(&self.lazy.can_cache, "can_cache", || {
-            ask_or!(self, can_cache, CAN_CACHE, |cb| Ok(
+        self.cached(&self.lazy.can_cache, "can_cache", |c| {
+            ask_or!(c, can_cache, CAN_CACHE, |cb| Ok(
                 if cb.contains(Callbacks::CACHE) {
                     Support::Native
                 } else {
@@ -377,8 +392,8 @@ impl Context {
 
     /// Extents are meaningful.
     pub fn can_extents(&self) -> Result<bool> {
-        self.cached(&self.lazy.can_extents, "can_extents", || {
-            ask_or!(self, can_extents, CAN_EXTENTS, |cb| Ok(
+        self.cached(&self.lazy.can_extents, "can_extents", |c| {
+            ask_or!(c, can_extents, CAN_EXTENTS, |cb| Ok(
                 cb.contains(Callbacks::EXTENTS)
             ))
         })
@@ -386,8 +401,8 @@ impl Context {
 
     /// Block size constraints, if any.
     pub fn block_size(&self) -> Result<Option<BlockSize>> {
-        self.cached(&self.lazy.block_size, "block_size", || {
-            check_block_size(ask!(self, block_size)?)
+        self.cached(&self.lazy.block_size, "block_size", |c| {
+            check_block_size(ask!(c, block_size)?)
         })
     }
 

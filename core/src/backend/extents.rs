@@ -24,6 +24,8 @@ pub struct Extents {
     end: u64,
     next: u64,
     list: Vec<Extent>,
+    /// Most entries kept ([`Extents::MAX`] unless [`Extents::with_limit`]).
+    max: usize,
 }
 
 impl Extents {
@@ -32,11 +34,19 @@ impl Extents {
 
     /// An empty list for the range `start..end`.
     pub fn new(start: u64, end: u64) -> Self {
+        Self::with_limit(start, end, Self::MAX)
+    }
+
+    /// An empty list for `start..end` that keeps at most `max` entries
+    /// (at least 1; at most [`Extents::MAX`]) and ignores the rest, for a
+    /// server that sends few extents and keeps its heap small.
+    pub fn with_limit(start: u64, end: u64, max: usize) -> Self {
         Extents {
             start,
             end,
             next: start,
             list: Vec::new(),
+            max: max.clamp(1, Self::MAX),
         }
     }
 
@@ -73,7 +83,7 @@ impl Extents {
     /// True once the list covers the whole range (or is full): a layer may
     /// stop adding.
     pub fn is_full(&self) -> bool {
-        self.next >= self.end || self.list.len() >= Self::MAX
+        self.next >= self.end || self.list.len() >= self.max
     }
 
     /// Add an extent (`nbdkit_add_extent`).
@@ -100,7 +110,7 @@ impl Extents {
             if end <= self.start {
                 return Ok(());
             }
-        } else if self.next >= self.end || self.list.len() >= Self::MAX {
+        } else if self.next >= self.end || self.list.len() >= self.max {
             // Full: whatever comes next is ignored.
             return Ok(());
         } else if offset != self.next {
@@ -109,7 +119,7 @@ impl Extents {
                 "nbdkit_add_extent: extents must be added in ascending order and must be contiguous",
             ));
         }
-        if self.next >= self.end || self.list.len() >= Self::MAX {
+        if self.next >= self.end || self.list.len() >= self.max {
             return Ok(());
         }
         let offset = offset.max(self.start);
@@ -167,5 +177,16 @@ mod test {
         assert!(e.add(10, 10, 0).is_err());
         e.add(0, 10, 0).unwrap();
         assert!(e.add(20, 10, 0).is_err());
+    }
+
+    #[test]
+    fn a_limit_keeps_the_first_entries() {
+        let mut e = Extents::with_limit(0, 100, 2);
+        e.add(0, 10, 0).unwrap();
+        e.add(10, 10, 3).unwrap();
+        assert!(e.is_full());
+        e.add(20, 10, 0).unwrap(); // over the limit: ignored
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.next_offset(), 20);
     }
 }

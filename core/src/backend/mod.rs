@@ -16,7 +16,7 @@ mod plugin;
 mod types;
 
 pub use callbacks::Callbacks;
-pub use context::{Caps, Context, DefaultExports, Stack};
+pub use context::{Caps, Context, DefaultExports, Stack, EMULATION_CHUNK};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};

@@ -12,21 +12,36 @@ use crate::backend::{
 use crate::errno::Errno;
 
 /// A page of zeroes for writing zeroes without allocating.
-pub(crate) static ZEROES: [u8; 65536] = [0; 65536];
+#[cfg(feature = "std")]
+static ZEROES: [u8; 65536] = [0; 65536];
+
+/// Zeroes to write `count` bytes from: a static page.
+#[cfg(feature = "std")]
+fn zeroes(_count: u64) -> &'static [u8] {
+    &ZEROES
+}
+
+/// Zeroes to write `count` bytes from: a short buffer on the heap, so that
+/// a device's flash holds no page of zeroes.
+#[cfg(not(feature = "std"))]
+fn zeroes(count: u64) -> alloc::vec::Vec<u8> {
+    alloc::vec![0; count.min(crate::backend::EMULATION_CHUNK) as usize]
+}
 
 /// Zero `count` bytes at `offset` by writing zeroes to `next`.
 pub(crate) fn write_zeroes(next: &Context, count: u64, offset: u64, flags: Flags) -> Result<()> {
     let flags = flags.without(Flags::MAY_TRIM).without(Flags::FAST_ZERO);
+    let zeroes = zeroes(count);
     let mut done = 0;
     while done < count {
-        let n = (count - done).min(ZEROES.len() as u64);
+        let n = (count - done).min(zeroes.len() as u64);
         // FUA only on the last piece.
         let f = if done + n < count {
             flags.without(Flags::FUA)
         } else {
             flags
         };
-        next.pwrite(&ZEROES[..n as usize], offset + done, f)?;
+        next.pwrite(&zeroes[..n as usize], offset + done, f)?;
         done += n;
     }
     Ok(())

@@ -12,7 +12,7 @@ use crate::size::parse_bool;
 /// number. Returns the magnitude, whether it was negative and the unparsed
 /// rest; `None` when no digit was found.
 fn strtol(s: &str) -> Option<(u128, bool, &str)> {
-    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let t = crate::size::trim_c_space(s);
     let (neg, t) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
         Some(b'+') => (false, &t[1..]),

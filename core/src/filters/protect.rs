@@ -13,7 +13,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::params::parse_unsigned;
-use crate::backend::{Context, Error, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result};
+use crate::backend::{
+    Context, Error, Filter, FilterHandle, Flags, NextOpener, OpenArgs, Result, EMULATION_CHUNK,
+};
 use crate::errno::Errno;
 
 /// Bound on the number of ranges.
@@ -120,7 +122,7 @@ impl Filter for Protect {
 /// keeping the text of its first), as nbdkit lays them out.
 fn merged(ranges: &[Range]) -> Vec<Range> {
     let mut sorted = ranges.to_vec();
-    sorted.sort_by_key(|r| r.start);
+    sort_by_start(&mut sorted);
     let mut out: Vec<Range> = Vec::with_capacity(sorted.len());
     for r in sorted {
         match out.last_mut() {
@@ -131,6 +133,23 @@ fn merged(ranges: &[Range]) -> Vec<Range> {
         }
     }
     out
+}
+
+/// Sort by start, stably (a range keeps its place among those that start
+/// at the same byte).
+#[cfg(feature = "std")]
+fn sort_by_start(ranges: &mut [Range]) {
+    ranges.sort_by_key(|r| r.start);
+}
+
+/// Sort by start, stably, with an insertion sort: a device has few ranges,
+/// and its flash keeps no general sort routine (some 3 KiB).
+#[cfg(not(feature = "std"))]
+fn sort_by_start(ranges: &mut [Range]) {
+    for i in 1..ranges.len() {
+        let at = ranges[..i].partition_point(|r| r.start <= ranges[i].start);
+        ranges[at..=i].rotate_right(1);
+    }
 }
 
 struct ProtectHandle {
@@ -167,7 +186,7 @@ impl ProtectHandle {
             // Compare in pieces, so that a large zero request does not
             // allocate a large buffer.
             let mut pos = from;
-            let mut buf = vec![0u8; ((to - from + 1).min(1 << 20)) as usize];
+            let mut buf = vec![0u8; (to - from + 1).min(EMULATION_CHUNK) as usize];
             while pos <= to {
                 let n = ((to - pos + 1) as usize).min(buf.len());
                 next.pread(&mut buf[..n], pos, Flags::NONE)?;

@@ -22,7 +22,7 @@ pub fn size_param(value: &str) -> Result<u64> {
     parse_size(value).map_err(|e| {
         // The number itself out of range (strtoimax's ERANGE), whatever
         // follows it, is reported before any suffix or scaling problem.
-        let t = value.trim_start();
+        let t = crate::size::trim_c_space(value);
         let digits = t.strip_prefix('+').unwrap_or(t);
         let n = digits.len()
             - digits
@@ -33,7 +33,7 @@ pub fn size_param(value: &str) -> Result<u64> {
         }
         Error::config(match e {
             SizeError::Invalid => {
-                let t = value.trim_start();
+                let t = crate::size::trim_c_space(value);
                 let digits = t.trim_start_matches('+');
                 let n = digits.len()
                     - digits
