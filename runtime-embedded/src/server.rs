@@ -1,9 +1,12 @@
 //! The poll loop: TCP sockets in a smoltcp `SocketSet`, one connection
-//! per socket slot, negotiation by the core's sans-IO handshake and
-//! requests framed and validated by the core's transmission codec.
+//! per socket slot, negotiation by the core's sans-IO handshake and the
+//! transmission phase by the core's connection engine. This file only
+//! moves bytes between sockets, the engine and the disk: the engine
+//! decodes and validates requests and frames every reply.
 //!
-//! Memory is fixed at compile time. A connection slot holds a request
-//! header and the state of one request (about 150 bytes); a negotiator
+//! Memory is fixed at compile time. A connection slot holds the engine
+//! (with a request header), the state of one request and one small reply
+//! waiting for room (about 350 bytes); a negotiator
 //! holds the core's handshake server and an option buffer (about 14 KiB)
 //! and is lent to one connection at a time for the few round trips of
 //! negotiation, so `N` connections need only `H` negotiators. Read data
@@ -11,9 +14,11 @@
 //! write data from the receive buffer straight to the disk: there is no
 //! data buffer, and no request length is limited by one.
 
-use nbdkit_core::handshake::{self, Event, ExportInfo, Negotiated, TlsMode};
-use nbdkit_core::transmission::{decode, header_len, validate, Command, Export, ReplyStyle};
-use nbdkit_core::wire::consts::*;
+use nbdkit_core::handshake::{self, Event, ExportInfo, TlsMode};
+use nbdkit_core::transmission::{
+    self, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid,
+};
+use nbdkit_core::wire::consts::DEFAULT_PORT;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
@@ -71,63 +76,32 @@ const SMALL_REPLY: usize = 32 + 8 + 16 * MAX_EXTENTS;
 /// starve the others.
 const TURNS: usize = 16;
 
-/// A reply that waits for room in the transmit buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    Ok {
-        cookie: u64,
-        offset: u64,
-    },
-    Error {
-        command: Option<Command>,
-        cookie: u64,
-        offset: u64,
-        errno: u32,
-    },
-    BlockStatus {
-        cookie: u64,
-        offset: u64,
-        count: u64,
-        req_one: bool,
-    },
-}
-
-/// What a connection in transmission is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a connection in transmission does besides feeding the engine.
+#[derive(Debug, Clone, Copy)]
 enum Op {
-    /// Reading a request header.
-    Header,
+    /// Feeding the engine: request headers, payloads it discards.
+    Idle,
     /// Sending READ data (after its header).
-    Read {
-        cookie: u64,
-        offset: u64,
-        remaining: u64,
-        header_sent: bool,
-    },
-    /// Receiving WRITE data into the disk.
+    Read { offset: u64, remaining: u64 },
+    /// Receiving a WRITE's payload into the disk; the first error is kept
+    /// for the reply.
     Write {
-        cookie: u64,
-        offset: u64,
-        remaining: u64,
-        fua: bool,
-        error: Option<u32>,
+        v: Valid,
+        result: Result<(), DiskError>,
     },
-    /// Discarding the payload of a refused request, then replying.
-    Drain { remaining: u64, then: Reply },
-    /// Sending a reply.
-    Reply(Reply),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Transfer {
-    negotiated: Negotiated,
-    style: ReplyStyle,
-    header: [u8; 32],
-    have: usize,
+    engine: Engine,
     op: Op,
+    /// A reply (or READ header) framed by the engine, waiting for room in
+    /// the transmit buffer; `out_len == 0` when there is none.
+    out: [u8; SMALL_REPLY],
+    out_len: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Phase {
     /// The socket listens (or must be told to).
     Listen,
@@ -142,7 +116,7 @@ enum Phase {
     Closing { since: Instant },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Connection {
     handle: SocketHandle,
     phase: Phase,
@@ -286,6 +260,13 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
             self.release(i);
             self.connections[i].phase = Phase::Closing { since: now };
         }
+        if let Phase::Transmission(t) = &mut self.connections[i].phase {
+            let (progress, next) = serve(&mut self.disk, t, socket);
+            if let Next::Close = next {
+                self.connections[i].phase = Phase::Closing { since: now };
+            }
+            return progress;
+        }
         match self.connections[i].phase {
             Phase::Listen => false,
             Phase::Closing { since } => {
@@ -329,14 +310,8 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
                 }
                 self.negotiate(i, slot, now, socket)
             }
-            Phase::Transmission(mut t) => {
-                let (progress, next) = serve(&mut self.disk, &self.config, &mut t, socket);
-                self.connections[i].phase = match next {
-                    Next::Continue => Phase::Transmission(t),
-                    Next::Close => Phase::Closing { since: now },
-                };
-                progress
-            }
+            // Served above.
+            Phase::Transmission(_) => false,
         }
     }
 
@@ -351,13 +326,17 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
     }
 
     fn eflags(&self) -> u16 {
-        let mut f = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_CACHE | FLAG_CAN_MULTI_CONN;
-        if self.disk.is_read_only() {
-            f |= FLAG_READ_ONLY;
-        } else {
-            f |= FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
-        }
-        f
+        let write = !self.disk.is_read_only();
+        eflags(&Features {
+            write,
+            flush: true,
+            fua: write,
+            trim: write,
+            zero: write,
+            cache: true,
+            multi_conn: true,
+            ..Features::default()
+        })
     }
 
     /// Drive negotiator `slot` for connection `i`.
@@ -407,23 +386,34 @@ impl<'a, D: BlockDevice, const N: usize, const H: usize, const OPT: usize>
             }
             if hs.is_done() {
                 let negotiated = hs.negotiated();
-                let leftover = neg.len;
+                let limits = Limits {
+                    max_request: u64::from(config.max_request),
+                    max_in_flight: 1,
+                };
                 let mut t = Transfer {
-                    negotiated,
-                    style: ReplyStyle::of(&negotiated),
-                    header: [0; 32],
-                    have: 0,
-                    op: Op::Header,
+                    engine: Engine::new(negotiated, limits),
+                    op: Op::Idle,
+                    out: [0; SMALL_REPLY],
+                    out_len: 0,
                 };
                 neg.server = None;
-                if leftover > t.header.len() {
-                    // A client that pipelines more than a request header
-                    // before the handshake answer is not one we serve.
+                // Bytes the client sent past its last option: requests,
+                // served up to the first that needs the socket.
+                let mut rest = &neg.input[..neg.len];
+                while !rest.is_empty() {
+                    let (used, fed) = feed(&mut self.disk, &mut t, rest);
+                    rest = &rest[used..];
+                    let stuck = used == 0 && matches!(fed, Fed::Nothing);
+                    if matches!(after(&mut self.disk, &mut t, fed), Step::Close) || stuck {
+                        break;
+                    }
+                }
+                if !rest.is_empty() || t.engine.close_reason().is_some() {
+                    // A client that pipelines further than that before
+                    // the handshake's answer is not one we serve.
                     self.connections[i].phase = Phase::Closing { since: now };
                     return true;
                 }
-                t.header[..leftover].copy_from_slice(&neg.input[..leftover]);
-                t.have = leftover;
                 info!(
                     "nbd: slot {} serving (structured {}, extended {})",
                     i, negotiated.structured_replies, negotiated.extended_headers
@@ -513,13 +503,12 @@ enum Next {
 /// Serve requests on one connection as far as its buffers allow.
 fn serve<D: BlockDevice>(
     disk: &mut D,
-    config: &Config<'_>,
     t: &mut Transfer,
     socket: &mut tcp::Socket<'_>,
 ) -> (bool, Next) {
     let mut progress = false;
     for _ in 0..TURNS {
-        match step(disk, config, t, socket) {
+        match step(disk, t, socket) {
             Step::Progress => progress = true,
             Step::Blocked => return (progress, Next::Continue),
             Step::Close => return (true, Next::Close),
@@ -534,144 +523,20 @@ enum Step {
     Close,
 }
 
-fn step<D: BlockDevice>(
-    disk: &mut D,
-    config: &Config<'_>,
-    t: &mut Transfer,
-    socket: &mut tcp::Socket<'_>,
-) -> Step {
-    match t.op {
-        Op::Header => {
-            // Take a request only when its reply is sure to fit.
-            if free_space(socket) < SMALL_REPLY.min(socket.send_capacity()) {
-                return Step::Blocked;
-            }
-            let hlen = header_len(t.negotiated.extended_headers);
-            if t.have < hlen {
-                match socket.recv_slice(&mut t.header[t.have..hlen]) {
-                    Ok(n) => t.have += n,
-                    Err(_) => return Step::Close,
-                }
-                if t.have < hlen {
-                    return Step::Blocked;
-                }
-            }
-            t.have = 0;
-            let req = match decode(&t.header[..hlen], t.negotiated.extended_headers) {
-                Ok(r) => r,
-                Err(_) => {
-                    warn!("nbd: lost framing (bad request magic or huge payload)");
-                    return Step::Close;
-                }
-            };
-            let h = req.header;
-            trace!(
-                "nbd: request {} offset {} length {}",
-                h.command,
-                h.offset,
-                h.length
-            );
-            let refuse = |errno: u32| {
-                let then = Reply::Error {
-                    command: Command::from_wire(h.command),
-                    cookie: h.cookie,
-                    offset: h.offset,
-                    errno,
-                };
-                if req.payload_len > 0 {
-                    Op::Drain {
-                        remaining: req.payload_len,
-                        then,
-                    }
-                } else {
-                    Op::Reply(then)
-                }
-            };
-            let export = Export {
-                negotiated: t.negotiated,
-            };
-            let v = match validate(&export, &req) {
-                Ok(v) => v,
-                Err(errno) => {
-                    t.op = refuse(errno);
-                    return Step::Progress;
-                }
-            };
-            if matches!(v.command, Command::Read | Command::Write)
-                && v.count > u64::from(config.max_request)
-            {
-                t.op = refuse(NBD_EINVAL);
-                return Step::Progress;
-            }
-            let ok = Reply::Ok {
-                cookie: v.cookie,
-                offset: v.offset,
-            };
-            let result = |r: Result<(), DiskError>| match r {
-                Ok(()) => Op::Reply(ok),
-                Err(e) => Op::Reply(Reply::Error {
-                    command: Some(v.command),
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    errno: e.nbd_errno(),
-                }),
-            };
-            let with_fua = |d: &mut D, r: Result<(), DiskError>| {
-                r.and_then(|()| if v.fua() { d.flush() } else { Ok(()) })
-            };
-            t.op = match v.command {
-                Command::Disc => {
-                    info!("nbd: client sent NBD_CMD_DISC");
-                    return Step::Close;
-                }
-                Command::Read => Op::Read {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    remaining: v.count,
-                    header_sent: false,
-                },
-                Command::Write => Op::Write {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    remaining: v.count,
-                    fua: v.fua(),
-                    error: None,
-                },
-                Command::Flush => result(disk.flush()),
-                Command::Trim => {
-                    let r = disk.trim(v.offset, v.count);
-                    result(with_fua(disk, r))
-                }
-                Command::WriteZeroes => {
-                    let r = disk.write_zeroes(v.offset, v.count);
-                    result(with_fua(disk, r))
-                }
-                Command::Cache => Op::Reply(ok),
-                Command::BlockStatus => Op::Reply(Reply::BlockStatus {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    count: v.count,
-                    req_one: v.flags & CMD_FLAG_REQ_ONE != 0,
-                }),
-            };
-            Step::Progress
+fn step<D: BlockDevice>(disk: &mut D, t: &mut Transfer, socket: &mut tcp::Socket<'_>) -> Step {
+    // A framed reply goes out before anything else.
+    if t.out_len > 0 {
+        if free_space(socket) < t.out_len {
+            return Step::Blocked;
         }
-        Op::Read {
-            cookie,
-            offset,
-            remaining,
-            header_sent,
-        } => {
-            if !header_sent {
-                let mut b = [0u8; ReplyStyle::MAX_HEADER];
-                let n = t.style.read_header(&mut b, cookie, offset, remaining);
-                if free_space(socket) < n {
-                    return Step::Blocked;
-                }
-                if socket.send_slice(&b[..n]).is_err() {
-                    return Step::Close;
-                }
-            }
+        if socket.send_slice(&t.out[..t.out_len]).is_err() {
+            return Step::Close;
+        }
+        t.out_len = 0;
+        return Step::Progress;
+    }
+    match t.op {
+        Op::Read { offset, remaining } => {
             // Data goes from the disk straight into the transmit buffer.
             let r = socket.send(|buf| {
                 let n = (buf.len() as u64).min(remaining) as usize;
@@ -684,16 +549,14 @@ fn step<D: BlockDevice>(
                 Ok(Ok(n)) => {
                     let remaining = remaining - n as u64;
                     t.op = if remaining == 0 {
-                        Op::Header
+                        Op::Idle
                     } else {
                         Op::Read {
-                            cookie,
                             offset: offset + n as u64,
                             remaining,
-                            header_sent: true,
                         }
                     };
-                    if n == 0 && header_sent {
+                    if n == 0 {
                         Step::Blocked
                     } else {
                         Step::Progress
@@ -706,151 +569,166 @@ fn step<D: BlockDevice>(
                 }
             }
         }
-        Op::Write {
-            cookie,
-            offset,
-            remaining,
-            fua,
-            mut error,
-        } => {
-            // Data goes from the receive buffer straight to the disk.
+        // Take a request only when its reply is sure to fit.
+        Op::Idle if free_space(socket) < SMALL_REPLY.min(socket.send_capacity()) => Step::Blocked,
+        Op::Idle | Op::Write { .. } => {
+            // Input goes through the engine; a WRITE's payload from the
+            // receive buffer straight to the disk.
             let r = socket.recv(|buf| {
-                let n = (buf.len() as u64).min(remaining) as usize;
-                if error.is_none() {
-                    if let Err(e) = disk.write(offset, &buf[..n]) {
-                        error = Some(e.nbd_errno());
-                    }
-                }
-                (n, n)
+                let (n, fed) = feed(disk, t, buf);
+                (n, (n, fed))
             });
-            let n = match r {
-                Ok(n) => n,
-                Err(_) => return Step::Close,
-            };
-            let remaining = remaining - n as u64;
-            if remaining > 0 {
-                t.op = Op::Write {
-                    cookie,
-                    offset: offset + n as u64,
-                    remaining,
-                    fua,
-                    error,
-                };
-                return if n == 0 {
-                    Step::Blocked
-                } else {
-                    Step::Progress
-                };
+            match r {
+                Ok((0, Fed::Nothing)) => Step::Blocked,
+                Ok((_, fed)) => after(disk, t, fed),
+                Err(_) => Step::Close,
             }
-            if error.is_none() && fua {
-                error = disk.flush().err().map(DiskError::nbd_errno);
-            }
-            t.op = Op::Reply(match error {
-                None => Reply::Ok { cookie, offset },
-                Some(errno) => Reply::Error {
-                    command: Some(Command::Write),
-                    cookie,
-                    offset,
-                    errno,
-                },
-            });
-            Step::Progress
-        }
-        Op::Drain { remaining, then } => {
-            let r = socket.recv(|buf| {
-                let n = (buf.len() as u64).min(remaining) as usize;
-                (n, n)
-            });
-            let n = match r {
-                Ok(n) => n as u64,
-                Err(_) => return Step::Close,
-            };
-            let remaining = remaining - n;
-            t.op = if remaining == 0 {
-                Op::Reply(then)
-            } else {
-                Op::Drain { remaining, then }
-            };
-            if n == 0 {
-                Step::Blocked
-            } else {
-                Step::Progress
-            }
-        }
-        Op::Reply(reply) => {
-            let mut b = [0u8; SMALL_REPLY];
-            let n = build_reply(disk, t, reply, &mut b);
-            if free_space(socket) < n {
-                return Step::Blocked;
-            }
-            if socket.send_slice(&b[..n]).is_err() {
-                return Step::Close;
-            }
-            t.op = Op::Header;
-            Step::Progress
         }
     }
 }
 
-fn build_reply<D: BlockDevice>(
-    disk: &mut D,
-    t: &Transfer,
-    reply: Reply,
-    b: &mut [u8; SMALL_REPLY],
-) -> usize {
-    let style = t.style;
-    match reply {
-        Reply::Ok { cookie, offset } => style.ok(b, cookie, offset),
-        Reply::Error {
-            command,
-            cookie,
-            offset,
-            errno,
-        } => style.error(b, command, cookie, offset, errno, b""),
-        Reply::BlockStatus {
-            cookie,
-            offset,
-            count,
-            req_one,
-        } => {
-            let end = offset.saturating_add(count);
-            let mut extents = [(0u64, 0u64, 0u32); MAX_EXTENTS];
-            let mut n = 0;
-            let mut pos = offset;
-            while pos < end && n < MAX_EXTENTS && !(req_one && n == 1) {
-                match disk.extent(pos, end - pos) {
-                    Ok(e) if e.len > 0 => {
-                        let len = e.len.min(end - pos);
-                        extents[n] = (pos, len, e.flags);
-                        n += 1;
-                        pos += len;
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        return style.error(
-                            b,
-                            Some(Command::BlockStatus),
-                            cookie,
-                            offset,
-                            e.nbd_errno(),
-                            b"",
-                        )
-                    }
-                }
+/// What feeding the engine gave, with the input no longer borrowed.
+enum Fed {
+    Nothing,
+    Request(Valid),
+    Refused(transmission::Refused),
+    WriteDone,
+    Close(transmission::Close),
+}
+
+/// Give `input` to the engine; a WRITE's payload is written to the disk
+/// here, while the input is at hand.
+fn feed<D: BlockDevice>(disk: &mut D, t: &mut Transfer, input: &[u8]) -> (usize, Fed) {
+    let p = t.engine.handle_input(input);
+    let fed = match p.event {
+        None => Fed::Nothing,
+        Some(transmission::Event::Request(v)) => Fed::Request(v),
+        Some(transmission::Event::Refused(r)) => Fed::Refused(r),
+        Some(transmission::Event::Close(c)) => Fed::Close(c),
+        Some(transmission::Event::Payload { offset, data, last }) => {
+            if let Op::Write {
+                result: r @ Ok(()), ..
+            } = &mut t.op
+            {
+                *r = disk.write(offset, data);
             }
-            let id = t
-                .negotiated
-                .base_allocation
-                .unwrap_or(handshake::BASE_ALLOCATION_ID);
-            style.block_status(
-                b,
-                cookie,
-                offset,
-                count,
-                req_one,
-                id,
-                extents[..n].iter().copied(),
-            )
+            if last {
+                Fed::WriteDone
+            } else {
+                Fed::Nothing
+            }
+        }
+    };
+    (p.consumed, fed)
+}
+
+/// Act on what the engine said: run a request, queue a reply, or close.
+fn after<D: BlockDevice>(disk: &mut D, t: &mut Transfer, fed: Fed) -> Step {
+    match fed {
+        Fed::Nothing => {}
+        Fed::Close(why) => {
+            info!("nbd: connection ends ({})", why as u8);
+            return Step::Close;
+        }
+        Fed::Refused(r) => {
+            trace!(
+                "nbd: refused request {} (error {})",
+                r.cookie,
+                r.error as u8
+            );
+            t.out_len = t.engine.reply_refused(&r, &mut t.out);
+        }
+        Fed::Request(v) => run(disk, t, v),
+        Fed::WriteDone => {
+            if let Op::Write { v, result } = t.op {
+                let r = result.and_then(|()| if v.fua() { disk.flush() } else { Ok(()) });
+                t.out_len = reply(&mut t.engine, &v, r, &mut t.out);
+            }
+            t.op = Op::Idle;
         }
     }
+    Step::Progress
+}
+
+fn nbd_error(e: DiskError) -> NbdError {
+    NbdError::from_wire(e.nbd_errno()).unwrap_or(NbdError::Io)
+}
+
+fn reply(engine: &mut Engine, v: &Valid, r: Result<(), DiskError>, out: &mut [u8]) -> usize {
+    match r {
+        Ok(()) => engine.reply_ok(v, out),
+        Err(e) => engine.reply_error(v, nbd_error(e), b"", out),
+    }
+}
+
+/// Run a validated request against the disk (READ and WRITE start their
+/// transfers) and queue its reply.
+fn run<D: BlockDevice>(disk: &mut D, t: &mut Transfer, v: Valid) {
+    trace!(
+        "nbd: {} offset {} length {}",
+        v.command.name(),
+        v.offset,
+        v.count
+    );
+    let with_fua = |d: &mut D, r: Result<(), DiskError>| {
+        r.and_then(|()| if v.fua() { d.flush() } else { Ok(()) })
+    };
+    let r = match v.command {
+        Command::Read => {
+            t.out_len = t.engine.reply_read(&v, &mut t.out);
+            t.op = Op::Read {
+                offset: v.offset,
+                remaining: v.count,
+            };
+            return;
+        }
+        Command::Write => {
+            t.op = Op::Write { v, result: Ok(()) };
+            return;
+        }
+        Command::BlockStatus => {
+            t.out_len = block_status(disk, &mut t.engine, &v, &mut t.out);
+            return;
+        }
+        Command::Flush => disk.flush(),
+        Command::Trim => {
+            let r = disk.trim(v.offset, v.count);
+            with_fua(disk, r)
+        }
+        Command::WriteZeroes => {
+            let r = disk.write_zeroes(v.offset, v.count);
+            with_fua(disk, r)
+        }
+        // The engine ends the connection on DISC instead of handing it out.
+        Command::Cache | Command::Disc => Ok(()),
+    };
+    t.out_len = reply(&mut t.engine, &v, r, &mut t.out);
+}
+
+/// The `base:allocation` extents of the request's range, from the disk,
+/// framed by the engine.
+fn block_status<D: BlockDevice>(
+    disk: &mut D,
+    engine: &mut Engine,
+    v: &Valid,
+    out: &mut [u8],
+) -> usize {
+    let req_one = v.cmd_flags().contains(CmdFlags::REQ_ONE);
+    let end = v.offset.saturating_add(v.count);
+    let mut extents = [(0u64, 0u64, 0u32); MAX_EXTENTS];
+    let mut n = 0;
+    let mut pos = v.offset;
+    while pos < end && n < MAX_EXTENTS && !(req_one && n == 1) {
+        match disk.extent(pos, end - pos) {
+            Ok(e) if e.len > 0 => {
+                let len = e.len.min(end - pos);
+                extents[n] = (pos, len, e.flags);
+                n += 1;
+                pos += len;
+            }
+            Ok(_) => break,
+            Err(e) => return engine.reply_error(v, nbd_error(e), b"", out),
+        }
+    }
+    engine.reply_block_status(v, extents[..n].iter().copied(), out)
 }
