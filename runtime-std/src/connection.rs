@@ -435,38 +435,22 @@ where
     }
 }
 
-/// The transmission flags for an open export.
+/// The transmission flags for an open export (core's [`transmission::eflags`]
+/// over the stack's capabilities; nbdkit never advertises multi-conn with
+/// serialize_connections).
 pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
     let c = ctx.caps();
-    let mut f = FLAG_HAS_FLAGS;
-    if !c.can_write {
-        f |= FLAG_READ_ONLY;
-    }
-    if c.can_flush {
-        f |= FLAG_SEND_FLUSH;
-    }
-    if c.can_fua != Support::None {
-        f |= FLAG_SEND_FUA;
-    }
-    if c.is_rotational {
-        f |= FLAG_ROTATIONAL;
-    }
-    if c.can_trim {
-        f |= FLAG_SEND_TRIM;
-    }
-    if c.can_zero != Support::None {
-        f |= FLAG_SEND_WRITE_ZEROES;
-        if c.can_fast_zero {
-            f |= FLAG_SEND_FAST_ZERO;
-        }
-    }
-    if c.can_multi_conn && thread_model > ThreadModel::SerializeConnections {
-        f |= FLAG_CAN_MULTI_CONN;
-    }
-    if c.can_cache != Support::None {
-        f |= FLAG_SEND_CACHE;
-    }
-    f
+    transmission::eflags(&transmission::Features {
+        write: c.can_write,
+        flush: c.can_flush,
+        fua: c.can_fua != Support::None,
+        rotational: c.is_rotational,
+        trim: c.can_trim,
+        zero: c.can_zero != Support::None,
+        fast_zero: c.can_fast_zero,
+        multi_conn: c.can_multi_conn && thread_model > ThreadModel::SerializeConnections,
+        cache: c.can_cache != Support::None,
+    })
 }
 
 /// Serve one connection to its end. Errors are logged, never propagated:
