@@ -31,8 +31,9 @@ pub struct Limits {
     /// block size). Larger ones, up to nbdkit's [`MAX_REQUEST_SIZE`], get
     /// EINVAL; beyond that they get ENOMEM as in nbdkit.
     pub max_request: u64,
-    /// Requests handed out (or refused) and not answered yet, at most;
-    /// at least 1.
+    /// Requests handed out (or refused) and not answered yet, at most.
+    /// 0: the engine does not count them (a runtime that answers on other
+    /// threads bounds its concurrency itself, e.g. with a semaphore).
     pub max_in_flight: u32,
 }
 
@@ -166,10 +167,7 @@ impl Engine {
         Engine {
             export: Export { negotiated },
             style: ReplyStyle::of(&negotiated),
-            limits: Limits {
-                max_in_flight: limits.max_in_flight.max(1),
-                ..limits
-            },
+            limits,
             header: [0; RequestHeader::EXTENDED_LEN],
             have: 0,
             state: State::Header,
@@ -200,7 +198,7 @@ impl Engine {
             State::Closed(_) => Want::Closed,
             State::Payload { remaining, .. } => Want::Payload(remaining),
             State::Skip { remaining, .. } => Want::Skip(remaining),
-            State::Header if self.in_flight >= self.limits.max_in_flight => Want::Busy,
+            State::Header if self.busy() => Want::Busy,
             State::Header => Want::Header(self.header_len() - self.have),
         }
     }
@@ -261,14 +259,14 @@ impl Engine {
                     return nothing(n);
                 }
                 self.state = State::Header;
-                self.in_flight += 1;
+                self.handed_out();
                 Progress {
                     consumed: n,
                     event: Some(Event::Refused(refused)),
                 }
             }
             State::Header => {
-                if self.in_flight >= self.limits.max_in_flight {
+                if self.busy() {
                     return nothing(0);
                 }
                 let hlen = self.header_len();
@@ -284,6 +282,52 @@ impl Engine {
                     event: self.on_header(),
                 }
             }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.limits.max_in_flight != 0 && self.in_flight >= self.limits.max_in_flight
+    }
+
+    fn handed_out(&mut self) {
+        if self.limits.max_in_flight != 0 {
+            self.in_flight += 1;
+        }
+    }
+
+    /// The runtime moved `n` bytes of the current payload itself (read a
+    /// WRITE's payload into its own buffer, or discarded a refused
+    /// request's) instead of passing them to
+    /// [`handle_input`](Self::handle_input). Returns the refusal to answer
+    /// once a refused request's payload is all gone. `n` is clamped to
+    /// what the payload has left; outside a payload this does nothing.
+    pub fn take_payload(&mut self, n: u64) -> Option<Refused> {
+        match self.state {
+            State::Payload { offset, remaining } => {
+                let n = n.min(remaining);
+                self.state = if n == remaining {
+                    State::Header
+                } else {
+                    State::Payload {
+                        offset: offset + n,
+                        remaining: remaining - n,
+                    }
+                };
+                None
+            }
+            State::Skip { remaining, refused } => {
+                if n < remaining {
+                    self.state = State::Skip {
+                        remaining: remaining - n,
+                        refused,
+                    };
+                    return None;
+                }
+                self.state = State::Header;
+                self.handed_out();
+                Some(refused)
+            }
+            State::Header | State::Closed(_) => None,
         }
     }
 
@@ -316,7 +360,7 @@ impl Engine {
                 Some(Event::Close(Close::Disconnect))
             }
             Ok(v) => {
-                self.in_flight += 1;
+                self.handed_out();
                 if req.payload_len > 0 {
                     // Only a WRITE passes validation with a payload.
                     self.state = State::Payload {
@@ -340,7 +384,7 @@ impl Engine {
                     };
                     None
                 } else {
-                    self.in_flight += 1;
+                    self.handed_out();
                     Some(Event::Refused(refused))
                 }
             }

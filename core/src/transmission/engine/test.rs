@@ -450,3 +450,36 @@ fn unknown_commands_are_refused_with_einval() {
     assert_eq!((c.chunk_type, c.length), (REPLY_TYPE_OFFSET_DATA, 108));
     assert_eq!(&b[20..28], &512u64.to_be_bytes());
 }
+
+#[test]
+fn payloads_the_runtime_moves_itself() {
+    // A runtime that reads a WRITE's payload into its own buffer, and one
+    // that discards a refused request's payload, tell the engine how much.
+    let limits = Limits {
+        max_request: MAX_REQUEST_SIZE,
+        max_in_flight: 0,
+    };
+    let mut e = Engine::new(negotiated(FLAG_HAS_FLAGS | FLAG_READ_ONLY, false, false), limits);
+    let h = header(CMD_READ, 0, 1, 0, 512);
+    assert!(matches!(e.handle_input(&h).event, Some(Event::Request(_))));
+    let h = header(CMD_WRITE, 0, 2, 0, 4096);
+    assert_eq!(e.handle_input(&h).event, None);
+    assert_eq!(e.wants(), Want::Skip(4096));
+    assert_eq!(e.take_payload(4000), None);
+    assert_eq!(e.wants(), Want::Skip(96));
+    let r = e.take_payload(96).expect("the refusal once the payload is gone");
+    assert_eq!((r.cookie, r.error), (2, NbdError::Perm));
+    // max_in_flight 0: nothing is counted, the engine is never busy.
+    assert_eq!(e.in_flight(), 0);
+    assert_eq!(e.wants(), Want::Header(28));
+
+    let mut e = Engine::new(negotiated(RW, false, false), limits);
+    let h = header(CMD_WRITE, 0, 3, 4096, 8192);
+    assert!(matches!(e.handle_input(&h).event, Some(Event::Request(_))));
+    assert_eq!(e.wants(), Want::Payload(8192));
+    assert_eq!(e.take_payload(8192), None);
+    assert_eq!(e.wants(), Want::Header(28));
+    // Outside a payload it does nothing.
+    assert_eq!(e.take_payload(10), None);
+    assert_eq!(e.wants(), Want::Header(28));
+}
