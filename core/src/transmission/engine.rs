@@ -38,6 +38,12 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Up to nbdkit's largest request, requests in flight not counted.
+    pub const UNCOUNTED: Limits = Limits {
+        max_request: MAX_REQUEST_SIZE,
+        max_in_flight: 0,
+    };
+
     /// One request at a time, up to nbdkit's largest request.
     pub const fn new() -> Self {
         Limits {
