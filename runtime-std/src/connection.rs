@@ -1061,10 +1061,7 @@ where
     let mut hdr = [0u8; 32];
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
-    loop {
-        let Want::Header(hdr_len) = engine.wants() else {
-            break;
-        };
+    while let Want::Header(hdr_len) = engine.wants() {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
             _ = crate::server::stopped(&mut shutdown) => break,
