@@ -437,3 +437,48 @@ fn a_silent_client_times_out_in_negotiation() {
     assert!(c.is_closed(&mut net));
     assert_eq!(net.server.active_connections(), 0);
 }
+
+/// Requests sent back to back in one go (a write, a refused write with
+/// its payload, an unknown command, zeroing with FUA, a read) are answered
+/// one by one, in order, and the connection stays in step.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut net = Net::new(RamDisk::new(leak(DISK)), Config::new());
+    let c = net.connect();
+    c.handshake(&mut net, false);
+    let mut burst = Vec::new();
+    let header =
+        |burst: &mut Vec<u8>, command: u16, flags: u16, cookie: u64, offset: u64, length: u64| {
+            let mut b = [0u8; RequestHeader::COMPACT_LEN];
+            RequestHeader {
+                flags,
+                command,
+                cookie,
+                offset,
+                length,
+            }
+            .emit_compact(&mut b);
+            burst.extend_from_slice(&b);
+        };
+    header(&mut burst, CMD_WRITE, 0, 1, 0, 1024);
+    let data = pattern(1024, 3);
+    burst.extend_from_slice(&data);
+    // Past the end: ENOSPC, its payload read and dropped.
+    header(&mut burst, CMD_WRITE, 0, 2, DISK as u64, 512);
+    burst.extend_from_slice(&[0x25; 512]);
+    header(&mut burst, 42, 0, 3, 0, 1);
+    header(&mut burst, CMD_WRITE_ZEROES, CMD_FLAG_FUA, 4, 256, 256);
+    header(&mut burst, CMD_READ, 0, 5, 0, 1024);
+    c.send(&mut net, &burst);
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let r = c.simple_reply(&mut net);
+        replies.push((r.cookie, r.error));
+    }
+    assert_eq!(replies, [(1, 0), (2, NBD_ENOSPC), (3, NBD_EINVAL), (4, 0)]);
+    let r = c.simple_reply(&mut net);
+    assert_eq!((r.cookie, r.error), (5, 0));
+    let mut want = data;
+    want[256..512].fill(0);
+    assert_eq!(c.recv(&mut net, 1024), want);
+}
