@@ -224,16 +224,7 @@ impl Client {
         offset: u64,
         length: u64,
     ) {
-        let mut b = [0u8; RequestHeader::COMPACT_LEN];
-        RequestHeader {
-            flags,
-            command,
-            cookie,
-            offset,
-            length,
-        }
-        .emit_compact(&mut b);
-        self.send(net, &b);
+        self.send(net, &request(command, flags, cookie, offset, length));
     }
 
     fn simple_reply<D: nbdkit_runtime_embedded::BlockDevice>(
@@ -252,6 +243,20 @@ impl Client {
         let body = self.recv(net, h.length as usize);
         (h, body)
     }
+}
+
+/// A compact request header.
+fn request(command: u16, flags: u16, cookie: u64, offset: u64, length: u64) -> [u8; 28] {
+    let mut b = [0u8; RequestHeader::COMPACT_LEN];
+    RequestHeader {
+        flags,
+        command,
+        cookie,
+        offset,
+        length,
+    }
+    .emit_compact(&mut b);
+    b
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -447,19 +452,9 @@ fn pipelined_requests_are_answered_in_order() {
     let c = net.connect();
     c.handshake(&mut net, false);
     let mut burst = Vec::new();
-    let header =
-        |burst: &mut Vec<u8>, command: u16, flags: u16, cookie: u64, offset: u64, length: u64| {
-            let mut b = [0u8; RequestHeader::COMPACT_LEN];
-            RequestHeader {
-                flags,
-                command,
-                cookie,
-                offset,
-                length,
-            }
-            .emit_compact(&mut b);
-            burst.extend_from_slice(&b);
-        };
+    let header = |burst: &mut Vec<u8>, command, flags, cookie, offset, length| {
+        burst.extend_from_slice(&request(command, flags, cookie, offset, length))
+    };
     header(&mut burst, CMD_WRITE, 0, 1, 0, 1024);
     let data = pattern(1024, 3);
     burst.extend_from_slice(&data);

@@ -32,27 +32,35 @@ fn engine(eflags: u16) -> Engine {
 
 fn header(command: u16, flags: u16, cookie: u64, offset: u64, length: u64) -> [u8; 28] {
     let mut b = [0u8; 28];
-    RequestHeader {
-        flags,
-        command,
-        cookie,
-        offset,
-        length,
-    }
-    .emit_compact(&mut b);
+    b.copy_from_slice(&any_header(false, command, flags, cookie, offset, length)[..28]);
     b
 }
 
 fn ext_header(command: u16, flags: u16, cookie: u64, offset: u64, length: u64) -> [u8; 32] {
+    any_header(true, command, flags, cookie, offset, length)
+}
+
+fn any_header(
+    extended: bool,
+    command: u16,
+    flags: u16,
+    cookie: u64,
+    offset: u64,
+    length: u64,
+) -> [u8; 32] {
     let mut b = [0u8; 32];
-    RequestHeader {
+    let h = RequestHeader {
         flags,
         command,
         cookie,
         offset,
         length,
+    };
+    if extended {
+        h.emit_extended(&mut b);
+    } else {
+        h.emit_compact(&mut b);
     }
-    .emit_extended(&mut b);
     b
 }
 
@@ -459,7 +467,10 @@ fn payloads_the_runtime_moves_itself() {
         max_request: MAX_REQUEST_SIZE,
         max_in_flight: 0,
     };
-    let mut e = Engine::new(negotiated(FLAG_HAS_FLAGS | FLAG_READ_ONLY, false, false), limits);
+    let mut e = Engine::new(
+        negotiated(FLAG_HAS_FLAGS | FLAG_READ_ONLY, false, false),
+        limits,
+    );
     let h = header(CMD_READ, 0, 1, 0, 512);
     assert!(matches!(e.handle_input(&h).event, Some(Event::Request(_))));
     let h = header(CMD_WRITE, 0, 2, 0, 4096);
@@ -467,7 +478,9 @@ fn payloads_the_runtime_moves_itself() {
     assert_eq!(e.wants(), Want::Skip(4096));
     assert_eq!(e.take_payload(4000), None);
     assert_eq!(e.wants(), Want::Skip(96));
-    let r = e.take_payload(96).expect("the refusal once the payload is gone");
+    let r = e
+        .take_payload(96)
+        .expect("the refusal once the payload is gone");
     assert_eq!((r.cookie, r.error), (2, NbdError::Perm));
     // max_in_flight 0: nothing is counted, the engine is never busy.
     assert_eq!(e.in_flight(), 0);
