@@ -50,6 +50,11 @@ def main():
         opts, rest, ext = split(c2s)
         oldstyle = "oldstyle" in stem
         write("handshake", stem, bytes([0x80 if oldstyle else 0]) + c2s)
+        # A whole connection: handshake, then the transmission engine
+        # (0x18: the same export read-only, so writes are refused; TLS stays off
+        # as the mode modulo 3 is 0).
+        write("session", stem, bytes([0x80 if oldstyle else 0]) + c2s)
+        write("session", stem + "-read-only", bytes([0x98 if oldstyle else 0x18]) + c2s)
         if not oldstyle:
             write("handshake", stem + "-tls-on", bytes([1]) + c2s)
             write("handshake", stem + "-tls-require", bytes([2]) + c2s)

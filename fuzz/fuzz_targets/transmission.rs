@@ -1,3 +1,4 @@
+//! The transmission engine over arbitrary bytes, fed whole and in pieces.
 //! See `core/tests/fuzz_harness`: the body is shared with the stable
 //! corpus replay test (`core/tests/corpus_replay.rs`).
 #![no_main]

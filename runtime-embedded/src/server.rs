@@ -1,28 +1,34 @@
 //! The poll loop: TCP sockets in a smoltcp `SocketSet`, one connection
-//! per socket slot, negotiation by the core's sans-IO handshake and
-//! requests framed and validated by the core's transmission codec.
+//! per socket slot, negotiation by the core's sans-IO handshake and the
+//! transmission phase by the core's connection engine. This file only
+//! moves bytes between sockets, the engine and the stack: the engine
+//! decodes and validates requests and frames every reply.
 //!
-//! Memory is fixed at compile time. A connection slot holds a request
-//! header and the state of one request (about 150 bytes); a negotiator
+//! Memory is fixed at compile time. A connection slot holds the engine
+//! (with a request header), the state of one request and one small reply
+//! waiting for room (about 350 bytes); a negotiator
 //! holds the core's handshake server and an option buffer (about 14 KiB)
 //! and is lent to one connection at a time for the few round trips of
-//! negotiation, so `N` connections need only `H` negotiators. Each
-//! connection in transmission has its own context of the core stack
-//! (plugin and filters), opened when the client picks the export. Read
-//! data goes from the stack straight into the socket's transmit buffer
-//! and write data from the receive buffer straight to the stack, in the
+//! negotiation, so `N` connections need only `H` negotiators. Read data
+//! goes from the stack straight into the socket's transmit buffer and
+//! write data from the receive buffer straight to the stack, in the
 //! pieces the socket buffers hold: there is no data buffer, and no request
-//! length is limited by one.
+//! length is limited by one. Each connection in transmission has its own
+//! context of the core stack (plugin and filters), opened when the client
+//! picks the export.
 
 use nbdkit_core::backend::{
     BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support,
 };
-use nbdkit_core::handshake::{self, Event, ExportInfo, Negotiated, TlsMode};
-use nbdkit_core::transmission::{decode, header_len, validate, Command, Export, ReplyStyle};
-use nbdkit_core::wire::consts::*;
+use nbdkit_core::handshake::{self, Event, ExportInfo, TlsMode};
+use nbdkit_core::transmission::{
+    self, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid,
+};
+use nbdkit_core::wire::consts::DEFAULT_PORT;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
+
 
 /// How the server serves its one export.
 #[derive(Debug, Clone, Copy)]
@@ -75,63 +81,35 @@ const SMALL_REPLY: usize = 32 + 8 + 16 * MAX_EXTENTS;
 /// starve the others.
 const TURNS: usize = 16;
 
-/// A reply that waits for room in the transmit buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reply {
-    Ok {
-        cookie: u64,
-        offset: u64,
-    },
-    Error {
-        command: Option<Command>,
-        cookie: u64,
-        offset: u64,
-        errno: u32,
-    },
-    BlockStatus {
-        cookie: u64,
-        offset: u64,
-        count: u64,
-        req_one: bool,
-    },
-}
-
-/// What a connection in transmission is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a connection in transmission does besides feeding the engine.
+#[derive(Debug, Clone, Copy)]
 enum Op {
-    /// Reading a request header.
-    Header,
+    /// Feeding the engine: request headers, payloads it discards.
+    Idle,
     /// Sending READ data (after its header).
-    Read {
-        cookie: u64,
-        offset: u64,
-        remaining: u64,
-        header_sent: bool,
-    },
-    /// Receiving WRITE data into the stack.
+    Read { offset: u64, remaining: u64 },
+    /// Receiving a WRITE's payload into the stack; the first error is
+    /// kept for the reply.
     Write {
-        cookie: u64,
-        offset: u64,
-        remaining: u64,
-        fua: bool,
-        error: Option<u32>,
+        v: Valid,
+        result: Result<(), NbdError>,
     },
-    /// Discarding the payload of a refused request, then replying.
-    Drain { remaining: u64, then: Reply },
-    /// Sending a reply.
-    Reply(Reply),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Transfer {
-    negotiated: Negotiated,
-    style: ReplyStyle,
-    header: [u8; 32],
-    have: usize,
+    engine: Engine,
     op: Op,
+    /// A reply (or READ header) framed by the engine, waiting for room in
+    /// the transmit buffer; `out_len == 0` when there is none.
+    out: [u8; SMALL_REPLY],
+    out_len: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+// Every slot must be able to hold a connection in transmission, and there
+// is no heap to box it in: the size difference is the point.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
 enum Phase {
     /// The socket listens (or must be told to).
     Listen,
@@ -146,7 +124,7 @@ enum Phase {
     Closing { since: Instant },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Connection {
     handle: SocketHandle,
     phase: Phase,
@@ -294,6 +272,17 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
             self.release(i);
             self.connections[i].phase = Phase::Closing { since: now };
         }
+        if let Phase::Transmission(t) = &mut self.connections[i].phase {
+            let Some(ctx) = self.contexts[i].as_ref() else {
+                self.connections[i].phase = Phase::Closing { since: now };
+                return true;
+            };
+            let (progress, next) = serve(ctx, t, socket);
+            if let Next::Close = next {
+                self.connections[i].phase = Phase::Closing { since: now };
+            }
+            return progress;
+        }
         match self.connections[i].phase {
             Phase::Listen => false,
             Phase::Closing { since } => {
@@ -337,18 +326,8 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
                 }
                 self.negotiate(i, slot, now, socket)
             }
-            Phase::Transmission(mut t) => {
-                let Some(ctx) = self.contexts[i].as_ref() else {
-                    self.connections[i].phase = Phase::Closing { since: now };
-                    return true;
-                };
-                let (progress, next) = serve(ctx, &self.config, &mut t, socket);
-                self.connections[i].phase = match next {
-                    Next::Continue => Phase::Transmission(t),
-                    Next::Close => Phase::Closing { since: now },
-                };
-                progress
-            }
+            // Served above.
+            Phase::Transmission(_) => false,
         }
     }
 
@@ -409,23 +388,38 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
             }
             if hs.is_done() {
                 let negotiated = hs.negotiated();
-                let leftover = neg.len;
+                let limits = Limits {
+                    max_request: u64::from(config.max_request),
+                    max_in_flight: 1,
+                };
                 let mut t = Transfer {
-                    negotiated,
-                    style: ReplyStyle::of(&negotiated),
-                    header: [0; 32],
-                    have: 0,
-                    op: Op::Header,
+                    engine: Engine::new(negotiated, limits),
+                    op: Op::Idle,
+                    out: [0; SMALL_REPLY],
+                    out_len: 0,
                 };
                 neg.server = None;
-                if leftover > t.header.len() {
-                    // A client that pipelines more than a request header
-                    // before the handshake answer is not one we serve.
+                // Bytes the client sent past its last option: requests,
+                // served up to the first that needs the socket.
+                let Some(ctx) = context.as_ref() else {
+                    self.connections[i].phase = Phase::Closing { since: now };
+                    return true;
+                };
+                let mut rest = &neg.input[..neg.len];
+                while !rest.is_empty() {
+                    let (used, fed) = feed(ctx, &mut t, rest);
+                    rest = &rest[used..];
+                    let stuck = used == 0 && matches!(fed, Fed::Nothing);
+                    if matches!(after(ctx, &mut t, fed), Step::Close) || stuck {
+                        break;
+                    }
+                }
+                if !rest.is_empty() || t.engine.close_reason().is_some() {
+                    // A client that pipelines further than that before
+                    // the handshake's answer is not one we serve.
                     self.connections[i].phase = Phase::Closing { since: now };
                     return true;
                 }
-                t.header[..leftover].copy_from_slice(&neg.input[..leftover]);
-                t.have = leftover;
                 info!(
                     "nbd: slot {} serving (structured {}, extended {})",
                     i, negotiated.structured_replies, negotiated.extended_headers
@@ -478,7 +472,7 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
                                     let info = ExportInfo {
                                         name: config.export_name,
                                         size: c.size,
-                                        eflags: eflags(&ctx),
+                                        eflags: export_flags(&ctx),
                                         description: config.description,
                                         block_size: Some(block_size(
                                             c.block_size,
@@ -544,31 +538,20 @@ fn close_export(context: &mut Option<Context>) {
     }
 }
 
-/// The transmission flags of an open export (without SEND_DF, which the
-/// handshake adds when structured replies are on).
-fn eflags(ctx: &Context) -> u16 {
+/// The transmission flags of an open export, by core's one rule.
+fn export_flags(ctx: &Context) -> u16 {
     let c = ctx.caps();
-    let mut f = FLAG_HAS_FLAGS;
-    let flags = [
-        (!c.can_write, FLAG_READ_ONLY),
-        (c.can_flush, FLAG_SEND_FLUSH),
-        (c.can_fua != Support::None, FLAG_SEND_FUA),
-        (c.is_rotational, FLAG_ROTATIONAL),
-        (c.can_trim, FLAG_SEND_TRIM),
-        (c.can_zero != Support::None, FLAG_SEND_WRITE_ZEROES),
-        (
-            c.can_zero != Support::None && c.can_fast_zero,
-            FLAG_SEND_FAST_ZERO,
-        ),
-        (c.can_multi_conn, FLAG_CAN_MULTI_CONN),
-        (c.can_cache != Support::None, FLAG_SEND_CACHE),
-    ];
-    for (on, flag) in flags {
-        if on {
-            f |= flag;
-        }
-    }
-    f
+    eflags(&Features {
+        write: c.can_write,
+        flush: c.can_flush,
+        fua: c.can_fua != Support::None,
+        rotational: c.is_rotational,
+        trim: c.can_trim,
+        zero: c.can_zero != Support::None,
+        fast_zero: c.can_fast_zero,
+        multi_conn: c.can_multi_conn,
+        cache: c.can_cache != Support::None,
+    })
 }
 
 /// What went wrong, as a plain string for the log.
@@ -588,14 +571,6 @@ fn block_size(b: Option<BlockSize>, max_request: u32) -> (u32, u32, u32) {
     }
 }
 
-/// The NBD error for a failed call.
-fn nbd_errno(e: &Error, v_flags: u16) -> u32 {
-    e.errno.to_nbd(
-        v_flags & CMD_FLAG_FAST_ZERO != 0,
-        v_flags & CMD_FLAG_DF != 0,
-    )
-}
-
 enum Next {
     Continue,
     Close,
@@ -604,13 +579,12 @@ enum Next {
 /// Serve requests on one connection as far as its buffers allow.
 fn serve(
     ctx: &Context,
-    config: &Config<'_>,
     t: &mut Transfer,
     socket: &mut tcp::Socket<'_>,
 ) -> (bool, Next) {
     let mut progress = false;
     for _ in 0..TURNS {
-        match step(ctx, config, t, socket) {
+        match step(ctx, t, socket) {
             Step::Progress => progress = true,
             Step::Blocked => return (progress, Next::Continue),
             Step::Close => return (true, Next::Close),
@@ -625,145 +599,20 @@ enum Step {
     Close,
 }
 
-fn step(
-    ctx: &Context,
-    config: &Config<'_>,
-    t: &mut Transfer,
-    socket: &mut tcp::Socket<'_>,
-) -> Step {
-    match t.op {
-        Op::Header => {
-            // Take a request only when its reply is sure to fit.
-            if free_space(socket) < SMALL_REPLY.min(socket.send_capacity()) {
-                return Step::Blocked;
-            }
-            let hlen = header_len(t.negotiated.extended_headers);
-            if t.have < hlen {
-                match socket.recv_slice(&mut t.header[t.have..hlen]) {
-                    Ok(n) => t.have += n,
-                    Err(_) => return Step::Close,
-                }
-                if t.have < hlen {
-                    return Step::Blocked;
-                }
-            }
-            t.have = 0;
-            let req = match decode(&t.header[..hlen], t.negotiated.extended_headers) {
-                Ok(r) => r,
-                Err(_) => {
-                    warn!("nbd: lost framing (bad request magic or huge payload)");
-                    return Step::Close;
-                }
-            };
-            let h = req.header;
-            trace!(
-                "nbd: request {} offset {} length {}",
-                h.command,
-                h.offset,
-                h.length
-            );
-            let refuse = |errno: u32| {
-                let then = Reply::Error {
-                    command: Command::from_wire(h.command),
-                    cookie: h.cookie,
-                    offset: h.offset,
-                    errno,
-                };
-                if req.payload_len > 0 {
-                    Op::Drain {
-                        remaining: req.payload_len,
-                        then,
-                    }
-                } else {
-                    Op::Reply(then)
-                }
-            };
-            let export = Export {
-                negotiated: t.negotiated,
-            };
-            let v = match validate(&export, &req) {
-                Ok(v) => v,
-                Err(errno) => {
-                    t.op = refuse(errno);
-                    return Step::Progress;
-                }
-            };
-            if matches!(v.command, Command::Read | Command::Write)
-                && v.count > u64::from(config.max_request)
-            {
-                t.op = refuse(NBD_EINVAL);
-                return Step::Progress;
-            }
-            let ok = Reply::Ok {
-                cookie: v.cookie,
-                offset: v.offset,
-            };
-            let result = |r: Result<(), Error>| match r {
-                Ok(()) => Op::Reply(ok),
-                Err(e) => Op::Reply(Reply::Error {
-                    command: Some(v.command),
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    errno: nbd_errno(&e, v.flags),
-                }),
-            };
-            let fua = if v.fua() { Flags::FUA } else { Flags::NONE };
-            t.op = match v.command {
-                Command::Disc => {
-                    info!("nbd: client sent NBD_CMD_DISC");
-                    return Step::Close;
-                }
-                Command::Read => Op::Read {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    remaining: v.count,
-                    header_sent: false,
-                },
-                Command::Write => Op::Write {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    remaining: v.count,
-                    fua: v.fua(),
-                    error: None,
-                },
-                Command::Flush => result(ctx.flush(Flags::NONE)),
-                Command::Trim => result(ctx.trim(v.count, v.offset, fua)),
-                Command::WriteZeroes => {
-                    let mut flags = fua;
-                    if v.flags & CMD_FLAG_NO_HOLE == 0 {
-                        flags = flags.with(Flags::MAY_TRIM);
-                    }
-                    if v.flags & CMD_FLAG_FAST_ZERO != 0 {
-                        flags = flags.with(Flags::FAST_ZERO);
-                    }
-                    result(ctx.zero(v.count, v.offset, flags))
-                }
-                Command::Cache => result(ctx.cache(v.count, v.offset, Flags::NONE)),
-                Command::BlockStatus => Op::Reply(Reply::BlockStatus {
-                    cookie: v.cookie,
-                    offset: v.offset,
-                    count: v.count,
-                    req_one: v.flags & CMD_FLAG_REQ_ONE != 0,
-                }),
-            };
-            Step::Progress
+fn step(ctx: &Context, t: &mut Transfer, socket: &mut tcp::Socket<'_>) -> Step {
+    // A framed reply goes out before anything else.
+    if t.out_len > 0 {
+        if free_space(socket) < t.out_len {
+            return Step::Blocked;
         }
-        Op::Read {
-            cookie,
-            offset,
-            remaining,
-            header_sent,
-        } => {
-            if !header_sent {
-                let mut b = [0u8; ReplyStyle::MAX_HEADER];
-                let n = t.style.read_header(&mut b, cookie, offset, remaining);
-                if free_space(socket) < n {
-                    return Step::Blocked;
-                }
-                if socket.send_slice(&b[..n]).is_err() {
-                    return Step::Close;
-                }
-            }
+        if socket.send_slice(&t.out[..t.out_len]).is_err() {
+            return Step::Close;
+        }
+        t.out_len = 0;
+        return Step::Progress;
+    }
+    match t.op {
+        Op::Read { offset, remaining } => {
             // Data goes from the stack straight into the transmit buffer.
             let r = socket.send(|buf| {
                 let n = (buf.len() as u64).min(remaining) as usize;
@@ -776,16 +625,14 @@ fn step(
                 Ok(Ok(n)) => {
                     let remaining = remaining - n as u64;
                     t.op = if remaining == 0 {
-                        Op::Header
+                        Op::Idle
                     } else {
                         Op::Read {
-                            cookie,
                             offset: offset + n as u64,
                             remaining,
-                            header_sent: true,
                         }
                     };
-                    if n == 0 && header_sent {
+                    if n == 0 {
                         Step::Blocked
                     } else {
                         Step::Progress
@@ -798,140 +645,180 @@ fn step(
                 }
             }
         }
-        Op::Write {
-            cookie,
-            offset,
-            remaining,
-            fua,
-            mut error,
-        } => {
-            // Data goes from the receive buffer straight to the stack.
+        // Take a request only when its reply is sure to fit.
+        Op::Idle if free_space(socket) < SMALL_REPLY.min(socket.send_capacity()) => Step::Blocked,
+        Op::Idle | Op::Write { .. } => {
+            // Input goes through the engine; a WRITE's payload from the
+            // receive buffer straight to the stack.
             let r = socket.recv(|buf| {
-                let n = (buf.len() as u64).min(remaining) as usize;
-                if error.is_none() && n > 0 {
-                    if let Err(e) = ctx.pwrite(&buf[..n], offset, Flags::NONE) {
-                        error = Some(nbd_errno(&e, 0));
-                    }
-                }
-                (n, n)
+                let (n, fed) = feed(ctx, t, buf);
+                (n, (n, fed))
             });
-            let n = match r {
-                Ok(n) => n,
-                Err(_) => return Step::Close,
-            };
-            let remaining = remaining - n as u64;
-            if remaining > 0 {
-                t.op = Op::Write {
-                    cookie,
-                    offset: offset + n as u64,
-                    remaining,
-                    fua,
-                    error,
-                };
-                return if n == 0 {
-                    Step::Blocked
-                } else {
-                    Step::Progress
-                };
+            match r {
+                Ok((0, Fed::Nothing)) => Step::Blocked,
+                Ok((_, fed)) => after(ctx, t, fed),
+                Err(_) => Step::Close,
             }
-            if error.is_none() && fua {
-                // The pieces went down without FUA: one flush makes them
-                // all durable.
-                error = ctx.flush(Flags::NONE).err().map(|e| nbd_errno(&e, 0));
-            }
-            t.op = Op::Reply(match error {
-                None => Reply::Ok { cookie, offset },
-                Some(errno) => Reply::Error {
-                    command: Some(Command::Write),
-                    cookie,
-                    offset,
-                    errno,
-                },
-            });
-            Step::Progress
-        }
-        Op::Drain { remaining, then } => {
-            let r = socket.recv(|buf| {
-                let n = (buf.len() as u64).min(remaining) as usize;
-                (n, n)
-            });
-            let n = match r {
-                Ok(n) => n as u64,
-                Err(_) => return Step::Close,
-            };
-            let remaining = remaining - n;
-            t.op = if remaining == 0 {
-                Op::Reply(then)
-            } else {
-                Op::Drain { remaining, then }
-            };
-            if n == 0 {
-                Step::Blocked
-            } else {
-                Step::Progress
-            }
-        }
-        Op::Reply(reply) => {
-            let mut b = [0u8; SMALL_REPLY];
-            let n = build_reply(ctx, t, reply, &mut b);
-            if free_space(socket) < n {
-                return Step::Blocked;
-            }
-            if socket.send_slice(&b[..n]).is_err() {
-                return Step::Close;
-            }
-            t.op = Op::Header;
-            Step::Progress
         }
     }
 }
 
-fn build_reply(ctx: &Context, t: &Transfer, reply: Reply, b: &mut [u8; SMALL_REPLY]) -> usize {
-    let style = t.style;
-    match reply {
-        Reply::Ok { cookie, offset } => style.ok(b, cookie, offset),
-        Reply::Error {
-            command,
-            cookie,
-            offset,
-            errno,
-        } => style.error(b, command, cookie, offset, errno, b""),
-        Reply::BlockStatus {
-            cookie,
-            offset,
-            count,
-            req_one,
-        } => {
-            let end = offset.saturating_add(count);
-            let limit = if req_one { 1 } else { MAX_EXTENTS };
-            let mut list = Extents::with_limit(offset, end, limit);
-            let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
-            if let Err(e) = ctx.extents(count, offset, flags, &mut list) {
-                return style.error(
-                    b,
-                    Some(Command::BlockStatus),
-                    cookie,
-                    offset,
-                    nbd_errno(&e, 0),
-                    b"",
-                );
+/// What feeding the engine gave, with the input no longer borrowed.
+enum Fed {
+    Nothing,
+    Request(Valid),
+    Refused(transmission::Refused),
+    WriteDone,
+    Close(transmission::Close),
+}
+
+/// Give `input` to the engine; a WRITE's payload is written to the stack
+/// here, while the input is at hand.
+fn feed(ctx: &Context, t: &mut Transfer, input: &[u8]) -> (usize, Fed) {
+    let p = t.engine.handle_input(input);
+    let fed = match p.event {
+        None => Fed::Nothing,
+        Some(transmission::Event::Request(v)) => Fed::Request(v),
+        Some(transmission::Event::Refused(r)) => Fed::Refused(r),
+        Some(transmission::Event::Close(c)) => Fed::Close(c),
+        Some(transmission::Event::Payload { offset, data, last }) => {
+            if let Op::Write {
+                result: r @ Ok(()), ..
+            } = &mut t.op
+            {
+                // The pieces go down without FUA: one flush at the end
+                // makes them all durable.
+                *r = ctx
+                    .pwrite(data, offset, Flags::NONE)
+                    .map_err(|e| nbd_error(&e, CmdFlags::default()));
             }
-            let id = t
-                .negotiated
-                .base_allocation
-                .unwrap_or(handshake::BASE_ALLOCATION_ID);
-            style.block_status(
-                b,
-                cookie,
-                offset,
-                count,
-                req_one,
-                id,
-                list.as_slice()
-                    .iter()
-                    .take(MAX_EXTENTS)
-                    .map(|e| (e.offset, e.length, e.flags)),
-            )
+            if last {
+                Fed::WriteDone
+            } else {
+                Fed::Nothing
+            }
+        }
+    };
+    (p.consumed, fed)
+}
+
+/// Act on what the engine said: run a request, queue a reply, or close.
+fn after(ctx: &Context, t: &mut Transfer, fed: Fed) -> Step {
+    match fed {
+        Fed::Nothing => {}
+        Fed::Close(why) => {
+            info!("nbd: connection ends ({})", why as u8);
+            return Step::Close;
+        }
+        Fed::Refused(r) => {
+            trace!(
+                "nbd: refused request {} (error {})",
+                r.cookie,
+                r.error as u8
+            );
+            t.out_len = t.engine.reply_refused(&r, &mut t.out);
+        }
+        Fed::Request(v) => run(ctx, t, v),
+        Fed::WriteDone => {
+            if let Op::Write { v, result } = t.op {
+                let r = result.and_then(|()| {
+                    if v.fua() {
+                        ctx.flush(Flags::NONE)
+                            .map_err(|e| nbd_error(&e, CmdFlags::default()))
+                    } else {
+                        Ok(())
+                    }
+                });
+                t.out_len = reply(&mut t.engine, &v, r, &mut t.out);
+            }
+            t.op = Op::Idle;
         }
     }
+    Step::Progress
+}
+
+/// The NBD error for a failed call (FAST_ZERO and DF decide how ENOTSUP
+/// and EOVERFLOW are told).
+fn nbd_error(e: &Error, flags: CmdFlags) -> NbdError {
+    let wire = e.errno.to_nbd(
+        flags.contains(CmdFlags::FAST_ZERO),
+        flags.contains(CmdFlags::DF),
+    );
+    NbdError::from_wire(wire).unwrap_or(NbdError::Io)
+}
+
+fn reply(engine: &mut Engine, v: &Valid, r: Result<(), NbdError>, out: &mut [u8]) -> usize {
+    match r {
+        Ok(()) => engine.reply_ok(v, out),
+        Err(e) => engine.reply_error(v, e, b"", out),
+    }
+}
+
+/// Run a validated request against the stack (READ and WRITE start their
+/// transfers) and queue its reply.
+fn run(ctx: &Context, t: &mut Transfer, v: Valid) {
+    trace!(
+        "nbd: {} offset {} length {}",
+        v.command.name(),
+        v.offset,
+        v.count
+    );
+    let cf = v.cmd_flags();
+    let fua = if v.fua() { Flags::FUA } else { Flags::NONE };
+    let r = match v.command {
+        Command::Read => {
+            t.out_len = t.engine.reply_read(&v, &mut t.out);
+            t.op = Op::Read {
+                offset: v.offset,
+                remaining: v.count,
+            };
+            return;
+        }
+        Command::Write => {
+            t.op = Op::Write { v, result: Ok(()) };
+            return;
+        }
+        Command::BlockStatus => {
+            t.out_len = block_status(ctx, &mut t.engine, &v, &mut t.out);
+            return;
+        }
+        Command::Flush => ctx.flush(Flags::NONE),
+        Command::Trim => ctx.trim(v.count, v.offset, fua),
+        Command::WriteZeroes => {
+            let mut flags = fua;
+            if !cf.contains(CmdFlags::NO_HOLE) {
+                flags = flags.with(Flags::MAY_TRIM);
+            }
+            if cf.contains(CmdFlags::FAST_ZERO) {
+                flags = flags.with(Flags::FAST_ZERO);
+            }
+            ctx.zero(v.count, v.offset, flags)
+        }
+        Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
+        // The engine ends the connection on DISC instead of handing it out.
+        Command::Disc => Ok(()),
+    };
+    let r = r.map_err(|e| nbd_error(&e, cf));
+    t.out_len = reply(&mut t.engine, &v, r, &mut t.out);
+}
+
+/// The `base:allocation` extents of the request's range, from the stack,
+/// framed by the engine.
+fn block_status(ctx: &Context, engine: &mut Engine, v: &Valid, out: &mut [u8]) -> usize {
+    let req_one = v.cmd_flags().contains(CmdFlags::REQ_ONE);
+    let end = v.offset.saturating_add(v.count);
+    let limit = if req_one { 1 } else { MAX_EXTENTS };
+    let mut list = Extents::with_limit(v.offset, end, limit);
+    let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
+    if let Err(e) = ctx.extents(v.count, v.offset, flags, &mut list) {
+        return engine.reply_error(v, nbd_error(&e, v.cmd_flags()), b"", out);
+    }
+    engine.reply_block_status(
+        v,
+        list.as_slice()
+            .iter()
+            .take(MAX_EXTENTS)
+            .map(|e| (e.offset, e.length, e.flags)),
+        out,
+    )
 }

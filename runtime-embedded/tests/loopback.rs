@@ -291,16 +291,7 @@ impl Client {
         offset: u64,
         length: u64,
     ) {
-        let mut b = [0u8; RequestHeader::COMPACT_LEN];
-        RequestHeader {
-            flags,
-            command,
-            cookie,
-            offset,
-            length,
-        }
-        .emit_compact(&mut b);
-        self.send(net, &b);
+        self.send(net, &request(command, flags, cookie, offset, length));
     }
 
     fn simple_reply(&self, net: &mut Net) -> SimpleReply {
@@ -318,6 +309,20 @@ impl Client {
 /// A stack of a RAM disk of `DISK` bytes, without filters.
 fn ram() -> Stack {
     stack_over(RamDisk::new(leak(DISK)), &[], &[]).0
+}
+
+/// A compact request header.
+fn request(command: u16, flags: u16, cookie: u64, offset: u64, length: u64) -> [u8; 28] {
+    let mut b = [0u8; RequestHeader::COMPACT_LEN];
+    RequestHeader {
+        flags,
+        command,
+        cookie,
+        offset,
+        length,
+    }
+    .emit_compact(&mut b);
+    b
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -651,4 +656,39 @@ fn the_firmware_stack_and_two_connections_fit_its_heap() {
     // The host's pointers are twice the device's, which leaves room for
     // the device allocator's headers and fragmentation.
     assert!(peak <= FIRMWARE_HEAP, "peak {peak} > {FIRMWARE_HEAP}");
+}
+
+/// Requests sent back to back in one go (a write, a refused write with
+/// its payload, an unknown command, zeroing with FUA, a read) are answered
+/// one by one, in order, and the connection stays in step.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let mut net = Net::new(ram(), Config::new());
+    let c = net.connect();
+    c.handshake(&mut net, false);
+    let mut burst = Vec::new();
+    let header = |burst: &mut Vec<u8>, command, flags, cookie, offset, length| {
+        burst.extend_from_slice(&request(command, flags, cookie, offset, length))
+    };
+    header(&mut burst, CMD_WRITE, 0, 1, 0, 1024);
+    let data = pattern(1024, 3);
+    burst.extend_from_slice(&data);
+    // Past the end: ENOSPC, its payload read and dropped.
+    header(&mut burst, CMD_WRITE, 0, 2, DISK as u64, 512);
+    burst.extend_from_slice(&[0x25; 512]);
+    header(&mut burst, 42, 0, 3, 0, 1);
+    header(&mut burst, CMD_WRITE_ZEROES, CMD_FLAG_FUA, 4, 256, 256);
+    header(&mut burst, CMD_READ, 0, 5, 0, 1024);
+    c.send(&mut net, &burst);
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let r = c.simple_reply(&mut net);
+        replies.push((r.cookie, r.error));
+    }
+    assert_eq!(replies, [(1, 0), (2, NBD_ENOSPC), (3, NBD_EINVAL), (4, 0)]);
+    let r = c.simple_reply(&mut net);
+    assert_eq!((r.cookie, r.error), (5, 0));
+    let mut want = data;
+    want[256..512].fill(0);
+    assert_eq!(c.recv(&mut net, 1024), want);
 }

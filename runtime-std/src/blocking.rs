@@ -21,7 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use nbdkit_core::backend::{Context, ThreadModel};
-use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
+use nbdkit_core::handshake::Negotiated;
+use nbdkit_core::transmission::{
+    Close as TxClose, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
+};
 
 use crate::connection::{error_reply, execute, BufPool, Reply, Shared};
 use crate::log;
@@ -85,15 +88,17 @@ pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) ctx: Arc<Context>,
     pub(crate) name: Arc<str>,
-    pub(crate) export: Export,
+    pub(crate) negotiated: Negotiated,
     pub(crate) style: ReplyStyle,
     pub(crate) base_allocation: u32,
-    pub(crate) extended: bool,
 }
 
 /// The reading side, owned by one worker at a time.
 struct Input {
     rd: BufReader<io::Chain<io::Cursor<Vec<u8>>, SyncStream>>,
+    /// Decodes and validates what `rd` gives (the workers bound how many
+    /// requests run at once, so it does not count them).
+    engine: Engine,
     /// The client is gone, sent NBD_CMD_DISC, or broke the protocol.
     done: bool,
 }
@@ -153,6 +158,7 @@ pub(crate) fn transmission(
         session,
         input: Mutex::new(Input {
             rd: BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(stream)),
+            engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
             done: false,
         }),
         output: Mutex::new(output),
@@ -212,7 +218,8 @@ impl<'a> Workers<'a> {
                 if input.done {
                     Next::End
                 } else {
-                    let n = self.read_request(&mut input.rd, &mut spare);
+                    let Input { rd, engine, .. } = &mut *input;
+                    let n = self.read_request(rd, engine, &mut spare);
                     if matches!(n, Next::End) {
                         input.done = true;
                     }
@@ -279,9 +286,16 @@ impl<'a> Workers<'a> {
     }
 
     /// Read the next request (header and payload).
-    fn read_request(&self, rd: &mut impl BufRead, spare: &mut Vec<u8>) -> Next {
+    fn read_request(
+        &self,
+        rd: &mut impl BufRead,
+        engine: &mut Engine,
+        spare: &mut Vec<u8>,
+    ) -> Next {
         let s = self.session;
-        let hdr_len = transmission::header_len(s.extended);
+        let Want::Header(hdr_len) = engine.wants() else {
+            return Next::End;
+        };
         let mut hdr = [0u8; 32];
         if rd.read_exact(&mut hdr[..hdr_len]).is_err() {
             log::debug(
@@ -290,61 +304,73 @@ impl<'a> Workers<'a> {
             );
             return Next::End;
         }
-        let req = match transmission::decode(&hdr[..hdr_len], s.extended) {
-            Ok(r) => r,
-            Err(e) => {
+        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
+            Some(TxEvent::Request(v)) => Ok(v),
+            Some(TxEvent::Refused(r)) => Err(r),
+            Some(TxEvent::Close(TxClose::Disconnect)) => {
+                log::debug(
+                    Some(&s.name),
+                    format_args!("client sent NBD_CMD_DISC, closing connection"),
+                );
+                self.goodbye.store(true, Ordering::Release);
+                return Next::End;
+            }
+            Some(TxEvent::Close(e)) => {
                 log::error(
                     Some(&s.name),
                     &format!("invalid request: {e:?}: closing the connection"),
                 );
                 return Next::End;
             }
+            // A refused request's payload, read and discarded first.
+            None | Some(TxEvent::Payload { .. }) => {
+                let Want::Skip(len) = engine.wants() else {
+                    return Next::End;
+                };
+                match io::copy(&mut rd.take(len), &mut io::sink()) {
+                    Ok(n) if n == len => {}
+                    _ => return Next::End,
+                }
+                match engine.take_payload(len) {
+                    Some(r) => Err(r),
+                    None => return Next::End,
+                }
+            }
         };
-        let checked = transmission::validate(&s.export, &req);
-        let mut payload = Vec::new();
-        if req.payload_len > 0 {
-            if matches!(&checked, Ok(v) if v.command == Command::Write) {
-                payload = core::mem::take(spare);
-                payload.clear();
-                // validate() bounds a write's length before this allocates.
-                payload.reserve_exact(req.payload_len as usize);
-                match rd.take(req.payload_len).read_to_end(&mut payload) {
-                    Ok(n) if n as u64 == req.payload_len => {}
-                    _ => return Next::End,
-                }
-            } else {
-                match io::copy(&mut rd.take(req.payload_len), &mut io::sink()) {
-                    Ok(n) if n == req.payload_len => {}
-                    _ => return Next::End,
-                }
-            }
-        }
-        match checked {
-            Ok(v) if v.command == Command::Disc => {
-                log::debug(
-                    Some(&s.name),
-                    format_args!("client sent NBD_CMD_DISC, closing connection"),
-                );
-                self.goodbye.store(true, Ordering::Release);
-                Next::End
-            }
-            Ok(v) => Next::Run(v, payload),
-            Err(err) => {
-                let cmd = Command::from_wire(req.header.command);
+        let v = match checked {
+            Ok(v) => v,
+            Err(r) => {
                 if log::controlpath() {
                     log::debug(
                         Some(&s.name),
-                        format_args!("invalid request {cmd:?}: error {err}"),
+                        format_args!(
+                            "invalid request {:?}: error {}",
+                            r.command,
+                            r.error.to_wire()
+                        ),
                     );
                 }
-                Next::Refuse(error_reply(
+                return Next::Refuse(error_reply(
                     s.style,
-                    cmd,
-                    req.header.cookie,
-                    req.header.offset,
-                    err,
-                ))
+                    r.command,
+                    r.cookie,
+                    r.offset,
+                    r.error.to_wire(),
+                ));
             }
+        };
+        let mut payload = Vec::new();
+        if let Want::Payload(len) = engine.wants() {
+            payload = core::mem::take(spare);
+            payload.clear();
+            // The engine bounds a write's length before this allocates.
+            payload.reserve_exact(len as usize);
+            match rd.take(len).read_to_end(&mut payload) {
+                Ok(n) if n as u64 == len => {}
+                _ => return Next::End,
+            }
+            engine.take_payload(len);
         }
+        Next::Run(v, payload)
     }
 }

@@ -13,7 +13,9 @@ use nbdkit_core::backend::{
     Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
 };
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
-use nbdkit_core::transmission::{self, Command, Export, ReplyStyle, Valid};
+use nbdkit_core::transmission::{
+    self, Close as TxClose, Command, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
+};
 use nbdkit_core::wire::consts::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
@@ -435,38 +437,22 @@ where
     }
 }
 
-/// The transmission flags for an open export.
+/// The transmission flags for an open export (core's [`transmission::eflags`]
+/// over the stack's capabilities; nbdkit never advertises multi-conn with
+/// serialize_connections).
 pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
     let c = ctx.caps();
-    let mut f = FLAG_HAS_FLAGS;
-    if !c.can_write {
-        f |= FLAG_READ_ONLY;
-    }
-    if c.can_flush {
-        f |= FLAG_SEND_FLUSH;
-    }
-    if c.can_fua != Support::None {
-        f |= FLAG_SEND_FUA;
-    }
-    if c.is_rotational {
-        f |= FLAG_ROTATIONAL;
-    }
-    if c.can_trim {
-        f |= FLAG_SEND_TRIM;
-    }
-    if c.can_zero != Support::None {
-        f |= FLAG_SEND_WRITE_ZEROES;
-        if c.can_fast_zero {
-            f |= FLAG_SEND_FAST_ZERO;
-        }
-    }
-    if c.can_multi_conn && thread_model > ThreadModel::SerializeConnections {
-        f |= FLAG_CAN_MULTI_CONN;
-    }
-    if c.can_cache != Support::None {
-        f |= FLAG_SEND_CACHE;
-    }
-    f
+    transmission::eflags(&transmission::Features {
+        write: c.can_write,
+        flush: c.can_flush,
+        fua: c.can_fua != Support::None,
+        rotational: c.is_rotational,
+        trim: c.can_trim,
+        zero: c.can_zero != Support::None,
+        fast_zero: c.can_fast_zero,
+        multi_conn: c.can_multi_conn && thread_model > ThreadModel::SerializeConnections,
+        cache: c.can_cache != Support::None,
+    })
 }
 
 /// Serve one connection to its end. Errors are logged, never propagated:
@@ -605,10 +591,9 @@ async fn blocking_transmission(
         shared: shared.clone(),
         ctx: ctx.clone(),
         name: name.into(),
-        export: Export { negotiated },
+        negotiated,
         style: ReplyStyle::of(&negotiated),
         base_allocation: negotiated.base_allocation.unwrap_or(0),
-        extended: negotiated.extended_headers,
     };
     let mut job = tokio::task::spawn_blocking(move || {
         crate::blocking::transmission(&session, sync, leftover)
@@ -1046,10 +1031,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let export = Export { negotiated };
-    let style = ReplyStyle::of(&negotiated);
+    // The engine decodes and validates; the semaphore below bounds how
+    // many requests run at once, so the engine does not count them.
+    let mut engine = Engine::new(negotiated, Limits::UNCOUNTED);
+    let style = engine.style();
     let base_allocation = negotiated.base_allocation.unwrap_or(0);
-    let hdr_len = transmission::header_len(negotiated.extended_headers);
     let wr = Arc::new(AsyncMutex::new(wr));
     let concurrent = shared.thread_model == ThreadModel::Parallel && shared.threads > 1;
     let slots = Arc::new(Semaphore::new(shared.threads.max(1)));
@@ -1075,7 +1061,7 @@ where
     let mut hdr = [0u8; 32];
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
-    loop {
+    while let Want::Header(hdr_len) = engine.wants() {
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
             _ = crate::server::stopped(&mut shutdown) => break,
@@ -1087,87 +1073,97 @@ where
             );
             break;
         }
-        let req = match transmission::decode(&hdr[..hdr_len], negotiated.extended_headers) {
-            Ok(r) => r,
-            Err(e) => {
+        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
+            Some(TxEvent::Request(v)) => Ok(v),
+            Some(TxEvent::Refused(r)) => Err(r),
+            Some(TxEvent::Close(TxClose::Disconnect)) => {
+                log::debug(
+                    Some(&name),
+                    format_args!("client sent NBD_CMD_DISC, closing connection"),
+                );
+                graceful = true;
+                break;
+            }
+            Some(TxEvent::Close(e)) => {
                 log::error(
                     Some(&name),
                     &format!("invalid request: {e:?}: closing the connection"),
                 );
                 break;
             }
-        };
-        let checked = transmission::validate(&export, &req);
-        let mut payload = Vec::new();
-        if req.payload_len > 0 {
-            let keep = matches!(&checked, Ok(v) if v.command == Command::Write);
-            if keep {
-                // Read into spare capacity: no zero-filling of the buffer.
-                let want = req.payload_len as usize;
-                payload = Vec::with_capacity(want);
-                let mut ok = true;
-                let mut spins = 0;
-                while payload.len() < want {
-                    let left = (want - payload.len()) as u64;
-                    // The payload usually follows its header within
-                    // microseconds: look for it a few times (each yield lets
-                    // the reactor poll the socket without sleeping) before
-                    // waiting for a wake-up.
-                    let got = if spins < PAYLOAD_SPINS {
-                        spins += 1;
-                        let mut part = (&mut reader).take(left);
-                        tokio::select! {
-                            biased;
-                            r = part.read_buf(&mut payload) => Some(r),
-                            _ = tokio::task::yield_now() => None,
-                        }
-                    } else {
-                        Some((&mut reader).take(left).read_buf(&mut payload).await)
-                    };
-                    let Some(got) = got else { continue };
-                    match got {
-                        Ok(0) | Err(_) => {
-                            ok = false;
-                            break;
-                        }
-                        Ok(_) => {}
-                    }
-                }
-                if !ok {
+            // A refused request's payload, read and discarded first.
+            None | Some(TxEvent::Payload { .. }) => {
+                let Want::Skip(len) = engine.wants() else {
                     break;
-                }
-            } else {
-                let mut skip = (&mut reader).take(req.payload_len);
+                };
+                let mut skip = (&mut reader).take(len);
                 match tokio::io::copy(&mut skip, &mut tokio::io::sink()).await {
-                    Ok(n) if n == req.payload_len => {}
+                    Ok(n) if n == len => {}
                     _ => break,
                 }
+                match engine.take_payload(len) {
+                    Some(r) => Err(r),
+                    None => break,
+                }
             }
-        }
+        };
         let v = match checked {
             Ok(v) => v,
-            Err(err) => {
-                let cmd = Command::from_wire(req.header.command);
+            Err(r) => {
                 if log::controlpath() {
                     log::debug(
                         Some(&name),
-                        format_args!("invalid request {cmd:?}: error {err}"),
+                        format_args!(
+                            "invalid request {:?}: error {}",
+                            r.command,
+                            r.error.to_wire()
+                        ),
                     );
                 }
-                let reply = error_reply(style, cmd, req.header.cookie, req.header.offset, err);
+                let reply = error_reply(style, r.command, r.cookie, r.offset, r.error.to_wire());
                 if !send(&wr, &reply).await {
                     break;
                 }
                 continue;
             }
         };
-        if v.command == Command::Disc {
-            log::debug(
-                Some(&name),
-                format_args!("client sent NBD_CMD_DISC, closing connection"),
-            );
-            graceful = true;
-            break;
+        let mut payload = Vec::new();
+        if let Want::Payload(len) = engine.wants() {
+            // Read into spare capacity: no zero-filling of the buffer.
+            let want = len as usize;
+            payload = Vec::with_capacity(want);
+            let mut ok = true;
+            let mut spins = 0;
+            while payload.len() < want {
+                let left = (want - payload.len()) as u64;
+                // The payload usually follows its header within
+                // microseconds: look for it a few times (each yield lets
+                // the reactor poll the socket without sleeping) before
+                // waiting for a wake-up.
+                let got = if spins < PAYLOAD_SPINS {
+                    spins += 1;
+                    let mut part = (&mut reader).take(left);
+                    tokio::select! {
+                        biased;
+                        r = part.read_buf(&mut payload) => Some(r),
+                        _ = tokio::task::yield_now() => None,
+                    }
+                } else {
+                    Some((&mut reader).take(left).read_buf(&mut payload).await)
+                };
+                let Some(got) = got else { continue };
+                match got {
+                    Ok(0) | Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if !ok {
+                break;
+            }
+            engine.take_payload(len);
         }
         // A request that arrives when nothing else is in flight on a stack
         // that never blocks runs right here: no task hand-off, lowest latency.

@@ -7,6 +7,12 @@ use crate::wire::consts::*;
 use crate::wire::transmission::{ChunkHeader, RequestHeader, SimpleReply};
 use crate::wire::WireError;
 
+mod engine;
+mod flags;
+
+pub use engine::{Close, Engine, Event, Limits, Progress, Refused, Want};
+pub use flags::{eflags, CmdFlags, Features, NbdError};
+
 /// nbdkit's largest READ or WRITE (larger ones get ENOMEM).
 pub const MAX_REQUEST_SIZE: u64 = 64 * 1024 * 1024;
 /// The largest rejected WRITE payload that is read and discarded; a larger
@@ -150,6 +156,11 @@ impl Valid {
     pub fn fua(&self) -> bool {
         self.flags & CMD_FLAG_FUA != 0
     }
+
+    /// The command flags, typed.
+    pub fn cmd_flags(&self) -> CmdFlags {
+        CmdFlags::from_bits_retain(self.flags)
+    }
 }
 
 /// Validate a request as nbdkit does (`validate_request`): range first
@@ -157,10 +168,15 @@ impl Valid {
 /// read-only (EPERM) and features not advertised (EINVAL). Returns the NBD
 /// error number for a refused request. DISC is never refused.
 pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
+    check(export, req).map_err(NbdError::to_wire)
+}
+
+/// [`validate`], with the error typed.
+pub fn check(export: &Export, req: &Request) -> Result<Valid, NbdError> {
     let h = &req.header;
     let n = &export.negotiated;
     let Some(command) = Command::from_wire(h.command) else {
-        return Err(NBD_EINVAL);
+        return Err(NbdError::Inval);
     };
     let valid = Valid {
         command,
@@ -175,12 +191,12 @@ pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
     // With extended headers a payload on a command that takes none is an
     // error (the payload is still consumed by the caller).
     if req.payload_len > 0 && command != Command::Write {
-        return Err(NBD_EINVAL);
+        return Err(NbdError::Inval);
     }
     match command {
         Command::Flush => {
             if h.offset != 0 || h.length != 0 {
-                return Err(NBD_EINVAL);
+                return Err(NbdError::Inval);
             }
         }
         _ => {
@@ -190,33 +206,33 @@ pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
                     .is_some_and(|end| end <= n.size);
             if !in_range {
                 return Err(match command {
-                    Command::Write | Command::WriteZeroes => NBD_ENOSPC,
-                    _ => NBD_EINVAL,
+                    Command::Write | Command::WriteZeroes => NbdError::NoSpc,
+                    _ => NbdError::Inval,
                 });
             }
         }
     }
-    let mut allowed =
-        CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_DF | CMD_FLAG_REQ_ONE | CMD_FLAG_FAST_ZERO;
+    let mut allowed = CmdFlags::KNOWN.difference(CmdFlags::PAYLOAD_LEN);
     if n.extended_headers {
-        allowed |= CMD_FLAG_PAYLOAD_LEN;
+        allowed |= CmdFlags::PAYLOAD_LEN;
     }
-    let f = h.flags;
-    let bad_flags = f & !allowed != 0
-        || (f & CMD_FLAG_NO_HOLE != 0 && command != Command::WriteZeroes)
-        || (f & CMD_FLAG_FAST_ZERO != 0 && command != Command::WriteZeroes)
-        || (f & CMD_FLAG_DF != 0 && (command != Command::Read || !n.structured_replies))
-        || (f & CMD_FLAG_REQ_ONE != 0 && command != Command::BlockStatus)
-        || (f & CMD_FLAG_FUA != 0 && n.eflags & FLAG_SEND_FUA == 0)
-        || (f & CMD_FLAG_FAST_ZERO != 0 && n.eflags & FLAG_SEND_FAST_ZERO == 0)
-        || (f & CMD_FLAG_PAYLOAD_LEN != 0
+    let f = valid.cmd_flags();
+    let zeroing = command == Command::WriteZeroes;
+    let bad_flags = !f.difference(allowed).is_empty()
+        || (f.contains(CmdFlags::NO_HOLE) && !zeroing)
+        || (f.contains(CmdFlags::FAST_ZERO) && !zeroing)
+        || (f.contains(CmdFlags::DF) && (command != Command::Read || !n.structured_replies))
+        || (f.contains(CmdFlags::REQ_ONE) && command != Command::BlockStatus)
+        || (f.contains(CmdFlags::FUA) && n.eflags & FLAG_SEND_FUA == 0)
+        || (f.contains(CmdFlags::FAST_ZERO) && n.eflags & FLAG_SEND_FAST_ZERO == 0)
+        || (f.contains(CmdFlags::PAYLOAD_LEN)
             && command != Command::Write
             && command != Command::BlockStatus);
     if bad_flags {
-        return Err(NBD_EINVAL);
+        return Err(NbdError::Inval);
     }
     if matches!(command, Command::Read | Command::Write) && h.length > MAX_REQUEST_SIZE {
-        return Err(NBD_ENOMEM);
+        return Err(NbdError::NoMem);
     }
     let writable = n.eflags & FLAG_READ_ONLY == 0;
     if !writable
@@ -225,7 +241,7 @@ pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
             Command::Write | Command::Trim | Command::WriteZeroes
         )
     {
-        return Err(NBD_EPERM);
+        return Err(NbdError::Perm);
     }
     let needs = match command {
         Command::Flush => FLAG_SEND_FLUSH,
@@ -235,10 +251,10 @@ pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
         _ => 0,
     };
     if needs != 0 && n.eflags & needs == 0 {
-        return Err(NBD_EINVAL);
+        return Err(NbdError::Inval);
     }
     if command == Command::BlockStatus && (!n.structured_replies || n.base_allocation.is_none()) {
-        return Err(NBD_EINVAL);
+        return Err(NbdError::Inval);
     }
     Ok(valid)
 }

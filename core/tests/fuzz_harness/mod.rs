@@ -12,8 +12,13 @@
     clippy::alloc_instead_of_core
 )]
 
+use std::collections::VecDeque;
+
 use nbdkit_core::handshake::{Config, Event, ExportInfo, Negotiated, Server, TlsMode};
-use nbdkit_core::transmission::{decode, header_len, validate, Command, Export, ReplyStyle};
+use nbdkit_core::transmission::{
+    self as tx, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid, Want,
+};
+use nbdkit_core::wire::consts::FLAG_SEND_FUA;
 use nbdkit_core::wire::handshake::{
     ExportNameReply, InfoRequest, MetaContextRequest, NewstyleGreeting, OldstyleGreeting,
     OptionHeader, OptionReplyHeader,
@@ -24,6 +29,13 @@ use nbdkit_core::wire::transmission::{ChunkHeader, ErrorChunk, RequestHeader, Si
 /// every event the way a runtime would. The first byte picks the TLS mode
 /// (off, on, required) and oldstyle.
 pub fn handshake(data: &[u8]) {
+    negotiate(data);
+}
+
+/// [`handshake`]; when negotiation completes, what it settled and the
+/// client's bytes that follow it. Bits 3-5 of the first byte take write,
+/// zero and trim/FUA away from the export.
+fn negotiate(data: &[u8]) -> Option<(Negotiated, Vec<u8>)> {
     let (mode, data) = data.split_first().unwrap_or((&0, &[]));
     let config = Config {
         tls: match mode % 3 {
@@ -35,6 +47,18 @@ pub fn handshake(data: &[u8]) {
         max_buffered_option: if mode & 0x40 != 0 { 64 } else { 64 * 1024 },
         ..Config::default()
     };
+    let write = mode & 0x08 == 0;
+    let features = Features {
+        write,
+        flush: true,
+        fua: write && mode & 0x20 == 0,
+        trim: write && mode & 0x20 == 0,
+        zero: write && mode & 0x10 == 0,
+        fast_zero: true,
+        cache: true,
+        multi_conn: true,
+        rotational: false,
+    };
     let mut s = Server::new(config);
     let mut out = [0u8; 4096];
     let mut input: Vec<u8> = Vec::new();
@@ -43,7 +67,7 @@ pub fn handshake(data: &[u8]) {
         while s.poll_transmit(&mut out) > 0 {}
         let p = match s.handle_input(&input) {
             Ok(p) => p,
-            Err(_) => return,
+            Err(_) => return None,
         };
         let consumed = p.consumed;
         assert!(consumed <= input.len());
@@ -58,7 +82,7 @@ pub fn handshake(data: &[u8]) {
                     let _ = s.export_ready(&ExportInfo {
                         name,
                         size: 1 << 20,
-                        eflags: 0xffff,
+                        eflags: eflags(&features),
                         description: Some("d"),
                         block_size: Some((1, 4096, 1 << 25)),
                     });
@@ -70,8 +94,12 @@ pub fn handshake(data: &[u8]) {
                 let _ = s.tls_established();
             }
             None if consumed == 0 => {
-                if s.is_done() || rest.is_empty() {
-                    return;
+                if s.is_done() {
+                    input.extend_from_slice(rest);
+                    return Some((s.negotiated(), input));
+                }
+                if rest.is_empty() {
+                    return None;
                 }
                 let n = (rest[0] as usize % 64 + 1).min(rest.len());
                 input.extend_from_slice(&rest[..n]);
@@ -81,11 +109,35 @@ pub fn handshake(data: &[u8]) {
         }
         input.drain(..consumed.min(input.len()));
     }
+    None
 }
 
-/// Decode and validate request headers, and frame replies for them. The
-/// first byte picks extended headers, structured replies, base:allocation
-/// and the transmission flags.
+/// A whole connection from arbitrary client bytes: the handshake (as in
+/// [`handshake`]), then the transmission engine over the bytes that follow.
+pub fn session(data: &[u8]) {
+    session_counts(data);
+}
+
+/// [`session`], counting the requests handed out and the refusals.
+pub fn session_counts(data: &[u8]) -> (usize, usize) {
+    let Some((negotiated, rest)) = negotiate(data) else {
+        return (0, 0);
+    };
+    let mode = data.first().copied().unwrap_or(0);
+    let seen = serve(negotiated, &rest, mode);
+    let requests = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Request(_)))
+        .count();
+    let refused = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Refused(_)))
+        .count();
+    (requests, refused)
+}
+
+/// Run the engine over `data` and check what it hands out, fed whole and
+/// fed in small pieces: both must give the same requests, refusals and end.
 pub fn transmission(data: &[u8]) {
     let Some((&mode, data)) = data.split_first() else {
         return;
@@ -99,48 +151,140 @@ pub fn transmission(data: &[u8]) {
         size: 1 << 30,
         oldstyle: false,
     };
-    let export = Export { negotiated };
-    let style = ReplyStyle::of(&negotiated);
-    for chunk in data.chunks(header_len(extended)) {
-        let Ok(req) = decode(chunk, extended) else {
-            continue;
-        };
-        let mut buf = [0u8; 256];
-        match validate(&export, &req) {
-            Ok(v) => {
-                style.ok(&mut buf, v.cookie, v.offset);
-                // Only a validated READ has a data reply (its length is
-                // bounded by MAX_REQUEST_SIZE, so `8 + len` cannot overflow).
-                if v.command == Command::Read {
-                    style.read_header(&mut buf, v.cookie, v.offset, v.count);
-                }
-                let n = style.block_status_len(3);
-                let mut bs = vec![0u8; n];
-                style.block_status(
-                    &mut bs,
-                    v.cookie,
-                    v.offset,
-                    v.count,
-                    v.flags & 8 != 0,
-                    1,
-                    [
-                        (v.offset, v.count, 3u32),
-                        (v.offset.wrapping_add(v.count), 5, 0),
-                    ],
-                );
+    serve(negotiated, data, mode);
+}
+
+/// What a request or refusal looked like, payload pieces merged.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Request(Valid),
+    Payload(u64, u64),
+    Refused(tx::Refused),
+    Close(tx::Close),
+}
+
+fn serve(negotiated: Negotiated, data: &[u8], mode: u8) -> Vec<Seen> {
+    let limits = Limits {
+        max_request: tx::MAX_REQUEST_SIZE >> ((mode >> 3) % 16),
+        // 1, 2, 3, or 0 (not counted).
+        max_in_flight: (1 + u32::from(mode >> 6)) % 4,
+    };
+    let whole = drive(negotiated, limits, data, data.len().max(1));
+    let piece = 1 + usize::from(mode) % 13;
+    let pieces = drive(negotiated, limits, data, piece);
+    assert_eq!(
+        whole, pieces,
+        "feeding in pieces of {piece} changed the events"
+    );
+    whole
+}
+
+/// Feed `data` in pieces of `piece` bytes, answering requests oldest first
+/// whenever the engine is busy, and check every event.
+fn drive(negotiated: Negotiated, limits: Limits, data: &[u8], piece: usize) -> Vec<Seen> {
+    let mut e = Engine::new(negotiated, limits);
+    let mut seen = Vec::new();
+    let mut outstanding: VecDeque<Valid> = VecDeque::new();
+    // The WRITE whose payload is arriving: next offset and bytes left.
+    let mut writing: Option<(u64, u64)> = None;
+    let mut buf = vec![0u8; Engine::REPLY_LEN + 64];
+    let mut bs = vec![0u8; e.block_status_len(3)];
+    let mut pos = 0;
+    let mut closed = false;
+    let mut refusal = vec![0u8; Engine::REPLY_LEN];
+    let mut answer = |e: &mut Engine, v: &Valid, turn: usize| {
+        let n = match v.command {
+            Command::Read if turn % 3 != 0 => e.reply_read(v, &mut buf),
+            Command::BlockStatus if turn % 3 != 0 => {
+                let ext = [
+                    (v.offset, v.count / 2 + 1, 3u32),
+                    (v.offset.saturating_add(v.count / 2 + 1), v.count, 0),
+                ];
+                let n = e.reply_block_status(v, ext, &mut bs);
+                assert!(n <= bs.len());
+                n
             }
-            Err(e) => {
-                style.error(
-                    &mut buf,
-                    None,
-                    req.header.cookie,
-                    req.header.offset,
-                    e,
-                    b"msg",
-                );
+            _ if turn % 3 == 0 => e.reply_error(v, NbdError::Io, b"message", &mut buf),
+            _ => e.reply_ok(v, &mut buf),
+        };
+        assert!(n <= buf.len().max(bs.len()));
+    };
+    for turn in 0..1_000_000 {
+        assert!(e.in_flight() <= limits.max_in_flight.max(1));
+        let end = (pos + piece).min(data.len());
+        let p = e.handle_input(&data[pos..end]);
+        assert!(p.consumed <= end - pos);
+        if closed {
+            assert_eq!(p.consumed, 0, "input read after the end");
+        }
+        pos += p.consumed;
+        match p.event {
+            None if p.consumed == 0 => {
+                if e.wants() == Want::Busy {
+                    let v = outstanding
+                        .pop_front()
+                        .expect("busy with nothing in flight");
+                    answer(&mut e, &v, turn);
+                } else if end == data.len() || closed {
+                    break;
+                }
+            }
+            None => {}
+            Some(tx::Event::Request(v)) => {
+                assert!(writing.is_none());
+                assert_ne!(v.command, Command::Disc);
+                if v.command != Command::Flush {
+                    assert!(v.count > 0 && v.offset + v.count <= negotiated.size);
+                }
+                if matches!(v.command, Command::Read | Command::Write) {
+                    assert!(v.count <= limits.max_request);
+                }
+                if v.cmd_flags().contains(CmdFlags::FUA) {
+                    assert_ne!(negotiated.eflags & FLAG_SEND_FUA, 0);
+                }
+                if v.command == Command::BlockStatus {
+                    assert!(negotiated.base_allocation.is_some());
+                }
+                seen.push(Seen::Request(v));
+                if v.command == Command::Write {
+                    writing = Some((v.offset, v.count));
+                    seen.push(Seen::Payload(v.offset, 0));
+                }
+                outstanding.push_back(v);
+            }
+            Some(tx::Event::Payload { offset, data, last }) => {
+                let (next, left) = writing.expect("payload without a write");
+                assert_eq!(offset, next);
+                assert!(!data.is_empty() && data.len() as u64 <= left);
+                let left = left - data.len() as u64;
+                assert_eq!(last, left == 0);
+                writing = (!last).then_some((next + data.len() as u64, left));
+                if let Some(Seen::Payload(_, n)) = seen
+                    .iter_mut()
+                    .rev()
+                    .find(|s| matches!(s, Seen::Payload(..)))
+                {
+                    *n += data.len() as u64;
+                }
+            }
+            Some(tx::Event::Refused(r)) => {
+                assert!(writing.is_none());
+                seen.push(Seen::Refused(r));
+                let n = e.reply_refused(&r, &mut refusal);
+                assert!(n <= refusal.len());
+            }
+            Some(tx::Event::Close(c)) => {
+                // Reported again on the next call, and then we stop.
+                if closed {
+                    assert_eq!(seen.last(), Some(&Seen::Close(c)));
+                    break;
+                }
+                seen.push(Seen::Close(c));
+                closed = true;
             }
         }
     }
+    seen
 }
 
 /// `parse(emit(parse(bytes))) == parse(bytes)` for every wire repr, and

@@ -1,0 +1,9 @@
+//! A whole connection from arbitrary client bytes: the handshake, then the
+//! transmission engine. See `core/tests/fuzz_harness`: the body is shared
+//! with the stable corpus replay test (`core/tests/corpus_replay.rs`).
+#![no_main]
+
+#[path = "../../core/tests/fuzz_harness/mod.rs"]
+mod fuzz_harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_harness::session(data));
