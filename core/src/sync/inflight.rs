@@ -50,9 +50,9 @@ impl InFlight {
     }
 
     /// Start a request now if a slot is free: `Ready(Some)`; `Ready(None)`
-    /// once the connection is closing (no request starts after DISC or
-    /// shutdown); `Pending` while `limit` are in flight (the task is woken
-    /// when one ends or the connection closes).
+    /// once the connection drains (no request starts after that);
+    /// `Pending` while `limit` are in flight (the task is woken when one
+    /// ends).
     pub fn poll_begin(&self, cx: &mut Context<'_>) -> Poll<Option<Ticket>> {
         let mut s = lock(&self.0.state);
         if s.closing {
@@ -71,18 +71,6 @@ impl InFlight {
     /// Wait for a slot and start a request (see [`InFlight::poll_begin`]).
     pub async fn begin(&self) -> Option<Ticket> {
         poll_fn(|cx| self.poll_begin(cx)).await
-    }
-
-    /// Refuse new requests from now on (NBD_CMD_DISC, server shutdown).
-    pub fn close(&self) {
-        let w = {
-            let mut s = lock(&self.0.state);
-            s.closing = true;
-            s.waiter.take()
-        };
-        if let Some(w) = w {
-            w.wake();
-        }
     }
 
     /// Close, then `Ready` once every request in flight has ended.

@@ -31,6 +31,7 @@ use crate::plugins::memory::{SparseArray, PAGE_SIZE};
 
 // --- The memory plugin's sparse array -------------------------------------
 
+/// The memory plugin: two writes to one page each land whole (never a mix).
 #[test]
 fn loom_sparse_array_writes_to_the_same_page_are_each_whole() {
     loom::model(|| {
@@ -49,6 +50,7 @@ fn loom_sparse_array_writes_to_the_same_page_are_each_whole() {
     });
 }
 
+/// The memory plugin: writes to two pages both land, each page allocated once.
 #[test]
 fn loom_sparse_array_writes_to_different_pages_both_land() {
     loom::model(|| {
@@ -68,6 +70,7 @@ fn loom_sparse_array_writes_to_different_pages_both_land() {
     });
 }
 
+/// The memory plugin: a read racing a write sees each page's part old or new.
 #[test]
 fn loom_sparse_array_reader_sees_old_or_new_never_torn() {
     loom::model(|| {
@@ -89,6 +92,7 @@ fn loom_sparse_array_reader_sees_old_or_new_never_torn() {
     });
 }
 
+/// The memory plugin: a zero racing a write to a new page leaves it consistent.
 #[test]
 fn loom_sparse_array_zero_racing_write_to_a_new_page() {
     loom::model(|| {
@@ -139,18 +143,23 @@ fn most_at_once(model: ThreadModel, same_connection: bool) -> usize {
     max.load(core::sync::atomic::Ordering::SeqCst)
 }
 
+/// serialize_all_requests (and serialize_connections): never two plugin
+/// calls at once, even from two connections.
 #[test]
 fn loom_serialize_all_requests_never_overlaps_calls() {
     assert_eq!(most_at_once(ThreadModel::SerializeAllRequests, false), 1);
     assert_eq!(most_at_once(ThreadModel::SerializeConnections, false), 1);
 }
 
+/// serialize_requests: never two requests of one connection in the plugin at
+/// once; two connections' requests may overlap.
 #[test]
 fn loom_serialize_requests_serializes_one_connection_only() {
     assert_eq!(most_at_once(ThreadModel::SerializeRequests, true), 1);
     assert_eq!(most_at_once(ThreadModel::SerializeRequests, false), 2);
 }
 
+/// parallel: no lock, requests of one connection may overlap.
 #[test]
 fn loom_parallel_lets_calls_overlap() {
     assert_eq!(most_at_once(ThreadModel::Parallel, true), 2);
@@ -273,26 +282,6 @@ fn loom_a_request_waiting_for_a_slot_is_woken_and_drain_waits_for_it() {
         assert_eq!(answered.load(Ordering::SeqCst), 1);
         t.join().unwrap();
         u.join().unwrap();
-    });
-}
-
-/// Server shutdown while the connection task waits for a slot: the wait
-/// ends (with a slot, or refused once closed) and the drain completes.
-#[test]
-fn loom_shutdown_closes_while_a_request_waits_for_a_slot() {
-    loom::model(|| {
-        let flight = InFlight::new(1);
-        let first = block_on(flight.begin()).expect("a free slot");
-        let closer = {
-            let flight = flight.clone();
-            thread::spawn(move || flight.close())
-        };
-        let ender = thread::spawn(move || drop(first));
-        let _ = block_on(flight.begin()).map(drop);
-        closer.join().unwrap();
-        ender.join().unwrap();
-        block_on(flight.drain());
-        assert_eq!(flight.in_flight(), 0);
     });
 }
 
