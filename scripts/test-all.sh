@@ -148,9 +148,12 @@ else
     echo "test-all: SKIP FreeBSD check: rustup cannot add x86_64-unknown-freebsd (offline?)" >&2
 fi
 
-# loom models (own target dir: --cfg loom rebuilds every dependency).
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
-    cargo test --release -p nbdkit-core loom
+# loom models of the concurrency runtime-std runs (nbdkit-core's sync
+# types: in-flight accounting and drain, the reply locks, the thread-model
+# gate, the blocking worker pool). Own target dir: --cfg loom rebuilds
+# every dependency. Bounded: 3 preemptions per execution (~15 s of models).
+LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target/loom" \
+    timeout 1200 cargo test --release -p nbdkit-core --lib loom
 
 # The crates.io nbdkit crate, for the Rust plugin test (dropin_lang builds
 # plugins/rust offline from the local registry).

@@ -13,14 +13,22 @@
 //! The socket is a blocking `std` socket here; the connection's async task
 //! waits for the workers and, when the server stops, shuts the socket's
 //! reading side down so that a worker blocked in `read` wakes up.
+//!
+//! The pool (read lock, worker count, end of input) is nbdkit-core's
+//! loom-checked [`Pool`], the reply writer its [`ReplyWriter`] and the
+//! thread model's locks its `Gate`: this module gives them the socket, the
+//! requests and the threads.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::Scope;
 
 use nbdkit_core::backend::{Context, ThreadModel};
+use nbdkit_core::sync::gate::ConnectionGate;
+use nbdkit_core::sync::pool::{Next, Pool, Work};
+use nbdkit_core::sync::reply_writer::{ReplySink, ReplyWriter};
 use nbdkit_core::handshake::Negotiated;
 use nbdkit_core::transmission::{
     Close as TxClose, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
@@ -83,6 +91,18 @@ impl Write for SyncStream {
     }
 }
 
+impl ReplySink for SyncStream {
+    fn write_all(&mut self, bytes: &[u8]) -> bool {
+        if Write::write_all(self, bytes).is_ok() {
+            return true;
+        }
+        // Wake the worker that may be blocked reading (it holds the read
+        // lock): its read then ends the connection.
+        self.shutdown(Shutdown::Both);
+        false
+    }
+}
+
 /// What the negotiation decided, for every request of the connection.
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
@@ -99,36 +119,39 @@ struct Input {
     /// Decodes and validates what `rd` gives (the workers bound how many
     /// requests run at once, so it does not count them).
     engine: Engine,
-    /// The client is gone, sent NBD_CMD_DISC, or broke the protocol.
-    done: bool,
 }
 
 /// One connection's workers.
 struct Workers<'a> {
     session: &'a Session,
-    input: Mutex<Input>,
-    output: Mutex<SyncStream>,
+    /// The read lock and the worker count.
+    workers: Pool<Input>,
+    output: ReplyWriter<SyncStream>,
+    /// The serialize_requests lock of this connection.
+    gate: ConnectionGate,
     pool: BufPool,
-    /// Workers waiting for (or holding) the read lock without a request.
-    readers: AtomicUsize,
-    /// Workers started.
-    started: AtomicUsize,
-    max: usize,
     /// The client sent NBD_CMD_DISC.
     goodbye: AtomicBool,
 }
 
-/// What one turn at the read lock gave.
 /// The largest write payload buffer a worker keeps for the next request.
 const MAX_SPARE_PAYLOAD: usize = 4 << 20;
 
-enum Next {
+/// A request read.
+enum Request {
     /// A valid request and its payload (empty unless it is a write).
     Run(Valid, Vec<u8>),
     /// A request that fails validation: its error reply.
     Refuse(Vec<u8>),
-    /// The end of the connection.
-    End,
+}
+
+/// A worker's own state.
+struct Local {
+    name: Arc<str>,
+    /// The write payload buffer, reused from request to request (as nbdkit
+    /// keeps one per thread): a fresh allocation per large write costs an
+    /// mmap and its page faults each time.
+    spare: Vec<u8>,
 }
 
 /// Serve the transmission phase of one connection on `stream`, with the
@@ -156,16 +179,16 @@ pub(crate) fn transmission(
     };
     let w = Workers {
         session,
-        input: Mutex::new(Input {
-            rd: BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(stream)),
-            engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
-            done: false,
-        }),
-        output: Mutex::new(output),
+        workers: Pool::new(
+            Input {
+                rd: BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(stream)),
+                engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
+            },
+            max,
+        ),
+        output: ReplyWriter::new(output),
+        gate: ConnectionGate::new(),
         pool: BufPool::default(),
-        readers: AtomicUsize::new(0),
-        started: AtomicUsize::new(1),
-        max,
         goodbye: AtomicBool::new(false),
     };
     if max > 1 {
@@ -181,18 +204,16 @@ pub(crate) fn transmission(
     }
     std::thread::scope(|s| w.work(s, 0));
     let goodbye = w.goodbye.load(Ordering::Acquire);
-    Some((
-        goodbye,
-        w.output.into_inner().unwrap_or_else(|p| p.into_inner()),
-    ))
+    Some((goodbye, w.output.into_inner()))
 }
 
 impl<'a> Workers<'a> {
     /// Worker `index`: serve requests until the connection ends.
     fn work<'s>(&'s self, scope: &'s Scope<'s, '_>, index: usize) {
+        let max = self.workers.max();
         // As nbdkit names its threads: PLUGIN.N for the workers of a
         // parallel connection, PLUGIN[N] (the connection's) otherwise.
-        let name: Arc<str> = if self.max > 1 {
+        let name: Arc<str> = if max > 1 {
             let n: Arc<str> =
                 format!("{}.{index}", self.session.shared.stack.plugin().name()).into();
             log::debug(None, format_args!("starting worker thread {n}"));
@@ -200,59 +221,16 @@ impl<'a> Workers<'a> {
         } else {
             self.session.name.clone()
         };
-        self.serve(scope, &name);
-        if self.max > 1 {
-            log::debug(Some(&name), format_args!("exiting worker thread {name}"));
-        }
-    }
-
-    fn serve<'s>(&'s self, scope: &'s Scope<'s, '_>, name: &Arc<str>) {
-        // This worker's write payload buffer, reused from request to
-        // request (as nbdkit keeps one per thread): a fresh allocation per
-        // large write costs an mmap and its page faults each time.
-        let mut spare = Vec::new();
-        loop {
-            self.readers.fetch_add(1, Ordering::AcqRel);
-            let next = {
-                let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-                if input.done {
-                    Next::End
-                } else {
-                    let Input { rd, engine, .. } = &mut *input;
-                    let n = self.read_request(rd, engine, &mut spare);
-                    if matches!(n, Next::End) {
-                        input.done = true;
-                    }
-                    n
-                }
-            };
-            let others_reading = self.readers.fetch_sub(1, Ordering::AcqRel) > 1;
-            let reply = match next {
-                Next::End => return,
-                Next::Refuse(reply) => reply,
-                Next::Run(v, payload) => {
-                    // Nobody else is waiting for the next request: start
-                    // another worker, so that a pipelining client keeps up
-                    // to `-t` requests running.
-                    if !others_reading && self.started.load(Ordering::Acquire) < self.max {
-                        let index = self.started.fetch_add(1, Ordering::AcqRel);
-                        scope.spawn(move || self.work(scope, index));
-                    }
-                    let out = self.run(&v, &payload, name);
-                    if payload.capacity() <= MAX_SPARE_PAYLOAD {
-                        spare = payload;
-                    }
-                    let sent = self.send(out.bytes());
-                    self.pool.put(out.into_buf());
-                    if !sent {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if !self.send(&reply) {
-                return;
-            }
+        let mut local = Local {
+            name,
+            spare: Vec::new(),
+        };
+        self.workers.serve(self, &mut local, &mut |index| {
+            scope.spawn(move || self.work(scope, index));
+        });
+        if max > 1 {
+            let name = &local.name;
+            log::debug(Some(name), format_args!("exiting worker thread {name}"));
         }
     }
 
@@ -260,7 +238,7 @@ impl<'a> Workers<'a> {
     /// [`execute`]).
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
-        s.shared.gated(|| {
+        s.shared.gated(Some(&self.gate), || {
             execute(
                 &s.ctx,
                 &self.pool,
@@ -273,25 +251,13 @@ impl<'a> Workers<'a> {
         })
     }
 
-    /// Write a reply; `false` when the client is gone.
-    fn send(&self, reply: &[u8]) -> bool {
-        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
-        if out.write_all(reply).is_ok() {
-            return true;
-        }
-        // Wake the worker that may be blocked reading (it holds the read
-        // lock): its read then ends the connection.
-        out.shutdown(Shutdown::Both);
-        false
-    }
-
     /// Read the next request (header and payload).
     fn read_request(
         &self,
         rd: &mut impl BufRead,
         engine: &mut Engine,
         spare: &mut Vec<u8>,
-    ) -> Next {
+    ) -> Next<Request> {
         let s = self.session;
         let Want::Header(hdr_len) = engine.wants() else {
             return Next::End;
@@ -350,13 +316,13 @@ impl<'a> Workers<'a> {
                         ),
                     );
                 }
-                return Next::Refuse(error_reply(
+                return Next::Answer(Request::Refuse(error_reply(
                     s.style,
                     r.command,
                     r.cookie,
                     r.offset,
                     r.error.to_wire(),
-                ));
+                )));
             }
         };
         let mut payload = Vec::new();
@@ -371,6 +337,31 @@ impl<'a> Workers<'a> {
             }
             engine.take_payload(len);
         }
-        Next::Run(v, payload)
+        Next::Run(Request::Run(v, payload))
+    }
+}
+
+impl Work for Workers<'_> {
+    type Input = Input;
+    type Request = Request;
+    type Local = Local;
+
+    fn read(&self, input: &mut Input, local: &mut Local) -> Next<Request> {
+        self.read_request(&mut input.rd, &mut input.engine, &mut local.spare)
+    }
+
+    fn answer(&self, req: Request, local: &mut Local) -> bool {
+        match req {
+            Request::Refuse(reply) => self.output.send(&[&reply]),
+            Request::Run(v, payload) => {
+                let out = self.run(&v, &payload, &local.name);
+                if payload.capacity() <= MAX_SPARE_PAYLOAD {
+                    local.spare = payload;
+                }
+                let sent = self.output.send(&[out.bytes()]);
+                self.pool.put(out.into_buf());
+                sent
+            }
+        }
     }
 }

@@ -13,12 +13,15 @@ use nbdkit_core::backend::{
     Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
 };
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
+use nbdkit_core::sync::async_mutex::AsyncMutex;
+use nbdkit_core::sync::gate::{ConnectionGate, Gate};
+use nbdkit_core::sync::inflight::InFlight;
 use nbdkit_core::transmission::{
     self, Close as TxClose, Command, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
 };
 use nbdkit_core::wire::consts::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{watch, Mutex as AsyncMutex, Semaphore};
+use tokio::sync::watch;
 
 use crate::log;
 
@@ -30,10 +33,11 @@ pub(crate) struct Shared {
     pub(crate) threads: usize,
     pub(crate) thread_model: ThreadModel,
     pub(crate) blocks: bool,
-    /// Held around every plugin call under serialize_all_requests.
-    pub(crate) all_requests: std::sync::Mutex<()>,
-    /// Held for a whole connection under serialize_connections.
-    pub(crate) connections: AsyncMutex<()>,
+    /// The thread model's locks (loom-checked in nbdkit-core): a whole
+    /// connection under serialize_connections, every plugin call under
+    /// serialize_all_requests, a connection's requests under
+    /// serialize_requests.
+    pub(crate) gate: Gate,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// TLS credentials, when `--tls` is on or require.
     pub(crate) tls: Option<crate::tls::Tls>,
@@ -157,33 +161,40 @@ impl From<Vec<u8>> for Reply {
 }
 
 impl Shared {
-    /// Run `f` under the global request lock when the thread model is
-    /// serialize_all_requests (or stricter).
-    pub(crate) fn gated<T>(&self, f: impl FnOnce() -> T) -> T {
-        if self.thread_model <= ThreadModel::SerializeAllRequests {
-            let _g = self.all_requests.lock().unwrap_or_else(|p| p.into_inner());
-            f()
-        } else {
-            f()
-        }
+    /// Run `f` under the thread model's request lock: the global one under
+    /// serialize_all_requests (or stricter), `conn`'s under
+    /// serialize_requests (`None`: a call outside any request).
+    pub(crate) fn gated<T>(&self, conn: Option<&ConnectionGate>, f: impl FnOnce() -> T) -> T {
+        let _pass = self.gate.request(conn);
+        f()
     }
 
     /// Run a plugin call: on a blocking thread when the stack may block,
-    /// inline otherwise; under the global lock when the model says so.
+    /// inline otherwise; under the thread model's locks.
     async fn call<T, F>(self: &Arc<Self>, f: F) -> T
     where
         T: Send + 'static,
         F: FnOnce(&Shared) -> T + Send + 'static,
     {
-        let run = |s: &Shared| s.gated(|| f(s));
+        self.call_on(None, f).await
+    }
+
+    /// [`Shared::call`] for a request of the connection whose gate is `conn`.
+    async fn call_on<T, F>(self: &Arc<Self>, conn: Option<&Arc<ConnectionGate>>, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> T + Send + 'static,
+    {
         if self.blocks {
             let s = self.clone();
-            match tokio::task::spawn_blocking(move || run(&s)).await {
+            let conn = conn.cloned();
+            let run = move || s.gated(conn.as_deref(), || f(&s));
+            match tokio::task::spawn_blocking(run).await {
                 Ok(v) => v,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         } else {
-            run(self)
+            self.gated(conn.map(|c| &**c), || f(self))
         }
     }
 }
@@ -462,11 +473,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}[{}]", shared.stack.plugin().name(), id);
     let cname: Arc<str> = name.as_str().into();
-    let _whole = if shared.thread_model == ThreadModel::SerializeConnections {
-        Some(shared.connections.lock().await)
-    } else {
-        None
-    };
+    let _whole = shared.gate.connection().await;
     let readonly = shared.readonly;
     let peer = Arc::new(peer);
     let (p, cn) = (peer.clone(), cname.clone());
@@ -1031,14 +1038,18 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    // The engine decodes and validates; the semaphore below bounds how
-    // many requests run at once, so the engine does not count them.
+    // The engine decodes and validates; the in-flight count below bounds
+    // how many requests run at once, so the engine does not count them.
     let mut engine = Engine::new(negotiated, Limits::UNCOUNTED);
     let style = engine.style();
     let base_allocation = negotiated.base_allocation.unwrap_or(0);
+    // Replies are written whole under the reply lock; the in-flight count
+    // limits requests to -t and lets the end of the connection wait for
+    // every reply (both loom-checked in nbdkit-core).
     let wr = Arc::new(AsyncMutex::new(wr));
     let concurrent = shared.thread_model == ThreadModel::Parallel && shared.threads > 1;
-    let slots = Arc::new(Semaphore::new(shared.threads.max(1)));
+    let flight = InFlight::new(shared.threads.max(1));
+    let gate = Arc::new(ConnectionGate::new());
     let pool = Arc::new(BufPool::default());
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
@@ -1167,23 +1178,23 @@ where
         }
         // A request that arrives when nothing else is in flight on a stack
         // that never blocks runs right here: no task hand-off, lowest latency.
-        let idle = slots.available_permits() == shared.threads.max(1);
-        if concurrent && (shared.blocks || !idle) {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+        if concurrent && (shared.blocks || flight.in_flight() > 0) {
+            let Some(ticket) = flight.begin().await else {
                 break;
             };
-            let (shared, ctx, wr, name, pool, workers) = (
+            let (shared, ctx, wr, name, pool, workers, gate) = (
                 shared.clone(),
                 ctx.clone(),
                 wr.clone(),
                 name.clone(),
                 pool.clone(),
                 workers.clone(),
+                gate.clone(),
             );
             tokio::spawn(async move {
                 let p = pool.clone();
                 let reply = shared
-                    .call(move |_| {
+                    .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
                         execute(&ctx, &p, n, style, base_allocation, &v, &payload)
@@ -1191,12 +1202,12 @@ where
                     .await;
                 send(&wr, reply.bytes()).await;
                 pool.put(reply.buf);
-                drop(permit);
+                drop(ticket);
             });
         } else {
             let (c, n, p, workers) = (ctx.clone(), name.clone(), pool.clone(), workers.clone());
             let reply = shared
-                .call(move |_| {
+                .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
                     execute(&c, &p, n, style, base_allocation, &v, &payload)
@@ -1211,7 +1222,7 @@ where
     }
     // Every request already read is answered before the connection closes
     // (which the caller does once the handles are closed).
-    let _ = slots.acquire_many(shared.threads.max(1) as u32).await;
+    flight.drain().await;
     (graceful && !crate::server::stopping(), wr, reader)
 }
 

@@ -379,8 +379,7 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         threads: cfg.threads.max(1),
         thread_model,
         blocks,
-        all_requests: std::sync::Mutex::new(()),
-        connections: tokio::sync::Mutex::new(()),
+        gate: nbdkit_core::sync::gate::Gate::new(thread_model),
         shutdown: stop_rx.clone(),
         tls: cfg.tls.clone(),
     });

@@ -1,7 +1,7 @@
 //! The locks that give nbdkit's thread models their meaning.
 //!
 //! - `serialize_connections`: one connection at a time
-//!   ([`Gate::connection`] holds a lock for a connection's lifetime);
+//!   ([`Gate::connection`] holds an async lock for a connection's lifetime);
 //! - `serialize_all_requests`: one request at a time across connections;
 //! - `serialize_requests`: one request at a time per connection;
 //! - `parallel`: no lock.
@@ -9,6 +9,7 @@
 //! Requests under the first two models also take the global request lock,
 //! so a plugin call never overlaps another under them.
 
+use super::async_mutex::{AsyncMutex, AsyncMutexGuard};
 use super::{lock, Mutex, MutexGuard};
 use crate::backend::ThreadModel;
 
@@ -16,7 +17,7 @@ use crate::backend::ThreadModel;
 #[derive(Debug)]
 pub struct Gate {
     model: ThreadModel,
-    connections: Mutex<()>,
+    connections: AsyncMutex<()>,
     all_requests: Mutex<()>,
 }
 
@@ -33,10 +34,16 @@ impl ConnectionGate {
     }
 }
 
-/// Held for as long as a connection (or a request) may proceed.
+/// Held for as long as a request may proceed.
 #[derive(Debug)]
 pub struct Pass<'a> {
     _guard: Option<MutexGuard<'a, ()>>,
+}
+
+/// Held for as long as a connection may proceed.
+#[derive(Debug)]
+pub struct ConnectionPass<'a> {
+    _guard: Option<AsyncMutexGuard<'a, ()>>,
 }
 
 impl Gate {
@@ -44,7 +51,7 @@ impl Gate {
     pub fn new(model: ThreadModel) -> Self {
         Gate {
             model,
-            connections: Mutex::new(()),
+            connections: AsyncMutex::new(()),
             all_requests: Mutex::new(()),
         }
     }
@@ -54,22 +61,26 @@ impl Gate {
         self.model
     }
 
-    /// Enter a connection: blocks while another connection is served
+    /// Enter a connection: waits while another connection is served
     /// under `serialize_connections`.
-    pub fn connection(&self) -> Pass<'_> {
-        Pass {
-            _guard: (self.model == ThreadModel::SerializeConnections)
-                .then(|| lock(&self.connections)),
-        }
+    pub async fn connection(&self) -> ConnectionPass<'_> {
+        let guard = if self.model == ThreadModel::SerializeConnections {
+            Some(self.connections.lock().await)
+        } else {
+            None
+        };
+        ConnectionPass { _guard: guard }
     }
 
-    /// Enter a plugin call for a request on `conn`.
-    pub fn request<'a>(&'a self, conn: &'a ConnectionGate) -> Pass<'a> {
+    /// Enter a plugin call for a request on `conn` (`None`: a call outside
+    /// any connection's requests, e.g. preconnect or close, which only the
+    /// server-wide lock orders).
+    pub fn request<'a>(&'a self, conn: Option<&'a ConnectionGate>) -> Pass<'a> {
         let guard = match self.model {
             ThreadModel::SerializeConnections | ThreadModel::SerializeAllRequests => {
                 Some(lock(&self.all_requests))
             }
-            ThreadModel::SerializeRequests => Some(lock(&conn.requests)),
+            ThreadModel::SerializeRequests => conn.map(|c| lock(&c.requests)),
             ThreadModel::Parallel => None,
         };
         Pass { _guard: guard }

@@ -6,9 +6,15 @@
 //! (`RUSTFLAGS="--cfg loom" cargo test --release -p nbdkit-core loom`).
 //!
 //! Beside the locks live the pieces of a runtime where threads meet, kept
-//! here so loom can check them: the thread-model gate ([`gate`]), the
-//! per-connection in-flight accounting with its drain ([`inflight`]) and
-//! the reply writer that keeps replies whole ([`reply_writer`]).
+//! here so loom can check them, and used by runtime-std (nothing here is a
+//! model of code that runs elsewhere): the thread-model gate ([`gate`]), the
+//! per-connection in-flight accounting with its drain ([`inflight`]), the
+//! async lock that keeps one connection's replies whole and admits one
+//! connection at a time under serialize_connections ([`async_mutex`]), the
+//! blocking reply writer ([`reply_writer`]) and the worker pool of a
+//! connection on blocking threads ([`pool`]). The waiting that needs an
+//! async runtime is done with [`core::task::Waker`]s, so loom checks it too
+//! (`loom::future::block_on`).
 
 #[cfg(loom)]
 pub use loom::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -21,10 +27,26 @@ pub use loom::sync::Condvar;
 #[cfg(all(not(loom), feature = "std"))]
 pub use std::sync::Condvar;
 
+#[cfg(not(loom))]
+pub use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[cfg(all(not(loom), feature = "std"))]
+use cell::{MutPtr, UnsafeCell};
+#[cfg(loom)]
+use loom::cell::{MutPtr, UnsafeCell};
+
+#[cfg(any(loom, feature = "std"))]
+pub mod async_mutex;
+#[cfg(all(not(loom), feature = "std"))]
+mod cell;
 #[cfg(any(loom, feature = "std"))]
 pub mod gate;
 #[cfg(any(loom, feature = "std"))]
 pub mod inflight;
+#[cfg(any(loom, feature = "std"))]
+pub mod pool;
 #[cfg(any(loom, feature = "std"))]
 pub mod reply_writer;
 
