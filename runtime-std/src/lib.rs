@@ -11,6 +11,8 @@ pub mod filters;
 pub mod log;
 mod os;
 pub mod plugins;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod pow;
 pub mod process;
 pub mod server;
 pub mod tls;
