@@ -14,6 +14,7 @@ pub mod plugins;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod pow;
 pub mod process;
+mod readbuf;
 pub mod server;
 pub mod tls;
 
