@@ -5,13 +5,13 @@ Starts an NBD server (a command template with {sock}), opens N connections
 over its Unix socket that each finish the newstyle handshake (NBD_OPT_GO on
 the default export) and then stay idle, and prints the server's RSS
 (VmRSS, and the smaps_rollup breakdown) before and after, with the cost per
-connection. With --busy, an nbdcopy of the export to null runs before the
-idle connections are opened and again while they are held; both times are
-printed.
+connection. With --busy, nbdcopy writes the whole export from a file of random data
+and reads it back to null, before the idle connections are opened and
+again while they are held; the times are printed.
 
     scripts/idle-conns.py -n 1000
     scripts/idle-conns.py -n 10000 --busy
-    scripts/idle-conns.py -n 1000 --server '/usr/bin/nbdkit -f -U {sock} memory 1G'
+    scripts/idle-conns.py -n 1000 --server '/usr/bin/nbdkit -f -U {sock} memory 256M'
 
 The soft limit on open files is raised to the hard limit (the server
 inherits it); 10,000 connections need a hard limit above 10,000 (as root:
@@ -91,10 +91,16 @@ def threads(pid):
     return len(os.listdir("/proc/%d/task" % pid))
 
 
-def nbdcopy(uri):
+def nbdcopy(src, dst):
     t = time.monotonic()
-    subprocess.run(["nbdcopy", uri, "null:"], check=True)
+    subprocess.run(["nbdcopy", src, dst], check=True)
     return time.monotonic() - t
+
+
+def busy(uri, data):
+    """Seconds to write `data` (a file as large as the export) to the
+    export, then to read the export back to null."""
+    return nbdcopy(data, uri), nbdcopy(uri, "null:")
 
 
 def main():
@@ -104,10 +110,14 @@ def main():
     ap.add_argument("-n", type=int, default=1000, help="idle connections (default 1000)")
     ap.add_argument(
         "--server",
-        default=shlex.quote(os.path.normpath(default)) + " -f -U {sock} memory 1G",
-        help="server command template with {sock} (default: target/release/nbdkit memory 1G)",
+        default=shlex.quote(os.path.normpath(default)) + " -f -U {sock} memory 256M",
+        help="server command template with {sock} (default: target/release/nbdkit memory 256M)",
     )
-    ap.add_argument("--busy", action="store_true", help="time an nbdcopy without and with the idle connections")
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="time nbdcopy writing the whole export and reading it back, without and with the idle connections",
+    )
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before measuring")
     args = ap.parse_args()
 
@@ -133,7 +143,15 @@ def main():
                 sys.exit("idle-conns: the server did not start")
             time.sleep(0.02)
         uri = "nbd+unix:///?socket=" + sock
-        busy_alone = nbdcopy(uri) if args.busy else None
+        data = None
+        busy_alone = None
+        if args.busy:
+            size = int(subprocess.run(["nbdinfo", "--size", uri], check=True, capture_output=True, text=True).stdout)
+            data = os.path.join(d, "data")
+            with open(data, "wb") as f:
+                for _ in range(0, size, 1 << 20):
+                    f.write(os.urandom(1 << 20))
+            busy_alone = busy(uri, data)
         # One handshake, then the baseline.
         handshake(sock).close()
         time.sleep(args.settle)
@@ -153,11 +171,12 @@ def main():
             if k in after_roll:
                 print("  %-14s %7d -> %7d kB" % (k, before_roll.get(k, 0), after_roll[k]))
         if args.busy:
-            busy_held = nbdcopy(uri)
-            print(
-                "nbdcopy %s -> null: %.2f s alone, %.2f s with %d idle connections (ratio %.2f)"
-                % (uri, busy_alone, busy_held, args.n, busy_held / busy_alone)
-            )
+            busy_held = busy(uri, data)
+            for what, a, b in zip(("write (file -> nbd)", "read (nbd -> null)"), busy_alone, busy_held):
+                print(
+                    "nbdcopy %s: %.2f s alone, %.2f s with %d idle connections (ratio %.2f)"
+                    % (what, a, b, args.n, b / a)
+                )
             # The idle connections are all still served.
             for c in conns[:: max(1, args.n // 10)]:
                 c.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, 512))
@@ -174,10 +193,11 @@ def main():
             srv.wait(timeout=30)
         except subprocess.TimeoutExpired:
             srv.kill()
-        try:
-            os.unlink(sock)
-        except OSError:
-            pass
+        for f in ("sock", "data"):
+            try:
+                os.unlink(os.path.join(d, f))
+            except OSError:
+                pass
         os.rmdir(d)
 
 
