@@ -21,8 +21,9 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The library opened (it pulls in libcrypto.so.3).
-const LIBSSL: &str = "libssl.so.3";
+/// The library opened (it pulls in libcrypto): OpenSSL 3's soname on
+/// Linux, then FreeBSD's base system's.
+const LIBSSL: &[&str] = &["libssl.so.3", "libssl.so.30"];
 
 /// An opaque OpenSSL object (`SSL_CTX`, `SSL`, `BIO`, `SSL_METHOD`, ...).
 type Obj = *mut c_void;
@@ -131,9 +132,20 @@ const BIO_BUFFER: usize = 64 * 1024;
 /// OpenSSL, loaded on first use. The error is one line.
 fn api() -> Result<&'static Api, String> {
     static API: OnceLock<Result<Api, String>> = OnceLock::new();
-    API.get_or_init(|| load_api(LIBSSL))
-        .as_ref()
-        .map_err(Clone::clone)
+    API.get_or_init(|| {
+        let mut first = None;
+        for name in LIBSSL {
+            match load_api(name) {
+                Ok(a) => return Ok(a),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or_default())
+    })
+    .as_ref()
+    .map_err(Clone::clone)
 }
 
 fn load_api(path: &str) -> Result<Api, String> {
