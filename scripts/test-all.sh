@@ -34,13 +34,13 @@ packages=(
     man-db           # man (dropin_cli: --help against the manual pages)
     nbdkit-plugin-dev # the reference's example plugins (example2, differential tests)
     nbdkit-plugin-python # the reference's python plugin (C ABI and python differential tests)
-    libssl-dev       # OpenSSL for --tls-psk (openssl-sys links it)
-    pkg-config       # how openssl-sys finds libssl; nbdkit.pc (C ABI tests)
+    libssl3          # OpenSSL for --tls-psk (loaded with dlopen when used)
+    libssl-dev       # openssl-sys, which curl-sys links (the curl plugin's build)
+    pkg-config       # nbdkit.pc (C ABI tests); openssl-sys finds libssl with it
     gcc              # C plugins and filters of the C ABI tests; nbdkit cc
     g++              # nbdkit cc CC=g++ (dropin_lang)
     golang-go        # the Go plugin package and example (dropin_lang; ~40 s to install)
     ocaml-nox        # the OCaml NBDKit module and example (dropin_lang; ~50 s to install)
-    liblzma-dev      # liblzma for the xz filter (lzma-sys links it)
     xz-utils         # xz (xz filter tests)
     gdisk            # sgdisk (partitioning plugin tests)
     mtools           # mdir, mcopy (floppy plugin tests)

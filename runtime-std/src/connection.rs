@@ -20,7 +20,7 @@ use nbdkit_core::transmission::{
     self, Close as TxClose, Command, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
 };
 use nbdkit_core::wire::consts::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::log;
@@ -485,7 +485,9 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         return;
     }
     let mut stream = Conn::Plain(stream);
-    let opened = match handshake(&shared, &name, &peer, &mut stream).await {
+    // Boxed: the handshake's state (~15 KiB) is freed when it ends instead
+    // of sizing this task for the life of the connection.
+    let opened = match Box::pin(handshake(&shared, &name, &peer, &mut stream)).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(e) => {
@@ -525,7 +527,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         let Some((rd, wr)) = stream.split() else {
             return;
         };
-        let reader = BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(rd));
+        let reader = crate::readbuf::PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
         let (g, wr, reader) =
             transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
         graceful = g;

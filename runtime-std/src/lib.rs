@@ -11,7 +11,10 @@ pub mod filters;
 pub mod log;
 mod os;
 pub mod plugins;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod pow;
 pub mod process;
+mod readbuf;
 pub mod server;
 pub mod tls;
 

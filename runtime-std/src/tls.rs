@@ -4,7 +4,11 @@
 //! X.509 certificates are served with rustls. rustls has no external
 //! pre-shared keys, so `--tls-psk` is served with OpenSSL (TLS 1.2 PSK
 //! cipher suites and TLS 1.3 external PSKs through the server PSK
-//! callback). Either way a connection sees one [`TlsStream`].
+//! callback), loaded at run time only then ([`psk`]). Either way a
+//! connection sees one [`TlsStream`].
+
+mod cert;
+mod psk;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +18,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use nbdkit_core::handshake::TlsMode;
-use openssl::ssl::{SslAcceptor, SslContext, SslMethod, SslOptions, SslVersion};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,7 +53,7 @@ pub struct Tls {
 
 enum Kind {
     X509(tokio_rustls::TlsAcceptor),
-    Psk(SslContext),
+    Psk(psk::PskContext),
 }
 
 impl core::fmt::Debug for Tls {
@@ -344,48 +347,11 @@ fn load_psk(file: &Path) -> Result<Tls, LoadError> {
         parse_psk_line(line)
             .map_err(|e| LoadError::Invalid(format!("{}: line {}: {e}", file.display(), n + 1)))?;
     }
-    let err = |e: openssl::error::ErrorStack| LoadError::Invalid(format!("TLS (PSK): {e}"));
-    // mozilla_intermediate_v5: TLS 1.2 and 1.3 only, server cipher order.
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(err)?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(err)?;
-    // TLS 1.2: PSK key exchanges (forward secret ones first). TLS 1.3
-    // uses the external PSK with a SHA-256 cipher suite.
-    b.set_cipher_list(
-        "ECDHE-PSK+AESGCM:ECDHE-PSK+CHACHA20:PSK+AESGCM:PSK+CHACHA20:ECDHE-PSK:PSK:!NULL:!3DES",
-    )
-    .map_err(err)?;
-    b.set_options(SslOptions::NO_TICKET);
-    let path = file.to_path_buf();
-    let username = psk_username_index().map_err(err)?;
-    b.set_psk_server_callback(move |ssl, identity, out| {
-        let key = identity.and_then(|id| psk_lookup(&path, id).map(|k| (id, k)));
-        match key {
-            Some((id, k)) if k.len() <= out.len() => {
-                ssl.set_ex_data(username, String::from_utf8_lossy(id).into_owned());
-                out[..k.len()].copy_from_slice(&k);
-                Ok(k.len())
-            }
-            // 0: unknown identity, the handshake fails.
-            _ => Ok(0),
-        }
-    });
+    let ctx = psk::PskContext::server(file.to_path_buf())
+        .map_err(|e| LoadError::Invalid(format!("--tls-psk: {e}")))?;
     Ok(Tls {
-        kind: Arc::new(Kind::Psk(b.build().into_context())),
+        kind: Arc::new(Kind::Psk(ctx)),
     })
-}
-
-/// Where the PSK callback leaves the username of a session (OpenSSL does
-/// not keep the identity of a TLS 1.3 external PSK).
-fn psk_username_index(
-) -> Result<openssl::ex_data::Index<openssl::ssl::Ssl, String>, openssl::error::ErrorStack> {
-    static INDEX: std::sync::OnceLock<openssl::ex_data::Index<openssl::ssl::Ssl, String>> =
-        std::sync::OnceLock::new();
-    if let Some(i) = INDEX.get() {
-        return Ok(*i);
-    }
-    let i = openssl::ssl::Ssl::new_ex_index::<String>()?;
-    Ok(*INDEX.get_or_init(|| i))
 }
 
 impl Tls {
@@ -401,18 +367,7 @@ impl Tls {
                 let s = acceptor.accept(stream).await?;
                 TlsStream::Rustls(Box::new(tokio_rustls::TlsStream::Server(s)))
             }
-            Kind::Psk(ctx) => {
-                let ssl = openssl::ssl::Ssl::new(ctx).map_err(io::Error::other)?;
-                let mut s =
-                    Box::pin(tokio_openssl::SslStream::new(ssl, stream).map_err(io::Error::other)?);
-                s.as_mut().accept().await.map_err(|e| {
-                    io::Error::other(match e.ssl_error() {
-                        Some(stack) => stack.to_string(),
-                        None => e.to_string(),
-                    })
-                })?;
-                TlsStream::Openssl(s)
-            }
+            Kind::Psk(ctx) => TlsStream::Psk(Box::new(ctx.handshake(stream).await?)),
         };
         log::debug(Some(name), format_args!("TLS handshake completed"));
         if DEBUG_SESSION.load(Ordering::Relaxed) && log::verbose() {
@@ -428,7 +383,7 @@ pub(crate) enum TlsStream<S> {
     /// X.509.
     Rustls(Box<tokio_rustls::TlsStream<S>>),
     /// PSK.
-    Openssl(Pin<Box<tokio_openssl::SslStream<S>>>),
+    Psk(Box<psk::PskStream<S>>),
 }
 
 impl<S> TlsStream<S> {
@@ -458,55 +413,22 @@ impl<S> TlsStream<S> {
                             certs.len()
                         ));
                         for cert in certs {
-                            d(format_args!("TLS: {}", describe_cert(cert)));
+                            d(format_args!("TLS: {}", cert::describe(cert)));
                         }
                     }
                     _ => d(format_args!("TLS: no peer certificates found")),
                 }
             }
-            TlsStream::Openssl(s) => {
-                let ssl = s.ssl();
-                let suite = ssl.current_cipher().map(|c| c.name()).unwrap_or("unknown");
-                d(format_args!("TLS session: {} {suite}", ssl.version_str()));
+            TlsStream::Psk(s) => {
+                let (version, suite) = s.version_and_cipher();
+                d(format_args!("TLS session: {version} {suite}"));
                 d(format_args!("TLS: authentication: PSK (Pre-Shared Key)"));
-                if let Some(user) = psk_username_index().ok().and_then(|i| ssl.ex_data(i)) {
+                if let Some(user) = s.username() {
                     d(format_args!("TLS: PSK username: {user}"));
                 }
             }
         }
     }
-}
-
-/// `subject ..., issuer ..., serial ...` of a DER certificate.
-fn describe_cert(der: &[u8]) -> String {
-    let Ok(x) = openssl::x509::X509::from_der(der) else {
-        return "unparsable certificate".into();
-    };
-    let name = |n: &openssl::x509::X509NameRef| {
-        let mut parts: Vec<String> = n
-            .entries()
-            .map(|e| {
-                let k = e.object().nid().short_name().unwrap_or("?");
-                let v = e.data().to_string().unwrap_or_else(|_| "?".into());
-                format!("{k}={v}")
-            })
-            .collect();
-        // Most specific first, as in RFC 4514.
-        parts.reverse();
-        parts.join(",")
-    };
-    let serial = x
-        .serial_number()
-        .to_bn()
-        .and_then(|b| b.to_hex_str().map(|s| s.to_lowercase()))
-        .unwrap_or_default();
-    format!(
-        "subject `{}', issuer `{}', serial 0x{serial}, activated `{}', expires `{}'",
-        name(x.subject_name()),
-        name(x.issuer_name()),
-        x.not_before(),
-        x.not_after()
-    )
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
@@ -517,7 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            TlsStream::Openssl(s) => s.as_mut().poll_read(cx, buf),
+            TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -530,7 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            TlsStream::Openssl(s) => s.as_mut().poll_write(cx, buf),
+            TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -541,28 +463,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            TlsStream::Openssl(s) => s.as_mut().poll_write_vectored(cx, bufs),
+            TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             TlsStream::Rustls(s) => s.is_write_vectored(),
-            TlsStream::Openssl(s) => s.is_write_vectored(),
+            TlsStream::Psk(_) => false,
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            TlsStream::Openssl(s) => s.as_mut().poll_flush(cx),
+            TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            TlsStream::Openssl(s) => s.as_mut().poll_shutdown(cx),
+            TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -606,7 +528,7 @@ enum ClientKind {
         /// Checks the chain and the server's name (`tls-verify=true`).
         checked: Option<Arc<rustls::ClientConfig>>,
     },
-    Psk(openssl::ssl::SslConnector),
+    Psk(psk::PskContext),
 }
 
 impl core::fmt::Debug for TlsClient {
@@ -816,27 +738,10 @@ fn client_psk(file: &Path, username: Option<&str>) -> Result<TlsClient, String> 
         }
     }
     let key = key.ok_or_else(|| format!("{}: no key for user {user}", file.display()))?;
-    let err = |e: openssl::error::ErrorStack| format!("TLS (PSK): {e}");
-    let mut b = openssl::ssl::SslConnector::builder(SslMethod::tls_client()).map_err(err)?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(err)?;
-    b.set_cipher_list(
-        "ECDHE-PSK+AESGCM:ECDHE-PSK+CHACHA20:PSK+AESGCM:PSK+CHACHA20:ECDHE-PSK:PSK:!NULL:!3DES",
-    )
-    .map_err(err)?;
-    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
-    let identity = user.into_bytes();
-    b.set_psk_client_callback(move |_ssl, _hint, id_out, key_out| {
-        if identity.len() >= id_out.len() || key.len() > key_out.len() {
-            return Ok(0);
-        }
-        id_out[..identity.len()].copy_from_slice(&identity);
-        id_out[identity.len()] = 0;
-        key_out[..key.len()].copy_from_slice(&key);
-        Ok(key.len())
-    });
+    let ctx =
+        psk::PskContext::client(user.into_bytes(), key).map_err(|e| format!("tls-psk: {e}"))?;
     Ok(TlsClient {
-        kind: Arc::new(ClientKind::Psk(b.build())),
+        kind: Arc::new(ClientKind::Psk(ctx)),
     })
 }
 
@@ -874,24 +779,7 @@ impl TlsClient {
                     tokio_rustls::TlsStream::Client(s),
                 )))
             }
-            ClientKind::Psk(connector) => {
-                let ssl = connector
-                    .configure()
-                    .map_err(io::Error::other)?
-                    .verify_hostname(false)
-                    .use_server_name_indication(false)
-                    .into_ssl("localhost")
-                    .map_err(io::Error::other)?;
-                let mut s =
-                    Box::pin(tokio_openssl::SslStream::new(ssl, stream).map_err(io::Error::other)?);
-                s.as_mut().connect().await.map_err(|e| {
-                    io::Error::other(match e.ssl_error() {
-                        Some(stack) => stack.to_string(),
-                        None => e.to_string(),
-                    })
-                })?;
-                Ok(TlsStream::Openssl(s))
-            }
+            ClientKind::Psk(ctx) => Ok(TlsStream::Psk(Box::new(ctx.handshake(stream).await?))),
         }
     }
 }
