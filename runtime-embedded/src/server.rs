@@ -29,7 +29,6 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 
-
 /// How the server serves its one export.
 #[derive(Debug, Clone, Copy)]
 pub struct Config<'a> {
@@ -577,11 +576,7 @@ enum Next {
 }
 
 /// Serve requests on one connection as far as its buffers allow.
-fn serve(
-    ctx: &Context,
-    t: &mut Transfer,
-    socket: &mut tcp::Socket<'_>,
-) -> (bool, Next) {
+fn serve(ctx: &Context, t: &mut Transfer, socket: &mut tcp::Socket<'_>) -> (bool, Next) {
     let mut progress = false;
     for _ in 0..TURNS {
         match step(ctx, t, socket) {

@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::thread::Scope;
 
 use nbdkit_core::backend::{Context, ThreadModel};
+use nbdkit_core::handshake::Negotiated;
 use nbdkit_core::sync::gate::ConnectionGate;
 use nbdkit_core::sync::pool::{Next, Pool, Work};
 use nbdkit_core::sync::reply_writer::{ReplySink, ReplyWriter};
-use nbdkit_core::handshake::Negotiated;
 use nbdkit_core::transmission::{
     Close as TxClose, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
 };
