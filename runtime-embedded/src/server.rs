@@ -20,7 +20,7 @@
 use nbdkit_core::backend::{
     BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support,
 };
-use nbdkit_core::handshake::{self, Event, ExportInfo, TlsMode};
+use nbdkit_core::handshake::{self, Event, ExportInfo, OptionError, TlsMode};
 use nbdkit_core::transmission::{
     self, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid,
 };
@@ -449,13 +449,23 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
             let (consumed, close) = match hs.handle_input(&neg.input[..neg.len]) {
                 Err(_) => (0, false),
                 Ok(p) => {
-                    let close = match p.event {
-                        None => false,
-                        Some(Event::ListExports) => {
-                            let ok = hs.list_export(config.export_name, config.description);
-                            hs.list_done(ok.is_ok()).is_err()
+                    if p.consumed > 0 || p.event.is_some() {
+                        progress = true;
+                    }
+                    let next = match p.event {
+                        None => handshake::Next::Options,
+                        Some(Event::ListExports(mut list)) => {
+                            // One entry always fits in the drained output.
+                            match list.add(hs, config.export_name, config.description) {
+                                Ok(()) => list.done(hs),
+                                Err(_) => list.refuse(hs, OptionError::Invalid),
+                            }
                         }
-                        Some(Event::OpenExport { name, info_only }) => {
+                        Some(Event::OpenExport {
+                            name,
+                            info_only,
+                            reply,
+                        }) => {
                             // A fresh open for every GO or INFO; INFO's
                             // context is closed again at once.
                             close_export(context);
@@ -478,23 +488,22 @@ impl<'a, const N: usize, const H: usize, const OPT: usize> Server<'a, N, H, OPT>
                                             config.max_request,
                                         )),
                                     };
-                                    let r = hs.export_ready(&info);
+                                    let next = reply.ready(hs, &info);
                                     if !info_only {
                                         *context = Some(ctx);
                                     }
-                                    r.is_err()
+                                    next
                                 }
-                                None => hs.export_failed().is_err(),
+                                None => reply.refuse(hs, OptionError::Unknown),
                             }
                         }
                         // TLS is never offered, so STARTTLS is refused by
                         // the core and this cannot happen.
-                        Some(Event::StartTls) => true,
+                        Some(Event::StartTls(_)) => {
+                            handshake::Next::Close(handshake::Disconnect::Protocol)
+                        }
                     };
-                    if p.consumed > 0 || p.event.is_some() {
-                        progress = true;
-                    }
-                    (p.consumed, close)
+                    (p.consumed, matches!(next, handshake::Next::Close(_)))
                 }
             };
             if close {

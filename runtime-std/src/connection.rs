@@ -12,7 +12,7 @@ use std::sync::Arc;
 use nbdkit_core::backend::{
     Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
 };
-use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
+use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo, Next, OptionError};
 use nbdkit_core::sync::async_mutex::AsyncMutex;
 use nbdkit_core::sync::gate::{ConnectionGate, Gate};
 use nbdkit_core::sync::inflight::InFlight;
@@ -653,8 +653,15 @@ async fn handshake<S: Transport>(
             Err(d) => {
                 let out = hs.pending_output();
                 if !out.is_empty() {
-                    let _ = io.write_all(out).await;
-                    let _ = io.flush().await;
+                    // ABORT's ACK: the connection closes whether it goes out
+                    // or not.
+                    let sent = async {
+                        io.write_all(out).await?;
+                        io.flush().await
+                    };
+                    if let Err(e) = sent.await {
+                        log::debug(Some(name), format_args!("sending the last reply: {e}"));
+                    }
                 }
                 if d != Disconnect::Abort {
                     log::debug(Some(name), format_args!("closing connection: {d:?}"));
@@ -681,7 +688,7 @@ async fn handshake<S: Transport>(
                 continue;
             }
             None => {}
-            Some(Event::ListExports) => {
+            Some(Event::ListExports(mut answer)) => {
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
                 let d = defaults.clone();
@@ -699,43 +706,42 @@ async fn handshake<S: Transport>(
                         list
                     })
                     .await;
-                let ok = match list {
+                let next = match list {
                     Ok(exports) => {
                         for e in &exports.list {
-                            loop {
-                                match hs.list_export(&e.name, e.description.as_deref()) {
-                                    Ok(()) => break,
-                                    Err(handshake::UsageError::OutputFull) => {
-                                        let out = hs.pending_output();
-                                        io.write_all(out).await?;
-                                        let n = out.len();
-                                        hs.consume_output(n);
-                                    }
-                                    Err(handshake::UsageError::WrongState) => break,
+                            let entry = (&e.name, e.description.as_deref());
+                            while answer.add(&mut hs, entry.0, entry.1).is_err() {
+                                // Full: send what is queued, then retry
+                                // (an entry always fits in the empty buffer).
+                                let out = hs.pending_output();
+                                if out.is_empty() {
+                                    break;
                                 }
+                                io.write_all(out).await?;
+                                let n = out.len();
+                                hs.consume_output(n);
                             }
                         }
-                        true
+                        log::with_context(&cname, || answer.done(&mut hs))
                     }
                     Err(e) => {
                         log::error(Some(name), &e.to_string());
-                        false
+                        log::with_context(&cname, || answer.refuse(&mut hs, OptionError::Invalid))
                     }
                 };
-                let out = hs.pending_output();
-                io.write_all(out).await?;
-                let n = out.len();
-                hs.consume_output(n);
-                let _ = log::with_context(&cname, || hs.list_done(ok));
+                if let Next::Close(_) = next {
+                    return Ok(None);
+                }
             }
             Some(Event::OpenExport {
                 name: export,
                 info_only,
+                reply,
             }) => {
                 let export = export.to_string();
                 let readonly = shared.readonly;
                 let is_tls = io.is_tls();
-                let wants_description = hs.wants_description();
+                let wants_description = reply.wants_description();
                 let peer = peer.clone();
                 let cn = cname.clone();
                 let conn_name = name.to_string();
@@ -806,7 +812,7 @@ async fn handshake<S: Transport>(
                                 .block_size
                                 .map(|b| (b.minimum, b.preferred, b.maximum)),
                         };
-                        let _ = log::with_context(&cname, || hs.export_ready(&info));
+                        let next = log::with_context(&cname, || reply.ready(&mut hs, &info));
                         if info_only {
                             let cn = cname.clone();
                             shared
@@ -822,18 +828,22 @@ async fn handshake<S: Transport>(
                         } else {
                             ctx = Some(c);
                         }
+                        if let Next::Close(_) = next {
+                            return Ok(None);
+                        }
                     }
                     Err(e) => {
                         log::error(Some(name), &e.to_string());
-                        if let Ok(Disconnect::ExportNameFailed) =
-                            log::with_context(&cname, || hs.export_failed())
-                        {
+                        let next = log::with_context(&cname, || {
+                            reply.refuse(&mut hs, OptionError::Unknown)
+                        });
+                        if let Next::Close(_) = next {
                             return Ok(None);
                         }
                     }
                 }
             }
-            Some(Event::StartTls) => {
+            Some(Event::StartTls(answer)) => {
                 // The ACK goes out in plaintext, then the TLS handshake
                 // runs on the same stream. A client must wait for the ACK
                 // before starting TLS: bytes already read past STARTTLS
@@ -865,7 +875,7 @@ async fn handshake<S: Transport>(
                         return Ok(None);
                     }
                 }
-                if hs.tls_established().is_err() {
+                if let Next::Close(_) = answer.established(&mut hs) {
                     return Ok(None);
                 }
                 // nbdkit forgets the default export's name with the rest

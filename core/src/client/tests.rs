@@ -22,13 +22,6 @@ struct Seen {
     server_tls: bool,
 }
 
-/// A server event, owned.
-enum Ev {
-    List,
-    Open(String),
-    Tls,
-}
-
 /// Run a client against a server until the client is done or fails (at
 /// most 100 rounds). The server has exports "" (alias of "disk") and
 /// "disk"; anything else is unknown.
@@ -53,27 +46,16 @@ fn pair(client: &mut Handshake, server: &mut server::Server) -> Result<Seen, Err
                 break;
             };
             let consumed = p.consumed;
-            let event = p.event.map(|e| match e {
-                server::Event::OpenExport { name, .. } => Some(String::from(name)),
-                _ => None,
-            });
-            let event = match (p.event, event) {
-                (Some(server::Event::ListExports), _) => Some(Ev::List),
-                (Some(server::Event::StartTls), _) => Some(Ev::Tls),
-                (Some(server::Event::OpenExport { .. }), Some(Some(n))) => Some(Ev::Open(n)),
-                _ => None,
-            };
-            to_server.drain(..consumed);
-            match event {
-                None if consumed == 0 => break,
+            let idle = consumed == 0 && p.event.is_none();
+            match p.event {
                 None => {}
-                Some(Ev::List) => {
-                    server.list_export("disk", Some("the disk")).unwrap();
-                    server.list_export("other", None).unwrap();
-                    server.list_done(true).unwrap();
+                Some(server::Event::ListExports(mut list)) => {
+                    list.add(server, "disk", Some("the disk")).unwrap();
+                    list.add(server, "other", None).unwrap();
+                    assert_eq!(list.done(server), server::Next::Options);
                 }
-                Some(Ev::Open(name)) => {
-                    if name.is_empty() || name == "disk" {
+                Some(server::Event::OpenExport { name, reply, .. }) => {
+                    let next = if name.is_empty() || name == "disk" {
                         let info = ExportInfo {
                             name: "disk",
                             size: 1 << 20,
@@ -81,15 +63,23 @@ fn pair(client: &mut Handshake, server: &mut server::Server) -> Result<Seen, Err
                             description: Some("a test disk"),
                             block_size: Some((1, 4096, 1 << 25)),
                         };
-                        server.export_ready(&info).unwrap();
+                        reply.ready(server, &info)
                     } else {
-                        let _ = server.export_failed();
+                        reply.refuse(server, server::OptionError::Unknown)
+                    };
+                    if let server::Next::Close(_) = next {
+                        to_server.drain(..consumed);
+                        break;
                     }
                 }
-                Some(Ev::Tls) => {
+                Some(server::Event::StartTls(tls)) => {
                     seen.server_tls = true;
-                    server.tls_established().unwrap();
+                    assert_eq!(tls.established(server), server::Next::Options);
                 }
+            }
+            to_server.drain(..consumed);
+            if idle {
+                break;
             }
         }
         let out = server.pending_output().to_vec();

@@ -3,6 +3,13 @@
 //! The runtime feeds the bytes it read to [`Server::handle_input`], which
 //! says how many it consumed and whether it needs the runtime to act
 //! ([`Event`]); the bytes to send are taken with [`Server::poll_transmit`].
+//!
+//! The handshake is a set of typestates: an event that asks a question
+//! carries a token ([`AwaitingList`], [`AwaitingExport`], [`AwaitingTls`])
+//! whose methods are the only legal answers; each consumes the token and
+//! says what comes next ([`Next`]), so a runtime can neither forget to
+//! answer (`#[must_use]`; input fed to an unanswered server closes the
+//! connection) nor answer twice.
 //! The server never reads a socket, never blocks, never allocates and never
 //! panics on peer input: every length is checked before it is used.
 
@@ -169,32 +176,183 @@ pub enum Disconnect {
     ExportNameFailed,
     /// EXPORT_NAME before TLS in `--tls=require` mode.
     TlsRequired,
-    /// The runtime called a method that does not fit the state.
+    /// The runtime fed input before answering an event, or answered with
+    /// a token from another server.
     Protocol,
 }
 
-/// What the runtime must do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the runtime must do. Each question carries the token that answers
+/// it: the token's methods are the only legal answers, each consumes it,
+/// and the server takes no further input until it is answered.
+#[derive(Debug)]
 pub enum Event<'a> {
-    /// Answer with [`Server::list_export`] for each export, then
-    /// [`Server::list_done`].
-    ListExports,
-    /// Open an export and answer with [`Server::export_ready`] or
-    /// [`Server::export_failed`]. `info_only` is NBD_OPT_INFO: the runtime
-    /// closes the export again after answering.
+    /// The client asked for the list of exports: add each with
+    /// [`AwaitingList::add`], then finish with [`AwaitingList::done`] or
+    /// [`AwaitingList::refuse`].
+    ListExports(AwaitingList),
+    /// Open an export and answer with [`AwaitingExport::ready`] or
+    /// [`AwaitingExport::refuse`]. `info_only` is NBD_OPT_INFO: the
+    /// runtime closes the export again after answering.
     OpenExport {
         /// The export name the client asked for ("" = default).
         name: &'a str,
         /// True for NBD_OPT_INFO.
         info_only: bool,
+        /// The answer.
+        reply: AwaitingExport,
     },
     /// The ACK for STARTTLS is queued: send it, upgrade the connection,
-    /// then call [`Server::tls_established`].
-    StartTls,
+    /// then call [`AwaitingTls::established`].
+    StartTls(AwaitingTls),
+}
+
+/// What the handshake does after an answer.
+#[must_use = "the connection must close or go on as this says"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// More options: keep feeding input.
+    Options,
+    /// Negotiation is over: transmission starts (take
+    /// [`Server::negotiated`] after sending the pending output).
+    Transmission,
+    /// The connection must be closed after sending the pending output.
+    Close(Disconnect),
+}
+
+/// NBD_OPT_LIST is waiting for its answer.
+#[must_use = "NBD_OPT_LIST must be answered with done() or refuse()"]
+#[derive(Debug)]
+pub struct AwaitingList(());
+
+/// The output buffer has no room for this export's entry: send the pending
+/// output, then add it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputFull;
+
+impl AwaitingList {
+    /// Add one export to the answer. Long names and descriptions are cut
+    /// to the protocol's 4096 bytes.
+    pub fn add(
+        &mut self,
+        server: &mut Server,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<(), OutputFull> {
+        let name = utf8_prefix(name, MAX_STRING);
+        let desc = utf8_prefix(description.unwrap_or(""), MAX_STRING);
+        // Room is kept for the header of the final ACK.
+        let len = OptionReplyHeader::LEN * 2 + 4 + name.len() + desc.len();
+        if server.state != State::Waiting(Pending::List) || server.space() < len {
+            return Err(OutputFull);
+        }
+        let n = (name.len() as u32).to_be_bytes();
+        server.reply(
+            OPT_LIST,
+            REP_SERVER,
+            &[&n, name.as_bytes(), desc.as_bytes()],
+        );
+        Ok(())
+    }
+
+    /// The list is complete.
+    pub fn done(self, server: &mut Server) -> Next {
+        server.answer_list(REP_ACK)
+    }
+
+    /// The exports could not be listed.
+    pub fn refuse(self, server: &mut Server, err: OptionError) -> Next {
+        server.answer_list(err.to_wire())
+    }
+}
+
+/// NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_EXPORT_NAME (or the oldstyle
+/// handshake) is waiting for the export to be opened.
+#[must_use = "an export request must be answered with ready() or refuse()"]
+#[derive(Debug)]
+pub struct AwaitingExport {
+    wants_description: bool,
+}
+
+impl AwaitingExport {
+    /// Whether the client asked for the export's description
+    /// (NBD_INFO_DESCRIPTION). nbdkit asks the plugin for a description
+    /// only then.
+    pub fn wants_description(&self) -> bool {
+        self.wants_description
+    }
+
+    /// The export is open: queues the replies. [`Next::Transmission`] for
+    /// GO, EXPORT_NAME and oldstyle; [`Next::Options`] for INFO.
+    pub fn ready(self, server: &mut Server, info: &ExportInfo<'_>) -> Next {
+        server.export_ready(info)
+    }
+
+    /// The export could not be opened. For INFO/GO the client gets `err`
+    /// and may try again; EXPORT_NAME (and oldstyle), which have no error
+    /// reply, end the connection.
+    pub fn refuse(self, server: &mut Server, err: OptionError) -> Next {
+        server.export_refused(err)
+    }
+}
+
+/// STARTTLS was acknowledged; the runtime upgrades the connection.
+#[must_use = "STARTTLS must be answered with established() (or the connection closed)"]
+#[derive(Debug)]
+pub struct AwaitingTls(());
+
+impl AwaitingTls {
+    /// The TLS handshake is done: every piece of negotiated state is
+    /// forgotten (CVE-2021-3716).
+    pub fn established(self, server: &mut Server) -> Next {
+        server.tls_established()
+    }
+}
+
+/// Why an option is refused (the `NBD_REP_ERR_*` replies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionError {
+    /// `NBD_REP_ERR_UNSUP`: the option is unknown or not supported.
+    Unsup,
+    /// `NBD_REP_ERR_POLICY`: forbidden by the server's policy.
+    Policy,
+    /// `NBD_REP_ERR_INVALID`: syntactically or semantically invalid.
+    Invalid,
+    /// `NBD_REP_ERR_PLATFORM`: not supported on this platform.
+    Platform,
+    /// `NBD_REP_ERR_TLS_REQD`: TLS must come first.
+    TlsReqd,
+    /// `NBD_REP_ERR_UNKNOWN`: no such export.
+    Unknown,
+    /// `NBD_REP_ERR_SHUTDOWN`: the server is shutting down.
+    Shutdown,
+    /// `NBD_REP_ERR_BLOCK_SIZE_REQD`: the client must honour block sizes.
+    BlockSizeReqd,
+    /// `NBD_REP_ERR_TOO_BIG`: the option's payload is too long.
+    TooBig,
+    /// `NBD_REP_ERR_EXT_HEADER_REQD`: extended headers are on.
+    ExtHeaderReqd,
+}
+
+impl OptionError {
+    /// The reply type on the wire.
+    pub const fn to_wire(self) -> u32 {
+        match self {
+            OptionError::Unsup => REP_ERR_UNSUP,
+            OptionError::Policy => REP_ERR_POLICY,
+            OptionError::Invalid => REP_ERR_INVALID,
+            OptionError::Platform => REP_ERR_PLATFORM,
+            OptionError::TlsReqd => REP_ERR_TLS_REQD,
+            OptionError::Unknown => REP_ERR_UNKNOWN,
+            OptionError::Shutdown => REP_ERR_SHUTDOWN,
+            OptionError::BlockSizeReqd => REP_ERR_BLOCK_SIZE_REQD,
+            OptionError::TooBig => REP_ERR_TOO_BIG,
+            OptionError::ExtHeaderReqd => REP_ERR_EXT_HEADER_REQD,
+        }
+    }
 }
 
 /// The result of one call to [`Server::handle_input`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Progress<'a> {
     /// Bytes of the input that were used; the runtime drops them.
     pub consumed: usize,
@@ -320,16 +478,6 @@ impl core::fmt::Debug for Server {
     }
 }
 
-/// The runtime called a method that did not fit the state, or the output
-/// buffer is too full for the reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageError {
-    /// No such question is pending.
-    WrongState,
-    /// Drain the output with [`Server::poll_transmit`] first.
-    OutputFull,
-}
-
 fn utf8_prefix(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -405,16 +553,6 @@ impl Server {
         }
     }
 
-    /// While an [`Event::OpenExport`] waits for its answer: whether the
-    /// client asked for the export's description (NBD_INFO_DESCRIPTION).
-    /// nbdkit asks the plugin for a description only then.
-    pub fn wants_description(&self) -> bool {
-        matches!(
-            self.state,
-            State::Waiting(Pending::Open { wants, .. }) if wants.description
-        )
-    }
-
     /// What was negotiated (meaningful once [`is_done`](Self::is_done)).
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
@@ -471,6 +609,18 @@ impl Server {
         true
     }
 
+    /// Refuse `option` with `err`.
+    fn refuse(&mut self, option: u32, err: OptionError) {
+        self.reply(option, err.to_wire(), &[]);
+    }
+
+    fn ack_or_refuse(&mut self, option: u32, r: Result<(), OptionError>) {
+        match r {
+            Ok(()) => self.reply(option, REP_ACK, &[]),
+            Err(e) => self.reply(option, e.to_wire(), &[]),
+        };
+    }
+
     fn close(&mut self, d: Disconnect) -> Disconnect {
         self.state = State::Closed(d);
         d
@@ -488,7 +638,9 @@ impl Server {
         };
         match self.state {
             State::Closed(d) => Err(d),
-            State::Done | State::Waiting(_) => none(0),
+            State::Done => none(0),
+            // An event went unanswered (its token was dropped).
+            State::Waiting(_) => Err(self.close(Disconnect::Protocol)),
             State::OldstyleOpen => {
                 self.state = State::Waiting(Pending::Open {
                     option: OPT_EXPORT_NAME,
@@ -500,6 +652,9 @@ impl Server {
                     event: Some(Event::OpenExport {
                         name: "",
                         info_only: false,
+                        reply: AwaitingExport {
+                            wants_description: false,
+                        },
                     }),
                 })
             }
@@ -528,16 +683,19 @@ impl Server {
                 }
                 self.state = State::Options;
                 let ty = if self.is_known(option) {
-                    REP_ERR_TOO_BIG
+                    OptionError::TooBig
                 } else {
-                    REP_ERR_UNSUP
+                    OptionError::Unsup
                 };
                 if option == OPT_EXPORT_NAME {
                     return Err(self.close(Disconnect::ExportNameFailed));
                 }
-                self.reply(option, ty, &[]);
+                self.refuse(option, ty);
                 none(n)
             }
+            // Every answer to the next option must fit: the output is
+            // sent before more input is taken.
+            State::Options if !self.out.pending().is_empty() => none(0),
             State::Options => self.option(input),
         }
     }
@@ -619,7 +777,7 @@ impl Server {
         if !fixed && option != OPT_EXPORT_NAME {
             // Only EXPORT_NAME is legal for a client that is not fixed
             // newstyle.
-            self.reply(option, REP_ERR_INVALID, &[]);
+            self.refuse(option, OptionError::Invalid);
             return Ok(None);
         }
         if self.config.tls == TlsMode::Require && !self.tls_active {
@@ -627,7 +785,7 @@ impl Server {
                 OPT_EXPORT_NAME => return Err(self.close(Disconnect::TlsRequired)),
                 OPT_STARTTLS | OPT_ABORT => {}
                 _ => {
-                    self.reply(option, REP_ERR_TLS_REQD, &[]);
+                    self.refuse(option, OptionError::TlsReqd);
                     return Ok(None);
                 }
             }
@@ -649,6 +807,9 @@ impl Server {
                 Ok(Some(Event::OpenExport {
                     name,
                     info_only: false,
+                    reply: AwaitingExport {
+                        wants_description: false,
+                    },
                 }))
             }
             OPT_ABORT => {
@@ -658,34 +819,34 @@ impl Server {
             OPT_LIST => {
                 say!("newstyle negotiation: NBD_OPT_LIST: advertising exports");
                 if !payload.is_empty() || self.list_done {
-                    self.reply(option, REP_ERR_INVALID, &[]);
+                    self.refuse(option, OptionError::Invalid);
                     return Ok(None);
                 }
                 self.list_done = true;
                 self.state = State::Waiting(Pending::List);
-                Ok(Some(Event::ListExports))
+                Ok(Some(Event::ListExports(AwaitingList(()))))
             }
             OPT_STARTTLS => {
                 if !payload.is_empty() || self.tls_active {
-                    self.reply(option, REP_ERR_INVALID, &[]);
+                    self.refuse(option, OptionError::Invalid);
                 } else if self.config.tls == TlsMode::Off {
-                    self.reply(option, REP_ERR_POLICY, &[]);
+                    self.refuse(option, OptionError::Policy);
                 } else {
                     self.reply(option, REP_ACK, &[]);
                     self.state = State::Waiting(Pending::Tls);
-                    return Ok(Some(Event::StartTls));
+                    return Ok(Some(Event::StartTls(AwaitingTls(()))));
                 }
                 Ok(None)
             }
             OPT_INFO | OPT_GO => {
                 let Ok(req) = InfoRequest::parse(payload) else {
-                    self.reply(option, REP_ERR_INVALID, &[]);
+                    self.refuse(option, OptionError::Invalid);
                     return Ok(None);
                 };
                 let name = match core::str::from_utf8(req.name) {
                     Ok(n) if n.len() <= MAX_STRING && !n.contains('\0') => n,
                     _ => {
-                        self.reply(option, REP_ERR_INVALID, &[]);
+                        self.refuse(option, OptionError::Invalid);
                         return Ok(None);
                     }
                 };
@@ -711,6 +872,9 @@ impl Server {
                 Ok(Some(Event::OpenExport {
                     name,
                     info_only: option == OPT_INFO,
+                    reply: AwaitingExport {
+                        wants_description: wants.description,
+                    },
                 }))
             }
             OPT_STRUCTURED_REPLY => {
@@ -718,19 +882,19 @@ impl Server {
                     "newstyle negotiation: NBD_OPT_STRUCTURED_REPLY: \
                      client requested structured replies"
                 );
-                let ty = if !payload.is_empty() {
-                    REP_ERR_INVALID
+                let r = if !payload.is_empty() {
+                    Err(OptionError::Invalid)
                 } else if !self.config.structured_replies {
-                    REP_ERR_UNSUP
+                    Err(OptionError::Unsup)
                 } else if self.extended {
-                    REP_ERR_EXT_HEADER_REQD
+                    Err(OptionError::ExtHeaderReqd)
                 } else if self.structured {
-                    REP_ERR_INVALID
+                    Err(OptionError::Invalid)
                 } else {
                     self.structured = true;
-                    REP_ACK
+                    Ok(())
                 };
-                self.reply(option, ty, &[]);
+                self.ack_or_refuse(option, r);
                 Ok(None)
             }
             OPT_EXTENDED_HEADERS => {
@@ -738,18 +902,18 @@ impl Server {
                     "newstyle negotiation: NBD_OPT_EXTENDED_HEADERS: \
                      client requested extended headers"
                 );
-                let ty = if !payload.is_empty() {
-                    REP_ERR_INVALID
+                let r = if !payload.is_empty() {
+                    Err(OptionError::Invalid)
                 } else if !self.config.extended_headers || !self.config.structured_replies {
-                    REP_ERR_UNSUP
+                    Err(OptionError::Unsup)
                 } else if self.extended {
-                    REP_ERR_INVALID
+                    Err(OptionError::Invalid)
                 } else {
                     self.extended = true;
                     self.structured = true;
-                    REP_ACK
+                    Ok(())
                 };
-                self.reply(option, ty, &[]);
+                self.ack_or_refuse(option, r);
                 Ok(None)
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
@@ -757,7 +921,7 @@ impl Server {
                 Ok(None)
             }
             _ => {
-                self.reply(option, REP_ERR_UNSUP, &[]);
+                self.refuse(option, OptionError::Unsup);
                 Ok(None)
             }
         }
@@ -771,15 +935,15 @@ impl Server {
             self.meta_export.set(&[]);
         }
         if !self.structured {
-            self.reply(option, REP_ERR_INVALID, &[]);
+            self.refuse(option, OptionError::Invalid);
             return;
         }
         let Ok(req) = MetaContextRequest::parse(payload) else {
-            self.reply(option, REP_ERR_INVALID, &[]);
+            self.refuse(option, OptionError::Invalid);
             return;
         };
         if req.export.len() > MAX_STRING {
-            self.reply(option, REP_ERR_INVALID, &[]);
+            self.refuse(option, OptionError::Invalid);
             return;
         }
         let what = opt_name(option);
@@ -801,7 +965,7 @@ impl Server {
         };
         for q in req.iter() {
             if q.len() > MAX_STRING {
-                self.reply(option, REP_ERR_INVALID, &[]);
+                self.refuse(option, OptionError::Invalid);
                 return;
             }
             say!(
@@ -834,43 +998,20 @@ impl Server {
         say!("newstyle negotiation: {what}: reply complete");
     }
 
-    /// Add one export to the answer to NBD_OPT_LIST. Long names and
-    /// descriptions are cut to the protocol's 4096 bytes.
-    pub fn list_export(&mut self, name: &str, description: Option<&str>) -> Result<(), UsageError> {
+    /// Finish the answer to NBD_OPT_LIST with `reply_type`.
+    fn answer_list(&mut self, reply_type: u32) -> Next {
         if self.state != State::Waiting(Pending::List) {
-            return Err(UsageError::WrongState);
+            return Next::Close(self.close(Disconnect::Protocol));
         }
-        let name = utf8_prefix(name, MAX_STRING);
-        let desc = utf8_prefix(description.unwrap_or(""), MAX_STRING);
-        let len = (name.len() as u32).to_be_bytes();
-        if self.reply(
-            OPT_LIST,
-            REP_SERVER,
-            &[&len, name.as_bytes(), desc.as_bytes()],
-        ) {
-            Ok(())
-        } else {
-            Err(UsageError::OutputFull)
-        }
-    }
-
-    /// Finish the answer to NBD_OPT_LIST (`ok == false`: the listing failed).
-    pub fn list_done(&mut self, ok: bool) -> Result<(), UsageError> {
-        if self.state != State::Waiting(Pending::List) {
-            return Err(UsageError::WrongState);
-        }
-        if !self.reply(OPT_LIST, if ok { REP_ACK } else { REP_ERR_INVALID }, &[]) {
-            return Err(UsageError::OutputFull);
-        }
+        // `AwaitingList::add` kept room for this header.
+        self.reply(OPT_LIST, reply_type, &[]);
         self.state = State::Options;
-        Ok(())
+        Next::Options
     }
 
-    /// The runtime finished the TLS handshake: every piece of negotiated
-    /// state is forgotten (CVE-2021-3716).
-    pub fn tls_established(&mut self) -> Result<(), UsageError> {
+    fn tls_established(&mut self) -> Next {
         if self.state != State::Waiting(Pending::Tls) {
-            return Err(UsageError::WrongState);
+            return Next::Close(self.close(Disconnect::Protocol));
         }
         self.tls_active = true;
         self.structured = false;
@@ -879,37 +1020,32 @@ impl Server {
         self.meta_export.set(&[]);
         self.list_done = false;
         self.state = State::Options;
-        Ok(())
+        Next::Options
     }
 
-    /// The export asked for by [`Event::OpenExport`] could not be opened.
-    /// For INFO/GO the client gets `ERR_UNKNOWN` and may try again;
-    /// EXPORT_NAME (and oldstyle) ends the connection.
-    pub fn export_failed(&mut self) -> Result<Disconnect, UsageError> {
+    fn export_refused(&mut self, err: OptionError) -> Next {
         let State::Waiting(Pending::Open { option, .. }) = self.state else {
-            return Err(UsageError::WrongState);
+            return Next::Close(self.close(Disconnect::Protocol));
         };
         if option == OPT_EXPORT_NAME {
-            return Ok(self.close(Disconnect::ExportNameFailed));
+            return Next::Close(self.close(Disconnect::ExportNameFailed));
         }
         self.state = State::Options;
-        if !self.reply(option, REP_ERR_UNKNOWN, &[]) {
-            return Err(UsageError::OutputFull);
-        }
-        Ok(Disconnect::Protocol)
+        self.refuse(option, err);
+        Next::Options
     }
 
-    /// The export asked for by [`Event::OpenExport`] is open. Queues the
-    /// replies; returns true when transmission starts now (GO,
-    /// EXPORT_NAME, oldstyle) and false for INFO.
-    pub fn export_ready(&mut self, info: &ExportInfo<'_>) -> Result<bool, UsageError> {
+    /// The export asked for by [`Event::OpenExport`] is open: queue the
+    /// replies (room for them is certain: input is taken only with the
+    /// output drained, and the longest answer fits in [`OUT_CAP`]).
+    fn export_ready(&mut self, info: &ExportInfo<'_>) -> Next {
         let State::Waiting(Pending::Open {
             option,
             wants,
             meta_matches,
         }) = self.state
         else {
-            return Err(UsageError::WrongState);
+            return Next::Close(self.close(Disconnect::Protocol));
         };
         let mut eflags = info.eflags | FLAG_HAS_FLAGS;
         eflags &= !(FLAG_SEND_DF | FLAG_BLOCK_STATUS_PAYLOAD | FLAG_SEND_RESIZE);
@@ -940,7 +1076,7 @@ impl Server {
             .emit(&mut b);
             self.push(&b);
             self.state = State::Done;
-            return Ok(true);
+            return Next::Transmission;
         }
         if option == OPT_EXPORT_NAME {
             let r = ExportNameReply {
@@ -952,7 +1088,7 @@ impl Server {
             let n = r.emit(&mut b);
             self.push(&b[..n]);
             self.state = State::Done;
-            return Ok(true);
+            return Next::Transmission;
         }
         let mut b = [0u8; 12];
         b[2..10].copy_from_slice(&info.size.to_be_bytes());
@@ -1000,10 +1136,10 @@ impl Server {
         self.reply(option, REP_ACK, &[]);
         if option == OPT_GO {
             self.state = State::Done;
-            Ok(true)
+            Next::Transmission
         } else {
             self.state = State::Options;
-            Ok(false)
+            Next::Options
         }
     }
 }

@@ -52,39 +52,46 @@ impl Pair {
                 }
             };
             let consumed = p.consumed;
+            let idle = consumed == 0 && p.event.is_none();
             match p.event {
                 None => {}
-                Some(Event::ListExports) => {
+                Some(Event::ListExports(mut list)) => {
                     self.events.push("list".into());
-                    self.server.list_export("", None).unwrap();
-                    self.server.list_export("other", Some("desc")).unwrap();
-                    self.server.list_done(true).unwrap();
+                    list.add(&mut self.server, "", None).unwrap();
+                    list.add(&mut self.server, "other", Some("desc")).unwrap();
+                    assert_eq!(list.done(&mut self.server), Next::Options);
                 }
-                Some(Event::OpenExport { name, info_only }) => {
+                Some(Event::OpenExport {
+                    name,
+                    info_only,
+                    reply,
+                }) => {
                     self.events.push(std::format!("open {name:?} {info_only}"));
-                    if name.is_empty() || name == "other" {
-                        self.server
-                            .export_ready(&ExportInfo {
+                    let next = if name.is_empty() || name == "other" {
+                        reply.ready(
+                            &mut self.server,
+                            &ExportInfo {
                                 name,
                                 size: self.export_size,
                                 eflags: FLAG_SEND_FLUSH | FLAG_SEND_WRITE_ZEROES,
                                 description: Some("a disk"),
                                 block_size: None,
-                            })
-                            .unwrap();
-                    } else if let Ok(d) = self.server.export_failed() {
-                        if d == Disconnect::ExportNameFailed {
-                            return Some(d);
-                        }
+                            },
+                        )
+                    } else {
+                        reply.refuse(&mut self.server, OptionError::Unknown)
+                    };
+                    if let Next::Close(d) = next {
+                        return Some(d);
                     }
                 }
-                Some(Event::StartTls) => {
+                Some(Event::StartTls(tls)) => {
                     self.events.push("starttls".into());
-                    self.server.tls_established().unwrap();
+                    assert_eq!(tls.established(&mut self.server), Next::Options);
                 }
             }
             self.to_server = input[consumed..].to_vec();
-            if consumed == 0 && p.event.is_none() {
+            if idle {
                 let mut rest = [0u8; 512];
                 let n = self.server.poll_transmit(&mut rest);
                 self.from_server.extend_from_slice(&rest[..n]);
@@ -603,4 +610,94 @@ fn real_client_captures_negotiate() {
         let replies_ok = p.events.iter().all(|e| !e.contains("nope"));
         assert!(replies_ok, "{name}");
     }
+}
+
+/// A server past the client flags, with `option` (and `payload`) as input.
+fn server_with_option(option: u32, payload: &[u8]) -> (Server, Vec<u8>) {
+    let mut s = Server::new(Config::default());
+    let mut sink = [0u8; 64];
+    while s.poll_transmit(&mut sink) > 0 {}
+    let flags = FIXED.to_be_bytes();
+    assert_eq!(s.handle_input(&flags).unwrap().consumed, 4);
+    let mut input = [0u8; OptionHeader::LEN].to_vec();
+    OptionHeader {
+        option,
+        length: payload.len() as u32,
+    }
+    .emit(&mut input);
+    input.extend_from_slice(payload);
+    (s, input)
+}
+
+#[test]
+fn unanswered_event_closes_the_connection() {
+    let (mut s, input) = server_with_option(OPT_LIST, b"");
+    let p = s.handle_input(&input).unwrap();
+    let Some(Event::ListExports(token)) = p.event else {
+        panic!("expected a list event");
+    };
+    // The token is dropped without an answer: feeding more input ends
+    // the connection instead of waiting forever.
+    drop(token);
+    assert_eq!(s.handle_input(&[]).unwrap_err(), Disconnect::Protocol);
+}
+
+#[test]
+fn list_entries_keep_room_for_the_final_ack() {
+    let (mut s, input) = server_with_option(OPT_LIST, b"");
+    let p = s.handle_input(&input).unwrap();
+    let Some(Event::ListExports(mut list)) = p.event else {
+        panic!("expected a list event");
+    };
+    let name = "n".repeat(MAX_STRING);
+    let mut added = 0;
+    while list.add(&mut s, &name, None).is_ok() {
+        added += 1;
+        assert!(added < 10, "the output buffer never filled");
+    }
+    // Full: the ACK still fits, and every entry is intact.
+    assert_eq!(list.done(&mut s), Next::Options);
+    let out = s.pending_output();
+    let entry = OptionReplyHeader::LEN + 4 + MAX_STRING;
+    assert_eq!(out.len(), added * entry + OptionReplyHeader::LEN);
+    let ack = OptionReplyHeader::parse(&out[added * entry..]).unwrap();
+    assert_eq!(ack.reply_type, REP_ACK);
+}
+
+#[test]
+fn a_token_answers_only_its_own_question() {
+    // A token from another server's question is refused with a clean
+    // disconnect.
+    let (mut a, input_a) = server_with_option(OPT_LIST, b"");
+    let (mut b, input_b) = server_with_option(OPT_GO, &go_payload("", &[]));
+    let Some(Event::ListExports(list)) = a.handle_input(&input_a).unwrap().event else {
+        panic!("expected a list event");
+    };
+    let Some(Event::OpenExport { reply, .. }) = b.handle_input(&input_b).unwrap().event else {
+        panic!("expected an open event");
+    };
+    assert_eq!(list.done(&mut b), Next::Close(Disconnect::Protocol));
+    assert_eq!(
+        reply.refuse(&mut a, OptionError::Unknown),
+        Next::Close(Disconnect::Protocol)
+    );
+}
+
+#[test]
+fn refusing_export_name_closes_and_go_continues() {
+    let (mut s, input) = server_with_option(OPT_EXPORT_NAME, b"x");
+    let Some(Event::OpenExport { reply, .. }) = s.handle_input(&input).unwrap().event else {
+        panic!("expected an open event");
+    };
+    assert_eq!(
+        reply.refuse(&mut s, OptionError::Unknown),
+        Next::Close(Disconnect::ExportNameFailed)
+    );
+    let (mut s, input) = server_with_option(OPT_GO, &go_payload("x", &[]));
+    let Some(Event::OpenExport { reply, .. }) = s.handle_input(&input).unwrap().event else {
+        panic!("expected an open event");
+    };
+    assert_eq!(reply.refuse(&mut s, OptionError::Unknown), Next::Options);
+    let r = OptionReplyHeader::parse(s.pending_output()).unwrap();
+    assert_eq!((r.option, r.reply_type), (OPT_GO, REP_ERR_UNKNOWN));
 }

@@ -14,7 +14,9 @@
 
 use std::collections::VecDeque;
 
-use nbdkit_core::handshake::{Config, Event, ExportInfo, Negotiated, Server, TlsMode};
+use nbdkit_core::handshake::{
+    Config, Event, ExportInfo, Negotiated, Next, OptionError, Server, TlsMode,
+};
 use nbdkit_core::transmission::{
     self as tx, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid, Want,
 };
@@ -71,28 +73,34 @@ fn negotiate(data: &[u8]) -> Option<(Negotiated, Vec<u8>)> {
         };
         let consumed = p.consumed;
         assert!(consumed <= input.len());
-        match p.event {
-            Some(Event::ListExports) => {
-                let _ = s.list_export("", None);
-                let _ = s.list_export(&"x".repeat(5000), Some("a description"));
-                let _ = s.list_done(true);
+        let next = match p.event {
+            Some(Event::ListExports(mut list)) => {
+                let long = "x".repeat(5000);
+                for (name, description) in [("", None), (long.as_str(), Some("a description"))] {
+                    // The output was drained before the option was taken,
+                    // and two entries always fit.
+                    list.add(&mut s, name, description)
+                        .expect("room for two list entries");
+                }
+                list.done(&mut s)
             }
-            Some(Event::OpenExport { name, .. }) => {
+            Some(Event::OpenExport { name, reply, .. }) => {
                 if name.len() % 2 == 0 {
-                    let _ = s.export_ready(&ExportInfo {
-                        name,
-                        size: 1 << 20,
-                        eflags: eflags(&features),
-                        description: Some("d"),
-                        block_size: Some((1, 4096, 1 << 25)),
-                    });
+                    reply.ready(
+                        &mut s,
+                        &ExportInfo {
+                            name,
+                            size: 1 << 20,
+                            eflags: eflags(&features),
+                            description: Some("d"),
+                            block_size: Some((1, 4096, 1 << 25)),
+                        },
+                    )
                 } else {
-                    let _ = s.export_failed();
+                    reply.refuse(&mut s, OptionError::Unknown)
                 }
             }
-            Some(Event::StartTls) => {
-                let _ = s.tls_established();
-            }
+            Some(Event::StartTls(tls)) => tls.established(&mut s),
             None if consumed == 0 => {
                 if s.is_done() {
                     input.extend_from_slice(rest);
@@ -104,8 +112,12 @@ fn negotiate(data: &[u8]) -> Option<(Negotiated, Vec<u8>)> {
                 let n = (rest[0] as usize % 64 + 1).min(rest.len());
                 input.extend_from_slice(&rest[..n]);
                 rest = &rest[n..];
+                Next::Options
             }
-            None => {}
+            None => Next::Options,
+        };
+        if let Next::Close(_) = next {
+            return None;
         }
         input.drain(..consumed.min(input.len()));
     }
