@@ -229,31 +229,21 @@ enum Step {
     Goal,
 }
 
-/// A string of up to [`MAX_STRING`] bytes kept inside the handshake.
-#[derive(Clone, Copy)]
-struct Name<const N: usize> {
-    len: usize,
-    set: bool,
-    bytes: [u8; N],
-}
+/// A string of up to [`MAX_STRING`] bytes kept inside the handshake, once
+/// it was given.
+#[derive(Clone)]
+struct Name<const N: usize>(Option<heapless::Vec<u8, N>>);
 
 impl<const N: usize> Name<N> {
-    const EMPTY: Self = Name {
-        len: 0,
-        set: false,
-        bytes: [0; N],
-    };
+    const EMPTY: Self = Name(None);
 
     /// Keep `b`, truncated to the capacity.
     fn keep(&mut self, b: &[u8]) {
-        let n = b.len().min(N);
-        self.bytes[..n].copy_from_slice(&b[..n]);
-        self.len = n;
-        self.set = true;
+        self.0 = heapless::Vec::from_slice(&b[..b.len().min(N)]).ok();
     }
 
     fn get(&self) -> Option<&[u8]> {
-        self.set.then(|| &self.bytes[..self.len])
+        self.0.as_deref()
     }
 }
 
@@ -593,7 +583,7 @@ impl Handshake {
                         && self.config.base_allocation
                         && self.config.goal != Goal::List
                     {
-                        let name = self.export;
+                        let name = self.export.clone();
                         let name = name.get().unwrap_or(b"");
                         self.send_option(
                             OPT_SET_META_CONTEXT,
@@ -619,7 +609,7 @@ impl Handshake {
     }
 
     fn send_goal(&mut self) {
-        let name = self.export;
+        let name = self.export.clone();
         let name = name.get().unwrap_or(b"");
         match self.config.goal {
             Goal::Go | Goal::Info if self.fixed => {
@@ -654,7 +644,7 @@ impl Handshake {
     }
 
     fn send_export_name(&mut self) {
-        let name = self.export;
+        let name = self.export.clone();
         self.send_option(OPT_EXPORT_NAME, &[name.get().unwrap_or(b"")]);
         self.state = State::ExportName;
     }

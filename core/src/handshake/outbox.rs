@@ -1,64 +1,59 @@
 //! The bytes a negotiation state machine (server or client) has queued for
 //! the runtime to send: a fixed buffer, compacted when it fills.
 
-/// Queued output of at most `N` bytes.
-#[derive(Clone, Copy)]
+/// Queued output of at most `N` bytes: `buf[start..]` is not sent yet.
+#[derive(Clone)]
 pub(crate) struct Outbox<const N: usize> {
-    buf: [u8; N],
+    buf: heapless::Vec<u8, N>,
     start: usize,
-    end: usize,
 }
 
 impl<const N: usize> Outbox<N> {
     /// An empty queue.
     pub(crate) const fn new() -> Self {
         Outbox {
-            buf: [0; N],
+            buf: heapless::Vec::new(),
             start: 0,
-            end: 0,
         }
     }
 
     /// The bytes not sent yet.
     pub(crate) fn pending(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf[self.start..]
     }
 
     /// Mark `n` pending bytes as sent.
     pub(crate) fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
-        if self.start == self.end {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
             self.start = 0;
-            self.end = 0;
         }
     }
 
     /// Copy pending bytes into `out`, consuming them; returns how many.
     pub(crate) fn take_into(&mut self, out: &mut [u8]) -> usize {
         let n = self.pending().len().min(out.len());
-        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        out[..n].copy_from_slice(&self.pending()[..n]);
         self.consume(n);
         n
     }
 
     /// Free room.
     pub(crate) fn space(&self) -> usize {
-        N - (self.end - self.start)
+        N - self.pending().len()
     }
 
     /// Queue `b`; false (and nothing queued) if it does not fit.
     pub(crate) fn push(&mut self, b: &[u8]) -> bool {
-        if self.start > 0 && self.end + b.len() > N {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+        if self.start > 0 && self.buf.len() + b.len() > N {
+            // Move the pending bytes to the front.
+            let len = self.buf.len();
+            self.buf.copy_within(self.start..len, 0);
+            self.buf.truncate(len - self.start);
             self.start = 0;
         }
-        if self.end + b.len() > N {
-            return false;
-        }
-        self.buf[self.end..self.end + b.len()].copy_from_slice(b);
-        self.end += b.len();
-        true
+        self.buf.extend_from_slice(b).is_ok()
     }
 }
 
