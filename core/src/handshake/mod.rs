@@ -2,7 +2,9 @@
 //!
 //! The runtime feeds the bytes it read to [`Server::handle_input`], which
 //! says how many it consumed and whether it needs the runtime to act
-//! ([`Event`]); the bytes to send are taken with [`Server::poll_transmit`].
+//! ([`Event`]); the bytes to send are read in place with
+//! [`Server::pending_output`] and released with [`Server::consume_output`]
+//! (the one output API).
 //!
 //! The handshake is a set of typestates: an event that asks a question
 //! carries a token ([`AwaitingList`], [`AwaitingExport`], [`AwaitingTls`])
@@ -523,11 +525,6 @@ impl Server {
             s.push(&b);
         }
         s
-    }
-
-    /// Copy pending output into `buf`; returns the number of bytes copied.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> usize {
-        self.out.take_into(buf)
     }
 
     /// The output not yet taken.

@@ -31,14 +31,6 @@ impl<const N: usize> Outbox<N> {
         }
     }
 
-    /// Copy pending bytes into `out`, consuming them; returns how many.
-    pub(crate) fn take_into(&mut self, out: &mut [u8]) -> usize {
-        let n = self.pending().len().min(out.len());
-        out[..n].copy_from_slice(&self.pending()[..n]);
-        self.consume(n);
-        n
-    }
-
     /// Free room.
     pub(crate) fn space(&self) -> usize {
         N - self.pending().len()
@@ -69,9 +61,8 @@ mod test {
         assert!(o.push(b"ghij"));
         assert_eq!(o.pending(), b"efghij");
         assert!(!o.push(b"klm"));
-        let mut out = [0u8; 4];
-        assert_eq!(o.take_into(&mut out), 4);
-        assert_eq!(&out, b"efgh");
+        assert_eq!(&o.pending()[..4], b"efgh");
+        o.consume(4);
         assert_eq!(o.space(), 6);
     }
 }

@@ -30,24 +30,24 @@ impl Pair {
         p
     }
 
+    /// Take everything the server queued.
+    fn flush(&mut self) {
+        let out = self.server.pending_output();
+        self.from_server.extend_from_slice(out);
+        let n = out.len();
+        self.server.consume_output(n);
+    }
+
     /// Run the server until it needs more input, answering its events as a
     /// runtime serving one export named "" (and "other") would.
     fn drive(&mut self) -> Option<Disconnect> {
         for _ in 0..1000 {
-            let mut buf = [0u8; 512];
-            loop {
-                let n = self.server.poll_transmit(&mut buf);
-                if n == 0 {
-                    break;
-                }
-                self.from_server.extend_from_slice(&buf[..n]);
-            }
+            self.flush();
             let input = core::mem::take(&mut self.to_server);
             let p = match self.server.handle_input(&input) {
                 Ok(p) => p,
                 Err(d) => {
-                    let n = self.server.poll_transmit(&mut buf);
-                    self.from_server.extend_from_slice(&buf[..n]);
+                    self.flush();
                     return Some(d);
                 }
             };
@@ -92,9 +92,7 @@ impl Pair {
             }
             self.to_server = input[consumed..].to_vec();
             if idle {
-                let mut rest = [0u8; 512];
-                let n = self.server.poll_transmit(&mut rest);
-                self.from_server.extend_from_slice(&rest[..n]);
+                self.flush();
                 return None;
             }
         }
@@ -615,8 +613,8 @@ fn real_client_captures_negotiate() {
 /// A server past the client flags, with `option` (and `payload`) as input.
 fn server_with_option(option: u32, payload: &[u8]) -> (Server, Vec<u8>) {
     let mut s = Server::new(Config::default());
-    let mut sink = [0u8; 64];
-    while s.poll_transmit(&mut sink) > 0 {}
+    let n = s.pending_output().len();
+    s.consume_output(n);
     let flags = FIXED.to_be_bytes();
     assert_eq!(s.handle_input(&flags).unwrap().consumed, 4);
     let mut input = [0u8; OptionHeader::LEN].to_vec();
