@@ -222,6 +222,12 @@ pub enum Next {
 }
 
 /// NBD_OPT_LIST is waiting for its answer.
+///
+/// Only the server makes tokens, so there is no answer without a question:
+///
+/// ```compile_fail,E0423
+/// let forged = nbdkit_core::handshake::AwaitingList(());
+/// ```
 #[must_use = "NBD_OPT_LIST must be answered with done() or refuse()"]
 #[derive(Debug)]
 pub struct AwaitingList(());
@@ -269,6 +275,25 @@ impl AwaitingList {
 
 /// NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_EXPORT_NAME (or the oldstyle
 /// handshake) is waiting for the export to be opened.
+///
+/// Answering consumes the token:
+///
+/// ```
+/// use nbdkit_core::handshake::{AwaitingExport, Next, OptionError, Server};
+/// fn answer(reply: AwaitingExport, server: &mut Server) -> Next {
+///     reply.refuse(server, OptionError::Unknown)
+/// }
+/// ```
+///
+/// so a second answer does not compile:
+///
+/// ```compile_fail,E0382
+/// use nbdkit_core::handshake::{AwaitingExport, Next, OptionError, Server};
+/// fn answer(reply: AwaitingExport, server: &mut Server) -> Next {
+///     let first = reply.refuse(server, OptionError::Unknown);
+///     reply.refuse(server, OptionError::Unknown)
+/// }
+/// ```
 #[must_use = "an export request must be answered with ready() or refuse()"]
 #[derive(Debug)]
 pub struct AwaitingExport {
