@@ -31,10 +31,10 @@ use nbdkit_core::sync::gate::ConnectionGate;
 use nbdkit_core::sync::pool::{Next, Pool, Work};
 use nbdkit_core::sync::reply_writer::{ReplySink, ReplyWriter};
 use nbdkit_core::transmission::{
-    Close as TxClose, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
+    Close as TxClose, Engine, Event as TxEvent, Framer, Limits, Valid, Want,
 };
 
-use crate::connection::{error_reply, execute, BufPool, Reply, Shared};
+use crate::connection::{execute, refuse, BufPool, Reply, Shared};
 use crate::log;
 
 /// A plain socket in blocking mode.
@@ -109,8 +109,8 @@ pub(crate) struct Session {
     pub(crate) ctx: Arc<Context>,
     pub(crate) name: Arc<str>,
     pub(crate) negotiated: Negotiated,
-    pub(crate) style: ReplyStyle,
-    pub(crate) base_allocation: u32,
+    /// How replies are framed (the workers frame them, not the engine).
+    pub(crate) framer: Framer,
 }
 
 /// The reading side, owned by one worker at a time.
@@ -239,15 +239,7 @@ impl<'a> Workers<'a> {
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         s.shared.gated(Some(&self.gate), || {
-            execute(
-                &s.ctx,
-                &self.pool,
-                name,
-                s.style,
-                s.base_allocation,
-                v,
-                payload,
-            )
+            execute(&s.ctx, &self.pool, name, s.framer, v, payload)
         })
     }
 
@@ -305,25 +297,7 @@ impl<'a> Workers<'a> {
         };
         let v = match checked {
             Ok(v) => v,
-            Err(r) => {
-                if log::controlpath() {
-                    log::debug(
-                        Some(&s.name),
-                        format_args!(
-                            "invalid request {:?}: error {}",
-                            r.command,
-                            r.error.to_wire()
-                        ),
-                    );
-                }
-                return Next::Answer(Request::Refuse(error_reply(
-                    s.style,
-                    r.command,
-                    r.cookie,
-                    r.offset,
-                    r.error.to_wire(),
-                )));
-            }
+            Err(r) => return Next::Answer(Request::Refuse(refuse(&s.name, s.framer, &r))),
         };
         let mut payload = Vec::new();
         if let Want::Payload(len) = engine.wants() {

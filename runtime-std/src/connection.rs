@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nbdkit_core::backend::{
-    Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
+    Context, DefaultExports, Extents, OpenArgs, Peer, Stack, Support, ThreadModel,
 };
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
 use nbdkit_core::sync::async_mutex::AsyncMutex;
 use nbdkit_core::sync::gate::{ConnectionGate, Gate};
 use nbdkit_core::sync::inflight::InFlight;
 use nbdkit_core::transmission::{
-    self, Close as TxClose, Command, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
+    self, Close as TxClose, Command, Engine, Event as TxEvent, Framer, Limits, NbdError, Refused,
+    Valid, Want,
 };
-use nbdkit_core::wire::consts::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -601,8 +601,7 @@ async fn blocking_transmission(
         ctx: ctx.clone(),
         name: name.into(),
         negotiated,
-        style: ReplyStyle::of(&negotiated),
-        base_allocation: negotiated.base_allocation.unwrap_or(0),
+        framer: Framer::of(&negotiated),
     };
     let mut job = tokio::task::spawn_blocking(move || {
         crate::blocking::transmission(&session, sync, leftover)
@@ -882,25 +881,6 @@ async fn handshake<S: Transport>(
     }
 }
 
-fn call_flags(v: &Valid) -> Flags {
-    let mut f = Flags::NONE;
-    if v.flags & CMD_FLAG_FUA != 0 {
-        f = f.with(Flags::FUA);
-    }
-    if v.command == Command::WriteZeroes {
-        if v.flags & CMD_FLAG_NO_HOLE == 0 {
-            f = f.with(Flags::MAY_TRIM);
-        }
-        if v.flags & CMD_FLAG_FAST_ZERO != 0 {
-            f = f.with(Flags::FAST_ZERO);
-        }
-    }
-    if v.command == Command::BlockStatus && v.flags & CMD_FLAG_REQ_ONE != 0 {
-        f = f.with(Flags::REQ_ONE);
-    }
-    f
-}
-
 /// Run one validated request and build its complete reply. A panic in
 /// the plugin or a filter becomes an EIO reply, logged, so that the client
 /// gets its answer and the connection goes on.
@@ -908,16 +888,11 @@ pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
     name: &Arc<str>,
-    style: ReplyStyle,
-    base_allocation: u32,
+    framer: Framer,
     v: &Valid,
     payload: &[u8],
 ) -> Reply {
-    let run = || {
-        log::with_context(name, || {
-            execute_as(ctx, pool, name, style, base_allocation, v, payload)
-        })
-    };
+    let run = || log::with_context(name, || execute_as(ctx, pool, name, framer, v, payload));
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(reply) => reply,
         Err(_) => {
@@ -931,9 +906,17 @@ pub(crate) fn execute(
                     nbdkit_core::errno::Errno::EIO
                 ),
             );
-            error_reply(style, Some(v.command), v.cookie, v.offset, NBD_EIO).into()
+            small(|buf| framer.error(v, NbdError::Io, b"", buf)).into()
         }
     }
+}
+
+/// A reply of at most [`Framer::REPLY_LEN`] bytes, framed by `f`.
+#[inline]
+fn small(f: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8> {
+    let mut buf = [0u8; Framer::REPLY_LEN];
+    let n = f(&mut buf);
+    buf[..n].to_vec()
 }
 
 /// [`execute`], with this thread's messages carrying `name`.
@@ -941,20 +924,19 @@ fn execute_as(
     ctx: &Context,
     pool: &BufPool,
     name: &str,
-    style: ReplyStyle,
-    base_allocation: u32,
+    framer: Framer,
     v: &Valid,
     payload: &[u8],
 ) -> Reply {
-    let flags = call_flags(v);
+    let flags = v.call_flags();
     let result = match v.command {
         Command::Read => {
-            let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
-            let n = style.read_header(&mut hdr, v.cookie, v.offset, v.count);
+            let mut hdr = [0u8; Framer::REPLY_LEN];
+            let n = framer.read(v, &mut hdr);
             let len = n + v.count as usize;
             let mut buf = pool.get(len);
             buf[..n].copy_from_slice(&hdr[..n]);
-            match ctx.pread(&mut buf[n..len], v.offset, Flags::NONE) {
+            match ctx.pread(&mut buf[n..len], v.offset, flags) {
                 Ok(()) => return Reply { buf, len },
                 Err(e) => {
                     pool.put(buf);
@@ -963,9 +945,9 @@ fn execute_as(
             }
         }
         Command::Write => ctx.pwrite(payload, v.offset, flags),
-        Command::Flush => ctx.flush(Flags::NONE),
+        Command::Flush => ctx.flush(flags),
         Command::Trim => ctx.trim(v.count, v.offset, flags),
-        Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
+        Command::Cache => ctx.cache(v.count, v.offset, flags),
         Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
         Command::BlockStatus => {
             // As nbdkit: extents may run past the request, never past the
@@ -973,15 +955,12 @@ fn execute_as(
             let mut ext = Extents::new(v.offset, ctx.caps().size);
             match ctx.extents(v.count, v.offset, flags, &mut ext) {
                 Ok(()) => {
-                    let mut buf = vec![0u8; style.block_status_len(ext.len().max(1))];
-                    let n = style.block_status(
+                    let mut buf = vec![0u8; framer.block_status_len(ext.len().max(1))];
+                    let extents = ext.as_slice().iter();
+                    let n = framer.block_status(
+                        v,
+                        extents.map(|e| (e.offset, e.length, e.flags)),
                         &mut buf,
-                        v.cookie,
-                        v.offset,
-                        v.count,
-                        flags.contains(Flags::REQ_ONE),
-                        base_allocation,
-                        ext.as_slice().iter().map(|e| (e.offset, e.length, e.flags)),
                     );
                     buf.truncate(n);
                     return buf.into();
@@ -992,35 +971,31 @@ fn execute_as(
         Command::Disc => Ok(()),
     };
     match result {
-        Ok(()) => {
-            let mut buf = [0u8; ReplyStyle::MAX_HEADER];
-            let n = style.ok(&mut buf, v.cookie, v.offset);
-            buf[..n].to_vec().into()
-        }
+        Ok(()) => small(|buf| framer.ok(v, buf)).into(),
         Err(e) => {
             if let Some(m) = &e.message {
                 log::error(Some(name), m);
             }
-            let err = e.errno.to_nbd(
-                v.flags & CMD_FLAG_FAST_ZERO != 0,
-                v.flags & CMD_FLAG_DF != 0,
-            );
-            let err = if err == 0 { NBD_EIO } else { err };
-            error_reply(style, Some(v.command), v.cookie, v.offset, err).into()
+            let err = NbdError::from_errno(e.errno, v.flags);
+            small(|buf| framer.error(v, err, b"", buf)).into()
         }
     }
 }
 
-pub(crate) fn error_reply(
-    style: ReplyStyle,
-    command: Option<Command>,
-    cookie: u64,
-    offset: u64,
-    err: u32,
-) -> Vec<u8> {
-    let mut buf = [0u8; ReplyStyle::MAX_HEADER + 8];
-    let n = style.error(&mut buf, command, cookie, offset, err, b"");
-    buf[..n].to_vec()
+/// The error reply of a request refused by validation (logged with
+/// `--debug`'s control path messages).
+pub(crate) fn refuse(name: &str, framer: Framer, r: &Refused) -> Vec<u8> {
+    if log::controlpath() {
+        log::debug(
+            Some(name),
+            format_args!(
+                "invalid request {:?}: error {}",
+                r.command,
+                r.error.to_wire()
+            ),
+        );
+    }
+    small(|buf| framer.refused(r, buf))
 }
 
 async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &[u8]) -> bool {
@@ -1043,8 +1018,7 @@ where
     // The engine decodes and validates; the in-flight count below bounds
     // how many requests run at once, so the engine does not count them.
     let mut engine = Engine::new(negotiated, Limits::UNCOUNTED);
-    let style = engine.style();
-    let base_allocation = negotiated.base_allocation.unwrap_or(0);
+    let framer = engine.framer();
     // Replies are written whole under the reply lock; the in-flight count
     // limits requests to -t and lets the end of the connection wait for
     // every reply (both loom-checked in nbdkit-core).
@@ -1123,18 +1097,7 @@ where
         let v = match checked {
             Ok(v) => v,
             Err(r) => {
-                if log::controlpath() {
-                    log::debug(
-                        Some(&name),
-                        format_args!(
-                            "invalid request {:?}: error {}",
-                            r.command,
-                            r.error.to_wire()
-                        ),
-                    );
-                }
-                let reply = error_reply(style, r.command, r.cookie, r.offset, r.error.to_wire());
-                if !send(&wr, &reply).await {
+                if !send(&wr, &refuse(&name, framer, &r)).await {
                     break;
                 }
                 continue;
@@ -1199,7 +1162,7 @@ where
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        execute(&ctx, &p, n, style, base_allocation, &v, &payload)
+                        execute(&ctx, &p, n, framer, &v, &payload)
                     })
                     .await;
                 send(&wr, reply.bytes()).await;
@@ -1212,7 +1175,7 @@ where
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    execute(&c, &p, n, style, base_allocation, &v, &payload)
+                    execute(&c, &p, n, framer, &v, &payload)
                 })
                 .await;
             let sent = send(&wr, reply.bytes()).await;
@@ -1232,6 +1195,7 @@ where
 mod test {
     use super::*;
     use nbdkit_core::backend::{Callbacks, Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
+    use nbdkit_core::wire::consts::NBD_EIO;
 
     /// A plugin with a bug: reading at offset 4096 panics.
     struct Panicky;
@@ -1274,23 +1238,26 @@ mod test {
             .expect("open");
         let pool = BufPool::default();
         let name: Arc<str> = "panicky[1]".into();
-        let style = ReplyStyle {
-            structured: false,
-            extended: false,
-        };
+        let framer = Framer::new(
+            transmission::ReplyStyle {
+                structured: false,
+                extended: false,
+            },
+            0,
+        );
         let read = |offset| Valid {
             command: Command::Read,
             cookie: 7,
             offset,
             count: 512,
-            flags: 0,
+            flags: transmission::CmdFlags::NONE,
         };
         // A simple reply: magic, error, cookie (then the data on success).
-        let r = execute(&ctx, &pool, &name, style, 0, &read(4096), &[]);
+        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[]);
         assert_eq!(r.bytes().len(), 16);
         assert_eq!(r.bytes()[4..8], NBD_EIO.to_be_bytes());
         assert_eq!(r.bytes()[8..16], 7u64.to_be_bytes());
-        let r = execute(&ctx, &pool, &name, style, 0, &read(0), &[]);
+        let r = execute(&ctx, &pool, &name, framer, &read(0), &[]);
         assert_eq!(r.bytes()[4..8], [0; 4]);
         assert_eq!(r.bytes().len(), 16 + 512);
     }

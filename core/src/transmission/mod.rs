@@ -7,11 +7,15 @@ use crate::wire::consts::*;
 use crate::wire::transmission::{ChunkHeader, RequestHeader, SimpleReply};
 use crate::wire::WireError;
 
+#[cfg(feature = "alloc")]
+mod calls;
 mod engine;
 mod flags;
+mod framer;
 
 pub use engine::{Close, Engine, Event, Limits, Progress, Refused, Want};
 pub use flags::{eflags, CmdFlags, Features, NbdError};
+pub use framer::Framer;
 
 /// nbdkit's largest READ or WRITE (larger ones get ENOMEM).
 pub const MAX_REQUEST_SIZE: u64 = 64 * 1024 * 1024;
@@ -147,19 +151,19 @@ pub struct Valid {
     pub offset: u64,
     /// Length of the effect (for WRITE, the payload length).
     pub count: u64,
-    /// Command flags as sent.
-    pub flags: u16,
+    /// Command flags as sent (validated: only those the command takes).
+    pub flags: CmdFlags,
 }
 
 impl Valid {
     /// Whether FUA was asked for.
     pub fn fua(&self) -> bool {
-        self.flags & CMD_FLAG_FUA != 0
+        self.flags.contains(CmdFlags::FUA)
     }
 
-    /// The command flags, typed.
+    /// The command flags.
     pub fn cmd_flags(&self) -> CmdFlags {
-        CmdFlags::from_bits_retain(self.flags)
+        self.flags
     }
 }
 
@@ -183,7 +187,7 @@ pub fn check(export: &Export, req: &Request) -> Result<Valid, NbdError> {
         cookie: h.cookie,
         offset: h.offset,
         count: h.length,
-        flags: h.flags,
+        flags: CmdFlags::from_bits_retain(h.flags),
     };
     if command == Command::Disc {
         return Ok(valid);
