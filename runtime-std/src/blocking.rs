@@ -34,8 +34,9 @@ use nbdkit_core::transmission::{
     Close as TxClose, Engine, Event as TxEvent, Framer, Limits, Valid, Want,
 };
 
-use crate::connection::{execute, refuse, BufPool, Reply, Shared};
+use crate::connection::Shared;
 use crate::log;
+use crate::request::{execute, refuse, BufPool, Reply};
 
 /// A plain socket in blocking mode.
 pub(crate) enum SyncStream {
