@@ -61,20 +61,14 @@ impl Framer {
     /// The complete reply of a request that failed, with an optional
     /// message (sent in an error chunk when the reply style carries one).
     pub fn error(&self, v: &Valid, error: NbdError, message: &[u8], buf: &mut [u8]) -> usize {
-        self.style.error(
-            buf,
-            Some(v.command),
-            v.cookie,
-            v.offset,
-            error.to_wire(),
-            message,
-        )
+        self.style
+            .error(buf, Some(v.command), v.cookie, v.offset, error, message)
     }
 
     /// The complete reply of a request refused by validation.
     pub fn refused(&self, r: &Refused, buf: &mut [u8]) -> usize {
         self.style
-            .error(buf, r.command, r.cookie, r.offset, r.error.to_wire(), b"")
+            .error(buf, r.command, r.cookie, r.offset, r.error, b"")
     }
 
     /// Bytes [`block_status`](Self::block_status) needs for `n` extents.

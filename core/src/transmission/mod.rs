@@ -170,12 +170,7 @@ impl Valid {
 /// Validate a request as nbdkit does (`validate_request`): range first
 /// (ENOSPC for writes, EINVAL otherwise), then flags, size limit (ENOMEM),
 /// read-only (EPERM) and features not advertised (EINVAL). Returns the NBD
-/// error number for a refused request. DISC is never refused.
-pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
-    check(export, req).map_err(NbdError::to_wire)
-}
-
-/// [`validate`], with the error typed.
+/// error for a refused request. DISC is never refused.
 pub fn check(export: &Export, req: &Request) -> Result<Valid, NbdError> {
     let h = &req.header;
     let n = &export.negotiated;
@@ -341,9 +336,10 @@ impl ReplyStyle {
         command: Option<Command>,
         cookie: u64,
         offset: u64,
-        error: u32,
+        error: NbdError,
         message: &[u8],
     ) -> usize {
+        let error = error.to_wire();
         let chunked = self.extended
             || (self.structured
                 && matches!(command, Some(Command::Read) | Some(Command::BlockStatus)));
