@@ -262,4 +262,79 @@ mod test {
         assert_eq!(r.bytes()[4..8], [0; 4]);
         assert_eq!(r.bytes().len(), 16 + 512);
     }
+
+    /// A plugin that records the flags its extents call gets.
+    struct Recorder(Arc<std::sync::Mutex<Vec<Flags>>>);
+    struct RecorderHandle(Arc<std::sync::Mutex<Vec<Flags>>>);
+
+    impl Plugin for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD | Callbacks::EXTENTS
+        }
+        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(RecorderHandle(self.0.clone())))
+        }
+    }
+
+    impl Handle for RecorderHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(1 << 20)
+        }
+        fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn extents(
+            &self,
+            count: u64,
+            offset: u64,
+            flags: Flags,
+            extents: &mut nbdkit_core::backend::Extents,
+        ) -> Result<()> {
+            self.0.lock().unwrap().push(flags);
+            extents.add(offset, count, 0)
+        }
+    }
+
+    #[test]
+    fn block_status_passes_req_one_and_never_fua_to_the_stack() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stack = Stack::new(Box::new(Recorder(seen.clone())), Vec::new());
+        let peer = Peer::Unknown;
+        let ctx = stack
+            .open(&OpenArgs {
+                readonly: true,
+                export_name: "",
+                is_tls: false,
+                peer: &peer,
+            })
+            .expect("open");
+        let pool = BufPool::default();
+        let name: Arc<str> = "recorder[1]".into();
+        let framer = Framer::new(
+            ReplyStyle {
+                structured: true,
+                extended: false,
+            },
+            1,
+        );
+        let status = |flags| Valid {
+            command: Command::BlockStatus,
+            cookie: 9,
+            offset: 0,
+            count: 4096,
+            flags,
+        };
+        // nbdkit passes only REQ_ONE to extents, as sent; FUA is not for it.
+        for flags in [CmdFlags::FUA | CmdFlags::REQ_ONE, CmdFlags::FUA] {
+            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[]);
+            // One structured BLOCK_STATUS chunk: context id 1, one extent.
+            assert_eq!(r.bytes().len(), 20 + 4 + 8);
+            assert_eq!(r.bytes()[20..24], 1u32.to_be_bytes());
+        }
+        assert_eq!(*seen.lock().unwrap(), [Flags::REQ_ONE, Flags::NONE]);
+    }
 }
