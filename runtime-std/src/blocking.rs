@@ -30,13 +30,11 @@ use nbdkit_core::handshake::Negotiated;
 use nbdkit_core::sync::gate::ConnectionGate;
 use nbdkit_core::sync::pool::{Next, Pool, Work};
 use nbdkit_core::sync::reply_writer::{ReplySink, ReplyWriter};
-use nbdkit_core::transmission::{
-    Close as TxClose, Engine, Event as TxEvent, Framer, Limits, Valid, Want,
-};
+use nbdkit_core::transmission::{Engine, Framer, Limits, Valid, Want};
 
 use crate::connection::Shared;
 use crate::log;
-use crate::request::{execute, refuse, BufPool, Reply};
+use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
 /// A plain socket in blocking mode.
 pub(crate) enum SyncStream {
@@ -263,29 +261,17 @@ impl<'a> Workers<'a> {
             );
             return Next::End;
         }
-        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
-            Some(TxEvent::Request(v)) => Ok(v),
-            Some(TxEvent::Refused(r)) => Err(r),
-            Some(TxEvent::Close(TxClose::Disconnect)) => {
-                log::debug(
-                    Some(&s.name),
-                    format_args!("client sent NBD_CMD_DISC, closing connection"),
-                );
-                self.goodbye.store(true, Ordering::Release);
-                return Next::End;
-            }
-            Some(TxEvent::Close(e)) => {
-                log::error(
-                    Some(&s.name),
-                    &format!("invalid request: {e:?}: closing the connection"),
-                );
+        let checked = match header(engine, &s.name, &hdr[..hdr_len]) {
+            Header::Run(v) => Ok(v),
+            Header::Refuse(r) => Err(r),
+            Header::End { graceful } => {
+                if graceful {
+                    self.goodbye.store(true, Ordering::Release);
+                }
                 return Next::End;
             }
             // A refused request's payload, read and discarded first.
-            None | Some(TxEvent::Payload { .. }) => {
-                let Want::Skip(len) = engine.wants() else {
-                    return Next::End;
-                };
+            Header::Discard(len) => {
                 match io::copy(&mut rd.take(len), &mut io::sink()) {
                     Ok(n) if n == len => {}
                     _ => return Next::End,

@@ -14,14 +14,12 @@ use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo};
 use nbdkit_core::sync::async_mutex::AsyncMutex;
 use nbdkit_core::sync::gate::{ConnectionGate, Gate};
 use nbdkit_core::sync::inflight::InFlight;
-use nbdkit_core::transmission::{
-    self, Close as TxClose, Engine, Event as TxEvent, Framer, Limits, Want,
-};
+use nbdkit_core::transmission::{self, Engine, Framer, Limits, Want};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::log;
-use crate::request::{execute, refuse, BufPool};
+use crate::request::{execute, header, refuse, BufPool, Header};
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -878,29 +876,15 @@ where
             );
             break;
         }
-        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
-            Some(TxEvent::Request(v)) => Ok(v),
-            Some(TxEvent::Refused(r)) => Err(r),
-            Some(TxEvent::Close(TxClose::Disconnect)) => {
-                log::debug(
-                    Some(&name),
-                    format_args!("client sent NBD_CMD_DISC, closing connection"),
-                );
-                graceful = true;
-                break;
-            }
-            Some(TxEvent::Close(e)) => {
-                log::error(
-                    Some(&name),
-                    &format!("invalid request: {e:?}: closing the connection"),
-                );
+        let checked = match header(&mut engine, &name, &hdr[..hdr_len]) {
+            Header::Run(v) => Ok(v),
+            Header::Refuse(r) => Err(r),
+            Header::End { graceful: g } => {
+                graceful = g;
                 break;
             }
             // A refused request's payload, read and discarded first.
-            None | Some(TxEvent::Payload { .. }) => {
-                let Want::Skip(len) = engine.wants() else {
-                    break;
-                };
+            Header::Discard(len) => {
                 let mut skip = (&mut reader).take(len);
                 match tokio::io::copy(&mut skip, &mut tokio::io::sink()).await {
                     Ok(n) if n == len => {}

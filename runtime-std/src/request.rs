@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use nbdkit_core::backend::{Context, Extents};
-use nbdkit_core::transmission::{Command, Framer, NbdError, Refused, Valid};
+use nbdkit_core::transmission::{
+    Close, Command, Engine, Event, Framer, NbdError, Refused, Valid, Want,
+};
 
 use crate::log;
 
@@ -189,6 +191,50 @@ pub(crate) fn refuse(name: &str, framer: Framer, r: &Refused) -> Vec<u8> {
         );
     }
     small(|buf| framer.refused(r, buf))
+}
+
+/// What a request header meant to the engine, for a request loop.
+pub(crate) enum Header {
+    /// Run this request (after reading its payload, if the engine wants one).
+    Run(Valid),
+    /// Answer this refused request with [`refuse`].
+    Refuse(Refused),
+    /// Read and discard this many payload bytes of a refused request, then
+    /// tell the engine ([`Engine::take_payload`]), which hands back the
+    /// refusal to answer.
+    Discard(u64),
+    /// The connection is over (logged); `graceful` when the client sent
+    /// NBD_CMD_DISC.
+    End {
+        /// The client said goodbye.
+        graceful: bool,
+    },
+}
+
+/// Feed a complete request header to the engine and say what to do next.
+pub(crate) fn header(engine: &mut Engine, name: &str, hdr: &[u8]) -> Header {
+    match engine.handle_input(hdr).event {
+        Some(Event::Request(v)) => Header::Run(v),
+        Some(Event::Refused(r)) => Header::Refuse(r),
+        Some(Event::Close(Close::Disconnect)) => {
+            log::debug(
+                Some(name),
+                format_args!("client sent NBD_CMD_DISC, closing connection"),
+            );
+            Header::End { graceful: true }
+        }
+        Some(Event::Close(e)) => {
+            log::error(
+                Some(name),
+                &format!("invalid request: {e:?}: closing the connection"),
+            );
+            Header::End { graceful: false }
+        }
+        None | Some(Event::Payload { .. }) => match engine.wants() {
+            Want::Skip(len) => Header::Discard(len),
+            _ => Header::End { graceful: false },
+        },
+    }
 }
 
 #[cfg(test)]
