@@ -790,7 +790,8 @@ fn block_status(ctx: &Context, engine: &mut Engine, v: &Valid, out: &mut [u8]) -
     let end = v.offset.saturating_add(v.count);
     let limit = if req_one { 1 } else { MAX_EXTENTS };
     let mut list = Extents::with_limit(v.offset, end, limit);
-    if let Err(e) = ctx.extents(v.count, v.offset, v.call_flags(), &mut list) {
+    let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
+    if let Err(e) = ctx.extents(v.count, v.offset, flags, &mut list) {
         return engine.reply_error(v, nbd_error(&e, v.flags), b"", out);
     }
     engine.reply_block_status(
