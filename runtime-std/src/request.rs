@@ -244,6 +244,19 @@ mod test {
     use nbdkit_core::transmission::{CmdFlags, ReplyStyle};
     use nbdkit_core::wire::consts::NBD_EIO;
 
+    /// A read-only connection's context on `plugin` alone.
+    fn open(plugin: Box<dyn Plugin>) -> Context {
+        let stack = Stack::new(plugin, Vec::new());
+        stack
+            .open(&OpenArgs {
+                readonly: true,
+                export_name: "",
+                is_tls: false,
+                peer: &Peer::Unknown,
+            })
+            .expect("open")
+    }
+
     /// A plugin with a bug: reading at offset 4096 panics.
     struct Panicky;
     struct PanickyHandle;
@@ -273,16 +286,7 @@ mod test {
 
     #[test]
     fn a_panicking_plugin_call_is_an_eio_reply_and_the_next_request_works() {
-        let stack = Stack::new(Box::new(Panicky), Vec::new());
-        let peer = Peer::Unknown;
-        let ctx = stack
-            .open(&OpenArgs {
-                readonly: true,
-                export_name: "",
-                is_tls: false,
-                peer: &peer,
-            })
-            .expect("open");
+        let ctx = open(Box::new(Panicky));
         let pool = BufPool::default();
         let name: Arc<str> = "panicky[1]".into();
         let framer = Framer::new(
@@ -348,16 +352,7 @@ mod test {
     #[test]
     fn block_status_passes_req_one_and_never_fua_to_the_stack() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stack = Stack::new(Box::new(Recorder(seen.clone())), Vec::new());
-        let peer = Peer::Unknown;
-        let ctx = stack
-            .open(&OpenArgs {
-                readonly: true,
-                export_name: "",
-                is_tls: false,
-                peer: &peer,
-            })
-            .expect("open");
+        let ctx = open(Box::new(Recorder(seen.clone())));
         let pool = BufPool::default();
         let name: Arc<str> = "recorder[1]".into();
         let framer = Framer::new(
