@@ -744,11 +744,7 @@ fn after(ctx: &Context, t: &mut Transfer, fed: Fed) -> Step {
 /// The NBD error for a failed call (FAST_ZERO and DF decide how ENOTSUP
 /// and EOVERFLOW are told).
 fn nbd_error(e: &Error, flags: CmdFlags) -> NbdError {
-    let wire = e.errno.to_nbd(
-        flags.contains(CmdFlags::FAST_ZERO),
-        flags.contains(CmdFlags::DF),
-    );
-    NbdError::from_wire(wire).unwrap_or(NbdError::Io)
+    NbdError::from_errno(e.errno, flags)
 }
 
 fn reply(engine: &mut Engine, v: &Valid, r: Result<(), NbdError>, out: &mut [u8]) -> usize {
@@ -767,8 +763,7 @@ fn run(ctx: &Context, t: &mut Transfer, v: Valid) {
         v.offset,
         v.count
     );
-    let cf = v.cmd_flags();
-    let fua = if v.fua() { Flags::FUA } else { Flags::NONE };
+    let flags = v.call_flags();
     let r = match v.command {
         Command::Read => {
             t.out_len = t.engine.reply_read(&v, &mut t.out);
@@ -786,23 +781,14 @@ fn run(ctx: &Context, t: &mut Transfer, v: Valid) {
             t.out_len = block_status(ctx, &mut t.engine, &v, &mut t.out);
             return;
         }
-        Command::Flush => ctx.flush(Flags::NONE),
-        Command::Trim => ctx.trim(v.count, v.offset, fua),
-        Command::WriteZeroes => {
-            let mut flags = fua;
-            if !cf.contains(CmdFlags::NO_HOLE) {
-                flags = flags.with(Flags::MAY_TRIM);
-            }
-            if cf.contains(CmdFlags::FAST_ZERO) {
-                flags = flags.with(Flags::FAST_ZERO);
-            }
-            ctx.zero(v.count, v.offset, flags)
-        }
-        Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
+        Command::Flush => ctx.flush(flags),
+        Command::Trim => ctx.trim(v.count, v.offset, flags),
+        Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
+        Command::Cache => ctx.cache(v.count, v.offset, flags),
         // The engine ends the connection on DISC instead of handing it out.
         Command::Disc => Ok(()),
     };
-    let r = r.map_err(|e| nbd_error(&e, cf));
+    let r = r.map_err(|e| nbd_error(&e, v.flags));
     t.out_len = reply(&mut t.engine, &v, r, &mut t.out);
 }
 
@@ -815,7 +801,7 @@ fn block_status(ctx: &Context, engine: &mut Engine, v: &Valid, out: &mut [u8]) -
     let mut list = Extents::with_limit(v.offset, end, limit);
     let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
     if let Err(e) = ctx.extents(v.count, v.offset, flags, &mut list) {
-        return engine.reply_error(v, nbd_error(&e, v.cmd_flags()), b"", out);
+        return engine.reply_error(v, nbd_error(&e, v.flags), b"", out);
     }
     engine.reply_block_status(
         v,

@@ -30,12 +30,11 @@ use nbdkit_core::handshake::Negotiated;
 use nbdkit_core::sync::gate::ConnectionGate;
 use nbdkit_core::sync::pool::{Next, Pool, Work};
 use nbdkit_core::sync::reply_writer::{ReplySink, ReplyWriter};
-use nbdkit_core::transmission::{
-    Close as TxClose, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
-};
+use nbdkit_core::transmission::{Engine, Framer, Limits, Valid, Want};
 
-use crate::connection::{error_reply, execute, BufPool, Reply, Shared};
+use crate::connection::Shared;
 use crate::log;
+use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
 /// A plain socket in blocking mode.
 pub(crate) enum SyncStream {
@@ -109,8 +108,8 @@ pub(crate) struct Session {
     pub(crate) ctx: Arc<Context>,
     pub(crate) name: Arc<str>,
     pub(crate) negotiated: Negotiated,
-    pub(crate) style: ReplyStyle,
-    pub(crate) base_allocation: u32,
+    /// How replies are framed (the workers frame them, not the engine).
+    pub(crate) framer: Framer,
 }
 
 /// The reading side, owned by one worker at a time.
@@ -239,15 +238,7 @@ impl<'a> Workers<'a> {
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         s.shared.gated(Some(&self.gate), || {
-            execute(
-                &s.ctx,
-                &self.pool,
-                name,
-                s.style,
-                s.base_allocation,
-                v,
-                payload,
-            )
+            execute(&s.ctx, &self.pool, name, s.framer, v, payload)
         })
     }
 
@@ -270,29 +261,17 @@ impl<'a> Workers<'a> {
             );
             return Next::End;
         }
-        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
-            Some(TxEvent::Request(v)) => Ok(v),
-            Some(TxEvent::Refused(r)) => Err(r),
-            Some(TxEvent::Close(TxClose::Disconnect)) => {
-                log::debug(
-                    Some(&s.name),
-                    format_args!("client sent NBD_CMD_DISC, closing connection"),
-                );
-                self.goodbye.store(true, Ordering::Release);
-                return Next::End;
-            }
-            Some(TxEvent::Close(e)) => {
-                log::error(
-                    Some(&s.name),
-                    &format!("invalid request: {e:?}: closing the connection"),
-                );
+        let checked = match header(engine, &s.name, &hdr[..hdr_len]) {
+            Header::Run(v) => Ok(v),
+            Header::Refuse(r) => Err(r),
+            Header::End { graceful } => {
+                if graceful {
+                    self.goodbye.store(true, Ordering::Release);
+                }
                 return Next::End;
             }
             // A refused request's payload, read and discarded first.
-            None | Some(TxEvent::Payload { .. }) => {
-                let Want::Skip(len) = engine.wants() else {
-                    return Next::End;
-                };
+            Header::Discard(len) => {
                 match io::copy(&mut rd.take(len), &mut io::sink()) {
                     Ok(n) if n == len => {}
                     _ => return Next::End,
@@ -305,25 +284,7 @@ impl<'a> Workers<'a> {
         };
         let v = match checked {
             Ok(v) => v,
-            Err(r) => {
-                if log::controlpath() {
-                    log::debug(
-                        Some(&s.name),
-                        format_args!(
-                            "invalid request {:?}: error {}",
-                            r.command,
-                            r.error.to_wire()
-                        ),
-                    );
-                }
-                return Next::Answer(Request::Refuse(error_reply(
-                    s.style,
-                    r.command,
-                    r.cookie,
-                    r.offset,
-                    r.error.to_wire(),
-                )));
-            }
+            Err(r) => return Next::Answer(Request::Refuse(refuse(&s.name, s.framer, &r))),
         };
         let mut payload = Vec::new();
         if let Want::Payload(len) = engine.wants() {

@@ -9,21 +9,17 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nbdkit_core::backend::{
-    Context, DefaultExports, Extents, Flags, OpenArgs, Peer, Stack, Support, ThreadModel,
-};
+use nbdkit_core::backend::{Context, DefaultExports, OpenArgs, Peer, Stack, Support, ThreadModel};
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo, Next, OptionError};
 use nbdkit_core::sync::async_mutex::AsyncMutex;
 use nbdkit_core::sync::gate::{ConnectionGate, Gate};
 use nbdkit_core::sync::inflight::InFlight;
-use nbdkit_core::transmission::{
-    self, Close as TxClose, Command, Engine, Event as TxEvent, Limits, ReplyStyle, Valid, Want,
-};
-use nbdkit_core::wire::consts::*;
+use nbdkit_core::transmission::{self, Engine, Framer, Limits, Want};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::log;
+use crate::request::{execute, header, refuse, BufPool, Header};
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -47,45 +43,6 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// How many times to look for a write payload before sleeping on the socket.
 const PAYLOAD_SPINS: u32 = 8;
-
-/// Read buffers kept for reuse on one connection, so that a read does not
-/// allocate and zero-fill a fresh buffer each time (nbdkit keeps a
-/// grow-only buffer per thread for the same reason).
-#[derive(Default)]
-pub(crate) struct BufPool {
-    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
-}
-
-impl BufPool {
-    /// Largest buffer kept for reuse.
-    const MAX_KEPT: usize = 8 * 1024 * 1024;
-    /// Most buffers kept.
-    const MAX_COUNT: usize = 32;
-    /// Most bytes kept per connection, so that a burst of large reads does
-    /// not pin memory for the connection's whole life.
-    const MAX_TOTAL: usize = 32 * 1024 * 1024;
-
-    /// A buffer of at least `len` bytes (its contents are stale).
-    pub(crate) fn get(&self, len: usize) -> Vec<u8> {
-        let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut b = b.unwrap_or_default();
-        if b.len() < len {
-            b.resize(len, 0);
-        }
-        b
-    }
-
-    /// Give a buffer back.
-    pub(crate) fn put(&self, b: Vec<u8>) {
-        if b.len() <= Self::MAX_KEPT {
-            let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
-            let kept: usize = v.iter().map(Vec::len).sum();
-            if v.len() < Self::MAX_COUNT && kept + b.len() <= Self::MAX_TOTAL {
-                v.push(b);
-            }
-        }
-    }
-}
 
 /// With `-v`, the names of a connection's request slots: nbdkit serves a
 /// parallel connection's requests on `-t` worker threads named `PLUGIN.N`,
@@ -133,30 +90,6 @@ impl Drop for Worker<'_> {
         if !free.contains(&self.index) {
             free.push(self.index);
         }
-    }
-}
-
-/// A complete reply: the first `len` bytes of `buf`.
-pub(crate) struct Reply {
-    buf: Vec<u8>,
-    len: usize,
-}
-
-impl Reply {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The buffer, for reuse.
-    pub(crate) fn into_buf(self) -> Vec<u8> {
-        self.buf
-    }
-}
-
-impl From<Vec<u8>> for Reply {
-    fn from(buf: Vec<u8>) -> Self {
-        let len = buf.len();
-        Reply { buf, len }
     }
 }
 
@@ -601,8 +534,7 @@ async fn blocking_transmission(
         ctx: ctx.clone(),
         name: name.into(),
         negotiated,
-        style: ReplyStyle::of(&negotiated),
-        base_allocation: negotiated.base_allocation.unwrap_or(0),
+        framer: Framer::of(&negotiated),
     };
     let mut job = tokio::task::spawn_blocking(move || {
         crate::blocking::transmission(&session, sync, leftover)
@@ -892,147 +824,6 @@ async fn handshake<S: Transport>(
     }
 }
 
-fn call_flags(v: &Valid) -> Flags {
-    let mut f = Flags::NONE;
-    if v.flags & CMD_FLAG_FUA != 0 {
-        f = f.with(Flags::FUA);
-    }
-    if v.command == Command::WriteZeroes {
-        if v.flags & CMD_FLAG_NO_HOLE == 0 {
-            f = f.with(Flags::MAY_TRIM);
-        }
-        if v.flags & CMD_FLAG_FAST_ZERO != 0 {
-            f = f.with(Flags::FAST_ZERO);
-        }
-    }
-    if v.command == Command::BlockStatus && v.flags & CMD_FLAG_REQ_ONE != 0 {
-        f = f.with(Flags::REQ_ONE);
-    }
-    f
-}
-
-/// Run one validated request and build its complete reply. A panic in
-/// the plugin or a filter becomes an EIO reply, logged, so that the client
-/// gets its answer and the connection goes on.
-pub(crate) fn execute(
-    ctx: &Context,
-    pool: &BufPool,
-    name: &Arc<str>,
-    style: ReplyStyle,
-    base_allocation: u32,
-    v: &Valid,
-    payload: &[u8],
-) -> Reply {
-    let run = || {
-        log::with_context(name, || {
-            execute_as(ctx, pool, name, style, base_allocation, v, payload)
-        })
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(reply) => reply,
-        Err(_) => {
-            log::error(
-                Some(name),
-                &format!(
-                    "{} count={} offset={}: the plugin or a filter panicked: {}",
-                    v.command.name(),
-                    v.count,
-                    v.offset,
-                    nbdkit_core::errno::Errno::EIO
-                ),
-            );
-            error_reply(style, Some(v.command), v.cookie, v.offset, NBD_EIO).into()
-        }
-    }
-}
-
-/// [`execute`], with this thread's messages carrying `name`.
-fn execute_as(
-    ctx: &Context,
-    pool: &BufPool,
-    name: &str,
-    style: ReplyStyle,
-    base_allocation: u32,
-    v: &Valid,
-    payload: &[u8],
-) -> Reply {
-    let flags = call_flags(v);
-    let result = match v.command {
-        Command::Read => {
-            let mut hdr = [0u8; ReplyStyle::MAX_HEADER];
-            let n = style.read_header(&mut hdr, v.cookie, v.offset, v.count);
-            let len = n + v.count as usize;
-            let mut buf = pool.get(len);
-            buf[..n].copy_from_slice(&hdr[..n]);
-            match ctx.pread(&mut buf[n..len], v.offset, Flags::NONE) {
-                Ok(()) => return Reply { buf, len },
-                Err(e) => {
-                    pool.put(buf);
-                    Err(e)
-                }
-            }
-        }
-        Command::Write => ctx.pwrite(payload, v.offset, flags),
-        Command::Flush => ctx.flush(Flags::NONE),
-        Command::Trim => ctx.trim(v.count, v.offset, flags),
-        Command::Cache => ctx.cache(v.count, v.offset, Flags::NONE),
-        Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
-        Command::BlockStatus => {
-            // As nbdkit: extents may run past the request, never past the
-            // end of the export.
-            let mut ext = Extents::new(v.offset, ctx.caps().size);
-            match ctx.extents(v.count, v.offset, flags, &mut ext) {
-                Ok(()) => {
-                    let mut buf = vec![0u8; style.block_status_len(ext.len().max(1))];
-                    let n = style.block_status(
-                        &mut buf,
-                        v.cookie,
-                        v.offset,
-                        v.count,
-                        flags.contains(Flags::REQ_ONE),
-                        base_allocation,
-                        ext.as_slice().iter().map(|e| (e.offset, e.length, e.flags)),
-                    );
-                    buf.truncate(n);
-                    return buf.into();
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Command::Disc => Ok(()),
-    };
-    match result {
-        Ok(()) => {
-            let mut buf = [0u8; ReplyStyle::MAX_HEADER];
-            let n = style.ok(&mut buf, v.cookie, v.offset);
-            buf[..n].to_vec().into()
-        }
-        Err(e) => {
-            if let Some(m) = &e.message {
-                log::error(Some(name), m);
-            }
-            let err = e.errno.to_nbd(
-                v.flags & CMD_FLAG_FAST_ZERO != 0,
-                v.flags & CMD_FLAG_DF != 0,
-            );
-            let err = if err == 0 { NBD_EIO } else { err };
-            error_reply(style, Some(v.command), v.cookie, v.offset, err).into()
-        }
-    }
-}
-
-pub(crate) fn error_reply(
-    style: ReplyStyle,
-    command: Option<Command>,
-    cookie: u64,
-    offset: u64,
-    err: u32,
-) -> Vec<u8> {
-    let mut buf = [0u8; ReplyStyle::MAX_HEADER + 8];
-    let n = style.error(&mut buf, command, cookie, offset, err, b"");
-    buf[..n].to_vec()
-}
-
 async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &[u8]) -> bool {
     let mut w = wr.lock().await;
     w.write_all(reply).await.is_ok() && w.flush().await.is_ok()
@@ -1053,8 +844,7 @@ where
     // The engine decodes and validates; the in-flight count below bounds
     // how many requests run at once, so the engine does not count them.
     let mut engine = Engine::new(negotiated, Limits::UNCOUNTED);
-    let style = engine.style();
-    let base_allocation = negotiated.base_allocation.unwrap_or(0);
+    let framer = engine.framer();
     // Replies are written whole under the reply lock; the in-flight count
     // limits requests to -t and lets the end of the connection wait for
     // every reply (both loom-checked in nbdkit-core).
@@ -1096,29 +886,15 @@ where
             );
             break;
         }
-        let checked = match engine.handle_input(&hdr[..hdr_len]).event {
-            Some(TxEvent::Request(v)) => Ok(v),
-            Some(TxEvent::Refused(r)) => Err(r),
-            Some(TxEvent::Close(TxClose::Disconnect)) => {
-                log::debug(
-                    Some(&name),
-                    format_args!("client sent NBD_CMD_DISC, closing connection"),
-                );
-                graceful = true;
-                break;
-            }
-            Some(TxEvent::Close(e)) => {
-                log::error(
-                    Some(&name),
-                    &format!("invalid request: {e:?}: closing the connection"),
-                );
+        let checked = match header(&mut engine, &name, &hdr[..hdr_len]) {
+            Header::Run(v) => Ok(v),
+            Header::Refuse(r) => Err(r),
+            Header::End { graceful: g } => {
+                graceful = g;
                 break;
             }
             // A refused request's payload, read and discarded first.
-            None | Some(TxEvent::Payload { .. }) => {
-                let Want::Skip(len) = engine.wants() else {
-                    break;
-                };
+            Header::Discard(len) => {
                 let mut skip = (&mut reader).take(len);
                 match tokio::io::copy(&mut skip, &mut tokio::io::sink()).await {
                     Ok(n) if n == len => {}
@@ -1133,18 +909,7 @@ where
         let v = match checked {
             Ok(v) => v,
             Err(r) => {
-                if log::controlpath() {
-                    log::debug(
-                        Some(&name),
-                        format_args!(
-                            "invalid request {:?}: error {}",
-                            r.command,
-                            r.error.to_wire()
-                        ),
-                    );
-                }
-                let reply = error_reply(style, r.command, r.cookie, r.offset, r.error.to_wire());
-                if !send(&wr, &reply).await {
+                if !send(&wr, &refuse(&name, framer, &r)).await {
                     break;
                 }
                 continue;
@@ -1209,11 +974,11 @@ where
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        execute(&ctx, &p, n, style, base_allocation, &v, &payload)
+                        execute(&ctx, &p, n, framer, &v, &payload)
                     })
                     .await;
                 send(&wr, reply.bytes()).await;
-                pool.put(reply.buf);
+                pool.put(reply.into_buf());
                 drop(ticket);
             });
         } else {
@@ -1222,11 +987,11 @@ where
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    execute(&c, &p, n, style, base_allocation, &v, &payload)
+                    execute(&c, &p, n, framer, &v, &payload)
                 })
                 .await;
             let sent = send(&wr, reply.bytes()).await;
-            pool.put(reply.buf);
+            pool.put(reply.into_buf());
             if !sent {
                 break;
             }
@@ -1236,72 +1001,4 @@ where
     // (which the caller does once the handles are closed).
     flight.drain().await;
     (graceful && !crate::server::stopping(), wr, reader)
-}
-
-#[cfg(test)]
-mod test {
-    use super::*;
-    use nbdkit_core::backend::{Callbacks, Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
-
-    /// A plugin with a bug: reading at offset 4096 panics.
-    struct Panicky;
-    struct PanickyHandle;
-
-    impl Plugin for Panicky {
-        fn name(&self) -> &'static str {
-            "panicky"
-        }
-        fn callbacks(&self) -> Callbacks {
-            Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD
-        }
-        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
-            Ok(Box::new(PanickyHandle))
-        }
-    }
-
-    impl Handle for PanickyHandle {
-        fn get_size(&self) -> Result<u64> {
-            Ok(1 << 20)
-        }
-        fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
-            assert_ne!(offset, 4096, "a plugin bug at offset 4096");
-            buf.fill(0);
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_panicking_plugin_call_is_an_eio_reply_and_the_next_request_works() {
-        let stack = Stack::new(Box::new(Panicky), Vec::new());
-        let peer = Peer::Unknown;
-        let ctx = stack
-            .open(&OpenArgs {
-                readonly: true,
-                export_name: "",
-                is_tls: false,
-                peer: &peer,
-            })
-            .expect("open");
-        let pool = BufPool::default();
-        let name: Arc<str> = "panicky[1]".into();
-        let style = ReplyStyle {
-            structured: false,
-            extended: false,
-        };
-        let read = |offset| Valid {
-            command: Command::Read,
-            cookie: 7,
-            offset,
-            count: 512,
-            flags: 0,
-        };
-        // A simple reply: magic, error, cookie (then the data on success).
-        let r = execute(&ctx, &pool, &name, style, 0, &read(4096), &[]);
-        assert_eq!(r.bytes().len(), 16);
-        assert_eq!(r.bytes()[4..8], NBD_EIO.to_be_bytes());
-        assert_eq!(r.bytes()[8..16], 7u64.to_be_bytes());
-        let r = execute(&ctx, &pool, &name, style, 0, &read(0), &[]);
-        assert_eq!(r.bytes()[4..8], [0; 4]);
-        assert_eq!(r.bytes().len(), 16 + 512);
-    }
 }

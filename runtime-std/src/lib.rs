@@ -15,6 +15,7 @@ pub mod plugins;
 mod pow;
 pub mod process;
 mod readbuf;
+mod request;
 pub mod server;
 pub mod tls;
 

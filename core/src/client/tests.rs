@@ -592,7 +592,14 @@ fn overlapping_or_outside_chunks_are_protocol_errors() {
 fn errors_carry_the_server_errno_and_message() {
     for style in [SIMPLE, STRUCTURED, EXTENDED] {
         let mut b = [0u8; 128];
-        let n = style.error(&mut b, Some(Command::Read), 3, 0, NBD_ENOSPC, b"full");
+        let n = style.error(
+            &mut b,
+            Some(Command::Read),
+            3,
+            0,
+            crate::transmission::NbdError::NoSpc,
+            b"full",
+        );
         let mut r = Reply::new(sent(Command::Read, 0, 512), style, None);
         let mut buf = [0u8; 512];
         let sink = drive(&mut r, style, &b[..n], &mut buf).unwrap();

@@ -17,10 +17,10 @@
 //! its error reply is due, so framing is kept.
 
 use super::{
-    check, decode, header_len, Command, Export, FramingError, NbdError, ReplyStyle, Valid,
+    check, decode, header_len, Command, Export, Framer, FramingError, NbdError, ReplyStyle, Valid,
     MAX_REQUEST_SIZE,
 };
-use crate::handshake::{Negotiated, BASE_ALLOCATION_ID};
+use crate::handshake::Negotiated;
 use crate::wire::transmission::RequestHeader;
 
 /// What the runtime allows on a connection, besides what negotiation
@@ -154,7 +154,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct Engine {
     export: Export,
-    style: ReplyStyle,
+    framer: Framer,
     limits: Limits,
     header: [u8; RequestHeader::EXTENDED_LEN],
     have: usize,
@@ -166,13 +166,13 @@ impl Engine {
     /// Bytes a reply buffer needs for every `reply_*` call except
     /// [`reply_block_status`](Self::reply_block_status) (and except the
     /// message of an error, which is cut to fit).
-    pub const REPLY_LEN: usize = ReplyStyle::MAX_HEADER;
+    pub const REPLY_LEN: usize = Framer::REPLY_LEN;
 
     /// The engine for a connection whose negotiation settled `negotiated`.
     pub fn new(negotiated: Negotiated, limits: Limits) -> Self {
         Engine {
             export: Export { negotiated },
-            style: ReplyStyle::of(&negotiated),
+            framer: Framer::of(&negotiated),
             limits,
             header: [0; RequestHeader::EXTENDED_LEN],
             have: 0,
@@ -186,11 +186,17 @@ impl Engine {
         &self.export.negotiated
     }
 
-    /// How replies are framed (for runtimes that frame a reply away from
-    /// the engine, e.g. on a worker thread; they call
-    /// [`completed`](Self::completed) once it is sent).
+    /// How replies are framed.
     pub fn style(&self) -> ReplyStyle {
-        self.style
+        self.framer.style()
+    }
+
+    /// The framing of this connection's replies, for runtimes that frame
+    /// a reply away from the engine (e.g. on a worker thread); they call
+    /// [`completed`](Self::completed) once it is sent, unless they count
+    /// requests in flight themselves.
+    pub fn framer(&self) -> Framer {
+        self.framer
     }
 
     /// Requests handed out or refused and not answered yet.
@@ -406,14 +412,14 @@ impl Engine {
     /// The complete reply of a request that succeeded without data.
     pub fn reply_ok(&mut self, v: &Valid, buf: &mut [u8]) -> usize {
         self.completed();
-        self.style.ok(buf, v.cookie, v.offset)
+        self.framer.ok(v, buf)
     }
 
     /// The header of a successful READ's reply; exactly `v.count` bytes of
     /// data must follow it.
     pub fn reply_read(&mut self, v: &Valid, buf: &mut [u8]) -> usize {
         self.completed();
-        self.style.read_header(buf, v.cookie, v.offset, v.count)
+        self.framer.read(v, buf)
     }
 
     /// The complete reply of a request that failed, with an optional
@@ -426,27 +432,19 @@ impl Engine {
         buf: &mut [u8],
     ) -> usize {
         self.completed();
-        self.style.error(
-            buf,
-            Some(v.command),
-            v.cookie,
-            v.offset,
-            error.to_wire(),
-            message,
-        )
+        self.framer.error(v, error, message, buf)
     }
 
     /// The complete reply of a request refused by validation.
     pub fn reply_refused(&mut self, r: &Refused, buf: &mut [u8]) -> usize {
         self.completed();
-        self.style
-            .error(buf, r.command, r.cookie, r.offset, r.error.to_wire(), b"")
+        self.framer.refused(r, buf)
     }
 
     /// Bytes [`reply_block_status`](Self::reply_block_status) needs for
     /// `n` extents.
     pub fn block_status_len(&self, n: usize) -> usize {
-        self.style.block_status_len(n)
+        self.framer.block_status_len(n)
     }
 
     /// The complete reply of a BLOCK_STATUS request for `base:allocation`,
@@ -457,20 +455,7 @@ impl Engine {
         I: IntoIterator<Item = (u64, u64, u32)>,
     {
         self.completed();
-        let id = self
-            .export
-            .negotiated
-            .base_allocation
-            .unwrap_or(BASE_ALLOCATION_ID);
-        self.style.block_status(
-            buf,
-            v.cookie,
-            v.offset,
-            v.count,
-            v.cmd_flags().contains(super::CmdFlags::REQ_ONE),
-            id,
-            extents,
-        )
+        self.framer.block_status(v, extents, buf)
     }
 }
 

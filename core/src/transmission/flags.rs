@@ -5,6 +5,7 @@
 use core::fmt;
 use core::ops::{BitAnd, BitOr, BitOrAssign};
 
+use crate::errno::Errno;
 use crate::wire::consts::*;
 
 /// The flags of one request (`NBD_CMD_FLAG_*`). Bits the protocol does not
@@ -173,6 +174,19 @@ impl NbdError {
     }
 }
 
+impl NbdError {
+    /// The error nbdkit sends for a call that failed with `errno`, on a
+    /// request with `flags`: ENOTSUP is told only to FAST_ZERO, EOVERFLOW
+    /// only to DF, and a failure without an errno (0) is EIO.
+    pub fn from_errno(errno: Errno, flags: CmdFlags) -> Self {
+        let wire = errno.to_nbd(
+            flags.contains(CmdFlags::FAST_ZERO),
+            flags.contains(CmdFlags::DF),
+        );
+        NbdError::from_wire(wire).unwrap_or(NbdError::Io)
+    }
+}
+
 impl From<NbdError> for u32 {
     fn from(e: NbdError) -> u32 {
         e.to_wire()
@@ -248,6 +262,28 @@ mod test {
         }
         assert_eq!(NbdError::from_wire(0), None);
         assert_eq!(NbdError::from_wire(9999), Some(NbdError::Inval));
+    }
+
+    #[test]
+    fn errnos_become_nbd_errors_as_nbdkit_sends_them() {
+        let none = CmdFlags::NONE;
+        assert_eq!(NbdError::from_errno(Errno(0), none), NbdError::Io);
+        assert_eq!(NbdError::from_errno(Errno::EROFS, none), NbdError::Perm);
+        assert_eq!(NbdError::from_errno(Errno::EFBIG, none), NbdError::NoSpc);
+        assert_eq!(NbdError::from_errno(Errno::EBUSY, none), NbdError::Inval);
+        assert_eq!(NbdError::from_errno(Errno::ENOTSUP, none), NbdError::Inval);
+        assert_eq!(
+            NbdError::from_errno(Errno::ENOTSUP, CmdFlags::FAST_ZERO),
+            NbdError::NotSup
+        );
+        assert_eq!(
+            NbdError::from_errno(Errno::EOVERFLOW, none),
+            NbdError::Inval
+        );
+        assert_eq!(
+            NbdError::from_errno(Errno::EOVERFLOW, CmdFlags::DF),
+            NbdError::Overflow
+        );
     }
 
     #[test]

@@ -7,11 +7,15 @@ use crate::wire::consts::*;
 use crate::wire::transmission::{ChunkHeader, RequestHeader, SimpleReply};
 use crate::wire::WireError;
 
+#[cfg(feature = "alloc")]
+mod calls;
 mod engine;
 mod flags;
+mod framer;
 
 pub use engine::{Close, Engine, Event, Limits, Progress, Refused, Want};
 pub use flags::{eflags, CmdFlags, Features, NbdError};
+pub use framer::Framer;
 
 /// nbdkit's largest READ or WRITE (larger ones get ENOMEM).
 pub const MAX_REQUEST_SIZE: u64 = 64 * 1024 * 1024;
@@ -147,31 +151,26 @@ pub struct Valid {
     pub offset: u64,
     /// Length of the effect (for WRITE, the payload length).
     pub count: u64,
-    /// Command flags as sent.
-    pub flags: u16,
+    /// Command flags as sent (validated: only those the command takes).
+    pub flags: CmdFlags,
 }
 
 impl Valid {
     /// Whether FUA was asked for.
     pub fn fua(&self) -> bool {
-        self.flags & CMD_FLAG_FUA != 0
+        self.flags.contains(CmdFlags::FUA)
     }
 
-    /// The command flags, typed.
+    /// The command flags.
     pub fn cmd_flags(&self) -> CmdFlags {
-        CmdFlags::from_bits_retain(self.flags)
+        self.flags
     }
 }
 
 /// Validate a request as nbdkit does (`validate_request`): range first
 /// (ENOSPC for writes, EINVAL otherwise), then flags, size limit (ENOMEM),
 /// read-only (EPERM) and features not advertised (EINVAL). Returns the NBD
-/// error number for a refused request. DISC is never refused.
-pub fn validate(export: &Export, req: &Request) -> Result<Valid, u32> {
-    check(export, req).map_err(NbdError::to_wire)
-}
-
-/// [`validate`], with the error typed.
+/// error for a refused request. DISC is never refused.
 pub fn check(export: &Export, req: &Request) -> Result<Valid, NbdError> {
     let h = &req.header;
     let n = &export.negotiated;
@@ -183,7 +182,7 @@ pub fn check(export: &Export, req: &Request) -> Result<Valid, NbdError> {
         cookie: h.cookie,
         offset: h.offset,
         count: h.length,
-        flags: h.flags,
+        flags: CmdFlags::from_bits_retain(h.flags),
     };
     if command == Command::Disc {
         return Ok(valid);
@@ -337,9 +336,10 @@ impl ReplyStyle {
         command: Option<Command>,
         cookie: u64,
         offset: u64,
-        error: u32,
+        error: NbdError,
         message: &[u8],
     ) -> usize {
+        let error = error.to_wire();
         let chunked = self.extended
             || (self.structured
                 && matches!(command, Some(Command::Read) | Some(Command::BlockStatus)));

@@ -71,50 +71,53 @@ fn decode_refuses_bad_magic_and_huge_payloads() {
 #[test]
 fn range_errors_like_nbdkit() {
     let e = export(RW, true, true);
-    assert_eq!(validate(&e, &req(CMD_READ, 0, 1 << 20, 1)), Err(NBD_EINVAL));
     assert_eq!(
-        validate(&e, &req(CMD_WRITE, 0, (1 << 20) - 1, 2)),
-        Err(NBD_ENOSPC)
+        check(&e, &req(CMD_READ, 0, 1 << 20, 1)),
+        Err(NbdError::Inval)
     );
     assert_eq!(
-        validate(&e, &req(CMD_WRITE_ZEROES, 0, 1 << 20, 1)),
-        Err(NBD_ENOSPC)
+        check(&e, &req(CMD_WRITE, 0, (1 << 20) - 1, 2)),
+        Err(NbdError::NoSpc)
     );
     assert_eq!(
-        validate(&e, &req(CMD_TRIM, 0, u64::MAX, 2)),
-        Err(NBD_EINVAL)
+        check(&e, &req(CMD_WRITE_ZEROES, 0, 1 << 20, 1)),
+        Err(NbdError::NoSpc)
+    );
+    assert_eq!(
+        check(&e, &req(CMD_TRIM, 0, u64::MAX, 2)),
+        Err(NbdError::Inval)
     );
     // Zero-length requests are out of range.
-    assert_eq!(validate(&e, &req(CMD_READ, 0, 0, 0)), Err(NBD_EINVAL));
-    assert_eq!(validate(&e, &req(CMD_WRITE, 0, 0, 0)), Err(NBD_ENOSPC));
-    assert!(validate(&e, &req(CMD_READ, 0, 0, 1 << 20)).is_ok());
+    assert_eq!(check(&e, &req(CMD_READ, 0, 0, 0)), Err(NbdError::Inval));
+    assert_eq!(check(&e, &req(CMD_WRITE, 0, 0, 0)), Err(NbdError::NoSpc));
+    assert!(check(&e, &req(CMD_READ, 0, 0, 1 << 20)).is_ok());
 }
 
 #[test]
 fn flush_needs_zero_offset_and_length() {
     let e = export(RW, false, false);
-    assert!(validate(&e, &req(CMD_FLUSH, 0, 0, 0)).is_ok());
-    assert_eq!(validate(&e, &req(CMD_FLUSH, 0, 1, 0)), Err(NBD_EINVAL));
+    assert!(check(&e, &req(CMD_FLUSH, 0, 0, 0)).is_ok());
+    assert_eq!(check(&e, &req(CMD_FLUSH, 0, 1, 0)), Err(NbdError::Inval));
 }
 
 #[test]
 fn flags_must_fit_the_command() {
     let e = export(RW, true, true);
     assert_eq!(
-        validate(&e, &req(CMD_READ, CMD_FLAG_NO_HOLE, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&e, &req(CMD_READ, CMD_FLAG_NO_HOLE, 0, 1)),
+        Err(NbdError::Inval)
     );
     assert_eq!(
-        validate(&e, &req(CMD_WRITE, CMD_FLAG_FAST_ZERO, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&e, &req(CMD_WRITE, CMD_FLAG_FAST_ZERO, 0, 1)),
+        Err(NbdError::Inval)
     );
     assert_eq!(
-        validate(&e, &req(CMD_READ, CMD_FLAG_REQ_ONE, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&e, &req(CMD_READ, CMD_FLAG_REQ_ONE, 0, 1)),
+        Err(NbdError::Inval)
     );
-    assert_eq!(validate(&e, &req(CMD_READ, 0x80, 0, 1)), Err(NBD_EINVAL));
-    assert!(validate(&e, &req(CMD_READ, CMD_FLAG_DF, 0, 1)).is_ok());
-    assert!(validate(
+    assert_eq!(check(&e, &req(CMD_READ, 0x80, 0, 1)), Err(NbdError::Inval));
+    assert!(check(&e, &req(CMD_READ, CMD_FLAG_DF, 0, 1)).is_ok());
+    assert!(check(
         &e,
         &req(
             CMD_WRITE_ZEROES,
@@ -127,27 +130,27 @@ fn flags_must_fit_the_command() {
     // DF without structured replies, FUA without SEND_FUA.
     let simple = export(0, false, false);
     assert_eq!(
-        validate(&simple, &req(CMD_READ, CMD_FLAG_DF, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&simple, &req(CMD_READ, CMD_FLAG_DF, 0, 1)),
+        Err(NbdError::Inval)
     );
     assert_eq!(
-        validate(&simple, &req(CMD_READ, CMD_FLAG_FUA, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&simple, &req(CMD_READ, CMD_FLAG_FUA, 0, 1)),
+        Err(NbdError::Inval)
     );
 }
 
 #[test]
 fn read_only_and_missing_features() {
     let ro = export(FLAG_READ_ONLY, true, false);
-    assert_eq!(validate(&ro, &req(CMD_WRITE, 0, 0, 1)), Err(NBD_EPERM));
-    assert_eq!(validate(&ro, &req(CMD_TRIM, 0, 0, 1)), Err(NBD_EPERM));
-    assert_eq!(validate(&ro, &req(CMD_FLUSH, 0, 0, 0)), Err(NBD_EINVAL));
-    assert_eq!(validate(&ro, &req(CMD_CACHE, 0, 0, 1)), Err(NBD_EINVAL));
+    assert_eq!(check(&ro, &req(CMD_WRITE, 0, 0, 1)), Err(NbdError::Perm));
+    assert_eq!(check(&ro, &req(CMD_TRIM, 0, 0, 1)), Err(NbdError::Perm));
+    assert_eq!(check(&ro, &req(CMD_FLUSH, 0, 0, 0)), Err(NbdError::Inval));
+    assert_eq!(check(&ro, &req(CMD_CACHE, 0, 0, 1)), Err(NbdError::Inval));
     assert_eq!(
-        validate(&ro, &req(CMD_BLOCK_STATUS, 0, 0, 1)),
-        Err(NBD_EINVAL)
+        check(&ro, &req(CMD_BLOCK_STATUS, 0, 0, 1)),
+        Err(NbdError::Inval)
     );
-    assert_eq!(validate(&ro, &req(99, 0, 0, 1)), Err(NBD_EINVAL));
+    assert_eq!(check(&ro, &req(99, 0, 0, 1)), Err(NbdError::Inval));
 }
 
 #[test]
@@ -155,10 +158,10 @@ fn oversized_reads_get_enomem() {
     let mut e = export(RW, false, false);
     e.negotiated.size = 1 << 30;
     assert_eq!(
-        validate(&e, &req(CMD_READ, 0, 0, (64 << 20) + 1)),
-        Err(NBD_ENOMEM)
+        check(&e, &req(CMD_READ, 0, 0, (64 << 20) + 1)),
+        Err(NbdError::NoMem)
     );
-    assert!(validate(&e, &req(CMD_READ, 0, 0, 64 << 20)).is_ok());
+    assert!(check(&e, &req(CMD_READ, 0, 0, 64 << 20)).is_ok());
 }
 
 #[test]
@@ -176,7 +179,7 @@ fn simple_replies() {
             cookie: 9
         }
     );
-    let n = s.error(&mut b, Some(Command::Read), 9, 0, NBD_EIO, b"oops");
+    let n = s.error(&mut b, Some(Command::Read), 9, 0, NbdError::Io, b"oops");
     assert_eq!(n, 16);
     assert_eq!(SimpleReply::parse(&b).unwrap().error, NBD_EIO);
 }
@@ -196,13 +199,13 @@ fn structured_read_and_error_chunks() {
         (REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, 520)
     );
     assert_eq!(&b[20..28], &4096u64.to_be_bytes());
-    let n = s.error(&mut b, Some(Command::Read), 3, 0, NBD_EINVAL, b"");
+    let n = s.error(&mut b, Some(Command::Read), 3, 0, NbdError::Inval, b"");
     let h = ChunkHeader::parse_structured(&b).unwrap();
     assert_eq!((h.chunk_type, h.length, n), (REPLY_TYPE_ERROR, 6, 26));
     assert_eq!(ErrorChunk::parse(&b[20..26]).unwrap().error, NBD_EINVAL);
     // Other commands keep simple replies under structured replies.
     assert_eq!(
-        s.error(&mut b, Some(Command::Write), 3, 0, NBD_EIO, b""),
+        s.error(&mut b, Some(Command::Write), 3, 0, NbdError::Io, b""),
         16
     );
     assert_eq!(s.ok(&mut b, 3, 0), 16);
@@ -222,7 +225,7 @@ fn extended_replies_are_always_chunks() {
         (REPLY_TYPE_NONE, 77, REPLY_FLAG_DONE)
     );
     assert_eq!(
-        s.error(&mut b, Some(Command::Flush), 5, 0, NBD_EIO, b"x"),
+        s.error(&mut b, Some(Command::Flush), 5, 0, NbdError::Io, b"x"),
         39
     );
 }

@@ -294,7 +294,7 @@ fn requests_over_the_runtimes_maximum_get_einval_and_their_payload_skipped() {
         cookie: 3,
         offset: 0,
         count: 4096,
-        flags: 0
+        flags: CmdFlags::NONE
     })));
     assert!(seen
         .iter()

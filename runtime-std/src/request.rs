@@ -1,0 +1,381 @@
+//! One request of the transmission phase, after the engine validated it:
+//! run it against the open [`Context`] and frame its complete reply with
+//! core's [`Framer`] (both request loops, tokio's in
+//! [`crate::connection`] and the worker threads' in [`crate::blocking`],
+//! answer through here).
+
+use std::sync::Arc;
+
+use nbdkit_core::backend::{Context, Extents};
+use nbdkit_core::transmission::{
+    Close, Command, Engine, Event, Framer, NbdError, Refused, Valid, Want,
+};
+
+use crate::log;
+
+/// Read buffers kept for reuse on one connection, so that a read does not
+/// allocate and zero-fill a fresh buffer each time (nbdkit keeps a
+/// grow-only buffer per thread for the same reason).
+#[derive(Default)]
+pub(crate) struct BufPool {
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    /// Largest buffer kept for reuse.
+    const MAX_KEPT: usize = 8 * 1024 * 1024;
+    /// Most buffers kept.
+    const MAX_COUNT: usize = 32;
+    /// Most bytes kept per connection, so that a burst of large reads does
+    /// not pin memory for the connection's whole life.
+    const MAX_TOTAL: usize = 32 * 1024 * 1024;
+
+    /// A buffer of at least `len` bytes (its contents are stale).
+    pub(crate) fn get(&self, len: usize) -> Vec<u8> {
+        let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut b = b.unwrap_or_default();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        b
+    }
+
+    /// Give a buffer back.
+    pub(crate) fn put(&self, b: Vec<u8>) {
+        if b.len() <= Self::MAX_KEPT {
+            let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+            let kept: usize = v.iter().map(Vec::len).sum();
+            if v.len() < Self::MAX_COUNT && kept + b.len() <= Self::MAX_TOTAL {
+                v.push(b);
+            }
+        }
+    }
+}
+
+/// A complete reply: the first `len` bytes of `buf`.
+pub(crate) struct Reply {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Reply {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Reply {
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        Reply { buf, len }
+    }
+}
+
+/// Run one validated request and build its complete reply. A panic in
+/// the plugin or a filter becomes an EIO reply, logged, so that the client
+/// gets its answer and the connection goes on.
+pub(crate) fn execute(
+    ctx: &Context,
+    pool: &BufPool,
+    name: &Arc<str>,
+    framer: Framer,
+    v: &Valid,
+    payload: &[u8],
+) -> Reply {
+    let run = || log::with_context(name, || execute_as(ctx, pool, name, framer, v, payload));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(reply) => reply,
+        Err(_) => {
+            log::error(
+                Some(name),
+                &format!(
+                    "{} count={} offset={}: the plugin or a filter panicked: {}",
+                    v.command.name(),
+                    v.count,
+                    v.offset,
+                    nbdkit_core::errno::Errno::EIO
+                ),
+            );
+            small(|buf| framer.error(v, NbdError::Io, b"", buf)).into()
+        }
+    }
+}
+
+/// A reply of at most [`Framer::REPLY_LEN`] bytes, framed by `f`.
+#[inline]
+fn small(f: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8> {
+    let mut buf = [0u8; Framer::REPLY_LEN];
+    let n = f(&mut buf);
+    buf[..n].to_vec()
+}
+
+/// [`execute`], with this thread's messages carrying `name`.
+fn execute_as(
+    ctx: &Context,
+    pool: &BufPool,
+    name: &str,
+    framer: Framer,
+    v: &Valid,
+    payload: &[u8],
+) -> Reply {
+    let flags = v.call_flags();
+    let result = match v.command {
+        Command::Read => {
+            let mut hdr = [0u8; Framer::REPLY_LEN];
+            let n = framer.read(v, &mut hdr);
+            let len = n + v.count as usize;
+            let mut buf = pool.get(len);
+            buf[..n].copy_from_slice(&hdr[..n]);
+            match ctx.pread(&mut buf[n..len], v.offset, flags) {
+                Ok(()) => return Reply { buf, len },
+                Err(e) => {
+                    pool.put(buf);
+                    Err(e)
+                }
+            }
+        }
+        Command::Write => ctx.pwrite(payload, v.offset, flags),
+        Command::Flush => ctx.flush(flags),
+        Command::Trim => ctx.trim(v.count, v.offset, flags),
+        Command::Cache => ctx.cache(v.count, v.offset, flags),
+        Command::WriteZeroes => ctx.zero(v.count, v.offset, flags),
+        Command::BlockStatus => {
+            // As nbdkit: extents may run past the request, never past the
+            // end of the export.
+            let mut ext = Extents::new(v.offset, ctx.caps().size);
+            match ctx.extents(v.count, v.offset, flags, &mut ext) {
+                Ok(()) => {
+                    let mut buf = vec![0u8; framer.block_status_len(ext.len().max(1))];
+                    let extents = ext.as_slice().iter();
+                    let n = framer.block_status(
+                        v,
+                        extents.map(|e| (e.offset, e.length, e.flags)),
+                        &mut buf,
+                    );
+                    buf.truncate(n);
+                    return buf.into();
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Disc => Ok(()),
+    };
+    match result {
+        Ok(()) => small(|buf| framer.ok(v, buf)).into(),
+        Err(e) => {
+            if let Some(m) = &e.message {
+                log::error(Some(name), m);
+            }
+            let err = NbdError::from_errno(e.errno, v.flags);
+            small(|buf| framer.error(v, err, b"", buf)).into()
+        }
+    }
+}
+
+/// The error reply of a request refused by validation (logged with
+/// `--debug`'s control path messages).
+pub(crate) fn refuse(name: &str, framer: Framer, r: &Refused) -> Vec<u8> {
+    if log::controlpath() {
+        log::debug(
+            Some(name),
+            format_args!(
+                "invalid request {:?}: error {}",
+                r.command,
+                r.error.to_wire()
+            ),
+        );
+    }
+    small(|buf| framer.refused(r, buf))
+}
+
+/// What a request header meant to the engine, for a request loop.
+pub(crate) enum Header {
+    /// Run this request (after reading its payload, if the engine wants one).
+    Run(Valid),
+    /// Answer this refused request with [`refuse`].
+    Refuse(Refused),
+    /// Read and discard this many payload bytes of a refused request, then
+    /// tell the engine ([`Engine::take_payload`]), which hands back the
+    /// refusal to answer.
+    Discard(u64),
+    /// The connection is over (logged); `graceful` when the client sent
+    /// NBD_CMD_DISC.
+    End {
+        /// The client said goodbye.
+        graceful: bool,
+    },
+}
+
+/// Feed a complete request header to the engine and say what to do next.
+pub(crate) fn header(engine: &mut Engine, name: &str, hdr: &[u8]) -> Header {
+    match engine.handle_input(hdr).event {
+        Some(Event::Request(v)) => Header::Run(v),
+        Some(Event::Refused(r)) => Header::Refuse(r),
+        Some(Event::Close(Close::Disconnect)) => {
+            log::debug(
+                Some(name),
+                format_args!("client sent NBD_CMD_DISC, closing connection"),
+            );
+            Header::End { graceful: true }
+        }
+        Some(Event::Close(e)) => {
+            log::error(
+                Some(name),
+                &format!("invalid request: {e:?}: closing the connection"),
+            );
+            Header::End { graceful: false }
+        }
+        None | Some(Event::Payload { .. }) => match engine.wants() {
+            Want::Skip(len) => Header::Discard(len),
+            _ => Header::End { graceful: false },
+        },
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use nbdkit_core::backend::{Callbacks, Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
+    use nbdkit_core::transmission::{CmdFlags, ReplyStyle};
+    use nbdkit_core::wire::consts::NBD_EIO;
+
+    /// A read-only connection's context on `plugin` alone.
+    fn open(plugin: Box<dyn Plugin>) -> Context {
+        let stack = Stack::new(plugin, Vec::new());
+        stack
+            .open(&OpenArgs {
+                readonly: true,
+                export_name: "",
+                is_tls: false,
+                peer: &Peer::Unknown,
+            })
+            .expect("open")
+    }
+
+    /// A plugin with a bug: reading at offset 4096 panics.
+    struct Panicky;
+    struct PanickyHandle;
+
+    impl Plugin for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD
+        }
+        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(PanickyHandle))
+        }
+    }
+
+    impl Handle for PanickyHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(1 << 20)
+        }
+        fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+            assert_ne!(offset, 4096, "a plugin bug at offset 4096");
+            buf.fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_plugin_call_is_an_eio_reply_and_the_next_request_works() {
+        let ctx = open(Box::new(Panicky));
+        let pool = BufPool::default();
+        let name: Arc<str> = "panicky[1]".into();
+        let framer = Framer::new(
+            ReplyStyle {
+                structured: false,
+                extended: false,
+            },
+            0,
+        );
+        let read = |offset| Valid {
+            command: Command::Read,
+            cookie: 7,
+            offset,
+            count: 512,
+            flags: CmdFlags::NONE,
+        };
+        // A simple reply: magic, error, cookie (then the data on success).
+        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[]);
+        assert_eq!(r.bytes().len(), 16);
+        assert_eq!(r.bytes()[4..8], NBD_EIO.to_be_bytes());
+        assert_eq!(r.bytes()[8..16], 7u64.to_be_bytes());
+        let r = execute(&ctx, &pool, &name, framer, &read(0), &[]);
+        assert_eq!(r.bytes()[4..8], [0; 4]);
+        assert_eq!(r.bytes().len(), 16 + 512);
+    }
+
+    /// A plugin that records the flags its extents call gets.
+    struct Recorder(Arc<std::sync::Mutex<Vec<Flags>>>);
+    struct RecorderHandle(Arc<std::sync::Mutex<Vec<Flags>>>);
+
+    impl Plugin for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn callbacks(&self) -> Callbacks {
+            Callbacks::OPEN | Callbacks::GET_SIZE | Callbacks::PREAD | Callbacks::EXTENTS
+        }
+        fn open(&self, _args: &OpenArgs<'_>) -> Result<Box<dyn Handle>> {
+            Ok(Box::new(RecorderHandle(self.0.clone())))
+        }
+    }
+
+    impl Handle for RecorderHandle {
+        fn get_size(&self) -> Result<u64> {
+            Ok(1 << 20)
+        }
+        fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn extents(
+            &self,
+            count: u64,
+            offset: u64,
+            flags: Flags,
+            extents: &mut nbdkit_core::backend::Extents,
+        ) -> Result<()> {
+            self.0.lock().unwrap().push(flags);
+            extents.add(offset, count, 0)
+        }
+    }
+
+    #[test]
+    fn block_status_passes_req_one_and_never_fua_to_the_stack() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ctx = open(Box::new(Recorder(seen.clone())));
+        let pool = BufPool::default();
+        let name: Arc<str> = "recorder[1]".into();
+        let framer = Framer::new(
+            ReplyStyle {
+                structured: true,
+                extended: false,
+            },
+            1,
+        );
+        let status = |flags| Valid {
+            command: Command::BlockStatus,
+            cookie: 9,
+            offset: 0,
+            count: 4096,
+            flags,
+        };
+        // nbdkit passes only REQ_ONE to extents, as sent; FUA is not for it.
+        for flags in [CmdFlags::FUA | CmdFlags::REQ_ONE, CmdFlags::FUA] {
+            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[]);
+            // One structured BLOCK_STATUS chunk: context id 1, one extent.
+            assert_eq!(r.bytes().len(), 20 + 4 + 8);
+            assert_eq!(r.bytes()[20..24], 1u32.to_be_bytes());
+        }
+        assert_eq!(*seen.lock().unwrap(), [Flags::REQ_ONE, Flags::NONE]);
+    }
+}
