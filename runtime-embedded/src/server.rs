@@ -17,13 +17,9 @@
 //! context of the core stack (plugin and filters), opened when the client
 //! picks the export.
 
-use nbdkit_core::backend::{
-    BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack, Support,
-};
+use nbdkit_core::backend::{BlockSize, Context, Error, Extents, Flags, OpenArgs, Peer, Stack};
 use nbdkit_core::handshake::{self, Event, ExportInfo, OptionError, TlsMode};
-use nbdkit_core::transmission::{
-    self, eflags, CmdFlags, Command, Engine, Features, Limits, NbdError, Valid,
-};
+use nbdkit_core::transmission::{self, eflags, CmdFlags, Command, Engine, Limits, NbdError, Valid};
 use nbdkit_core::wire::consts::DEFAULT_PORT;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -548,18 +544,7 @@ fn close_export(context: &mut Option<Context>) {
 
 /// The transmission flags of an open export, by core's one rule.
 fn export_flags(ctx: &Context) -> u16 {
-    let c = ctx.caps();
-    eflags(&Features {
-        write: c.can_write,
-        flush: c.can_flush,
-        fua: c.can_fua != Support::None,
-        rotational: c.is_rotational,
-        trim: c.can_trim,
-        zero: c.can_zero != Support::None,
-        fast_zero: c.can_fast_zero,
-        multi_conn: c.can_multi_conn,
-        cache: c.can_cache != Support::None,
-    })
+    eflags(&ctx.caps().features())
 }
 
 /// What went wrong, as a plain string for the log.

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, DefaultExports, OpenArgs, Peer, Stack, Support, ThreadModel};
+use nbdkit_core::backend::{Context, DefaultExports, OpenArgs, Peer, Stack, ThreadModel};
 use nbdkit_core::handshake::{self, Disconnect, Event, ExportInfo, Next, OptionError};
 use nbdkit_core::sync::async_mutex::AsyncMutex;
 use nbdkit_core::sync::gate::{ConnectionGate, Gate};
@@ -385,18 +385,10 @@ where
 /// over the stack's capabilities; nbdkit never advertises multi-conn with
 /// serialize_connections).
 pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
-    let c = ctx.caps();
-    transmission::eflags(&transmission::Features {
-        write: c.can_write,
-        flush: c.can_flush,
-        fua: c.can_fua != Support::None,
-        rotational: c.is_rotational,
-        trim: c.can_trim,
-        zero: c.can_zero != Support::None,
-        fast_zero: c.can_fast_zero,
-        multi_conn: c.can_multi_conn && thread_model > ThreadModel::SerializeConnections,
-        cache: c.can_cache != Support::None,
-    })
+    let mut f = ctx.caps().features();
+    // nbdkit never advertises multi-conn with serialize_connections.
+    f.multi_conn &= thread_model > ThreadModel::SerializeConnections;
+    transmission::eflags(&f)
 }
 
 /// Serve one connection to its end. Errors are logged, never propagated:

@@ -89,6 +89,24 @@ pub struct Caps {
     pub can_cache: Support,
 }
 
+impl Caps {
+    /// The features the transmission flags are made of (the runtime folds
+    /// its thread model into `multi_conn` where it matters).
+    pub fn features(&self) -> crate::transmission::Features {
+        crate::transmission::Features {
+            write: self.can_write,
+            flush: self.can_flush,
+            fua: self.can_fua != Support::None,
+            rotational: self.is_rotational,
+            trim: self.can_trim,
+            zero: self.can_zero != Support::None,
+            fast_zero: self.can_fast_zero,
+            multi_conn: self.can_multi_conn,
+            cache: self.can_cache != Support::None,
+        }
+    }
+}
+
 /// What [`Context::caps`] gives when a layer cannot answer (the error is
 /// logged): nothing is possible.
 static NO_CAPS: Caps = Caps {
