@@ -3,9 +3,7 @@
 //! `-t` at once, when the thread model allows) and writes each reply as soon
 //! as it is ready, out of order.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -402,9 +400,17 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     let readonly = shared.readonly;
     let peer = Arc::new(peer);
     let (p, cn) = (peer.clone(), cname.clone());
-    let pre = shared
-        .call(move |s| log::with_context(&cn, || s.stack.preconnect(readonly, &p)))
-        .await;
+    let preconnect = move |s: &Shared| log::with_context(&cn, || s.stack.preconnect(readonly, &p));
+    // Most stacks have nothing in preconnect that blocks (only -v lines):
+    // then no hand-off to a blocking thread, unless the thread model's
+    // global lock would have to be waited for.
+    let pre = if shared.stack.preconnect_blocks()
+        || shared.thread_model < ThreadModel::SerializeRequests
+    {
+        shared.call(preconnect).await
+    } else {
+        shared.gated(None, || preconnect(&shared))
+    };
     if let Err(e) = pre {
         log::error(Some(&name), &e.to_string());
         return;
@@ -426,67 +432,47 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
         log::debug(Some(&name), format_args!("using TLS on this connection"));
     }
     // A stack whose calls block, on a plain socket: nbdkit's model, worker
-    // threads that read, run and answer requests themselves.
-    // Whether the client ended with NBD_CMD_DISC, and how its socket is
-    // closed once the handles are.
-    let mut graceful = false;
-    let mut closer: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
-    let (stream, leftover) = match stream {
+    // threads that read, run and answer requests themselves; the same
+    // blocking thread then finalizes and closes the handles, so the whole
+    // transmission phase costs one hand-off.
+    let stream = match stream {
         Conn::Plain(s) if shared.blocks => match s.into_blocking() {
             Ok(sync) => {
-                let ended =
-                    blocking_transmission(&shared, &name, &ctx, negotiated, sync, leftover).await;
-                if let Some((g, out)) = ended {
-                    graceful = g;
-                    closer = Some(Box::pin(
-                        async move { out.shutdown(std::net::Shutdown::Both) },
-                    ));
-                }
-                (None, Vec::new())
+                blocking_transmission(&shared, cname, ctx, negotiated, sync, leftover).await;
+                log::debug(Some(&name), format_args!("connection cleanup"));
+                return;
             }
-            Err(s) => (Some(Conn::Plain(s)), leftover),
+            Err(s) => Conn::Plain(s),
         },
-        other => (Some(other), leftover),
+        other => other,
     };
-    if let Some(stream) = stream {
-        let Some((rd, wr)) = stream.split() else {
-            return;
-        };
-        let reader = crate::readbuf::PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
-        let (g, wr, reader) =
-            transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
-        graceful = g;
-        closer = Some(Box::pin(async move {
-            let _ = wr.lock().await.shutdown().await;
-            drop(reader);
-        }));
-    }
-    let (c, cn) = (ctx.clone(), cname.clone());
-    shared
-        .call(move |_| {
-            log::with_context(&cn, || {
-                if let Err(e) = c.finalize() {
-                    log::error(None, &e.to_string());
-                }
-            })
-        })
-        .await;
-    // Dropping the last reference closes every layer, outermost first. As
-    // in nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its
-    // connection close only after that.
-    let _ = shared
-        .call(move |_| {
-            log::with_context(&cname, || {
-                CLIENT_GONE.with(|g| g.set(!graceful));
-                drop(ctx);
-                CLIENT_GONE.with(|g| g.set(false));
-            })
-        })
-        .await;
-    if let Some(close) = closer {
-        close.await;
-    }
+    let Some((rd, wr)) = stream.split() else {
+        return;
+    };
+    let reader = crate::readbuf::PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
+    // Whether the client ended with NBD_CMD_DISC.
+    let (graceful, wr, reader) =
+        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+    let _ = shared.call(move |_| finish(&cname, ctx, graceful)).await;
+    // The socket is closed once the handles are.
+    let _ = wr.lock().await.shutdown().await;
+    drop(reader);
     log::debug(Some(&name), format_args!("connection cleanup"));
+}
+
+/// The end of a connection's handles: finalize every layer, then close them
+/// (dropping the last reference closes every layer, outermost first). As in
+/// nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its connection
+/// close only after that. Runs where the stack's calls may run.
+fn finish(cname: &Arc<str>, ctx: Arc<Context>, graceful: bool) {
+    log::with_context(cname, || {
+        if let Err(e) = ctx.finalize() {
+            log::error(None, &e.to_string());
+        }
+        CLIENT_GONE.with(|g| g.set(!graceful));
+        drop(ctx);
+        CLIENT_GONE.with(|g| g.set(false));
+    })
 }
 
 thread_local! {
@@ -502,45 +488,57 @@ pub(crate) fn client_gone() -> bool {
     CLIENT_GONE.with(|g| g.get())
 }
 
-/// Run [`crate::blocking::transmission`] on a blocking thread; when the
-/// server stops, shut the socket's reading side so that the workers end.
-/// Returns whether the client sent NBD_CMD_DISC (and the server is not
-/// stopping) and the socket, still open.
+/// Run [`crate::blocking::transmission`] on a blocking thread, then
+/// [`finish`] the handles there and close the socket; when the server
+/// stops, shut the socket's reading side so that the workers end.
 async fn blocking_transmission(
     shared: &Arc<Shared>,
-    name: &str,
-    ctx: &Arc<Context>,
+    cname: Arc<str>,
+    ctx: Arc<Context>,
     negotiated: handshake::Negotiated,
     sync: crate::blocking::SyncStream,
     leftover: Vec<u8>,
-) -> Option<(bool, crate::blocking::SyncStream)> {
+) {
     let waker = match sync.try_clone() {
-        Ok(w) => w,
+        Ok(w) => Some(w),
         Err(e) => {
-            log::error(Some(name), &format!("dup: {e}"));
-            return None;
+            log::error(Some(&cname), &format!("dup: {e}"));
+            None
         }
     };
-    let session = crate::blocking::Session {
-        shared: shared.clone(),
-        ctx: ctx.clone(),
-        name: name.into(),
-        negotiated,
-        framer: Framer::of(&negotiated),
-    };
+    let s = shared.clone();
+    let usable = waker.is_some();
     let mut job = tokio::task::spawn_blocking(move || {
-        crate::blocking::transmission(&session, sync, leftover)
+        let ended = usable.then(|| {
+            let session = crate::blocking::Session {
+                shared: s.clone(),
+                ctx: ctx.clone(),
+                name: cname.clone(),
+                negotiated,
+                framer: Framer::of(&negotiated),
+            };
+            crate::blocking::transmission(&session, sync, leftover)
+        });
+        let (graceful, out) = match ended.flatten() {
+            Some((g, out)) => (g && !crate::server::stopping(), Some(out)),
+            None => (false, None),
+        };
+        s.gated(None, || finish(&cname, ctx, graceful));
+        if let Some(out) = out {
+            out.shutdown(std::net::Shutdown::Both);
+        }
     });
     let mut shutdown = shared.shutdown.clone();
-    let ended = tokio::select! {
+    tokio::select! {
         r = &mut job => r,
         _ = crate::server::stopped(&mut shutdown) => {
-            waker.shutdown(std::net::Shutdown::Read);
+            if let Some(w) = &waker {
+                w.shutdown(std::net::Shutdown::Read);
+            }
             job.await
         }
-    };
-    let (graceful, out) = ended.ok().flatten()?;
-    Some((graceful && !crate::server::stopping(), out))
+    }
+    .ok();
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);

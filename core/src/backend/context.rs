@@ -958,6 +958,20 @@ impl Stack {
         self.inner.plugin.cleanup();
     }
 
+    /// Whether [`preconnect`](Self::preconnect) may block: a filter that
+    /// may block, or a plugin with its own `preconnect`. Otherwise the
+    /// runtime can make the call (which then only logs) without a hand-off
+    /// to a blocking thread.
+    pub fn preconnect_blocks(&self) -> bool {
+        self.inner.filters.iter().any(|f| f.blocks())
+            || (self.inner.plugin.blocks()
+                && self
+                    .inner
+                    .plugin
+                    .callbacks()
+                    .contains(Callbacks::PRECONNECT))
+    }
+
     /// `preconnect` for every layer, outermost first.
     pub fn preconnect(&self, readonly: bool, peer: &super::Peer) -> Result<()> {
         for f in self.inner.filters.iter() {
