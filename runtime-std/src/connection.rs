@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::log;
+use crate::readbuf::PooledBufReader;
 use crate::request::{execute, header, refuse, BufPool, Header};
 
 /// What every connection shares.
@@ -309,6 +310,22 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
         }
     }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+            ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ConnWriter::Plain(w) => w.is_write_vectored(),
+            ConnWriter::Tls(w) => w.is_write_vectored(),
+        }
+    }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -449,7 +466,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     let Some((rd, wr)) = stream.split() else {
         return;
     };
-    let reader = crate::readbuf::PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
+    let reader = PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
     // Whether the client ended with NBD_CMD_DISC.
     let (graceful, wr, reader) =
         transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
@@ -819,14 +836,90 @@ async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &[u8]) -> bool {
     w.write_all(reply).await.is_ok() && w.flush().await.is_ok()
 }
 
+/// Most reply bytes the request loop holds back (see [`Held`]).
+const HELD_MAX: usize = 64 * 1024;
+/// Longest reply copied into the held replies; a longer one goes out with
+/// them in one vectored write.
+const HELD_COPY_MAX: usize = 16 * 1024;
+
+/// Replies of requests run in the request loop itself, held while the next
+/// request is already buffered, so that the replies of pipelined requests
+/// go out together in one system call (and wake the client once). They are
+/// written before the loop waits for input or for anything else, and
+/// never while a request of a stack that may block runs.
+struct Held {
+    buf: Vec<u8>,
+    /// Whether replies may be held at all (the stack never blocks).
+    on: bool,
+}
+
+impl Held {
+    /// Queue `reply` when `more` requests are buffered, or write it now
+    /// with what is held.
+    async fn reply<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &AsyncMutex<W>,
+        reply: &[u8],
+        more: bool,
+    ) -> bool {
+        if more
+            && self.on
+            && reply.len() <= HELD_COPY_MAX
+            && self.buf.len() + reply.len() <= HELD_MAX
+        {
+            self.buf.extend_from_slice(reply);
+            return true;
+        }
+        self.write(wr, reply).await
+    }
+
+    /// Write what is held, then `more`.
+    async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>, more: &[u8]) -> bool {
+        let mut w = wr.lock().await;
+        let ok = write_all_2(&mut *w, &self.buf, more).await.is_ok() && w.flush().await.is_ok();
+        self.buf.clear();
+        ok
+    }
+
+    /// Write what is held, if anything.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>) -> bool {
+        self.buf.is_empty() || self.write(wr, &[]).await
+    }
+}
+
+/// Write all of `a` then all of `b`, in vectored writes while both have
+/// bytes left.
+async fn write_all_2<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
+    while !a.is_empty() && !b.is_empty() {
+        let n = w
+            .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    w.write_all(a).await?;
+    w.write_all(b).await
+}
+
 async fn transmission<R, W>(
     shared: &Arc<Shared>,
     name: &str,
     ctx: Arc<Context>,
     negotiated: handshake::Negotiated,
-    mut reader: R,
+    mut reader: PooledBufReader<R>,
     wr: W,
-) -> (bool, Arc<AsyncMutex<W>>, R)
+) -> (bool, Arc<AsyncMutex<W>>, PooledBufReader<R>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -843,6 +936,10 @@ where
     let flight = InFlight::new(shared.threads.max(1));
     let gate = Arc::new(ConnectionGate::new());
     let pool = Arc::new(BufPool::default());
+    let mut held = Held {
+        buf: Vec::new(),
+        on: !shared.blocks,
+    };
     let mut shutdown = shared.shutdown.clone();
     let name: Arc<str> = name.into();
     if concurrent {
@@ -865,6 +962,10 @@ where
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
     while let Want::Header(hdr_len) = engine.wants() {
+        // Held replies go out before the loop may wait for input.
+        if reader.buffered() < hdr_len && !held.flush(&wr).await {
+            break;
+        }
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
             _ = crate::server::stopped(&mut shutdown) => break,
@@ -885,6 +986,9 @@ where
             }
             // A refused request's payload, read and discarded first.
             Header::Discard(len) => {
+                if !held.flush(&wr).await {
+                    break;
+                }
                 let mut skip = (&mut reader).take(len);
                 match tokio::io::copy(&mut skip, &mut tokio::io::sink()).await {
                     Ok(n) if n == len => {}
@@ -899,7 +1003,8 @@ where
         let v = match checked {
             Ok(v) => v,
             Err(r) => {
-                if !send(&wr, &refuse(&name, framer, &r)).await {
+                let more = reader.buffered() >= hdr_len;
+                if !held.reply(&wr, &refuse(&name, framer, &r), more).await {
                     break;
                 }
                 continue;
@@ -907,9 +1012,13 @@ where
         };
         let mut payload = Vec::new();
         if let Want::Payload(len) = engine.wants() {
-            // Read into spare capacity: no zero-filling of the buffer.
             let want = len as usize;
-            payload = Vec::with_capacity(want);
+            if reader.buffered() < want && !held.flush(&wr).await {
+                break;
+            }
+            // A kept buffer, read into its spare capacity: no allocation
+            // once the connection runs, no zero-filling.
+            payload = pool.get_empty(want);
             let mut ok = true;
             let mut spins = 0;
             while payload.len() < want {
@@ -946,6 +1055,9 @@ where
         // A request that arrives when nothing else is in flight on a stack
         // that never blocks runs right here: no task hand-off, lowest latency.
         if concurrent && (shared.blocks || flight.in_flight() > 0) {
+            if !held.flush(&wr).await {
+                break;
+            }
             let Some(ticket) = flight.begin().await else {
                 break;
             };
@@ -960,27 +1072,32 @@ where
             );
             tokio::spawn(async move {
                 let p = pool.clone();
-                let reply = shared
+                let (reply, payload) = shared
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        execute(&ctx, &p, n, framer, &v, &payload)
+                        let reply = execute(&ctx, &p, n, framer, &v, &payload);
+                        (reply, payload)
                     })
                     .await;
+                pool.put(payload);
                 send(&wr, reply.bytes()).await;
                 pool.put(reply.into_buf());
                 drop(ticket);
             });
         } else {
             let (c, n, p, workers) = (ctx.clone(), name.clone(), pool.clone(), workers.clone());
-            let reply = shared
+            let (reply, payload) = shared
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    execute(&c, &p, n, framer, &v, &payload)
+                    let reply = execute(&c, &p, n, framer, &v, &payload);
+                    (reply, payload)
                 })
                 .await;
-            let sent = send(&wr, reply.bytes()).await;
+            pool.put(payload);
+            let more = reader.buffered() >= hdr_len;
+            let sent = held.reply(&wr, reply.bytes(), more).await;
             pool.put(reply.into_buf());
             if !sent {
                 break;
@@ -989,6 +1106,123 @@ where
     }
     // Every request already read is answered before the connection closes
     // (which the caller does once the handles are closed).
+    held.flush(&wr).await;
     flight.drain().await;
     (graceful && !crate::server::stopping(), wr, reader)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A writer that takes at most `step` bytes per call, vectored or not.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        vectored: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.step);
+            this.out.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(this.step - n);
+                this.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn held_replies_go_out_whole_and_in_order_through_short_writes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for step in [1, 7, 16, 100, 1 << 20] {
+                let wr = AsyncMutex::new(Trickle {
+                    out: Vec::new(),
+                    step,
+                    vectored: true,
+                });
+                let mut held = Held {
+                    buf: Vec::new(),
+                    on: true,
+                };
+                let mut want = Vec::new();
+                // Short replies are held while more requests are buffered,
+                // a long one goes out with them; the last is not held.
+                let replies: Vec<Vec<u8>> = vec![
+                    vec![1; 16],
+                    vec![2; 20],
+                    vec![3; HELD_COPY_MAX + 1],
+                    vec![4; 16],
+                    vec![5; 32],
+                ];
+                for (i, r) in replies.iter().enumerate() {
+                    let more = i + 1 < replies.len();
+                    assert!(held.reply(&wr, r, more).await);
+                    want.extend_from_slice(r);
+                    if i == 1 || i == 3 {
+                        assert!(!held.buf.is_empty(), "step {step}: reply {i} held");
+                    }
+                }
+                assert!(held.buf.is_empty());
+                assert!(held.flush(&wr).await);
+                assert!(wr.lock().await.out == want, "step {step}: bytes differ");
+            }
+        });
+    }
+
+    #[test]
+    fn replies_are_not_held_for_a_stack_that_may_block() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let wr = AsyncMutex::new(Trickle {
+                out: Vec::new(),
+                step: 3,
+                vectored: false,
+            });
+            let mut held = Held {
+                buf: Vec::new(),
+                on: false,
+            };
+            assert!(held.reply(&wr, &[9; 16], true).await);
+            assert!(held.buf.is_empty());
+            assert_eq!(wr.lock().await.out, [9; 16]);
+        });
+    }
 }

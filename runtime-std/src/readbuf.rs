@@ -67,6 +67,12 @@ impl<R> PooledBufReader<R> {
         }
     }
 
+    /// Bytes already read from the stream and not yet consumed: a read of
+    /// at most this many is answered without touching the stream.
+    pub(crate) fn buffered(&self) -> usize {
+        self.filled - self.pos
+    }
+
     fn release(&mut self) {
         if let Some(b) = self.buf.take() {
             give(b);

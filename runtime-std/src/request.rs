@@ -30,9 +30,17 @@ impl BufPool {
     /// not pin memory for the connection's whole life.
     const MAX_TOTAL: usize = 32 * 1024 * 1024;
 
-    /// A buffer of at least `len` bytes (its contents are stale).
+    /// A buffer of at least `len` bytes (its contents are stale): the most
+    /// recently returned one that is large enough, else the most recent
+    /// one, grown.
     pub(crate) fn get(&self, len: usize) -> Vec<u8> {
-        let b = self.bufs.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let b = {
+            let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+            match v.iter().rposition(|b| b.len() >= len) {
+                Some(i) => Some(v.swap_remove(i)),
+                None => v.pop(),
+            }
+        };
         let mut b = b.unwrap_or_default();
         if b.len() < len {
             b.resize(len, 0);
@@ -40,39 +48,70 @@ impl BufPool {
         b
     }
 
-    /// Give a buffer back.
-    pub(crate) fn put(&self, b: Vec<u8>) {
-        if b.len() <= Self::MAX_KEPT {
+    /// An empty buffer with room for `len` bytes, to read a payload into
+    /// (no zero-filling): a kept one if one is large enough.
+    pub(crate) fn get_empty(&self, len: usize) -> Vec<u8> {
+        let b = {
             let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
-            let kept: usize = v.iter().map(Vec::len).sum();
-            if v.len() < Self::MAX_COUNT && kept + b.len() <= Self::MAX_TOTAL {
-                v.push(b);
+            v.iter()
+                .rposition(|b| b.capacity() >= len)
+                .map(|i| v.swap_remove(i))
+        };
+        match b {
+            Some(mut b) => {
+                b.clear();
+                b
             }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    /// Give a buffer back (an empty one is not kept).
+    pub(crate) fn put(&self, b: Vec<u8>) {
+        if b.is_empty() || b.len() > Self::MAX_KEPT {
+            return;
+        }
+        let mut v = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = v.iter().map(Vec::len).sum();
+        if v.len() < Self::MAX_COUNT && kept + b.len() <= Self::MAX_TOTAL {
+            v.push(b);
         }
     }
 }
 
-/// A complete reply: the first `len` bytes of `buf`.
-pub(crate) struct Reply {
-    buf: Vec<u8>,
-    len: usize,
+/// A complete reply: a short one held inline (no allocation), or the
+/// first `len` bytes of a (pooled) buffer.
+pub(crate) enum Reply {
+    /// At most [`Framer::REPLY_LEN`] bytes.
+    Small {
+        buf: [u8; Framer::REPLY_LEN],
+        len: usize,
+    },
+    /// A READ's reply, or a long BLOCK_STATUS one: the first `len` bytes.
+    Buf { buf: Vec<u8>, len: usize },
 }
 
 impl Reply {
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match self {
+            Reply::Small { buf, len } => &buf[..*len],
+            Reply::Buf { buf, len } => &buf[..*len],
+        }
     }
 
-    /// The buffer, for reuse.
+    /// The buffer, for reuse (empty for a short reply).
     pub(crate) fn into_buf(self) -> Vec<u8> {
-        self.buf
+        match self {
+            Reply::Small { .. } => Vec::new(),
+            Reply::Buf { buf, .. } => buf,
+        }
     }
 }
 
 impl From<Vec<u8>> for Reply {
     fn from(buf: Vec<u8>) -> Self {
         let len = buf.len();
-        Reply { buf, len }
+        Reply::Buf { buf, len }
     }
 }
 
@@ -101,17 +140,17 @@ pub(crate) fn execute(
                     nbdkit_core::errno::Errno::EIO
                 ),
             );
-            small(|buf| framer.error(v, NbdError::Io, b"", buf)).into()
+            small(|buf| framer.error(v, NbdError::Io, b"", buf))
         }
     }
 }
 
 /// A reply of at most [`Framer::REPLY_LEN`] bytes, framed by `f`.
 #[inline]
-fn small(f: impl FnOnce(&mut [u8]) -> usize) -> Vec<u8> {
+fn small(f: impl FnOnce(&mut [u8]) -> usize) -> Reply {
     let mut buf = [0u8; Framer::REPLY_LEN];
-    let n = f(&mut buf);
-    buf[..n].to_vec()
+    let len = f(&mut buf);
+    Reply::Small { buf, len }
 }
 
 /// [`execute`], with this thread's messages carrying `name`.
@@ -132,7 +171,7 @@ fn execute_as(
             let mut buf = pool.get(len);
             buf[..n].copy_from_slice(&hdr[..n]);
             match ctx.pread(&mut buf[n..len], v.offset, flags) {
-                Ok(()) => return Reply { buf, len },
+                Ok(()) => return Reply::Buf { buf, len },
                 Err(e) => {
                     pool.put(buf);
                     Err(e)
@@ -166,13 +205,13 @@ fn execute_as(
         Command::Disc => Ok(()),
     };
     match result {
-        Ok(()) => small(|buf| framer.ok(v, buf)).into(),
+        Ok(()) => small(|buf| framer.ok(v, buf)),
         Err(e) => {
             if let Some(m) = &e.message {
                 log::error(Some(name), m);
             }
             let err = NbdError::from_errno(e.errno, v.flags);
-            small(|buf| framer.error(v, err, b"", buf)).into()
+            small(|buf| framer.error(v, err, b"", buf))
         }
     }
 }
@@ -190,7 +229,7 @@ pub(crate) fn refuse(name: &str, framer: Framer, r: &Refused) -> Vec<u8> {
             ),
         );
     }
-    small(|buf| framer.refused(r, buf))
+    small(|buf| framer.refused(r, buf)).bytes().to_vec()
 }
 
 /// What a request header meant to the engine, for a request loop.
@@ -282,6 +321,27 @@ mod test {
             buf.fill(0);
             Ok(())
         }
+    }
+
+    #[test]
+    fn pooled_buffers_are_reused_without_zero_filling_payloads() {
+        let pool = BufPool::default();
+        let mut b = pool.get(4096);
+        assert_eq!(b.len(), 4096);
+        b[0] = 7;
+        let ptr = b.as_ptr();
+        pool.put(b);
+        // An empty buffer for a payload, with the room of the kept one.
+        let p = pool.get_empty(1000);
+        assert!(p.is_empty() && p.capacity() >= 4096 && p.as_ptr() == ptr);
+        pool.put(p);
+        // Empty buffers (short replies' and unfilled payloads') are not kept.
+        assert!(pool.get_empty(1).capacity() < 4096);
+        pool.put(vec![1; 100]);
+        pool.put(vec![2; 8192]);
+        // The largest enough, not just the last.
+        assert_eq!(pool.get(5000)[0], 2);
+        assert_eq!(pool.get(10).len(), 100);
     }
 
     #[test]
