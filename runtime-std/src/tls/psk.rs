@@ -655,17 +655,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PskStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let space = buf.initialize_unfilled();
-        if space.is_empty() {
-            return Poll::Ready(Ok(()));
+        // Each SSL_read returns at most one record (16 KiB): take in what
+        // has already arrived, up to the caller's space, in one call.
+        let start = buf.filled().len();
+        loop {
+            // SAFETY: OpenSSL only writes to the space (never reads it), so
+            // it need not be initialised (zeroing a large payload's buffer
+            // before each record cost as much as decrypting it).
+            let space = unsafe { buf.unfilled_mut() };
+            if space.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let (p, len) = (space.as_mut_ptr() as *mut u8, space.len());
+            let got = if buf.filled().len() == start {
+                // SAFETY: OpenSSL writes at most len bytes at p.
+                ready!(this.poll_drive(cx, Role::Read, |api, ssl, n| unsafe {
+                    (api.SSL_read_ex)(ssl, p, len, n)
+                }))?
+            } else {
+                // More only if OpenSSL has it without waiting.
+                // SAFETY: as above.
+                match this.step(|api, ssl, n| unsafe { (api.SSL_read_ex)(ssl, p, len, n) }) {
+                    Step::Done(n) => Some(n),
+                    _ => return Poll::Ready(Ok(())),
+                }
+            };
+            let Some(n) = got.filter(|&n| n > 0) else {
+                return Poll::Ready(Ok(()));
+            };
+            // SAFETY: OpenSSL wrote n bytes at p.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
         }
-        let (p, len) = (space.as_mut_ptr(), space.len());
-        // SAFETY: OpenSSL writes at most len bytes at p.
-        let n = ready!(this.poll_drive(cx, Role::Read, |api, ssl, n| unsafe {
-            (api.SSL_read_ex)(ssl, p, len, n)
-        }))?;
-        buf.advance(n.unwrap_or(0));
-        Poll::Ready(Ok(()))
     }
 }
 
