@@ -114,7 +114,7 @@ start() {
         ;;
     esac
     if [ "$unix" = 1 ]; then
-        local sock=$tmp/$name.sock
+        local sock=$tmp/$name-$mode.sock
         addr=(-U "$sock")
         uri="nbds+unix://$user/?socket=$sock&$q"
     else
