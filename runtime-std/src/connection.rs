@@ -1114,6 +1114,7 @@ where
 #[cfg(test)]
 mod test {
     use super::*;
+    use std::pin::Pin;
 
     /// A writer that takes at most `step` bytes per call, vectored or not.
     struct Trickle {
