@@ -52,18 +52,8 @@ pub struct Tls {
 }
 
 enum Kind {
-    X509(X509Server),
+    X509(tokio_rustls::TlsAcceptor),
     Psk(psk::PskContext),
-}
-
-/// A server's X.509 configurations: the same certificates and checks, with
-/// the server's or the client's order of cipher suites.
-struct X509Server {
-    /// AES-128-GCM first (see [`server_provider`]).
-    server_order: Arc<rustls::ServerConfig>,
-    /// For clients that list ChaCha20-Poly1305 first (no AES
-    /// instructions): their choice.
-    client_order: Arc<rustls::ServerConfig>,
 }
 
 impl core::fmt::Debug for Tls {
@@ -166,40 +156,6 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The cipher suites' bulk encryption, cheapest with AES instructions
-/// first.
-fn bulk_rank(suite: rustls::CipherSuite) -> u8 {
-    let name = suite.as_str().unwrap_or("");
-    if name.contains("AES_128_GCM") {
-        0
-    } else if name.contains("AES_256_GCM") {
-        1
-    } else {
-        2
-    }
-}
-
-/// The server's provider: ring's suites with AES-128-GCM first, then
-/// AES-256-GCM, then ChaCha20-Poly1305. Clients (GnuTLS's default order,
-/// libnbd's) list AES-256-GCM first; AES-128-GCM costs both ends less CPU
-/// per byte (10 AES rounds instead of 14) for the same protection of a
-/// session's data.
-fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
-    p.cipher_suites.sort_by_key(|s| bulk_rank(s.suite()));
-    Arc::new(p)
-}
-
-/// Whether a client asks for ChaCha20-Poly1305 before any AES-GCM suite:
-/// one without AES instructions, which then gets its own order.
-fn prefers_chacha(suites: &[rustls::CipherSuite]) -> bool {
-    suites
-        .iter()
-        .map(|s| s.as_str().unwrap_or(""))
-        .find(|n| n.contains("CHACHA20") || n.contains("AES_128_GCM") || n.contains("AES_256_GCM"))
-        .is_some_and(|n| n.contains("CHACHA20"))
-}
-
 fn load_x509(certificates: Option<&str>, verify_peer: bool) -> Result<Tls, LoadError> {
     let dirs = certificate_dirs(certificates);
     let mut why = Vec::new();
@@ -216,7 +172,7 @@ fn load_x509(certificates: Option<&str>, verify_peer: bool) -> Result<Tls, LoadE
             ));
             continue;
         }
-        let server = x509_server(dir, verify_peer).map_err(LoadError::Invalid)?;
+        let acceptor = x509_acceptor(dir, verify_peer).map_err(LoadError::Invalid)?;
         log::debug(
             None,
             format_args!(
@@ -225,7 +181,7 @@ fn load_x509(certificates: Option<&str>, verify_peer: bool) -> Result<Tls, LoadE
             ),
         );
         return Ok(Tls {
-            kind: Arc::new(Kind::X509(server)),
+            kind: Arc::new(Kind::X509(acceptor)),
         });
     }
     if why.is_empty() {
@@ -274,7 +230,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn x509_server(dir: &Path, verify_peer: bool) -> Result<X509Server, String> {
+fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<tokio_rustls::TlsAcceptor, String> {
     let ca_path = dir.join(CA_CERT);
     let cert_path = dir.join(SERVER_CERT);
     let key_path = dir.join(SERVER_KEY);
@@ -309,7 +265,7 @@ fn x509_server(dir: &Path, verify_peer: bool) -> Result<X509Server, String> {
         Vec::new()
     };
 
-    let builder = rustls::ServerConfig::builder_with_provider(server_provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
     let builder = if verify_peer {
@@ -328,7 +284,7 @@ fn x509_server(dir: &Path, verify_peer: bool) -> Result<X509Server, String> {
         // CA and CRL files must still be valid.
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
         let why = match e {
             rustls::Error::InconsistentKeys(_) => "the certificate and the key do not match".into(),
             e => e.to_string(),
@@ -339,12 +295,7 @@ fn x509_server(dir: &Path, verify_peer: bool) -> Result<X509Server, String> {
             key_path.display()
         )
     })?;
-    let client_order = Arc::new(config.clone());
-    config.ignore_client_order = true;
-    Ok(X509Server {
-        server_order: Arc::new(config),
-        client_order,
-    })
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// One `username:hexkey` line of a PSK file.
@@ -412,18 +363,8 @@ impl Tls {
     {
         log::debug(Some(name), format_args!("starting TLS handshake"));
         let s = match &*self.kind {
-            Kind::X509(server) => {
-                let start = tokio_rustls::LazyConfigAcceptor::new(
-                    rustls::server::Acceptor::default(),
-                    stream,
-                )
-                .await?;
-                let config = if prefers_chacha(start.client_hello().cipher_suites()) {
-                    server.client_order.clone()
-                } else {
-                    server.server_order.clone()
-                };
-                let s = start.into_stream(config).await?;
+            Kind::X509(acceptor) => {
+                let s = acceptor.accept(stream).await?;
                 TlsStream::Rustls(Box::new(tokio_rustls::TlsStream::Server(s)))
             }
             Kind::Psk(ctx) => TlsStream::Psk(Box::new(ctx.handshake(stream).await?)),
@@ -850,25 +791,6 @@ fn localhost() -> rustls::pki_types::ServerName<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aes_128_gcm_first_unless_the_client_prefers_chacha() {
-        use rustls::CipherSuite as C;
-        let p = server_provider();
-        let names: Vec<_> = p.cipher_suites.iter().map(|s| s.suite()).collect();
-        assert_eq!(names[0], C::TLS13_AES_128_GCM_SHA256, "{names:?}");
-        assert!(names.contains(&C::TLS13_CHACHA20_POLY1305_SHA256));
-        assert!(!prefers_chacha(&[
-            C::TLS13_AES_256_GCM_SHA384,
-            C::TLS13_CHACHA20_POLY1305_SHA256
-        ]));
-        assert!(prefers_chacha(&[
-            C::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
-            C::TLS13_CHACHA20_POLY1305_SHA256,
-            C::TLS13_AES_128_GCM_SHA256
-        ]));
-        assert!(!prefers_chacha(&[]));
-    }
 
     #[test]
     fn psk_lines() {
