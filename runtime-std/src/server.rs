@@ -232,6 +232,7 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,
@@ -244,6 +245,14 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     status
 }
+
+/// Most threads of tokio's blocking pool (its default is 512). A stack
+/// whose calls block keeps one blocking thread per connection for the
+/// connection's whole life (as nbdkit keeps a thread per connection), so
+/// the pool's bound is a bound on connections: with tokio's default the
+/// 513th connection to `file` waited forever for its handshake. The real
+/// limits are the process's open files and threads, as in nbdkit.
+const MAX_BLOCKING_THREADS: usize = 1 << 20;
 
 /// The running server's stop signal, for [`request_shutdown`].
 static STOP: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);

@@ -1,7 +1,7 @@
 //! Misbehaving clients do not stop the server from serving others.
 
 use core::time::Duration;
-use nbdkit_tests::{proto, Prng, Server};
+use nbdkit_tests::{proto, Prng, Server, TempDir};
 
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -139,5 +139,67 @@ fn many_sequential_clients() {
         }
     }
     assert_serves(&mut srv, 5);
+    assert_no_crash(&srv);
+}
+
+/// Raise this process's soft limit on open files to at least `want`
+/// (servers started afterwards inherit it); false when the hard limit
+/// is lower.
+fn raise_nofile(want: u64) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return false;
+        }
+        if lim.rlim_cur >= want {
+            return true;
+        }
+        if lim.rlim_max < want {
+            return false;
+        }
+        lim.rlim_cur = want;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+    }
+}
+
+/// A stack whose calls block (`file`) keeps a thread per connection, as
+/// nbdkit does: more idle connections than tokio's default blocking pool
+/// (512 threads) must not stop the next client's handshake.
+#[test]
+fn blocking_stack_serves_past_512_idle_connections() {
+    const IDLE: usize = 600;
+    // The server holds two descriptors per connection, this test one.
+    if !raise_nofile(3 * IDLE as u64 + 256) {
+        eprintln!(
+            "SKIP: the hard limit on open files is below {}",
+            3 * IDLE + 256
+        );
+        return;
+    }
+    let dir = TempDir::new();
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("disk image");
+    let mut srv = Server::start(["file", nbdkit_tests::path_str(&img)]);
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut c = srv.connect_raw();
+        c.handshake_go("").unwrap_or_else(|e| {
+            panic!(
+                "handshake of idle connection {i}: {e}; stderr:\n{}",
+                srv.stderr()
+            )
+        });
+        idle.push(c);
+    }
+    assert_serves(&mut srv, 7);
+    // The first and last idle connections still answer.
+    for i in [0, IDLE - 1] {
+        assert!(idle[i].pread(0, 512, 3).expect("read").is_ok());
+    }
+    drop(idle);
     assert_no_crash(&srv);
 }
