@@ -566,22 +566,24 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         }
     }
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let live = Arc::new(connection::Live::default());
     let mut stop = stop_rx.clone();
     if stdin {
         serve_stdin(shared.clone()).await;
     } else {
-        let (ctx, mut crx) = tokio::sync::mpsc::channel(64);
+        // Each listener's task starts the connections it accepts.
         for l in listeners {
-            let ctx = ctx.clone();
+            let (shared, live) = (shared.clone(), live.clone());
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = l.accept() => match r {
-                            Ok(a) => {
-                                if ctx.send(a).await.is_err() { break; }
+                            Ok(Accepted::Tcp(s)) => {
+                                let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
+                                connection::spawn(&shared, &live, peer, s);
                             }
+                            Ok(Accepted::Unix(s, peer)) => connection::spawn(&shared, &live, peer, s),
                             Err(e) => {
                                 log::error(None, &format!("accept: {e}"));
                                 // Do not spin on a persistent error (EMFILE).
@@ -593,27 +595,12 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
                 }
             });
         }
-        drop(ctx);
-        loop {
-            tokio::select! {
-                a = crx.recv() => match a {
-                    Some(Accepted::Tcp(s)) => {
-                        let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
-                        tasks.spawn(connection::serve(shared.clone(), peer, s));
-                    }
-                    Some(Accepted::Unix(s, peer)) => {
-                        tasks.spawn(connection::serve(shared.clone(), peer, s));
-                    }
-                    None => break,
-                },
-                _ = crate::server::stopped(&mut stop) => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        }
+        crate::server::stopped(&mut stop).await;
     }
     let _ = stop_tx.send(true);
     // Connections finish their requests in flight, then close.
-    while tasks.join_next().await.is_some() {}
+    live.stop();
+    live.idle().await;
     if let Some(t) = run_task {
         if let Ok(code) = t.await {
             status = code;
@@ -682,7 +669,7 @@ async fn serve_stdin(shared: Arc<Shared>) {
         ) {
             (Ok(r), Ok(w)) => {
                 let peer = crate::os::peercred::unix_peer(&r);
-                connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }).await
+                connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }, None).await
             }
             _ => log::error(None, "cannot use stdin/stdout as a socket"),
         }
@@ -691,6 +678,6 @@ async fn serve_stdin(shared: Arc<Shared>) {
             rd: tokio::io::stdin(),
             wr: tokio::io::stdout(),
         };
-        connection::serve(shared, Peer::Unknown, pipes).await;
+        connection::serve(shared, Peer::Unknown, pipes, None).await;
     }
 }
