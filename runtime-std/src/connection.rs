@@ -481,6 +481,11 @@ impl Live {
         }
     }
 
+    /// Whether [`Live::stop`] was called.
+    pub(crate) fn stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
     /// Wait until every connection has ended.
     pub(crate) async fn idle(&self) {
         loop {
@@ -516,16 +521,8 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
     {
         match stream.into_blocking() {
             Ok(sync) => {
-                let Some(guard) = live.enter(Some(&sync)) else {
-                    return;
-                };
-                let shared = shared.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _guard = guard;
-                    log::debug(None, format_args!("accepted connection"));
-                    let (name, cname) = conn_name(&shared);
-                    serve_sync(&shared, &name, cname, &Arc::new(peer), sync);
-                });
+                let (shared, live) = (shared.clone(), live.clone());
+                tokio::task::spawn_blocking(move || serve_accepted(&shared, &live, peer, sync));
                 return;
             }
             Err(s) => s,
@@ -537,6 +534,23 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
         return;
     };
     tokio::spawn(serve(shared.clone(), peer, stream, Some(guard)));
+}
+
+/// Serve a connection of a stack whose calls block, on a plain socket in
+/// blocking mode, on this thread, which must be one where such calls may
+/// run ([`serve_sync`]); counted in `live`.
+pub(crate) fn serve_accepted(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    peer: Peer,
+    sync: crate::blocking::SyncStream,
+) {
+    let Some(_guard) = live.enter(Some(&sync)) else {
+        return;
+    };
+    log::debug(None, format_args!("accepted connection"));
+    let (name, cname) = conn_name(shared);
+    serve_sync(shared, &name, cname, &Arc::new(peer), sync);
 }
 
 /// A new connection's name (`PLUGIN[N]`), also as the log context.

@@ -318,7 +318,7 @@ fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
 
 /// Send buffer asked for on each connection (the kernel caps it at
 /// net.core.wmem_max).
-const SEND_BUFFER: usize = 4 << 20;
+pub(crate) const SEND_BUFFER: usize = 4 << 20;
 
 /// A listener the accept loop serves.
 enum AnyListener {
@@ -334,6 +334,21 @@ enum Accepted {
 }
 
 impl AnyListener {
+    /// A TCP or Unix listener out of the runtime, for the accept module
+    /// when `direct`; `Err` gives back any other.
+    #[cfg(target_os = "linux")]
+    fn for_acceptors(
+        self,
+        direct: bool,
+    ) -> Result<std::io::Result<crate::accept::Listener>, AnyListener> {
+        use crate::accept::Listener;
+        match self {
+            AnyListener::Tcp(l) if direct => Ok(l.into_std().map(Listener::Tcp)),
+            AnyListener::Unix(l) if direct => Ok(l.into_std().map(Listener::Unix)),
+            other => Err(other),
+        }
+    }
+
     async fn accept(&self) -> std::io::Result<Accepted> {
         match self {
             AnyListener::Tcp(l) => {
@@ -567,12 +582,34 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
     }
 
     let live = Arc::new(connection::Live::default());
+    #[cfg(target_os = "linux")]
+    let mut acceptors = Vec::new();
     let mut stop = stop_rx.clone();
     if stdin {
         serve_stdin(shared.clone()).await;
     } else {
+        // A stack whose calls block, on plain sockets: the threads that
+        // serve the connections accept them (see the accept module).
+        #[cfg(target_os = "linux")]
+        let direct = shared.blocks
+            && shared.tls.is_none()
+            && shared.thread_model != nbdkit_core::backend::ThreadModel::SerializeConnections;
         // Each listener's task starts the connections it accepts.
         for l in listeners {
+            #[cfg(target_os = "linux")]
+            let l = match l.for_acceptors(direct) {
+                Ok(std) => {
+                    match std.and_then(|l| crate::accept::Acceptors::start(l, &shared, &live)) {
+                        Ok(a) => acceptors.push(a),
+                        Err(e) => {
+                            log::error(None, &format!("cannot accept connections: {e}"));
+                            return 1;
+                        }
+                    }
+                    continue;
+                }
+                Err(l) => l,
+            };
             let (shared, live) = (shared.clone(), live.clone());
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -600,6 +637,10 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
     let _ = stop_tx.send(true);
     // Connections finish their requests in flight, then close.
     live.stop();
+    #[cfg(target_os = "linux")]
+    for a in &acceptors {
+        a.wake();
+    }
     live.idle().await;
     if let Some(t) = run_task {
         if let Ok(code) = t.await {
