@@ -482,6 +482,7 @@ impl Live {
     }
 
     /// Whether [`Live::stop`] was called.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn stopping(&self) -> bool {
         self.lock().stopping
     }
