@@ -19,7 +19,7 @@
 //! thread model's locks its `Gate`: this module gives them the socket, the
 //! requests and the threads.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,27 +36,21 @@ use crate::connection::Shared;
 use crate::log;
 use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
-/// A plain socket in blocking mode.
+/// A plain socket in blocking mode. Clones share the socket (no `dup`):
+/// it closes when the last one is dropped, and [`SyncStream::shutdown`]
+/// reaches every clone.
+#[derive(Clone)]
 pub(crate) enum SyncStream {
     /// A Unix domain socket.
-    Unix(std::os::unix::net::UnixStream),
+    Unix(Arc<std::os::unix::net::UnixStream>),
     /// A TCP socket.
-    Tcp(std::net::TcpStream),
+    Tcp(Arc<std::net::TcpStream>),
     /// A socket that could not be switched to blocking mode (and is
     /// closed): reads see the end, writes fail.
     Closed,
 }
 
 impl SyncStream {
-    /// Another handle on the same socket.
-    pub(crate) fn try_clone(&self) -> io::Result<SyncStream> {
-        Ok(match self {
-            SyncStream::Unix(s) => SyncStream::Unix(s.try_clone()?),
-            SyncStream::Tcp(s) => SyncStream::Tcp(s.try_clone()?),
-            SyncStream::Closed => SyncStream::Closed,
-        })
-    }
-
     /// `shutdown(2)`.
     pub(crate) fn shutdown(&self, how: Shutdown) {
         let _ = match self {
@@ -67,11 +61,42 @@ impl SyncStream {
     }
 }
 
+/// A [`SyncStream`] that does not keep the socket open, to wake its
+/// readers when the server stops.
+pub(crate) enum WeakSync {
+    Unix(std::sync::Weak<std::os::unix::net::UnixStream>),
+    Tcp(std::sync::Weak<std::net::TcpStream>),
+    Closed,
+}
+
+impl SyncStream {
+    /// A handle that lets the socket close when every [`SyncStream`] is
+    /// gone.
+    pub(crate) fn downgrade(&self) -> WeakSync {
+        match self {
+            SyncStream::Unix(s) => WeakSync::Unix(Arc::downgrade(s)),
+            SyncStream::Tcp(s) => WeakSync::Tcp(Arc::downgrade(s)),
+            SyncStream::Closed => WeakSync::Closed,
+        }
+    }
+}
+
+impl WeakSync {
+    /// `shutdown(2)`, if the socket is still open.
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            WeakSync::Unix(s) => s.upgrade().map(|s| s.shutdown(how)),
+            WeakSync::Tcp(s) => s.upgrade().map(|s| s.shutdown(how)),
+            WeakSync::Closed => None,
+        };
+    }
+}
+
 impl Read for SyncStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            SyncStream::Unix(s) => s.read(buf),
-            SyncStream::Tcp(s) => s.read(buf),
+            SyncStream::Unix(s) => (&**s).read(buf),
+            SyncStream::Tcp(s) => (&**s).read(buf),
             SyncStream::Closed => Ok(0),
         }
     }
@@ -80,8 +105,8 @@ impl Read for SyncStream {
 impl Write for SyncStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            SyncStream::Unix(s) => s.write(buf),
-            SyncStream::Tcp(s) => s.write(buf),
+            SyncStream::Unix(s) => (&**s).write(buf),
+            SyncStream::Tcp(s) => (&**s).write(buf),
             SyncStream::Closed => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -112,20 +137,73 @@ pub(crate) struct Session {
     pub(crate) framer: Framer,
 }
 
-/// The connection's input buffer. std's `BufReader` zero-fills all of it
-/// at the first read (our stream cannot read into uninitialised memory on
-/// stable Rust), so all of it stays resident for the connection's life:
-/// 128 KiB made an idle `file` connection cost 150 KiB, as much as one of
-/// nbdkit's. 32 KiB still takes in 7 pipelined 4 KiB writes or a thousand
-/// request headers per system call, and longer payloads are read past it.
-const INPUT_BUF: usize = 32 * 1024;
-
 /// The reading side, owned by one worker at a time.
 struct Input {
-    rd: BufReader<io::Chain<io::Cursor<Vec<u8>>, SyncStream>>,
+    rd: InputBuf<io::Chain<io::Cursor<Vec<u8>>, SyncStream>>,
     /// Decodes and validates what `rd` gives (the workers bound how many
     /// requests run at once, so it does not count them).
     engine: Engine,
+}
+
+/// The smallest and largest [`InputBuf`] buffer.
+const INPUT_MIN: usize = 4 * 1024;
+const INPUT_MAX: usize = 128 * 1024;
+
+/// A connection's buffered input. The buffer starts at [`INPUT_MIN`] and
+/// doubles, up to [`INPUT_MAX`], each time one read fills it: an idle or
+/// short connection touches one page, a busy one soon reads many pipelined
+/// requests per system call. (std's `BufReader` zero-fills its whole
+/// buffer before its first read: 128 KiB written per connection, and
+/// resident for as long as it stays idle.) Reads of at least the buffer's
+/// size go straight to the socket when nothing is buffered.
+struct InputBuf<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl<R: Read> InputBuf<R> {
+    fn new(inner: R) -> Self {
+        InputBuf {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+        }
+    }
+}
+
+impl<R: Read> BufRead for InputBuf<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.end {
+            // The last read filled the buffer (or there is none yet).
+            if self.end == self.buf.len() && self.buf.len() < INPUT_MAX {
+                let n = (self.buf.len() * 2).clamp(INPUT_MIN, INPUT_MAX);
+                self.buf.resize(n, 0);
+            }
+            self.end = self.inner.read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        Ok(&self.buf[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+}
+
+impl<R: Read> Read for InputBuf<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end && out.len() >= self.buf.len().max(INPUT_MIN) {
+            return self.inner.read(out);
+        }
+        let got = self.fill_buf()?;
+        let n = got.len().min(out.len());
+        out[..n].copy_from_slice(&got[..n]);
+        self.consume(n);
+        Ok(n)
+    }
 }
 
 /// One connection's workers.
@@ -170,14 +248,8 @@ pub(crate) fn transmission(
     session: &Session,
     stream: SyncStream,
     leftover: Vec<u8>,
-) -> Option<(bool, SyncStream)> {
-    let output = match stream.try_clone() {
-        Ok(o) => o,
-        Err(e) => {
-            log::error(Some(&session.name), &format!("dup: {e}"));
-            return None;
-        }
-    };
+) -> (bool, SyncStream) {
+    let output = stream.clone();
     let shared = &session.shared;
     let max = if shared.thread_model == ThreadModel::Parallel {
         shared.threads.max(1)
@@ -188,7 +260,7 @@ pub(crate) fn transmission(
         session,
         workers: Pool::new(
             Input {
-                rd: BufReader::with_capacity(INPUT_BUF, io::Cursor::new(leftover).chain(stream)),
+                rd: InputBuf::new(io::Cursor::new(leftover).chain(stream)),
                 engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
             },
             max,
@@ -211,7 +283,7 @@ pub(crate) fn transmission(
     }
     std::thread::scope(|s| w.work(s, 0));
     let goodbye = w.goodbye.load(Ordering::Acquire);
-    Some((goodbye, w.output.into_inner()))
+    (goodbye, w.output.into_inner())
 }
 
 impl<'a> Workers<'a> {
@@ -332,5 +404,206 @@ impl Work for Workers<'_> {
                 sent
             }
         }
+    }
+}
+
+/// Run `f` to its end on this thread, sleeping while it is pending: for
+/// async code (the handshake) on a blocking thread, over a [`BlockingIo`]
+/// whose reads and writes complete in place. Whatever else it awaits (a
+/// lock, the stop signal) wakes this thread.
+pub(crate) fn block_on<F: core::future::Future>(mut f: core::pin::Pin<&mut F>) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// A blocking socket behind the async I/O traits: every read and write
+/// blocks this thread until done and is never pending. Only for code run
+/// by [`block_on`] on a thread of its own.
+pub(crate) struct BlockingIo(pub(crate) SyncStream);
+
+/// `f` again while it fails with EINTR.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for BlockingIo {
+    fn poll_read(
+        self: core::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = retry(|| this.0.read(buf.initialize_unfilled()));
+        std::task::Poll::Ready(n.map(|n| buf.advance(n)))
+    }
+}
+
+impl tokio::io::AsyncWrite for BlockingIo {
+    fn poll_write(
+        self: core::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(retry(|| this.0.write(buf)))
+    }
+    fn poll_flush(
+        self: core::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: core::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.0.shutdown(Shutdown::Write);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes per call and counts
+    /// its calls.
+    struct Steps {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Read for Steps {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.calls += 1;
+            let n = buf.len().min(self.step).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn input_buf_gives_every_byte_in_order_whatever_the_read_sizes() {
+        let want = data(600_000);
+        for step in [1, 13, 4096, 5000, 1 << 20] {
+            for chunk in [1, 28, 4096, 4124, 70_000] {
+                let mut r = InputBuf::new(Steps {
+                    data: want.clone(),
+                    at: 0,
+                    step,
+                    calls: 0,
+                });
+                let mut got = Vec::new();
+                let mut buf = vec![0; chunk];
+                loop {
+                    let n = r.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert!(got == want, "step {step} chunk {chunk}");
+                assert!(r.buf.len() <= INPUT_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn input_buf_starts_small_and_grows_only_when_reads_fill_it() {
+        // A client that sends a little at a time: one page.
+        let mut r = InputBuf::new(Steps {
+            data: data(100_000),
+            at: 0,
+            step: 28,
+            calls: 0,
+        });
+        let mut hdr = [0; 28];
+        for _ in 0..1000 {
+            r.read_exact(&mut hdr).unwrap();
+        }
+        assert_eq!(r.buf.len(), INPUT_MIN);
+        // A client that pipelines: the buffer doubles up to the maximum,
+        // and then many small requests come from one read.
+        let mut r = InputBuf::new(Steps {
+            data: data(4 << 20),
+            at: 0,
+            step: usize::MAX,
+            calls: 0,
+        });
+        for _ in 0..100_000 {
+            r.read_exact(&mut hdr).unwrap();
+        }
+        assert_eq!(r.buf.len(), INPUT_MAX);
+        assert!(r.inner.calls < 100_000 * 28 / INPUT_MAX + 10);
+    }
+
+    #[test]
+    fn input_buf_reads_large_requests_straight_through() {
+        let want = data(1 << 20);
+        let mut r = InputBuf::new(Steps {
+            data: want.clone(),
+            at: 0,
+            step: usize::MAX,
+            calls: 0,
+        });
+        let mut big = vec![0; 1 << 20];
+        r.read_exact(&mut big).unwrap();
+        assert!(big == want);
+        assert_eq!(r.inner.calls, 1);
+        assert!(r.buf.is_empty(), "nothing was buffered");
+    }
+
+    #[test]
+    fn block_on_runs_a_future_that_waits_for_another_thread() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            tx.send(7).unwrap();
+        });
+        let f = core::pin::pin!(async { rx.await.unwrap() + 1 });
+        assert_eq!(block_on(f), 8);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn blocking_io_reads_and_writes_in_place() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut a = BlockingIo(SyncStream::Unix(Arc::new(a)));
+        let mut b = BlockingIo(SyncStream::Unix(Arc::new(b)));
+        let f = core::pin::pin!(async {
+            a.write_all(b"hello").await.unwrap();
+            let mut got = Vec::new();
+            (&mut b).take(5).read_to_end(&mut got).await.unwrap();
+            got
+        });
+        assert_eq!(block_on(f), b"hello");
     }
 }

@@ -111,6 +111,20 @@ impl Shared {
         self.call_on(None, f).await
     }
 
+    /// [`Shared::call`], or right here when `inline` (on a thread where the
+    /// stack's calls may block).
+    async fn call_in<T, F>(self: &Arc<Self>, inline: bool, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> T + Send + 'static,
+    {
+        if inline {
+            self.gated(None, || f(self))
+        } else {
+            self.call(f).await
+        }
+    }
+
     /// [`Shared::call`] for a request of the connection whose gate is `conn`.
     async fn call_on<T, F>(self: &Arc<Self>, conn: Option<&Arc<ConnectionGate>>, f: F) -> T
     where
@@ -165,7 +179,7 @@ impl Transport for tokio::net::TcpStream {
             Ok(s)
         });
         match s {
-            Ok(s) => Ok(crate::blocking::SyncStream::Tcp(s)),
+            Ok(s) => Ok(crate::blocking::SyncStream::Tcp(Arc::new(s))),
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
     }
@@ -183,7 +197,7 @@ impl Transport for tokio::net::UnixStream {
             Ok(s)
         });
         match s {
-            Ok(s) => Ok(crate::blocking::SyncStream::Unix(s)),
+            Ok(s) => Ok(crate::blocking::SyncStream::Unix(Arc::new(s))),
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
     }
@@ -216,11 +230,13 @@ fn upgrading() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "TLS handshake in progress")
 }
 
-impl<S: Transport> Conn<S> {
+impl<S> Conn<S> {
     fn is_tls(&self) -> bool {
         matches!(self, Conn::Tls(_))
     }
+}
 
+impl<S: Transport> Conn<S> {
     /// Split for the transmission phase: a plain stream splits without
     /// locking; a TLS one shares its session between the halves.
     fn split(self) -> Option<(ConnReader<S>, ConnWriter<S>)> {
@@ -238,7 +254,7 @@ impl<S: Transport> Conn<S> {
     }
 }
 
-impl<S: Transport> AsyncRead for Conn<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -252,7 +268,7 @@ impl<S: Transport> AsyncRead for Conn<S> {
     }
 }
 
-impl<S: Transport> AsyncWrite for Conn<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -406,16 +422,169 @@ pub(crate) fn eflags(ctx: &Context, thread_model: ThreadModel) -> u16 {
     transmission::eflags(&f)
 }
 
-/// Serve one connection to its end. Errors are logged, never propagated:
-/// one connection's failure never touches another.
-pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream: S) {
+/// The connections being served: how many, so that the server can wait
+/// for them at its end, and the sockets of those served on blocking
+/// threads, so that a stop can end their reads.
+#[derive(Default)]
+pub(crate) struct Live {
+    inner: std::sync::Mutex<LiveInner>,
+    idle: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    count: usize,
+    stopping: bool,
+    next: u64,
+    sockets: std::collections::HashMap<u64, crate::blocking::WeakSync>,
+}
+
+/// One connection in [`Live`], until dropped.
+pub(crate) struct LiveGuard {
+    live: Arc<Live>,
+    socket: Option<u64>,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count a new connection (with its socket when it is served on a
+    /// blocking thread); `None` once the server is stopping.
+    fn enter(self: &Arc<Self>, socket: Option<&crate::blocking::SyncStream>) -> Option<LiveGuard> {
+        let mut g = self.lock();
+        if g.stopping {
+            return None;
+        }
+        g.count += 1;
+        let socket = socket.map(|s| {
+            let id = g.next;
+            g.next += 1;
+            g.sockets.insert(id, s.downgrade());
+            id
+        });
+        Some(LiveGuard {
+            live: self.clone(),
+            socket,
+        })
+    }
+
+    /// Take no more connections, and shut the reading side of the sockets
+    /// served on blocking threads so that their reads end; the requests
+    /// already read are still answered.
+    pub(crate) fn stop(&self) {
+        let mut g = self.lock();
+        g.stopping = true;
+        for s in g.sockets.values() {
+            s.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// Whether [`Live::stop`] was called.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
+    /// Wait until every connection has ended.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let woken = self.idle.notified();
+            if self.lock().count == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut g = self.live.lock();
+        g.count -= 1;
+        if let Some(id) = self.socket {
+            g.sockets.remove(&id);
+        }
+        if g.count == 0 && g.stopping {
+            self.live.idle.notify_one();
+        }
+    }
+}
+
+/// Serve a new connection: on a task of its own, or wholly on a blocking
+/// thread ([`serve_sync`]) when the stack's calls block and the socket
+/// stays plain, which then costs no other hand-off between threads.
+pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: S) {
+    let stream = if shared.blocks
+        && shared.tls.is_none()
+        && shared.thread_model != ThreadModel::SerializeConnections
+    {
+        match stream.into_blocking() {
+            Ok(sync) => {
+                let (shared, live) = (shared.clone(), live.clone());
+                tokio::task::spawn_blocking(move || serve_accepted(&shared, &live, peer, sync));
+                return;
+            }
+            Err(s) => s,
+        }
+    } else {
+        stream
+    };
+    let Some(guard) = live.enter(None) else {
+        return;
+    };
+    tokio::spawn(serve(shared.clone(), peer, stream, Some(guard)));
+}
+
+/// Serve a connection of a stack whose calls block, on a plain socket in
+/// blocking mode, on this thread, which must be one where such calls may
+/// run ([`serve_sync`]); counted in `live`.
+pub(crate) fn serve_accepted(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    peer: Peer,
+    sync: crate::blocking::SyncStream,
+) {
+    let Some(_guard) = live.enter(Some(&sync)) else {
+        return;
+    };
     log::debug(None, format_args!("accepted connection"));
+    let (name, cname) = conn_name(shared);
+    serve_sync(shared, &name, cname, &Arc::new(peer), sync);
+}
+
+/// A new connection's name (`PLUGIN[N]`), also as the log context.
+fn conn_name(shared: &Shared) -> (String, Arc<str>) {
     let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let name = format!("{}[{}]", shared.stack.plugin().name(), id);
     let cname: Arc<str> = name.as_str().into();
+    (name, cname)
+}
+
+/// Serve one connection to its end. Errors are logged, never propagated:
+/// one connection's failure never touches another.
+pub(crate) async fn serve<S: Transport>(
+    shared: Arc<Shared>,
+    peer: Peer,
+    stream: S,
+    _live: Option<LiveGuard>,
+) {
+    log::debug(None, format_args!("accepted connection"));
+    let (name, cname) = conn_name(&shared);
     let _whole = shared.gate.connection().await;
-    let readonly = shared.readonly;
     let peer = Arc::new(peer);
+    // A stack whose calls block, on a plain socket that stays plain: the
+    // whole connection on one blocking thread.
+    let stream = if shared.blocks && shared.tls.is_none() {
+        match stream.into_blocking() {
+            Ok(sync) => return serve_blocking(&shared, name, cname, peer, sync).await,
+            Err(s) => s,
+        }
+    } else {
+        stream
+    };
+    let readonly = shared.readonly;
     let (p, cn) = (peer.clone(), cname.clone());
     let preconnect = move |s: &Shared| log::with_context(&cn, || s.stack.preconnect(readonly, &p));
     // Most stacks have nothing in preconnect that blocks (only -v lines):
@@ -435,7 +604,7 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     let mut stream = Conn::Plain(stream);
     // Boxed: the handshake's state (~15 KiB) is freed when it ends instead
     // of sizing this task for the life of the connection.
-    let opened = match Box::pin(handshake(&shared, &name, &peer, &mut stream)).await {
+    let opened = match Box::pin(handshake(&shared, &name, &peer, &mut stream, false)).await {
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(e) => {
@@ -477,6 +646,85 @@ pub(crate) async fn serve<S: Transport>(shared: Arc<Shared>, peer: Peer, stream:
     log::debug(Some(&name), format_args!("connection cleanup"));
 }
 
+/// Serve a connection wholly on a blocking thread ([`serve_sync`]); when
+/// the server stops, shut the socket's reading side so that the thread's
+/// reads end.
+async fn serve_blocking(
+    shared: &Arc<Shared>,
+    name: String,
+    cname: Arc<str>,
+    peer: Arc<Peer>,
+    sync: crate::blocking::SyncStream,
+) {
+    let waker = sync.downgrade();
+    let s = shared.clone();
+    let mut job = tokio::task::spawn_blocking(move || serve_sync(&s, &name, cname, &peer, sync));
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        r = &mut job => r,
+        _ = crate::server::stopped(&mut shutdown) => {
+            waker.shutdown(std::net::Shutdown::Read);
+            job.await
+        }
+    }
+    .ok();
+}
+
+/// A whole connection of a stack whose calls block, on a plain socket in
+/// blocking mode, on this (blocking) thread: preconnect, the handshake
+/// (the async path's code, whose reads and writes here block in place),
+/// the transmission phase, the end of the handles, then the socket. As
+/// nbdkit's thread per connection: no hand-off between threads, and a
+/// blocking system call per read and write, with no readiness polling.
+fn serve_sync(
+    shared: &Arc<Shared>,
+    name: &str,
+    cname: Arc<str>,
+    peer: &Arc<Peer>,
+    sync: crate::blocking::SyncStream,
+) {
+    let pre = shared.gated(None, || {
+        log::with_context(&cname, || shared.stack.preconnect(shared.readonly, peer))
+    });
+    if let Err(e) = pre {
+        log::error(Some(name), &e.to_string());
+        return;
+    }
+    let mut io = Conn::Plain(crate::blocking::BlockingIo(sync));
+    // Pinned in place: the future is large, and each move copies it.
+    let opened = {
+        let hs = core::pin::pin!(handshake(shared, name, peer, &mut io, true));
+        crate::blocking::block_on(hs)
+    };
+    let (ctx, negotiated, leftover) = match opened {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(e) => {
+            log::debug(Some(name), format_args!("handshake ended: {e}"));
+            return;
+        }
+    };
+    let ctx = Arc::new(ctx);
+    // No TLS without credentials, so the stream is still plain.
+    let Conn::Plain(crate::blocking::BlockingIo(sync)) = io else {
+        return;
+    };
+    let session = crate::blocking::Session {
+        shared: shared.clone(),
+        ctx: ctx.clone(),
+        name: cname.clone(),
+        negotiated,
+        framer: Framer::of(&negotiated),
+    };
+    let (graceful, out) = crate::blocking::transmission(&session, sync, leftover);
+    drop(session);
+    let graceful = graceful && !crate::server::stopping();
+    shared.gated(None, || finish(&cname, ctx, graceful));
+    out.shutdown(std::net::Shutdown::Both);
+    drop(out);
+    log::debug(Some(name), format_args!("connection cleanup"));
+}
+
 /// The end of a connection's handles: finalize every layer, then close them
 /// (dropping the last reference closes every layer, outermost first). As in
 /// nbdkit, the client that said goodbye (NBD_CMD_DISC) sees its connection
@@ -516,42 +764,27 @@ async fn blocking_transmission(
     sync: crate::blocking::SyncStream,
     leftover: Vec<u8>,
 ) {
-    let waker = match sync.try_clone() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error(Some(&cname), &format!("dup: {e}"));
-            None
-        }
-    };
+    let waker = sync.downgrade();
     let s = shared.clone();
-    let usable = waker.is_some();
     let mut job = tokio::task::spawn_blocking(move || {
-        let ended = usable.then(|| {
-            let session = crate::blocking::Session {
-                shared: s.clone(),
-                ctx: ctx.clone(),
-                name: cname.clone(),
-                negotiated,
-                framer: Framer::of(&negotiated),
-            };
-            crate::blocking::transmission(&session, sync, leftover)
-        });
-        let (graceful, out) = match ended.flatten() {
-            Some((g, out)) => (g && !crate::server::stopping(), Some(out)),
-            None => (false, None),
+        let session = crate::blocking::Session {
+            shared: s.clone(),
+            ctx: ctx.clone(),
+            name: cname.clone(),
+            negotiated,
+            framer: Framer::of(&negotiated),
         };
+        let (graceful, out) = crate::blocking::transmission(&session, sync, leftover);
+        drop(session);
+        let graceful = graceful && !crate::server::stopping();
         s.gated(None, || finish(&cname, ctx, graceful));
-        if let Some(out) = out {
-            out.shutdown(std::net::Shutdown::Both);
-        }
+        out.shutdown(std::net::Shutdown::Both);
     });
     let mut shutdown = shared.shutdown.clone();
     tokio::select! {
         r = &mut job => r,
         _ = crate::server::stopped(&mut shutdown) => {
-            if let Some(w) = &waker {
-                w.shutdown(std::net::Shutdown::Read);
-            }
+            waker.shutdown(std::net::Shutdown::Read);
             job.await
         }
     }
@@ -560,11 +793,17 @@ async fn blocking_transmission(
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);
 
-async fn handshake<S: Transport>(
+/// Most bytes one read of the handshake takes.
+const HANDSHAKE_READ_MAX: usize = 16 * 1024;
+
+/// The handshake on `io`; the stack's calls run on a blocking thread when
+/// it may block, unless `inline` (this is one already).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shared: &Arc<Shared>,
     name: &str,
     peer: &Arc<Peer>,
     io: &mut Conn<S>,
+    inline: bool,
 ) -> io::Result<Option<Opened>> {
     let cname: Arc<str> = name.into();
     // The handshake's -v lines carry the connection's name.
@@ -575,7 +814,6 @@ async fn handshake<S: Transport>(
     // most once per connection (LIST, INFO and GO ask the plugin only
     // once), and forgets the answers at STARTTLS.
     let mut defaults = Arc::new(DefaultExports::default());
-    let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let out = hs.pending_output();
         if !out.is_empty() {
@@ -613,17 +851,19 @@ async fn handshake<S: Transport>(
             None if consumed == 0 => {
                 // Need more input: read at least one byte, at most what the
                 // current option needs (bounded by the handshake config).
+                // Read straight into `input` (nothing to zero first).
                 let need = hs.needed_for(&input).max(input.len() + 1);
-                let want = (need - input.len()).min(chunk.len());
+                let want = (need - input.len()).min(HANDSHAKE_READ_MAX);
+                input.reserve(want);
                 let mut stop = shared.shutdown.clone();
+                let mut part = (&mut *io).take(want as u64);
                 let n = tokio::select! {
-                    r = io.read(&mut chunk[..want.max(1)]) => r?,
+                    r = part.read_buf(&mut input) => r?,
                     _ = crate::server::stopped(&mut stop) => 0,
                 };
                 if n == 0 {
                     return Ok(None);
                 }
-                input.extend_from_slice(&chunk[..n]);
                 continue;
             }
             None => {}
@@ -634,7 +874,7 @@ async fn handshake<S: Transport>(
                 let cn = cname.clone();
                 let conn_name = name.to_string();
                 let list = shared
-                    .call(move |s| {
+                    .call_in(inline, move |s| {
                         let _ctx = log::ContextGuard::set(&cn);
                         let list = s.stack.list_exports_in(readonly, is_tls, &d);
                         // A default export that cannot be resolved is left
@@ -687,57 +927,60 @@ async fn handshake<S: Transport>(
                 let d = defaults.clone();
                 type Opened = (Context, String, Option<String>);
                 let opened = shared
-                    .call(move |s| -> Result<Opened, nbdkit_core::backend::Error> {
-                        let _ctx = log::ContextGuard::set(&cn);
-                        let log_errors = || {
-                            // nbdkit says why a default export could not be
-                            // resolved, then that "" is refused.
-                            for e in d.take_errors() {
-                                log::error(Some(&conn_name), &e.to_string());
-                            }
-                        };
-                        let canonical = if export.is_empty() {
-                            let not_permitted = || {
-                                nbdkit_core::backend::Error::msg(
-                                    nbdkit_core::errno::Errno::ENOENT,
-                                    "default export (\"\") not permitted",
-                                )
-                            };
-                            match s.stack.default_export_in(readonly, is_tls, &d) {
-                                Ok(Some(n)) => n,
-                                Ok(None) => return Err(not_permitted()),
-                                Err(e) => {
+                    .call_in(
+                        inline,
+                        move |s| -> Result<Opened, nbdkit_core::backend::Error> {
+                            let _ctx = log::ContextGuard::set(&cn);
+                            let log_errors = || {
+                                // nbdkit says why a default export could not be
+                                // resolved, then that "" is refused.
+                                for e in d.take_errors() {
                                     log::error(Some(&conn_name), &e.to_string());
-                                    return Err(not_permitted());
                                 }
-                            }
-                        } else {
-                            export
-                        };
-                        let ctx = s.stack.open_in(
-                            &OpenArgs {
-                                readonly,
-                                export_name: &canonical,
-                                is_tls,
-                                peer: &peer,
-                            },
-                            &d,
-                        );
-                        log_errors();
-                        let ctx = ctx?;
-                        // Asked only when the client wants it, after the
-                        // capabilities, as nbdkit does; a failure is logged
-                        // and leaves the export undescribed.
-                        let description = if wants_description {
-                            ctx.export_description().unwrap_or_else(|e| {
-                                log::error(Some(&conn_name), &e.to_string());
+                            };
+                            let canonical = if export.is_empty() {
+                                let not_permitted = || {
+                                    nbdkit_core::backend::Error::msg(
+                                        nbdkit_core::errno::Errno::ENOENT,
+                                        "default export (\"\") not permitted",
+                                    )
+                                };
+                                match s.stack.default_export_in(readonly, is_tls, &d) {
+                                    Ok(Some(n)) => n,
+                                    Ok(None) => return Err(not_permitted()),
+                                    Err(e) => {
+                                        log::error(Some(&conn_name), &e.to_string());
+                                        return Err(not_permitted());
+                                    }
+                                }
+                            } else {
+                                export
+                            };
+                            let ctx = s.stack.open_in(
+                                &OpenArgs {
+                                    readonly,
+                                    export_name: &canonical,
+                                    is_tls,
+                                    peer: &peer,
+                                },
+                                &d,
+                            );
+                            log_errors();
+                            let ctx = ctx?;
+                            // Asked only when the client wants it, after the
+                            // capabilities, as nbdkit does; a failure is logged
+                            // and leaves the export undescribed.
+                            let description = if wants_description {
+                                ctx.export_description().unwrap_or_else(|e| {
+                                    log::error(Some(&conn_name), &e.to_string());
+                                    None
+                                })
+                            } else {
                                 None
-                            })
-                        } else {
-                            None
-                        };
-                        Ok((ctx, canonical, description))
-                    })
+                            };
+                            Ok((ctx, canonical, description))
+                        },
+                    )
                     .await;
                 match opened {
                     Ok((c, canonical, description)) => {
@@ -755,7 +998,7 @@ async fn handshake<S: Transport>(
                         if info_only {
                             let cn = cname.clone();
                             shared
-                                .call(move |_| {
+                                .call_in(inline, move |_| {
                                     log::with_context(&cn, || {
                                         if let Err(e) = c.finalize() {
                                             log::error(None, &e.to_string());

@@ -4,6 +4,8 @@
 //! What differs between the two systems is all in the `os` module.
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)] // an std crate
 
+#[cfg(target_os = "linux")]
+mod accept;
 mod blocking;
 pub mod cabi;
 mod connection;

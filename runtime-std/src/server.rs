@@ -327,7 +327,7 @@ fn bind(cfg: &ServeConfig) -> Result<StdBound, String> {
 
 /// Send buffer asked for on each connection (the kernel caps it at
 /// net.core.wmem_max).
-const SEND_BUFFER: usize = 4 << 20;
+pub(crate) const SEND_BUFFER: usize = 4 << 20;
 
 /// A listener the accept loop serves.
 enum AnyListener {
@@ -343,6 +343,21 @@ enum Accepted {
 }
 
 impl AnyListener {
+    /// A TCP or Unix listener out of the runtime, for the accept module
+    /// when `direct`; `Err` gives back any other.
+    #[cfg(target_os = "linux")]
+    fn for_acceptors(
+        self,
+        direct: bool,
+    ) -> Result<std::io::Result<crate::accept::Listener>, AnyListener> {
+        use crate::accept::Listener;
+        match self {
+            AnyListener::Tcp(l) if direct => Ok(l.into_std().map(Listener::Tcp)),
+            AnyListener::Unix(l) if direct => Ok(l.into_std().map(Listener::Unix)),
+            other => Err(other),
+        }
+    }
+
     async fn accept(&self) -> std::io::Result<Accepted> {
         match self {
             AnyListener::Tcp(l) => {
@@ -575,22 +590,46 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         }
     }
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let live = Arc::new(connection::Live::default());
+    #[cfg(target_os = "linux")]
+    let mut acceptors = Vec::new();
     let mut stop = stop_rx.clone();
     if stdin {
         serve_stdin(shared.clone()).await;
     } else {
-        let (ctx, mut crx) = tokio::sync::mpsc::channel(64);
+        // A stack whose calls block, on plain sockets: the threads that
+        // serve the connections accept them (see the accept module).
+        #[cfg(target_os = "linux")]
+        let direct = shared.blocks
+            && shared.tls.is_none()
+            && shared.thread_model != nbdkit_core::backend::ThreadModel::SerializeConnections;
+        // Each listener's task starts the connections it accepts.
         for l in listeners {
-            let ctx = ctx.clone();
+            #[cfg(target_os = "linux")]
+            let l = match l.for_acceptors(direct) {
+                Ok(std) => {
+                    match std.and_then(|l| crate::accept::Acceptors::start(l, &shared, &live)) {
+                        Ok(a) => acceptors.push(a),
+                        Err(e) => {
+                            log::error(None, &format!("cannot accept connections: {e}"));
+                            return 1;
+                        }
+                    }
+                    continue;
+                }
+                Err(l) => l,
+            };
+            let (shared, live) = (shared.clone(), live.clone());
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         r = l.accept() => match r {
-                            Ok(a) => {
-                                if ctx.send(a).await.is_err() { break; }
+                            Ok(Accepted::Tcp(s)) => {
+                                let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
+                                connection::spawn(&shared, &live, peer, s);
                             }
+                            Ok(Accepted::Unix(s, peer)) => connection::spawn(&shared, &live, peer, s),
                             Err(e) => {
                                 log::error(None, &format!("accept: {e}"));
                                 // Do not spin on a persistent error (EMFILE).
@@ -602,27 +641,16 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
                 }
             });
         }
-        drop(ctx);
-        loop {
-            tokio::select! {
-                a = crx.recv() => match a {
-                    Some(Accepted::Tcp(s)) => {
-                        let peer = s.peer_addr().map(Peer::Inet).unwrap_or_default();
-                        tasks.spawn(connection::serve(shared.clone(), peer, s));
-                    }
-                    Some(Accepted::Unix(s, peer)) => {
-                        tasks.spawn(connection::serve(shared.clone(), peer, s));
-                    }
-                    None => break,
-                },
-                _ = crate::server::stopped(&mut stop) => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        }
+        crate::server::stopped(&mut stop).await;
     }
     let _ = stop_tx.send(true);
     // Connections finish their requests in flight, then close.
-    while tasks.join_next().await.is_some() {}
+    live.stop();
+    #[cfg(target_os = "linux")]
+    for a in &acceptors {
+        a.wake();
+    }
+    live.idle().await;
     if let Some(t) = run_task {
         if let Ok(code) = t.await {
             status = code;
@@ -691,7 +719,7 @@ async fn serve_stdin(shared: Arc<Shared>) {
         ) {
             (Ok(r), Ok(w)) => {
                 let peer = crate::os::peercred::unix_peer(&r);
-                connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }).await
+                connection::serve(shared, peer, connection::Pipes { rd: r, wr: w }, None).await
             }
             _ => log::error(None, "cannot use stdin/stdout as a socket"),
         }
@@ -700,6 +728,6 @@ async fn serve_stdin(shared: Arc<Shared>) {
             rd: tokio::io::stdin(),
             wr: tokio::io::stdout(),
         };
-        connection::serve(shared, Peer::Unknown, pipes).await;
+        connection::serve(shared, Peer::Unknown, pipes, None).await;
     }
 }

@@ -23,3 +23,21 @@ pub(crate) fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
         },
     }
 }
+
+/// [`unix_peer`] of a socket outside the runtime (`getsockopt(SO_PEERCRED)`).
+#[cfg(target_os = "linux")]
+pub(crate) fn unix_peer_std(s: &std::os::unix::net::UnixStream) -> Peer {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(s, PeerCredentials) {
+        Ok(c) => Peer::Unix {
+            pid: Some(c.pid()),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
+        },
+        Err(_) => Peer::Unix {
+            pid: None,
+            uid: None,
+            gid: None,
+        },
+    }
+}
