@@ -19,9 +19,9 @@
 //! thread model's locks its `Gate`: this module gives them the socket, the
 //! requests and the threads.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Scope;
 
@@ -34,6 +34,7 @@ use nbdkit_core::transmission::{Engine, Framer, Limits, Valid, Want};
 
 use crate::connection::Shared;
 use crate::log;
+use crate::poll::{Busy, Poller};
 use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
 /// A plain socket in blocking mode.
@@ -55,6 +56,16 @@ impl SyncStream {
             SyncStream::Tcp(s) => SyncStream::Tcp(s.try_clone()?),
             SyncStream::Closed => SyncStream::Closed,
         })
+    }
+
+    /// The socket, for [`crate::poll`] to look at.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            SyncStream::Unix(s) => Some(s.as_raw_fd()),
+            SyncStream::Tcp(s) => Some(s.as_raw_fd()),
+            SyncStream::Closed => None,
+        }
     }
 
     /// `shutdown(2)`.
@@ -118,6 +129,8 @@ struct Input {
     /// Decodes and validates what `rd` gives (the workers bound how many
     /// requests run at once, so it does not count them).
     engine: Engine,
+    /// Looks for the next request before the read sleeps.
+    poller: Poller,
 }
 
 /// One connection's workers.
@@ -131,6 +144,8 @@ struct Workers<'a> {
     pool: BufPool,
     /// The client sent NBD_CMD_DISC.
     goodbye: AtomicBool,
+    /// Requests read and not yet answered.
+    in_flight: AtomicUsize,
 }
 
 /// The largest write payload buffer a worker keeps for the next request.
@@ -176,12 +191,14 @@ pub(crate) fn transmission(
     } else {
         1
     };
+    let poller = Poller::new(stream.raw_fd());
     let w = Workers {
         session,
         workers: Pool::new(
             Input {
                 rd: BufReader::with_capacity(128 * 1024, io::Cursor::new(leftover).chain(stream)),
                 engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
+                poller,
             },
             max,
         ),
@@ -189,6 +206,7 @@ pub(crate) fn transmission(
         gate: ConnectionGate::new(),
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
     };
     if max > 1 {
         log::debug(
@@ -243,18 +261,32 @@ impl<'a> Workers<'a> {
     }
 
     /// Read the next request (header and payload).
-    fn read_request(
-        &self,
-        rd: &mut impl BufRead,
-        engine: &mut Engine,
-        spare: &mut Vec<u8>,
-    ) -> Next<Request> {
+    fn read_request(&self, input: &mut Input, spare: &mut Vec<u8>) -> Next<Request> {
         let s = self.session;
+        let Input { rd, engine, poller } = input;
         let Want::Header(hdr_len) = engine.wants() else {
             return Next::End;
         };
         let mut hdr = [0u8; 32];
-        if rd.read_exact(&mut hdr[..hdr_len]).is_err() {
+        // At queue depth 1 (nothing buffered, at most the request just read
+        // still running), the next request is looked for before the read
+        // sleeps.
+        let leftover = rd.get_ref().get_ref().0;
+        let drained = leftover.position() >= leftover.get_ref().len() as u64;
+        let wait = if rd.buffer().is_empty() && drained {
+            poller.spin(|| match self.in_flight.load(Ordering::Acquire) {
+                0 => Busy::Idle,
+                1 => Busy::Running,
+                _ => Busy::Deep,
+            })
+        } else {
+            None
+        };
+        let got = rd.read_exact(&mut hdr[..hdr_len]);
+        if let Some(w) = wait {
+            poller.waited(w);
+        }
+        if got.is_err() {
             log::debug(
                 Some(&s.name),
                 format_args!("client closed input socket, closing connection"),
@@ -308,7 +340,11 @@ impl Work for Workers<'_> {
     type Local = Local;
 
     fn read(&self, input: &mut Input, local: &mut Local) -> Next<Request> {
-        self.read_request(&mut input.rd, &mut input.engine, &mut local.spare)
+        let next = self.read_request(input, &mut local.spare);
+        if let Next::Run(Request::Run(..)) = next {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        next
     }
 
     fn answer(&self, req: Request, local: &mut Local) -> bool {
@@ -320,6 +356,7 @@ impl Work for Workers<'_> {
                     local.spare = payload;
                 }
                 let sent = self.output.send(&[out.bytes()]);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 self.pool.put(out.into_buf());
                 sent
             }

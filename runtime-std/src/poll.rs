@@ -1,0 +1,248 @@
+//! Adaptive busy-polling for the next request of a connection at queue
+//! depth 1.
+//!
+//! A client that sends one request at a time sends the next one a few tens
+//! of microseconds after it got the previous reply. A server that goes to
+//! sleep in the meantime (epoll_wait, or a blocking read) pays the kernel's
+//! wake-up on every request: on a virtual machine an idle vCPU halts and is
+//! woken by an interrupt, which costs as much as the request itself. So
+//! before it sleeps, a connection that has nothing in flight and nothing
+//! buffered looks at its socket without sleeping (`recv(MSG_PEEK |
+//! MSG_DONTWAIT)`) for a short budget; once the bytes are there the normal
+//! read finds them (the socket's readiness is reported at once).
+//!
+//! The budget adapts per connection, as QEMU's AioContext polling does: a
+//! wait that ended within the maximum but after the budget grows it (from
+//! [`GROW_START_NS`], doubling); a wait longer than the maximum halves it,
+//! down to zero, so that a connection whose client pauses between requests
+//! soon stops spinning. An idle connection never spins: polling only starts
+//! after a request was answered, and never lasts longer than the budget.
+//!
+//! `NBDKIT_POLL_MAX_NS` (in the environment of the server) sets the maximum
+//! budget in nanoseconds; `0` turns polling off.
+
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The default maximum budget: covers a client's turn-around between a
+/// reply and its next request on the same machine.
+const DEFAULT_MAX_NS: u32 = 50_000;
+/// The budget a connection starts with once a short wait shows that polling
+/// may pay.
+const GROW_START_NS: u32 = 4_000;
+/// The largest maximum accepted from the environment (1 ms): more would
+/// let one connection hold a runtime worker too long.
+const LIMIT_NS: u32 = 1_000_000;
+
+/// The maximum budget (`NBDKIT_POLL_MAX_NS`, else [`DEFAULT_MAX_NS`]).
+fn max_ns() -> u32 {
+    static MAX: OnceLock<u32> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("NBDKIT_POLL_MAX_NS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_MAX_NS, |v| v.min(u64::from(LIMIT_NS)) as u32)
+    })
+}
+
+/// What a look at the socket saw.
+enum Peek {
+    /// Bytes (or the end of the stream, or an error: the read says which).
+    Ready,
+    /// Nothing yet.
+    Empty,
+}
+
+/// Whether `fd` has something to read, without waiting.
+fn peek(fd: RawFd) -> Peek {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: `fd` is the connection's socket, open for as long as the
+        // caller holds the stream it came from; the buffer is one valid
+        // byte; MSG_PEEK leaves the byte in the socket.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Peek::Ready;
+        }
+        match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => return Peek::Empty,
+            std::io::ErrorKind::Interrupted => continue,
+            _ => return Peek::Ready,
+        }
+    }
+}
+
+/// How busy the rest of the connection is while the poller waits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Busy {
+    /// Nothing in flight: spin.
+    Idle,
+    /// The request just read still runs (on another thread): spin, but
+    /// give the CPU up between looks.
+    Running,
+    /// More in flight: the connection is not at queue depth 1, stop.
+    Deep,
+}
+
+/// One connection's polling state.
+#[derive(Debug)]
+pub(crate) struct Poller {
+    fd: Option<RawFd>,
+    budget_ns: u32,
+    max_ns: u32,
+}
+
+/// A wait in progress (from [`Poller::spin`] to [`Poller::waited`]).
+#[must_use]
+pub(crate) struct Wait {
+    start: Instant,
+    /// The input came while spinning.
+    polled: bool,
+}
+
+impl Poller {
+    /// A poller for the socket `fd` (`None`: no socket to look at, never
+    /// spins).
+    pub(crate) fn new(fd: Option<RawFd>) -> Poller {
+        Poller::with_max(fd, max_ns())
+    }
+
+    fn with_max(fd: Option<RawFd>, max_ns: u32) -> Poller {
+        Poller {
+            fd: fd.filter(|_| max_ns > 0),
+            budget_ns: 0,
+            max_ns,
+        }
+    }
+
+    /// Look for input on the socket without sleeping, for at most the
+    /// current budget and while `busy` says the connection is at queue
+    /// depth one. The caller then reads as usual (at once, if the input
+    /// came), and gives the returned wait to [`Poller::waited`] when the
+    /// read is done.
+    pub(crate) fn spin(&mut self, mut busy: impl FnMut() -> Busy) -> Option<Wait> {
+        let fd = self.fd?;
+        let start = Instant::now();
+        let mut polled = false;
+        if self.budget_ns > 0 {
+            let budget = std::time::Duration::from_nanos(u64::from(self.budget_ns));
+            loop {
+                if let Peek::Ready = peek(fd) {
+                    polled = true;
+                    break;
+                }
+                match busy() {
+                    Busy::Idle => core::hint::spin_loop(),
+                    Busy::Running => std::thread::yield_now(),
+                    Busy::Deep => break,
+                }
+                if start.elapsed() >= budget {
+                    break;
+                }
+            }
+        }
+        Some(Wait { start, polled })
+    }
+
+    /// The wait `w` ended (the read returned): adapt the budget to how long
+    /// it took.
+    pub(crate) fn waited(&mut self, w: Wait) {
+        let ns = u32::try_from(w.start.elapsed().as_nanos()).unwrap_or(u32::MAX);
+        self.adapt(ns, w.polled);
+    }
+
+    fn adapt(&mut self, ns: u32, polled: bool) {
+        if polled || ns <= self.budget_ns {
+            // Within the budget: just right.
+        } else if ns > self.max_ns {
+            // A pause longer than any budget: spin less.
+            self.budget_ns /= 2;
+            if self.budget_ns < GROW_START_NS / 2 {
+                self.budget_ns = 0;
+            }
+        } else {
+            // The input came soon after the budget ran out: spin longer.
+            self.budget_ns = self
+                .budget_ns
+                .saturating_mul(2)
+                .max(GROW_START_NS)
+                .min(self.max_ns);
+        }
+    }
+
+    #[cfg(test)]
+    fn budget(&self) -> u32 {
+        self.budget_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn grows_on_short_waits_and_shrinks_to_nothing_on_long_ones() {
+        let mut p = Poller::with_max(Some(0), 50_000);
+        assert_eq!(p.budget(), 0);
+        p.adapt(10_000, false);
+        assert_eq!(p.budget(), GROW_START_NS);
+        p.adapt(10_000, false);
+        assert_eq!(p.budget(), 8_000);
+        p.adapt(10_000, false);
+        assert_eq!(p.budget(), 16_000);
+        // Caught while polling, or within the budget: unchanged.
+        p.adapt(12_000, true);
+        p.adapt(12_000, false);
+        assert_eq!(p.budget(), 16_000);
+        for _ in 0..4 {
+            p.adapt(40_000, false);
+        }
+        assert_eq!(p.budget(), 50_000, "capped at the maximum");
+        for _ in 0..6 {
+            p.adapt(1_000_000, false);
+        }
+        assert_eq!(p.budget(), 0, "a client that pauses stops the spinning");
+        p.adapt(1_000_000, false);
+        assert_eq!(p.budget(), 0);
+    }
+
+    #[test]
+    fn off_without_a_socket_or_a_maximum() {
+        assert!(Poller::with_max(None, 50_000).spin(|| Busy::Idle).is_none());
+        assert!(Poller::with_max(Some(0), 0).spin(|| Busy::Idle).is_none());
+    }
+
+    #[test]
+    fn sees_input_and_the_end_and_leaves_the_bytes() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = Poller::with_max(Some(b.as_raw_fd()), 1_000_000);
+        p.budget_ns = 1_000;
+        // Nothing to read: the budget runs out.
+        let w = p.spin(|| Busy::Idle).unwrap();
+        assert!(!w.polled);
+        // A deep queue stops at once.
+        p.budget_ns = 1_000_000;
+        let w = p.spin(|| Busy::Deep).unwrap();
+        assert!(!w.polled);
+        a.write_all(b"x").unwrap();
+        let w = p.spin(|| Busy::Running).unwrap();
+        assert!(w.polled);
+        p.waited(w);
+        let mut got = [0u8; 2];
+        assert_eq!(std::io::Read::read(&mut &b, &mut got).unwrap(), 1);
+        assert_eq!(got[0], b'x');
+        drop(a);
+        let w = p.spin(|| Busy::Idle).unwrap();
+        assert!(w.polled, "the end of the stream ends the spinning");
+    }
+}
