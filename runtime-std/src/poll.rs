@@ -18,10 +18,16 @@
 //! soon stops spinning. An idle connection never spins: polling only starts
 //! after a request was answered, and never lasts longer than the budget.
 //!
+//! At most one connection fewer than there are CPUs spins at any moment
+//! (one on two CPUs; the others sleep as before), so that spinning never
+//! holds every runtime worker nor every CPU: other connections' requests
+//! are always picked up at once.
+//!
 //! `NBDKIT_POLL_MAX_NS` (in the environment of the server) sets the maximum
 //! budget in nanoseconds; `0` turns polling off.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -44,6 +50,45 @@ fn max_ns() -> u32 {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(DEFAULT_MAX_NS, |v| v.min(u64::from(LIMIT_NS)) as u32)
     })
+}
+
+/// How many connections may spin at once: one fewer than the CPUs (at
+/// least one).
+fn max_spinners() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_sub(1)
+            .max(1)
+    })
+}
+
+/// Connections spinning now.
+static SPINNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A turn at spinning (see [`max_spinners`]), given back when dropped.
+struct Turn;
+
+impl Turn {
+    fn take() -> Option<Turn> {
+        let mut n = SPINNERS.load(Ordering::Relaxed);
+        loop {
+            if n >= max_spinners() {
+                return None;
+            }
+            match SPINNERS.compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Some(Turn),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        SPINNERS.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// What a look at the socket saw.
@@ -132,7 +177,14 @@ impl Poller {
         let fd = self.fd?;
         let start = Instant::now();
         let mut polled = false;
-        if self.budget_ns > 0 {
+        // Without a turn (other connections spin), the wait is measured as
+        // usual and the read sleeps.
+        let turn = if self.budget_ns > 0 {
+            Turn::take()
+        } else {
+            None
+        };
+        if turn.is_some() {
             let budget = std::time::Duration::from_nanos(u64::from(self.budget_ns));
             loop {
                 if let Peek::Ready = peek(fd) {
