@@ -18,6 +18,12 @@
 //! soon stops spinning. An idle connection never spins: polling only starts
 //! after a request was answered, and never lasts longer than the budget.
 //!
+//! Spinning only pays on a CPU that would otherwise idle. On a busy one the
+//! spinner is preempted (and, having used its share, then waits behind the
+//! other tasks when its request comes, where a sleeper would have been
+//! woken first): a gap of [`PREEMPTED_NS`] between two looks means that,
+//! and the connection stops spinning for its next [`COOLDOWN`] waits.
+//!
 //! At most one connection fewer than there are CPUs spins at any moment
 //! (one on two CPUs; the others sleep as before), so that spinning never
 //! holds every runtime worker nor every CPU: other connections' requests
@@ -37,6 +43,11 @@ const DEFAULT_MAX_NS: u32 = 50_000;
 /// The budget a connection starts with once a short wait shows that polling
 /// may pay.
 const GROW_START_NS: u32 = 4_000;
+/// A gap between two looks at the socket this long means the spinner was
+/// preempted (a look takes well under a microsecond).
+const PREEMPTED_NS: u64 = 20_000;
+/// Waits without spinning after a preemption.
+const COOLDOWN: u16 = 256;
 /// The largest maximum accepted from the environment (1 ms): more would
 /// let one connection hold a runtime worker too long.
 const LIMIT_NS: u32 = 1_000_000;
@@ -125,24 +136,14 @@ fn peek(fd: RawFd) -> Peek {
     }
 }
 
-/// How busy the rest of the connection is while the poller waits.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Busy {
-    /// Nothing in flight: spin.
-    Idle,
-    /// The request just read still runs (on another thread): spin, but
-    /// give the CPU up between looks.
-    Running,
-    /// More in flight: the connection is not at queue depth 1, stop.
-    Deep,
-}
-
 /// One connection's polling state.
 #[derive(Debug)]
 pub(crate) struct Poller {
     fd: Option<RawFd>,
     budget_ns: u32,
     max_ns: u32,
+    /// Waits left without spinning after a preemption.
+    cooldown: u16,
 }
 
 /// A wait in progress (from [`Poller::spin`] to [`Poller::waited`]).
@@ -165,15 +166,16 @@ impl Poller {
             fd: fd.filter(|_| max_ns > 0),
             budget_ns: 0,
             max_ns,
+            cooldown: 0,
         }
     }
 
     /// Look for input on the socket without sleeping, for at most the
-    /// current budget and while `busy` says the connection is at queue
-    /// depth one. The caller then reads as usual (at once, if the input
-    /// came), and gives the returned wait to [`Poller::waited`] when the
-    /// read is done.
-    pub(crate) fn spin(&mut self, mut busy: impl FnMut() -> Busy) -> Option<Wait> {
+    /// current budget and while `idle` says that nothing else of the
+    /// connection is in flight. The caller then reads as usual (at once, if
+    /// the input came), and gives the returned wait to [`Poller::waited`]
+    /// when the read is done.
+    pub(crate) fn spin(&mut self, mut idle: impl FnMut() -> bool) -> Option<Wait> {
         let fd = self.fd?;
         let start = Instant::now();
         let mut polled = false;
@@ -186,19 +188,27 @@ impl Poller {
         };
         if turn.is_some() {
             let budget = std::time::Duration::from_nanos(u64::from(self.budget_ns));
+            let preempted = std::time::Duration::from_nanos(PREEMPTED_NS);
+            let mut last = start;
             loop {
                 if let Peek::Ready = peek(fd) {
                     polled = true;
                     break;
                 }
-                match busy() {
-                    Busy::Idle => core::hint::spin_loop(),
-                    Busy::Running => std::thread::yield_now(),
-                    Busy::Deep => break,
-                }
-                if start.elapsed() >= budget {
+                if !idle() {
                     break;
                 }
+                core::hint::spin_loop();
+                let now = Instant::now();
+                if now - last >= preempted {
+                    self.budget_ns = 0;
+                    self.cooldown = COOLDOWN;
+                    break;
+                }
+                if now - start >= budget {
+                    break;
+                }
+                last = now;
             }
         }
         Some(Wait { start, polled })
@@ -212,7 +222,9 @@ impl Poller {
     }
 
     fn adapt(&mut self, ns: u32, polled: bool) {
-        if polled || ns <= self.budget_ns {
+        if self.cooldown > 0 {
+            self.cooldown -= 1;
+        } else if polled || ns <= self.budget_ns {
             // Within the budget: just right.
         } else if ns > self.max_ns {
             // A pause longer than any budget: spin less.
@@ -270,8 +282,8 @@ mod tests {
 
     #[test]
     fn off_without_a_socket_or_a_maximum() {
-        assert!(Poller::with_max(None, 50_000).spin(|| Busy::Idle).is_none());
-        assert!(Poller::with_max(Some(0), 0).spin(|| Busy::Idle).is_none());
+        assert!(Poller::with_max(None, 50_000).spin(|| true).is_none());
+        assert!(Poller::with_max(Some(0), 0).spin(|| true).is_none());
     }
 
     #[test]
@@ -280,21 +292,44 @@ mod tests {
         let mut p = Poller::with_max(Some(b.as_raw_fd()), 1_000_000);
         p.budget_ns = 1_000;
         // Nothing to read: the budget runs out.
-        let w = p.spin(|| Busy::Idle).unwrap();
+        let w = p.spin(|| true).unwrap();
         assert!(!w.polled);
-        // A deep queue stops at once.
+        // Another request in flight stops it at once.
         p.budget_ns = 1_000_000;
-        let w = p.spin(|| Busy::Deep).unwrap();
+        let w = p.spin(|| false).unwrap();
         assert!(!w.polled);
         a.write_all(b"x").unwrap();
-        let w = p.spin(|| Busy::Running).unwrap();
+        let w = p.spin(|| true).unwrap();
         assert!(w.polled);
         p.waited(w);
         let mut got = [0u8; 2];
         assert_eq!(std::io::Read::read(&mut &b, &mut got).unwrap(), 1);
         assert_eq!(got[0], b'x');
         drop(a);
-        let w = p.spin(|| Busy::Idle).unwrap();
+        let w = p.spin(|| true).unwrap();
         assert!(w.polled, "the end of the stream ends the spinning");
+    }
+
+    #[test]
+    fn a_preempted_spinner_stops_and_cools_down() {
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p = Poller::with_max(Some(b.as_raw_fd()), 1_000_000);
+        p.budget_ns = 1_000_000;
+        // Preempted between two looks (here: sleeping in the check).
+        let w = p
+            .spin(|| {
+                std::thread::sleep(std::time::Duration::from_nanos(2 * PREEMPTED_NS));
+                true
+            })
+            .unwrap();
+        assert!(!w.polled);
+        assert_eq!(p.budget(), 0);
+        // Short waits do not make it spin again until the cooldown is over.
+        for _ in 0..COOLDOWN {
+            p.adapt(10_000, false);
+            assert_eq!(p.budget(), 0);
+        }
+        p.adapt(10_000, false);
+        assert_eq!(p.budget(), GROW_START_NS);
     }
 }
