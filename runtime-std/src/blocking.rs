@@ -21,7 +21,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Scope;
 
@@ -34,7 +34,7 @@ use nbdkit_core::transmission::{Engine, Framer, Limits, Valid, Want};
 
 use crate::connection::Shared;
 use crate::log;
-use crate::poll::Poller;
+use crate::poll::{Busy, Poller};
 use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
 /// A plain socket in blocking mode.
@@ -152,13 +152,7 @@ struct Workers<'a> {
     goodbye: AtomicBool,
     /// Requests read and not yet answered.
     in_flight: AtomicUsize,
-    /// How long the last request ran (ns).
-    last_run_ns: AtomicU64,
 }
-
-/// Longest the last request may have run for the next one, read at queue
-/// depth 1, to run on the thread that read it (see [`Workers::read`]).
-const INLINE_MAX_NS: u64 = 200_000;
 
 /// The largest write payload buffer a worker keeps for the next request.
 const MAX_SPARE_PAYLOAD: usize = 4 << 20;
@@ -219,7 +213,6 @@ pub(crate) fn transmission(
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
-        last_run_ns: AtomicU64::new(0),
     };
     if max > 1 {
         log::debug(
@@ -281,10 +274,15 @@ impl<'a> Workers<'a> {
             return Next::End;
         };
         let mut hdr = [0u8; 32];
-        // At queue depth 1 (nothing buffered, nothing in flight), the next
-        // request is looked for before the read sleeps.
+        // At queue depth 1 (nothing buffered, at most the request just read
+        // still running on another worker), the next request is looked for
+        // before the read sleeps.
         let wait = if drained(rd) {
-            poller.spin(|| self.in_flight.load(Ordering::Acquire) == 0)
+            poller.spin(|| match self.in_flight.load(Ordering::Acquire) {
+                0 => Busy::Idle,
+                1 => Busy::Running,
+                _ => Busy::Deep,
+            })
         } else {
             None
         };
@@ -345,43 +343,19 @@ impl Work for Workers<'_> {
     type Request = Request;
     type Local = Local;
 
-    /// A request read while no other runs and nothing follows it (the
-    /// client waits for its reply: queue depth 1) runs right here, on the
-    /// thread that holds the read lock, if the last request ran quickly:
-    /// no hand-off of the lock to another worker and back, and this
-    /// thread then looks for the next request (see [`crate::poll`]). A
-    /// slow stack (the last request ran longer than [`INLINE_MAX_NS`]), a
-    /// request already in flight or more input buffered go through the
-    /// pool as usual, so that a pipelining client keeps its requests
-    /// running side by side.
     fn read(&self, input: &mut Input, local: &mut Local) -> Next<Request> {
-        loop {
-            let next = self.read_request(input, &mut local.spare);
-            let req = match next {
-                Next::Run(req @ Request::Run(..)) => req,
-                other => return other,
-            };
-            let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-            let inline = before == 0
-                && drained(&input.rd)
-                && self.last_run_ns.load(Ordering::Relaxed) <= INLINE_MAX_NS;
-            if !inline {
-                return Next::Run(req);
-            }
-            if !self.answer(req, local) {
-                return Next::End;
-            }
+        let next = self.read_request(input, &mut local.spare);
+        if let Next::Run(Request::Run(..)) = next {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
         }
+        next
     }
 
     fn answer(&self, req: Request, local: &mut Local) -> bool {
         match req {
             Request::Refuse(reply) => self.output.send(&[&reply]),
             Request::Run(v, payload) => {
-                let start = std::time::Instant::now();
                 let out = self.run(&v, &payload, &local.name);
-                let ran = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.last_run_ns.store(ran, Ordering::Relaxed);
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
                     local.spare = payload;
                 }

@@ -990,7 +990,7 @@ where
             // At queue depth 1 (nothing in flight, nothing buffered), the
             // next request is looked for before the task sleeps.
             if flight.in_flight() == 0 && !reader.holds_leftover() {
-                wait = poller.spin(|| true);
+                wait = poller.spin(|| crate::poll::Busy::Idle);
             }
         }
         let got = tokio::select! {

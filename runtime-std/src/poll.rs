@@ -23,6 +23,9 @@
 //! other tasks when its request comes, where a sleeper would have been
 //! woken first): a gap of [`PREEMPTED_NS`] between two looks means that,
 //! and the connection stops spinning for its next [`COOLDOWN`] waits.
+//! While the request just read still runs on another thread (the blocking
+//! workers hand the read lock on), the spinner gives the CPU up between
+//! looks (`sched_yield`), so that it never delays that request.
 //!
 //! At most one connection fewer than there are CPUs spins at any moment
 //! (one on two CPUs; the others sleep as before), so that spinning never
@@ -136,6 +139,18 @@ fn peek(fd: RawFd) -> Peek {
     }
 }
 
+/// How busy the rest of the connection is while the poller waits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Busy {
+    /// Nothing in flight: spin.
+    Idle,
+    /// The request just read still runs on another thread: spin, but give
+    /// the CPU up between looks.
+    Running,
+    /// More in flight: the connection is not at queue depth 1, stop.
+    Deep,
+}
+
 /// One connection's polling state.
 #[derive(Debug)]
 pub(crate) struct Poller {
@@ -171,11 +186,11 @@ impl Poller {
     }
 
     /// Look for input on the socket without sleeping, for at most the
-    /// current budget and while `idle` says that nothing else of the
-    /// connection is in flight. The caller then reads as usual (at once, if
-    /// the input came), and gives the returned wait to [`Poller::waited`]
-    /// when the read is done.
-    pub(crate) fn spin(&mut self, mut idle: impl FnMut() -> bool) -> Option<Wait> {
+    /// current budget and while `busy` says that the connection is at queue
+    /// depth one. The caller then reads as usual (at once, if the input
+    /// came), and gives the returned wait to [`Poller::waited`] when the
+    /// read is done.
+    pub(crate) fn spin(&mut self, mut busy: impl FnMut() -> Busy) -> Option<Wait> {
         let fd = self.fd?;
         let start = Instant::now();
         let mut polled = false;
@@ -195,12 +210,20 @@ impl Poller {
                     polled = true;
                     break;
                 }
-                if !idle() {
-                    break;
-                }
-                core::hint::spin_loop();
+                let yielded = match busy() {
+                    Busy::Idle => {
+                        core::hint::spin_loop();
+                        false
+                    }
+                    Busy::Running => {
+                        std::thread::yield_now();
+                        true
+                    }
+                    Busy::Deep => break,
+                };
                 let now = Instant::now();
-                if now - last >= preempted {
+                // A gap after a yield is the other thread's turn.
+                if !yielded && now - last >= preempted {
                     self.budget_ns = 0;
                     self.cooldown = COOLDOWN;
                     break;
@@ -282,8 +305,8 @@ mod tests {
 
     #[test]
     fn off_without_a_socket_or_a_maximum() {
-        assert!(Poller::with_max(None, 50_000).spin(|| true).is_none());
-        assert!(Poller::with_max(Some(0), 0).spin(|| true).is_none());
+        assert!(Poller::with_max(None, 50_000).spin(|| Busy::Idle).is_none());
+        assert!(Poller::with_max(Some(0), 0).spin(|| Busy::Idle).is_none());
     }
 
     #[test]
@@ -292,21 +315,21 @@ mod tests {
         let mut p = Poller::with_max(Some(b.as_raw_fd()), 1_000_000);
         p.budget_ns = 1_000;
         // Nothing to read: the budget runs out.
-        let w = p.spin(|| true).unwrap();
+        let w = p.spin(|| Busy::Idle).unwrap();
         assert!(!w.polled);
         // Another request in flight stops it at once.
         p.budget_ns = 1_000_000;
-        let w = p.spin(|| false).unwrap();
+        let w = p.spin(|| Busy::Deep).unwrap();
         assert!(!w.polled);
         a.write_all(b"x").unwrap();
-        let w = p.spin(|| true).unwrap();
+        let w = p.spin(|| Busy::Running).unwrap();
         assert!(w.polled);
         p.waited(w);
         let mut got = [0u8; 2];
         assert_eq!(std::io::Read::read(&mut &b, &mut got).unwrap(), 1);
         assert_eq!(got[0], b'x');
         drop(a);
-        let w = p.spin(|| true).unwrap();
+        let w = p.spin(|| Busy::Idle).unwrap();
         assert!(w.polled, "the end of the stream ends the spinning");
     }
 
@@ -319,7 +342,7 @@ mod tests {
         let w = p
             .spin(|| {
                 std::thread::sleep(std::time::Duration::from_nanos(2 * PREEMPTED_NS));
-                true
+                Busy::Idle
             })
             .unwrap();
         assert!(!w.polled);
