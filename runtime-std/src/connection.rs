@@ -163,6 +163,11 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     {
         Err(self)
     }
+
+    /// The socket, for [`crate::poll`] to look at (`None`: not a socket).
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -170,6 +175,9 @@ impl Transport for tokio::net::TcpStream {
     type Writer = tokio::net::tcp::OwnedWriteHalf;
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
     fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
         // into_std() fails only if the socket cannot leave the reactor;
@@ -190,6 +198,9 @@ impl Transport for tokio::net::UnixStream {
     type Writer = tokio::net::unix::OwnedWriteHalf;
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
+    }
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
     fn into_blocking(self) -> Result<crate::blocking::SyncStream, Self> {
         let s = self.into_std().map_err(|_| ()).and_then(|s| {
@@ -601,6 +612,8 @@ pub(crate) async fn serve<S: Transport>(
         log::error(Some(&name), &e.to_string());
         return;
     }
+    // The socket stays the same under TLS: polling looks at it directly.
+    let fd = stream.raw_fd();
     let mut stream = Conn::Plain(stream);
     // Boxed: the handshake's state (~15 KiB) is freed when it ends instead
     // of sizing this task for the life of the connection.
@@ -638,7 +651,7 @@ pub(crate) async fn serve<S: Transport>(
     let reader = PooledBufReader::new(io::Cursor::new(leftover).chain(rd));
     // Whether the client ended with NBD_CMD_DISC.
     let (graceful, wr, reader) =
-        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr).await;
+        transmission(&shared, &name, ctx.clone(), negotiated, reader, wr, fd).await;
     let _ = shared.call(move |_| finish(&cname, ctx, graceful)).await;
     // The socket is closed once the handles are.
     let _ = wr.lock().await.shutdown().await;
@@ -1155,14 +1168,19 @@ async fn write_all_2<W: AsyncWrite + Unpin>(
     w.write_all(b).await
 }
 
+/// A connection's input after the handshake: the bytes read past it, then
+/// the stream.
+type Leftover<R> = tokio::io::Chain<io::Cursor<Vec<u8>>, R>;
+
 async fn transmission<R, W>(
     shared: &Arc<Shared>,
     name: &str,
     ctx: Arc<Context>,
     negotiated: handshake::Negotiated,
-    mut reader: PooledBufReader<R>,
+    mut reader: PooledBufReader<Leftover<R>>,
     wr: W,
-) -> (bool, Arc<AsyncMutex<W>>, PooledBufReader<R>)
+    fd: Option<std::os::fd::RawFd>,
+) -> (bool, Arc<AsyncMutex<W>>, PooledBufReader<Leftover<R>>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -1204,15 +1222,27 @@ where
     let mut hdr = [0u8; 32];
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
+    let mut poller = crate::poll::Poller::new(fd);
     while let Want::Header(hdr_len) = engine.wants() {
-        // Held replies go out before the loop may wait for input.
-        if reader.buffered() < hdr_len && !held.flush(&wr).await {
-            break;
+        let mut wait = None;
+        if reader.buffered() < hdr_len {
+            // Held replies go out before the loop may wait for input.
+            if !held.flush(&wr).await {
+                break;
+            }
+            // At queue depth 1 (nothing in flight, nothing buffered), the
+            // next request is looked for before the task sleeps.
+            if flight.in_flight() == 0 && !reader.holds_leftover() {
+                wait = poller.spin();
+            }
         }
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
             _ = crate::server::stopped(&mut shutdown) => break,
         };
+        if let Some(w) = wait {
+            poller.waited(w);
+        }
         if !got {
             log::debug(
                 Some(&name),

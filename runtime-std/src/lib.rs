@@ -13,6 +13,7 @@ pub mod filters;
 pub mod log;
 mod os;
 pub mod plugins;
+mod poll;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod pow;
 pub mod process;

@@ -82,6 +82,15 @@ impl<R> PooledBufReader<R> {
     }
 }
 
+impl<R: AsyncRead> PooledBufReader<tokio::io::Chain<io::Cursor<Vec<u8>>, R>> {
+    /// Whether bytes read before the stream (the handshake's leftover) are
+    /// still to come.
+    pub(crate) fn holds_leftover(&self) -> bool {
+        let (c, _) = self.inner.get_ref();
+        c.position() < c.get_ref().len() as u64
+    }
+}
+
 impl<R> Drop for PooledBufReader<R> {
     fn drop(&mut self) {
         self.release();
