@@ -864,8 +864,9 @@ impl Held {
     ) -> bool {
         let len = reply.len();
         if more && self.on && len <= HELD_COPY_MAX && self.buf.len() + len <= HELD_MAX {
-            for p in reply.parts() {
-                self.buf.extend_from_slice(p);
+            match reply.whole() {
+                Some(b) => self.buf.extend_from_slice(b),
+                None => reply.parts().for_each(|p| self.buf.extend_from_slice(p)),
             }
             return true;
         }
