@@ -145,10 +145,6 @@ impl From<Vec<u8>> for Reply {
     }
 }
 
-/// Shortest read whose bytes are lent by a plugin that can lend them
-/// rather than copied ([`Context::pread_lent`]).
-pub(crate) const LEND_MIN: usize = 16 * 1024;
-
 /// Run one validated request and build its complete reply. A panic in
 /// the plugin or a filter becomes an EIO reply, logged, so that the client
 /// gets its answer and the connection goes on.
@@ -203,15 +199,8 @@ fn execute_as(
             let n = framer.read(v, &mut hdr);
             let count = v.count as usize;
             // A plugin that lends its pages: no copy here, the reply is
-            // written from them. Short reads are copied as before: a short
-            // reply is copied into the held replies anyway, and lending
-            // one costs about what copying it does.
-            let lent = if count >= LEND_MIN {
-                ctx.pread_lent(count, v.offset, flags)
-            } else {
-                None
-            };
-            match lent {
+            // written from them.
+            match ctx.pread_lent(count, v.offset, flags) {
                 Some(Ok(data)) if data.len() == count => {
                     return Reply::Lent {
                         head: hdr,
@@ -563,10 +552,10 @@ mod test {
             assert_eq!(got.len(), 28 + 200_000);
             assert_eq!(got[528..528 + data.len()], data[..]);
             assert!(got[28..528].iter().all(|&b| b == 0));
-            // A short read is copied, lent or not.
+            // A short read too.
             let short = Valid { count: 512, ..read };
             let s = execute(&ctx, &pool, &name, framer, &short, &[]);
-            assert!(matches!(s, Reply::Buf { .. }));
+            assert_eq!(matches!(s, Reply::Lent { .. }), want.is_empty());
             assert_eq!(bytes(&s)[28..], got[28..540]);
             if want.is_empty() {
                 want = got;
