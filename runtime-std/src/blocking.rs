@@ -399,7 +399,10 @@ impl Work for Workers<'_> {
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
                     local.spare = payload;
                 }
-                let sent = self.output.send(&[out.bytes()]);
+                let sent = match out.whole() {
+                    Some(b) => self.output.send(&[b]),
+                    None => self.output.send(&out.parts().collect::<Vec<_>>()),
+                };
                 self.pool.put(out.into_buf());
                 sent
             }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::log;
 use crate::readbuf::PooledBufReader;
-use crate::request::{execute, header, refuse, BufPool, Header};
+use crate::request::{execute, header, refuse, BufPool, Header, Reply};
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -1087,9 +1087,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &[u8]) -> bool {
+async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &Reply) -> bool {
     let mut w = wr.lock().await;
-    w.write_all(reply).await.is_ok() && w.flush().await.is_ok()
+    write_reply(&mut *w, &[], reply).await.is_ok() && w.flush().await.is_ok()
 }
 
 /// Most reply bytes the request loop holds back (see [`Held`]).
@@ -1115,31 +1115,95 @@ impl Held {
     async fn reply<W: AsyncWrite + Unpin>(
         &mut self,
         wr: &AsyncMutex<W>,
-        reply: &[u8],
+        reply: &Reply,
         more: bool,
     ) -> bool {
-        if more
-            && self.on
-            && reply.len() <= HELD_COPY_MAX
-            && self.buf.len() + reply.len() <= HELD_MAX
-        {
-            self.buf.extend_from_slice(reply);
+        let len = reply.len();
+        if more && self.on && len <= HELD_COPY_MAX && self.buf.len() + len <= HELD_MAX {
+            match reply.whole() {
+                Some(b) => self.buf.extend_from_slice(b),
+                None => reply.parts().for_each(|p| self.buf.extend_from_slice(p)),
+            }
             return true;
         }
         self.write(wr, reply).await
     }
 
     /// Write what is held, then `more`.
-    async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>, more: &[u8]) -> bool {
+    async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>, more: &Reply) -> bool {
         let mut w = wr.lock().await;
-        let ok = write_all_2(&mut *w, &self.buf, more).await.is_ok() && w.flush().await.is_ok();
+        let ok = write_reply(&mut *w, &self.buf, more).await.is_ok() && w.flush().await.is_ok();
         self.buf.clear();
         ok
     }
 
     /// Write what is held, if anything.
     async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>) -> bool {
-        self.buf.is_empty() || self.write(wr, &[]).await
+        const NOTHING: Reply = Reply::Small {
+            buf: [0; Framer::REPLY_LEN],
+            len: 0,
+        };
+        self.buf.is_empty() || self.write(wr, &NOTHING).await
+    }
+}
+
+/// Write all of `held`, then all of `reply`: in one piece, then each
+/// other piece of a lent reply, in vectored writes that resume after
+/// short writes.
+async fn write_reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    held: &[u8],
+    reply: &Reply,
+) -> io::Result<()> {
+    match reply.whole() {
+        Some(b) => write_all_2(w, held, b).await,
+        None => write_all_parts(w, std::iter::once(held).chain(reply.parts())).await,
+    }
+}
+
+/// Most slices given to one vectored write (Linux's IOV_MAX is 1024; a
+/// 256 KiB read of the memory plugin is 8 pages).
+const IOV_BATCH: usize = 64;
+
+/// Write every slice of `parts` in order, in vectored writes of up to
+/// [`IOV_BATCH`] slices, resuming after short writes.
+async fn write_all_parts<'a, W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: impl Iterator<Item = &'a [u8]>,
+) -> io::Result<()> {
+    let mut parts = parts.filter(|p| !p.is_empty());
+    // bufs[..n] are the bytes still to write, in order.
+    let mut bufs: [&[u8]; IOV_BATCH] = [&[]; IOV_BATCH];
+    let mut n = 0;
+    loop {
+        while n < IOV_BATCH {
+            match parts.next() {
+                Some(p) => {
+                    bufs[n] = p;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let iov: [io::IoSlice<'_>; IOV_BATCH] = std::array::from_fn(|i| io::IoSlice::new(bufs[i]));
+        let mut wrote = w.write_vectored(&iov[..n]).await?;
+        if wrote == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Drop what went out; the first slice left may be cut.
+        let mut done = 0;
+        while done < n && wrote >= bufs[done].len() {
+            wrote -= bufs[done].len();
+            done += 1;
+        }
+        if done < n {
+            bufs[done] = &bufs[done][wrote..];
+        }
+        bufs.copy_within(done..n, 0);
+        n -= done;
     }
 }
 
@@ -1277,7 +1341,10 @@ where
             Ok(v) => v,
             Err(r) => {
                 let more = reader.buffered() >= hdr_len;
-                if !held.reply(&wr, &refuse(&name, framer, &r), more).await {
+                if !held
+                    .reply(&wr, &refuse(&name, framer, &r).into(), more)
+                    .await
+                {
                     break;
                 }
                 continue;
@@ -1354,7 +1421,7 @@ where
                     })
                     .await;
                 pool.put(payload);
-                send(&wr, reply.bytes()).await;
+                send(&wr, &reply).await;
                 pool.put(reply.into_buf());
                 drop(ticket);
             });
@@ -1370,7 +1437,7 @@ where
                 .await;
             pool.put(payload);
             let more = reader.buffered() >= hdr_len;
-            let sent = held.reply(&wr, reply.bytes(), more).await;
+            let sent = held.reply(&wr, &reply, more).await;
             pool.put(reply.into_buf());
             if !sent {
                 break;
@@ -1466,7 +1533,7 @@ mod test {
                 ];
                 for (i, r) in replies.iter().enumerate() {
                     let more = i + 1 < replies.len();
-                    assert!(held.reply(&wr, r, more).await);
+                    assert!(held.reply(&wr, &r.clone().into(), more).await);
                     want.extend_from_slice(r);
                     if i == 1 || i == 3 {
                         assert!(!held.buf.is_empty(), "step {step}: reply {i} held");
@@ -1494,9 +1561,79 @@ mod test {
                 buf: Vec::new(),
                 on: false,
             };
-            assert!(held.reply(&wr, &[9; 16], true).await);
+            assert!(held.reply(&wr, &vec![9; 16].into(), true).await);
             assert!(held.buf.is_empty());
             assert_eq!(wr.lock().await.out, [9; 16]);
+        });
+    }
+
+    /// A lent reply of `n` pages (page `i` all `i + 1`), its holes zeroes.
+    fn lent_reply(pages: usize, hole: usize) -> (Reply, Vec<u8>) {
+        use nbdkit_core::backend::{Lent, SharedBytes};
+        let mut data = Lent::with_capacity(pages + 1);
+        let mut want = vec![0xaa; 16];
+        for i in 0..pages {
+            let page: SharedBytes = Arc::new([i as u8 + 1; 1000]);
+            data.push_bytes(page, 10, 990);
+            want.extend_from_slice(&[i as u8 + 1; 990]);
+            data.push_zeroes(hole);
+            want.resize(want.len() + hole, 0);
+        }
+        let mut head = [0u8; Framer::REPLY_LEN];
+        head[..16].fill(0xaa);
+        (
+            Reply::Lent {
+                head,
+                len: 16,
+                data,
+            },
+            want,
+        )
+    }
+
+    #[test]
+    fn lent_replies_go_out_whole_through_short_writes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // More slices than one vectored write takes, zero runs longer
+            // than the zero page.
+            for (pages, hole) in [(1, 0), (3, 70_000), (IOV_BATCH * 2 + 5, 7)] {
+                for (step, vectored) in [(1 << 30, true), (4097, true), (999, false)] {
+                    let wr = AsyncMutex::new(Trickle {
+                        out: Vec::new(),
+                        step,
+                        vectored,
+                    });
+                    let mut held = Held {
+                        buf: Vec::new(),
+                        on: true,
+                    };
+                    let mut want = Vec::new();
+                    // A short reply held, then the lent one, then a small
+                    // lent one held and flushed.
+                    let small: Reply = vec![5; 16].into();
+                    assert!(held.reply(&wr, &small, true).await);
+                    want.extend_from_slice(&[5; 16]);
+                    let (r, w) = lent_reply(pages, hole);
+                    assert!(held.reply(&wr, &r, true).await);
+                    want.extend_from_slice(&w);
+                    let (r, w) = lent_reply(1, 0);
+                    assert!(held.reply(&wr, &r, true).await);
+                    assert!(!held.buf.is_empty());
+                    want.extend_from_slice(&w);
+                    assert!(held.flush(&wr).await);
+                    // And one sent by a spawned request.
+                    let (r, w) = lent_reply(pages, hole);
+                    assert!(send(&wr, &r).await);
+                    want.extend_from_slice(&w);
+                    assert!(
+                        wr.lock().await.out == want,
+                        "{pages} pages, step {step}: bytes differ"
+                    );
+                }
+            }
         });
     }
 }

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, Extents};
+use nbdkit_core::backend::{Context, Error, Extents, Lent};
+use nbdkit_core::errno::Errno;
 use nbdkit_core::transmission::{
     Close, Command, Engine, Event, Framer, NbdError, Refused, Valid, Want,
 };
@@ -79,8 +80,9 @@ impl BufPool {
     }
 }
 
-/// A complete reply: a short one held inline (no allocation), or the
-/// first `len` bytes of a (pooled) buffer.
+/// A complete reply: a short one held inline (no allocation), the
+/// first `len` bytes of a (pooled) buffer, or a READ's reply header with
+/// the data the plugin lent (written from the plugin's pages, not copied).
 pub(crate) enum Reply {
     /// At most [`Framer::REPLY_LEN`] bytes.
     Small {
@@ -89,20 +91,48 @@ pub(crate) enum Reply {
     },
     /// A READ's reply, or a long BLOCK_STATUS one: the first `len` bytes.
     Buf { buf: Vec<u8>, len: usize },
+    /// A READ's reply: the first `len` bytes of `head`, then `data`.
+    Lent {
+        head: [u8; Framer::REPLY_LEN],
+        len: usize,
+        data: Lent,
+    },
 }
 
 impl Reply {
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The reply's bytes when they are in one piece (not [`Reply::Lent`]).
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
         match self {
-            Reply::Small { buf, len } => &buf[..*len],
-            Reply::Buf { buf, len } => &buf[..*len],
+            Reply::Small { buf, len } => Some(&buf[..*len]),
+            Reply::Buf { buf, len } => Some(&buf[..*len]),
+            Reply::Lent { .. } => None,
         }
     }
 
-    /// The buffer, for reuse (empty for a short reply).
+    /// The reply's bytes, in order, as one or more slices (none empty).
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &[u8]> + Send + '_ {
+        let (first, data) = match self {
+            Reply::Small { buf, len } => (&buf[..*len], None),
+            Reply::Buf { buf, len } => (&buf[..*len], None),
+            Reply::Lent { head, len, data } => (&head[..*len], Some(data)),
+        };
+        std::iter::once(first)
+            .chain(data.into_iter().flat_map(Lent::slices))
+            .filter(|p| !p.is_empty())
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Reply::Small { len, .. } | Reply::Buf { len, .. } => *len,
+            Reply::Lent { len, data, .. } => len + data.len(),
+        }
+    }
+
+    /// The buffer, for reuse (empty for a short or lent reply).
     pub(crate) fn into_buf(self) -> Vec<u8> {
         match self {
-            Reply::Small { .. } => Vec::new(),
+            Reply::Small { .. } | Reply::Lent { .. } => Vec::new(),
             Reply::Buf { buf, .. } => buf,
         }
     }
@@ -167,7 +197,32 @@ fn execute_as(
         Command::Read => {
             let mut hdr = [0u8; Framer::REPLY_LEN];
             let n = framer.read(v, &mut hdr);
-            let len = n + v.count as usize;
+            let count = v.count as usize;
+            // A plugin that lends its pages: no copy here, the reply is
+            // written from them.
+            match ctx.pread_lent(count, v.offset, flags) {
+                Some(Ok(data)) if data.len() == count => {
+                    return Reply::Lent {
+                        head: hdr,
+                        len: n,
+                        data,
+                    }
+                }
+                Some(Ok(data)) => {
+                    return error_reply(
+                        name,
+                        framer,
+                        v,
+                        Error::msg(
+                            Errno::EIO,
+                            format!("pread: the plugin lent {} bytes, not {count}", data.len()),
+                        ),
+                    )
+                }
+                Some(Err(e)) => return error_reply(name, framer, v, e),
+                None => {}
+            }
+            let len = n + count;
             let mut buf = pool.get(len);
             buf[..n].copy_from_slice(&hdr[..n]);
             match ctx.pread(&mut buf[n..len], v.offset, flags) {
@@ -206,14 +261,17 @@ fn execute_as(
     };
     match result {
         Ok(()) => small(|buf| framer.ok(v, buf)),
-        Err(e) => {
-            if let Some(m) = &e.message {
-                log::error(Some(name), m);
-            }
-            let err = NbdError::from_errno(e.errno, v.flags);
-            small(|buf| framer.error(v, err, b"", buf))
-        }
+        Err(e) => error_reply(name, framer, v, e),
     }
+}
+
+/// The error reply of `v` that failed with `e` (its message logged).
+fn error_reply(name: &str, framer: Framer, v: &Valid, e: Error) -> Reply {
+    if let Some(m) = &e.message {
+        log::error(Some(name), m);
+    }
+    let err = NbdError::from_errno(e.errno, v.flags);
+    small(|buf| framer.error(v, err, b"", buf))
 }
 
 /// The error reply of a request refused by validation (logged with
@@ -229,7 +287,9 @@ pub(crate) fn refuse(name: &str, framer: Framer, r: &Refused) -> Vec<u8> {
             ),
         );
     }
-    small(|buf| framer.refused(r, buf)).bytes().to_vec()
+    let mut buf = [0u8; Framer::REPLY_LEN];
+    let len = framer.refused(r, &mut buf);
+    buf[..len].to_vec()
 }
 
 /// What a request header meant to the engine, for a request loop.
@@ -282,6 +342,11 @@ mod test {
     use nbdkit_core::backend::{Callbacks, Flags, Handle, OpenArgs, Peer, Plugin, Result, Stack};
     use nbdkit_core::transmission::{CmdFlags, ReplyStyle};
     use nbdkit_core::wire::consts::NBD_EIO;
+
+    /// A reply's bytes, in one piece.
+    fn bytes(r: &Reply) -> Vec<u8> {
+        r.parts().collect::<Vec<_>>().concat()
+    }
 
     /// A read-only connection's context on `plugin` alone.
     fn open(plugin: Box<dyn Plugin>) -> Context {
@@ -365,12 +430,12 @@ mod test {
         };
         // A simple reply: magic, error, cookie (then the data on success).
         let r = execute(&ctx, &pool, &name, framer, &read(4096), &[]);
-        assert_eq!(r.bytes().len(), 16);
-        assert_eq!(r.bytes()[4..8], NBD_EIO.to_be_bytes());
-        assert_eq!(r.bytes()[8..16], 7u64.to_be_bytes());
+        assert_eq!(bytes(&r).len(), 16);
+        assert_eq!(bytes(&r)[4..8], NBD_EIO.to_be_bytes());
+        assert_eq!(bytes(&r)[8..16], 7u64.to_be_bytes());
         let r = execute(&ctx, &pool, &name, framer, &read(0), &[]);
-        assert_eq!(r.bytes()[4..8], [0; 4]);
-        assert_eq!(r.bytes().len(), 16 + 512);
+        assert_eq!(bytes(&r)[4..8], [0; 4]);
+        assert_eq!(bytes(&r).len(), 16 + 512);
     }
 
     /// A plugin that records the flags its extents call gets.
@@ -433,9 +498,73 @@ mod test {
         for flags in [CmdFlags::FUA | CmdFlags::REQ_ONE, CmdFlags::FUA] {
             let r = execute(&ctx, &pool, &name, framer, &status(flags), &[]);
             // One structured BLOCK_STATUS chunk: context id 1, one extent.
-            assert_eq!(r.bytes().len(), 20 + 4 + 8);
-            assert_eq!(r.bytes()[20..24], 1u32.to_be_bytes());
+            assert_eq!(bytes(&r).len(), 20 + 4 + 8);
+            assert_eq!(bytes(&r)[20..24], 1u32.to_be_bytes());
         }
         assert_eq!(*seen.lock().unwrap(), [Flags::REQ_ONE, Flags::NONE]);
+    }
+
+    #[test]
+    fn memory_reads_are_lent_and_a_filter_stack_copies() {
+        let name: Arc<str> = "memory[1]".into();
+        let framer = Framer::new(
+            ReplyStyle {
+                structured: true,
+                extended: false,
+            },
+            0,
+        );
+        let pool = BufPool::default();
+        let mut want = Vec::new();
+        for filters in [Vec::new(), vec!["nofilter"]] {
+            let mut plugin = nbdkit_core::plugins::by_name("memory").expect("memory");
+            plugin.config("size", "1M").unwrap();
+            plugin.config_complete().unwrap();
+            let filters = filters
+                .into_iter()
+                .map(|f| nbdkit_core::filters::by_name(f).expect("filter"))
+                .collect();
+            let ctx = Stack::new(plugin, filters)
+                .open(&OpenArgs {
+                    readonly: false,
+                    export_name: "",
+                    is_tls: false,
+                    peer: &Peer::Unknown,
+                })
+                .expect("open");
+            let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+            ctx.pwrite(&data, 1000, Flags::NONE).unwrap();
+            let read = Valid {
+                command: Command::Read,
+                cookie: 3,
+                offset: 500,
+                count: 200_000,
+                flags: CmdFlags::NONE,
+            };
+            let r = execute(&ctx, &pool, &name, framer, &read, &[]);
+            // Without a filter the plugin lends its pages; a filter gets a
+            // copy, as before.
+            assert_eq!(matches!(r, Reply::Lent { .. }), want.is_empty());
+            assert!(r.whole().is_some() != want.is_empty());
+            let got = bytes(&r);
+            assert_eq!(got.len(), r.len());
+            // One structured OFFSET_DATA chunk: 20 + 8 bytes of header.
+            assert_eq!(got.len(), 28 + 200_000);
+            assert_eq!(got[528..528 + data.len()], data[..]);
+            assert!(got[28..528].iter().all(|&b| b == 0));
+            // A short read too.
+            let short = Valid { count: 512, ..read };
+            let s = execute(&ctx, &pool, &name, framer, &short, &[]);
+            assert_eq!(matches!(s, Reply::Lent { .. }), want.is_empty());
+            assert_eq!(bytes(&s)[28..], got[28..540]);
+            if want.is_empty() {
+                want = got;
+                // A write after the read leaves the lent reply as it was.
+                ctx.pwrite(&[9; 4096], 1000, Flags::NONE).unwrap();
+                assert_eq!(bytes(&r), want);
+            } else {
+                assert_eq!(got, want);
+            }
+        }
     }
 }

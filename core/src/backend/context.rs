@@ -531,6 +531,25 @@ impl Context {
         }
     }
 
+    /// Read `count` bytes at `offset` as bytes the plugin lends
+    /// ([`Handle::pread_lent`]), when this layer is a plugin that lends;
+    /// `None` (nothing called, nothing logged) otherwise: the caller then
+    /// reads with [`Context::pread`]. Logs what `pread` logs.
+    pub fn pread_lent(
+        &self,
+        count: usize,
+        offset: u64,
+        flags: Flags,
+    ) -> Option<Result<super::Lent>> {
+        match &self.layer {
+            Layer::Plugin(h, _) if h.can_lend() => {
+                data!("{}: pread count={count} offset={offset}", self.name);
+                Some(h.pread_lent(count, offset, flags))
+            }
+            _ => None,
+        }
+    }
+
     /// Split FUA off a call when this layer does not implement it natively:
     /// returns the flags to pass down and whether to flush afterwards.
     fn split_fua(&self, flags: Flags) -> Result<(Flags, bool)> {

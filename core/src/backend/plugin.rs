@@ -220,6 +220,22 @@ pub trait Handle: Send + Sync {
     /// Read `buf.len()` bytes at `offset`.
     fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()>;
 
+    /// Whether this handle lends the bytes of reads ([`Handle::pread_lent`])
+    /// instead of copying them. Default: no. Asked before every read, so
+    /// the answer must be cheap and must not change while the handle is
+    /// open.
+    fn can_lend(&self) -> bool {
+        false
+    }
+
+    /// Lend the `count` bytes at `offset` (only called when
+    /// [`Handle::can_lend`] says yes): the same bytes `pread` would have
+    /// copied, as shared pages that later writes do not change.
+    fn pread_lent(&self, count: usize, offset: u64, flags: Flags) -> Result<super::Lent> {
+        let _ = (count, offset, flags);
+        Err(Error::new(Errno::EINVAL))
+    }
+
     /// Write `buf` at `offset`.
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
         Err(Error::new(Errno::EROFS))

@@ -20,7 +20,9 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::backend::{Callbacks, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use crate::backend::{
+    Callbacks, Error, Extents, Flags, Handle, Lent, OpenArgs, Plugin, Result, SharedBytes, Support,
+};
 use crate::errno::Errno;
 use crate::sync::{read, write, RwLock};
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
@@ -94,17 +96,22 @@ impl DirTrace {
     }
 }
 
-type Page = Box<RwLock<[u8; PAGE_SIZE as usize]>>;
+/// The bytes of a page.
+type Bytes = [u8; PAGE_SIZE as usize];
+
+/// A page: its bytes are shared with the reads that lent them
+/// ([`SparseArray::lend`]) until they are sent; a write to a page that is
+/// still lent writes to a copy (copy-on-write, [`Arc::make_mut`]), so what
+/// was lent never changes.
+type Page = RwLock<Arc<Bytes>>;
 
 fn new_page() -> Page {
-    // Allocate on the heap directly (a 32 KiB array on the stack is fine,
-    // but this avoids the copy).
-    let v: Box<[u8]> = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
-    let arr: Box<[u8; PAGE_SIZE as usize]> = match v.try_into() {
-        Ok(a) => a,
-        Err(_) => Box::new([0u8; PAGE_SIZE as usize]),
-    };
-    Box::new(RwLock::new(*arr))
+    RwLock::new(Arc::new([0u8; PAGE_SIZE as usize]))
+}
+
+/// The bytes of a page, to write to: a copy first if they are lent.
+fn page_mut(p: &mut Arc<Bytes>) -> &mut Bytes {
+    Arc::make_mut(p)
 }
 
 /// Split `offset..offset+len` into (page index, offset in page, length).
@@ -159,6 +166,25 @@ impl SparseArray {
         }
     }
 
+    /// Lend the `count` bytes at `offset`: the pages they are in (shared,
+    /// not copied) and zero runs for the holes. Later writes to those pages
+    /// do not change what was lent.
+    pub fn lend(&self, count: usize, offset: u64) -> Lent {
+        self.trace(offset, count as u64, false);
+        let pages = read(&self.pages);
+        let mut lent = Lent::with_capacity(count.div_ceil(PAGE_SIZE as usize) + 1);
+        for (page, in_page, n) in page_runs(offset, count as u64) {
+            match pages.get(&page) {
+                Some(p) => {
+                    let bytes: SharedBytes = read(p).clone();
+                    lent.push_bytes(bytes, in_page, n);
+                }
+                None => lent.push_zeroes(n),
+            }
+        }
+        lent
+    }
+
     /// Copy `buf` into the array at `offset`, allocating pages as needed.
     pub fn write(&self, buf: &[u8], offset: u64) {
         self.trace(offset, buf.len() as u64, true);
@@ -172,7 +198,7 @@ impl SparseArray {
                 let src = &buf[done..done + n];
                 done += n;
                 match pages.get(&page) {
-                    Some(p) => write(p)[in_page..in_page + n].copy_from_slice(src),
+                    Some(p) => page_mut(&mut write(p))[in_page..in_page + n].copy_from_slice(src),
                     None => missing = true,
                 }
             }
@@ -187,14 +213,14 @@ impl SparseArray {
             done += n;
             // Pages that appeared since the fast path get this write too.
             if let Some(p) = pages.get(&page) {
-                write(p)[in_page..in_page + n].copy_from_slice(src);
+                page_mut(&mut write(p))[in_page..in_page + n].copy_from_slice(src);
                 continue;
             }
             // A write allocates its pages even when it writes zeroes, as
             // nbdkit's sparse array does (block status then reports them
             // as allocated zeroes).
             let p = new_page();
-            write(&p)[in_page..in_page + n].copy_from_slice(src);
+            page_mut(&mut write(&p))[in_page..in_page + n].copy_from_slice(src);
             pages.insert(page, p);
         }
     }
@@ -212,7 +238,8 @@ impl SparseArray {
                 pages.remove(&page).is_some()
             } else if let Some(p) = pages.get(&page) {
                 let empty = {
-                    let mut d = write(p);
+                    let mut g = write(p);
+                    let d = page_mut(&mut g);
                     d[in_page..in_page + n].fill(0);
                     d.iter().all(|&b| b == 0)
                 };
@@ -517,6 +544,15 @@ impl Handle for MemoryHandle {
         self.store.read(buf, offset);
         Ok(())
     }
+    fn can_lend(&self) -> bool {
+        matches!(&*self.store, Store::Sparse(_))
+    }
+    fn pread_lent(&self, count: usize, offset: u64, _flags: Flags) -> Result<Lent> {
+        match &*self.store {
+            Store::Sparse(s) => Ok(s.lend(count, offset)),
+            _ => Err(Error::new(Errno::EINVAL)),
+        }
+    }
     fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
         self.store.write(buf, offset);
         Ok(())
@@ -608,6 +644,60 @@ mod test {
         );
         a.zero(512, PAGE_SIZE + 100);
         assert_eq!(a.allocated_pages(), 1);
+    }
+
+    /// The bytes of a lent read, copied out.
+    fn bytes(l: &Lent) -> Vec<u8> {
+        let mut out = vec![0xffu8; l.len()];
+        l.copy_to(&mut out);
+        out
+    }
+
+    #[test]
+    fn lent_pages_keep_the_old_bytes_and_writes_land() {
+        let a = SparseArray::new();
+        a.write(&[1u8; 100], PAGE_SIZE - 50);
+        // Across a page boundary, then a hole.
+        let lent = a.lend(PAGE_SIZE as usize + 200, PAGE_SIZE - 100);
+        let mut want = vec![0u8; PAGE_SIZE as usize + 200];
+        want[50..150].fill(1);
+        assert_eq!(bytes(&lent), want);
+        // Shared, not copied: two page segments, then one zero run.
+        assert_eq!(lent.segments().len(), 3);
+        // A write (and a zero) racing the lent read go to copies of the
+        // pages: the lent bytes do not change, the write lands.
+        a.write(&[2u8; 100], PAGE_SIZE - 50);
+        a.zero(10, PAGE_SIZE);
+        a.write(&[3u8; 10], PAGE_SIZE * 2);
+        assert_eq!(bytes(&lent), want);
+        let mut now = vec![0u8; 200];
+        a.read(&mut now, PAGE_SIZE - 100);
+        assert_eq!(now[..50], [0; 50]);
+        assert_eq!(now[50..100], [2; 50]);
+        assert_eq!(now[100..110], [0; 10]);
+        assert_eq!(now[110..150], [2; 40]);
+        assert_eq!(now[150..], [0; 50]);
+        // Freeing the page leaves the lent copy alone.
+        a.zero(PAGE_SIZE * 4, 0);
+        assert_eq!(a.allocated_pages(), 0);
+        assert_eq!(bytes(&lent), want);
+    }
+
+    #[test]
+    fn lending_matches_reading() {
+        let a = SparseArray::new();
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        a.write(&data, 5 * PAGE_SIZE + 7);
+        for (offset, count) in [(0, 1), (5 * PAGE_SIZE, 300_000), (6 * PAGE_SIZE + 3, 5)] {
+            let mut r = vec![0u8; count];
+            a.read(&mut r, offset);
+            assert_eq!(bytes(&a.lend(count, offset)), r, "{offset} {count}");
+        }
+        // Only the sparse store lends.
+        let h = MemoryHandle::new(Arc::new(Store::sparse()), 1 << 20);
+        assert!(h.can_lend());
+        let h = MemoryHandle::new(Arc::new(Store::flat(4096).unwrap()), 4096);
+        assert!(!h.can_lend());
     }
 
     #[test]

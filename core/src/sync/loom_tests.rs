@@ -92,6 +92,33 @@ fn loom_sparse_array_reader_sees_old_or_new_never_torn() {
     });
 }
 
+/// The memory plugin: a lent read racing a write to the same pages lends
+/// each page's part old or new, and keeps it so after the write landed
+/// (the write went to a copy of a lent page).
+#[test]
+fn loom_sparse_array_lent_pages_do_not_change_under_a_write() {
+    loom::model(|| {
+        let a = Arc::new(SparseArray::new());
+        a.write(&[1; 8], PAGE_SIZE - 4);
+        let t = {
+            let a = a.clone();
+            thread::spawn(move || a.write(&[2; 8], PAGE_SIZE - 4))
+        };
+        let lent = a.lend(8, PAGE_SIZE - 4);
+        let mut b = [0u8; 8];
+        lent.copy_to(&mut b);
+        for half in [&b[..4], &b[4..]] {
+            assert!(half == [1; 4] || half == [2; 4], "{b:?}");
+        }
+        t.join().unwrap();
+        let mut after = [0u8; 8];
+        lent.copy_to(&mut after);
+        assert_eq!(after, b);
+        a.read(&mut after, PAGE_SIZE - 4);
+        assert_eq!(after, [2; 8]);
+    });
+}
+
 /// The memory plugin: a zero racing a write to a new page leaves it consistent.
 #[test]
 fn loom_sparse_array_zero_racing_write_to_a_new_page() {
