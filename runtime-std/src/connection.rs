@@ -671,7 +671,21 @@ async fn serve_blocking(
 ) {
     let waker = sync.downgrade();
     let s = shared.clone();
-    let mut job = tokio::task::spawn_blocking(move || serve_sync(&s, &name, cname, &peer, sync));
+    until_stopped(shared, waker, move || {
+        serve_sync(&s, &name, cname, &peer, sync)
+    })
+    .await;
+}
+
+/// Run `job` on a blocking thread and wait for it; when the server stops
+/// first, shut the reading side of `waker`'s socket so that the job's
+/// reads end.
+async fn until_stopped(
+    shared: &Arc<Shared>,
+    waker: crate::blocking::WeakSync,
+    job: impl FnOnce() + Send + 'static,
+) {
+    let mut job = tokio::task::spawn_blocking(job);
     let mut shutdown = shared.shutdown.clone();
     tokio::select! {
         r = &mut job => r,
@@ -722,6 +736,20 @@ fn serve_sync(
     let Conn::Plain(crate::blocking::BlockingIo(sync)) = io else {
         return;
     };
+    transmit_and_finish(shared, &cname, ctx, negotiated, sync, leftover);
+    log::debug(Some(name), format_args!("connection cleanup"));
+}
+
+/// A blocking stack's transmission on this thread, then [`finish`] of its
+/// handles, then the socket shut down.
+fn transmit_and_finish(
+    shared: &Arc<Shared>,
+    cname: &Arc<str>,
+    ctx: Arc<Context>,
+    negotiated: handshake::Negotiated,
+    sync: crate::blocking::SyncStream,
+    leftover: Vec<u8>,
+) {
     let session = crate::blocking::Session {
         shared: shared.clone(),
         ctx: ctx.clone(),
@@ -732,10 +760,8 @@ fn serve_sync(
     let (graceful, out) = crate::blocking::transmission(&session, sync, leftover);
     drop(session);
     let graceful = graceful && !crate::server::stopping();
-    shared.gated(None, || finish(&cname, ctx, graceful));
+    shared.gated(None, || finish(cname, ctx, graceful));
     out.shutdown(std::net::Shutdown::Both);
-    drop(out);
-    log::debug(Some(name), format_args!("connection cleanup"));
 }
 
 /// The end of a connection's handles: finalize every layer, then close them
@@ -779,29 +805,10 @@ async fn blocking_transmission(
 ) {
     let waker = sync.downgrade();
     let s = shared.clone();
-    let mut job = tokio::task::spawn_blocking(move || {
-        let session = crate::blocking::Session {
-            shared: s.clone(),
-            ctx: ctx.clone(),
-            name: cname.clone(),
-            negotiated,
-            framer: Framer::of(&negotiated),
-        };
-        let (graceful, out) = crate::blocking::transmission(&session, sync, leftover);
-        drop(session);
-        let graceful = graceful && !crate::server::stopping();
-        s.gated(None, || finish(&cname, ctx, graceful));
-        out.shutdown(std::net::Shutdown::Both);
-    });
-    let mut shutdown = shared.shutdown.clone();
-    tokio::select! {
-        r = &mut job => r,
-        _ = crate::server::stopped(&mut shutdown) => {
-            waker.shutdown(std::net::Shutdown::Read);
-            job.await
-        }
-    }
-    .ok();
+    until_stopped(shared, waker, move || {
+        transmit_and_finish(&s, &cname, ctx, negotiated, sync, leftover);
+    })
+    .await;
 }
 
 type Opened = (Context, handshake::Negotiated, Vec<u8>);

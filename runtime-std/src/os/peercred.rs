@@ -8,6 +8,13 @@
 
 use nbdkit_core::backend::Peer;
 
+/// A Unix peer whose credentials could not be read.
+const UNKNOWN: Peer = Peer::Unix {
+    pid: None,
+    uid: None,
+    gid: None,
+};
+
 /// The peer of a Unix socket connection (all unknown when the call fails).
 pub(crate) fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
     match s.peer_cred() {
@@ -16,11 +23,7 @@ pub(crate) fn unix_peer(s: &tokio::net::UnixStream) -> Peer {
             uid: Some(c.uid()),
             gid: Some(c.gid()),
         },
-        Err(_) => Peer::Unix {
-            pid: None,
-            uid: None,
-            gid: None,
-        },
+        Err(_) => UNKNOWN,
     }
 }
 
@@ -34,10 +37,6 @@ pub(crate) fn unix_peer_std(s: &std::os::unix::net::UnixStream) -> Peer {
             uid: Some(c.uid()),
             gid: Some(c.gid()),
         },
-        Err(_) => Peer::Unix {
-            pid: None,
-            uid: None,
-            gid: None,
-        },
+        Err(_) => UNKNOWN,
     }
 }
