@@ -1164,7 +1164,15 @@ async fn write_reply<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     match reply.whole() {
         Some(b) => write_all_2(w, held, b).await,
-        None => write_all_parts(w, std::iter::once(held).chain(reply.parts())).await,
+        // Boxed: its slice arrays (2 KiB) would otherwise be part of every
+        // connection's task, idle or not (1000 idle connections: +2.3 MiB).
+        None => {
+            Box::pin(write_all_parts(
+                w,
+                std::iter::once(held).chain(reply.parts()),
+            ))
+            .await
+        }
     }
 }
 

@@ -145,7 +145,7 @@ fn many_sequential_clients() {
 /// Raise this process's soft limit on open files to at least `want`
 /// (servers started afterwards inherit it); false when the hard limit
 /// is lower.
-fn raise_nofile(want: u64) -> bool {
+fn raise_nofile(want: libc::rlim_t) -> bool {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -173,7 +173,7 @@ fn raise_nofile(want: u64) -> bool {
 fn blocking_stack_serves_past_512_idle_connections() {
     const IDLE: usize = 600;
     // The server holds two descriptors per connection, this test one.
-    if !raise_nofile(3 * IDLE as u64 + 256) {
+    if !raise_nofile((3 * IDLE + 256) as libc::rlim_t) {
         eprintln!(
             "SKIP: the hard limit on open files is below {}",
             3 * IDLE + 256
