@@ -45,6 +45,9 @@ pub(crate) struct Acceptors {
     /// The runtime, entered on every thread (as on tokio's own blocking
     /// threads).
     runtime: tokio::runtime::Handle,
+    /// The threads started (finished ones are pruned as new ones start),
+    /// for [`Acceptors::join`].
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Acceptors {
@@ -64,6 +67,7 @@ impl Acceptors {
             shared: shared.clone(),
             live: live.clone(),
             runtime: tokio::runtime::Handle::current(),
+            threads: std::sync::Mutex::new(Vec::new()),
         });
         a.add_thread()?;
         Ok(a)
@@ -77,12 +81,33 @@ impl Acceptors {
         };
     }
 
+    /// Once the server stopped, [`Acceptors::wake`] was called and every
+    /// connection ended: wait for every thread to end. Each holds the
+    /// stack, which must be dropped (plugins unloaded) before the process
+    /// exits.
+    pub(crate) fn join(&self) {
+        loop {
+            let t = self.threads.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match t {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => return,
+            }
+        }
+    }
+
     /// Start one more accepting thread.
     fn add_thread(self: &Arc<Self>) -> io::Result<()> {
         self.idle.fetch_add(1, Ordering::AcqRel);
         let a = self.clone();
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         match std::thread::Builder::new().spawn(move || a.run()) {
-            Ok(_) => Ok(()),
+            Ok(t) => {
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+                Ok(())
+            }
             Err(e) => {
                 self.idle.fetch_sub(1, Ordering::AcqRel);
                 Err(e)

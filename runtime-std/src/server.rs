@@ -651,6 +651,11 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         a.wake();
     }
     live.idle().await;
+    // The accepting threads hold the stack: they end before it is unloaded.
+    #[cfg(target_os = "linux")]
+    for a in acceptors {
+        let _ = tokio::task::spawn_blocking(move || a.join()).await;
+    }
     if let Some(t) = run_task {
         if let Ok(code) = t.await {
             status = code;
