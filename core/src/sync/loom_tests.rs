@@ -70,17 +70,23 @@ fn loom_sparse_array_writes_to_different_pages_both_land() {
     });
 }
 
+/// An array holding ones in the 8 bytes across its first two pages, and
+/// a thread writing twos over them (both page locks taken in turn).
+fn array_with_racing_write() -> (Arc<SparseArray>, thread::JoinHandle<()>) {
+    let a = Arc::new(SparseArray::new());
+    a.write(&[1; 8], PAGE_SIZE - 4);
+    let t = {
+        let a = a.clone();
+        thread::spawn(move || a.write(&[2; 8], PAGE_SIZE - 4))
+    };
+    (a, t)
+}
+
 /// The memory plugin: a read racing a write sees each page's part old or new.
 #[test]
 fn loom_sparse_array_reader_sees_old_or_new_never_torn() {
     loom::model(|| {
-        let a = Arc::new(SparseArray::new());
-        a.write(&[1; 8], PAGE_SIZE - 4);
-        let t = {
-            let a = a.clone();
-            // Spans two pages: both page locks are taken in turn.
-            thread::spawn(move || a.write(&[2; 8], PAGE_SIZE - 4))
-        };
+        let (a, t) = array_with_racing_write();
         let mut b = [0u8; 8];
         a.read(&mut b, PAGE_SIZE - 4);
         t.join().unwrap();
@@ -98,12 +104,7 @@ fn loom_sparse_array_reader_sees_old_or_new_never_torn() {
 #[test]
 fn loom_sparse_array_lent_pages_do_not_change_under_a_write() {
     loom::model(|| {
-        let a = Arc::new(SparseArray::new());
-        a.write(&[1; 8], PAGE_SIZE - 4);
-        let t = {
-            let a = a.clone();
-            thread::spawn(move || a.write(&[2; 8], PAGE_SIZE - 4))
-        };
+        let (a, t) = array_with_racing_write();
         let lent = a.lend(8, PAGE_SIZE - 4);
         let mut b = [0u8; 8];
         lent.copy_to(&mut b);
