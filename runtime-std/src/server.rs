@@ -206,6 +206,7 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
             return 1;
         }
     }
+    catch_early_stop_signals();
     // Bind before forking, so that errors reach the user.
     let bound = match bind(&cfg) {
         Ok(b) => b,
@@ -253,6 +254,33 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
 /// 513th connection to `file` waited forever for its handshake. The real
 /// limits are the process's open files and threads, as in nbdkit.
 const MAX_BLOCKING_THREADS: usize = 1 << 20;
+
+/// A stop signal (INT, QUIT, TERM) came before the runtime's own handlers
+/// were installed (see [`catch_early_stop_signals`]).
+static EARLY_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn early_stop(_: libc::c_int) {
+    EARLY_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From before the listeners are bound until the runtime listens for
+/// signals, a stop signal is noted (and acted on once the server runs), as
+/// nbdkit does: a script that starts the server and stops it at once sees
+/// a clean exit, not death by the signal. The runtime's handlers call this
+/// one after theirs (it only sets the flag again).
+fn catch_early_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+        // SAFETY: a plain handler that only stores to an atomic, which is
+        // async-signal-safe; the sigaction struct is fully initialised.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = early_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
 
 /// The running server's stop signal, for [`request_shutdown`].
 static STOP: std::sync::Mutex<Option<watch::Sender<bool>>> = std::sync::Mutex::new(None);
@@ -498,11 +526,14 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         }
     }
 
-    // Signals end the server cleanly.
+    // Signals end the server cleanly. The handlers are installed here,
+    // before any connection is accepted (not in the task below, which may
+    // first run later): a signal sent once a client has been answered
+    // never finds the default action.
     let sig_tx = stop_tx.clone();
-    tokio::spawn(async move {
+    let mut kinds = Vec::new();
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut kinds = Vec::new();
         for k in [
             SignalKind::interrupt(),
             SignalKind::quit(),
@@ -512,6 +543,11 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
                 kinds.push(s);
             }
         }
+    }
+    if EARLY_STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = sig_tx.send(true);
+    }
+    tokio::spawn(async move {
         let waits = kinds.iter_mut().map(|s| Box::pin(s.recv()));
         futures_select_any(waits).await;
         let _ = sig_tx.send(true);
