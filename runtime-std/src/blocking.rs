@@ -34,7 +34,7 @@ use nbdkit_core::transmission::{Engine, Framer, Limits, Valid, Want};
 
 use crate::connection::Shared;
 use crate::log;
-use crate::request::{execute, header, refuse, BufPool, Header, Reply};
+use crate::request::{execute, execute_now, header, refuse, BufPool, Header, Reply};
 
 /// A plain socket in blocking mode. Clones share the socket (no `dup`):
 /// it closes when the last one is dropped, and [`SyncStream::shutdown`]
@@ -217,6 +217,9 @@ struct Workers<'a> {
     pool: BufPool,
     /// The client sent NBD_CMD_DISC.
     goodbye: AtomicBool,
+    /// Answer reads the plugin can serve without blocking on the reading
+    /// thread (parallel connections: see [`Workers::answer_now`]).
+    inline: bool,
 }
 
 /// The largest write payload buffer a worker keeps for the next request.
@@ -269,6 +272,7 @@ pub(crate) fn transmission(
         gate: ConnectionGate::new(),
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
+        inline: max > 1,
     };
     if max > 1 {
         log::debug(
@@ -320,6 +324,35 @@ impl<'a> Workers<'a> {
         s.shared.gated(Some(&self.gate), || {
             execute(&s.ctx, &self.pool, name, s.framer, v, payload)
         })
+    }
+
+    /// Answer `v` here, on the thread that holds the read lock, if it is a
+    /// read or write the plugin can serve without blocking (a read from the
+    /// page cache, a write to a file in memory): `None` when it cannot, and a worker runs it as usual; else
+    /// whether the reply went out. The reading thread then goes on to the
+    /// next request with no hand-off to another worker (two futex calls
+    /// and a context switch per request otherwise), while a request that
+    /// may block still runs on its own worker, so a slow one never holds
+    /// up those behind it.
+    fn answer_now(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Option<bool> {
+        if !self.inline {
+            return None;
+        }
+        let s = self.session;
+        let out = s.shared.gated(Some(&self.gate), || {
+            execute_now(&s.ctx, &self.pool, name, s.framer, v, payload)
+        })?;
+        Some(self.send_reply(out))
+    }
+
+    /// Send `out` and keep its buffer for the next reply.
+    fn send_reply(&self, out: Reply) -> bool {
+        let sent = match out.whole() {
+            Some(b) => self.output.send(&[b]),
+            None => self.output.send(&out.parts().collect::<Vec<_>>()),
+        };
+        self.pool.put(out.into_buf());
+        sent
     }
 
     /// Read the next request (header and payload).
@@ -388,7 +421,20 @@ impl Work for Workers<'_> {
     type Local = Local;
 
     fn read(&self, input: &mut Input, local: &mut Local) -> Next<Request> {
-        self.read_request(&mut input.rd, &mut input.engine, &mut local.spare)
+        loop {
+            let next = self.read_request(&mut input.rd, &mut input.engine, &mut local.spare);
+            let Next::Run(Request::Run(v, payload)) = next else {
+                return next;
+            };
+            match self.answer_now(&v, &payload, &local.name) {
+                None => return Next::Run(Request::Run(v, payload)),
+                Some(true) => {}
+                Some(false) => return Next::End,
+            }
+            if payload.capacity() <= MAX_SPARE_PAYLOAD {
+                local.spare = payload;
+            }
+        }
     }
 
     fn answer(&self, req: Request, local: &mut Local) -> bool {
@@ -399,12 +445,7 @@ impl Work for Workers<'_> {
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
                     local.spare = payload;
                 }
-                let sent = match out.whole() {
-                    Some(b) => self.output.send(&[b]),
-                    None => self.output.send(&out.parts().collect::<Vec<_>>()),
-                };
-                self.pool.put(out.into_buf());
-                sent
+                self.send_reply(out)
             }
         }
     }

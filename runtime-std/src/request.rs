@@ -156,23 +156,82 @@ pub(crate) fn execute(
     v: &Valid,
     payload: &[u8],
 ) -> Reply {
-    let run = || log::with_context(name, || execute_as(ctx, pool, name, framer, v, payload));
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(reply) => reply,
-        Err(_) => {
-            log::error(
-                Some(name),
-                &format!(
-                    "{} count={} offset={}: the plugin or a filter panicked: {}",
-                    v.command.name(),
-                    v.count,
-                    v.offset,
-                    nbdkit_core::errno::Errno::EIO
-                ),
-            );
-            small(|buf| framer.error(v, NbdError::Io, b"", buf))
-        }
+    guarded(name, framer, v, || {
+        execute_as(ctx, pool, name, framer, v, payload)
+    })
+    .unwrap_or_else(|panicked| panicked)
+}
+
+/// A READ or WRITE answered at once, if the plugin can serve it without
+/// blocking ([`Context::pread_now`], [`Context::pwrite_now`]); `None` for
+/// anything else, which the caller runs with [`execute`] where it may
+/// block.
+pub(crate) fn execute_now(
+    ctx: &Context,
+    pool: &BufPool,
+    name: &Arc<str>,
+    framer: Framer,
+    v: &Valid,
+    payload: &[u8],
+) -> Option<Reply> {
+    if v.command == Command::Write {
+        let write = || {
+            Some(match ctx.pwrite_now(payload, v.offset, v.call_flags())? {
+                Ok(()) => small(|buf| framer.ok(v, buf)),
+                Err(e) => error_reply(name, framer, v, e),
+            })
+        };
+        return guarded(name, framer, v, write).unwrap_or_else(Some);
     }
+    if v.command != Command::Read {
+        return None;
+    }
+    let read = || {
+        let mut hdr = [0u8; Framer::REPLY_LEN];
+        let n = framer.read(v, &mut hdr);
+        let len = n + v.count as usize;
+        let mut buf = pool.get(len);
+        match ctx.pread_now(&mut buf[n..len], v.offset, v.call_flags()) {
+            Some(Ok(())) => {
+                buf[..n].copy_from_slice(&hdr[..n]);
+                Some(Reply::Buf { buf, len })
+            }
+            Some(Err(e)) => {
+                pool.put(buf);
+                Some(error_reply(name, framer, v, e))
+            }
+            None => {
+                pool.put(buf);
+                None
+            }
+        }
+    };
+    guarded(name, framer, v, read).unwrap_or_else(Some)
+}
+
+/// Run `f` (one request's calls into the stack) with this thread's
+/// messages carrying `name`; a panic in the stack is logged and gives
+/// `Err` with `v`'s EIO reply.
+fn guarded<T>(
+    name: &Arc<str>,
+    framer: Framer,
+    v: &Valid,
+    f: impl FnOnce() -> T,
+) -> core::result::Result<T, Reply> {
+    let run = || log::with_context(name, f);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|_| {
+        log::error(
+            Some(name),
+            &format!(
+                "{} count={} offset={}: the plugin or a filter panicked: {}",
+                v.command.name(),
+                v.count,
+                v.offset,
+                nbdkit_core::errno::Errno::EIO
+            ),
+        );
+        small(|buf| framer.error(v, NbdError::Io, b"", buf))
+    })
 }
 
 /// A reply of at most [`Framer::REPLY_LEN`] bytes, framed by `f`.

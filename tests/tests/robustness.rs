@@ -271,3 +271,89 @@ fn stop_signal_right_after_bind_exits_cleanly() {
         assert_eq!(st.map(|s| s.code()), Some(Some(0)), "run {i}: {st:?}");
     }
 }
+
+/// The file plugin answers reads (and, on tmpfs, writes) that cannot block
+/// on the thread that reads requests, the rest on its workers: under
+/// pipelining every request gets exactly one reply with its own handle
+/// and the right data, on a file in memory (tmpfs) and on disk.
+#[test]
+fn file_plugin_answers_every_pipelined_request_once_with_its_data() {
+    for dir in ["/dev/shm", ""] {
+        let tmp;
+        let base = if dir.is_empty() || !std::path::Path::new(dir).is_dir() {
+            tmp = TempDir::new();
+            tmp.path().to_path_buf()
+        } else {
+            std::path::PathBuf::from(dir)
+        };
+        let img = base.join(format!("nbdkit-rs-pipelined-{}.img", std::process::id()));
+        let blocks = 256u64;
+        let mut disk: Vec<u8> = Prng::new(7).bytes((blocks * 4096) as usize);
+        std::fs::write(&img, &disk).expect("disk image");
+        let mut srv = Server::start(["file", nbdkit_tests::path_str(&img)]);
+        let mut c = srv.connect_raw();
+        c.handshake_go("").expect("handshake");
+        let mut rng = Prng::new(11);
+        for batch in 0..40u64 {
+            // 32 requests in flight: reads, writes (never two to the same
+            // block in one batch, so that each read's data is known).
+            let mut want = std::collections::HashMap::new();
+            let mut used = std::collections::HashSet::new();
+            for i in 0..32u64 {
+                let block = loop {
+                    let b = rng.next_u64() % blocks;
+                    if used.insert(b) {
+                        break b;
+                    }
+                };
+                let handle = batch * 100 + i;
+                let off = block * 4096;
+                if rng.next_u64() & 1 == 0 {
+                    let data = Prng::new(handle).bytes(4096);
+                    c.send_request(0, proto::CMD_WRITE, handle, off, 4096, &data)
+                        .expect("send write");
+                    disk[off as usize..off as usize + 4096].copy_from_slice(&data);
+                    want.insert(handle, None);
+                } else {
+                    c.send_request(0, proto::CMD_READ, handle, off, 4096, &[])
+                        .expect("send read");
+                    want.insert(
+                        handle,
+                        Some(disk[off as usize..off as usize + 4096].to_vec()),
+                    );
+                }
+            }
+            for _ in 0..32 {
+                let (err, h) = c.read_simple_reply().expect("reply");
+                assert_eq!(err, 0, "batch {batch}: error reply for {h}");
+                match want.remove(&h) {
+                    Some(Some(data)) => {
+                        assert_eq!(c.read_exact(4096).expect("data"), data, "read {h}")
+                    }
+                    Some(None) => {}
+                    None => panic!("batch {batch}: unexpected or repeated reply handle {h}"),
+                }
+            }
+            assert!(want.is_empty());
+        }
+        c.disconnect().ok();
+        assert_serves_file(&mut srv, &disk);
+        assert_no_crash(&srv);
+        drop(srv);
+        let _ = std::fs::remove_file(&img);
+    }
+}
+
+/// Every byte of the file served by `srv` reads back as `disk`.
+fn assert_serves_file(srv: &mut Server, disk: &[u8]) {
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    for (i, chunk) in disk.chunks(64 << 10).enumerate() {
+        let got = c
+            .pread((i * (64 << 10)) as u64, chunk.len() as u32, i as u64)
+            .expect("read")
+            .expect("read ok");
+        assert_eq!(got, chunk, "64 KiB chunk {i}");
+    }
+    c.disconnect().ok();
+}

@@ -550,6 +550,44 @@ impl Context {
         }
     }
 
+    /// Read `buf.len()` bytes at `offset` if that cannot block
+    /// ([`Handle::pread_now`]), when this layer is the plugin; `None`
+    /// (nothing logged) when it would block or a filter is in the way: the
+    /// caller then reads with [`Context::pread`]. Logs what `pread` logs.
+    pub fn pread_now(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        match &self.layer {
+            Layer::Plugin(h, _) => {
+                let r = h.pread_now(buf, offset, flags)?;
+                data!("{}: pread count={} offset={offset}", self.name, buf.len());
+                Some(r)
+            }
+            Layer::Filter { .. } => None,
+        }
+    }
+
+    /// Write `buf` at `offset` if that cannot block ([`Handle::pwrite_now`]),
+    /// as [`Context::pread_now`] reads; never with FUA, nor when the
+    /// connection cannot write (`pwrite` then says why). Logs what `pwrite`
+    /// logs.
+    pub fn pwrite_now(&self, buf: &[u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        if flags.contains(Flags::FUA) || !matches!(self.can_write(), Ok(true)) {
+            return None;
+        }
+        match &self.layer {
+            Layer::Plugin(h, _) => {
+                let r = h.pwrite_now(buf, offset, flags)?;
+                data!(
+                    "{}: pwrite count={} offset={offset} fua={}",
+                    self.name,
+                    buf.len(),
+                    Self::fua(flags)
+                );
+                Some(r)
+            }
+            Layer::Filter { .. } => None,
+        }
+    }
+
     /// Split FUA off a call when this layer does not implement it natively:
     /// returns the flags to pass down and whether to flush afterwards.
     fn split_fua(&self, flags: Flags) -> Result<(Flags, bool)> {

@@ -236,6 +236,26 @@ pub trait Handle: Send + Sync {
         Err(Error::new(Errno::EINVAL))
     }
 
+    /// Read `buf.len()` bytes at `offset` only if that cannot block (the
+    /// bytes are in memory, say in the page cache): `None`, having read
+    /// nothing that counts, when it would block or the handle cannot tell.
+    /// The caller then reads with `pread` on a thread that may block.
+    /// Blocking runtimes call this on the thread that reads the client's
+    /// requests, so that a read served from memory is answered with no
+    /// hand-off to another thread. Default: `None`.
+    fn pread_now(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        let _ = (buf, offset, flags);
+        None
+    }
+
+    /// Write `buf` at `offset` only if that cannot block (the file lives
+    /// in memory, say), as [`Handle::pread_now`] reads: `None`, having
+    /// written nothing, otherwise. Default: `None`.
+    fn pwrite_now(&self, buf: &[u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        let _ = (buf, offset, flags);
+        None
+    }
+
     /// Write `buf` at `offset`.
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
         Err(Error::new(Errno::EROFS))

@@ -2,7 +2,7 @@
 //! trim, the zeroing methods in nbdkit's order, block status).
 
 use super::*;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::collections::VecDeque;
 use std::fs::File as StdFile;
 use std::io;
@@ -41,6 +41,38 @@ pub(super) struct FileHandle {
     pub(super) recent_writes: Mutex<VecDeque<(i64, i64)>>,
     /// `-D file.zero=1`: say which method zeroed.
     pub(super) debug_zero: bool,
+    /// How a read can be tried without blocking ([`Handle::pread_now`]).
+    pub(super) now: AtomicU8,
+}
+
+/// [`FileHandle::now`]: reads cannot be tried without blocking (cache=none,
+/// or the file system refused `RWF_NOWAIT`).
+pub(super) const NOW_NEVER: u8 = 0;
+/// `preadv2(RWF_NOWAIT)`: served when the bytes are in the page cache.
+pub(super) const NOW_NOWAIT: u8 = 1;
+/// The file lives in memory (tmpfs, ramfs): reads and writes (without FUA)
+/// never wait for a disk.
+pub(super) const NOW_MEMORY: u8 = 2;
+
+/// The [`FileHandle::now`] mode of `file` opened with `cache_none`.
+pub(super) fn now_mode(file: &StdFile, cache_none: bool) -> u8 {
+    if cache_none || !cfg!(target_os = "linux") {
+        return NOW_NEVER;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        // SAFETY: fstatfs fills the zeroed struct it is given.
+        let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0 {
+            let t = st.f_type as i64;
+            if t == TMPFS_MAGIC || t == RAMFS_MAGIC {
+                return NOW_MEMORY;
+            }
+        }
+    }
+    NOW_NOWAIT
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,6 +274,36 @@ impl Drop for FileHandle {
     }
 }
 
+impl FileHandle {
+    /// One `preadv2(RWF_NOWAIT)` of all of `buf`: `None` unless it read
+    /// every byte (a short read is read again in full by `pread`).
+    #[cfg(target_os = "linux")]
+    fn pread_nowait(&self, buf: &mut [u8], offset: u64) -> Option<Result<()>> {
+        let off = i64::try_from(offset).ok()?;
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which outlives the call.
+        let n = unsafe { libc::preadv2(self.fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            return (n as usize == buf.len()).then_some(Ok(()));
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+            // This file system cannot say (EOPNOTSUPP), or another error,
+            // which `pread` reports: stop trying.
+            _ => self.now.store(NOW_NEVER, Ordering::Relaxed),
+        }
+        None
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn pread_nowait(&self, _buf: &mut [u8], _offset: u64) -> Option<Result<()>> {
+        None
+    }
+}
+
 impl Handle for FileHandle {
     fn get_size(&self) -> Result<u64> {
         if self.is_block {
@@ -297,6 +359,19 @@ impl Handle for FileHandle {
             let _ = posix_fadvise(self.fd(), off, count, Advice::POSIX_FADV_DONTNEED);
         }
         Ok(())
+    }
+
+    fn pread_now(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        match self.now.load(Ordering::Relaxed) {
+            NOW_MEMORY => Some(self.pread(buf, offset, flags)),
+            NOW_NOWAIT => self.pread_nowait(buf, offset),
+            _ => None,
+        }
+    }
+
+    fn pwrite_now(&self, buf: &[u8], offset: u64, flags: Flags) -> Option<Result<()>> {
+        (self.now.load(Ordering::Relaxed) == NOW_MEMORY && !flags.contains(Flags::FUA))
+            .then(|| self.pwrite(buf, offset, flags))
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {

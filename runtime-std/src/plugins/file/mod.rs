@@ -29,7 +29,7 @@
 //! falls back to writing zeroes. Block status uses `SEEK_DATA`/`SEEK_HOLE`
 //! under a lock, because `lseek` moves the descriptor's offset.
 
-use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicBool, AtomicU8};
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::fs::File as StdFile;
@@ -507,6 +507,7 @@ impl Plugin for File {
         };
         // Advisory: failure changes nothing but performance.
         let _ = posix_fadvise(fd, 0, 0, self.fadvise.advice());
+        let now = handle::now_mode(&file, self.cache == CacheMode::None);
         Ok(Box::new(FileHandle {
             file,
             is_block,
@@ -521,6 +522,7 @@ impl Plugin for File {
             can_zeroout: AtomicBool::new(is_block),
             recent_writes: Mutex::new(VecDeque::new()),
             debug_zero: nbdkit_core::debug::enabled("file", "zero"),
+            now: AtomicU8::new(now),
         }))
     }
 }

@@ -411,3 +411,87 @@ fn block_device() {
     assert_eq!(e.first().map(|x| x.0), Some(0));
     assert_eq!(e.iter().map(|x| x.1).sum::<u64>(), size);
 }
+
+/// A file `size` bytes long holding a position-dependent pattern, in `dir`.
+fn patterned_in(dir: &std::path::Path, tag: &str, size: usize) -> (PathBuf, Vec<u8>) {
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let p = dir.join(format!("nbdkit-rs-file-now-{}-{tag}", std::process::id()));
+    std::fs::write(&p, &data).unwrap();
+    (p, data)
+}
+
+/// `pread_now` gives the bytes `pread` gives, or `None` having changed
+/// nothing the caller keeps (an ext4 or other disk file: served when
+/// cached, refused after the cache was dropped; tmpfs: always served).
+#[test]
+fn pread_now_reads_what_pread_reads_or_nothing() {
+    for dir in ["/dev/shm", "/tmp"] {
+        let dir = std::path::Path::new(dir);
+        if !dir.is_dir() {
+            continue;
+        }
+        let (p, data) = patterned_in(dir, "r", 256 << 10);
+        let _t = Temp(p.clone());
+        let f = configure(&[("file", p.to_str().unwrap())]).unwrap();
+        let h = open(&f, "", false).unwrap();
+        for (off, len) in [
+            (0usize, 4096usize),
+            (5, 70000),
+            (100_000, 1),
+            (0, 256 << 10),
+        ] {
+            let mut buf = vec![0xaau8; len];
+            match h.pread_now(&mut buf, off as u64, Flags::NONE) {
+                Some(r) => {
+                    r.unwrap();
+                    assert_eq!(buf, data[off..off + len], "{dir:?} {off}+{len}");
+                }
+                None => assert_eq!(read(&*h, off as u64, len), data[off..off + len]),
+            }
+        }
+        // Past the end: declined (a short read) or pread's EIO, never Ok.
+        let mut buf = vec![0u8; 4096];
+        let r = h.pread_now(&mut buf, (256 << 10) - 100, Flags::NONE);
+        assert!(matches!(r, None | Some(Err(_))), "{dir:?}");
+    }
+}
+
+/// On tmpfs, `pwrite_now` writes (never with FUA); elsewhere it declines;
+/// cache=none never serves either at once.
+#[test]
+fn pwrite_now_only_in_memory_and_without_fua() {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        let (p, _) = patterned_in(shm, "w", 64 << 10);
+        let _t = Temp(p.clone());
+        let f = configure(&[("file", p.to_str().unwrap())]).unwrap();
+        let h = open(&f, "", false).unwrap();
+        if h.pwrite_now(b"now!", 1000, Flags::NONE).is_some() {
+            assert_eq!(read(&*h, 1000, 4), b"now!");
+            assert!(h.pwrite_now(b"fua!", 2000, Flags::FUA).is_none());
+            assert_eq!(read(&*h, 2000, 4), data_at(&p, 2000, 4));
+        }
+        let f = configure(&[("file", p.to_str().unwrap()), ("cache", "none")]).unwrap();
+        let h = open(&f, "", false).unwrap();
+        assert!(h.pwrite_now(b"none", 0, Flags::NONE).is_none());
+        let mut buf = [0u8; 4];
+        assert!(h.pread_now(&mut buf, 0, Flags::NONE).is_none());
+    }
+    let (p, data) = patterned_in(&std::env::temp_dir(), "wd", 64 << 10);
+    let _t = Temp(p.clone());
+    let f = configure(&[("file", p.to_str().unwrap())]).unwrap();
+    let h = open(&f, "", false).unwrap();
+    let mut st: libc::statfs = unsafe { core::mem::zeroed() };
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: statfs fills the zeroed struct.
+    let in_memory = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0
+        && (st.f_type as i64 == 0x0102_1994 || st.f_type as i64 == 0x8584_58f6);
+    if !in_memory {
+        assert!(h.pwrite_now(b"disk", 0, Flags::NONE).is_none());
+        assert_eq!(read(&*h, 0, 4), data[..4]);
+    }
+}
+
+fn data_at(p: &std::path::Path, off: usize, len: usize) -> Vec<u8> {
+    std::fs::read(p).unwrap()[off..off + len].to_vec()
+}
