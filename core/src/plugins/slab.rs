@@ -8,7 +8,7 @@
 //! zeroed, replaced by a write, or a lent copy sent) returns its slot to the
 //! slab, where the next page allocated takes it; a chunk whose slots are
 //! all free is given back to the system (`MADV_DONTNEED`, keeping the
-//! address range). Slots are taken from chunks in the order they free up,
+//! address range), but for one kept as a spare. Slots are taken from chunks in the order they free up,
 //! not by disk offset, so a sparse write pattern fills chunks densely: the
 //! memory held is what the allocated pages need plus, at most, the free
 //! slots of partly used chunks.
@@ -56,6 +56,10 @@ struct Inner {
     chunks: Vec<Chunk>,
     /// Chunks with a free slot, each once; the last is used first.
     avail: Vec<u32>,
+    /// One chunk whose slots are all free, kept resident: so that a page
+    /// freed and allocated again and again (write, trim, write...) does
+    /// not fault in and zero 2 MiB each time.
+    spare: Option<u32>,
 }
 
 /// Where pages come from (one per sparse array).
@@ -132,6 +136,19 @@ impl Slab {
         let mut g = crate::sync::lock(&self.inner);
         let inner = &mut *g;
         let ci = match inner.avail.last() {
+            // An empty chunk given back to the system, while the spare is
+            // still resident: the spare first (moved to the top).
+            Some(&ci)
+                if inner.chunks[ci as usize].used == 0
+                    && inner.spare.is_some_and(|sp| sp != ci) =>
+            {
+                let sp = inner.spare.unwrap_or(ci);
+                if let Some(i) = inner.avail.iter().rposition(|&c| c == sp) {
+                    let last = inner.avail.len() - 1;
+                    inner.avail.swap(i, last);
+                }
+                sp
+            }
             Some(&ci) => ci,
             None => {
                 let base = map_chunk();
@@ -145,6 +162,9 @@ impl Slab {
                 ci
             }
         };
+        if inner.spare == Some(ci) {
+            inner.spare = None;
+        }
         let c = &mut inner.chunks[ci as usize];
         // Prefer a slot that needs no zeroing, in address order.
         let free = !c.used & ALL;
@@ -183,8 +203,12 @@ impl Slab {
         }
         c.used &= !bit;
         c.dirty |= bit;
-        if c.used == 0 && release_chunk(c.base.0) {
-            c.dirty = 0;
+        if c.used == 0 {
+            if inner.spare.is_none() {
+                inner.spare = Some(chunk);
+            } else if release_chunk(c.base.0) {
+                c.dirty = 0;
+            }
         }
     }
 
@@ -390,8 +414,21 @@ mod test {
         drop(kept);
         drop(more);
         assert_eq!(s.stats(), (2, 0));
-        // All free: given back, and reads as zeroes again without zeroing.
-        let p = s.page_uninit();
-        assert!(p.iter().all(|&b| b == 0) || !cfg!(all(feature = "std", unix)));
+        // All free: one chunk kept as a spare, the other given back, which
+        // reads as zeroes again without zeroing.
+        let g = crate::sync::lock(&s.inner);
+        let spare = g.spare.expect("a spare chunk") as usize;
+        assert!(g.chunks[spare].dirty != 0);
+        if cfg!(all(feature = "std", unix)) {
+            assert_eq!(g.chunks[1 - spare].dirty, 0);
+        }
+        drop(g);
+        // Pages freed and allocated again reuse the spare's slots.
+        for _ in 0..3 {
+            let mut p = s.page_uninit();
+            assert_eq!(p.chunk as usize, spare);
+            p.fill(1);
+        }
+        assert_eq!(s.stats(), (2, 0));
     }
 }
