@@ -1265,7 +1265,6 @@ async fn receive_payload<R: AsyncRead + Unpin>(
 ) -> bool {
     let len = r.len();
     let mut at = 0;
-    let mut spins = 0;
     // Whether the socket may hold more than the last read took.
     let mut more = true;
     while at < len {
@@ -1290,19 +1289,12 @@ async fn receive_payload<R: AsyncRead + Unpin>(
             return false;
         };
         let want = buf.len();
-        // As for a payload read into a buffer: look a few times before
-        // sleeping on the socket.
-        let got = if spins < PAYLOAD_SPINS {
-            spins += 1;
-            tokio::select! {
-                biased;
-                r = reader.read_direct(buf) => Some(r),
-                _ = tokio::task::yield_now() => None,
-            }
-        } else {
-            Some(reader.read_direct(buf).await)
-        };
-        let Some(got) = got else { continue };
+        // No yielding to look again before sleeping, unlike a payload read
+        // into a buffer: a yield wakes another runtime worker (an eventfd
+        // write and its wake-up) each time, and a large payload's next
+        // part comes only when the client has room to send it. Without
+        // them: server CPU -14% on seq-write overwrites, same throughput.
+        let got = reader.read_direct(buf).await;
         match got {
             Ok(0) | Err(_) => return false,
             Ok(n) => {
