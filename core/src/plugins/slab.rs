@@ -1,21 +1,27 @@
 //! The pages of the memory plugin's sparse array, carved out of 2 MiB
 //! chunks.
 //!
-//! A page ([`PageBuf`]) is a 32 KiB slot of a chunk. Chunks are 2 MiB
-//! aligned and (on Linux) advised for transparent huge pages, so that the
-//! first write to fresh memory takes one page fault per 2 MiB instead of
-//! one per 4 KiB. A page given back (its last reference dropped: trimmed,
-//! zeroed, replaced by a write, or a lent copy sent) returns its slot to the
-//! slab, where the next page allocated takes it; a chunk whose slots are
-//! all free is given back to the system (`MADV_DONTNEED`, keeping the
-//! address range), but for one kept as a spare. Slots are taken from chunks in the order they free up,
-//! not by disk offset, so a sparse write pattern fills chunks densely: the
-//! memory held is what the allocated pages need plus, at most, the free
-//! slots of partly used chunks.
+//! A page ([`PageBuf`]) is a 32 KiB slot of a chunk mapped from the system.
+//! A page given back (its last reference dropped: trimmed, zeroed,
+//! replaced by a write, or a lent copy sent) returns its slot to the slab,
+//! where the next page allocated takes it; a chunk whose slots are all free
+//! is given back to the system (`MADV_DONTNEED`, keeping the address
+//! range), but for one kept as a spare. Slots are taken from chunks in the
+//! order they free up, not by disk offset, so a sparse write pattern fills
+//! chunks densely: the memory held is what the allocated pages need plus,
+//! at most, the free slots of partly used chunks.
 //!
 //! Each slot remembers whether it may hold old bytes (`dirty`): memory
 //! fresh from the system reads as zeroes, so a page allocated from it needs
-//! no zeroing.
+//! no zeroing (a first write costs the page faults only).
+//!
+//! Chunks are not advised for transparent huge pages (`MADV_HUGEPAGE`),
+//! although that turns 512 page faults into one: measured on the
+//! benchmark machine (a VM whose balloon reports free memory to the host),
+//! a first write of 256 MiB into huge pages took 3-6x the CPU of 4 KiB
+//! pages (75% of it zeroing the huge pages in `clear_page_erms`: free 2 MiB
+//! blocks are handed back to the host, so each one faults there again),
+//! where 4 KiB pages come from memory the guest already holds.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -287,7 +293,7 @@ impl Drop for PageBuf {
 #[cfg(all(feature = "std", unix, not(loom)))]
 fn map_chunk() -> NonNull<u8> {
     // Twice the size, then the unaligned ends unmapped: a 2 MiB aligned
-    // range, which a huge page can back.
+    // range (which a huge page could back; see the module's note).
     let len = 2 * CHUNK;
     // SAFETY: an anonymous private mapping, no file.
     let p = unsafe {
@@ -315,8 +321,6 @@ fn map_chunk() -> NonNull<u8> {
         if end > tail {
             libc::munmap(tail as *mut libc::c_void, end - tail);
         }
-        #[cfg(target_os = "linux")]
-        libc::madvise(aligned as *mut libc::c_void, CHUNK, libc::MADV_HUGEPAGE);
     }
     // SAFETY: inside a successful mapping, not null.
     unsafe { NonNull::new_unchecked(aligned as *mut u8) }
