@@ -322,7 +322,7 @@ impl<'a> Workers<'a> {
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         s.shared.gated(Some(&self.gate), || {
-            execute(&s.ctx, &self.pool, name, s.framer, v, payload)
+            execute(&s.ctx, &self.pool, name, s.framer, v, payload, None)
         })
     }
 

@@ -645,6 +645,11 @@ pub(crate) async fn serve<S: Transport>(
         },
         other => other,
     };
+    // Reads straight from the socket only without TLS.
+    let fd = SocketFd {
+        poll: fd,
+        plain: if stream.is_tls() { None } else { fd },
+    };
     let Some((rd, wr)) = stream.split() else {
         return;
     };
@@ -1247,6 +1252,82 @@ async fn write_all_2<W: AsyncWrite + Unpin>(
     w.write_all(b).await
 }
 
+/// Read a write's payload into the buffers a plugin gave for it; false if
+/// the stream ended or failed first (the write is then dropped, unmade).
+///
+/// Bytes already buffered are copied from the buffer; the rest is read
+/// from the stream straight into the plugin's buffers, with one vectored
+/// read over all of them when the stream is a plain socket (`fd`).
+async fn receive_payload<R: AsyncRead + Unpin>(
+    reader: &mut PooledBufReader<Leftover<R>>,
+    fd: Option<std::os::fd::RawFd>,
+    r: &mut dyn nbdkit_core::backend::Receive,
+) -> bool {
+    let len = r.len();
+    let mut at = 0;
+    // Whether the socket may hold more than the last read took.
+    let mut more = true;
+    while at < len {
+        let mut bufs = Vec::with_capacity(16);
+        r.bufs(at, &mut bufs);
+        if let (Some(fd), true, 0, false) = (fd, more, reader.buffered(), reader.holds_leftover()) {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            match readv(fd, &mut bufs) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    at += n;
+                    // Short: the socket was drained, wait for more.
+                    more = n == total;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        let Some(buf) = bufs.into_iter().next() else {
+            return false;
+        };
+        let want = buf.len();
+        // No yielding to look again before sleeping, unlike a payload read
+        // into a buffer: a yield wakes another runtime worker (an eventfd
+        // write and its wake-up) each time, and a large payload's next
+        // part comes only when the client has room to send it. Without
+        // them: server CPU -14% on seq-write overwrites, same throughput.
+        let got = reader.read_direct(buf).await;
+        match got {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                at += n;
+                // A read that filled its buffer may have left more behind.
+                more = n == want;
+            }
+        }
+    }
+    true
+}
+
+/// One vectored read from the (non-blocking) socket `fd` into `bufs`.
+fn readv(fd: std::os::fd::RawFd, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut iov: Vec<io::IoSliceMut<'_>> =
+        bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+    // SAFETY: the connection owns the socket for as long as this runs; the
+    // File is never dropped (ManuallyDrop), so the descriptor stays open.
+    let f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    (&*f).read_vectored(&mut iov)
+}
+
+/// A connection's socket, when it is one.
+#[derive(Debug, Clone, Copy)]
+struct SocketFd {
+    /// To look at for input ([`crate::poll`]), also under TLS.
+    poll: Option<std::os::fd::RawFd>,
+    /// To read write payloads from directly: only without TLS.
+    plain: Option<std::os::fd::RawFd>,
+}
+
 /// A connection's input after the handshake: the bytes read past it, then
 /// the stream.
 type Leftover<R> = tokio::io::Chain<io::Cursor<Vec<u8>>, R>;
@@ -1258,7 +1339,7 @@ async fn transmission<R, W>(
     negotiated: handshake::Negotiated,
     mut reader: PooledBufReader<Leftover<R>>,
     wr: W,
-    fd: Option<std::os::fd::RawFd>,
+    fd: SocketFd,
 ) -> (bool, Arc<AsyncMutex<W>>, PooledBufReader<Leftover<R>>)
 where
     R: AsyncRead + Unpin,
@@ -1301,7 +1382,11 @@ where
     let mut hdr = [0u8; 32];
     // Whether the client ended with NBD_CMD_DISC.
     let mut graceful = false;
-    let mut poller = crate::poll::Poller::new(fd);
+    let mut poller = crate::poll::Poller::new(fd.poll);
+    // Writes received in place are prepared on this task, outside the
+    // thread model's locks: only for a parallel plugin that never blocks.
+    let receive_in_place = !shared.blocks && shared.thread_model == ThreadModel::Parallel;
+    let mut last_received = false;
     while let Want::Header(hdr_len) = engine.wants() {
         let mut wait = None;
         if reader.buffered() < hdr_len {
@@ -1314,6 +1399,12 @@ where
             if flight.in_flight() == 0 && !reader.holds_leftover() {
                 wait = poller.spin();
             }
+        }
+        // After a write received in place, only the next header is read
+        // into the buffer: a large write's payload that follows it goes
+        // straight to its pages, not through the buffer.
+        if last_received {
+            reader.limit_next_fill(hdr_len);
         }
         let got = tokio::select! {
             r = reader.read_exact(&mut hdr[..hdr_len]) => r.is_ok(),
@@ -1366,11 +1457,27 @@ where
             }
         };
         let mut payload = Vec::new();
+        let mut received = None;
         if let Want::Payload(len) = engine.wants() {
             let want = len as usize;
             if reader.buffered() < want && !held.flush(&wr).await {
                 break;
             }
+            // A plugin that receives writes in place (the memory plugin, no
+            // filter): the payload is read straight into its pages.
+            if receive_in_place {
+                received = ctx.receive_write(want, v.offset);
+            }
+            if let Some(r) = &mut received {
+                if !receive_payload(&mut reader, fd.plain, &mut **r).await {
+                    break;
+                }
+                engine.take_payload(len);
+            }
+        }
+        last_received = received.is_some();
+        if let (Want::Payload(len), None) = (engine.wants(), &received) {
+            let want = len as usize;
             // A kept buffer, read into its spare capacity: no allocation
             // once the connection runs, no zero-filling.
             payload = pool.get_empty(want);
@@ -1409,7 +1516,9 @@ where
         }
         // A request that arrives when nothing else is in flight on a stack
         // that never blocks runs right here: no task hand-off, lowest latency.
-        if concurrent && (shared.blocks || flight.in_flight() > 0) {
+        // So does a write received in place, whatever is in flight: making
+        // it only puts pages in place, cheaper than waking another worker.
+        if concurrent && (shared.blocks || flight.in_flight() > 0) && received.is_none() {
             if !held.flush(&wr).await {
                 break;
             }
@@ -1431,7 +1540,7 @@ where
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        let reply = execute(&ctx, &p, n, framer, &v, &payload);
+                        let reply = execute(&ctx, &p, n, framer, &v, &payload, received);
                         (reply, payload)
                     })
                     .await;
@@ -1446,7 +1555,7 @@ where
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    let reply = execute(&c, &p, n, framer, &v, &payload);
+                    let reply = execute(&c, &p, n, framer, &v, &payload, received);
                     (reply, payload)
                 })
                 .await;

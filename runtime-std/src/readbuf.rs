@@ -55,6 +55,8 @@ pub(crate) struct PooledBufReader<R> {
     buf: Option<Buf>,
     pos: usize,
     filled: usize,
+    /// The most the next fill of the buffer reads.
+    limit: usize,
 }
 
 impl<R> PooledBufReader<R> {
@@ -64,7 +66,15 @@ impl<R> PooledBufReader<R> {
             buf: None,
             pos: 0,
             filled: 0,
+            limit: CAPACITY,
         }
+    }
+
+    /// Make the next fill of the buffer (when it is empty) read at most
+    /// `n` bytes: for a caller that wants the rest of the input to go
+    /// straight to its own buffers.
+    pub(crate) fn limit_next_fill(&mut self, n: usize) {
+        self.limit = n.clamp(1, CAPACITY);
     }
 
     /// Bytes already read from the stream and not yet consumed: a read of
@@ -91,6 +101,38 @@ impl<R: AsyncRead> PooledBufReader<tokio::io::Chain<io::Cursor<Vec<u8>>, R>> {
     }
 }
 
+impl<R: AsyncRead + Unpin> PooledBufReader<R> {
+    /// Read into `dst`: from the buffer if it holds bytes, else straight
+    /// from the stream whatever `dst`'s size (no copy through the buffer).
+    /// Ready with 0 at the end of the stream.
+    pub(crate) fn poll_read_direct(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.pos == self.filled {
+            self.release();
+            let mut rb = ReadBuf::new(dst);
+            return match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let mut rb = ReadBuf::new(dst);
+        match Pin::new(&mut *self).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`PooledBufReader::poll_read_direct`] as a future.
+    pub(crate) async fn read_direct(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_direct(cx, dst)).await
+    }
+}
+
 impl<R> Drop for PooledBufReader<R> {
     fn drop(&mut self) {
         self.release();
@@ -112,7 +154,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for PooledBufReader<R> {
                 return Pin::new(&mut this.inner).poll_read(cx, dst);
             }
             let buf = this.buf.get_or_insert_with(take);
-            let mut rb = ReadBuf::uninit(&mut buf[..]);
+            let mut rb = ReadBuf::uninit(&mut buf[..this.limit]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     // Nothing to read: do not hold a buffer while waiting.
@@ -125,6 +167,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for PooledBufReader<R> {
                 }
                 Poll::Ready(Ok(())) => {}
             }
+            this.limit = CAPACITY;
             this.filled = rb.filled().len();
             this.pos = 0;
             if this.filled == 0 {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use nbdkit_core::backend::{Context, Error, Extents, Lent};
+use nbdkit_core::backend::{Context, Error, Extents, Lent, Receive};
 use nbdkit_core::errno::Errno;
 use nbdkit_core::transmission::{
     Close, Command, Engine, Event, Framer, NbdError, Refused, Valid, Want,
@@ -155,9 +155,10 @@ pub(crate) fn execute(
     framer: Framer,
     v: &Valid,
     payload: &[u8],
+    received: Option<Box<dyn Receive>>,
 ) -> Reply {
     guarded(name, framer, v, || {
-        execute_as(ctx, pool, name, framer, v, payload)
+        execute_as(ctx, pool, name, framer, v, payload, received)
     })
     .unwrap_or_else(|panicked| panicked)
 }
@@ -250,6 +251,7 @@ fn execute_as(
     framer: Framer,
     v: &Valid,
     payload: &[u8],
+    received: Option<Box<dyn Receive>>,
 ) -> Reply {
     let flags = v.call_flags();
     let result = match v.command {
@@ -292,7 +294,12 @@ fn execute_as(
                 }
             }
         }
-        Command::Write => ctx.pwrite(payload, v.offset, flags),
+        Command::Write => match received {
+            // Received in place: the payload is already in the plugin's
+            // buffers.
+            Some(r) => ctx.commit_write(r, v.offset, flags),
+            None => ctx.pwrite(payload, v.offset, flags),
+        },
         Command::Flush => ctx.flush(flags),
         Command::Trim => ctx.trim(v.count, v.offset, flags),
         Command::Cache => ctx.cache(v.count, v.offset, flags),
@@ -488,11 +495,11 @@ mod test {
             flags: CmdFlags::NONE,
         };
         // A simple reply: magic, error, cookie (then the data on success).
-        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[]);
+        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[], None);
         assert_eq!(bytes(&r).len(), 16);
         assert_eq!(bytes(&r)[4..8], NBD_EIO.to_be_bytes());
         assert_eq!(bytes(&r)[8..16], 7u64.to_be_bytes());
-        let r = execute(&ctx, &pool, &name, framer, &read(0), &[]);
+        let r = execute(&ctx, &pool, &name, framer, &read(0), &[], None);
         assert_eq!(bytes(&r)[4..8], [0; 4]);
         assert_eq!(bytes(&r).len(), 16 + 512);
     }
@@ -555,7 +562,7 @@ mod test {
         };
         // nbdkit passes only REQ_ONE to extents, as sent; FUA is not for it.
         for flags in [CmdFlags::FUA | CmdFlags::REQ_ONE, CmdFlags::FUA] {
-            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[]);
+            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[], None);
             // One structured BLOCK_STATUS chunk: context id 1, one extent.
             assert_eq!(bytes(&r).len(), 20 + 4 + 8);
             assert_eq!(bytes(&r)[20..24], 1u32.to_be_bytes());
@@ -600,7 +607,7 @@ mod test {
                 count: 200_000,
                 flags: CmdFlags::NONE,
             };
-            let r = execute(&ctx, &pool, &name, framer, &read, &[]);
+            let r = execute(&ctx, &pool, &name, framer, &read, &[], None);
             // Without a filter the plugin lends its pages; a filter gets a
             // copy, as before.
             assert_eq!(matches!(r, Reply::Lent { .. }), want.is_empty());
@@ -613,7 +620,7 @@ mod test {
             assert!(got[28..528].iter().all(|&b| b == 0));
             // A short read too.
             let short = Valid { count: 512, ..read };
-            let s = execute(&ctx, &pool, &name, framer, &short, &[]);
+            let s = execute(&ctx, &pool, &name, framer, &short, &[], None);
             assert_eq!(matches!(s, Reply::Lent { .. }), want.is_empty());
             assert_eq!(bytes(&s)[28..], got[28..540]);
             if want.is_empty() {

@@ -128,6 +128,44 @@ fn client_closing_mid_request() {
     assert_no_crash(&srv);
 }
 
+/// A large write (whole pages, which the memory plugin reads straight into
+/// new pages) whose payload stops after several pages came: nothing of it
+/// is applied, the old data stays, and the server goes on serving.
+#[test]
+fn large_write_cut_short_leaves_the_old_data() {
+    let mut srv = Server::start(["memory", "1M"]);
+    let old = Prng::new(0x77).bytes(400_000);
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    assert_eq!(c.pwrite(0, &old, 1).expect("write"), 0);
+    c.disconnect().ok();
+    drop(c);
+
+    for (offset, sent) in [(100u64, 150_000usize), (65536, 32768), (0, 0)] {
+        let mut c = srv.connect_raw();
+        c.handshake_go("").expect("handshake");
+        let new = Prng::new(0x78).bytes(sent);
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+        msg.extend_from_slice(&0u16.to_be_bytes());
+        msg.extend_from_slice(&proto::CMD_WRITE.to_be_bytes());
+        msg.extend_from_slice(&9u64.to_be_bytes());
+        msg.extend_from_slice(&offset.to_be_bytes());
+        msg.extend_from_slice(&300_000u32.to_be_bytes());
+        msg.extend_from_slice(&new);
+        c.send(&msg).expect("send header and part of the payload");
+        drop(c);
+    }
+
+    let mut c = srv.connect_raw();
+    c.handshake_go("").expect("handshake");
+    let got = c.pread(0, 400_000, 1).expect("read").expect("read ok");
+    assert!(got == old, "a write cut short changed the disk");
+    c.disconnect().ok();
+    assert_serves(&mut srv, 5);
+    assert_no_crash(&srv);
+}
+
 #[test]
 fn many_sequential_clients() {
     let mut srv = Server::start(["memory", "1M"]);

@@ -588,6 +588,47 @@ impl Context {
         }
     }
 
+    /// The buffers to receive a write's payload into, when this layer is
+    /// a writable plugin that receives in place ([`Handle::receive_write`])
+    /// and wants this write; `None` (nothing called, nothing logged)
+    /// otherwise: the caller then reads the payload and calls
+    /// [`Context::pwrite`].
+    pub fn receive_write(
+        &self,
+        count: usize,
+        offset: u64,
+    ) -> Option<alloc::boxed::Box<dyn super::Receive>> {
+        match &self.layer {
+            Layer::Plugin(h, _) if h.can_receive() && self.can_write().unwrap_or(false) => {
+                h.receive_write(count, offset)
+            }
+            _ => None,
+        }
+    }
+
+    /// Make a write received in place ([`Context::receive_write`]), its
+    /// payload read: what [`Context::pwrite`] does with a buffer (and logs
+    /// the same).
+    pub fn commit_write(
+        &self,
+        r: alloc::boxed::Box<dyn super::Receive>,
+        offset: u64,
+        flags: Flags,
+    ) -> Result<()> {
+        data!(
+            "{}: pwrite count={} offset={offset} fua={}",
+            self.name,
+            r.len(),
+            Self::fua(flags)
+        );
+        let (flags, flush) = self.split_fua(flags)?;
+        r.commit(flags)?;
+        if flush {
+            self.raw_flush(Flags::NONE)?;
+        }
+        Ok(())
+    }
+
     /// Split FUA off a call when this layer does not implement it natively:
     /// returns the flags to pass down and whether to flush afterwards.
     fn split_fua(&self, flags: Flags) -> Result<(Flags, bool)> {

@@ -14,6 +14,7 @@ mod extents;
 mod filter;
 mod lent;
 mod plugin;
+mod receive;
 mod types;
 
 pub use callbacks::Callbacks;
@@ -23,4 +24,5 @@ pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};
 pub use lent::{Lent, Segment, SharedBytes, ZERO_PAGE, ZERO_PAGE_LEN};
 pub use plugin::{Handle, Plugin};
+pub use receive::Receive;
 pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Peer, Support, ThreadModel};

@@ -261,6 +261,30 @@ pub trait Handle: Send + Sync {
         Err(Error::new(Errno::EROFS))
     }
 
+    /// Whether this handle may take writes received in place
+    /// ([`Handle::receive_write`]). Default: no. Asked before every write,
+    /// so the answer must be cheap and must not change while the handle is
+    /// open.
+    fn can_receive(&self) -> bool {
+        false
+    }
+
+    /// The buffers to read the payload of a write of `count` bytes at
+    /// `offset` into (only called when [`Handle::can_receive`] says yes);
+    /// `None`: not for this write, the runtime reads the payload itself
+    /// and calls [`Handle::pwrite`]. Called by the runtime's connection
+    /// task before the payload is read, outside the thread model's locks:
+    /// it must only prepare buffers, never block nor change the disk. The
+    /// write happens in [`super::Receive::commit`], called like `pwrite`.
+    fn receive_write(
+        &self,
+        count: usize,
+        offset: u64,
+    ) -> Option<alloc::boxed::Box<dyn super::Receive>> {
+        let _ = (count, offset);
+        None
+    }
+
     /// Make every write durable.
     fn flush(&self, _flags: Flags) -> Result<()> {
         Err(Error::new(Errno::EINVAL))

@@ -24,6 +24,7 @@ use crate::backend::{
     Callbacks, Error, Extents, Flags, Handle, Lent, OpenArgs, Plugin, Result, SharedBytes, Support,
 };
 use crate::errno::Errno;
+use crate::plugins::slab::{PageBuf, Slab};
 use crate::sync::{read, write, RwLock};
 use crate::wire::consts::{STATE_HOLE, STATE_ZERO};
 
@@ -41,6 +42,8 @@ pub struct SparseArray {
     /// With `-D memory.dir=1` (or `data.dir`): nbdkit's directory, kept to
     /// print its messages.
     dir: Option<crate::sync::Mutex<DirTrace>>,
+    /// Where the pages' bytes live.
+    slab: Arc<Slab>,
 }
 
 /// Pages addressed by one entry of nbdkit's L1 directory (128 MiB).
@@ -96,22 +99,16 @@ impl DirTrace {
     }
 }
 
-/// The bytes of a page.
-type Bytes = [u8; PAGE_SIZE as usize];
-
 /// A page: its bytes are shared with the reads that lent them
 /// ([`SparseArray::lend`]) until they are sent; a write to a page that is
 /// still lent writes to a copy (copy-on-write, [`Arc::make_mut`]), so what
-/// was lent never changes.
-type Page = RwLock<Arc<Bytes>>;
-
-fn new_page() -> Page {
-    RwLock::new(Arc::new([0u8; PAGE_SIZE as usize]))
-}
+/// was lent never changes. The bytes live in a slot of the array's
+/// [`Slab`].
+type Page = RwLock<Arc<PageBuf>>;
 
 /// The bytes of a page, to write to: a copy first if they are lent.
-fn page_mut(p: &mut Arc<Bytes>) -> &mut Bytes {
-    Arc::make_mut(p)
+fn page_mut(p: &mut Arc<PageBuf>) -> &mut [u8; PAGE_SIZE as usize] {
+    Arc::make_mut(p).bytes_mut()
 }
 
 /// Split `offset..offset+len` into (page index, offset in page, length).
@@ -188,6 +185,10 @@ impl SparseArray {
     /// Copy `buf` into the array at `offset`, allocating pages as needed.
     pub fn write(&self, buf: &[u8], offset: u64) {
         self.trace(offset, buf.len() as u64, true);
+        self.write_untraced(buf, offset);
+    }
+
+    fn write_untraced(&self, buf: &[u8], offset: u64) {
         let mut done = 0;
         let mut missing = false;
         {
@@ -218,11 +219,76 @@ impl SparseArray {
             }
             // A write allocates its pages even when it writes zeroes, as
             // nbdkit's sparse array does (block status then reports them
-            // as allocated zeroes).
-            let p = new_page();
-            page_mut(&mut write(&p))[in_page..in_page + n].copy_from_slice(src);
-            pages.insert(page, p);
+            // as allocated zeroes). A whole page is not zeroed first.
+            let mut p = self.slab.page_for(in_page, n);
+            p[in_page..in_page + n].copy_from_slice(src);
+            pages.insert(page, RwLock::new(Arc::new(p)));
         }
+    }
+
+    /// Buffers to receive a write of `count` bytes at `offset` into
+    /// ([`Received`]): a fresh page for each whole page the write covers,
+    /// a side buffer for the parts of pages at either end. `None` when the
+    /// write covers no whole page (then a copy costs no more).
+    pub fn receive(self: &Arc<Self>, count: usize, offset: u64) -> Option<Received> {
+        let first_full = offset.div_ceil(PAGE_SIZE);
+        let end = offset.checked_add(count as u64)?;
+        let end_full = end / PAGE_SIZE;
+        if first_full >= end_full {
+            return None;
+        }
+        let mut segs = Vec::with_capacity((end_full - first_full) as usize + 2);
+        let head = (first_full * PAGE_SIZE - offset) as usize;
+        if head > 0 {
+            segs.push(Seg::Side(vec![0u8; head]));
+        }
+        for page in first_full..end_full {
+            segs.push(Seg::Page(page, self.slab.page_uninit()));
+        }
+        let tail = (end - end_full * PAGE_SIZE) as usize;
+        if tail > 0 {
+            segs.push(Seg::Side(vec![0u8; tail]));
+        }
+        Some(Received {
+            array: self.clone(),
+            offset,
+            len: count,
+            segs,
+        })
+    }
+
+    /// Put whole pages in place (the old ones, if any, are dropped: freed,
+    /// or kept by the reads they were lent to).
+    fn install(&self, mut new: Vec<(u64, Option<PageBuf>)>) {
+        let mut old = Vec::with_capacity(new.len());
+        let mut missing = false;
+        {
+            let pages = read(&self.pages);
+            for (page, buf) in &mut new {
+                match pages.get(page) {
+                    Some(p) => {
+                        let b = Arc::new(buf.take().expect("a page"));
+                        old.push(core::mem::replace(&mut *write(p), b));
+                    }
+                    None => missing = true,
+                }
+            }
+        }
+        if missing {
+            let mut pages = write(&self.pages);
+            for (page, buf) in new {
+                let Some(buf) = buf else { continue };
+                let b = Arc::new(buf);
+                match pages.get(&page) {
+                    Some(p) => old.push(core::mem::replace(&mut *write(p), b)),
+                    None => {
+                        pages.insert(page, RwLock::new(b));
+                    }
+                }
+            }
+        }
+        // The old pages' slots go back after the locks.
+        drop(old);
     }
 
     /// Zero a range, freeing every page that becomes all zeroes.
@@ -299,6 +365,90 @@ impl SparseArray {
     }
 }
 
+/// Where a received write's payload goes, in order.
+enum Seg {
+    /// Part of a page: copied in when the write is made.
+    Side(Vec<u8>),
+    /// A whole page (its index): put in place when the write is made.
+    Page(u64, PageBuf),
+}
+
+impl Seg {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Seg::Side(v) => v,
+            Seg::Page(_, p) => p.bytes_mut(),
+        }
+    }
+}
+
+/// A write to the sparse array received in place ([`SparseArray::receive`]):
+/// whole pages are read straight into new pages, which replace the old
+/// ones when the write is made, so that readers see each page old or new
+/// (never a page half received), a page lent to a read is never written
+/// to, and a payload that never arrives whole changes nothing.
+pub struct Received {
+    array: Arc<SparseArray>,
+    offset: u64,
+    len: usize,
+    segs: Vec<Seg>,
+}
+
+impl Received {
+    /// Make the write.
+    pub fn commit(self) {
+        let Received {
+            array,
+            offset,
+            len,
+            segs,
+            ..
+        } = self;
+        array.trace(offset, len as u64, true);
+        let mut at = offset;
+        let mut pages = Vec::with_capacity(segs.len());
+        let mut sides = Vec::new();
+        for seg in segs {
+            match seg {
+                Seg::Side(v) => {
+                    let n = v.len() as u64;
+                    sides.push((v, at));
+                    at += n;
+                }
+                Seg::Page(page, buf) => {
+                    pages.push((page, Some(buf)));
+                    at += PAGE_SIZE;
+                }
+            }
+        }
+        for (v, at) in sides {
+            array.write_untraced(&v, at);
+        }
+        array.install(pages);
+    }
+}
+
+impl crate::backend::Receive for Received {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn bufs<'a>(&'a mut self, at: usize, out: &mut Vec<&'a mut [u8]>) {
+        let mut start = 0;
+        for seg in &mut self.segs {
+            let b = seg.bytes_mut();
+            let n = b.len();
+            if at < start + n {
+                out.push(&mut b[at.max(start) - start..]);
+            }
+            start += n;
+        }
+    }
+    fn commit(self: Box<Self>, _flags: Flags) -> Result<()> {
+        Received::commit(*self);
+        Ok(())
+    }
+}
+
 /// A fully allocated byte array behind one lock (`allocator=malloc`).
 #[derive(Debug)]
 pub struct FlatArray {
@@ -322,7 +472,7 @@ pub trait Backing: Send + Sync {
 /// Where a RAM disk keeps its bytes (the memory and data plugins).
 pub enum Store {
     /// The sparse array (`allocator=sparse`).
-    Sparse(SparseArray),
+    Sparse(Arc<SparseArray>),
     /// One flat allocation (`allocator=malloc`).
     Flat(FlatArray),
     /// A plugin's own structure.
@@ -332,13 +482,13 @@ pub enum Store {
 impl Store {
     /// An empty sparse store.
     pub fn sparse() -> Self {
-        Store::Sparse(SparseArray::new())
+        Store::Sparse(Arc::new(SparseArray::new()))
     }
 
     /// An empty sparse store that prints nbdkit's directory messages
     /// (`-D memory.dir=1`, `-D data.dir=1`).
     pub fn sparse_with_dir_debug() -> Self {
-        Store::Sparse(SparseArray::with_dir_debug())
+        Store::Sparse(Arc::new(SparseArray::with_dir_debug()))
     }
 
     /// A zeroed flat store of `size` bytes, refused cleanly when it cannot
@@ -557,6 +707,15 @@ impl Handle for MemoryHandle {
         self.store.write(buf, offset);
         Ok(())
     }
+    fn can_receive(&self) -> bool {
+        matches!(&*self.store, Store::Sparse(_))
+    }
+    fn receive_write(&self, count: usize, offset: u64) -> Option<Box<dyn crate::backend::Receive>> {
+        match &*self.store {
+            Store::Sparse(s) => Some(Box::new(s.receive(count, offset)?)),
+            _ => None,
+        }
+    }
     fn flush(&self, _flags: Flags) -> Result<()> {
         Ok(())
     }
@@ -698,6 +857,136 @@ mod test {
         assert!(h.can_lend());
         let h = MemoryHandle::new(Arc::new(Store::flat(4096).unwrap()), 4096);
         assert!(!h.can_lend());
+    }
+
+    /// Receive a write in place ([`SparseArray::receive`]): fill its
+    /// buffers with `data` in pieces of at most `step` bytes, as a socket
+    /// would, and commit it. False if the array did not take it in place.
+    fn receive(a: &Arc<SparseArray>, data: &[u8], offset: u64, step: usize) -> bool {
+        use crate::backend::Receive;
+        let Some(mut r) = a.receive(data.len(), offset) else {
+            return false;
+        };
+        assert_eq!(r.len(), data.len());
+        let mut at = 0;
+        while at < data.len() {
+            let mut bufs = Vec::new();
+            r.bufs(at, &mut bufs);
+            assert_eq!(bufs.iter().map(|b| b.len()).sum::<usize>(), data.len() - at);
+            let b = bufs.into_iter().next().unwrap();
+            let n = b.len().min(step);
+            b[..n].copy_from_slice(&data[at..at + n]);
+            at += n;
+        }
+        r.commit();
+        true
+    }
+
+    #[test]
+    fn received_writes_land_like_copied_ones() {
+        let p = PAGE_SIZE as usize;
+        let cases: [(u64, usize); 7] = [
+            (0, p),
+            (0, 3 * p),
+            (1, 2 * p),
+            (PAGE_SIZE - 1, p + 2),
+            (7 * PAGE_SIZE + 100, 4 * p + 300),
+            (2 * PAGE_SIZE, 2 * p - 1),
+            (5, 2 * p),
+        ];
+        for (i, &(offset, len)) in cases.iter().enumerate() {
+            for step in [1000, 4096, p, usize::MAX] {
+                let a = Arc::new(SparseArray::new());
+                let b = SparseArray::new();
+                // Old bytes around and under the write.
+                let old: Vec<u8> = (0..12 * p).map(|i| (i % 241) as u8 + 1).collect();
+                a.write(&old, 0);
+                b.write(&old, 0);
+                let data: Vec<u8> = (0..len).map(|j| (j % 239) as u8 ^ i as u8).collect();
+                assert!(receive(&a, &data, offset, step), "{offset} {len}");
+                b.write(&data, offset);
+                let (mut x, mut y) = (vec![0u8; 13 * p], vec![0u8; 13 * p]);
+                a.read(&mut x, 0);
+                b.read(&mut y, 0);
+                assert!(x == y, "{offset} {len} {step}");
+                assert_eq!(a.allocated_pages(), b.allocated_pages());
+            }
+        }
+        // A write without a whole page in it is not taken in place.
+        let a = Arc::new(SparseArray::new());
+        assert!(a.receive(PAGE_SIZE as usize - 1, 0).is_none());
+        assert!(a.receive(PAGE_SIZE as usize, 1).is_none());
+        assert!(a.receive(100, 5).is_none());
+    }
+
+    #[test]
+    fn received_writes_to_holes_trimmed_and_zeroed_pages() {
+        let p = PAGE_SIZE as usize;
+        let a = Arc::new(SparseArray::new());
+        a.write(&vec![9u8; 4 * p], 0);
+        a.zero(2 * PAGE_SIZE, 0);
+        a.zero(100, 3 * PAGE_SIZE);
+        assert_eq!(a.allocated_pages(), 2);
+        // Into freed pages, a partly zeroed one and a hole past the end.
+        let data: Vec<u8> = (0..5 * p).map(|j| (j % 13) as u8).collect();
+        assert!(receive(&a, &data, 50, 8192));
+        let mut out = vec![0xffu8; 6 * p];
+        a.read(&mut out, 0);
+        assert_eq!(out[..50], [0; 50]);
+        assert!(out[50..50 + 5 * p] == data[..]);
+        assert!(out[50 + 5 * p..].iter().all(|&b| b == 0));
+        assert_eq!(a.allocated_pages(), 6);
+        assert_eq!(
+            map(&a, 0, 7 * PAGE_SIZE),
+            [(0, 6 * PAGE_SIZE, 0), (6 * PAGE_SIZE, PAGE_SIZE, 3)]
+        );
+        // Zeroed again: the pages are freed, their slots reused.
+        a.zero(8 * PAGE_SIZE, 0);
+        assert_eq!(a.allocated_pages(), 0);
+        assert_eq!(a.slab.stats().1, 0);
+    }
+
+    #[test]
+    fn a_received_write_never_committed_changes_nothing() {
+        use crate::backend::Receive;
+        let p = PAGE_SIZE as usize;
+        let a = Arc::new(SparseArray::new());
+        a.write(&vec![3u8; 3 * p], 0);
+        let mut r = a.receive(3 * p, 10).unwrap();
+        let mut bufs = Vec::new();
+        r.bufs(0, &mut bufs);
+        for b in bufs.into_iter().take(2) {
+            b.fill(4);
+        }
+        // The client went away: the write is dropped half filled.
+        drop(r);
+        let mut out = vec![0u8; 4 * p];
+        a.read(&mut out, 0);
+        assert!(out[..3 * p].iter().all(|&b| b == 3));
+        assert!(out[3 * p..].iter().all(|&b| b == 0));
+        assert_eq!(a.allocated_pages(), 3);
+        assert_eq!(a.slab.stats().1, 3);
+    }
+
+    #[test]
+    fn received_writes_leave_lent_pages_alone() {
+        let p = PAGE_SIZE as usize;
+        let a = Arc::new(SparseArray::new());
+        a.write(&vec![1u8; 2 * p], 0);
+        let lent = a.lend(2 * p, 0);
+        // A write received while the pages are lent (and one that ends
+        // before the lent bytes are sent): the lent bytes stay.
+        assert!(receive(&a, &vec![2u8; 2 * p], 0, p));
+        assert!(receive(&a, &vec![3u8; p + 10], PAGE_SIZE - 10, 5000));
+        assert!(bytes(&lent).iter().all(|&b| b == 1));
+        let mut out = vec![0u8; 2 * p];
+        a.read(&mut out, 0);
+        assert!(out[..p - 10].iter().all(|&b| b == 2));
+        assert!(out[p - 10..].iter().all(|&b| b == 3));
+        // The lent pages' slots are freed once the lent read is done.
+        let before = a.slab.stats().1;
+        drop(lent);
+        assert_eq!(a.slab.stats().1, before - 2);
     }
 
     #[test]

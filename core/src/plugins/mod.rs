@@ -8,6 +8,7 @@ pub mod null;
 pub mod ones;
 pub mod pattern;
 pub mod random;
+pub mod slab;
 pub mod sparse_random;
 pub mod zero;
 

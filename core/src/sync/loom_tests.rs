@@ -120,6 +120,49 @@ fn loom_sparse_array_lent_pages_do_not_change_under_a_write() {
     });
 }
 
+/// The memory plugin: a write received in place (a whole page, read into a
+/// new page that replaces the old one) racing a lent read and a copied
+/// read of that page: each sees the page old or new, whole; the lent bytes
+/// stay as lent; the write lands.
+#[test]
+fn loom_sparse_array_received_write_racing_reads() {
+    loom::model(|| {
+        // Not loom's Arc: `receive` takes the plugin's own.
+        let a = alloc::sync::Arc::new(SparseArray::new());
+        a.write(&[1; 8], PAGE_SIZE - 4);
+        let t = {
+            let a = a.clone();
+            thread::spawn(move || {
+                use crate::backend::Receive;
+                let mut r = a.receive(PAGE_SIZE as usize, PAGE_SIZE).unwrap();
+                let mut bufs = Vec::new();
+                r.bufs(0, &mut bufs);
+                for b in bufs {
+                    b.fill(2);
+                }
+                r.commit();
+            })
+        };
+        let lent = a.lend(8, PAGE_SIZE - 4);
+        let mut copied = [0u8; 4];
+        a.read(&mut copied, PAGE_SIZE + 100);
+        assert!(
+            copied == [1; 4] || copied == [0; 4] || copied == [2; 4],
+            "{copied:?}"
+        );
+        let mut b = [0u8; 8];
+        lent.copy_to(&mut b);
+        assert_eq!(b[..4], [1; 4]);
+        assert!(b[4..] == [1; 4] || b[4..] == [2; 4], "{b:?}");
+        t.join().unwrap();
+        let mut after = [0u8; 8];
+        lent.copy_to(&mut after);
+        assert_eq!(after, b);
+        a.read(&mut after, PAGE_SIZE - 4);
+        assert_eq!(after, [1, 1, 1, 1, 2, 2, 2, 2]);
+    });
+}
+
 /// The memory plugin: a zero racing a write to a new page leaves it consistent.
 #[test]
 fn loom_sparse_array_zero_racing_write_to_a_new_page() {

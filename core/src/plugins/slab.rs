@@ -1,0 +1,438 @@
+//! The pages of the memory plugin's sparse array, carved out of 2 MiB
+//! chunks.
+//!
+//! A page ([`PageBuf`]) is a 32 KiB slot of a chunk mapped from the system.
+//! A page given back (its last reference dropped: trimmed, zeroed,
+//! replaced by a write, or a lent copy sent) returns its slot to the slab,
+//! where the next page allocated takes it; a chunk whose slots are all free
+//! is given back to the system (`MADV_DONTNEED`, keeping the address
+//! range), but for one kept as a spare. Slots are taken from chunks in the
+//! order they free up, not by disk offset, so a sparse write pattern fills
+//! chunks densely: the memory held is what the allocated pages need plus,
+//! at most, the free slots of partly used chunks.
+//!
+//! Each slot remembers whether it may hold old bytes (`dirty`): memory
+//! fresh from the system reads as zeroes, so a page allocated from it needs
+//! no zeroing (a first write costs the page faults only).
+//!
+//! Chunks are not advised for transparent huge pages (`MADV_HUGEPAGE`),
+//! although that turns 512 page faults into one: measured on the
+//! benchmark machine (a VM whose balloon reports free memory to the host),
+//! a first write of 256 MiB into huge pages took 3-6x the CPU of 4 KiB
+//! pages (75% of it zeroing the huge pages in `clear_page_erms`: free 2 MiB
+//! blocks are handed back to the host, so each one faults there again),
+//! where 4 KiB pages come from memory the guest already holds.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use crate::sync::Mutex;
+
+/// Bytes in a page (the sparse array's page size).
+pub const PAGE: usize = 32 * 1024;
+/// Bytes in a chunk.
+const CHUNK: usize = 2 << 20;
+/// Pages in a chunk: one bit each in a `u64`.
+const PER_CHUNK: usize = CHUNK / PAGE;
+const ALL: u64 = if PER_CHUNK == 64 {
+    !0
+} else {
+    (1 << PER_CHUNK) - 1
+};
+
+/// The base address of a chunk.
+#[derive(Debug, Clone, Copy)]
+struct Base(NonNull<u8>);
+// SAFETY: a chunk's memory is plain bytes, handed out slot by slot to one
+// owner at a time (the slab's lock decides who).
+unsafe impl Send for Base {}
+
+#[derive(Debug)]
+struct Chunk {
+    base: Base,
+    /// Slots in use.
+    used: u64,
+    /// Slots that may hold old bytes (the others read as zeroes).
+    dirty: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    chunks: Vec<Chunk>,
+    /// Chunks with a free slot, each once; the last is used first.
+    avail: Vec<u32>,
+    /// One chunk whose slots are all free, kept resident: so that a page
+    /// freed and allocated again and again (write, trim, write...) does
+    /// not fault in and zero 2 MiB each time.
+    spare: Option<u32>,
+}
+
+/// Where pages come from (one per sparse array).
+#[derive(Debug)]
+pub struct Slab {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Slab {
+    fn default() -> Self {
+        Slab {
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+}
+
+/// A page: one slot of a chunk, owned; its slot goes back to the slab when
+/// it is dropped.
+pub struct PageBuf {
+    slab: Arc<Slab>,
+    ptr: NonNull<u8>,
+    chunk: u32,
+    slot: u8,
+}
+
+// SAFETY: a PageBuf owns its slot exclusively; shared references only read
+// it.
+unsafe impl Send for PageBuf {}
+// SAFETY: as above.
+unsafe impl Sync for PageBuf {}
+
+impl core::fmt::Debug for PageBuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PageBuf({}.{})", self.chunk, self.slot)
+    }
+}
+
+impl Slab {
+    /// An empty slab.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Slab::default())
+    }
+
+    /// A page whose bytes are unspecified (old bytes of a freed page, or
+    /// zeroes): for a caller that writes all of it.
+    pub fn page_uninit(self: &Arc<Self>) -> PageBuf {
+        self.take().0
+    }
+
+    /// A page of zeroes.
+    pub fn page_zeroed(self: &Arc<Self>) -> PageBuf {
+        let (mut p, dirty) = self.take();
+        if dirty {
+            p.as_mut().fill(0);
+        }
+        p
+    }
+
+    /// A page whose bytes outside `start..start + len` are zeroes (the
+    /// caller writes that range).
+    pub fn page_for(self: &Arc<Self>, start: usize, len: usize) -> PageBuf {
+        let (mut p, dirty) = self.take();
+        if dirty {
+            let b = p.as_mut();
+            b[..start].fill(0);
+            b[start + len..].fill(0);
+        }
+        p
+    }
+
+    /// A free slot (a new chunk when none is free), and whether it may
+    /// hold old bytes.
+    fn take(self: &Arc<Self>) -> (PageBuf, bool) {
+        let mut g = crate::sync::lock(&self.inner);
+        let inner = &mut *g;
+        let ci = match inner.avail.last() {
+            // An empty chunk given back to the system, while the spare is
+            // still resident: the spare first (moved to the top).
+            Some(&ci)
+                if inner.chunks[ci as usize].used == 0
+                    && inner.spare.is_some_and(|sp| sp != ci) =>
+            {
+                let sp = inner.spare.unwrap_or(ci);
+                if let Some(i) = inner.avail.iter().rposition(|&c| c == sp) {
+                    let last = inner.avail.len() - 1;
+                    inner.avail.swap(i, last);
+                }
+                sp
+            }
+            Some(&ci) => ci,
+            None => {
+                let base = map_chunk();
+                let ci = u32::try_from(inner.chunks.len()).expect("too many chunks");
+                inner.chunks.push(Chunk {
+                    base: Base(base),
+                    used: 0,
+                    dirty: 0,
+                });
+                inner.avail.push(ci);
+                ci
+            }
+        };
+        if inner.spare == Some(ci) {
+            inner.spare = None;
+        }
+        let c = &mut inner.chunks[ci as usize];
+        // Prefer a slot that needs no zeroing, in address order.
+        let free = !c.used & ALL;
+        let clean = free & !c.dirty;
+        let slot = if clean != 0 { clean } else { free }.trailing_zeros();
+        let bit = 1u64 << slot;
+        c.used |= bit;
+        let dirty = c.dirty & bit != 0;
+        let base = c.base.0;
+        if c.used == ALL {
+            inner.avail.pop();
+        }
+        drop(g);
+        // SAFETY: slot < PER_CHUNK, inside the chunk.
+        let ptr = unsafe { NonNull::new_unchecked(base.as_ptr().add(slot as usize * PAGE)) };
+        (
+            PageBuf {
+                slab: self.clone(),
+                ptr,
+                chunk: ci,
+                slot: slot as u8,
+            },
+            dirty,
+        )
+    }
+
+    /// Give a slot back.
+    fn give(&self, chunk: u32, slot: u8) {
+        let mut g = crate::sync::lock(&self.inner);
+        let inner = &mut *g;
+        let c = &mut inner.chunks[chunk as usize];
+        let bit = 1u64 << slot;
+        debug_assert!(c.used & bit != 0);
+        if c.used == ALL {
+            inner.avail.push(chunk);
+        }
+        c.used &= !bit;
+        c.dirty |= bit;
+        if c.used == 0 {
+            if inner.spare.is_none() {
+                inner.spare = Some(chunk);
+            } else if release_chunk(c.base.0) {
+                c.dirty = 0;
+            }
+        }
+    }
+
+    /// Chunks mapped, and pages in use (for tests).
+    pub fn stats(&self) -> (usize, usize) {
+        let g = crate::sync::lock(&self.inner);
+        let used = g.chunks.iter().map(|c| c.used.count_ones() as usize).sum();
+        (g.chunks.len(), used)
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        let g = crate::sync::lock(&self.inner);
+        for c in &g.chunks {
+            // SAFETY: every page holds the slab, so none is left.
+            unsafe { unmap_chunk(c.base.0) };
+        }
+    }
+}
+
+impl PageBuf {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8; PAGE] {
+        // SAFETY: the slot is PAGE bytes, owned by this page.
+        unsafe { &*(self.ptr.as_ptr() as *const [u8; PAGE]) }
+    }
+
+    /// The bytes, to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8; PAGE] {
+        // SAFETY: as above, and `&mut self` is the only access.
+        unsafe { &mut *(self.ptr.as_ptr() as *mut [u8; PAGE]) }
+    }
+}
+
+impl AsRef<[u8]> for PageBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl AsMut<[u8]> for PageBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut()
+    }
+}
+
+impl core::ops::Deref for PageBuf {
+    type Target = [u8; PAGE];
+    fn deref(&self) -> &[u8; PAGE] {
+        self.bytes()
+    }
+}
+
+impl core::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut [u8; PAGE] {
+        self.bytes_mut()
+    }
+}
+
+/// A copy in a new slot (copy-on-write of a lent page).
+impl Clone for PageBuf {
+    fn clone(&self) -> Self {
+        let mut p = self.slab.page_uninit();
+        p.bytes_mut().copy_from_slice(self.bytes());
+        p
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        self.slab.give(self.chunk, self.slot);
+    }
+}
+
+#[cfg(all(feature = "std", unix, not(loom)))]
+fn map_chunk() -> NonNull<u8> {
+    // Twice the size, then the unaligned ends unmapped: a 2 MiB aligned
+    // range (which a huge page could back; see the module's note).
+    let len = 2 * CHUNK;
+    // SAFETY: an anonymous private mapping, no file.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<[u8; CHUNK]>());
+    }
+    let start = p as usize;
+    let aligned = (start + CHUNK - 1) & !(CHUNK - 1);
+    // SAFETY: both ranges lie inside the mapping just made.
+    unsafe {
+        if aligned > start {
+            libc::munmap(p, aligned - start);
+        }
+        let end = start + len;
+        let tail = aligned + CHUNK;
+        if end > tail {
+            libc::munmap(tail as *mut libc::c_void, end - tail);
+        }
+    }
+    // SAFETY: inside a successful mapping, not null.
+    unsafe { NonNull::new_unchecked(aligned as *mut u8) }
+}
+
+/// Give a chunk's memory back to the system; true if it now reads as
+/// zeroes.
+#[cfg(all(feature = "std", unix, not(loom)))]
+fn release_chunk(base: NonNull<u8>) -> bool {
+    // SAFETY: the chunk is mapped and no slot of it is in use.
+    unsafe {
+        libc::madvise(
+            base.as_ptr() as *mut libc::c_void,
+            CHUNK,
+            libc::MADV_DONTNEED,
+        ) == 0
+    }
+}
+
+#[cfg(all(feature = "std", unix, not(loom)))]
+unsafe fn unmap_chunk(base: NonNull<u8>) {
+    // SAFETY: the caller gives a chunk it mapped and no longer uses.
+    unsafe { libc::munmap(base.as_ptr() as *mut libc::c_void, CHUNK) };
+}
+
+#[cfg(not(all(feature = "std", unix, not(loom))))]
+const LAYOUT: core::alloc::Layout = match core::alloc::Layout::from_size_align(CHUNK, CHUNK) {
+    Ok(l) => l,
+    Err(_) => panic!("chunk layout"),
+};
+
+#[cfg(not(all(feature = "std", unix, not(loom))))]
+fn map_chunk() -> NonNull<u8> {
+    // SAFETY: LAYOUT has a non-zero size.
+    let p = unsafe { alloc::alloc::alloc_zeroed(LAYOUT) };
+    NonNull::new(p).unwrap_or_else(|| alloc::alloc::handle_alloc_error(LAYOUT))
+}
+
+#[cfg(not(all(feature = "std", unix, not(loom))))]
+fn release_chunk(_base: NonNull<u8>) -> bool {
+    false
+}
+
+#[cfg(not(all(feature = "std", unix, not(loom))))]
+unsafe fn unmap_chunk(base: NonNull<u8>) {
+    // SAFETY: the caller gives a chunk it allocated and no longer uses.
+    unsafe { alloc::alloc::dealloc(base.as_ptr(), LAYOUT) };
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn slots_are_reused_and_fresh_ones_are_zero() {
+        let s = Slab::new();
+        let mut a = s.page_uninit();
+        assert!(a.iter().all(|&b| b == 0));
+        a.fill(7);
+        let b = s.page_zeroed();
+        assert!(b.iter().all(|&b| b == 0));
+        assert_eq!(s.stats(), (1, 2));
+        drop(a);
+        assert_eq!(s.stats(), (1, 1));
+        // The freed slot is reused, zeroed where asked.
+        let c = s.page_for(100, 200);
+        assert_eq!(s.stats(), (1, 2));
+        assert!(c[..100].iter().all(|&b| b == 0));
+        assert!(c[300..].iter().all(|&b| b == 0));
+        let d = c.clone();
+        assert_eq!(&d[..], &c[..]);
+        drop((b, c, d));
+        assert_eq!(s.stats(), (1, 0));
+    }
+
+    #[test]
+    fn chunks_fill_densely_and_empty_ones_read_as_zeroes() {
+        let s = Slab::new();
+        let mut pages: Vec<PageBuf> = (0..PER_CHUNK + 1).map(|_| s.page_uninit()).collect();
+        assert_eq!(s.stats(), (2, PER_CHUNK + 1));
+        for p in &mut pages {
+            p.fill(0xaa);
+        }
+        // Free every other page, then as many again: the holes are reused
+        // before a new chunk is mapped.
+        let mut kept = Vec::new();
+        for (i, p) in pages.drain(..).enumerate() {
+            if i % 2 == 0 {
+                kept.push(p);
+            }
+        }
+        let more: Vec<PageBuf> = (0..PER_CHUNK / 2).map(|_| s.page_zeroed()).collect();
+        assert!(more.iter().all(|p| p.iter().all(|&b| b == 0)));
+        assert_eq!(s.stats().0, 2);
+        drop(kept);
+        drop(more);
+        assert_eq!(s.stats(), (2, 0));
+        // All free: one chunk kept as a spare, the other given back, which
+        // reads as zeroes again without zeroing.
+        let g = crate::sync::lock(&s.inner);
+        let spare = g.spare.expect("a spare chunk") as usize;
+        assert!(g.chunks[spare].dirty != 0);
+        if cfg!(all(feature = "std", unix)) {
+            assert_eq!(g.chunks[1 - spare].dirty, 0);
+        }
+        drop(g);
+        // Pages freed and allocated again reuse the spare's slots.
+        for _ in 0..3 {
+            let mut p = s.page_uninit();
+            assert_eq!(p.chunk as usize, spare);
+            p.fill(1);
+        }
+        assert_eq!(s.stats(), (2, 0));
+    }
+}
