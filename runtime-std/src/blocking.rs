@@ -217,6 +217,9 @@ struct Workers<'a> {
     pool: BufPool,
     /// The client sent NBD_CMD_DISC.
     goodbye: AtomicBool,
+    /// READ replies may be sent from the plugin's descriptor
+    /// ([`crate::zerocopy::send_file`]).
+    sendfile: AtomicBool,
 }
 
 /// The largest write payload buffer a worker keeps for the next request.
@@ -250,6 +253,7 @@ pub(crate) fn transmission(
     leftover: Vec<u8>,
 ) -> (bool, SyncStream) {
     let output = stream.clone();
+    let output_fd = stream.clone();
     let shared = &session.shared;
     let max = if shared.thread_model == ThreadModel::Parallel {
         shared.threads.max(1)
@@ -269,6 +273,13 @@ pub(crate) fn transmission(
         gate: ConnectionGate::new(),
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
+        // Only where the plugin's calls run unlocked (the data is read
+        // outside the thread model's locks, while the reply is sent).
+        sendfile: AtomicBool::new(
+            crate::zerocopy::enabled()
+                && shared.thread_model == ThreadModel::Parallel
+                && w_fd(&output_fd).is_some(),
+        ),
     };
     if max > 1 {
         log::debug(
@@ -318,7 +329,8 @@ impl<'a> Workers<'a> {
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         s.shared.gated(Some(&self.gate), || {
-            execute(&s.ctx, &self.pool, name, s.framer, v, payload)
+            let fds = self.sendfile.load(Ordering::Relaxed);
+            execute(&s.ctx, &self.pool, name, s.framer, v, payload, fds)
         })
     }
 
@@ -382,6 +394,52 @@ impl<'a> Workers<'a> {
     }
 }
 
+impl Workers<'_> {
+    /// Send a [`Reply::File`] (under the reply lock).
+    fn send_file(
+        &self,
+        sink: &mut SyncStream,
+        head: &[u8],
+        fd: i32,
+        offset: u64,
+        count: usize,
+    ) -> bool {
+        use crate::zerocopy::{send_file, FileSent};
+        let Some(sock) = w_fd(sink) else {
+            return false;
+        };
+        match send_file(sock, head, fd, offset, count) {
+            FileSent::Done => true,
+            FileSent::Unsupported => {
+                self.sendfile.store(false, Ordering::Relaxed);
+                true
+            }
+            FileSent::Gone | FileSent::Broken => {
+                log::debug(
+                    Some(&self.session.name),
+                    format_args!(
+                        "read reply cut short (offset={offset} count={count}), closing connection"
+                    ),
+                );
+                // As a failed write: wake the reader so that the
+                // connection ends.
+                sink.shutdown(Shutdown::Both);
+                false
+            }
+        }
+    }
+}
+
+/// The socket's descriptor.
+fn w_fd(s: &SyncStream) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    match s {
+        SyncStream::Unix(s) => Some(s.as_raw_fd()),
+        SyncStream::Tcp(s) => Some(s.as_raw_fd()),
+        SyncStream::Closed => None,
+    }
+}
+
 impl Work for Workers<'_> {
     type Input = Input;
     type Request = Request;
@@ -399,9 +457,21 @@ impl Work for Workers<'_> {
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
                     local.spare = payload;
                 }
-                let sent = match out.whole() {
-                    Some(b) => self.output.send(&[b]),
-                    None => self.output.send(&out.parts().collect::<Vec<_>>()),
+                let sent = match (&out, out.whole()) {
+                    (_, Some(b)) => self.output.send(&[b]),
+                    (
+                        Reply::File {
+                            head,
+                            len,
+                            fd,
+                            offset,
+                            count,
+                        },
+                        None,
+                    ) => self.output.send_with(|sink| {
+                        self.send_file(sink, &head[..*len], *fd, *offset, *count)
+                    }),
+                    (_, None) => self.output.send(&out.parts().collect::<Vec<_>>()),
                 };
                 self.pool.put(out.into_buf());
                 sent

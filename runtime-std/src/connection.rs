@@ -1431,7 +1431,7 @@ where
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        let reply = execute(&ctx, &p, n, framer, &v, &payload);
+                        let reply = execute(&ctx, &p, n, framer, &v, &payload, false);
                         (reply, payload)
                     })
                     .await;
@@ -1446,7 +1446,7 @@ where
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    let reply = execute(&c, &p, n, framer, &v, &payload);
+                    let reply = execute(&c, &p, n, framer, &v, &payload, false);
                     (reply, payload)
                 })
                 .await;

@@ -299,6 +299,12 @@ impl Handle for FileHandle {
         Ok(())
     }
 
+    fn read_fd(&self) -> Option<i32> {
+        // cache=none drops what a read brought into the page cache: that
+        // takes pread's own loop.
+        (!self.cache_none).then(|| self.fd())
+    }
+
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
         self.check_writable()?;
         let (off, count) = off_range(offset, buf.len() as u64)?;
