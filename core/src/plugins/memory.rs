@@ -21,7 +21,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::backend::{
-    Callbacks, Error, Extents, Flags, Handle, Lent, OpenArgs, Plugin, Result, SharedBytes, Support,
+    Callbacks, Error, Extents, Flags, Handle, Lent, LentBytes, OpenArgs, Plugin, Result,
+    SharedBytes, Support,
 };
 use crate::errno::Errno;
 use crate::sync::{read, write, RwLock};
@@ -99,19 +100,172 @@ impl DirTrace {
 /// The bytes of a page.
 type Bytes = [u8; PAGE_SIZE as usize];
 
+/// The alignment of a page's bytes: whole pages of the machine, so that
+/// they can be given to the kernel and detached from the process whole.
+const PAGE_ALIGN: usize = 4096;
+
+/// A page's bytes, aligned to the machine's pages ([`PAGE_ALIGN`]), owned
+/// like a `Box<Bytes>` but carved out of chunks that only ever hold pages;
+/// those lent to the kernel ([`LentBytes::give_to_kernel`]) are detached
+/// with the runtime's hook before they are reused.
+pub struct PageBuf {
+    ptr: core::ptr::NonNull<Bytes>,
+    given: core::sync::atomic::AtomicBool,
+}
+
+// SAFETY: a PageBuf owns its bytes, as a Box does.
+unsafe impl Send for PageBuf {}
+// SAFETY: shared access only reads the bytes (and the flag, atomically).
+unsafe impl Sync for PageBuf {}
+
+/// Pages are carved out of chunks of this many, allocated (aligned to
+/// the machine's pages) and never freed: a page-aligned allocation of its
+/// own would cost a whole machine page of padding per page (+12% RSS).
+const CHUNK_PAGES: usize = 32;
+
+/// Pages freed, for reuse as pages (only ever as pages: memory given to
+/// the kernel is then detached, never reused for anything else).
+#[cfg(not(loom))]
+static FREE_PAGES: crate::sync::Mutex<Vec<usize>> = crate::sync::Mutex::new(Vec::new());
+
+fn chunk_layout() -> core::alloc::Layout {
+    // A power of two, with a size that is a multiple of it: never fails.
+    match core::alloc::Layout::from_size_align(PAGE_SIZE as usize * CHUNK_PAGES, PAGE_ALIGN) {
+        Ok(l) => l,
+        Err(_) => unreachable!(),
+    }
+}
+
+/// An uninitialized page from the free pages, or from a new chunk.
+#[cfg(not(loom))]
+fn take_page() -> core::ptr::NonNull<Bytes> {
+    let mut free = crate::sync::lock(&FREE_PAGES);
+    if free.is_empty() {
+        let layout = chunk_layout();
+        // SAFETY: the layout's size is not zero.
+        let p = unsafe { alloc::alloc::alloc(layout) };
+        if p.is_null() {
+            alloc::alloc::handle_alloc_error(layout)
+        }
+        free.reserve(CHUNK_PAGES);
+        // Taken from the end: the chunk's first page first.
+        for i in (0..CHUNK_PAGES).rev() {
+            free.push(p as usize + i * PAGE_SIZE as usize);
+        }
+    }
+    let p = free.pop().unwrap_or_default();
+    // SAFETY: not null: pushed from a non-null chunk.
+    unsafe { core::ptr::NonNull::new_unchecked(p as *mut Bytes) }
+}
+
+/// Give a page back to the free pages.
+#[cfg(not(loom))]
+fn put_page(p: core::ptr::NonNull<Bytes>) {
+    crate::sync::lock(&FREE_PAGES).push(p.as_ptr() as usize);
+}
+
+#[cfg(loom)]
+fn take_page() -> core::ptr::NonNull<Bytes> {
+    let layout = core::alloc::Layout::new::<Bytes>();
+    // SAFETY: the layout's size is not zero.
+    let p = unsafe { alloc::alloc::alloc(layout) };
+    core::ptr::NonNull::new(p.cast()).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout))
+}
+
+#[cfg(loom)]
+fn put_page(p: core::ptr::NonNull<Bytes>) {
+    // SAFETY: allocated by take_page with this layout.
+    unsafe { alloc::alloc::dealloc(p.as_ptr().cast(), core::alloc::Layout::new::<Bytes>()) };
+}
+
+impl PageBuf {
+    fn alloc(zeroed: bool) -> Self {
+        let ptr = take_page();
+        if zeroed {
+            // SAFETY: a page of our own.
+            unsafe { ptr.as_ptr().cast::<u8>().write_bytes(0, PAGE_SIZE as usize) };
+        }
+        PageBuf {
+            ptr,
+            given: core::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn zeroed() -> Self {
+        Self::alloc(true)
+    }
+}
+
+impl Clone for PageBuf {
+    fn clone(&self) -> Self {
+        let new = Self::alloc(false);
+        // SAFETY: two distinct allocations of one Bytes each.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr(), new.ptr.as_ptr(), 1) };
+        new
+    }
+}
+
+impl core::ops::Deref for PageBuf {
+    type Target = Bytes;
+    fn deref(&self) -> &Bytes {
+        // SAFETY: owned, initialized, alive as long as self.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl core::ops::DerefMut for PageBuf {
+    fn deref_mut(&mut self) -> &mut Bytes {
+        // SAFETY: owned, initialized, borrowed mutably through self.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        let p = self.ptr.as_ptr().cast::<u8>();
+        if self.given.load(core::sync::atomic::Ordering::Acquire) {
+            if let Some(detach) = crate::backend::free_hook() {
+                detach(p, PAGE_SIZE as usize);
+            }
+        }
+        put_page(self.ptr);
+    }
+}
+
+impl core::fmt::Debug for PageBuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("PageBuf")
+    }
+}
+
+impl LentBytes for PageBuf {
+    fn bytes(&self) -> &[u8] {
+        &**self
+    }
+    fn give_to_kernel(&self) -> bool {
+        if crate::backend::free_hook().is_none() {
+            return false;
+        }
+        self.given
+            .store(true, core::sync::atomic::Ordering::Release);
+        true
+    }
+}
+
 /// A page: its bytes are shared with the reads that lent them
 /// ([`SparseArray::lend`]) until they are sent; a write to a page that is
 /// still lent writes to a copy (copy-on-write, [`Arc::make_mut`]), so what
 /// was lent never changes.
-type Page = RwLock<Arc<Bytes>>;
+type Page = RwLock<Arc<PageBuf>>;
 
 fn new_page() -> Page {
-    RwLock::new(Arc::new([0u8; PAGE_SIZE as usize]))
+    RwLock::new(Arc::new(PageBuf::zeroed()))
 }
 
 /// The bytes of a page, to write to: a copy first if they are lent.
-fn page_mut(p: &mut Arc<Bytes>) -> &mut Bytes {
-    Arc::make_mut(p)
+fn page_mut(p: &mut Arc<PageBuf>) -> &mut Bytes {
+    let page: &mut PageBuf = Arc::make_mut(p);
+    page
 }
 
 /// Split `offset..offset+len` into (page index, offset in page, length).
