@@ -121,6 +121,7 @@ unsafe impl Sync for PageBuf {}
 /// Pages are carved out of chunks of this many, allocated (aligned to
 /// the machine's pages) and never freed: a page-aligned allocation of its
 /// own would cost a whole machine page of padding per page (+12% RSS).
+#[cfg(not(loom))]
 const CHUNK_PAGES: usize = 32;
 
 /// Pages freed, for reuse as pages (only ever as pages: memory given to
@@ -128,6 +129,7 @@ const CHUNK_PAGES: usize = 32;
 #[cfg(not(loom))]
 static FREE_PAGES: crate::sync::Mutex<Vec<usize>> = crate::sync::Mutex::new(Vec::new());
 
+#[cfg(not(loom))]
 fn chunk_layout() -> core::alloc::Layout {
     // A power of two, with a size that is a multiple of it: never fails.
     match core::alloc::Layout::from_size_align(PAGE_SIZE as usize * CHUNK_PAGES, PAGE_ALIGN) {
@@ -165,8 +167,16 @@ fn put_page(p: core::ptr::NonNull<Bytes>) {
 }
 
 #[cfg(loom)]
+fn page_layout() -> core::alloc::Layout {
+    match core::alloc::Layout::from_size_align(PAGE_SIZE as usize, PAGE_ALIGN) {
+        Ok(l) => l,
+        Err(_) => unreachable!(),
+    }
+}
+
+#[cfg(loom)]
 fn take_page() -> core::ptr::NonNull<Bytes> {
-    let layout = core::alloc::Layout::new::<Bytes>();
+    let layout = page_layout();
     // SAFETY: the layout's size is not zero.
     let p = unsafe { alloc::alloc::alloc(layout) };
     core::ptr::NonNull::new(p.cast()).unwrap_or_else(|| alloc::alloc::handle_alloc_error(layout))
@@ -175,7 +185,7 @@ fn take_page() -> core::ptr::NonNull<Bytes> {
 #[cfg(loom)]
 fn put_page(p: core::ptr::NonNull<Bytes>) {
     // SAFETY: allocated by take_page with this layout.
-    unsafe { alloc::alloc::dealloc(p.as_ptr().cast(), core::alloc::Layout::new::<Bytes>()) };
+    unsafe { alloc::alloc::dealloc(p.as_ptr().cast(), page_layout()) };
 }
 
 impl PageBuf {
