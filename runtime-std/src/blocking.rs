@@ -220,6 +220,9 @@ struct Workers<'a> {
     /// Answer reads the plugin can serve without blocking on the reading
     /// thread (parallel connections: see [`Workers::answer_now`]).
     inline: bool,
+    /// READ replies may be sent from the plugin's descriptor
+    /// ([`crate::zerocopy::send_file`]).
+    sendfile: AtomicBool,
 }
 
 /// The largest write payload buffer a worker keeps for the next request.
@@ -253,6 +256,7 @@ pub(crate) fn transmission(
     leftover: Vec<u8>,
 ) -> (bool, SyncStream) {
     let output = stream.clone();
+    let output_fd = stream.clone();
     let shared = &session.shared;
     let max = if shared.thread_model == ThreadModel::Parallel {
         shared.threads.max(1)
@@ -273,6 +277,13 @@ pub(crate) fn transmission(
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
         inline: max > 1,
+        // Only where the plugin's calls run unlocked (the data is read
+        // outside the thread model's locks, while the reply is sent).
+        sendfile: AtomicBool::new(
+            crate::zerocopy::enabled()
+                && shared.thread_model == ThreadModel::Parallel
+                && w_fd(&output_fd).is_some(),
+        ),
     };
     if max > 1 {
         log::debug(
@@ -322,7 +333,8 @@ impl<'a> Workers<'a> {
     fn run(&self, v: &Valid, payload: &[u8], name: &Arc<str>) -> Reply {
         let s = self.session;
         s.shared.gated(Some(&self.gate), || {
-            execute(&s.ctx, &self.pool, name, s.framer, v, payload, None)
+            let fds = self.sendfile.load(Ordering::Relaxed);
+            execute(&s.ctx, &self.pool, name, s.framer, v, payload, None, fds)
         })
     }
 
@@ -339,6 +351,14 @@ impl<'a> Workers<'a> {
             return None;
         }
         let s = self.session;
+        // A long read sent from the plugin's descriptor (sendfile) goes to a
+        // worker: it may wait for the disk, and its copy is the one saved.
+        if v.command == nbdkit_core::transmission::Command::Read
+            && v.count as usize >= crate::zerocopy::MIN_LEN
+            && self.sendfile.load(Ordering::Relaxed)
+        {
+            return None;
+        }
         let out = s.shared.gated(Some(&self.gate), || {
             execute_now(&s.ctx, &self.pool, name, s.framer, v, payload)
         })?;
@@ -347,9 +367,21 @@ impl<'a> Workers<'a> {
 
     /// Send `out` and keep its buffer for the next reply.
     fn send_reply(&self, out: Reply) -> bool {
-        let sent = match out.whole() {
-            Some(b) => self.output.send(&[b]),
-            None => self.output.send(&out.parts().collect::<Vec<_>>()),
+        let sent = match (&out, out.whole()) {
+            (_, Some(b)) => self.output.send(&[b]),
+            (
+                Reply::File {
+                    head,
+                    len,
+                    fd,
+                    offset,
+                    count,
+                },
+                None,
+            ) => self
+                .output
+                .send_with(|sink| self.send_file(sink, &head[..*len], *fd, *offset, *count)),
+            (_, None) => self.output.send(&out.parts().collect::<Vec<_>>()),
         };
         self.pool.put(out.into_buf());
         sent
@@ -412,6 +444,52 @@ impl<'a> Workers<'a> {
             engine.take_payload(len);
         }
         Next::Run(Request::Run(v, payload))
+    }
+}
+
+impl Workers<'_> {
+    /// Send a [`Reply::File`] (under the reply lock).
+    fn send_file(
+        &self,
+        sink: &mut SyncStream,
+        head: &[u8],
+        fd: i32,
+        offset: u64,
+        count: usize,
+    ) -> bool {
+        use crate::zerocopy::{send_file, FileSent};
+        let Some(sock) = w_fd(sink) else {
+            return false;
+        };
+        match send_file(sock, head, fd, offset, count) {
+            FileSent::Done => true,
+            FileSent::Unsupported => {
+                self.sendfile.store(false, Ordering::Relaxed);
+                true
+            }
+            FileSent::Gone | FileSent::Broken => {
+                log::debug(
+                    Some(&self.session.name),
+                    format_args!(
+                        "read reply cut short (offset={offset} count={count}), closing connection"
+                    ),
+                );
+                // As a failed write: wake the reader so that the
+                // connection ends.
+                sink.shutdown(Shutdown::Both);
+                false
+            }
+        }
+    }
+}
+
+/// The socket's descriptor.
+fn w_fd(s: &SyncStream) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    match s {
+        SyncStream::Unix(s) => Some(s.as_raw_fd()),
+        SyncStream::Tcp(s) => Some(s.as_raw_fd()),
+        SyncStream::Closed => None,
     }
 }
 

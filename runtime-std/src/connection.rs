@@ -168,6 +168,13 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// The Unix socket under a writing half, to splice replies into
+    /// ([`crate::zerocopy::splice`]).
+    fn unix_writer(w: &Self::Writer) -> Option<&tokio::net::UnixStream> {
+        let _ = w;
+        None
+    }
 }
 
 impl Transport for tokio::net::TcpStream {
@@ -198,6 +205,9 @@ impl Transport for tokio::net::UnixStream {
     type Writer = tokio::net::unix::OwnedWriteHalf;
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
+    }
+    fn unix_writer(w: &Self::Writer) -> Option<&tokio::net::UnixStream> {
+        Some(w.as_ref())
     }
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(std::os::fd::AsRawFd::as_raw_fd(self))
@@ -370,6 +380,98 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
             ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_shutdown(cx),
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
         }
+    }
+}
+
+/// Where a connection's replies are written.
+pub(crate) trait ReplyOut: AsyncWrite + Unpin {
+    /// The plain Unix socket this writes to, if it is one (replies may
+    /// then be spliced into it).
+    fn unix(&self) -> Option<&tokio::net::UnixStream> {
+        None
+    }
+}
+
+impl<S: Transport> ReplyOut for ConnWriter<S> {
+    fn unix(&self) -> Option<&tokio::net::UnixStream> {
+        match self {
+            ConnWriter::Plain(w) => S::unix_writer(w),
+            ConnWriter::Tls(_) => None,
+        }
+    }
+}
+
+/// A connection's reply writer: the writing half, and the state of the
+/// replies spliced into it (which counts every byte written).
+pub(crate) struct Out<W> {
+    /// Dropped before the socket (it may look at it as it goes).
+    #[cfg(target_os = "linux")]
+    zc: Option<Box<crate::zerocopy::splice::Splicer>>,
+    w: W,
+}
+
+impl<W: ReplyOut> Out<W> {
+    fn new(w: W) -> Self {
+        #[cfg(target_os = "linux")]
+        let zc = if crate::zerocopy::enabled() {
+            w.unix().and_then(|s| {
+                crate::zerocopy::splice::Splicer::new(std::os::fd::AsRawFd::as_raw_fd(s))
+            })
+        } else {
+            None
+        };
+        Out {
+            #[cfg(target_os = "linux")]
+            zc,
+            w,
+        }
+    }
+
+    fn count(&mut self, r: &std::task::Poll<io::Result<usize>>) {
+        #[cfg(target_os = "linux")]
+        if let (Some(z), std::task::Poll::Ready(Ok(n))) = (self.zc.as_mut(), r) {
+            z.sent += *n as u64;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = r;
+    }
+}
+
+impl<W: ReplyOut> AsyncWrite for Out<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.w).poll_write(cx, buf);
+        this.count(&r);
+        r
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.w).poll_write_vectored(cx, bufs);
+        this.count(&r);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.w.is_write_vectored()
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().w).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().w).poll_shutdown(cx)
     }
 }
 
@@ -1099,7 +1201,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(wr: &AsyncMutex<W>, reply: &Reply) -> bool {
+async fn send<W: ReplyOut>(wr: &AsyncMutex<Out<W>>, reply: &Reply) -> bool {
     let mut w = wr.lock().await;
     write_reply(&mut *w, &[], reply).await.is_ok() && w.flush().await.is_ok()
 }
@@ -1124,9 +1226,9 @@ struct Held {
 impl Held {
     /// Queue `reply` when `more` requests are buffered, or write it now
     /// with what is held.
-    async fn reply<W: AsyncWrite + Unpin>(
+    async fn reply<W: ReplyOut>(
         &mut self,
-        wr: &AsyncMutex<W>,
+        wr: &AsyncMutex<Out<W>>,
         reply: &Reply,
         more: bool,
     ) -> bool {
@@ -1142,7 +1244,7 @@ impl Held {
     }
 
     /// Write what is held, then `more`.
-    async fn write<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>, more: &Reply) -> bool {
+    async fn write<W: ReplyOut>(&mut self, wr: &AsyncMutex<Out<W>>, more: &Reply) -> bool {
         let mut w = wr.lock().await;
         let ok = write_reply(&mut *w, &self.buf, more).await.is_ok() && w.flush().await.is_ok();
         self.buf.clear();
@@ -1150,7 +1252,7 @@ impl Held {
     }
 
     /// Write what is held, if anything.
-    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &AsyncMutex<W>) -> bool {
+    async fn flush<W: ReplyOut>(&mut self, wr: &AsyncMutex<Out<W>>) -> bool {
         const NOTHING: Reply = Reply::Small {
             buf: [0; Framer::REPLY_LEN],
             len: 0,
@@ -1162,11 +1264,16 @@ impl Held {
 /// Write all of `held`, then all of `reply`: in one piece, then each
 /// other piece of a lent reply, in vectored writes that resume after
 /// short writes.
-async fn write_reply<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    held: &[u8],
-    reply: &Reply,
-) -> io::Result<()> {
+async fn write_reply<W: ReplyOut>(w: &mut Out<W>, held: &[u8], reply: &Reply) -> io::Result<()> {
+    // A long read of lent pages, on a Unix socket: spliced.
+    #[cfg(target_os = "linux")]
+    if let (Reply::Lent { head, len, data }, Some(zc), Some(sock)) =
+        (reply, w.zc.as_mut(), w.w.unix())
+    {
+        if data.len() >= crate::zerocopy::MIN_LEN {
+            return Box::pin(zc.send(sock, held, &head[..*len], data)).await;
+        }
+    }
     match reply.whole() {
         Some(b) => write_all_2(w, held, b).await,
         // Boxed: its slice arrays (2 KiB) would otherwise be part of every
@@ -1340,10 +1447,10 @@ async fn transmission<R, W>(
     mut reader: PooledBufReader<Leftover<R>>,
     wr: W,
     fd: SocketFd,
-) -> (bool, Arc<AsyncMutex<W>>, PooledBufReader<Leftover<R>>)
+) -> (bool, Arc<AsyncMutex<Out<W>>>, PooledBufReader<Leftover<R>>)
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: ReplyOut + Send + 'static,
 {
     // The engine decodes and validates; the in-flight count below bounds
     // how many requests run at once, so the engine does not count them.
@@ -1352,7 +1459,7 @@ where
     // Replies are written whole under the reply lock; the in-flight count
     // limits requests to -t and lets the end of the connection wait for
     // every reply (both loom-checked in nbdkit-core).
-    let wr = Arc::new(AsyncMutex::new(wr));
+    let wr = Arc::new(AsyncMutex::new(Out::new(wr)));
     let concurrent = shared.thread_model == ThreadModel::Parallel && shared.threads > 1;
     let flight = InFlight::new(shared.threads.max(1));
     let gate = Arc::new(ConnectionGate::new());
@@ -1540,7 +1647,7 @@ where
                     .call_on(Some(&gate), move |_| {
                         let w = workers.as_ref().map(|w| w.take());
                         let n = w.as_ref().map_or(&name, |w| &w.name);
-                        let reply = execute(&ctx, &p, n, framer, &v, &payload, received);
+                        let reply = execute(&ctx, &p, n, framer, &v, &payload, received, false);
                         (reply, payload)
                     })
                     .await;
@@ -1555,7 +1662,7 @@ where
                 .call_on(Some(&gate), move |_| {
                     let w = workers.as_ref().map(|w| w.take());
                     let n = w.as_ref().map_or(&n, |w| &w.name);
-                    let reply = execute(&c, &p, n, framer, &v, &payload, received);
+                    let reply = execute(&c, &p, n, framer, &v, &payload, received, false);
                     (reply, payload)
                 })
                 .await;
@@ -1586,6 +1693,8 @@ mod test {
         step: usize,
         vectored: bool,
     }
+
+    impl ReplyOut for Trickle {}
 
     impl AsyncWrite for Trickle {
         fn poll_write(
@@ -1636,11 +1745,11 @@ mod test {
             .unwrap();
         rt.block_on(async {
             for step in [1, 7, 16, 100, 1 << 20] {
-                let wr = AsyncMutex::new(Trickle {
+                let wr = AsyncMutex::new(Out::new(Trickle {
                     out: Vec::new(),
                     step,
                     vectored: true,
-                });
+                }));
                 let mut held = Held {
                     buf: Vec::new(),
                     on: true,
@@ -1665,7 +1774,7 @@ mod test {
                 }
                 assert!(held.buf.is_empty());
                 assert!(held.flush(&wr).await);
-                assert!(wr.lock().await.out == want, "step {step}: bytes differ");
+                assert!(wr.lock().await.w.out == want, "step {step}: bytes differ");
             }
         });
     }
@@ -1676,18 +1785,18 @@ mod test {
             .build()
             .unwrap();
         rt.block_on(async {
-            let wr = AsyncMutex::new(Trickle {
+            let wr = AsyncMutex::new(Out::new(Trickle {
                 out: Vec::new(),
                 step: 3,
                 vectored: false,
-            });
+            }));
             let mut held = Held {
                 buf: Vec::new(),
                 on: false,
             };
             assert!(held.reply(&wr, &vec![9; 16].into(), true).await);
             assert!(held.buf.is_empty());
-            assert_eq!(wr.lock().await.out, [9; 16]);
+            assert_eq!(wr.lock().await.w.out, [9; 16]);
         });
     }
 
@@ -1725,11 +1834,11 @@ mod test {
             // than the zero page.
             for (pages, hole) in [(1, 0), (3, 70_000), (IOV_BATCH * 2 + 5, 7)] {
                 for (step, vectored) in [(1 << 30, true), (4097, true), (999, false)] {
-                    let wr = AsyncMutex::new(Trickle {
+                    let wr = AsyncMutex::new(Out::new(Trickle {
                         out: Vec::new(),
                         step,
                         vectored,
-                    });
+                    }));
                     let mut held = Held {
                         buf: Vec::new(),
                         on: true,
@@ -1753,7 +1862,7 @@ mod test {
                     assert!(send(&wr, &r).await);
                     want.extend_from_slice(&w);
                     assert!(
-                        wr.lock().await.out == want,
+                        wr.lock().await.w.out == want,
                         "{pages} pages, step {step}: bytes differ"
                     );
                 }

@@ -21,6 +21,7 @@ mod readbuf;
 mod request;
 pub mod server;
 pub mod tls;
+mod zerocopy;
 
 pub use os::services::tcp_service_port;
 pub use server::{serve, Family, Listen, ServeConfig};

@@ -97,6 +97,17 @@ pub(crate) enum Reply {
         len: usize,
         data: Lent,
     },
+    /// A READ's reply: the first `len` bytes of `head`, then the `count`
+    /// bytes at `offset` of the plugin's descriptor `fd` (sent with
+    /// `sendfile(2)` by [`crate::blocking`], the only path that asks for
+    /// it: see [`execute`]'s `fds`).
+    File {
+        head: [u8; Framer::REPLY_LEN],
+        len: usize,
+        fd: i32,
+        offset: u64,
+        count: usize,
+    },
 }
 
 impl Reply {
@@ -105,7 +116,7 @@ impl Reply {
         match self {
             Reply::Small { buf, len } => Some(&buf[..*len]),
             Reply::Buf { buf, len } => Some(&buf[..*len]),
-            Reply::Lent { .. } => None,
+            Reply::Lent { .. } | Reply::File { .. } => None,
         }
     }
 
@@ -115,6 +126,7 @@ impl Reply {
             Reply::Small { buf, len } => (&buf[..*len], None),
             Reply::Buf { buf, len } => (&buf[..*len], None),
             Reply::Lent { head, len, data } => (&head[..*len], Some(data)),
+            Reply::File { .. } => unreachable!("a file reply is sent by its own path"),
         };
         std::iter::once(first)
             .chain(data.into_iter().flat_map(Lent::slices))
@@ -126,13 +138,14 @@ impl Reply {
         match self {
             Reply::Small { len, .. } | Reply::Buf { len, .. } => *len,
             Reply::Lent { len, data, .. } => len + data.len(),
+            Reply::File { len, count, .. } => len + count,
         }
     }
 
     /// The buffer, for reuse (empty for a short or lent reply).
     pub(crate) fn into_buf(self) -> Vec<u8> {
         match self {
-            Reply::Small { .. } | Reply::Lent { .. } => Vec::new(),
+            Reply::Small { .. } | Reply::Lent { .. } | Reply::File { .. } => Vec::new(),
             Reply::Buf { buf, .. } => buf,
         }
     }
@@ -147,7 +160,9 @@ impl From<Vec<u8>> for Reply {
 
 /// Run one validated request and build its complete reply. A panic in
 /// the plugin or a filter becomes an EIO reply, logged, so that the client
-/// gets its answer and the connection goes on.
+/// gets its answer and the connection goes on. With `fds`, a READ of a
+/// plugin that has a descriptor to read from ([`Context::pread_fd`]) is
+/// not read here: its reply is a [`Reply::File`], whose sender reads it.
 pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
@@ -156,9 +171,10 @@ pub(crate) fn execute(
     v: &Valid,
     payload: &[u8],
     received: Option<Box<dyn Receive>>,
+    fds: bool,
 ) -> Reply {
     guarded(name, framer, v, || {
-        execute_as(ctx, pool, name, framer, v, payload, received)
+        execute_as(ctx, pool, name, framer, v, payload, received, fds)
     })
     .unwrap_or_else(|panicked| panicked)
 }
@@ -252,6 +268,7 @@ fn execute_as(
     v: &Valid,
     payload: &[u8],
     received: Option<Box<dyn Receive>>,
+    fds: bool,
 ) -> Reply {
     let flags = v.call_flags();
     let result = match v.command {
@@ -259,6 +276,19 @@ fn execute_as(
             let mut hdr = [0u8; Framer::REPLY_LEN];
             let n = framer.read(v, &mut hdr);
             let count = v.count as usize;
+            // A plugin with a descriptor: the sender reads it (not for a
+            // short read, which one pread and one write serve faster).
+            if fds && count >= crate::zerocopy::MIN_LEN {
+                if let Some(fd) = ctx.pread_fd(count, v.offset, flags) {
+                    return Reply::File {
+                        head: hdr,
+                        len: n,
+                        fd,
+                        offset: v.offset,
+                        count,
+                    };
+                }
+            }
             // A plugin that lends its pages: no copy here, the reply is
             // written from them.
             match ctx.pread_lent(count, v.offset, flags) {
@@ -495,11 +525,11 @@ mod test {
             flags: CmdFlags::NONE,
         };
         // A simple reply: magic, error, cookie (then the data on success).
-        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[], None);
+        let r = execute(&ctx, &pool, &name, framer, &read(4096), &[], None, false);
         assert_eq!(bytes(&r).len(), 16);
         assert_eq!(bytes(&r)[4..8], NBD_EIO.to_be_bytes());
         assert_eq!(bytes(&r)[8..16], 7u64.to_be_bytes());
-        let r = execute(&ctx, &pool, &name, framer, &read(0), &[], None);
+        let r = execute(&ctx, &pool, &name, framer, &read(0), &[], None, false);
         assert_eq!(bytes(&r)[4..8], [0; 4]);
         assert_eq!(bytes(&r).len(), 16 + 512);
     }
@@ -562,7 +592,7 @@ mod test {
         };
         // nbdkit passes only REQ_ONE to extents, as sent; FUA is not for it.
         for flags in [CmdFlags::FUA | CmdFlags::REQ_ONE, CmdFlags::FUA] {
-            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[], None);
+            let r = execute(&ctx, &pool, &name, framer, &status(flags), &[], None, false);
             // One structured BLOCK_STATUS chunk: context id 1, one extent.
             assert_eq!(bytes(&r).len(), 20 + 4 + 8);
             assert_eq!(bytes(&r)[20..24], 1u32.to_be_bytes());
@@ -607,7 +637,7 @@ mod test {
                 count: 200_000,
                 flags: CmdFlags::NONE,
             };
-            let r = execute(&ctx, &pool, &name, framer, &read, &[], None);
+            let r = execute(&ctx, &pool, &name, framer, &read, &[], None, false);
             // Without a filter the plugin lends its pages; a filter gets a
             // copy, as before.
             assert_eq!(matches!(r, Reply::Lent { .. }), want.is_empty());
@@ -620,7 +650,7 @@ mod test {
             assert!(got[28..528].iter().all(|&b| b == 0));
             // A short read too.
             let short = Valid { count: 512, ..read };
-            let s = execute(&ctx, &pool, &name, framer, &short, &[], None);
+            let s = execute(&ctx, &pool, &name, framer, &short, &[], None, false);
             assert_eq!(matches!(s, Reply::Lent { .. }), want.is_empty());
             assert_eq!(bytes(&s)[28..], got[28..540]);
             if want.is_empty() {

@@ -629,6 +629,23 @@ impl Context {
         Ok(())
     }
 
+    /// The descriptor to send `count` bytes at `offset` from
+    /// ([`Handle::read_fd`]), when this layer is a plugin that has one;
+    /// `None` (nothing logged) otherwise. Logs what `pread` logs: the
+    /// caller reads those bytes from the descriptor (and must read them
+    /// with `pread` if it cannot).
+    pub fn pread_fd(&self, count: usize, offset: u64, flags: Flags) -> Option<i32> {
+        let _ = flags;
+        match &self.layer {
+            Layer::Plugin(h, _) => {
+                let fd = h.read_fd()?;
+                data!("{}: pread count={count} offset={offset}", self.name);
+                Some(fd)
+            }
+            _ => None,
+        }
+    }
+
     /// Split FUA off a call when this layer does not implement it natively:
     /// returns the flags to pass down and whether to flush afterwards.
     fn split_fua(&self, flags: Flags) -> Result<(Flags, bool)> {

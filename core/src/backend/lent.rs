@@ -8,7 +8,52 @@ use alloc::vec::Vec;
 /// A shared, immutable run of bytes a plugin keeps (a page of the memory
 /// plugin). It is only ever read once lent: a plugin that writes to a page
 /// while it is lent writes to a copy (copy-on-write).
-pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub type SharedBytes = Arc<dyn LentBytes>;
+
+/// Bytes a plugin lends ([`SharedBytes`]): anything that is `[u8]`-like.
+pub trait LentBytes: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+
+    /// Whether the runtime may hand these bytes to the kernel by reference
+    /// (`vmsplice(2)`) instead of copying them, and mark them so. The
+    /// kernel may then go on reading the memory after the runtime let go
+    /// of it (a client that splices the socket into a pipe of its own):
+    /// bytes that say yes are wiped with [`set_free_hook`]'s hook before
+    /// their memory is freed for reuse, so that only what they held can
+    /// ever be read there. Default: no (the runtime copies them).
+    fn give_to_kernel(&self) -> bool {
+        false
+    }
+}
+
+impl<T: AsRef<[u8]> + Send + Sync + ?Sized> LentBytes for T {
+    fn bytes(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+/// What to do with memory given to the kernel before it is freed
+/// ([`LentBytes::give_to_kernel`]): a `fn(ptr, len)` stored as a usize.
+static FREE_HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Set the hook that detaches memory given to the kernel from the
+/// process before it is freed (on Linux, `madvise(MADV_DONTNEED)`: the
+/// pages the kernel still holds keep their bytes, the memory reused gets
+/// fresh pages). Until it is set, no bytes may be given to the kernel.
+/// `ptr..ptr + len` is page-aligned.
+pub fn set_free_hook(hook: fn(*mut u8, usize)) {
+    FREE_HOOK.store(hook as usize, core::sync::atomic::Ordering::Release);
+}
+
+/// The hook of [`set_free_hook`], if set.
+pub fn free_hook() -> Option<fn(*mut u8, usize)> {
+    match FREE_HOOK.load(core::sync::atomic::Ordering::Acquire) {
+        0 => None,
+        // SAFETY: only ever stored from a `fn(*mut u8, usize)`.
+        f => Some(unsafe { core::mem::transmute::<usize, fn(*mut u8, usize)>(f) }),
+    }
+}
 
 /// Size of the one static page of zeroes that zero segments point into.
 pub const ZERO_PAGE_LEN: usize = 32 * 1024;
@@ -68,7 +113,7 @@ impl Lent {
         assert!(
             start
                 .checked_add(len)
-                .is_some_and(|end| end <= (*bytes).as_ref().len()),
+                .is_some_and(|end| end <= bytes.bytes().len()),
             "lent range out of its page"
         );
         if len == 0 {
@@ -112,7 +157,7 @@ impl Lent {
         self.segments.iter().flat_map(|s| {
             let (one, zeroes) = match s {
                 Segment::Bytes { bytes, start, len } => {
-                    (Some(&(**bytes).as_ref()[*start..*start + *len]), 0)
+                    (Some(&bytes.bytes()[*start..*start + *len]), 0)
                 }
                 Segment::Zeroes(n) => (None, *n),
             };

@@ -22,7 +22,9 @@ pub use context::{Caps, Context, DefaultExports, Stack, EMULATION_CHUNK};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use filter::{Filter, FilterHandle, NextExports, NextOpener, PassThrough, Reopener};
-pub use lent::{Lent, Segment, SharedBytes, ZERO_PAGE, ZERO_PAGE_LEN};
+pub use lent::{
+    free_hook, set_free_hook, Lent, LentBytes, Segment, SharedBytes, ZERO_PAGE, ZERO_PAGE_LEN,
+};
 pub use plugin::{Handle, Plugin};
 pub use receive::Receive;
 pub use types::{BlockSize, Export, Exports, Flags, OpenArgs, Peer, Support, ThreadModel};

@@ -256,6 +256,17 @@ pub trait Handle: Send + Sync {
         None
     }
 
+    /// A file descriptor whose bytes at every offset are the bytes
+    /// [`Handle::pread`] returns there, with no side effect of a read to
+    /// keep (a plain file's), so that the runtime can send a READ's data
+    /// from it with `sendfile(2)` instead of reading it into memory.
+    /// Default: none. Asked before every read: cheap, and the same answer
+    /// for as long as the handle is open (the descriptor stays open that
+    /// long).
+    fn read_fd(&self) -> Option<i32> {
+        None
+    }
+
     /// Write `buf` at `offset`.
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
         Err(Error::new(Errno::EROFS))

@@ -27,6 +27,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::LentBytes;
 use crate::sync::Mutex;
 
 /// Bytes in a page (the sparse array's page size).
@@ -89,6 +92,9 @@ pub struct PageBuf {
     ptr: NonNull<u8>,
     chunk: u32,
     slot: u8,
+    /// Lent to the kernel by reference ([`LentBytes::give_to_kernel`]):
+    /// detached from the process before its slot is reused.
+    given: AtomicBool,
 }
 
 // SAFETY: a PageBuf owns its slot exclusively; shared references only read
@@ -192,6 +198,7 @@ impl Slab {
                 ptr,
                 chunk: ci,
                 slot: slot as u8,
+                given: AtomicBool::new(false),
             },
             dirty,
         )
@@ -250,9 +257,21 @@ impl PageBuf {
     }
 }
 
-impl AsRef<[u8]> for PageBuf {
-    fn as_ref(&self) -> &[u8] {
-        self.bytes()
+impl LentBytes for PageBuf {
+    fn bytes(&self) -> &[u8] {
+        PageBuf::bytes(self)
+    }
+
+    /// Yes once the runtime has a hook to detach the page from the process
+    /// before its slot is reused: a client that splices the socket into a
+    /// pipe of its own holds the physical page, and must never see what a
+    /// later page in the same slot holds.
+    fn give_to_kernel(&self) -> bool {
+        if crate::backend::free_hook().is_none() {
+            return false;
+        }
+        self.given.store(true, Ordering::Release);
+        true
     }
 }
 
@@ -286,6 +305,11 @@ impl Clone for PageBuf {
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
+        if self.given.load(Ordering::Acquire) {
+            if let Some(detach) = crate::backend::free_hook() {
+                detach(self.ptr.as_ptr(), PAGE);
+            }
+        }
         self.slab.give(self.chunk, self.slot);
     }
 }

@@ -38,6 +38,13 @@ impl<W: ReplySink> ReplyWriter<W> {
         parts.iter().all(|p| sink.write_all(p))
     }
 
+    /// Write one reply with `f`, which has the sink to itself (no other
+    /// reply gets in while it runs). False if it failed.
+    pub fn send_with(&self, f: impl FnOnce(&mut W) -> bool) -> bool {
+        let mut sink = lock(&self.sink);
+        f(&mut sink)
+    }
+
     /// The sink back, once every sender is done.
     pub fn into_inner(self) -> W {
         match self.sink.into_inner() {

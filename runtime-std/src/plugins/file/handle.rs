@@ -369,6 +369,12 @@ impl Handle for FileHandle {
         }
     }
 
+    fn read_fd(&self) -> Option<i32> {
+        // cache=none drops what a read brought into the page cache: that
+        // takes pread's own loop.
+        (!self.cache_none).then(|| self.fd())
+    }
+
     fn pwrite_now(&self, buf: &[u8], offset: u64, flags: Flags) -> Option<Result<()>> {
         (self.now.load(Ordering::Relaxed) == NOW_MEMORY && !flags.contains(Flags::FUA))
             .then(|| self.pwrite(buf, offset, flags))
