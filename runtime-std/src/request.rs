@@ -163,6 +163,9 @@ impl From<Vec<u8>> for Reply {
 /// gets its answer and the connection goes on. With `fds`, a READ of a
 /// plugin that has a descriptor to read from ([`Context::pread_fd`]) is
 /// not read here: its reply is a [`Reply::File`], whose sender reads it.
+// The request, its payload (read, or received in place) and where the reply
+// may be sent from: each caller has them apart.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute(
     ctx: &Context,
     pool: &BufPool,
@@ -260,6 +263,7 @@ fn small(f: impl FnOnce(&mut [u8]) -> usize) -> Reply {
 }
 
 /// [`execute`], with this thread's messages carrying `name`.
+#[allow(clippy::too_many_arguments)]
 fn execute_as(
     ctx: &Context,
     pool: &BufPool,
