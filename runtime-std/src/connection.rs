@@ -171,6 +171,7 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The Unix socket under a writing half, to splice replies into
     /// ([`crate::zerocopy::splice`]).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn unix_writer(w: &Self::Writer) -> Option<&tokio::net::UnixStream> {
         let _ = w;
         None
@@ -384,6 +385,7 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
 }
 
 /// Where a connection's replies are written.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) trait ReplyOut: AsyncWrite + Unpin {
     /// The plain Unix socket this writes to, if it is one (replies may
     /// then be spliced into it).

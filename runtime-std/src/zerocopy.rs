@@ -13,6 +13,7 @@
 //!
 //! [`Handle::read_fd`]: nbdkit_core::backend::Handle::read_fd
 
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
@@ -33,6 +34,7 @@ pub(crate) fn enabled() -> bool {
 
 /// How a [`send_file`] went.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum FileSent {
     /// The whole reply is out.
     Done,
@@ -49,6 +51,7 @@ pub(crate) enum FileSent {
 
 /// `f` again while it fails with EINTR; wait for the socket to take more
 /// while it fails with EAGAIN (a blocking socket with a send timeout).
+#[cfg(target_os = "linux")]
 fn retry(sock: RawFd, mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
     loop {
         let n = f();
@@ -77,6 +80,19 @@ fn retry(sock: RawFd, mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize>
 /// `sendfile(2)`. When `sendfile` cannot send them, the rest is read with
 /// `pread` and written; when even that fails, the reply is cut short and
 /// [`FileSent::Broken`] says that the connection must end.
+/// Elsewhere [`enabled`] is false, and nothing is sent this way.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn send_file(
+    _sock: RawFd,
+    _head: &[u8],
+    _fd: RawFd,
+    _offset: u64,
+    _count: usize,
+) -> FileSent {
+    FileSent::Unsupported
+}
+
+#[cfg(target_os = "linux")]
 pub(crate) fn send_file(
     sock: RawFd,
     head: &[u8],
@@ -163,7 +179,7 @@ pub(crate) fn send_file(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod test {
     use super::*;
     use std::io::{Read, Write};

@@ -56,6 +56,7 @@ pub(super) const NOW_MEMORY: u8 = 2;
 
 /// The [`FileHandle::now`] mode of `file` opened with `cache_none`.
 pub(super) fn now_mode(file: &StdFile, cache_none: bool) -> u8 {
+    let _ = file;
     if cache_none || !cfg!(target_os = "linux") {
         return NOW_NEVER;
     }
