@@ -358,16 +358,12 @@ impl<'a> Workers<'a> {
             return None;
         }
         let s = self.session;
-        // A long read sent from the plugin's descriptor (sendfile) goes to a
-        // worker: it may wait for the disk, and its copy is the one saved.
-        if v.command == nbdkit_core::transmission::Command::Read
-            && v.count as usize >= crate::zerocopy::MIN_LEN
-            && self.sendfile.load(Ordering::Relaxed)
-        {
+        if !s.ctx.can_now() {
             return None;
         }
         let out = s.shared.gated(Some(&self.gate), || {
-            execute_now(&s.ctx, &self.pool, name, s.framer, v, payload)
+            let fds = self.sendfile.load(Ordering::Relaxed);
+            execute_now(&s.ctx, &self.pool, name, s.framer, v, payload, fds)
         })?;
         Some(self.send_reply(out))
     }

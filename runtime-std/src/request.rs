@@ -185,7 +185,9 @@ pub(crate) fn execute(
 /// A READ or WRITE answered at once, if the plugin can serve it without
 /// blocking ([`Context::pread_now`], [`Context::pwrite_now`]); `None` for
 /// anything else, which the caller runs with [`execute`] where it may
-/// block.
+/// block. With `fds` (as for [`execute`]), a READ long enough to be sent
+/// from the plugin's descriptor is left to `execute` too: it may wait for
+/// the disk, and its copy is the one `sendfile` saves.
 pub(crate) fn execute_now(
     ctx: &Context,
     pool: &BufPool,
@@ -193,40 +195,68 @@ pub(crate) fn execute_now(
     framer: Framer,
     v: &Valid,
     payload: &[u8],
+    fds: bool,
 ) -> Option<Reply> {
-    if v.command == Command::Write {
-        let write = || {
-            Some(match ctx.pwrite_now(payload, v.offset, v.call_flags())? {
-                Ok(()) => small(|buf| framer.ok(v, buf)),
-                Err(e) => error_reply(name, framer, v, e),
-            })
-        };
-        return guarded(name, framer, v, write).unwrap_or_else(Some);
-    }
-    if v.command != Command::Read {
+    // Decided before anything is set up: most stacks never answer at once.
+    if !ctx.can_now() {
         return None;
     }
-    let read = || {
-        let mut hdr = [0u8; Framer::REPLY_LEN];
-        let n = framer.read(v, &mut hdr);
-        let len = n + v.count as usize;
-        let mut buf = pool.get(len);
-        match ctx.pread_now(&mut buf[n..len], v.offset, v.call_flags()) {
-            Some(Ok(())) => {
-                buf[..n].copy_from_slice(&hdr[..n]);
-                Some(Reply::Buf { buf, len })
-            }
-            Some(Err(e)) => {
-                pool.put(buf);
-                Some(error_reply(name, framer, v, e))
-            }
-            None => {
-                pool.put(buf);
-                None
-            }
+    match v.command {
+        Command::Write => {
+            let write = || {
+                Some(match ctx.pwrite_now(payload, v.offset, v.call_flags())? {
+                    Ok(()) => small(|buf| framer.ok(v, buf)),
+                    Err(e) => error_reply(name, framer, v, e),
+                })
+            };
+            guarded(name, framer, v, write).unwrap_or_else(Some)
         }
-    };
-    guarded(name, framer, v, read).unwrap_or_else(Some)
+        Command::Read if !(fds && v.count as usize >= crate::zerocopy::MIN_LEN) => {
+            let read = || {
+                let mut hdr = [0u8; Framer::REPLY_LEN];
+                let n = framer.read(v, &mut hdr);
+                let flags = v.call_flags();
+                Some(
+                    match buffered_read(pool, &hdr[..n], v.count as usize, |buf| {
+                        ctx.pread_now(buf, v.offset, flags)
+                    })? {
+                        Ok(reply) => reply,
+                        Err(e) => error_reply(name, framer, v, e),
+                    },
+                )
+            };
+            guarded(name, framer, v, read).unwrap_or_else(Some)
+        }
+        _ => None,
+    }
+}
+
+/// A READ's reply in one pooled buffer: `head` (the framed reply header),
+/// then the `count` bytes `read` fills in. `read`'s `None` (it declined)
+/// or error is passed on, and the buffer goes back to the pool.
+fn buffered_read(
+    pool: &BufPool,
+    head: &[u8],
+    count: usize,
+    read: impl FnOnce(&mut [u8]) -> Option<Result<(), Error>>,
+) -> Option<Result<Reply, Error>> {
+    let n = head.len();
+    let len = n + count;
+    let mut buf = pool.get(len);
+    match read(&mut buf[n..len]) {
+        Some(Ok(())) => {
+            buf[..n].copy_from_slice(head);
+            Some(Ok(Reply::Buf { buf, len }))
+        }
+        Some(Err(e)) => {
+            pool.put(buf);
+            Some(Err(e))
+        }
+        None => {
+            pool.put(buf);
+            None
+        }
+    }
 }
 
 /// Run `f` (one request's calls into the stack) with this thread's
@@ -317,15 +347,12 @@ fn execute_as(
                 Some(Err(e)) => return error_reply(name, framer, v, e),
                 None => {}
             }
-            let len = n + count;
-            let mut buf = pool.get(len);
-            buf[..n].copy_from_slice(&hdr[..n]);
-            match ctx.pread(&mut buf[n..len], v.offset, flags) {
-                Ok(()) => return Reply::Buf { buf, len },
-                Err(e) => {
-                    pool.put(buf);
-                    Err(e)
-                }
+            match buffered_read(pool, &hdr[..n], count, |buf| {
+                Some(ctx.pread(buf, v.offset, flags))
+            }) {
+                Some(Ok(reply)) => return reply,
+                Some(Err(e)) => Err(e),
+                None => unreachable!("pread always answers"),
             }
         }
         Command::Write => match received {

@@ -550,6 +550,17 @@ impl Context {
         }
     }
 
+    /// Whether [`Context::pread_now`] or [`Context::pwrite_now`] may answer
+    /// ([`Handle::can_now`], when this layer is the plugin): cheap enough
+    /// to ask before each request, and a `false` saves setting up a call
+    /// that would only decline.
+    pub fn can_now(&self) -> bool {
+        match &self.layer {
+            Layer::Plugin(h, _) => h.can_now(),
+            Layer::Filter { .. } => false,
+        }
+    }
+
     /// Read `buf.len()` bytes at `offset` if that cannot block
     /// ([`Handle::pread_now`]), when this layer is the plugin; `None`
     /// (nothing logged) when it would block or a filter is in the way: the

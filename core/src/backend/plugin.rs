@@ -236,6 +236,15 @@ pub trait Handle: Send + Sync {
         Err(Error::new(Errno::EINVAL))
     }
 
+    /// Whether [`Handle::pread_now`] or [`Handle::pwrite_now`] may answer
+    /// at all. Default: no. Asked before every request that might be
+    /// answered at once, so the answer must be cheap; it may turn from yes
+    /// to no while the handle is open (never back), and a yes is only a
+    /// maybe: each call may still decline.
+    fn can_now(&self) -> bool {
+        false
+    }
+
     /// Read `buf.len()` bytes at `offset` only if that cannot block (the
     /// bytes are in memory, say in the page cache): `None`, having read
     /// nothing that counts, when it would block or the handle cannot tell.

@@ -362,6 +362,10 @@ impl Handle for FileHandle {
         Ok(())
     }
 
+    fn can_now(&self) -> bool {
+        self.now.load(Ordering::Relaxed) != NOW_NEVER
+    }
+
     fn pread_now(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Option<Result<()>> {
         match self.now.load(Ordering::Relaxed) {
             NOW_MEMORY => Some(self.pread(buf, offset, flags)),
