@@ -206,7 +206,13 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
             return 1;
         }
     }
-    catch_early_stop_signals();
+    let stop_signals = match catch_stop_signals() {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error(None, &format!("cannot catch stop signals: {e}"));
+            return 1;
+        }
+    };
     // Bind before forking, so that errors reach the user.
     let bound = match bind(&cfg) {
         Ok(b) => b,
@@ -242,7 +248,7 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
             return 1;
         }
     };
-    let status = rt.block_on(serve_async(stack, cfg, bound));
+    let status = rt.block_on(serve_async(stack, cfg, bound, stop_signals));
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     status
 }
@@ -255,30 +261,93 @@ pub fn serve(stack: Stack, cfg: ServeConfig) -> i32 {
 /// limits are the process's open files and threads, as in nbdkit.
 const MAX_BLOCKING_THREADS: usize = 1 << 20;
 
-/// A stop signal (INT, QUIT, TERM) came before the runtime's own handlers
-/// were installed (see [`catch_early_stop_signals`]).
-static EARLY_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// A stop signal (INT, QUIT, TERM) came (see [`catch_stop_signals`]).
+static STOP_SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-extern "C" fn early_stop(_: libc::c_int) {
-    EARLY_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+/// The write end of the pipe [`stop_signalled`] writes a byte to, once set.
+static STOP_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn stop_signalled(_: libc::c_int) {
+    use std::sync::atomic::Ordering::SeqCst;
+    STOP_SIGNALLED.store(true, SeqCst);
+    let fd = STOP_PIPE.load(SeqCst);
+    if fd >= 0 {
+        // The interrupted code's errno is kept.
+        let errno = nix::errno::Errno::last_raw();
+        // SAFETY: write(2) is async-signal-safe; the byte is on this stack.
+        // A full pipe (EAGAIN) already wakes the reader.
+        let _ = unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+        nix::errno::Errno::set_raw(errno);
+    }
 }
 
-/// From before the listeners are bound until the runtime listens for
-/// signals, a stop signal is noted (and acted on once the server runs), as
-/// nbdkit does: a script that starts the server and stops it at once sees
-/// a clean exit, not death by the signal. The runtime's handlers call this
-/// one after theirs (it only sets the flag again).
-fn catch_early_stop_signals() {
+/// Stop signals end the server cleanly (status 0), from before the
+/// listeners are bound to the end, as with nbdkit: a script that starts
+/// the server and stops it at once sees a clean exit, not death by the
+/// signal. One plain handler, installed here once and never replaced,
+/// notes the signal and writes a byte to a pipe whose read end (returned)
+/// the running server waits on ([`wait_for_stop_signal`]). A signal that
+/// came before the server waits is still in the pipe; one whose handler
+/// is still running when the server starts to wait wakes it when it
+/// writes. (Handlers replaced at start-up, as a runtime's own, could be
+/// left running on another thread after the replacement, and their
+/// signal lost.)
+fn catch_stop_signals() -> std::io::Result<std::os::fd::OwnedFd> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(std::io::Error::from)?;
+    // The write end lives as long as the process (the handler uses it).
+    STOP_PIPE.store(
+        std::os::fd::IntoRawFd::into_raw_fd(wr),
+        std::sync::atomic::Ordering::SeqCst,
+    );
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
-        // SAFETY: a plain handler that only stores to an atomic, which is
-        // async-signal-safe; the sigaction struct is fully initialised.
-        unsafe {
+        // SAFETY: a plain handler that only stores to atomics and writes
+        // to a pipe, which is async-signal-safe; the sigaction struct is
+        // fully initialised.
+        let r = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = early_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_sigaction = stop_signalled as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut sa.sa_mask);
             sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(rd)
+}
+
+/// Resolves once a stop signal came (at any time since
+/// [`catch_stop_signals`]); `rd` is the pipe it returned.
+async fn wait_for_stop_signal(rd: std::os::fd::OwnedFd) {
+    use std::sync::atomic::Ordering::SeqCst;
+    // SAFETY: the AsyncFd owns the descriptor, which stays open (and the
+    // same pipe) until it is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(rd, tokio::io::Interest::READABLE)
+    };
+    let Ok(rd) = registered else {
+        // No way to wait: poll the flag (never expected).
+        while !STOP_SIGNALLED.load(SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        return;
+    };
+    loop {
+        // The handler sets the flag before it writes: a wake-up after the
+        // write finds it set.
+        if STOP_SIGNALLED.load(SeqCst) {
+            return;
+        }
+        let Ok(mut ready) = rd.readable().await else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a local buffer from the pipe's read end.
+        while unsafe { libc::read(rd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        ready.clear_ready();
     }
 }
 
@@ -419,7 +488,12 @@ impl AnyListener {
     }
 }
 
-async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
+async fn serve_async(
+    stack: Stack,
+    cfg: ServeConfig,
+    bound: StdBound,
+    stop_signals: std::os::fd::OwnedFd,
+) -> i32 {
     let (stop_tx, stop_rx) = watch::channel(false);
     *STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop_tx.clone());
     let thread_model = stack.thread_model();
@@ -526,30 +600,10 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         }
     }
 
-    // Signals end the server cleanly. The handlers are installed here,
-    // before any connection is accepted (not in the task below, which may
-    // first run later): a signal sent once a client has been answered
-    // never finds the default action.
+    // Stop signals end the server cleanly, whenever they came.
     let sig_tx = stop_tx.clone();
-    let mut kinds = Vec::new();
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        for k in [
-            SignalKind::interrupt(),
-            SignalKind::quit(),
-            SignalKind::terminate(),
-        ] {
-            if let Ok(s) = signal(k) {
-                kinds.push(s);
-            }
-        }
-    }
-    if EARLY_STOP.load(std::sync::atomic::Ordering::SeqCst) {
-        let _ = sig_tx.send(true);
-    }
     tokio::spawn(async move {
-        let waits = kinds.iter_mut().map(|s| Box::pin(s.recv()));
-        futures_select_any(waits).await;
+        wait_for_stop_signal(stop_signals).await;
         let _ = sig_tx.send(true);
     });
 
@@ -707,22 +761,6 @@ async fn serve_async(stack: Stack, cfg: ServeConfig, bound: StdBound) -> i32 {
         let _ = std::fs::remove_dir(dir);
     }
     status
-}
-
-async fn futures_select_any<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
-    let mut v: Vec<F> = futs.collect();
-    if v.is_empty() {
-        std::future::pending::<()>().await;
-    }
-    std::future::poll_fn(|cx| {
-        for f in v.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Resolves once the server is told to stop.
