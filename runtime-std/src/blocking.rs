@@ -449,11 +449,11 @@ impl<'a> Workers<'a> {
     /// a worker runs it as usual; else whether the reply was queued (or
     /// sent). Its reply joins `src`'s pending replies, which go out
     /// together in one write (nbd-bench, file on tmpfs, paired: rand-read
-    /// 4k server CPU/op 0.86, IOPS 1.14; rand-write CPU 0.92, IOPS 1.04). The reading thread then goes on to the
-    /// next request with no hand-off to another worker (two futex calls
-    /// and a context switch per request otherwise), while a request that
-    /// may block still runs on its own worker, so a slow one never holds
-    /// up those behind it.
+    /// 4k server CPU/op 0.86, IOPS 1.14; rand-write CPU 0.92, IOPS 1.04).
+    /// The reading thread then goes on to the next request with no
+    /// hand-off to another worker (two futex calls and a context switch
+    /// per request otherwise), while a request that may block still runs
+    /// on its own worker, so a slow one never holds up those behind it.
     fn answer_now(
         &self,
         src: &mut Source,
@@ -836,6 +836,11 @@ mod test {
     #[test]
     fn source_sends_pending_replies_before_it_waits_for_input() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // A failure here must not hang the test.
+        a.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
         let a = SyncStream::Unix(Arc::new(a));
         let mut src = Source {
             leftover: io::Cursor::new(b"left".to_vec()),
