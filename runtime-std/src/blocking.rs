@@ -51,6 +51,16 @@ pub(crate) enum SyncStream {
 }
 
 impl SyncStream {
+    /// The socket's descriptor (none once closed).
+    fn raw_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        match self {
+            SyncStream::Unix(s) => Some(s.as_raw_fd()),
+            SyncStream::Tcp(s) => Some(s.as_raw_fd()),
+            SyncStream::Closed => None,
+        }
+    }
+
     /// `shutdown(2)`.
     pub(crate) fn shutdown(&self, how: Shutdown) {
         let _ = match self {
@@ -162,6 +172,11 @@ struct Source {
 const PENDING_MAX: usize = 64 * 1024;
 
 impl Source {
+    /// Whether bytes read past the handshake are still to be consumed.
+    fn has_leftover(&self) -> bool {
+        self.leftover.position() < self.leftover.get_ref().len() as u64
+    }
+
     /// Send the pending replies (under the reply lock): false if the
     /// socket failed.
     fn flush(&mut self) -> bool {
@@ -189,10 +204,10 @@ impl Source {
     /// Whatever the socket has already received, without waiting:
     /// `Ok(0)` when nothing.
     fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.leftover.position() < self.leftover.get_ref().len() as u64 {
+        if self.has_leftover() {
             return self.leftover.read(buf);
         }
-        let Some(fd) = w_fd(&self.stream) else {
+        let Some(fd) = self.stream.raw_fd() else {
             return Ok(0);
         };
         // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
@@ -205,7 +220,7 @@ impl Source {
 
 impl Read for Source {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.leftover.position() < self.leftover.get_ref().len() as u64 {
+        if self.has_leftover() {
             return self.leftover.read(buf);
         }
         if !self.flush() {
@@ -385,7 +400,7 @@ pub(crate) fn transmission(
         sendfile: AtomicBool::new(
             crate::zerocopy::enabled()
                 && shared.thread_model == ThreadModel::Parallel
-                && w_fd(&output_fd).is_some(),
+                && output_fd.raw_fd().is_some(),
         ),
     };
     if max > 1 {
@@ -465,9 +480,6 @@ impl<'a> Workers<'a> {
             return None;
         }
         let s = self.session;
-        if !s.ctx.can_now() {
-            return None;
-        }
         let out = s.shared.gated(Some(&self.gate), || {
             let fds = self.sendfile.load(Ordering::Relaxed);
             execute_now(&s.ctx, &self.pool, name, s.framer, v, payload, fds)
@@ -573,7 +585,7 @@ impl Workers<'_> {
         count: usize,
     ) -> bool {
         use crate::zerocopy::{send_file, FileSent};
-        let Some(sock) = w_fd(sink) else {
+        let Some(sock) = sink.raw_fd() else {
             return false;
         };
         match send_file(sock, head, fd, offset, count) {
@@ -595,16 +607,6 @@ impl Workers<'_> {
                 false
             }
         }
-    }
-}
-
-/// The socket's descriptor.
-fn w_fd(s: &SyncStream) -> Option<i32> {
-    use std::os::fd::AsRawFd;
-    match s {
-        SyncStream::Unix(s) => Some(s.as_raw_fd()),
-        SyncStream::Tcp(s) => Some(s.as_raw_fd()),
-        SyncStream::Closed => None,
     }
 }
 

@@ -75,11 +75,6 @@ fn retry(sock: RawFd, mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize>
     }
 }
 
-/// Write all of `head` to the blocking socket `sock` (with MSG_MORE: the
-/// data follows), then the `count` bytes at `offset` of `fd`, with
-/// `sendfile(2)`. When `sendfile` cannot send them, the rest is read with
-/// `pread` and written; when even that fails, the reply is cut short and
-/// [`FileSent::Broken`] says that the connection must end.
 /// Elsewhere [`enabled`] is false, and nothing is sent this way.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn send_file(
@@ -92,6 +87,11 @@ pub(crate) fn send_file(
     FileSent::Unsupported
 }
 
+/// Write all of `head` to the blocking socket `sock` (with MSG_MORE: the
+/// data follows), then the `count` bytes at `offset` of `fd`, with
+/// `sendfile(2)`. When `sendfile` cannot send them, the rest is read with
+/// `pread` and written; when even that fails, the reply is cut short and
+/// [`FileSent::Broken`] says that the connection must end.
 #[cfg(target_os = "linux")]
 pub(crate) fn send_file(
     sock: RawFd,
