@@ -21,7 +21,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Scope;
 
@@ -159,13 +159,21 @@ struct Input {
 /// past the handshake, then the socket. It holds the replies of requests
 /// answered on the reading thread and not yet sent ([`Workers::answer_now`]),
 /// and sends them before any read from the socket that could wait: a
-/// client never waits for a reply that sits in this buffer.
+/// client never waits for a reply that sits in this buffer. Before such a
+/// read, while no request runs on a worker (queue depth 1, its reply
+/// sent), it looks for the next request without sleeping
+/// ([`crate::poll`]).
 struct Source {
     leftover: io::Cursor<Vec<u8>>,
     stream: SyncStream,
     /// Replies not yet sent.
     pending: Vec<u8>,
     output: Arc<ReplyWriter<SyncStream>>,
+    /// Looks for the next request before a read that would sleep, while
+    /// no request runs on a worker (see [`crate::poll`]).
+    poller: crate::poll::Poller,
+    /// Requests handed to a worker and not yet answered.
+    running: Arc<AtomicUsize>,
 }
 
 /// Pending replies are sent once they reach this many bytes.
@@ -226,7 +234,16 @@ impl Read for Source {
         if !self.flush() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        self.stream.read(buf)
+        let wait = if self.running.load(Ordering::Acquire) == 0 {
+            self.poller.spin()
+        } else {
+            None
+        };
+        let r = self.stream.read(buf);
+        if let Some(w) = wait {
+            self.poller.waited(w);
+        }
+        r
     }
 }
 
@@ -325,6 +342,8 @@ struct Workers<'a> {
     /// The read lock and the worker count.
     workers: Pool<Input>,
     output: Arc<ReplyWriter<SyncStream>>,
+    /// Requests handed to a worker and not yet answered.
+    running: Arc<AtomicUsize>,
     /// The serialize_requests lock of this connection.
     gate: ConnectionGate,
     pool: BufPool,
@@ -376,6 +395,8 @@ pub(crate) fn transmission(
     } else {
         1
     };
+    let running = Arc::new(AtomicUsize::new(0));
+    let poll_fd = stream.raw_fd();
     let w = Workers {
         session,
         workers: Pool::new(
@@ -385,12 +406,15 @@ pub(crate) fn transmission(
                     stream,
                     pending: Vec::new(),
                     output: output.clone(),
+                    poller: crate::poll::Poller::new(poll_fd),
+                    running: running.clone(),
                 }),
                 engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
             },
             max,
         ),
         output,
+        running,
         gate: ConnectionGate::new(),
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
@@ -623,16 +647,23 @@ impl Work for Workers<'_> {
             };
             // Only while the client is pipelining (more of its input is
             // already here, or arrived while the replies still pending
-            // were made): at queue depth 1 the usual hand-off, with the
-            // next reader already waiting in recv, answered sooner on an
-            // idle machine (nbd-bench qd1 0.80-0.84 of it when inline).
+            // were made). At queue depth 1 the usual hand-off: the next
+            // reader polls for the next request once this one is answered
+            // (see [`Source`]) while this thread, having sent the reply,
+            // sleeps. Answered here instead, nbd-bench qd1 was 0.89-0.97
+            // of that with the server and fio free to share the CPUs
+            // (1.32-1.38 when each had a CPU of its own).
             let pipelined = input.rd.buffered() > 0
                 || (!input.rd.inner.pending.is_empty() && input.rd.fill_now());
             if !pipelined {
+                self.running.fetch_add(1, Ordering::AcqRel);
                 break Next::Run(Request::Run(v, payload));
             }
             match self.answer_now(&mut input.rd.inner, &v, &payload, &local.name) {
-                None => break Next::Run(Request::Run(v, payload)),
+                None => {
+                    self.running.fetch_add(1, Ordering::AcqRel);
+                    break Next::Run(Request::Run(v, payload));
+                }
                 Some(true) => {}
                 Some(false) => break Next::End,
             }
@@ -656,7 +687,9 @@ impl Work for Workers<'_> {
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
                     local.spare = payload;
                 }
-                self.send_reply(out)
+                let sent = self.send_reply(out);
+                self.running.fetch_sub(1, Ordering::AcqRel);
+                sent
             }
         }
     }
@@ -849,6 +882,8 @@ mod test {
             stream: a.clone(),
             pending: Vec::new(),
             output: Arc::new(ReplyWriter::new(a)),
+            poller: crate::poll::Poller::new(None),
+            running: Arc::new(AtomicUsize::new(0)),
         };
         let mut buf = [0u8; 16];
         assert!(src.queue(b"one"));

@@ -23,9 +23,9 @@
 //! other tasks when its request comes, where a sleeper would have been
 //! woken first): a gap of [`PREEMPTED_NS`] between two looks means that,
 //! and the connection stops spinning for its next [`COOLDOWN`] waits.
-//! While the request just read still runs on another thread (the blocking
-//! workers hand the read lock on), the spinner gives the CPU up between
-//! looks (`sched_yield`), so that it never delays that request.
+//! On the blocking path the worker that reads the next request spins only
+//! while no request runs on another worker, so that it never takes the
+//! CPU from one.
 //!
 //! At most one connection fewer than there are CPUs spins at any moment
 //! (one on two CPUs; the others sleep as before), so that spinning never
