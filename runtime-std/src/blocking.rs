@@ -174,10 +174,21 @@ struct Source {
     poller: crate::poll::Poller,
     /// Requests handed to a worker and not yet answered.
     running: Arc<AtomicUsize>,
+    /// Replies in `pending`.
+    npending: usize,
 }
 
 /// Pending replies are sent once they reach this many bytes.
 const PENDING_MAX: usize = 64 * 1024;
+
+/// Pending replies are sent once there are this many: the client can send
+/// its next requests while the rest of the batch it sent is made. Held
+/// until the input ran dry, the replies of a whole batch of small writes
+/// (16 bytes each) went out at once, and the client and server took turns
+/// instead of working side by side (file on tmpfs, nbd-bench rand-write-4k
+/// against no such bound: IOPS 1.17, server CPU/op 0.88; 4 and 8 measured
+/// the same as 16).
+const PENDING_REPLIES: usize = 16;
 
 impl Source {
     /// Whether bytes read past the handshake are still to be consumed.
@@ -193,6 +204,7 @@ impl Source {
         }
         let ok = self.output.send(&[&self.pending]);
         self.pending.clear();
+        self.npending = 0;
         ok
     }
 
@@ -206,6 +218,10 @@ impl Source {
             return self.output.send(&[reply]);
         }
         self.pending.extend_from_slice(reply);
+        self.npending += 1;
+        if self.npending >= PENDING_REPLIES {
+            return self.flush();
+        }
         true
     }
 
@@ -408,6 +424,7 @@ pub(crate) fn transmission(
                     output: output.clone(),
                     poller: crate::poll::Poller::new(poll_fd),
                     running: running.clone(),
+                    npending: 0,
                 }),
                 engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
             },
@@ -884,6 +901,7 @@ mod test {
             output: Arc::new(ReplyWriter::new(a)),
             poller: crate::poll::Poller::new(None),
             running: Arc::new(AtomicUsize::new(0)),
+            npending: 0,
         };
         let mut buf = [0u8; 16];
         assert!(src.queue(b"one"));
@@ -914,13 +932,24 @@ mod test {
         let peer = std::thread::spawn(move || {
             let mut got = vec![0u8; PENDING_MAX + 1];
             b.read_exact(&mut got).unwrap();
-            got
+            (got, b)
         });
         assert!(src.queue(&big));
         assert!(src.pending.is_empty());
-        let got = peer.join().unwrap();
+        let (got, mut b) = peer.join().unwrap();
         assert_eq!(got[0], b'x');
         assert!(got[1..] == big[..]);
+        // Nor are more than PENDING_REPLIES small ones: the client can go
+        // on with the first while the rest of its batch is made.
+        for _ in 0..PENDING_REPLIES - 1 {
+            assert!(src.queue(b"r"));
+        }
+        assert_eq!(src.pending.len(), PENDING_REPLIES - 1);
+        assert!(src.queue(b"r"));
+        assert!(src.pending.is_empty());
+        let mut got = vec![0u8; PENDING_REPLIES];
+        b.read_exact(&mut got).unwrap();
+        assert!(got.iter().all(|&c| c == b'r'));
     }
 
     #[test]
