@@ -176,6 +176,9 @@ struct Source {
     running: Arc<AtomicUsize>,
     /// Replies in `pending`.
     npending: usize,
+    /// The pipe large writes' payloads go through ([`crate::splice_write`]),
+    /// made for the first.
+    pipe: Option<crate::splice_write::Pipe>,
 }
 
 /// Pending replies are sent once they reach this many bytes.
@@ -279,6 +282,9 @@ struct InputBuf<R> {
     buf: Vec<u8>,
     pos: usize,
     end: usize,
+    /// The most the next read from `inner` may take (0: the buffer's
+    /// size).
+    limit: usize,
 }
 
 impl<R> InputBuf<R> {
@@ -295,6 +301,7 @@ impl<R: Read> InputBuf<R> {
             buf: Vec::new(),
             pos: 0,
             end: 0,
+            limit: 0,
         }
     }
 }
@@ -328,7 +335,11 @@ impl<R: Read> BufRead for InputBuf<R> {
                 let n = (self.buf.len() * 2).clamp(INPUT_MIN, INPUT_MAX);
                 self.buf.resize(n, 0);
             }
-            self.end = self.inner.read(&mut self.buf)?;
+            let n = match core::mem::take(&mut self.limit) {
+                0 => self.buf.len(),
+                limit => limit.min(self.buf.len()),
+            };
+            self.end = self.inner.read(&mut self.buf[..n])?;
             self.pos = 0;
         }
         Ok(&self.buf[self.pos..self.end])
@@ -371,6 +382,9 @@ struct Workers<'a> {
     /// READ replies may be sent from the plugin's descriptor
     /// ([`crate::zerocopy::send_file`]).
     sendfile: AtomicBool,
+    /// Large WRITE payloads may be moved from the socket into the plugin's
+    /// descriptor ([`crate::splice_write`]).
+    splice_in: AtomicBool,
 }
 
 /// The largest write payload buffer a worker keeps for the next request.
@@ -382,6 +396,9 @@ enum Request {
     Run(Valid, Vec<u8>),
     /// A request that fails validation: its error reply.
     Refuse(Vec<u8>),
+    /// A write done while it was read ([`Workers::write_spliced`]): its
+    /// reply.
+    Written(Reply),
 }
 
 /// A worker's own state.
@@ -412,6 +429,11 @@ pub(crate) fn transmission(
         1
     };
     let running = Arc::new(AtomicUsize::new(0));
+    // Only where the plugin's calls run unlocked (the data is read or
+    // written outside the thread model's locks).
+    let zero_copy = crate::zerocopy::enabled()
+        && shared.thread_model == ThreadModel::Parallel
+        && output_fd.raw_fd().is_some();
     let poll_fd = stream.raw_fd();
     let w = Workers {
         session,
@@ -425,6 +447,7 @@ pub(crate) fn transmission(
                     poller: crate::poll::Poller::new(poll_fd),
                     running: running.clone(),
                     npending: 0,
+                    pipe: None,
                 }),
                 engine: Engine::new(session.negotiated, Limits::UNCOUNTED),
             },
@@ -436,13 +459,8 @@ pub(crate) fn transmission(
         pool: BufPool::default(),
         goodbye: AtomicBool::new(false),
         inline: max > 1,
-        // Only where the plugin's calls run unlocked (the data is read
-        // outside the thread model's locks, while the reply is sent).
-        sendfile: AtomicBool::new(
-            crate::zerocopy::enabled()
-                && shared.thread_model == ThreadModel::Parallel
-                && output_fd.raw_fd().is_some(),
-        ),
+        sendfile: AtomicBool::new(zero_copy),
+        splice_in: AtomicBool::new(zero_copy),
     };
     if max > 1 {
         log::debug(
@@ -525,12 +543,101 @@ impl<'a> Workers<'a> {
             let fds = self.sendfile.load(Ordering::Relaxed);
             execute_now(&s.ctx, &self.pool, name, s.framer, v, payload, fds)
         })?;
+        Some(self.queue_reply(src, out))
+    }
+
+    /// Queue `out` with `src`'s pending replies (or send it, with them,
+    /// when it is not one piece): false if the socket failed.
+    fn queue_reply(&self, src: &mut Source, out: Reply) -> bool {
         if let Some(b) = out.whole() {
             let queued = src.queue(b);
             self.pool.put(out.into_buf());
-            return Some(queued);
+            return queued;
         }
-        Some(src.flush() && self.send_reply(out))
+        src.flush() && self.send_reply(out)
+    }
+
+    /// Write a large WRITE's payload straight from the socket into the
+    /// plugin's descriptor, on the reading thread, when the plugin has one
+    /// ([`Context::pwrite_fd`]): `None` when it does not (or the write is
+    /// short), and the caller reads the payload as usual; else the next
+    /// step, [`Request::Written`] with the write's reply or the end of the
+    /// connection. The part of the payload already buffered is written
+    /// from the buffer, the rest is spliced ([`crate::splice_write`]).
+    fn write_spliced(
+        &self,
+        rd: &mut InputBuf<Source>,
+        engine: &mut Engine,
+        v: &Valid,
+        len: u64,
+    ) -> Option<Next<Request>> {
+        use crate::splice_write::{receive, Pipe, Received, MIN_LEN};
+        let s = self.session;
+        if len < MIN_LEN as u64
+            || !self.splice_in.load(Ordering::Relaxed)
+            || rd.inner.has_leftover()
+        {
+            return None;
+        }
+        let sock = rd.inner.stream.raw_fd()?;
+        if rd.inner.pipe.is_none() {
+            rd.inner.pipe = Some(Pipe::new()?);
+        }
+        // The engine bounds a write's length.
+        let len = len as usize;
+        let fd = s.ctx.pwrite_fd(len, v.offset, v.call_flags())?;
+        // The splice may wait for the socket.
+        if !rd.inner.flush() {
+            return Some(Next::End);
+        }
+        let written = s.shared.gated(Some(&self.gate), || {
+            let head = rd.buffered().min(len);
+            let mut result = write_at(fd, &rd.buf[rd.pos..rd.pos + head], v.offset);
+            rd.consume(head);
+            let rest = len - head;
+            if rest == 0 {
+                return Some(result);
+            }
+            let offset = v.offset + head as u64;
+            let got = match (&result, &rd.inner.pipe) {
+                (Ok(()), Some(pipe)) => receive(sock, pipe, fd, offset, rest),
+                _ => Received::Unsupported,
+            };
+            match got {
+                Received::Done => {}
+                Received::Failed(e) => result = Err(e),
+                Received::Gone => return None,
+                Received::Unsupported => {
+                    if result.is_ok() {
+                        self.splice_in.store(false, Ordering::Relaxed);
+                    }
+                    // Read as usual (into the buffer, or dropped after an
+                    // error).
+                    let mut buf = Vec::new();
+                    match (&mut *rd).take(rest as u64).read_to_end(&mut buf) {
+                        Ok(n) if n == rest => {}
+                        _ => return None,
+                    }
+                    if result.is_ok() {
+                        result = write_at(fd, &buf, offset);
+                    }
+                }
+            }
+            Some(result)
+        });
+        let Some(written) = written else {
+            return Some(Next::End);
+        };
+        engine.take_payload(len as u64);
+        // A large write is often followed by another: only the next header
+        // is read into the buffer, so that its payload is spliced whole.
+        if let Want::Header(n) = engine.wants() {
+            rd.limit = n;
+        }
+        let written = written.map_err(|e| crate::os::errno::io_error("pwrite", &e));
+        Some(Next::Answer(Request::Written(crate::request::write_reply(
+            &s.name, s.framer, v, written,
+        ))))
     }
 
     /// Send `out` and keep its buffer for the next reply.
@@ -558,7 +665,7 @@ impl<'a> Workers<'a> {
     /// Read the next request (header and payload).
     fn read_request(
         &self,
-        rd: &mut impl BufRead,
+        rd: &mut InputBuf<Source>,
         engine: &mut Engine,
         spare: &mut Vec<u8>,
     ) -> Next<Request> {
@@ -601,6 +708,9 @@ impl<'a> Workers<'a> {
         };
         let mut payload = Vec::new();
         if let Want::Payload(len) = engine.wants() {
+            if let Some(next) = self.write_spliced(rd, engine, &v, len) {
+                return next;
+            }
             payload = core::mem::take(spare);
             payload.clear();
             // The engine bounds a write's length before this allocates.
@@ -613,6 +723,20 @@ impl<'a> Workers<'a> {
         }
         Next::Run(Request::Run(v, payload))
     }
+}
+
+/// `pwrite(2)` all of `buf` to `offset` of `fd`.
+fn write_at(fd: i32, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: `fd` is the plugin's, open for as long as its handle is
+    // (past this call); ManuallyDrop never closes it.
+    let file = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    file.write_all_at(buf, offset)
 }
 
 impl Workers<'_> {
@@ -659,8 +783,15 @@ impl Work for Workers<'_> {
     fn read(&self, input: &mut Input, local: &mut Local) -> Next<Request> {
         let next = loop {
             let next = self.read_request(&mut input.rd, &mut input.engine, &mut local.spare);
-            let Next::Run(Request::Run(v, payload)) = next else {
-                break next;
+            let (v, payload) = match next {
+                Next::Run(Request::Run(v, payload)) => (v, payload),
+                Next::Answer(Request::Written(reply)) => {
+                    if !self.queue_reply(&mut input.rd.inner, reply) {
+                        break Next::End;
+                    }
+                    continue;
+                }
+                other => break other,
             };
             // Only while the client is pipelining (more of its input is
             // already here, or arrived while the replies still pending
@@ -699,6 +830,7 @@ impl Work for Workers<'_> {
     fn answer(&self, req: Request, local: &mut Local) -> bool {
         match req {
             Request::Refuse(reply) => self.output.send(&[&reply]),
+            Request::Written(reply) => self.send_reply(reply),
             Request::Run(v, payload) => {
                 let out = self.run(&v, &payload, &local.name);
                 if payload.capacity() <= MAX_SPARE_PAYLOAD {
@@ -902,6 +1034,7 @@ mod test {
             poller: crate::poll::Poller::new(None),
             running: Arc::new(AtomicUsize::new(0)),
             npending: 0,
+            pipe: None,
         };
         let mut buf = [0u8; 16];
         assert!(src.queue(b"one"));

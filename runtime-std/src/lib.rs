@@ -20,6 +20,7 @@ pub mod process;
 mod readbuf;
 mod request;
 pub mod server;
+mod splice_write;
 pub mod tls;
 mod zerocopy;
 

@@ -393,6 +393,19 @@ fn execute_as(
 }
 
 /// The error reply of `v` that failed with `e` (its message logged).
+/// The reply of the write `v`, done with `result`.
+pub(crate) fn write_reply(
+    name: &str,
+    framer: Framer,
+    v: &Valid,
+    result: Result<(), Error>,
+) -> Reply {
+    match result {
+        Ok(()) => small(|buf| framer.ok(v, buf)),
+        Err(e) => error_reply(name, framer, v, e),
+    }
+}
+
 fn error_reply(name: &str, framer: Framer, v: &Valid, e: Error) -> Reply {
     if let Some(m) = &e.message {
         log::error(Some(name), m);

@@ -599,6 +599,25 @@ impl Context {
         }
     }
 
+    /// The descriptor to write `count` bytes at `offset` to
+    /// ([`Handle::write_fd`]), when this layer is a writable plugin that
+    /// has one and the write has no FUA; `None` (nothing logged)
+    /// otherwise, and the caller writes with [`Context::pwrite`]. Logs what
+    /// `pwrite` logs: the caller writes those bytes to the descriptor.
+    pub fn pwrite_fd(&self, count: usize, offset: u64, flags: Flags) -> Option<i32> {
+        if flags.contains(Flags::FUA) || !matches!(self.can_write(), Ok(true)) {
+            return None;
+        }
+        match &self.layer {
+            Layer::Plugin(h, _) => {
+                let fd = h.write_fd()?;
+                data!("{}: pwrite count={count} offset={offset} fua=0", self.name);
+                Some(fd)
+            }
+            Layer::Filter { .. } => None,
+        }
+    }
+
     /// The buffers to receive a write's payload into, when this layer is
     /// a writable plugin that receives in place ([`Handle::receive_write`])
     /// and wants this write; `None` (nothing called, nothing logged)

@@ -276,6 +276,17 @@ pub trait Handle: Send + Sync {
         None
     }
 
+    /// A file descriptor where bytes written at an offset with `pwrite(2)`
+    /// are what [`Handle::pwrite`] would write there, with nothing else of
+    /// a write to do (a plain file's, without FUA), so that the runtime can
+    /// move a large WRITE's payload from the socket into it with
+    /// `splice(2)` instead of reading it into memory first. Default: none.
+    /// Asked before every large write: cheap, and the same answer for as
+    /// long as the handle is open (the descriptor stays open that long).
+    fn write_fd(&self) -> Option<i32> {
+        None
+    }
+
     /// Write `buf` at `offset`.
     fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
         Err(Error::new(Errno::EROFS))

@@ -380,6 +380,12 @@ impl Handle for FileHandle {
         (!self.cache_none).then(|| self.fd())
     }
 
+    fn write_fd(&self) -> Option<i32> {
+        // cache=none drops what a write left in the page cache: that takes
+        // pwrite's own loop.
+        (self.can_write && !self.cache_none).then(|| self.fd())
+    }
+
     fn pwrite_now(&self, buf: &[u8], offset: u64, flags: Flags) -> Option<Result<()>> {
         (self.now.load(Ordering::Relaxed) == NOW_MEMORY && !flags.contains(Flags::FUA))
             .then(|| self.pwrite(buf, offset, flags))
