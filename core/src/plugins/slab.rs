@@ -13,7 +13,9 @@
 //!
 //! Each slot remembers whether it may hold old bytes (`dirty`): memory
 //! fresh from the system reads as zeroes, so a page allocated from it needs
-//! no zeroing (a first write costs the page faults only).
+//! no zeroing (a first write costs the page faults only). Such a chunk is
+//! faulted in whole when its first page is taken (`MADV_POPULATE_WRITE`):
+//! one call instead of 512 page faults.
 //!
 //! Chunks are not advised for transparent huge pages (`MADV_HUGEPAGE`),
 //! although that turns 512 page faults into one: measured on the
@@ -178,6 +180,11 @@ impl Slab {
             inner.spare = None;
         }
         let c = &mut inner.chunks[ci as usize];
+        // A chunk not resident (fresh, or given back to the system) is
+        // faulted in whole by one call, not a page fault per 4 KiB page.
+        if c.used == 0 && c.dirty == 0 {
+            populate_chunk(c.base.0);
+        }
         // Prefer a slot that needs no zeroing, in address order.
         let free = !c.used & ALL;
         let clean = free & !c.dirty;
@@ -349,6 +356,27 @@ fn map_chunk() -> NonNull<u8> {
     // SAFETY: inside a successful mapping, not null.
     unsafe { NonNull::new_unchecked(aligned as *mut u8) }
 }
+
+/// Fault a chunk's memory in, writable, before its first page is used
+/// (best effort: before Linux 5.14 its pages fault in one by one as they
+/// are written). A first write of 256 MiB then costs 0.71 the server CPU
+/// per GiB, at 1.20 the throughput (nbd-bench seq-write, first write), for
+/// at most one chunk (2 MiB) resident before its pages are used.
+#[cfg(all(feature = "std", target_os = "linux", not(loom)))]
+fn populate_chunk(base: NonNull<u8>) {
+    // SAFETY: the chunk is mapped, private and anonymous; populating it
+    // changes no byte (it reads as zeroes before and after).
+    unsafe {
+        libc::madvise(
+            base.as_ptr() as *mut libc::c_void,
+            CHUNK,
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(all(feature = "std", target_os = "linux", not(loom))))]
+fn populate_chunk(_base: NonNull<u8>) {}
 
 /// Give a chunk's memory back to the system; true if it now reads as
 /// zeroes.
