@@ -635,9 +635,9 @@ impl<'a> Workers<'a> {
             rd.limit = n;
         }
         let written = written.map_err(|e| crate::os::errno::io_error("pwrite", &e));
-        Some(Next::Answer(Request::Written(crate::request::write_reply(
-            &s.name, s.framer, v, written,
-        ))))
+        Some(Next::Answer(Request::Written(
+            crate::request::result_reply(&s.name, s.framer, v, written),
+        )))
     }
 
     /// Send `out` and keep its buffer for the next reply.

@@ -204,10 +204,8 @@ pub(crate) fn execute_now(
     match v.command {
         Command::Write => {
             let write = || {
-                Some(match ctx.pwrite_now(payload, v.offset, v.call_flags())? {
-                    Ok(()) => small(|buf| framer.ok(v, buf)),
-                    Err(e) => error_reply(name, framer, v, e),
-                })
+                let written = ctx.pwrite_now(payload, v.offset, v.call_flags())?;
+                Some(result_reply(name, framer, v, written))
             };
             guarded(name, framer, v, write).unwrap_or_else(Some)
         }
@@ -386,15 +384,12 @@ fn execute_as(
         }
         Command::Disc => Ok(()),
     };
-    match result {
-        Ok(()) => small(|buf| framer.ok(v, buf)),
-        Err(e) => error_reply(name, framer, v, e),
-    }
+    result_reply(name, framer, v, result)
 }
 
-/// The error reply of `v` that failed with `e` (its message logged).
-/// The reply of the write `v`, done with `result`.
-pub(crate) fn write_reply(
+/// The reply of `v`, a request with no data to send back, done with
+/// `result`.
+pub(crate) fn result_reply(
     name: &str,
     framer: Framer,
     v: &Valid,
@@ -406,6 +401,7 @@ pub(crate) fn write_reply(
     }
 }
 
+/// The error reply of `v` that failed with `e` (its message logged).
 fn error_reply(name: &str, framer: Framer, v: &Valid, e: Error) -> Reply {
     if let Some(m) = &e.message {
         log::error(Some(name), m);
