@@ -571,7 +571,7 @@ impl<'a> Workers<'a> {
         v: &Valid,
         len: u64,
     ) -> Option<Next<Request>> {
-        use crate::splice_write::{receive, Pipe, Received, MIN_LEN};
+        use crate::splice_write::{receive, write_at, Pipe, Received, MIN_LEN};
         let s = self.session;
         if len < MIN_LEN as u64
             || !self.splice_in.load(Ordering::Relaxed)
@@ -590,6 +590,8 @@ impl<'a> Workers<'a> {
         if !rd.inner.flush() {
             return Some(Next::End);
         }
+        // Out of `rd` while the closure holds it (put back below).
+        let pipe = rd.inner.pipe.take()?;
         let written = s.shared.gated(Some(&self.gate), || {
             let head = rd.buffered().min(len);
             let mut result = write_at(fd, &rd.buf[rd.pos..rd.pos + head], v.offset);
@@ -598,33 +600,32 @@ impl<'a> Workers<'a> {
             if rest == 0 {
                 return Some(result);
             }
+            if result.is_err() {
+                // The rest is read and dropped, as a refused request's.
+                return match io::copy(&mut (&mut *rd).take(rest as u64), &mut io::sink()) {
+                    Ok(n) if n == rest as u64 => Some(result),
+                    _ => None,
+                };
+            }
             let offset = v.offset + head as u64;
-            let got = match (&result, &rd.inner.pipe) {
-                (Ok(()), Some(pipe)) => receive(sock, pipe, fd, offset, rest),
-                _ => Received::Unsupported,
-            };
-            match got {
+            match receive(sock, &pipe, fd, offset, rest) {
                 Received::Done => {}
                 Received::Failed(e) => result = Err(e),
                 Received::Gone => return None,
                 Received::Unsupported => {
-                    if result.is_ok() {
-                        self.splice_in.store(false, Ordering::Relaxed);
-                    }
-                    // Read as usual (into the buffer, or dropped after an
-                    // error).
+                    // Read as usual, and never spliced again here.
+                    self.splice_in.store(false, Ordering::Relaxed);
                     let mut buf = Vec::new();
                     match (&mut *rd).take(rest as u64).read_to_end(&mut buf) {
                         Ok(n) if n == rest => {}
                         _ => return None,
                     }
-                    if result.is_ok() {
-                        result = write_at(fd, &buf, offset);
-                    }
+                    result = write_at(fd, &buf, offset);
                 }
             }
             Some(result)
         });
+        rd.inner.pipe = Some(pipe);
         let Some(written) = written else {
             return Some(Next::End);
         };
@@ -723,20 +724,6 @@ impl<'a> Workers<'a> {
         }
         Next::Run(Request::Run(v, payload))
     }
-}
-
-/// `pwrite(2)` all of `buf` to `offset` of `fd`.
-fn write_at(fd: i32, buf: &[u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    if buf.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: `fd` is the plugin's, open for as long as its handle is
-    // (past this call); ManuallyDrop never closes it.
-    let file = std::mem::ManuallyDrop::new(unsafe {
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    });
-    file.write_all_at(buf, offset)
 }
 
 impl Workers<'_> {

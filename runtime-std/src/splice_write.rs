@@ -91,6 +91,21 @@ pub(crate) fn receive(_: RawFd, _: &Pipe, _: RawFd, _: u64, _: usize) -> Receive
     Received::Unsupported
 }
 
+/// `pwrite(2)` all of `buf` to `offset` of `fd` (the plugin's, open for as
+/// long as its handle is).
+pub(crate) fn write_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: the caller's `fd` stays open past this call; ManuallyDrop
+    // never closes it.
+    let file = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    file.write_all_at(buf, offset)
+}
+
 /// `f` again while it fails with EINTR.
 #[cfg(target_os = "linux")]
 fn retry(mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
@@ -191,12 +206,6 @@ fn pipe_to_file(pr: RawFd, fd: RawFd, offset: u64, n: usize) -> io::Result<()> {
 /// `fd`. On an error, what is left in the pipe is left there.
 #[cfg(target_os = "linux")]
 fn copy_to_file(pr: RawFd, fd: RawFd, offset: u64, n: usize) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    // SAFETY: `fd` is open for as long as the plugin's handle is (past
-    // this call); ManuallyDrop never closes it.
-    let file = std::mem::ManuallyDrop::new(unsafe {
-        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    });
     let mut buf = vec![0u8; n.min(1 << 20)];
     let mut done = 0;
     while done < n {
@@ -206,7 +215,7 @@ fn copy_to_file(pr: RawFd, fd: RawFd, offset: u64, n: usize) -> io::Result<()> {
         if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        file.write_all_at(&buf[..got], offset + done as u64)?;
+        write_at(fd, &buf[..got], offset + done as u64)?;
         done += got;
     }
     Ok(())
