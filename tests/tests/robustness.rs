@@ -204,6 +204,22 @@ fn raise_nofile(want: libc::rlim_t) -> bool {
     }
 }
 
+/// `n` connections to `srv`, each through its handshake, then left idle.
+fn open_idle(srv: &Server, n: usize) -> Vec<nbdkit_tests::RawClient> {
+    (0..n)
+        .map(|i| {
+            let mut c = srv.connect_raw();
+            c.handshake_go("").unwrap_or_else(|e| {
+                panic!(
+                    "handshake of idle connection {i}: {e}; stderr:\n{}",
+                    srv.stderr()
+                )
+            });
+            c
+        })
+        .collect()
+}
+
 /// A stack whose calls block (`file`) keeps a thread per connection, as
 /// nbdkit does: more idle connections than tokio's default blocking pool
 /// (512 threads) must not stop the next client's handshake.
@@ -222,17 +238,7 @@ fn blocking_stack_serves_past_512_idle_connections() {
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).expect("disk image");
     let mut srv = Server::start(["file", nbdkit_tests::path_str(&img)]);
-    let mut idle = Vec::with_capacity(IDLE);
-    for i in 0..IDLE {
-        let mut c = srv.connect_raw();
-        c.handshake_go("").unwrap_or_else(|e| {
-            panic!(
-                "handshake of idle connection {i}: {e}; stderr:\n{}",
-                srv.stderr()
-            )
-        });
-        idle.push(c);
-    }
+    let mut idle = open_idle(&srv, IDLE);
     assert_serves(&mut srv, 7);
     // The first and last idle connections still answer.
     for i in [0, IDLE - 1] {
@@ -267,17 +273,7 @@ fn idle_connections_hold_one_descriptor_each() {
             .count()
     };
     let before = fds(&srv);
-    let mut idle = Vec::with_capacity(IDLE);
-    for i in 0..IDLE {
-        let mut c = srv.connect_raw();
-        c.handshake_go("").unwrap_or_else(|e| {
-            panic!(
-                "handshake of idle connection {i}: {e}; stderr:\n{}",
-                srv.stderr()
-            )
-        });
-        idle.push(c);
-    }
+    let mut idle = open_idle(&srv, IDLE);
     let held = fds(&srv) - before;
     assert!(
         held <= IDLE + 8,
