@@ -181,8 +181,16 @@ fn many_sequential_clients() {
 }
 
 /// Raise this process's soft limit on open files to at least `want`
-/// (servers started afterwards inherit it); false when the hard limit
-/// is lower.
+/// (servers started afterwards inherit it); false, with a SKIP line, when
+/// the hard limit is lower.
+fn nofile_or_skip(want: usize) -> bool {
+    let ok = raise_nofile(want as libc::rlim_t);
+    if !ok {
+        eprintln!("SKIP: the hard limit on open files is below {want}");
+    }
+    ok
+}
+
 fn raise_nofile(want: libc::rlim_t) -> bool {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -227,11 +235,7 @@ fn open_idle(srv: &Server, n: usize) -> Vec<nbdkit_tests::RawClient> {
 fn blocking_stack_serves_past_512_idle_connections() {
     const IDLE: usize = 600;
     // The server holds two descriptors per connection, this test one.
-    if !raise_nofile((3 * IDLE + 256) as libc::rlim_t) {
-        eprintln!(
-            "SKIP: the hard limit on open files is below {}",
-            3 * IDLE + 256
-        );
+    if !nofile_or_skip(3 * IDLE + 256) {
         return;
     }
     let dir = TempDir::new();
@@ -252,18 +256,14 @@ fn blocking_stack_serves_past_512_idle_connections() {
 /// async path) costs the server one descriptor, its socket: the pipe that
 /// large read replies are spliced through is made for the first such
 /// reply, not for every connection (with one each, 10,000 idle
-/// connections needed 30,000 descriptors and ran out at the default
-/// limits). A connection that reads a lot gets its pipe and still reads
+/// connections needed 30,000 descriptors and ran out at a limit of
+/// 20,000). A connection that reads a lot gets its pipe and still reads
 /// the right bytes.
 #[cfg(target_os = "linux")]
 #[test]
 fn idle_connections_hold_one_descriptor_each() {
     const IDLE: usize = 200;
-    if !raise_nofile((2 * IDLE + 256) as libc::rlim_t) {
-        eprintln!(
-            "SKIP: the hard limit on open files is below {}",
-            2 * IDLE + 256
-        );
+    if !nofile_or_skip(2 * IDLE + 256) {
         return;
     }
     let mut srv = Server::start(["memory", "1M"]);
