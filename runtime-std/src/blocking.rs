@@ -683,12 +683,13 @@ impl<'a> Workers<'a> {
                 return next;
             }
             payload = core::mem::take(spare);
-            payload.clear();
             // The engine bounds a write's length before this allocates.
-            payload.reserve_exact(len as usize);
-            match rd.take(len).read_to_end(&mut payload) {
-                Ok(n) if n as u64 == len => {}
-                _ => return Next::End,
+            // The last payload's bytes are read over, not zeroed first:
+            // only growth past them is (std's `read_to_end` zero-fills
+            // all the spare capacity it reads into, each time).
+            payload.resize(len as usize, 0);
+            if rd.read_exact(&mut payload).is_err() {
+                return Next::End;
             }
             engine.take_payload(len);
         }
