@@ -311,7 +311,7 @@ fn execute_as(
             // A plugin with a descriptor: the sender reads it (not for a
             // short read, which one pread and one write serve faster).
             if fds && count >= crate::zerocopy::MIN_LEN {
-                if let Some(fd) = ctx.pread_fd(count, v.offset, flags) {
+                if let Some(fd) = ctx.pread_fd(count, v.offset) {
                     return Reply::File {
                         head: hdr,
                         len: n,

@@ -663,9 +663,10 @@ impl Context {
     /// ([`Handle::read_fd`]), when this layer is a plugin that has one;
     /// `None` (nothing logged) otherwise. Logs what `pread` logs: the
     /// caller reads those bytes from the descriptor (and must read them
-    /// with `pread` if it cannot).
-    pub fn pread_fd(&self, count: usize, offset: u64, flags: Flags) -> Option<i32> {
-        let _ = flags;
+    /// with `pread` if it cannot). It takes no flags: a read has none
+    /// ([`Valid::call_flags`](crate::transmission::Valid::call_flags) of a
+    /// READ is empty; DF shapes the reply, not the read).
+    pub fn pread_fd(&self, count: usize, offset: u64) -> Option<i32> {
         match &self.layer {
             Layer::Plugin(h, _) => {
                 let fd = h.read_fd()?;
