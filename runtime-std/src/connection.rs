@@ -43,6 +43,44 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// How many times to look for a write payload before sleeping on the socket.
 const PAYLOAD_SPINS: u32 = 8;
 
+/// How a client's requests arrive: one at a time (queue depth 1), or in
+/// runs that the request loop reads without waiting in between.
+struct Cadence {
+    /// Requests read since the input last ran dry.
+    run: u32,
+    /// One bit for each of the last runs (newest lowest): set if it was one
+    /// request alone, or none.
+    lone: u8,
+}
+
+impl Default for Cadence {
+    /// A new connection counts as one at a time.
+    fn default() -> Self {
+        Cadence {
+            run: 0,
+            lone: u8::MAX,
+        }
+    }
+}
+
+impl Cadence {
+    /// A request was read.
+    fn request(&mut self) {
+        self.run = self.run.saturating_add(1);
+    }
+
+    /// The input ran dry: the loop is about to wait for the next request.
+    fn ran_dry(&mut self) {
+        self.lone = self.lone << 1 | u8::from(self.run <= 1);
+        self.run = 0;
+    }
+
+    /// Whether the last four runs were each one request alone.
+    fn one_at_a_time(&self) -> bool {
+        self.lone & 0xf == 0xf
+    }
+}
+
 /// With `-v`, the names of a connection's request slots: nbdkit serves a
 /// parallel connection's requests on `-t` worker threads named `PLUGIN.N`,
 /// and its messages carry the name of the worker that made them.
@@ -1517,16 +1555,11 @@ where
     // thread model's locks: only for a parallel plugin that never blocks.
     let receive_in_place = !shared.blocks && shared.thread_model == ThreadModel::Parallel;
     let mut last_received = false;
-    // Requests read since the input last ran dry, and one bit for each of
-    // the last runs: set if it was one request alone. Queue depth 1 (see
-    // the payload read below) is four lone requests in a row.
-    let mut run = 0u32;
-    let mut runs = u8::MAX;
+    let mut cadence = Cadence::default();
     while let Want::Header(hdr_len) = engine.wants() {
         let mut wait = None;
         if reader.buffered() < hdr_len {
-            runs = runs << 1 | u8::from(run <= 1);
-            run = 0;
+            cadence.ran_dry();
             // Held replies go out before the loop may wait for input.
             if !held.flush(&wr).await {
                 break;
@@ -1557,7 +1590,7 @@ where
             );
             break;
         }
-        run = run.saturating_add(1);
+        cadence.request();
         let checked = match header(&mut engine, &name, &hdr[..hdr_len]) {
             Header::Run(v) => Ok(v),
             Header::Refuse(r) => Err(r),
@@ -1631,7 +1664,7 @@ where
                 // yields wakes the other runtime worker, and at queue depth
                 // 32 they cost rand-write 8-10% of its IOPS (the CPUs sat
                 // 14-24% idle).
-                let got = if runs & 0xf == 0xf && spins < PAYLOAD_SPINS {
+                let got = if cadence.one_at_a_time() && spins < PAYLOAD_SPINS {
                     spins += 1;
                     let mut part = (&mut reader).take(left);
                     tokio::select! {
@@ -1721,6 +1754,31 @@ where
 mod test {
     use super::*;
     use std::pin::Pin;
+
+    #[test]
+    fn cadence_is_one_at_a_time_after_four_lone_requests() {
+        let mut c = Cadence::default();
+        assert!(c.one_at_a_time());
+        // A run of three requests read without waiting.
+        c.request();
+        c.request();
+        c.request();
+        c.ran_dry();
+        assert!(!c.one_at_a_time());
+        for n in 0..4 {
+            assert!(!c.one_at_a_time(), "{n} lone requests");
+            c.request();
+            c.ran_dry();
+        }
+        assert!(c.one_at_a_time());
+        // A wait with no request read since the last one counts as lone.
+        c.ran_dry();
+        assert!(c.one_at_a_time());
+        c.request();
+        c.request();
+        c.ran_dry();
+        assert!(!c.one_at_a_time());
+    }
 
     /// A writer that takes at most `step` bytes per call, vectored or not.
     struct Trickle {
