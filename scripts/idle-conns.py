@@ -23,6 +23,7 @@ import os
 import resource
 import shlex
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -100,9 +101,9 @@ def nbdcopy(src, dst):
 def busy(uri, data, rounds):
     """Median seconds, over `rounds` runs, to write `data` (a file as large
     as the export) to the export, and to read the export back to null."""
-    w = sorted(nbdcopy(data, uri) for _ in range(rounds))
-    r = sorted(nbdcopy(uri, "null:") for _ in range(rounds))
-    return w[len(w) // 2], r[len(r) // 2]
+    w = [nbdcopy(data, uri) for _ in range(rounds)]
+    r = [nbdcopy(uri, "null:") for _ in range(rounds)]
+    return statistics.median_high(w), statistics.median_high(r)
 
 
 def main():
