@@ -232,8 +232,13 @@ pub struct TempDir {
 impl TempDir {
     /// Creates a fresh directory under `$TMPDIR` (default `/tmp`).
     pub fn new() -> TempDir {
+        TempDir::new_in(&std::env::temp_dir())
+    }
+
+    /// Creates a fresh directory under `base` (removed, with its contents,
+    /// when dropped, also when a test panics).
+    pub fn new_in(base: &Path) -> TempDir {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::temp_dir();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

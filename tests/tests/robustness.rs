@@ -378,14 +378,14 @@ fn stop_signal_right_after_bind_exits_cleanly() {
 #[test]
 fn file_plugin_answers_every_pipelined_request_once_with_its_data() {
     for dir in ["/dev/shm", ""] {
-        let tmp;
-        let base = if dir.is_empty() || !std::path::Path::new(dir).is_dir() {
-            tmp = TempDir::new();
-            tmp.path().to_path_buf()
+        // The image lives in a directory of its own, removed when the
+        // test ends, passed or not.
+        let tmp = if dir.is_empty() || !std::path::Path::new(dir).is_dir() {
+            TempDir::new()
         } else {
-            std::path::PathBuf::from(dir)
+            TempDir::new_in(std::path::Path::new(dir))
         };
-        let img = base.join(format!("nbdkit-rs-pipelined-{}.img", std::process::id()));
+        let img = tmp.join("pipelined.img");
         let blocks = 256u64;
         let mut disk: Vec<u8> = Prng::new(7).bytes((blocks * 4096) as usize);
         std::fs::write(&img, &disk).expect("disk image");
@@ -439,7 +439,6 @@ fn file_plugin_answers_every_pipelined_request_once_with_its_data() {
         assert_serves_file(&mut srv, &disk);
         assert_no_crash(&srv);
         drop(srv);
-        let _ = std::fs::remove_file(&img);
     }
 }
 
