@@ -8,7 +8,8 @@
 #   -r  rounds (default 3); each round times both servers, the first one
 #       alternating between rounds
 #   -s  MiB copied each way (default 256)
-#   -m  modes, comma-separated (default x509,psk)
+#   -m  modes, comma-separated (default x509,psk; plain: the same copies
+#       without TLS, for reference)
 #   -U  serve on a Unix socket instead of 127.0.0.1 TCP
 #   -P  pin the servers to CPU 1 and nbdcopy to CPU 0
 #   -c  candidate nbdkit (default ./target/release/nbdkit)
@@ -101,14 +102,18 @@ fi
 
 # start NAME BIN MODE: starts a server, sets $uri and $pid.
 start() {
-    local name=$1 bin=$2 mode=$3 addr tlsargs q user=""
+    local name=$1 bin=$2 mode=$3 addr tlsargs q user="" scheme=nbds
     case $mode in
+    plain)
+        tlsargs=()
+        scheme=nbd
+        ;;
     x509)
-        tlsargs=(--tls-certificates "$pki")
+        tlsargs=(--tls=require --tls-certificates "$pki")
         q="tls-certificates=$pki"
         ;;
     psk)
-        tlsargs=(--tls-psk "$psk")
+        tlsargs=(--tls=require --tls-psk "$psk")
         q="tls-psk-file=$psk"
         user=bench@
         ;;
@@ -116,15 +121,15 @@ start() {
     if [ "$unix" = 1 ]; then
         local sock=$tmp/$name-$mode.sock
         addr=(-U "$sock")
-        uri="nbds+unix://$user/?socket=$sock&$q"
+        uri="$scheme+unix://$user/?socket=$sock${q:+&$q}"
     else
         local port
         port=$(free_port)
         addr=(-i 127.0.0.1 -p "$port")
-        uri="nbds://${user}127.0.0.1:$port/?$q"
+        uri="$scheme://${user}127.0.0.1:$port/${q:+?$q}"
     fi
     # shellcheck disable=SC2086
-    "${server_pin[@]}" "$bin" -f "${addr[@]}" --tls=require "${tlsargs[@]}" $extra \
+    "${server_pin[@]}" "$bin" -f "${addr[@]}" "${tlsargs[@]}" $extra \
         memory 1G 2>"$tmp/$name.log" &
     pid=$!
     pids+=("$pid")
