@@ -129,9 +129,9 @@ fn splice_into_pipe(c: &nbdkit_tests::RawClient, len: usize) -> (OwnedFd, OwnedF
         let n = unsafe {
             libc::splice(
                 c.sock.as_raw_fd(),
-                std::ptr::null_mut(),
+                core::ptr::null_mut(),
                 w.as_raw_fd(),
-                std::ptr::null_mut(),
+                core::ptr::null_mut(),
                 len - got,
                 0,
             )
