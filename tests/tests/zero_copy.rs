@@ -6,9 +6,6 @@
 //! or the next client. Large WRITE payloads spliced from the socket into
 //! the file plugin's file must land whole and in place.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
 use nbdkit_tests::{proto, run_python, skip_unless, write_random_file, Prng, Server, TempDir};
 
 const MIB: usize = 1 << 20;
@@ -111,104 +108,114 @@ fn memory_clients_that_leave_replies_unread_do_not_hurt_the_next() {
     clients_that_do_not_read(&mut srv, &data);
 }
 
-/// Splices `len` bytes from the socket of `c` into a new pipe (which holds
-/// them by reference where the kernel can), returned as (read end, write
-/// end).
-fn splice_into_pipe(c: &nbdkit_tests::RawClient, len: usize) -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: two ints for the two ends.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: just opened, owned here.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: plain fcntl on our pipe.
-    let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, len as libc::c_int) };
-    assert!(size >= len as libc::c_int, "pipe of {len} bytes: {size}");
-    let mut got = 0;
-    while got < len {
-        // SAFETY: valid descriptors, no offsets.
-        let n = unsafe {
-            libc::splice(
-                c.sock.as_raw_fd(),
-                core::ptr::null_mut(),
-                w.as_raw_fd(),
-                core::ptr::null_mut(),
-                len - got,
-                0,
-            )
-        };
-        assert!(n > 0, "splice: {}", std::io::Error::last_os_error());
-        got += n as usize;
-    }
-    (r, w)
-}
+/// Pages spliced by the client (`splice(2)`, Linux only).
+#[cfg(target_os = "linux")]
+mod spliced {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// A client that splices READ replies from its socket into pipes of its
-/// own holds the memory plugin's pages by reference (Linux >= 6.5): what
-/// it finds in its pipes must stay the bytes it read after the pages are
-/// overwritten, freed, and their memory used for other pages.
-#[test]
-fn memory_pages_spliced_by_a_client_keep_the_bytes_it_read() {
-    const LEN: usize = 256 << 10;
-    // 4 MiB read: 128 pages of 32 KiB, more than one batch of pages to
-    // detach.
-    const READS: usize = 16;
-    let srv = Server::start(["memory", "64M"]);
-    let old = Prng::new(21).bytes(READS * LEN);
-    let mut w = srv.connect_raw();
-    w.handshake_go("").expect("handshake");
-    for (i, chunk) in old.chunks(LEN).enumerate() {
-        assert_eq!(w.pwrite((i * LEN) as u64, chunk, i as u64).expect("io"), 0);
+    use super::MIB;
+    use nbdkit_tests::{proto, Prng, Server};
+
+    /// Splices `len` bytes from the socket of `c` into a new pipe (which holds
+    /// them by reference where the kernel can), returned as (read end, write
+    /// end).
+    fn splice_into_pipe(c: &nbdkit_tests::RawClient, len: usize) -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: two ints for the two ends.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: just opened, owned here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: plain fcntl on our pipe.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, len as libc::c_int) };
+        assert!(size >= len as libc::c_int, "pipe of {len} bytes: {size}");
+        let mut got = 0;
+        while got < len {
+            // SAFETY: valid descriptors, no offsets.
+            let n = unsafe {
+                libc::splice(
+                    c.sock.as_raw_fd(),
+                    core::ptr::null_mut(),
+                    w.as_raw_fd(),
+                    core::ptr::null_mut(),
+                    len - got,
+                    0,
+                )
+            };
+            assert!(n > 0, "splice: {}", std::io::Error::last_os_error());
+            got += n as usize;
+        }
+        (r, w)
     }
-    let mut c = srv.connect_raw();
-    c.handshake_go("").expect("handshake");
-    let mut pipes = Vec::new();
-    for i in 0..READS {
-        c.send_request(
-            0,
-            proto::CMD_READ,
-            i as u64,
-            (i * LEN) as u64,
-            LEN as u32,
-            &[],
-        )
-        .expect("send read");
-        assert_eq!(c.read_simple_reply().expect("reply"), (0, i as u64));
-        pipes.push(splice_into_pipe(&c, LEN));
+
+    /// A client that splices READ replies from its socket into pipes of its
+    /// own holds the memory plugin's pages by reference (Linux >= 6.5): what
+    /// it finds in its pipes must stay the bytes it read after the pages are
+    /// overwritten, freed, and their memory used for other pages.
+    #[test]
+    fn memory_pages_spliced_by_a_client_keep_the_bytes_it_read() {
+        const LEN: usize = 256 << 10;
+        // 4 MiB read: 128 pages of 32 KiB, more than one batch of pages to
+        // detach.
+        const READS: usize = 16;
+        let srv = Server::start(["memory", "64M"]);
+        let old = Prng::new(21).bytes(READS * LEN);
+        let mut w = srv.connect_raw();
+        w.handshake_go("").expect("handshake");
+        for (i, chunk) in old.chunks(LEN).enumerate() {
+            assert_eq!(w.pwrite((i * LEN) as u64, chunk, i as u64).expect("io"), 0);
+        }
+        let mut c = srv.connect_raw();
+        c.handshake_go("").expect("handshake");
+        let mut pipes = Vec::new();
+        for i in 0..READS {
+            c.send_request(
+                0,
+                proto::CMD_READ,
+                i as u64,
+                (i * LEN) as u64,
+                LEN as u32,
+                &[],
+            )
+            .expect("send read");
+            assert_eq!(c.read_simple_reply().expect("reply"), (0, i as u64));
+            pipes.push(splice_into_pipe(&c, LEN));
+        }
+        // One more read, copied: the server sees that the client has taken
+        // every byte of the reads before and lets go of their pages.
+        let again = c.pread(0, 32 << 10, 99).expect("io").expect("read ok");
+        assert_eq!(again, old[..32 << 10]);
+        // Overwrite them all (their pages are replaced and freed), then write
+        // as much again elsewhere (new pages, in the memory freed).
+        let new = Prng::new(22).bytes(READS * LEN);
+        let more = Prng::new(23).bytes(READS * LEN);
+        for (i, chunk) in new.chunks(LEN).enumerate() {
+            assert_eq!(
+                w.pwrite((i * LEN) as u64, chunk, 100 + i as u64)
+                    .expect("io"),
+                0
+            );
+        }
+        for (i, chunk) in more.chunks(LEN).enumerate() {
+            let off = (32 * MIB + i * LEN) as u64;
+            assert_eq!(w.pwrite(off, chunk, 200 + i as u64).expect("io"), 0);
+        }
+        for (i, (r, _w)) in pipes.into_iter().enumerate() {
+            let mut got = vec![0u8; LEN];
+            std::fs::File::from(r)
+                .read_exact(&mut got)
+                .expect("read pipe");
+            assert!(
+                got == old[i * LEN..(i + 1) * LEN],
+                "read {i}: the pipe's bytes changed"
+            );
+        }
+        let now = w.pread(0, LEN as u32, 300).expect("io").expect("read ok");
+        assert!(now == new[..LEN], "the overwrite");
+        c.disconnect().ok();
+        w.disconnect().ok();
+        assert!(!srv.stderr().contains("panicked"), "{}", srv.stderr());
     }
-    // One more read, copied: the server sees that the client has taken
-    // every byte of the reads before and lets go of their pages.
-    let again = c.pread(0, 32 << 10, 99).expect("io").expect("read ok");
-    assert_eq!(again, old[..32 << 10]);
-    // Overwrite them all (their pages are replaced and freed), then write
-    // as much again elsewhere (new pages, in the memory freed).
-    let new = Prng::new(22).bytes(READS * LEN);
-    let more = Prng::new(23).bytes(READS * LEN);
-    for (i, chunk) in new.chunks(LEN).enumerate() {
-        assert_eq!(
-            w.pwrite((i * LEN) as u64, chunk, 100 + i as u64)
-                .expect("io"),
-            0
-        );
-    }
-    for (i, chunk) in more.chunks(LEN).enumerate() {
-        let off = (32 * MIB + i * LEN) as u64;
-        assert_eq!(w.pwrite(off, chunk, 200 + i as u64).expect("io"), 0);
-    }
-    for (i, (r, _w)) in pipes.into_iter().enumerate() {
-        let mut got = vec![0u8; LEN];
-        std::fs::File::from(r)
-            .read_exact(&mut got)
-            .expect("read pipe");
-        assert!(
-            got == old[i * LEN..(i + 1) * LEN],
-            "read {i}: the pipe's bytes changed"
-        );
-    }
-    let now = w.pread(0, LEN as u32, 300).expect("io").expect("read ok");
-    assert!(now == new[..LEN], "the overwrite");
-    c.disconnect().ok();
-    w.disconnect().ok();
-    assert!(!srv.stderr().contains("panicked"), "{}", srv.stderr());
 }
 
 #[test]
