@@ -207,6 +207,16 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         None
     }
 
+    /// The socket detached from this runtime, to be served on a connection
+    /// thread ([`crate::cores`]); `Err` (giving the stream back) where that
+    /// is not possible.
+    fn into_portable(self) -> Result<crate::cores::Portable, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+
     /// The Unix socket under a writing half, to splice replies into
     /// ([`crate::zerocopy::splice`]).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -237,6 +247,13 @@ impl Transport for tokio::net::TcpStream {
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
     }
+    fn into_portable(self) -> Result<crate::cores::Portable, Self> {
+        // Still non-blocking, as the runtime it joins wants it.
+        Ok(match self.into_std() {
+            Ok(s) => crate::cores::Portable::Tcp(s),
+            Err(_) => crate::cores::Portable::Closed,
+        })
+    }
 }
 
 impl Transport for tokio::net::UnixStream {
@@ -260,6 +277,12 @@ impl Transport for tokio::net::UnixStream {
             Ok(s) => Ok(crate::blocking::SyncStream::Unix(Arc::new(s))),
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
+    }
+    fn into_portable(self) -> Result<crate::cores::Portable, Self> {
+        Ok(match self.into_std() {
+            Ok(s) => crate::cores::Portable::Unix(s),
+            Err(_) => crate::cores::Portable::Closed,
+        })
     }
 }
 
@@ -617,6 +640,9 @@ struct LiveInner {
 pub(crate) struct LiveGuard {
     live: Arc<Live>,
     socket: Option<u64>,
+    /// The main runtime's place for a connection ([`crate::cores`]), when
+    /// this one holds it.
+    main: Option<crate::cores::MainSlot>,
 }
 
 impl Live {
@@ -626,7 +652,10 @@ impl Live {
 
     /// Count a new connection (with its socket when it is served on a
     /// blocking thread); `None` once the server is stopping.
-    fn enter(self: &Arc<Self>, socket: Option<&crate::blocking::SyncStream>) -> Option<LiveGuard> {
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        socket: Option<&crate::blocking::SyncStream>,
+    ) -> Option<LiveGuard> {
         let mut g = self.lock();
         if g.stopping {
             return None;
@@ -641,6 +670,7 @@ impl Live {
         Some(LiveGuard {
             live: self.clone(),
             socket,
+            main: None,
         })
     }
 
@@ -690,6 +720,7 @@ impl Drop for LiveGuard {
 /// thread ([`serve_sync`]) when the stack's calls block and the socket
 /// stays plain, which then costs no other hand-off between threads.
 pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: S) {
+    let mut main = None;
     let stream = if shared.blocks
         && shared.tls.is_none()
         && shared.thread_model != ThreadModel::SerializeConnections
@@ -702,12 +733,31 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
             }
             Err(s) => s,
         }
+    } else if !shared.blocks {
+        // A stack that never blocks: one connection on this runtime, the
+        // others at the same time each on a connection thread (started
+        // when the first of them comes, so that a lone client costs none).
+        match crate::cores::take_main() {
+            Some(slot) => {
+                main = Some(slot);
+                stream
+            }
+            None if crate::cores::available() => match stream.into_portable() {
+                Ok(p) => {
+                    crate::cores::spawn(shared, live, peer, p);
+                    return;
+                }
+                Err(s) => s,
+            },
+            None => stream,
+        }
     } else {
         stream
     };
-    let Some(guard) = live.enter(None) else {
+    let Some(mut guard) = live.enter(None) else {
         return;
     };
+    guard.main = main;
     tokio::spawn(serve(shared.clone(), peer, stream, Some(guard)));
 }
 

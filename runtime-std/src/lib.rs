@@ -9,6 +9,7 @@ mod accept;
 mod blocking;
 pub mod cabi;
 mod connection;
+mod cores;
 pub mod filters;
 pub mod log;
 mod os;
