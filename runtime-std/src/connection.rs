@@ -735,8 +735,7 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
         }
     } else if !shared.blocks {
         // A stack that never blocks: one connection on this runtime, the
-        // others at the same time each on a connection thread (started
-        // when the first of them comes, so that a lone client costs none).
+        // others at the same time each on a connection thread.
         match crate::cores::take_main() {
             Some(slot) => {
                 main = Some(slot);

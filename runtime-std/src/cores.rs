@@ -46,7 +46,11 @@ fn cores() -> Option<&'static [Core]> {
     static CORES: OnceLock<Option<Vec<Core>>> = OnceLock::new();
     CORES
         .get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // With the main runtime's event loop, one per CPU.
+            let n = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_sub(1)
+                .max(1);
             let mut cores = Vec::with_capacity(n);
             for i in 0..n {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -77,6 +81,12 @@ fn cores() -> Option<&'static [Core]> {
 /// Whether connections can be served on connection threads.
 pub(crate) fn available() -> bool {
     cores().is_some()
+}
+
+/// Start the connection threads now (best effort: without them,
+/// connections stay on the main runtime).
+pub(crate) fn start() {
+    cores();
 }
 
 /// Whether a connection of a stack that never blocks is served on the main

@@ -687,6 +687,12 @@ async fn serve_async(
     if stdin {
         serve_stdin(shared.clone()).await;
     } else {
+        // The connection threads of a stack that never blocks (see the
+        // cores module) start with the server: the descriptors they hold
+        // (an event loop each) are there before the first client.
+        if !shared.blocks {
+            crate::cores::start();
+        }
         // A stack whose calls block, on plain sockets: the threads that
         // serve the connections accept them (see the accept module).
         #[cfg(target_os = "linux")]
