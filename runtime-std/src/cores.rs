@@ -1,6 +1,7 @@
-//! Connections of stacks that never block, each served wholly on one of a
-//! few connection threads: one per CPU, each running a current-thread tokio
-//! runtime with an event loop of its own.
+//! Connections of stacks that never block, beyond the first: each served
+//! wholly on one of a few connection threads, each running a current-thread
+//! tokio runtime with an event loop of its own (one fewer thread than the
+//! CPUs: the main runtime's event loop is the other).
 //!
 //! On tokio's multi-thread runtime a connection's events are seen only when
 //! a worker parks on the one event loop, and any worker may run the
@@ -9,12 +10,19 @@
 //! serving it took turns on one CPU while the other CPU waited: the CPUs
 //! were 18-23% idle and an overwrite of 1 GiB into `memory` took 0.47-0.54 s
 //! against 0.40-0.46 s for C nbdkit (0.93 s against 0.80-0.85 s with TLS).
-//! Here the kernel wakes the thread of the connection that has input, as it
-//! wakes C nbdkit's thread: 0.38-0.41 s (TLS 0.73-0.89 s), CPUs 10-14% idle.
+//! With the second connection on a thread of its own, whose event loop the
+//! kernel wakes when that connection has input (as it wakes C nbdkit's
+//! thread): 0.35-0.45 s against 0.41-0.46 s for C nbdkit in the same runs,
+//! CPUs 9-17% idle (TLS: 0.83-0.96 s against 0.92-0.99 s).
 //!
-//! A new connection goes to the thread serving the fewest connections. The
-//! listeners, the stacks that may block (served on threads of their own,
-//! see [`crate::blocking`]) and everything else stay on the main runtime.
+//! The first connection stays on the main runtime ([`take_main`]): a lone
+//! client at queue depth 1 writing 4 KiB got 1.37 times the IOPS there, at
+//! 0.61 times the server CPU per request, than on a connection thread. A
+//! connection that comes while one is served there goes to the connection
+//! thread serving the fewest. The threads start with the server (their
+//! descriptors are there from the start; a lone client's idle server holds
+//! 0.3 MiB more). The listeners and the stacks that may block (served on
+//! threads of their own, see [`crate::blocking`]) stay on the main runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -102,10 +110,7 @@ impl Drop for MainSlot {
     }
 }
 
-/// The main runtime's place, if no connection holds it: a lone client is
-/// served there, where one at queue depth 1 gets its replies soonest
-/// (qd1-write 1.37x the IOPS at 0.61x the CPU per request of a connection
-/// thread, `nbd-bench --quick`).
+/// The main runtime's place, if no connection holds it (see the module).
 pub(crate) fn take_main() -> Option<MainSlot> {
     MAIN_TAKEN
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
