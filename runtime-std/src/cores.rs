@@ -45,7 +45,7 @@ type Job = Box<dyn FnOnce() + Send>;
 struct Core {
     jobs: mpsc::UnboundedSender<Job>,
     /// Connections being served there.
-    load: Arc<AtomicUsize>,
+    load: AtomicUsize,
 }
 
 /// The connection threads; `None` if they could not be started (then
@@ -78,7 +78,7 @@ fn cores() -> Option<&'static [Core]> {
                     .ok()?;
                 cores.push(Core {
                     jobs,
-                    load: Arc::new(AtomicUsize::new(0)),
+                    load: AtomicUsize::new(0),
                 });
             }
             Some(cores)
@@ -130,9 +130,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: 
     let Some(core) = cores.iter().min_by_key(|c| c.load.load(Ordering::Relaxed)) else {
         return;
     };
-    core.load.fetch_add(1, Ordering::Relaxed);
-    let load = core.load.clone();
-    let unsent = core.load.clone();
+    let load = &core.load;
+    load.fetch_add(1, Ordering::Relaxed);
     let shared = shared.clone();
     let job: Job = Box::new(move || {
         // On the connection thread, in its runtime: the socket joins its
@@ -158,6 +157,6 @@ pub(crate) fn spawn(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: 
     if core.jobs.send(job).is_err() {
         // The thread is gone (it never ends while the process runs): the
         // job, with the connection and its guard, was dropped.
-        unsent.fetch_sub(1, Ordering::Relaxed);
+        load.fetch_sub(1, Ordering::Relaxed);
     }
 }
