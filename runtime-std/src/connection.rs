@@ -640,8 +640,8 @@ struct LiveInner {
 pub(crate) struct LiveGuard {
     live: Arc<Live>,
     socket: Option<u64>,
-    /// The main runtime's place for a connection ([`crate::cores`]), when
-    /// this one holds it.
+    /// The connection's place on the main runtime ([`crate::cores`]), when
+    /// it is served there.
     main: Option<crate::cores::MainSlot>,
 }
 
@@ -734,8 +734,8 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
             Err(s) => s,
         }
     } else if !shared.blocks {
-        // A stack that never blocks: one connection on this runtime, the
-        // others at the same time each on a connection thread.
+        // A stack that never blocks: on this runtime or on a connection
+        // thread, wherever the fewest connections are served.
         match crate::cores::take_main() {
             Some(slot) => {
                 main = Some(slot);

@@ -1,5 +1,5 @@
-//! Connections of stacks that never block, beyond the first: each served
-//! wholly on one of a few connection threads, each running a current-thread
+//! Connections of stacks that never block: each served wholly either on the
+//! main runtime or on one of a few connection threads, each running a current-thread
 //! tokio runtime with an event loop of its own (one fewer thread than the
 //! CPUs: the main runtime's event loop is the other).
 //!
@@ -15,16 +15,21 @@
 //! thread): 0.35-0.45 s against 0.41-0.46 s for C nbdkit in the same runs,
 //! CPUs 9-17% idle (TLS: 0.83-0.96 s against 0.92-0.99 s).
 //!
-//! The first connection stays on the main runtime ([`take_main`]): a lone
-//! client at queue depth 1 writing 4 KiB got 1.37 times the IOPS there, at
-//! 0.61 times the server CPU per request, than on a connection thread. A
-//! connection that comes while one is served there goes to the connection
-//! thread serving the fewest. The threads start with the server (their
-//! descriptors are there from the start; a lone client's idle server holds
-//! 0.3 MiB more). The listeners and the stacks that may block (served on
+//! The main runtime stays one of the places: a lone client at queue depth 1
+//! writing 4 KiB got 1.37 times the IOPS there, at 0.61 times the server CPU
+//! per request, than on a connection thread. A new connection goes where the
+//! fewest connections are served, the main runtime on a tie ([`place`]): the
+//! first there, the next on a thread, and so on. Counting connections, not
+//! requests, also spreads two busy clients that come after many idle ones:
+//! when the first connection alone held the main runtime, 10,000 idle
+//! connections sent both of nbdcopy's connections to the one thread (2 CPUs),
+//! and its write of 1 GiB took 0.48 s instead of 0.26 s; now 0.27-0.30 s
+//! against 0.28-0.31 s alone (medians of 7 and 9, `scripts/idle-conns.py`). A busy client that comes after one idle client still goes
+//! to a thread. The threads start with the server (their descriptors are
+//! there from the start; a lone client's idle server holds 0.3 MiB more). The listeners and the stacks that may block (served on
 //! threads of their own, see [`crate::blocking`]) stay on the main runtime.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use nbdkit_core::backend::Peer;
@@ -97,25 +102,39 @@ pub(crate) fn start() {
     cores();
 }
 
-/// Whether a connection of a stack that never blocks is served on the main
-/// runtime (see [`take_main`]).
-static MAIN_TAKEN: AtomicBool = AtomicBool::new(false);
+/// Connections of stacks that never block served on the main runtime.
+static MAIN_LOAD: AtomicUsize = AtomicUsize::new(0);
 
-/// The main runtime's place for one connection, held while it is served.
+/// A connection's place on the main runtime, held while it is served.
 pub(crate) struct MainSlot(());
 
 impl Drop for MainSlot {
     fn drop(&mut self) {
-        MAIN_TAKEN.store(false, Ordering::Release);
+        MAIN_LOAD.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The main runtime's place, if no connection holds it (see the module).
+/// Where a new connection goes: `None` for the main runtime, else the index
+/// of a connection thread. The one serving the fewest connections, the main
+/// runtime on a tie (see the module).
+fn place(main: usize, threads: impl IntoIterator<Item = usize>) -> Option<usize> {
+    let (i, fewest) = threads
+        .into_iter()
+        .enumerate()
+        .min_by_key(|&(_, load)| load)?;
+    (fewest < main).then_some(i)
+}
+
+/// A place on the main runtime, if the new connection goes there (see
+/// [`place`]); always when there are no connection threads.
 pub(crate) fn take_main() -> Option<MainSlot> {
-    MAIN_TAKEN
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-        .ok()
-        .map(|_| MainSlot(()))
+    let main = MAIN_LOAD.load(Ordering::Relaxed);
+    let threads = cores().unwrap_or_default();
+    if place(main, threads.iter().map(|c| c.load.load(Ordering::Relaxed))).is_some() {
+        return None;
+    }
+    MAIN_LOAD.fetch_add(1, Ordering::Relaxed);
+    Some(MainSlot(()))
 }
 
 /// Serve a connection of a stack that never blocks on the connection thread
@@ -127,6 +146,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: 
     let Some(guard) = live.enter(None) else {
         return;
     };
+    // The thread serving the fewest (the main runtime was passed over).
     let Some(core) = cores.iter().min_by_key(|c| c.load.load(Ordering::Relaxed)) else {
         return;
     };
@@ -158,5 +178,29 @@ pub(crate) fn spawn(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: 
         // The thread is gone (it never ends while the process runs): the
         // job, with the connection and its guard, was dropped.
         load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::place;
+
+    #[test]
+    fn connections_alternate_between_the_main_runtime_and_the_threads() {
+        // No connection threads: always the main runtime.
+        assert_eq!(place(5, []), None);
+        // A lone client, and the first of several, is served on the main
+        // runtime.
+        assert_eq!(place(0, [0]), None);
+        // The next goes to a thread, then they alternate: among many idle
+        // connections, two busy ones that come one after the other are
+        // served on two event loops.
+        assert_eq!(place(1, [0]), Some(0));
+        assert_eq!(place(1, [1]), None);
+        assert_eq!(place(5000, [5000]), None);
+        assert_eq!(place(5001, [5000]), Some(0));
+        // The thread serving the fewest.
+        assert_eq!(place(3, [2, 1, 2]), Some(1));
+        assert_eq!(place(1, [2, 1, 2]), None);
     }
 }
