@@ -16,7 +16,7 @@ use core::task::{Context, Poll};
 use std::io;
 use std::sync::Mutex;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The size of a read buffer.
 pub(crate) const CAPACITY: usize = 128 * 1024;
@@ -190,6 +190,38 @@ impl<R: AsyncRead + Unpin> AsyncRead for PooledBufReader<R> {
             this.filled = 0;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes go straight to the stream (for a stream read through the buffer
+/// and written too, as the socket under a TLS session).
+impl<R: AsyncWrite + Unpin> AsyncWrite for PooledBufReader<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
