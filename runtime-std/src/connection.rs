@@ -736,19 +736,18 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
     } else if !shared.blocks {
         // A stack that never blocks: on this runtime or on a connection
         // thread, wherever the fewest connections are served.
-        match crate::cores::take_main() {
-            Some(slot) => {
+        match crate::cores::choose() {
+            crate::cores::Place::Main(slot) => {
                 main = Some(slot);
                 stream
             }
-            None if crate::cores::available() => match stream.into_portable() {
+            crate::cores::Place::Thread(i) => match stream.into_portable() {
                 Ok(p) => {
-                    crate::cores::spawn(shared, live, peer, p);
+                    crate::cores::spawn(shared, live, peer, p, i);
                     return;
                 }
                 Err(s) => s,
             },
-            None => stream,
         }
     } else {
         stream

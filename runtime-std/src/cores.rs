@@ -1,7 +1,7 @@
-//! Connections of stacks that never block: each served wholly either on the
-//! main runtime or on one of a few connection threads, each running a current-thread
-//! tokio runtime with an event loop of its own (one fewer thread than the
-//! CPUs: the main runtime's event loop is the other).
+//! Connections of stacks that never block: each served wholly either on
+//! the main runtime or on one of a few connection threads, each running a
+//! current-thread tokio runtime with an event loop of its own (one fewer
+//! thread than the CPUs: the main runtime's event loop is the other).
 //!
 //! On tokio's multi-thread runtime a connection's events are seen only when
 //! a worker parks on the one event loop, and any worker may run the
@@ -24,10 +24,12 @@
 //! when the first connection alone held the main runtime, 10,000 idle
 //! connections sent both of nbdcopy's connections to the one thread (2 CPUs),
 //! and its write of 1 GiB took 0.48 s instead of 0.26 s; now 0.27-0.30 s
-//! against 0.28-0.31 s alone (medians of 7 and 9, `scripts/idle-conns.py`). A busy client that comes after one idle client still goes
-//! to a thread. The threads start with the server (their descriptors are
-//! there from the start; a lone client's idle server holds 0.3 MiB more). The listeners and the stacks that may block (served on
-//! threads of their own, see [`crate::blocking`]) stay on the main runtime.
+//! against 0.28-0.31 s alone (medians of 7 and 9, `scripts/idle-conns.py`).
+//! A busy client that comes after one idle client still goes to a thread.
+//! The threads start with the server (their descriptors are there from the
+//! start; a lone client's idle server holds 0.3 MiB more). The listeners and
+//! the stacks that may block (served on threads of their own, see
+//! [`crate::blocking`]) stay on the main runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -91,11 +93,6 @@ fn cores() -> Option<&'static [Core]> {
         .as_deref()
 }
 
-/// Whether connections can be served on connection threads.
-pub(crate) fn available() -> bool {
-    cores().is_some()
-}
-
 /// Start the connection threads now (best effort: without them,
 /// connections stay on the main runtime).
 pub(crate) fn start() {
@@ -125,29 +122,41 @@ fn place(main: usize, threads: impl IntoIterator<Item = usize>) -> Option<usize>
     (fewest < main).then_some(i)
 }
 
-/// A place on the main runtime, if the new connection goes there (see
-/// [`place`]); always when there are no connection threads.
-pub(crate) fn take_main() -> Option<MainSlot> {
+/// Where a new connection of a stack that never blocks is served.
+pub(crate) enum Place {
+    /// On the main runtime (always when there are no connection threads),
+    /// holding its place there while it is served.
+    Main(MainSlot),
+    /// On the connection thread with this index ([`spawn`]).
+    Thread(usize),
+}
+
+/// Choose the place of a new connection (see [`place`]).
+pub(crate) fn choose() -> Place {
     let main = MAIN_LOAD.load(Ordering::Relaxed);
     let threads = cores().unwrap_or_default();
-    if place(main, threads.iter().map(|c| c.load.load(Ordering::Relaxed))).is_some() {
-        return None;
+    match place(main, threads.iter().map(|c| c.load.load(Ordering::Relaxed))) {
+        Some(i) => Place::Thread(i),
+        None => {
+            MAIN_LOAD.fetch_add(1, Ordering::Relaxed);
+            Place::Main(MainSlot(()))
+        }
     }
-    MAIN_LOAD.fetch_add(1, Ordering::Relaxed);
-    Some(MainSlot(()))
 }
 
 /// Serve a connection of a stack that never blocks on the connection thread
-/// with the fewest connections. Counted in `live` from now.
-pub(crate) fn spawn(shared: &Arc<Shared>, live: &Arc<Live>, peer: Peer, stream: Portable) {
-    let Some(cores) = cores() else {
+/// `thread` (from [`choose`]). Counted in `live` from now.
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    live: &Arc<Live>,
+    peer: Peer,
+    stream: Portable,
+    thread: usize,
+) {
+    let Some(core) = cores().and_then(|cores| cores.get(thread)) else {
         return;
     };
     let Some(guard) = live.enter(None) else {
-        return;
-    };
-    // The thread serving the fewest (the main runtime was passed over).
-    let Some(core) = cores.iter().min_by_key(|c| c.load.load(Ordering::Relaxed)) else {
         return;
     };
     let load = &core.load;
