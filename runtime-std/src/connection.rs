@@ -300,12 +300,16 @@ pub(crate) enum Conn<S> {
 /// The reading half of a [`Conn`].
 pub(crate) enum ConnReader<S: Transport> {
     Plain(S::Reader),
+    /// X.509: the records' reading half, over the socket's.
+    Records(Box<crate::tls::RecordReadHalf<S::Reader>>),
     Tls(tokio::io::ReadHalf<crate::tls::TlsStream<S>>),
 }
 
 /// The writing half of a [`Conn`].
 pub(crate) enum ConnWriter<S: Transport> {
     Plain(S::Writer),
+    /// X.509: the records' writing half, over the socket's.
+    Records(Box<crate::tls::RecordWriteHalf<S::Writer>>),
     Tls(tokio::io::WriteHalf<crate::tls::TlsStream<S>>),
 }
 
@@ -320,18 +324,25 @@ impl<S> Conn<S> {
 }
 
 impl<S: Transport> Conn<S> {
-    /// Split for the transmission phase: a plain stream splits without
-    /// locking; a TLS one shares its session between the halves.
+    /// Split for the transmission phase: a plain stream, and an X.509
+    /// one, split without locking; a PSK one shares its session between
+    /// the halves.
     fn split(self) -> Option<(ConnReader<S>, ConnWriter<S>)> {
         match self {
             Conn::Plain(s) => {
                 let (r, w) = s.split();
                 Some((ConnReader::Plain(r), ConnWriter::Plain(w)))
             }
-            Conn::Tls(t) => {
-                let (r, w) = tokio::io::split(t);
-                Some((ConnReader::Tls(r), ConnWriter::Tls(w)))
-            }
+            Conn::Tls(t) => match t.split_records(S::split) {
+                Ok((r, w)) => Some((
+                    ConnReader::Records(Box::new(r)),
+                    ConnWriter::Records(Box::new(w)),
+                )),
+                Err(t) => {
+                    let (r, w) = tokio::io::split(t);
+                    Some((ConnReader::Tls(r), ConnWriter::Tls(w)))
+                }
+            },
             Conn::Upgrading => None,
         }
     }
@@ -393,6 +404,7 @@ impl<S: Transport> AsyncRead for ConnReader<S> {
     ) -> std::task::Poll<io::Result<()>> {
         match self.get_mut() {
             ConnReader::Plain(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            ConnReader::Records(r) => std::pin::Pin::new(r).poll_read(cx, buf),
             ConnReader::Tls(r) => std::pin::Pin::new(r).poll_read(cx, buf),
         }
     }
@@ -406,6 +418,7 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
     ) -> std::task::Poll<io::Result<usize>> {
         match self.get_mut() {
             ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+            ConnWriter::Records(w) => std::pin::Pin::new(w).poll_write(cx, buf),
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_write(cx, buf),
         }
     }
@@ -416,12 +429,14 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
     ) -> std::task::Poll<io::Result<usize>> {
         match self.get_mut() {
             ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
+            ConnWriter::Records(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             ConnWriter::Plain(w) => w.is_write_vectored(),
+            ConnWriter::Records(w) => w.is_write_vectored(),
             ConnWriter::Tls(w) => w.is_write_vectored(),
         }
     }
@@ -431,6 +446,7 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
     ) -> std::task::Poll<io::Result<()>> {
         match self.get_mut() {
             ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_flush(cx),
+            ConnWriter::Records(w) => std::pin::Pin::new(w).poll_flush(cx),
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_flush(cx),
         }
     }
@@ -440,6 +456,7 @@ impl<S: Transport> AsyncWrite for ConnWriter<S> {
     ) -> std::task::Poll<io::Result<()>> {
         match self.get_mut() {
             ConnWriter::Plain(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+            ConnWriter::Records(w) => std::pin::Pin::new(w).poll_shutdown(cx),
             ConnWriter::Tls(w) => std::pin::Pin::new(w).poll_shutdown(cx),
         }
     }
@@ -459,7 +476,7 @@ impl<S: Transport> ReplyOut for ConnWriter<S> {
     fn unix(&self) -> Option<&tokio::net::UnixStream> {
         match self {
             ConnWriter::Plain(w) => S::unix_writer(w),
-            ConnWriter::Tls(_) => None,
+            ConnWriter::Records(_) | ConnWriter::Tls(_) => None,
         }
     }
 }

@@ -24,11 +24,11 @@ pub(crate) const CAPACITY: usize = 128 * 1024;
 /// pool itself holds.
 const POOL_MAX: usize = 16;
 
-type Buf = Box<[MaybeUninit<u8>]>;
+pub(crate) type Buf = Box<[MaybeUninit<u8>]>;
 
 static POOL: Mutex<Vec<Buf>> = Mutex::new(Vec::new());
 
-fn take() -> Buf {
+pub(crate) fn take() -> Buf {
     let pooled = POOL.lock().ok().and_then(|mut p| p.pop());
     // Uninitialised: nothing is written (nor made resident) but what reads
     // fill.
@@ -40,7 +40,7 @@ fn take() -> Buf {
     })
 }
 
-fn give(buf: Buf) {
+pub(crate) fn give(buf: Buf) {
     if let Ok(mut p) = POOL.lock() {
         if p.len() < POOL_MAX {
             p.push(buf);

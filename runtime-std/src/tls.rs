@@ -9,6 +9,7 @@
 
 mod cert;
 mod psk;
+mod record;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ pub struct Tls {
 }
 
 enum Kind {
-    X509(tokio_rustls::TlsAcceptor),
+    X509(Arc<rustls::ServerConfig>),
     Psk(psk::PskContext),
 }
 
@@ -231,7 +232,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<tokio_rustls::TlsAcceptor, String> {
+fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<Arc<rustls::ServerConfig>, String> {
     let ca_path = dir.join(CA_CERT);
     let cert_path = dir.join(SERVER_CERT);
     let key_path = dir.join(SERVER_KEY);
@@ -285,7 +286,7 @@ fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<tokio_rustls::TlsAccep
         // CA and CRL files must still be valid.
         builder.with_no_client_auth()
     };
-    let config = builder.with_single_cert(chain, key).map_err(|e| {
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
         let why = match e {
             rustls::Error::InconsistentKeys(_) => "the certificate and the key do not match".into(),
             e => e.to_string(),
@@ -296,7 +297,10 @@ fn x509_acceptor(dir: &Path, verify_peer: bool) -> Result<tokio_rustls::TlsAccep
             key_path.display()
         )
     })?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    // Records are sealed and opened by [`record`] once the handshake is
+    // over.
+    config.enable_secret_extraction = true;
+    Ok(Arc::new(config))
 }
 
 /// One `username:hexkey` line of a PSK file.
@@ -363,17 +367,27 @@ impl Tls {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         log::debug(Some(name), format_args!("starting TLS handshake"));
+        let debug = DEBUG_SESSION.load(Ordering::Relaxed) && log::verbose();
         let s = match &*self.kind {
-            Kind::X509(acceptor) => {
-                let s = acceptor.accept(PooledBufReader::new(stream)).await?;
-                TlsStream::Rustls(Box::new(tokio_rustls::TlsStream::Server(s)))
+            Kind::X509(config) => {
+                let s = record::accept(config.clone(), stream, |c| {
+                    log::debug(Some(name), format_args!("TLS handshake completed"));
+                    if debug {
+                        debug_rustls(name, c);
+                    }
+                })
+                .await?;
+                TlsStream::Records(Box::new(s))
             }
-            Kind::Psk(ctx) => TlsStream::Psk(Box::new(ctx.handshake(stream).await?)),
+            Kind::Psk(ctx) => {
+                let s = TlsStream::Psk(Box::new(ctx.handshake(stream).await?));
+                log::debug(Some(name), format_args!("TLS handshake completed"));
+                if debug {
+                    s.debug_session(name);
+                }
+                s
+            }
         };
-        log::debug(Some(name), format_args!("TLS handshake completed"));
-        if DEBUG_SESSION.load(Ordering::Relaxed) && log::verbose() {
-            s.debug_session(name);
-        }
         Ok(s)
     }
 }
@@ -381,58 +395,75 @@ impl Tls {
 /// A TLS connection over a stream: a client's (server side) or a remote
 /// server's (client side, for the nbd plugin).
 pub(crate) enum TlsStream<S> {
-    /// X.509. rustls asks for at most 4 KiB at a time, so a 16 KiB record
-    /// took four reads from the socket: the socket is read through a pooled
-    /// buffer, which an idle connection does not hold (against the same
-    /// server without it, `scripts/tls-bench.sh -r 5 -s 512 -m x509 -U`:
-    /// writes 1.10 times as fast, server CPU per GiB written 0.50 s instead
-    /// of 0.58; reads 1.02).
+    /// X.509, server side: rustls for the handshake, then records sealed
+    /// and opened in the connection's own buffers ([`record`]).
+    Records(Box<record::Stream<S>>),
+    /// X.509, client side. rustls asks for at most 4 KiB at a time, so a
+    /// 16 KiB record took four reads from the socket: the socket is read
+    /// through a pooled buffer, which an idle connection does not hold.
     Rustls(Box<tokio_rustls::TlsStream<PooledBufReader<S>>>),
     /// PSK.
     Psk(Box<psk::PskStream<S>>),
 }
 
+pub(crate) use record::{ReadHalf as RecordReadHalf, WriteHalf as RecordWriteHalf};
+
+/// `-D nbdkit.tls.session=1`: the details of an X.509 session.
+fn debug_rustls(name: &str, c: &rustls::CommonState) {
+    let d = |args: core::fmt::Arguments<'_>| log::debug(Some(name), args);
+    let version = match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        _ => "unknown",
+    };
+    let suite = c
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    d(format_args!("TLS session: {version} {suite}"));
+    if let Some(g) = c.negotiated_key_exchange_group() {
+        d(format_args!("TLS: negotiated group: {:?}", g.name()));
+    }
+    d(format_args!("TLS: authentication: certificate"));
+    match c.peer_certificates() {
+        Some(certs) if !certs.is_empty() => {
+            d(format_args!(
+                "TLS: peer provided {} certificate(s)",
+                certs.len()
+            ));
+            for cert in certs {
+                d(format_args!("TLS: {}", cert::describe(cert)));
+            }
+        }
+        _ => d(format_args!("TLS: no peer certificates found")),
+    }
+}
+
 impl<S> TlsStream<S> {
+    /// `-D nbdkit.tls.session=1`: the details of a PSK session (X.509
+    /// sessions are described during their handshake).
     fn debug_session(&self, name: &str) {
-        let d = |args: core::fmt::Arguments<'_>| log::debug(Some(name), args);
+        if let TlsStream::Psk(s) = self {
+            let d = |args: core::fmt::Arguments<'_>| log::debug(Some(name), args);
+            let (version, suite) = s.version_and_cipher();
+            d(format_args!("TLS session: {version} {suite}"));
+            d(format_args!("TLS: authentication: PSK (Pre-Shared Key)"));
+            if let Some(user) = s.username() {
+                d(format_args!("TLS: PSK username: {user}"));
+            }
+        }
+    }
+
+    /// The connection as separate reading and writing halves over the
+    /// socket's halves, where the TLS state allows it (`Err`: it does not,
+    /// and the stream is given back).
+    pub(crate) fn split_records<R, W>(
+        self,
+        split: impl FnOnce(S) -> (R, W),
+    ) -> Result<(record::ReadHalf<R>, record::WriteHalf<W>), Self> {
         match self {
-            TlsStream::Rustls(s) => {
-                let (_, c) = s.get_ref();
-                let version = match c.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                    _ => "unknown",
-                };
-                let suite = c
-                    .negotiated_cipher_suite()
-                    .and_then(|s| s.suite().as_str())
-                    .unwrap_or("unknown");
-                d(format_args!("TLS session: {version} {suite}"));
-                if let Some(g) = c.negotiated_key_exchange_group() {
-                    d(format_args!("TLS: negotiated group: {:?}", g.name()));
-                }
-                d(format_args!("TLS: authentication: certificate"));
-                match c.peer_certificates() {
-                    Some(certs) if !certs.is_empty() => {
-                        d(format_args!(
-                            "TLS: peer provided {} certificate(s)",
-                            certs.len()
-                        ));
-                        for cert in certs {
-                            d(format_args!("TLS: {}", cert::describe(cert)));
-                        }
-                    }
-                    _ => d(format_args!("TLS: no peer certificates found")),
-                }
-            }
-            TlsStream::Psk(s) => {
-                let (version, suite) = s.version_and_cipher();
-                d(format_args!("TLS session: {version} {suite}"));
-                d(format_args!("TLS: authentication: PSK (Pre-Shared Key)"));
-                if let Some(user) = s.username() {
-                    d(format_args!("TLS: PSK username: {user}"));
-                }
-            }
+            TlsStream::Records(s) => Ok(s.split(split)),
+            other => Err(other),
         }
     }
 }
@@ -444,6 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            TlsStream::Records(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -457,6 +489,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
+            TlsStream::Records(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -468,6 +501,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
+            TlsStream::Records(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
@@ -475,6 +509,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn is_write_vectored(&self) -> bool {
         match self {
+            TlsStream::Records(_) => true,
             TlsStream::Rustls(s) => s.is_write_vectored(),
             TlsStream::Psk(_) => false,
         }
@@ -482,6 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            TlsStream::Records(s) => Pin::new(s.as_mut()).poll_flush(cx),
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
@@ -489,6 +525,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            TlsStream::Records(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             TlsStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             TlsStream::Psk(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
