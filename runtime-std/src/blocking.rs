@@ -817,16 +817,6 @@ pub(crate) fn block_on<F: core::future::Future>(mut f: core::pin::Pin<&mut F>) -
 /// by [`block_on`] on a thread of its own.
 pub(crate) struct BlockingIo(pub(crate) SyncStream);
 
-/// `f` again while it fails with EINTR.
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match f() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
 impl tokio::io::AsyncRead for BlockingIo {
     fn poll_read(
         self: core::pin::Pin<&mut Self>,
@@ -834,7 +824,7 @@ impl tokio::io::AsyncRead for BlockingIo {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         let this = self.get_mut();
-        let n = retry(|| this.0.read(buf.initialize_unfilled()));
+        let n = crate::eintr::retry(|| this.0.read(buf.initialize_unfilled()));
         std::task::Poll::Ready(n.map(|n| buf.advance(n)))
     }
 }
@@ -846,7 +836,7 @@ impl tokio::io::AsyncWrite for BlockingIo {
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
         let this = self.get_mut();
-        std::task::Poll::Ready(retry(|| this.0.write(buf)))
+        std::task::Poll::Ready(crate::eintr::retry(|| this.0.write(buf)))
     }
     fn poll_flush(
         self: core::pin::Pin<&mut Self>,

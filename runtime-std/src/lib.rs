@@ -10,6 +10,7 @@ mod blocking;
 pub mod cabi;
 mod connection;
 mod cores;
+mod eintr;
 pub mod filters;
 pub mod log;
 mod os;

@@ -16,6 +16,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
+#[cfg(target_os = "linux")]
+use crate::eintr::syscall;
+
 /// The shortest WRITE received this way: a short payload usually arrived
 /// with its header already, and costs less as one copy out of the buffer.
 pub(crate) const MIN_LEN: usize = 64 * 1024;
@@ -106,21 +109,6 @@ pub(crate) fn write_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
     file.write_all_at(buf, offset)
 }
 
-/// `f` again while it fails with EINTR.
-#[cfg(target_os = "linux")]
-fn retry(mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
-    loop {
-        let n = f();
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    }
-}
-
 /// Move the next `len` bytes of the blocking socket `sock` to `offset` of
 /// `fd`, through `pipe` (empty before and after).
 #[cfg(target_os = "linux")]
@@ -132,7 +120,7 @@ pub(crate) fn receive(sock: RawFd, pipe: &Pipe, fd: RawFd, offset: u64, len: usi
     while done < len {
         let want = (len - done).min(pipe.size);
         // SAFETY: open descriptors, no offsets.
-        let got = retry(|| unsafe {
+        let got = syscall(|| unsafe {
             libc::splice(
                 sock,
                 std::ptr::null_mut(),
@@ -180,7 +168,7 @@ fn pipe_to_file(pr: RawFd, fd: RawFd, offset: u64, n: usize) -> io::Result<()> {
     while left > 0 {
         // SAFETY: open descriptors; `off` is a valid loff_t the kernel
         // advances.
-        let moved = retry(|| unsafe {
+        let moved = syscall(|| unsafe {
             libc::splice(
                 pr,
                 std::ptr::null_mut(),
@@ -211,7 +199,7 @@ fn copy_to_file(pr: RawFd, fd: RawFd, offset: u64, n: usize) -> io::Result<()> {
     while done < n {
         let want = (n - done).min(buf.len());
         // SAFETY: `buf` is valid for `want` bytes.
-        let got = retry(|| unsafe { libc::read(pr, buf.as_mut_ptr().cast(), want) })?;
+        let got = syscall(|| unsafe { libc::read(pr, buf.as_mut_ptr().cast(), want) })?;
         if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -235,7 +223,7 @@ fn drain(pr: RawFd, n: usize) -> bool {
     while left > 0 {
         let want = left.min(buf.len());
         // SAFETY: `buf` is valid for `want` bytes.
-        match retry(|| unsafe { libc::read(pr, buf.as_mut_ptr().cast(), want) }) {
+        match syscall(|| unsafe { libc::read(pr, buf.as_mut_ptr().cast(), want) }) {
             Ok(0) | Err(_) => return false,
             Ok(k) => left -= k,
         }

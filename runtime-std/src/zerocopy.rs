@@ -54,14 +54,8 @@ pub(crate) enum FileSent {
 #[cfg(target_os = "linux")]
 fn retry(sock: RawFd, mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize> {
     loop {
-        let n = f();
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => {
+        match crate::eintr::syscall(&mut f) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 let mut p = libc::pollfd {
                     fd: sock,
                     events: libc::POLLOUT,
@@ -70,7 +64,7 @@ fn retry(sock: RawFd, mut f: impl FnMut() -> libc::ssize_t) -> io::Result<usize>
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut p, 1, -1) };
             }
-            _ => return Err(e),
+            r => return r,
         }
     }
 }
