@@ -208,9 +208,10 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 
     /// The socket detached from this runtime, to be served on a connection
-    /// thread ([`crate::cores`]); `Err` (giving the stream back) where that
-    /// is not possible.
-    fn into_portable(self) -> Result<crate::cores::Portable, Self>
+    /// thread ([`crate::cores`]): `Ok(None)` when it could not leave the
+    /// runtime (the connection ends), `Err` (giving the stream back) where
+    /// that is not possible at all.
+    fn into_portable(self) -> Result<Option<crate::cores::Portable>, Self>
     where
         Self: Sized,
     {
@@ -247,12 +248,9 @@ impl Transport for tokio::net::TcpStream {
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
     }
-    fn into_portable(self) -> Result<crate::cores::Portable, Self> {
+    fn into_portable(self) -> Result<Option<crate::cores::Portable>, Self> {
         // Still non-blocking, as the runtime it joins wants it.
-        Ok(match self.into_std() {
-            Ok(s) => crate::cores::Portable::Tcp(s),
-            Err(_) => crate::cores::Portable::Closed,
-        })
+        Ok(self.into_std().ok().map(crate::cores::Portable::Tcp))
     }
 }
 
@@ -278,11 +276,8 @@ impl Transport for tokio::net::UnixStream {
             Err(()) => Ok(crate::blocking::SyncStream::Closed),
         }
     }
-    fn into_portable(self) -> Result<crate::cores::Portable, Self> {
-        Ok(match self.into_std() {
-            Ok(s) => crate::cores::Portable::Unix(s),
-            Err(_) => crate::cores::Portable::Closed,
-        })
+    fn into_portable(self) -> Result<Option<crate::cores::Portable>, Self> {
+        Ok(self.into_std().ok().map(crate::cores::Portable::Unix))
     }
 }
 
@@ -759,10 +754,11 @@ pub(crate) fn spawn<S: Transport>(shared: &Arc<Shared>, live: &Arc<Live>, peer: 
                 stream
             }
             crate::cores::Place::Thread(i) => match stream.into_portable() {
-                Ok(p) => {
+                Ok(Some(p)) => {
                     crate::cores::spawn(shared, live, peer, p, i);
                     return;
                 }
+                Ok(None) => return,
                 Err(s) => s,
             },
         }

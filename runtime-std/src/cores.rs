@@ -43,8 +43,6 @@ use crate::connection::{serve, Live, Shared};
 pub(crate) enum Portable {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
-    /// The socket could not leave its runtime: the connection ends.
-    Closed,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -177,7 +175,6 @@ pub(crate) fn spawn(
                         serve(shared, peer, s, Some(guard)).await;
                     }
                 }
-                Portable::Closed => drop(guard),
             }
             load.fetch_sub(1, Ordering::Relaxed);
         };
