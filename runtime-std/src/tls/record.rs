@@ -300,7 +300,7 @@ pub(crate) struct Writer {
     closed: bool,
 }
 
-/// `buf[..len]`, which the caller has initialised, as bytes.
+/// `buf[range]`, which the caller has initialised, as bytes.
 fn init_mut(buf: &mut [MaybeUninit<u8>], range: Range<usize>) -> &mut [u8] {
     let s = &mut buf[range];
     // SAFETY: callers pass only ranges they have written (received from
@@ -330,7 +330,11 @@ impl Reader {
         if !self.early.is_empty() {
             let n = self.early.len().min(dst.remaining());
             dst.put_slice(&self.early[..n]);
-            self.early.drain(..n);
+            if n == self.early.len() {
+                self.early = Vec::new();
+            } else {
+                self.early.drain(..n);
+            }
             return Poll::Ready(Ok(()));
         }
         loop {
