@@ -318,6 +318,9 @@ fn copy_in(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
 impl Reader {
     /// Serve `dst` from opened plaintext, reading and opening records as
     /// needed. Ready with nothing at the end of the stream.
+    // Not inlined into the connection's generic I/O, which plain
+    // connections run: that would spread their code over more pages.
+    #[inline(never)]
     fn poll_read<R: AsyncRead + Unpin>(
         &mut self,
         io: &mut R,
@@ -337,6 +340,9 @@ impl Reader {
             }
             return Poll::Ready(Ok(()));
         }
+        // Whether `dst` got something: then the records already received
+        // are opened into it, but the socket is not read again.
+        let mut given = false;
         loop {
             if !self.plain.is_empty() {
                 let buf = self.buf.as_mut().expect("plaintext is in the buffer");
@@ -347,7 +353,10 @@ impl Reader {
                 if self.plain.is_empty() && self.next == self.filled {
                     self.release();
                 }
-                return Poll::Ready(Ok(()));
+                if dst.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                given = true;
             }
             if self.closed {
                 return Poll::Ready(Ok(()));
@@ -355,6 +364,9 @@ impl Reader {
             if let Some(len) = self.complete_record()? {
                 self.open_next(len)?;
                 continue;
+            }
+            if given {
+                return Poll::Ready(Ok(()));
             }
             // More bytes are needed.
             if self.next == self.filled {
@@ -477,6 +489,9 @@ const WRITE_BATCH: usize = CAPACITY;
 impl Writer {
     /// Seal as much of `bufs` as fits into the output buffer; then write
     /// what is sealed. Ready with the number of plaintext bytes taken.
+    // Not inlined into the connection's generic I/O, which plain
+    // connections run: that would spread their code over more pages.
+    #[inline(never)]
     fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
@@ -592,6 +607,9 @@ impl Writer {
         Poll::Ready(Ok(()))
     }
 
+    // Not inlined into the connection's generic I/O, which plain
+    // connections run: that would spread their code over more pages.
+    #[inline(never)]
     fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
@@ -604,6 +622,9 @@ impl Writer {
     }
 
     /// Send close_notify, then shut the socket's writing side.
+    // Not inlined into the connection's generic I/O, which plain
+    // connections run: that would spread their code over more pages.
+    #[inline(never)]
     fn poll_shutdown<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
