@@ -902,6 +902,12 @@ mod tests {
     /// A client offering only `suite`, checking nothing of the server's
     /// certificate.
     fn client_config(suite: SupportedCipherSuite) -> Arc<rustls::ClientConfig> {
+        client_config_with(suite, false)
+    }
+
+    /// With `extract`, the client's traffic secrets can be taken (to send
+    /// records of any kind with a [`Cipher`] of the test's own).
+    fn client_config_with(suite: SupportedCipherSuite, extract: bool) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::CryptoProvider {
             cipher_suites: vec![suite],
             ..rustls::crypto::ring::default_provider()
@@ -919,6 +925,8 @@ mod tests {
                 provider,
             }))
             .with_no_client_auth();
+        let mut config = config;
+        config.enable_secret_extraction = extract;
         Arc::new(config)
     }
 
@@ -1087,6 +1095,103 @@ mod tests {
         // A short record: too short for its tag.
         let e = read_after_forged(&[APPLICATION_DATA, 3, 3, 0, 3, 1, 2, 3]).unwrap_err();
         assert!(e.to_string().contains("bad record MAC"), "{e}");
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> usize {
+            (self.next() % n) as usize
+        }
+    }
+
+    /// Records of every kind, well sealed with the client's key (some
+    /// damaged): the server reads without panicking, and all it returns is
+    /// a prefix of the application data sent.
+    #[test]
+    fn records_of_any_kind_never_panic_and_yield_only_application_data() {
+        let (mut received, mut failed) = (0, 0);
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            run(async {
+                let (c, s) = tokio::io::duplex(1 << 20);
+                let connector = tokio_rustls::TlsConnector::from(client_config_with(
+                    cs::TLS13_AES_128_GCM_SHA256,
+                    true,
+                ));
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let (client, server) = tokio::join!(
+                    connector.connect(name, c),
+                    accept(server_config(), s, |_| {})
+                );
+                let (mut io, conn) = client.unwrap().into_inner();
+                let mut server = server.unwrap();
+                let secrets = conn.dangerous_extract_secrets().unwrap();
+                let mut tx = Cipher::new(true, u64::MAX, secrets.tx).unwrap();
+                let mut wire = Vec::new();
+                let mut app = Vec::new();
+                for _ in 0..1 + rng.below(12) {
+                    let ty = match rng.below(8) {
+                        0 => ALERT,
+                        1 => HANDSHAKE,
+                        2 => CHANGE_CIPHER_SPEC,
+                        3 => rng.below(256) as u8,
+                        _ => APPLICATION_DATA,
+                    };
+                    let body: Vec<u8> = match (ty, rng.below(3)) {
+                        (ALERT, _) => vec![1 + rng.below(2) as u8, [0, 90, 10, 40][rng.below(4)]],
+                        (HANDSHAKE, 0) => vec![KEY_UPDATE, 0, 0, 1, rng.below(3) as u8],
+                        _ => (0..rng.below(if ty == APPLICATION_DATA { 20000 } else { 40 }))
+                            .map(|_| rng.next() as u8)
+                            .collect(),
+                    };
+                    let n = body.len().min(MAX_PLAIN);
+                    let mut rec = vec![0u8; n + tx.overhead()];
+                    rec[HEADER..HEADER + n].copy_from_slice(&body[..n]);
+                    let len = tx.seal(&mut rec, ty, n).unwrap();
+                    rec.truncate(len);
+                    if rng.below(10) == 0 {
+                        let i = rng.below(len as u64);
+                        rec[i] ^= 1 << rng.below(8);
+                    }
+                    if ty == APPLICATION_DATA {
+                        app.extend_from_slice(&body[..n]);
+                    }
+                    wire.extend_from_slice(&rec);
+                }
+                if rng.below(4) == 0 {
+                    wire.truncate(rng.below(wire.len() as u64 + 1));
+                }
+                io.write_all(&wire).await.unwrap();
+                drop(io);
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 1 + rng.below(70000)];
+                for _ in 0..200 {
+                    match server.read(&mut buf).await {
+                        Ok(0) => break,
+                        Err(_) => {
+                            failed += 1;
+                            break;
+                        }
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
+                assert!(app.starts_with(&got), "seed {seed}: data that was not sent");
+                received += got.len();
+            });
+        }
+        // The records exercised both paths.
+        assert!(
+            received > 0 && failed > 0,
+            "{received} bytes, {failed} failures"
+        );
     }
 
     #[test]
