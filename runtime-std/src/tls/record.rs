@@ -1195,6 +1195,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_handshake_sends_rustls_alert() {
+        run(async {
+            let (mut c, s) = tokio::io::duplex(1024);
+            // A ClientHello of two bytes: too short to decode.
+            c.write_all(&[HANDSHAKE, 3, 1, 0, 6, 1, 0, 0, 2, 3, 3])
+                .await
+                .unwrap();
+            assert!(accept(server_config(), s, |_| {}).await.is_err());
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            // An unencrypted fatal alert record.
+            assert_eq!(&got[..3], &[ALERT, 3, 3], "{got:?}");
+            assert_eq!(got[5], 2, "{got:?}");
+        });
+    }
+
+    #[test]
     fn a_client_that_leaves_mid_handshake_is_an_error() {
         run(async {
             let (mut c, s) = tokio::io::duplex(1024);
