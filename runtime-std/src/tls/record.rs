@@ -162,21 +162,21 @@ impl Cipher {
         if self.explicit {
             rec[HEADER..off].copy_from_slice(&nonce[4..]);
         }
-        let tag = if self.tls13 {
-            self.key.seal_in_place_separate_tag(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(header),
-                &mut rec[off..off + inner],
-            )
+        let aad12;
+        let aad: &[u8] = if self.tls13 {
+            &header
         } else {
-            let aad = self.aad12(ty, n);
-            self.key.seal_in_place_separate_tag(
+            aad12 = self.aad12(ty, n);
+            &aad12
+        };
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 &mut rec[off..off + inner],
             )
-        }
-        .map_err(|_| invalid("encryption failed"))?;
+            .map_err(|_| invalid("encryption failed"))?;
         rec[off + inner..off + inner + TAG].copy_from_slice(tag.as_ref());
         self.seq += 1;
         Ok(HEADER + body)
@@ -269,13 +269,18 @@ impl Shared {
     }
 }
 
+// The `poll_*` entry points of [`Reader`] and [`Writer`] are
+// `#[inline(never)]`: inlined into the connection's generic I/O, which plain
+// connections run too, they would spread its code over more pages.
+
 /// The reading direction: records from the socket, opened in place.
 pub(crate) struct Reader {
     rx: Cipher,
     shared: Arc<Shared>,
     /// Plaintext received during the handshake, served first.
     early: Vec<u8>,
-    /// Held while it holds unread bytes (an idle connection holds none).
+    /// Taken when a read needs it, given back when the socket has nothing
+    /// more (an idle connection holds none).
     buf: Option<Buf>,
     /// Opened plaintext not yet read.
     plain: Range<usize>,
@@ -318,8 +323,6 @@ fn copy_in(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
 impl Reader {
     /// Serve `dst` from opened plaintext, reading and opening records as
     /// needed. Ready with nothing at the end of the stream.
-    // Not inlined into the connection's generic I/O, which plain
-    // connections run: that would spread their code over more pages.
     #[inline(never)]
     fn poll_read<R: AsyncRead + Unpin>(
         &mut self,
@@ -350,9 +353,6 @@ impl Reader {
                 let start = self.plain.start;
                 dst.put_slice(init_mut(buf, start..start + n));
                 self.plain.start += n;
-                if self.plain.is_empty() && self.next == self.filled {
-                    self.release();
-                }
                 if dst.remaining() == 0 {
                     return Poll::Ready(Ok(()));
                 }
@@ -368,9 +368,11 @@ impl Reader {
             if given {
                 return Poll::Ready(Ok(()));
             }
-            // More bytes are needed.
+            // More bytes are needed. The buffer is kept for them, and given
+            // back when the socket has none yet (as `PooledBufReader` does).
             if self.next == self.filled {
-                self.release();
+                self.next = 0;
+                self.filled = 0;
             } else if self.filled + self.rx.max_ciphertext() + HEADER > CAPACITY {
                 let buf = self.buf.as_mut().expect("bytes are in the buffer");
                 buf.copy_within(self.next..self.filled, 0);
@@ -489,8 +491,6 @@ const WRITE_BATCH: usize = CAPACITY;
 impl Writer {
     /// Seal as much of `bufs` as fits into the output buffer; then write
     /// what is sealed. Ready with the number of plaintext bytes taken.
-    // Not inlined into the connection's generic I/O, which plain
-    // connections run: that would spread their code over more pages.
     #[inline(never)]
     fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
@@ -607,8 +607,6 @@ impl Writer {
         Poll::Ready(Ok(()))
     }
 
-    // Not inlined into the connection's generic I/O, which plain
-    // connections run: that would spread their code over more pages.
     #[inline(never)]
     fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
@@ -622,8 +620,6 @@ impl Writer {
     }
 
     /// Send close_notify, then shut the socket's writing side.
-    // Not inlined into the connection's generic I/O, which plain
-    // connections run: that would spread their code over more pages.
     #[inline(never)]
     fn poll_shutdown<W: AsyncWrite + Unpin>(
         &mut self,
